@@ -1,0 +1,317 @@
+//! A byte buffer with a consumed prefix, a readable middle and spare room at the end,
+//! plus a small pool that recycles the storage of drained buffers.
+//!
+//! ```text
+//!   +-------------------+--------------------+-----------------+
+//!   |  consumed (dead)  |  readable bytes    |  spare (zeroed) |
+//!   +-------------------+--------------------+-----------------+
+//!   0                 start                 end          data.len()
+//! ```
+//!
+//! Reads land in the spare region (`spare_mut` then `commit`), the decoder looks at the
+//! readable region and `consume`s whole frames from its front. The dead prefix is
+//! reclaimed by moving the readable bytes to the front (`compact`) only when the spare
+//! region is too small, so a steady stream of small frames costs no copies at all.
+//!
+//! The spare region is always initialised memory (it was zeroed once when the buffer
+//! grew), so reading from a socket into it needs no `unsafe`.
+//!
+//! Idle connections must cost little memory, so a connection gives its buffer's storage
+//! back to the [`BufferPool`] as soon as the buffer is empty, and takes one from the
+//! pool when it needs one again: in the steady state no allocation happens at all.
+
+/// A growable byte buffer with read and write positions. See the module docs for its
+/// regions.
+///
+/// ```
+/// use switchboard::Buffer;
+/// let mut buf = Buffer::new();
+/// buf.extend_from_slice(b"hello world");
+/// buf.consume(6);
+/// assert_eq!(buf.readable(), b"world");
+/// ```
+#[derive(Debug, Default)]
+pub struct Buffer {
+    /// Storage; `data.len()` is the initialised size, which is also the capacity in use.
+    data: Vec<u8>,
+    /// Index of the first readable byte.
+    start: usize,
+    /// Index one past the last readable byte; `data[end..]` is spare room.
+    end: usize,
+}
+
+impl Buffer {
+    /// An empty buffer that owns no heap memory.
+    pub const fn new() -> Self {
+        Buffer {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// An empty buffer that reuses `storage` (its contents are ignored).
+    pub fn from_storage(mut storage: Vec<u8>) -> Self {
+        // Keep the storage fully initialised so the spare region can be handed to read().
+        let capacity = storage.capacity();
+        storage.resize(capacity, 0);
+        Buffer {
+            data: storage,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Gives the storage away (for a pool) and leaves this buffer empty, owning nothing.
+    pub fn take_storage(&mut self) -> Vec<u8> {
+        self.start = 0;
+        self.end = 0;
+        std::mem::take(&mut self.data)
+    }
+
+    /// The bytes written and not yet consumed.
+    pub fn readable(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// How many readable bytes there are.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when nothing is readable.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Bytes of heap storage held (readable, consumed and spare).
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Marks the first `n` readable bytes as consumed.
+    ///
+    /// # Panics
+    /// If `n` is more than [`Buffer::len`]: that is a bug in the caller, never input.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.len(), "consume({n}) past the readable region");
+        self.start += n;
+        if self.start == self.end {
+            // Nothing left: rewind so the whole storage is spare again, for free.
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Drops every readable byte, keeping the storage.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Spare room of at least `min` bytes after the readable region, to be filled and
+    /// then announced with [`Buffer::commit`]. Compacts or grows the storage if needed.
+    pub fn spare_mut(&mut self, min: usize) -> &mut [u8] {
+        if self.data.len() - self.end < min {
+            self.make_room(min);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Declares that `n` bytes of the spare region now hold data.
+    ///
+    /// # Panics
+    /// If `n` is larger than the spare region: a bug in the caller.
+    pub fn commit(&mut self, n: usize) {
+        assert!(
+            self.end + n <= self.data.len(),
+            "commit({n}) past the spare region"
+        );
+        self.end += n;
+    }
+
+    /// Appends `bytes` to the readable region.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let spare = self.spare_mut(bytes.len());
+        spare[..bytes.len()].copy_from_slice(bytes);
+        self.commit(bytes.len());
+    }
+
+    /// Moves the readable bytes to the front of the storage, reclaiming the dead prefix.
+    pub fn compact(&mut self) {
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Ensures `min` spare bytes: first by compacting, then by growing (at least doubling,
+    /// so appends cost amortised O(1)).
+    fn make_room(&mut self, min: usize) {
+        self.compact();
+        let needed = self.end + min;
+        if self.data.len() < needed {
+            let grown = needed.max(self.data.len() * 2).max(64);
+            self.data.resize(grown, 0);
+        }
+    }
+}
+
+/// Recycles buffer storage so connections can hold no memory while idle and still
+/// avoid an allocation each time they become busy.
+#[derive(Debug)]
+pub struct BufferPool {
+    /// Storage ready for reuse.
+    free: Vec<Vec<u8>>,
+    /// How many storages the pool keeps at most.
+    max_entries: usize,
+    /// Storage larger than this is freed rather than kept, so one burst of huge frames
+    /// does not pin memory for ever.
+    max_entry_capacity: usize,
+    /// Capacity of storage the pool hands out when it has none to recycle.
+    fresh_capacity: usize,
+}
+
+impl BufferPool {
+    /// A pool keeping up to `max_entries` storages of at most `max_entry_capacity` bytes.
+    pub fn new(max_entries: usize, max_entry_capacity: usize, fresh_capacity: usize) -> Self {
+        BufferPool {
+            free: Vec::new(),
+            max_entries,
+            max_entry_capacity,
+            fresh_capacity,
+        }
+    }
+
+    /// An empty buffer backed by recycled storage when there is some.
+    pub fn take(&mut self) -> Buffer {
+        match self.free.pop() {
+            Some(storage) => Buffer::from_storage(storage),
+            None => Buffer::from_storage(Vec::with_capacity(self.fresh_capacity)),
+        }
+    }
+
+    /// Takes back the storage of `buffer`, which must be empty, leaving it owning nothing.
+    pub fn give_back(&mut self, buffer: &mut Buffer) {
+        debug_assert!(buffer.is_empty());
+        let storage = buffer.take_storage();
+        if storage.capacity() > 0
+            && storage.capacity() <= self.max_entry_capacity
+            && self.free.len() < self.max_entries
+        {
+            self.free.push(storage);
+        }
+    }
+
+    /// How many storages are waiting for reuse.
+    pub fn cached(&self) -> usize {
+        self.free.len()
+    }
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        BufferPool::new(256, 256 * 1024, 4096)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_buffer_owns_nothing() {
+        let buf = Buffer::new();
+        assert_eq!(buf.capacity(), 0);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn append_then_consume_in_parts() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(b"abcdef");
+        assert_eq!(buf.readable(), b"abcdef");
+        buf.consume(2);
+        assert_eq!(buf.readable(), b"cdef");
+        buf.extend_from_slice(b"gh");
+        assert_eq!(buf.readable(), b"cdefgh");
+        buf.consume(6);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn consuming_everything_rewinds_to_the_front() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(&[1; 100]);
+        let cap = buf.capacity();
+        buf.consume(100);
+        // The whole storage is spare again without any copy or allocation.
+        assert!(buf.spare_mut(cap).len() >= cap);
+        assert_eq!(buf.capacity(), cap);
+    }
+
+    #[test]
+    fn spare_then_commit() {
+        let mut buf = Buffer::new();
+        let spare = buf.spare_mut(4);
+        spare[..3].copy_from_slice(b"xyz");
+        buf.commit(3);
+        assert_eq!(buf.readable(), b"xyz");
+    }
+
+    #[test]
+    fn grows_at_least_doubling() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(&[7; 64]);
+        let before = buf.capacity();
+        buf.extend_from_slice(&[8; 1]);
+        assert!(buf.capacity() >= 2 * before);
+        assert_eq!(buf.len(), 65);
+        assert_eq!(buf.readable()[64], 8);
+    }
+
+    #[test]
+    fn compacts_instead_of_growing_when_the_prefix_is_dead() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(&[1; 64]);
+        let cap = buf.capacity();
+        buf.consume(60);
+        buf.extend_from_slice(&[2; 50]);
+        assert_eq!(buf.capacity(), cap, "reclaimed the consumed prefix instead");
+        assert_eq!(&buf.readable()[..4], &[1; 4]);
+        assert_eq!(&buf.readable()[4..], &[2; 50][..]);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the readable region")]
+    fn consume_past_end_is_a_bug() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(b"ab");
+        buf.consume(3);
+    }
+
+    #[test]
+    fn pool_recycles_storage_and_releases_it_from_the_buffer() {
+        let mut pool = BufferPool::new(2, 1024, 128);
+        let mut buf = pool.take();
+        buf.extend_from_slice(b"hello");
+        buf.consume(5);
+        pool.give_back(&mut buf);
+        assert_eq!(buf.capacity(), 0, "an idle buffer owns nothing");
+        assert_eq!(pool.cached(), 1);
+        let again = pool.take();
+        assert!(again.capacity() >= 128);
+        assert_eq!(pool.cached(), 0);
+    }
+
+    #[test]
+    fn pool_drops_oversized_storage() {
+        let mut pool = BufferPool::new(2, 1024, 128);
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(&[0; 4096]);
+        buf.clear();
+        pool.give_back(&mut buf);
+        assert_eq!(pool.cached(), 0);
+    }
+}

@@ -1,0 +1,58 @@
+//! The `switchboard` command line: flags, logging, signals, and starting a reactor.
+//! The binary (`src/main.rs`) only calls [`main`].
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (for example an
+//! address in use), 2 for a bad flag (clap's usage error).
+
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use log::LevelFilter;
+
+pub use server::{EchoArgs, Framing, ServerArgs};
+
+/// switchboard: one thread, thousands of connections.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level: off, error, warn, info, debug or trace (RUST_LOG is used when absent).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<LevelFilter>,
+    /// Log every turn of the event loop: events, reads, writes, interest changes,
+    /// timers (the same as --log-level trace).
+    #[arg(long, global = true)]
+    pub trace: bool,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Framed TCP echo plus UDP echo (default 127.0.0.1:9000).
+    Echo(EchoArgs),
+}
+
+/// Parses the command line, sets up logging, runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match cli.command {
+        Command::Echo(args) => server::run_echo(args),
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
+    let level = if cli.trace {
+        LevelFilter::Trace
+    } else {
+        cli.log_level.or(from_env).unwrap_or(LevelFilter::Info)
+    };
+    if let Err(e) = simple_logger::SimpleLogger::new().with_level(level).init() {
+        eprintln!("switchboard: cannot set up logging: {e}");
+    }
+}

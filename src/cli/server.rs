@@ -1,0 +1,209 @@
+//! Flags shared by every server subcommand, and running a reactor with them: raising
+//! the file-descriptor limit, turning SIGINT/SIGTERM into a graceful shutdown, and
+//! reporting bind failures as one clear line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::services::Echo;
+use crate::{Codec, Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service};
+
+/// Endpoints and limits, for any server subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// TCP address to listen on; repeatable; IPv6 as [::1]:9000 [default: 127.0.0.1:PORT]
+    #[arg(long = "tcp", value_name = "ADDR")]
+    pub tcp: Vec<SocketAddr>,
+    /// UDP address to serve; repeatable; "off" disables UDP [default: 127.0.0.1:PORT]
+    #[arg(long = "udp", value_name = "ADDR|off")]
+    pub udp: Vec<UdpAddr>,
+    /// Also listen on a Unix-domain stream socket at this path; repeatable.
+    #[arg(long = "unix", value_name = "PATH")]
+    pub unix: Vec<PathBuf>,
+    /// Largest frame payload accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
+    pub max_frame: u32,
+    /// Close connections that receive nothing for this long; 0 = never.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// Close connections that start a frame and do not finish it in this time; 0 = never.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub frame_timeout: u64,
+    /// Most connections held at once; more are accepted and closed at once.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: u32,
+    /// Output queued per connection above which its reading pauses, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_limit: u64,
+    /// listen() backlog of stream listeners.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+    /// Set SO_REUSEPORT on TCP listeners (several servers share a port).
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// Log the counters this often; 0 = never.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+    /// On SIGINT/SIGTERM, wait at most this long for queued output to drain.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub shutdown_grace: u64,
+}
+
+/// A `--udp` value: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpAddr {
+    /// Serve UDP here.
+    Addr(SocketAddr),
+    /// No UDP at all.
+    Off,
+}
+
+impl FromStr for UdpAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(UdpAddr::Off);
+        }
+        s.parse()
+            .map(UdpAddr::Addr)
+            .map_err(|e| format!("{e} (expected IP:PORT or \"off\")"))
+    }
+}
+
+impl ServerArgs {
+    /// The reactor configuration these flags describe, with `default_port` on
+    /// 127.0.0.1 for TCP and UDP when no address is given.
+    pub fn config(&self, default_port: u16) -> Config {
+        let default = SocketAddr::from(([127, 0, 0, 1], default_port));
+        let tcp = if self.tcp.is_empty() {
+            vec![default]
+        } else {
+            self.tcp.clone()
+        };
+        let udp = if self.udp.is_empty() {
+            vec![default]
+        } else if self.udp.contains(&UdpAddr::Off) {
+            Vec::new()
+        } else {
+            self.udp
+                .iter()
+                .filter_map(|u| match u {
+                    UdpAddr::Addr(a) => Some(*a),
+                    UdpAddr::Off => None,
+                })
+                .collect()
+        };
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Config {
+            tcp,
+            udp,
+            unix: self.unix.clone(),
+            backlog: self.backlog,
+            reuse_port: self.reuse_port,
+            idle_timeout: seconds(self.idle_timeout),
+            frame_timeout: seconds(self.frame_timeout),
+            max_conns: self.max_conns as usize,
+            write_limit: self.write_limit as usize,
+            stats_interval: seconds(self.stats_interval),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            ..Config::default()
+        }
+    }
+}
+
+/// How TCP bytes are cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Framing {
+    /// 4-byte big-endian payload length, then the payload (switchboard's format).
+    Length,
+    /// No framing: bytes are echoed as they arrive (for nc and plain stream clients).
+    Raw,
+    /// Newline-terminated lines (at most --max-frame bytes each).
+    Lines,
+}
+
+/// `switchboard echo`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Endpoints and limits.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// How TCP bytes are cut into messages.
+    #[arg(long, value_enum, default_value_t = Framing::Length)]
+    pub framing: Framing,
+}
+
+/// Runs the echo service with the framing chosen.
+pub fn run_echo(args: EchoArgs) -> ExitCode {
+    let config = args.server.config(9000);
+    let max = args.server.max_frame as usize;
+    match args.framing {
+        Framing::Length => serve(config, Echo, LengthCodec::new(max)),
+        Framing::Raw => serve(config, Echo, RawCodec),
+        Framing::Lines => serve(config, Echo, LinesCodec::new(max)),
+    }
+}
+
+/// Binds, installs the signal handlers, runs until SIGINT/SIGTERM, and maps the
+/// outcome to an exit code.
+pub fn serve<S: Service, C: Codec>(config: Config, service: S, codec: C) -> ExitCode {
+    raise_fd_limit();
+    let reactor = match Reactor::bind(config, service, codec) {
+        Ok(reactor) => reactor,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = stop_on_signals(reactor.handle()) {
+        eprintln!("switchboard: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match reactor.run() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first SIGINT/SIGTERM starts a graceful shutdown; a second one exits at once.
+fn stop_on_signals(handle: crate::Handle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received == 1 {
+                    log::info!("signal {signal}: shutting down (again to exit at once)");
+                    handle.shutdown();
+                } else {
+                    log::warn!("signal {signal} again: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!("open-file limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+}

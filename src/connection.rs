@@ -1,0 +1,279 @@
+//! One stream connection (TCP or Unix): its socket, its identity, its buffers and its
+//! place in the connection's life cycle.
+//!
+//! A connection is `Open` while it reads and writes, then `Draining` once it must close
+//! but still owes the peer queued output (the peer sent EOF, the service asked to close
+//! after flushing, or the server is shutting down); it leaves the slab when the output
+//! is flushed, or at once on an error.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use crate::buffer::Buffer;
+use crate::outqueue::OutQueue;
+use crate::stats::CloseReason;
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("switchboard packs a slab key and a generation into a 64-bit mio Token");
+
+/// Identifies one connection for its whole life, and never another one.
+///
+/// It is the connection's slab key plus a generation number. Slab keys are reused as
+/// soon as a connection closes; the generation is not (it advances with every accepted
+/// connection), so an event or a [`crate::Context::send`] aimed at a connection that has
+/// closed finds nothing instead of reaching a newcomer that got the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    key: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    pub(crate) fn new(key: usize, generation: u32) -> Self {
+        debug_assert!(
+            generation != 0,
+            "generation 0 is reserved for non-connection tokens"
+        );
+        ConnId {
+            key: key as u32,
+            generation,
+        }
+    }
+
+    /// The slab slot, dense from 0: a service can index its own per-connection table
+    /// with it (and check the generation with [`ConnId::generation`]).
+    pub fn index(&self) -> usize {
+        self.key as usize
+    }
+
+    /// The generation: differs between two connections that used the same slot.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The mio token: generation in the high 32 bits, key in the low 32. Generations
+    /// start at 1, so every connection token is at least 2^32 and never collides with
+    /// the small reserved tokens of listeners, UDP sockets and the waker.
+    pub(crate) fn token(&self) -> Token {
+        Token(((self.generation as usize) << 32) | self.key as usize)
+    }
+
+    /// The connection a token names, if it names one.
+    pub(crate) fn from_token(token: Token) -> Option<ConnId> {
+        let generation = (token.0 >> 32) as u32;
+        (generation != 0).then(|| ConnId {
+            key: token.0 as u32,
+            generation,
+        })
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn {}.{}", self.key, self.generation)
+    }
+}
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-domain peer (usually unnamed).
+    Unix,
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(addr) => write!(f, "{addr}"),
+            PeerAddr::Unix => f.write_str("unix peer"),
+        }
+    }
+}
+
+/// A connected stream socket of either family.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    pub(crate) fn shutdown_write(&self) {
+        // Best effort: the socket is being closed anyway; a failure only means the
+        // peer is already gone.
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
+    pub(crate) fn peer_addr(&self) -> Option<PeerAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok().map(PeerAddr::Tcp),
+            Stream::Unix(_) => Some(PeerAddr::Unix),
+        }
+    }
+}
+
+impl Source for Stream {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interests),
+            Stream::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(registry, token, interests),
+            Stream::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Reading and writing.
+    Open,
+    /// No more reading; closes with this reason once the output queue is empty.
+    Draining(CloseReason),
+}
+
+impl fmt::Display for ConnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnState::Open => f.write_str("open"),
+            ConnState::Draining(reason) => write!(f, "draining ({reason})"),
+        }
+    }
+}
+
+/// One connection's socket, buffers and bookkeeping, stored in the reactor's slab.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// The socket.
+    pub stream: Stream,
+    /// This connection's generation (see [`ConnId`]).
+    pub generation: u32,
+    /// Open or draining.
+    pub state: ConnState,
+    /// The tail of the input that did not make a whole frame yet. Empty, and owning no
+    /// memory, whenever the input ended on a frame boundary.
+    pub input: Buffer,
+    /// Output the socket has not taken yet.
+    pub output: OutQueue,
+    /// When bytes last moved in either direction (for the idle timeout).
+    pub last_active: Instant,
+    /// When the frame now in `input` started arriving (for the frame deadline).
+    pub frame_started: Option<Instant>,
+    /// Reading stopped because `output` passed the write limit.
+    pub read_paused: bool,
+    /// A readable event came while paused, so there may be input to read on resuming.
+    pub read_pending: bool,
+    /// WRITABLE interest is registered (only while output is queued).
+    pub writable_armed: bool,
+    /// Listed in the reactor's ready-again list (work left over from a previous turn).
+    pub queued_again: bool,
+    /// Listed in the hub's list of connections with output to flush this turn.
+    pub queued_flush: bool,
+    /// A frame-deadline timer entry exists for this connection.
+    pub frame_timer_armed: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: Stream, generation: u32, now: Instant) -> Self {
+        Connection {
+            stream,
+            generation,
+            state: ConnState::Open,
+            input: Buffer::new(),
+            output: OutQueue::default(),
+            last_active: now,
+            frame_started: None,
+            read_paused: false,
+            read_pending: false,
+            writable_armed: false,
+            queued_again: false,
+            queued_flush: false,
+            frame_timer_armed: false,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state == ConnState::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip_keeps_key_and_generation() {
+        let id = ConnId::new(7, 42);
+        assert_eq!(ConnId::from_token(id.token()), Some(id));
+        assert!(id.token().0 >= 1 << 32);
+    }
+
+    #[test]
+    fn reserved_tokens_are_not_connections() {
+        assert_eq!(ConnId::from_token(Token(0)), None);
+        assert_eq!(ConnId::from_token(Token(65_536 + 3)), None);
+    }
+
+    #[test]
+    fn same_slot_different_generation_is_a_different_connection() {
+        let old = ConnId::new(3, 1);
+        let new = ConnId::new(3, 2);
+        assert_eq!(old.index(), new.index());
+        assert_ne!(old, new);
+        assert_ne!(old.token(), new.token());
+    }
+}

@@ -1,0 +1,437 @@
+//! Framing: how a TCP byte stream is cut into messages, and how a message is put back
+//! on the wire.
+//!
+//! TCP delivers a stream of bytes, not messages: one `read` may return half a message,
+//! or three and a half (the "sticky packet" problem). A [`Codec`] looks at the bytes
+//! received so far and says either "here is one complete frame, and it used this many
+//! bytes" or "incomplete, wait for more". Incomplete is not an error: the reactor keeps
+//! the partial tail and asks again after the next read.
+//!
+//! Decoding is done in two phases, cheapest first: peek at the header to learn the frame
+//! length (no copy), and only when the whole frame is present hand out the payload as a
+//! range of the caller's buffer, so the payload is never copied by the decoder.
+//!
+//! The codecs here:
+//! - [`LengthCodec`]: a length header, then the payload. The default, [`LengthCodec::new`],
+//!   is switchboard's wire format: 4-byte big-endian payload length, then the payload.
+//! - [`LinesCodec`]: newline-terminated lines.
+//! - [`RawCodec`]: no framing; every chunk that arrives is one "frame" (a plain stream).
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::buffer::Buffer;
+
+/// What a codec found at the front of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decode {
+    /// One complete frame: its payload is `buf[payload]`, and the frame, header
+    /// included, used the first `consumed` bytes of the buffer.
+    Frame {
+        /// Where the payload sits in the buffer that was decoded.
+        payload: Range<usize>,
+        /// How many bytes the whole frame occupies, from the start of the buffer.
+        consumed: usize,
+    },
+    /// Not enough bytes yet. `frame_len`, when the header has been seen, is the whole
+    /// frame's length, so the caller can make room for it in one go.
+    Incomplete {
+        /// Total length of the frame being received, when already known.
+        frame_len: Option<usize>,
+    },
+}
+
+/// A framing violation: the peer sent something the codec cannot accept. The
+/// connection it came from is closed; nothing else is affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// A frame announced (or a line reached) more bytes than the configured maximum.
+    TooLarge {
+        /// The length announced or reached.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The header cannot describe a valid frame (for example a length smaller than the
+    /// header itself when the length counts the header).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            FrameError::Malformed(why) => write!(f, "malformed frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Cuts a byte stream into frames and writes frames back.
+///
+/// Implementations are stateless: `decode` is called with everything received and not
+/// yet consumed, from the start of the first incomplete frame.
+///
+/// ```
+/// use switchboard::{Codec, Decode, LengthCodec};
+/// let codec = LengthCodec::new(1024);
+/// let wire = [0, 0, 0, 2, b'h', b'i', 0, 0];
+/// assert_eq!(
+///     codec.decode(&wire).unwrap(),
+///     Decode::Frame { payload: 4..6, consumed: 6 }
+/// );
+/// assert_eq!(codec.decode(&wire[6..]).unwrap(), Decode::Incomplete { frame_len: None });
+/// ```
+pub trait Codec {
+    /// Looks for one complete frame at the start of `buf`.
+    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError>;
+
+    /// Appends `payload`, framed, to `out`.
+    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError>;
+}
+
+/// Byte order of a length field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endian {
+    /// Most significant byte first (network order).
+    Big,
+    /// Least significant byte first (x86's native order).
+    Little,
+}
+
+/// A length header followed by the payload. [`LengthCodec::new`] gives switchboard's
+/// own format: a 4-byte big-endian length of the payload, then the payload.
+///
+/// ```
+/// use switchboard::{Buffer, Codec, LengthCodec};
+/// let mut out = Buffer::new();
+/// LengthCodec::new(1024).encode(b"hi", &mut out).unwrap();
+/// assert_eq!(out.readable(), &[0, 0, 0, 2, b'h', b'i']);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LengthCodec {
+    /// Width of the length field in bytes: 1, 2, 4 or 8.
+    width: usize,
+    /// Byte order of the length field.
+    endian: Endian,
+    /// Largest payload accepted or sent, in bytes.
+    max_payload: usize,
+}
+
+impl LengthCodec {
+    /// switchboard's format: 4-byte big-endian payload length, payloads up to
+    /// `max_payload` bytes.
+    pub fn new(max_payload: usize) -> Self {
+        LengthCodec {
+            width: 4,
+            endian: Endian::Big,
+            max_payload,
+        }
+    }
+
+    /// The largest payload this codec accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    fn read_len(&self, header: &[u8]) -> u64 {
+        let mut bytes = [0u8; 8];
+        match self.endian {
+            Endian::Big => {
+                bytes[8 - self.width..].copy_from_slice(header);
+                u64::from_be_bytes(bytes)
+            }
+            Endian::Little => {
+                bytes[..self.width].copy_from_slice(header);
+                u64::from_le_bytes(bytes)
+            }
+        }
+    }
+}
+
+impl Codec for LengthCodec {
+    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+        let Some(header) = buf.get(..self.width) else {
+            return Ok(Decode::Incomplete { frame_len: None });
+        };
+        let announced = self.read_len(header);
+        // Checked before any allocation: a 4 GiB announcement costs nothing.
+        if announced > self.max_payload as u64 {
+            return Err(FrameError::TooLarge {
+                len: announced,
+                max: self.max_payload,
+            });
+        }
+        let frame_len = self.width + announced as usize;
+        if buf.len() < frame_len {
+            return Ok(Decode::Incomplete {
+                frame_len: Some(frame_len),
+            });
+        }
+        Ok(Decode::Frame {
+            payload: self.width..frame_len,
+            consumed: frame_len,
+        })
+    }
+
+    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+        if payload.len() > self.max_payload {
+            return Err(FrameError::TooLarge {
+                len: payload.len() as u64,
+                max: self.max_payload,
+            });
+        }
+        let len = payload.len() as u64;
+        let header = match self.endian {
+            Endian::Big => len.to_be_bytes(),
+            Endian::Little => len.to_le_bytes(),
+        };
+        let header = match self.endian {
+            Endian::Big => &header[8 - self.width..],
+            Endian::Little => &header[..self.width],
+        };
+        let spare = out.spare_mut(header.len() + payload.len());
+        spare[..header.len()].copy_from_slice(header);
+        spare[header.len()..header.len() + payload.len()].copy_from_slice(payload);
+        out.commit(header.len() + payload.len());
+        Ok(())
+    }
+}
+
+/// Newline-terminated lines. The payload excludes the `\n` (and a `\r` before it);
+/// encoding appends `\n`. A line longer than the maximum is a [`FrameError::TooLarge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinesCodec {
+    /// Longest line accepted, terminator excluded.
+    max_line: usize,
+}
+
+impl LinesCodec {
+    /// Lines of at most `max_line` bytes.
+    pub fn new(max_line: usize) -> Self {
+        LinesCodec { max_line }
+    }
+}
+
+impl Codec for LinesCodec {
+    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+        // Only look as far as a maximal line could reach: a peer that never sends a
+        // newline is caught as soon as it passes the limit.
+        let window = &buf[..buf.len().min(self.max_line + 1)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(newline) => {
+                let end = if newline > 0 && window[newline - 1] == b'\r' {
+                    newline - 1
+                } else {
+                    newline
+                };
+                Ok(Decode::Frame {
+                    payload: 0..end,
+                    consumed: newline + 1,
+                })
+            }
+            None if buf.len() > self.max_line => Err(FrameError::TooLarge {
+                len: buf.len() as u64,
+                max: self.max_line,
+            }),
+            None => Ok(Decode::Incomplete { frame_len: None }),
+        }
+    }
+
+    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\n");
+        Ok(())
+    }
+}
+
+/// No framing at all: whatever bytes have arrived form one frame, and sending writes
+/// the bytes as they are. For plain stream protocols (`nc`, the seeds' raw clients) and
+/// for protocols that parse the stream themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+        if buf.is_empty() {
+            Ok(Decode::Incomplete { frame_len: None })
+        } else {
+            Ok(Decode::Frame {
+                payload: 0..buf.len(),
+                consumed: buf.len(),
+            })
+        }
+    }
+
+    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+        out.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+/// Decodes every complete frame in `buf`, in order, for tests and tools: returns the
+/// payloads and how many bytes they used.
+pub fn decode_all<C: Codec + ?Sized>(
+    codec: &C,
+    buf: &[u8],
+) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while let Decode::Frame { payload, consumed } = codec.decode(&buf[pos..])? {
+        frames.push(buf[pos + payload.start..pos + payload.end].to_vec());
+        pos += consumed;
+    }
+    Ok((frames, pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_all(codec: &dyn Codec, frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Buffer::new();
+        for f in frames {
+            codec.encode(f, &mut out).unwrap();
+        }
+        out.readable().to_vec()
+    }
+
+    #[test]
+    fn golden_bytes_of_the_default_format() {
+        let wire = encode_all(&LengthCodec::new(16), &[b"abc".to_vec(), vec![]]);
+        assert_eq!(wire, [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn header_split_is_incomplete_without_a_length() {
+        let codec = LengthCodec::new(16);
+        for cut in 0..4 {
+            assert_eq!(
+                codec.decode(&[0, 0, 0, 3][..cut]).unwrap(),
+                Decode::Incomplete { frame_len: None }
+            );
+        }
+    }
+
+    #[test]
+    fn body_split_reports_the_frame_length() {
+        let codec = LengthCodec::new(16);
+        assert_eq!(
+            codec.decode(&[0, 0, 0, 3, b'a']).unwrap(),
+            Decode::Incomplete { frame_len: Some(7) }
+        );
+    }
+
+    #[test]
+    fn zero_length_frame_is_a_frame() {
+        assert_eq!(
+            LengthCodec::new(16).decode(&[0, 0, 0, 0]).unwrap(),
+            Decode::Frame {
+                payload: 4..4,
+                consumed: 4
+            }
+        );
+    }
+
+    #[test]
+    fn exactly_max_is_accepted_one_more_is_not() {
+        let codec = LengthCodec::new(3);
+        assert!(matches!(
+            codec.decode(&[0, 0, 0, 3, 1, 2, 3]),
+            Ok(Decode::Frame { .. })
+        ));
+        assert_eq!(
+            codec.decode(&[0, 0, 0, 4]),
+            Err(FrameError::TooLarge { len: 4, max: 3 })
+        );
+    }
+
+    #[test]
+    fn four_gib_announcement_is_rejected_from_the_header_alone() {
+        assert_eq!(
+            LengthCodec::new(1 << 20).decode(&[0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::TooLarge {
+                len: u32::MAX as u64,
+                max: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn encoding_more_than_max_is_refused() {
+        let mut out = Buffer::new();
+        assert!(LengthCodec::new(2).encode(b"abc", &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn lines_strip_terminators_and_limit_length() {
+        let codec = LinesCodec::new(5);
+        let (frames, used) = decode_all(&codec, b"ab\r\ncd\n\nxy").unwrap();
+        assert_eq!(frames, vec![b"ab".to_vec(), b"cd".to_vec(), vec![]]);
+        assert_eq!(used, 8);
+        assert!(codec.decode(b"abcdef").is_err());
+        assert!(codec.decode(b"abcde").is_ok());
+    }
+
+    #[test]
+    fn raw_takes_everything() {
+        assert_eq!(
+            RawCodec.decode(b"xyz").unwrap(),
+            Decode::Frame {
+                payload: 0..3,
+                consumed: 3
+            }
+        );
+        assert_eq!(
+            RawCodec.decode(b"").unwrap(),
+            Decode::Incomplete { frame_len: None }
+        );
+    }
+
+    /// Feeds `wire` to the codec in the given chunk sizes, the way the reactor does:
+    /// append, decode every complete frame, keep the tail.
+    fn decode_in_chunks(codec: &dyn Codec, wire: &[u8], chunks: &[usize]) -> Vec<Vec<u8>> {
+        let mut buf = Buffer::new();
+        let mut frames = Vec::new();
+        let mut fed = 0;
+        let mut sizes = chunks.iter().cycle();
+        while fed < wire.len() {
+            let n = (*sizes.next().unwrap()).clamp(1, wire.len() - fed);
+            buf.extend_from_slice(&wire[fed..fed + n]);
+            fed += n;
+            let (mut got, used) = decode_all(codec, buf.readable()).unwrap();
+            frames.append(&mut got);
+            buf.consume(used);
+        }
+        assert!(buf.is_empty(), "a whole stream leaves no tail");
+        frames
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_yields_the_frames_sent(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
+            chunks in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let codec = LengthCodec::new(300);
+            let wire = encode_all(&codec, &frames);
+            prop_assert_eq!(decode_in_chunks(&codec, &wire, &chunks), frames);
+        }
+
+        #[test]
+        fn any_split_of_lines_yields_the_lines_sent(
+            lines in proptest::collection::vec("[a-z ]{0,40}", 0..20),
+            chunks in proptest::collection::vec(1usize..16, 1..8),
+        ) {
+            let codec = LinesCodec::new(64);
+            let frames: Vec<Vec<u8>> = lines.iter().map(|l| l.as_bytes().to_vec()).collect();
+            let wire = encode_all(&codec, &frames);
+            prop_assert_eq!(decode_in_chunks(&codec, &wire, &chunks), frames);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The hub: everything the event loop owns except the service itself. Connections, UDP
+//! sockets, timers, counters, the buffer pool, and the lists of work the loop must do
+//! before it next blocks.
+//!
+//! A service acts on the hub through a [`crate::Context`], which only ever *queues*
+//! work: output is appended to a connection's queue and the connection put on the
+//! `to_flush` list; a close is put on the `to_close` list. The reactor carries both lists
+//! out after every callback. That keeps callbacks from re-entering each other (closing a
+//! connection calls `on_close`, which must not run in the middle of `on_frame`), and it
+//! lets one `write` carry every frame queued for a connection during one turn.
+
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::buffer::{Buffer, BufferPool};
+use crate::connection::{ConnId, ConnState, Connection};
+use crate::outqueue::MAX_IOVECS;
+use crate::stats::{CloseReason, Stats};
+use crate::timer::TimerQueue;
+use crate::udp::UdpEndpoint;
+
+/// What a timer entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerEvent {
+    /// Check whether a connection has been idle for the idle timeout.
+    Idle(ConnId),
+    /// Check whether a connection's partial frame is past its deadline.
+    FrameDeadline(ConnId),
+    /// A timer a service set, with the service's value.
+    Service(u64),
+    /// Try accepting on a listener again after running out of file descriptors.
+    AcceptRetry(usize),
+    /// Log the counters.
+    StatsReport,
+    /// Shutdown's grace period is over: close whatever is still open.
+    ShutdownDeadline,
+}
+
+/// Limits the hub enforces, copied from [`crate::Config`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub write_limit: usize,
+    pub idle_timeout: Option<Duration>,
+    pub frame_timeout: Option<Duration>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// For changing a socket's interests (a clone of the `Poll`'s registry).
+    pub registry: Registry,
+    /// Open and draining connections; the key is half of each [`ConnId`].
+    pub conns: Slab<Connection>,
+    /// Generation for the next connection; never 0.
+    next_generation: u32,
+    /// UDP sockets, indexed by [`crate::UdpId`].
+    pub udp: Vec<UdpEndpoint>,
+    /// Every deadline: idle checks, frame deadlines, service timers, housekeeping.
+    pub timers: TimerQueue<TimerEvent>,
+    /// Counters.
+    pub stats: Stats,
+    /// Storage for connection buffers, recycled.
+    pub pool: BufferPool,
+    /// Connections with output queued this turn, to be written before the loop blocks.
+    pub to_flush: Vec<ConnId>,
+    /// Connections to close before the loop blocks, and why.
+    pub to_close: Vec<(ConnId, CloseReason)>,
+    /// Sockets whose readiness was not used up (read budget spent, or reading resumed
+    /// after backpressure): served again on the next turn without waiting for an event.
+    pub ready_again: Vec<Token>,
+    /// The time at the start of this turn of the loop.
+    pub now: Instant,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Hub {
+    pub(crate) fn new(registry: Registry, limits: Limits) -> Self {
+        Hub {
+            registry,
+            conns: Slab::new(),
+            next_generation: 1,
+            udp: Vec::new(),
+            timers: TimerQueue::new(),
+            stats: Stats::default(),
+            pool: BufferPool::default(),
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            ready_again: Vec::new(),
+            now: Instant::now(),
+            limits,
+        }
+    }
+
+    /// The next generation number, skipping 0 when it wraps.
+    pub(crate) fn next_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.checked_add(1).unwrap_or(1);
+        generation
+    }
+
+    /// The connection `id` names, if it is still there (same slot *and* generation).
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Connection> {
+        self.conns
+            .get(id.index())
+            .filter(|conn| conn.generation == id.generation())
+    }
+
+    /// Mutable access to the connection `id` names, if it is still there.
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.conns
+            .get_mut(id.index())
+            .filter(|conn| conn.generation == id.generation())
+    }
+
+    /// Appends to a connection's output with `append` (a codec's `encode`), then lists
+    /// the connection for flushing. Returns `append`'s error, or `None` if the
+    /// connection is gone or no longer open.
+    pub(crate) fn queue_output<E>(
+        &mut self,
+        id: ConnId,
+        append: impl FnOnce(&mut Buffer) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        let conn = self
+            .conns
+            .get_mut(id.index())
+            .filter(|c| c.generation == id.generation() && c.is_open())?;
+        let before = conn.output.owned_len();
+        let result = append(conn.output.owned_for_append(&mut self.pool));
+        conn.output.appended(before);
+        if conn.output.is_empty() {
+            conn.output.release_if_empty(&mut self.pool);
+        } else {
+            self.stats.frames_out += u64::from(result.is_ok());
+            self.list_for_flush(id);
+        }
+        Some(result)
+    }
+
+    /// Puts a connection on the flush list once.
+    pub(crate) fn list_for_flush(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.queued_flush {
+                conn.queued_flush = true;
+                self.to_flush.push(id);
+            }
+        }
+    }
+
+    /// Puts a connection on the ready-again list once.
+    pub(crate) fn list_ready_again(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.queued_again {
+                conn.queued_again = true;
+                self.ready_again.push(id.token());
+            }
+        }
+    }
+
+    /// Asks for a connection to be closed with `reason` once the loop gets to it.
+    pub(crate) fn request_close(&mut self, id: ConnId, reason: CloseReason) {
+        self.to_close.push((id, reason));
+    }
+
+    /// Stops reading from a connection and closes it with `reason` once its output is
+    /// written (at once if nothing is queued).
+    pub(crate) fn close_after_flush(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state == ConnState::Open {
+            conn.state = ConnState::Draining(reason);
+        }
+        if conn.output.is_empty() {
+            self.request_close(id, reason);
+        } else {
+            self.list_for_flush(id);
+        }
+    }
+
+    /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
+    /// backpressure and draining. Errors are turned into close requests.
+    pub(crate) fn flush(&mut self, id: ConnId) {
+        let Some(conn) = self
+            .conns
+            .get_mut(id.index())
+            .filter(|c| c.generation == id.generation())
+        else {
+            return;
+        };
+        conn.queued_flush = false;
+        let mut socket_full = false;
+        while !conn.output.is_empty() {
+            let (result, attempted) = write_some(conn);
+            match result {
+                Ok(0) => {
+                    self.to_close
+                        .push((id, CloseReason::Error(io::ErrorKind::WriteZero)));
+                    return;
+                }
+                Ok(written) => {
+                    log::trace!("{id}: write {written} of {attempted}");
+                    self.stats.bytes_out += written as u64;
+                    conn.last_active = self.now;
+                    conn.output.advance(written, &mut self.pool);
+                    // A short write means the kernel's send buffer is full: no need to
+                    // try again only to be told WouldBlock.
+                    if written < attempted {
+                        socket_full = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    log::trace!("{id}: write WouldBlock");
+                    socket_full = true;
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("{id}: write error: {e}");
+                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    return;
+                }
+            }
+        }
+        set_writable_interest(&self.registry, conn, id, socket_full);
+        if conn.read_paused && conn.output.len() <= self.limits.write_limit / 2 {
+            log::debug!("{id}: output drained below half the write limit, reading again");
+            conn.read_paused = false;
+            if std::mem::take(&mut conn.read_pending) {
+                self.list_ready_again(id);
+            }
+        } else if let (true, ConnState::Draining(reason)) = (conn.output.is_empty(), conn.state) {
+            self.to_close.push((id, reason));
+        }
+    }
+
+    /// Arms the timer that checks a connection for idleness.
+    pub(crate) fn arm_idle_timer(&mut self, id: ConnId, last_active: Instant) {
+        if let Some(timeout) = self.limits.idle_timeout {
+            self.timers
+                .insert(last_active + timeout, TimerEvent::Idle(id));
+        }
+    }
+}
+
+/// One `write` (or `writev` when shared frames are queued) of the connection's output.
+/// Returns the outcome and how many bytes were offered.
+fn write_some(conn: &mut Connection) -> (io::Result<usize>, usize) {
+    if conn.output.is_owned_only() {
+        let bytes = conn.output.owned_bytes();
+        let attempted = bytes.len();
+        (conn.stream.write(bytes), attempted)
+    } else {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let (used, attempted) = conn.output.gather(&mut slices);
+        (conn.stream.write_vectored(&slices[..used]), attempted)
+    }
+}
+
+/// Registers WRITABLE only while output waits for room in the socket, so an idle
+/// connection is never woken for writability it has no use for.
+fn set_writable_interest(registry: &Registry, conn: &mut Connection, id: ConnId, wanted: bool) {
+    if conn.writable_armed == wanted {
+        return;
+    }
+    let interest = if wanted {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    match registry.reregister(&mut conn.stream, id.token(), interest) {
+        Ok(()) => {
+            log::trace!(
+                "{id}: interest {}",
+                if wanted { "READ|WRITE" } else { "READ" }
+            );
+            conn.writable_armed = wanted;
+        }
+        Err(e) => log::error!("{id}: reregister: {e}"),
+    }
+}

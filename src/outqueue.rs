@@ -1,0 +1,292 @@
+//! A connection's queued output: bytes owned by the connection, interleaved in order
+//! with frames shared between many connections.
+//!
+//! Most output (an echo, a reply) is copied once into the connection's own [`Buffer`],
+//! where consecutive frames coalesce so that one `write` sends them all. A broadcast to
+//! a chat room of 10,000 members is encoded once into a [`SharedFrame`]; each member's
+//! queue holds a reference to the same bytes, not a copy.
+//!
+//! To keep the two kinds in order without a list node per frame, each shared frame
+//! records the position in the owned byte stream at which it was queued (`mark`):
+//!
+//! ```text
+//!   owned stream:  [ a a a a | b b b ]        shared: [ S1 @4, S2 @7 ]
+//!   wire order:      a a a a  S1  b b b  S2
+//! ```
+//!
+//! A flush gathers up to [`MAX_IOVECS`] slices in wire order and hands them to one
+//! `writev`; [`OutQueue::advance`] then consumes what the kernel took.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+use crate::buffer::{Buffer, BufferPool};
+
+/// Bytes already framed, shared by every connection they are queued on. Cloning is a
+/// reference-count increment.
+#[derive(Debug, Clone)]
+pub struct SharedFrame(Rc<[u8]>);
+
+impl SharedFrame {
+    /// Wraps bytes that are already framed for the wire.
+    pub fn from_wire_bytes(bytes: &[u8]) -> Self {
+        SharedFrame(Rc::from(bytes))
+    }
+
+    /// The framed bytes, as they go on the wire.
+    pub fn wire_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Most slices one flush hands to `writev`.
+pub const MAX_IOVECS: usize = 32;
+
+/// One shared frame waiting in a queue.
+#[derive(Debug)]
+struct QueuedShared {
+    frame: SharedFrame,
+    /// Position in the owned stream (counted from the queue's creation) before which
+    /// all owned bytes must be written first.
+    mark: u64,
+}
+
+/// Output waiting for a connection's socket to accept it.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    /// Owned bytes not yet written, in order.
+    owned: Buffer,
+    /// Owned bytes written so far: the stream position of `owned`'s first byte.
+    owned_written: u64,
+    /// Shared frames, in order of their marks.
+    shared: VecDeque<QueuedShared>,
+    /// Bytes of the front shared frame already written.
+    shared_offset: usize,
+    /// Total bytes queued (owned plus unwritten shared), for the write limit.
+    queued: usize,
+}
+
+impl OutQueue {
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// The owned buffer, for a codec to append a frame to. Takes storage from `pool`
+    /// when the buffer owns none; call [`OutQueue::appended`] after writing into it.
+    pub fn owned_for_append(&mut self, pool: &mut BufferPool) -> &mut Buffer {
+        if self.owned.capacity() == 0 {
+            self.owned = pool.take();
+        }
+        &mut self.owned
+    }
+
+    /// Accounts for bytes appended to the owned buffer since `before` (its length then).
+    pub fn appended(&mut self, before: usize) {
+        self.queued += self.owned.len() - before;
+    }
+
+    /// Length of the owned buffer, to pass back to [`OutQueue::appended`].
+    pub fn owned_len(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Queues a shared frame after everything queued so far.
+    pub fn push_shared(&mut self, frame: SharedFrame) {
+        if frame.wire_bytes().is_empty() {
+            return;
+        }
+        self.queued += frame.wire_bytes().len();
+        let mark = self.owned_written + self.owned.len() as u64;
+        self.shared.push_back(QueuedShared { frame, mark });
+    }
+
+    /// True when only owned bytes are queued, so a plain `write` of
+    /// [`OutQueue::owned_bytes`] sends them all.
+    pub fn is_owned_only(&self) -> bool {
+        self.shared.is_empty()
+    }
+
+    /// The owned bytes (all of the queue when [`OutQueue::is_owned_only`]).
+    pub fn owned_bytes(&self) -> &[u8] {
+        self.owned.readable()
+    }
+
+    /// Fills `slices` with the queue's bytes in wire order; returns how many were used
+    /// and how many bytes they hold.
+    pub fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
+        let owned = self.owned.readable();
+        let mut used = 0;
+        let mut bytes = 0;
+        let mut owned_pos = 0;
+        let mut push = |slice: &'a [u8], used: &mut usize| {
+            slices[*used] = IoSlice::new(slice);
+            *used += 1;
+            bytes += slice.len();
+        };
+        for (i, queued) in self.shared.iter().enumerate() {
+            let mark = (queued.mark - self.owned_written) as usize;
+            if mark > owned_pos {
+                push(&owned[owned_pos..mark], &mut used);
+                owned_pos = mark;
+                if used == MAX_IOVECS {
+                    return (used, bytes);
+                }
+            }
+            let skip = if i == 0 { self.shared_offset } else { 0 };
+            push(&queued.frame.wire_bytes()[skip..], &mut used);
+            if used == MAX_IOVECS {
+                return (used, bytes);
+            }
+        }
+        if owned.len() > owned_pos {
+            push(&owned[owned_pos..], &mut used);
+        }
+        (used, bytes)
+    }
+
+    /// Drops the first `n` bytes in wire order (what a write accepted). Storage of an
+    /// emptied owned buffer goes back to `pool`.
+    pub fn advance(&mut self, mut n: usize, pool: &mut BufferPool) {
+        debug_assert!(n <= self.queued);
+        self.queued -= n;
+        while n > 0 {
+            let owned_before_next = match self.shared.front() {
+                Some(queued) => (queued.mark - self.owned_written) as usize,
+                None => self.owned.len(),
+            };
+            if owned_before_next > 0 {
+                let taken = n.min(owned_before_next);
+                self.owned.consume(taken);
+                self.owned_written += taken as u64;
+                n -= taken;
+                continue;
+            }
+            let Some(front) = self.shared.front() else {
+                break;
+            };
+            let remaining = front.frame.wire_bytes().len() - self.shared_offset;
+            let taken = n.min(remaining);
+            self.shared_offset += taken;
+            n -= taken;
+            if taken == remaining {
+                self.shared.pop_front();
+                self.shared_offset = 0;
+            }
+        }
+        self.release_if_empty(pool);
+    }
+
+    /// Gives memory back once nothing is queued, so idle connections hold none.
+    pub fn release_if_empty(&mut self, pool: &mut BufferPool) {
+        if self.owned.is_empty() && self.owned.capacity() > 0 {
+            pool.give_back(&mut self.owned);
+        }
+        if self.shared.is_empty() && self.shared.capacity() > 0 {
+            self.shared = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(queue: &mut OutQueue, pool: &mut BufferPool, bytes: &[u8]) {
+        let before = queue.owned_len();
+        queue.owned_for_append(pool).extend_from_slice(bytes);
+        queue.appended(before);
+    }
+
+    fn wire(queue: &OutQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let (used, bytes) = queue.gather(&mut slices);
+        let out: Vec<u8> = slices[..used]
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect();
+        assert_eq!(out.len(), bytes);
+        out
+    }
+
+    #[test]
+    fn owned_and_shared_keep_their_order() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        append(&mut q, &mut pool, b"aaaa");
+        q.push_shared(SharedFrame::from_wire_bytes(b"S1"));
+        append(&mut q, &mut pool, b"bbb");
+        q.push_shared(SharedFrame::from_wire_bytes(b"S2"));
+        q.push_shared(SharedFrame::from_wire_bytes(b"S3"));
+        assert_eq!(wire(&q), b"aaaaS1bbbS2S3");
+        assert_eq!(q.len(), 13);
+    }
+
+    #[test]
+    fn advancing_in_odd_steps_consumes_in_wire_order() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        append(&mut q, &mut pool, b"aaaa");
+        q.push_shared(SharedFrame::from_wire_bytes(b"S1"));
+        append(&mut q, &mut pool, b"bbb");
+        q.push_shared(SharedFrame::from_wire_bytes(b"S2"));
+        let full = wire(&q);
+        let mut written = Vec::new();
+        for step in [3, 2, 1, 4, 3] {
+            let now = wire(&q);
+            written.extend_from_slice(&now[..step]);
+            q.advance(step, &mut pool);
+        }
+        assert_eq!(written, full);
+        assert!(q.is_empty());
+        assert_eq!(wire(&q), b"");
+    }
+
+    #[test]
+    fn an_emptied_queue_holds_no_memory() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        append(&mut q, &mut pool, b"hello");
+        q.push_shared(SharedFrame::from_wire_bytes(b"S"));
+        q.advance(6, &mut pool);
+        assert!(q.is_empty());
+        assert_eq!(q.owned.capacity(), 0);
+        assert_eq!(q.shared.capacity(), 0);
+        assert_eq!(pool.cached(), 1, "the owned storage is recycled");
+    }
+
+    #[test]
+    fn gather_stops_at_the_iovec_limit_and_resumes() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        for i in 0..40u8 {
+            append(&mut q, &mut pool, &[i]);
+            q.push_shared(SharedFrame::from_wire_bytes(&[100 + i]));
+        }
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            expected.extend_from_slice(&[i, 100 + i]);
+        }
+        let mut written = Vec::new();
+        while !q.is_empty() {
+            let chunk = wire(&q);
+            assert!(chunk.len() <= MAX_IOVECS);
+            written.extend_from_slice(&chunk);
+            q.advance(chunk.len(), &mut pool);
+        }
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn empty_shared_frames_are_ignored() {
+        let mut q = OutQueue::default();
+        q.push_shared(SharedFrame::from_wire_bytes(b""));
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,160 @@
+//! Counters the reactor keeps, and the one-line report they print as.
+//!
+//! Counters are plain `u64`s on the loop's own thread: no atomics, no locks. A service
+//! reads them through [`crate::Context::stats`]; the reactor logs them every
+//! `stats_interval` and once more at shutdown.
+
+use std::fmt;
+
+/// Why a connection was closed. Every close is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer closed its side (EOF) and everything owed to it was flushed.
+    PeerClosed,
+    /// A socket error: reset by peer, broken pipe, and the like.
+    Error(std::io::ErrorKind),
+    /// The peer broke the framing (oversized or malformed frame).
+    Protocol,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// A frame was started and not completed before the frame deadline.
+    FrameTimeout,
+    /// The service asked for it (see [`crate::Context::close`]).
+    Service,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// All the kinds, in the order [`Stats::closed`] counts them.
+    pub const KINDS: [&'static str; 7] = [
+        "peer_closed",
+        "error",
+        "protocol",
+        "idle_timeout",
+        "frame_timeout",
+        "service",
+        "shutdown",
+    ];
+
+    /// Index of this reason in [`Stats::closed`].
+    pub fn index(&self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::Error(_) => 1,
+            CloseReason::Protocol => 2,
+            CloseReason::IdleTimeout => 3,
+            CloseReason::FrameTimeout => 4,
+            CloseReason::Service => 5,
+            CloseReason::Shutdown => 6,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Error(kind) => write!(f, "error ({kind})"),
+            other => f.write_str(Self::KINDS[other.index()]),
+        }
+    }
+}
+
+/// What the reactor has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted and kept.
+    pub accepted: u64,
+    /// Connections accepted and closed at once because `max_conns` was reached.
+    pub rejected: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Closed connections, by [`CloseReason::index`].
+    pub closed: [u64; 7],
+    /// Frames decoded from TCP and Unix connections.
+    pub frames_in: u64,
+    /// Frames queued for sending.
+    pub frames_out: u64,
+    /// Bytes read from stream sockets.
+    pub bytes_in: u64,
+    /// Bytes written to stream sockets.
+    pub bytes_out: u64,
+    /// Connections closed for a framing violation (also counted in `closed`).
+    pub protocol_errors: u64,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams dropped because the socket's send queue was over the write limit.
+    pub datagrams_dropped: u64,
+    /// `accept` failures other than `WouldBlock` (e.g. out of file descriptors).
+    pub accept_errors: u64,
+}
+
+impl Stats {
+    /// Total connections closed, for any reason.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conns: {} active, {} accepted, {} rejected, {} closed (",
+            self.active,
+            self.accepted,
+            self.rejected,
+            self.closed_total()
+        )?;
+        let mut first = true;
+        for (name, count) in CloseReason::KINDS.iter().zip(self.closed) {
+            if count > 0 {
+                write!(f, "{}{name} {count}", if first { "" } else { ", " })?;
+                first = false;
+            }
+        }
+        write!(
+            f,
+            "); frames in/out {}/{}; bytes in/out {}/{}; datagrams in/out {}/{}",
+            self.frames_in,
+            self.frames_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.datagrams_in,
+            self.datagrams_out
+        )?;
+        if self.protocol_errors > 0 {
+            write!(f, "; protocol errors {}", self.protocol_errors)?;
+        }
+        if self.datagrams_dropped > 0 {
+            write!(f, "; datagrams dropped {}", self.datagrams_dropped)?;
+        }
+        if self.accept_errors > 0 {
+            write!(f, "; accept errors {}", self.accept_errors)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_only_reasons_that_happened() {
+        let mut stats = Stats::default();
+        stats.closed[CloseReason::IdleTimeout.index()] = 2;
+        stats.accepted = 2;
+        let line = stats.to_string();
+        assert!(line.contains("2 closed (idle_timeout 2)"), "{line}");
+        assert!(!line.contains("protocol errors"));
+    }
+
+    #[test]
+    fn error_reason_shows_its_kind() {
+        let reason = CloseReason::Error(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(reason.to_string(), "error (connection reset)");
+    }
+}
