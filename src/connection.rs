@@ -67,7 +67,7 @@ impl ConnId {
     /// The connection a token names, if it names one.
     pub(crate) fn from_token(token: Token) -> Option<ConnId> {
         let generation = (token.0 >> 32) as u32;
-        (generation != 0).then(|| ConnId {
+        (generation != 0).then_some(ConnId {
             key: token.0 as u32,
             generation,
         })

@@ -590,14 +590,16 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         self.hub.ready_again.push(Token(UDP_BASE + index));
     }
 
-    /// Flushes the connections that callbacks queued output for, and closes the ones
-    /// they (or errors) asked to close, until neither list has anything left.
+    /// Closes the connections that callbacks (or errors) asked to close and flushes the
+    /// ones they queued output for, until neither list has anything left. Closes come
+    /// first: output queued for a connection closed with `CloseMode::Now` is discarded,
+    /// not written.
     fn carry_out_requests(&mut self) {
         loop {
-            if let Some(id) = self.hub.to_flush.pop() {
-                self.hub.flush(id);
-            } else if let Some((id, reason)) = self.hub.to_close.pop() {
+            if let Some((id, reason)) = self.hub.to_close.pop() {
                 self.close_connection(id, reason);
+            } else if let Some(id) = self.hub.to_flush.pop() {
+                self.hub.flush(id);
             } else {
                 return;
             }

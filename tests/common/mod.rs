@@ -44,7 +44,8 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             let (service, codec) = make();
             let reactor = Reactor::bind(config, service, codec).expect("bind");
-            tx.send((reactor.endpoints().to_vec(), reactor.handle())).unwrap();
+            tx.send((reactor.endpoints().to_vec(), reactor.handle()))
+                .unwrap();
             reactor.run().expect("run")
         });
         let (endpoints, handle) = rx.recv_timeout(IO_TIMEOUT).expect("server started");
@@ -140,7 +141,9 @@ pub fn is_closed(stream: &mut TcpStream) -> bool {
         Ok(_) => false,
         Err(e) => matches!(
             e.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
         ),
     }
 }
@@ -205,7 +208,10 @@ impl ChildServer {
                 }
                 return (status.code(), stderr);
             }
-            assert!(start.elapsed() < limit, "server did not exit within {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "server did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,191 @@
+//! Tests of the `switchboard` binary as a user runs it: exit codes, messages, signals,
+//! restart on a port in TIME_WAIT, and behaviour when file descriptors run out.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn sigterm_exits_zero_after_logging_a_summary() {
+    let port = free_port();
+    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut client, b"hi").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"hi");
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("served: conns"), "{stderr}");
+    assert!(stderr.contains("frames in/out 1/1"), "{stderr}");
+}
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let port = free_port();
+    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    server.signal("INT");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn startup_logs_each_endpoint_with_its_real_port() {
+    let server = ChildServer::start(
+        &["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"],
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0));
+    for kind in ["tcp", "udp"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("listening on {kind} 127.0.0.1:")))
+            .unwrap_or_else(|| panic!("no {kind} line in {stderr}"));
+        let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        assert_ne!(port, 0, "{line}");
+    }
+}
+
+#[test]
+fn port_in_use_exits_1_with_one_clear_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], None);
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind tcp 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_usage_errors_with_exit_2() {
+    for args in [
+        &["echo", "--max-frame", "lots"][..],
+        &["echo", "--tcp", "not-an-address"],
+        &["echo", "--udp", "127.0.0.1"],
+        &["echo", "--max-conns", "0"],
+        &["echo", "--framing", "morse"],
+        &["echo", "--no-such-flag"],
+    ] {
+        let server = ChildServer::start(args, None);
+        let (code, stderr) = server.wait(IO_TIMEOUT);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn restart_binds_at_once_while_old_connections_sit_in_time_wait() {
+    let port = free_port();
+    let args = [
+        "echo",
+        "--tcp",
+        &addr(port),
+        "--udp",
+        "off",
+        "--idle-timeout",
+        "1",
+    ];
+    let server = ChildServer::start(&args, Some(port));
+    // The server closes these idle connections first, so the TIME_WAIT state is on
+    // its side of the port: exactly what SO_REUSEADDR must cope with.
+    let mut clients: Vec<TcpStream> = (0..5)
+        .map(|_| connect(SocketAddr::from(([127, 0, 0, 1], port))))
+        .collect();
+    for client in &mut clients {
+        assert!(is_closed(client));
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait(IO_TIMEOUT).0, Some(0));
+    let again = ChildServer::start(&args, Some(port));
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut client, b"back").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"back");
+    drop(again);
+}
+
+/// CPU time (user + system) a process has used, from /proc/PID/stat, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
+    let port = free_port();
+    let server = std::process::Command::new("prlimit")
+        .args(["--nofile=48:48", env!("CARGO_BIN_EXE_switchboard")])
+        .args([
+            "echo",
+            "--tcp",
+            &addr(port),
+            "--udp",
+            "off",
+            "--log-level",
+            "warn",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit");
+    let server = ChildServer { child: server };
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_until(IO_TIMEOUT, || TcpStream::connect(target).is_ok()));
+    // More connections than the server has descriptors: the kernel completes them
+    // (backlog), the server cannot accept them all.
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(target).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(server.child.id());
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.child.id()) - before;
+    // A spinning loop would use ~100 ticks per second; backing off uses almost none.
+    assert!(
+        used < 30,
+        "server used {used} ticks in {:?} while out of fds",
+        start.elapsed()
+    );
+
+    drop(flood);
+    let mut client = None;
+    assert!(
+        wait_until(IO_TIMEOUT, || {
+            let Ok(mut c) = TcpStream::connect(target) else {
+                return false;
+            };
+            c.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let ok = write_frame(&mut c, b"recovered").is_ok()
+                && read_frame(&mut c).is_ok_and(|p| p == b"recovered");
+            client = Some(c);
+            ok
+        }),
+        "the server serves again once descriptors are free"
+    );
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("pausing accepts"), "{stderr}");
+}

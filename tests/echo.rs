@@ -1,0 +1,389 @@
+//! End-to-end tests of the echo service on an in-process reactor: framing however the
+//! bytes arrive, limits, misbehaving peers, UDP, timers and backpressure.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchboard::services::Echo;
+use switchboard::{CloseReason, Config, LengthCodec, MAX_DATAGRAM};
+
+const MAX_FRAME: usize = 1 << 20;
+
+fn echo_server(config: Config) -> TestServer {
+    TestServer::start(config, || (Echo, LengthCodec::new(MAX_FRAME)))
+}
+
+#[test]
+fn echoes_one_frame() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"hello").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"hello");
+}
+
+#[test]
+fn frame_delivered_byte_by_byte_is_decoded_whole() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    for byte in frame(b"one byte at a time") {
+        client.write_all(&[byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_frame(&mut client).unwrap(), b"one byte at a time");
+}
+
+#[test]
+fn thousand_frames_in_one_write_come_back_in_order() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    let mut wire = Vec::new();
+    for i in 0..1000u32 {
+        wire.extend_from_slice(&frame(format!("frame {i}").as_bytes()));
+    }
+    client.write_all(&wire).unwrap();
+    for i in 0..1000u32 {
+        assert_eq!(
+            read_frame(&mut client).unwrap(),
+            format!("frame {i}").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn zero_length_frames_are_echoed() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    client
+        .write_all(&[frame(b""), frame(b"x"), frame(b"")].concat())
+        .unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"");
+    assert_eq!(read_frame(&mut client).unwrap(), b"x");
+    assert_eq!(read_frame(&mut client).unwrap(), b"");
+}
+
+#[test]
+fn frame_of_exactly_the_maximum_size_is_echoed() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    let payload: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 7 % 251) as u8).collect();
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        let payload = payload.clone();
+        std::thread::spawn(move || write_frame(&mut client, &payload))
+    };
+    assert_eq!(read_frame(&mut client).unwrap(), payload);
+    writer.join().unwrap().unwrap();
+}
+
+/// Peak resident memory of this test process, from /proc (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn oversized_and_4gib_frames_close_only_that_connection_without_allocating() {
+    let server = echo_server(local_config());
+    let mut bystander = connect(server.tcp());
+    write_frame(&mut bystander, b"before").unwrap();
+    assert_eq!(read_frame(&mut bystander).unwrap(), b"before");
+
+    let peak_before = peak_rss_kib();
+    let mut oversize = connect(server.tcp());
+    oversize
+        .write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+        .unwrap();
+    assert!(
+        is_closed(&mut oversize),
+        "oversized frame must close the connection"
+    );
+
+    let mut huge = connect(server.tcp());
+    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    assert!(
+        is_closed(&mut huge),
+        "a 4 GiB announcement must close the connection"
+    );
+    if let (Some(before), Some(after)) = (peak_before, peak_rss_kib()) {
+        assert!(
+            after - before < 64 * 1024,
+            "peak RSS grew by {} KiB",
+            after - before
+        );
+    }
+
+    write_frame(&mut bystander, b"after").unwrap();
+    assert_eq!(read_frame(&mut bystander).unwrap(), b"after");
+    let stats = server.stop();
+    assert_eq!(stats.protocol_errors, 2);
+    assert_eq!(stats.closed[CloseReason::Protocol.index()], 2);
+}
+
+#[test]
+fn hundreds_of_concurrent_clients_are_served() {
+    let server = echo_server(local_config());
+    let mut clients: Vec<TcpStream> = (0..300).map(|_| connect(server.tcp())).collect();
+    for round in 0..3 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            write_frame(client, format!("{i}/{round}").as_bytes()).unwrap();
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                read_frame(client).unwrap(),
+                format!("{i}/{round}").as_bytes()
+            );
+        }
+    }
+    drop(clients);
+    let stats = server.stop();
+    assert_eq!(stats.accepted, 300);
+    assert_eq!(stats.frames_in, 900);
+}
+
+#[test]
+fn peer_reset_mid_frame_closes_only_that_connection() {
+    let server = echo_server(local_config());
+    let mut bystander = connect(server.tcp());
+    let mut victim = connect(server.tcp());
+    victim.write_all(&frame(b"complete")).unwrap();
+    assert_eq!(read_frame(&mut victim).unwrap(), b"complete");
+    victim.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // SO_LINGER 0: close() sends a RST instead of a FIN.
+    socket2::SockRef::from(&victim)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(victim);
+
+    write_frame(&mut bystander, b"still here").unwrap();
+    assert_eq!(read_frame(&mut bystander).unwrap(), b"still here");
+    drop(bystander);
+    let stats = server.stop();
+    assert_eq!(
+        stats.closed[CloseReason::Error(ErrorKind::ConnectionReset).index()],
+        1
+    );
+    assert_eq!(stats.active, 0);
+}
+
+#[test]
+fn half_close_gets_every_echo_then_eof() {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    for i in 0..50u32 {
+        write_frame(&mut client, &i.to_be_bytes()).unwrap();
+    }
+    client.shutdown(Shutdown::Write).unwrap();
+    for i in 0..50u32 {
+        assert_eq!(read_frame(&mut client).unwrap(), i.to_be_bytes());
+    }
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "EOF after the last echo");
+    let stats = server.stop();
+    assert_eq!(stats.closed[CloseReason::PeerClosed.index()], 1);
+}
+
+#[test]
+fn udp_datagrams_of_1_1400_and_65507_bytes_are_echoed() {
+    let server = echo_server(local_config());
+    let client = udp_client();
+    let mut reply = vec![0u8; 70_000];
+    for size in [1, 1400, MAX_DATAGRAM] {
+        let datagram: Vec<u8> = (0..size).map(|i| (i % 256) as u8).collect();
+        client.send_to(&datagram, server.udp()).unwrap();
+        let (n, from) = client.recv_from(&mut reply).unwrap();
+        assert_eq!(from, server.udp());
+        assert_eq!(&reply[..n], &datagram[..], "datagram of {size} bytes");
+    }
+}
+
+#[test]
+fn udp_serves_many_peers_at_once() {
+    let server = echo_server(local_config());
+    let peers: Vec<_> = (0..50).map(|_| udp_client()).collect();
+    for (i, peer) in peers.iter().enumerate() {
+        peer.send_to(format!("peer {i}").as_bytes(), server.udp())
+            .unwrap();
+    }
+    let mut reply = [0u8; 64];
+    for (i, peer) in peers.iter().enumerate() {
+        let (n, _) = peer.recv_from(&mut reply).unwrap();
+        assert_eq!(&reply[..n], format!("peer {i}").as_bytes());
+    }
+}
+
+#[test]
+fn idle_timeout_closes_idle_connections_and_spares_active_ones() {
+    let mut config = local_config();
+    config.idle_timeout = Some(Duration::from_millis(400));
+    let server = echo_server(config);
+    let mut idle = connect(server.tcp());
+    let mut active = connect(server.tcp());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1200) {
+        write_frame(&mut active, b"tick").unwrap();
+        assert_eq!(read_frame(&mut active).unwrap(), b"tick");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(is_closed(&mut idle), "idle connection closed");
+    write_frame(&mut active, b"alive").unwrap();
+    assert_eq!(read_frame(&mut active).unwrap(), b"alive");
+    let stats = server.stop();
+    assert_eq!(stats.closed[CloseReason::IdleTimeout.index()], 1);
+}
+
+#[test]
+fn client_that_never_reads_is_paused_and_others_are_served() {
+    let mut config = local_config();
+    config.write_limit = 256 * 1024;
+    let server = echo_server(config);
+    let mut hog = connect(server.tcp());
+    hog.set_nonblocking(true).unwrap();
+    let chunk = frame(&vec![0xab; 64 * 1024]);
+    let mut sent = 0usize;
+    let start = Instant::now();
+    // Push up to 64 MiB without ever reading. Once the server pauses reading, the
+    // kernel buffers fill and the writes stop being accepted.
+    let mut stalled_since = None;
+    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(10) {
+        match hog.write(&chunk[sent % chunk.len()..]) {
+            Ok(n) => {
+                sent += n;
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        sent < 32 << 20,
+        "server kept reading a client that never reads ({sent} bytes)"
+    );
+
+    let mut other = connect(server.tcp());
+    write_frame(&mut other, b"served").unwrap();
+    assert_eq!(read_frame(&mut other).unwrap(), b"served");
+
+    // Nothing was lost: reading now returns every whole frame that was sent.
+    hog.set_nonblocking(false).unwrap();
+    let whole_frames = sent / chunk.len();
+    for _ in 0..whole_frames {
+        assert_eq!(read_frame(&mut hog).unwrap(), &chunk[4..]);
+    }
+}
+
+#[test]
+fn max_conns_rejects_extra_connections_until_one_closes() {
+    let mut config = local_config();
+    config.max_conns = 3;
+    let server = echo_server(config);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(server.tcp())).collect();
+    for client in &mut held {
+        write_frame(client, b"in").unwrap();
+        assert_eq!(read_frame(client).unwrap(), b"in");
+    }
+    let mut extra = connect(server.tcp());
+    assert!(
+        is_closed(&mut extra),
+        "the fourth connection is closed at once"
+    );
+
+    drop(held.pop());
+    let mut again = None;
+    assert!(
+        wait_until(IO_TIMEOUT, || {
+            let mut client = connect(server.tcp());
+            let ok = write_frame(&mut client, b"room").is_ok()
+                && read_frame(&mut client).is_ok_and(|p| p == b"room");
+            again = Some(client);
+            ok
+        }),
+        "a slot frees when a connection closes"
+    );
+    drop((held, again));
+    let stats = server.stop();
+    assert!(stats.rejected >= 1);
+}
+
+#[test]
+fn unix_domain_listener_echoes() {
+    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let mut config = Config::default();
+    config.unix.push(path.clone());
+    let server = echo_server(config);
+    let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write_frame(&mut client, b"over a file").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"over a file");
+    drop(client);
+    server.stop();
+    assert!(!path.exists(), "the socket file is removed at shutdown");
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn ipv6_loopback_echoes_when_available() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine: skipped");
+        return;
+    }
+    let mut config = Config::default();
+    config.tcp.push("[::1]:0".parse().unwrap());
+    let server = echo_server(config);
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"v6").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"v6");
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_others() {
+    let server = echo_server(local_config());
+    let addr = server.tcp();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut flood = connect(addr);
+            let mut reader = flood.try_clone().unwrap();
+            let drain = std::thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+            });
+            let burst = frame(&vec![1u8; 60_000]).repeat(16);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if flood.write_all(&burst).is_err() {
+                    break;
+                }
+            }
+            let _ = flood.shutdown(Shutdown::Both);
+            let _ = drain.join();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut polite = connect(addr);
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let sent = Instant::now();
+        write_frame(&mut polite, b"ping").unwrap();
+        assert_eq!(read_frame(&mut polite).unwrap(), b"ping");
+        worst = worst.max(sent.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
+    // Generous bound: starvation would mean waiting for the flood to end (never).
+    assert!(worst < Duration::from_secs(2), "worst round trip {worst:?}");
+}

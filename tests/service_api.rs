@@ -1,0 +1,199 @@
+//! End-to-end tests of the guarantees the reactor gives a service: connection ids are
+//! never reused for a newcomer, timers fire and cancel, closes flush or not as asked,
+//! shared frames reach every connection.
+
+mod common;
+
+use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use switchboard::{
+    CloseMode, CloseReason, ConnId, Context, LengthCodec, SendError, Service, TimerId,
+};
+
+/// Remembers the first connection; when a later one arrives after it closed, tries to
+/// send to the old id and reports what happened.
+struct SlotReuse {
+    closed: Option<ConnId>,
+    report: mpsc::Sender<(ConnId, ConnId, Result<(), SendError>)>,
+    closed_tx: mpsc::Sender<()>,
+}
+
+impl Service for SlotReuse {
+    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+        if let Some(old) = self.closed {
+            let ghost = ctx.send(old, b"ghost");
+            let _ = self.report.send((old, conn, ghost));
+        }
+        let _ = ctx.send(conn, b"welcome");
+    }
+    fn on_close(&mut self, _: &mut Context<'_>, conn: ConnId, _: CloseReason) {
+        self.closed.get_or_insert(conn);
+        let _ = self.closed_tx.send(());
+    }
+}
+
+#[test]
+fn a_closed_connections_id_never_reaches_the_newcomer_in_its_slot() {
+    let (report, reports) = mpsc::channel();
+    let (closed_tx, closed) = mpsc::channel();
+    let server = TestServer::start(local_config(), move || {
+        let service = SlotReuse {
+            closed: None,
+            report,
+            closed_tx,
+        };
+        (service, LengthCodec::new(1024))
+    });
+    let mut first = connect(server.tcp());
+    assert_eq!(read_frame(&mut first).unwrap(), b"welcome");
+    drop(first);
+    closed
+        .recv_timeout(IO_TIMEOUT)
+        .expect("first connection closed");
+
+    let mut second = connect(server.tcp());
+    let (old, new, ghost) = reports.recv_timeout(IO_TIMEOUT).unwrap();
+    assert_eq!(old.index(), new.index(), "the slab slot was reused");
+    assert_ne!(old, new);
+    assert_eq!(ghost, Err(SendError::Closed));
+    assert_eq!(read_frame(&mut second).unwrap(), b"welcome");
+    second
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        read_frame(&mut second).is_err(),
+        "nothing else, in particular no ghost"
+    );
+}
+
+/// Sets two timers per connection, cancels the second, and reports each firing to the
+/// connection that set it.
+#[derive(Default)]
+struct Timers {
+    conns: Vec<ConnId>,
+}
+
+impl Service for Timers {
+    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+        let value = self.conns.len() as u64;
+        self.conns.push(conn);
+        ctx.set_timer(Duration::from_millis(50), value);
+        let cancelled = ctx.set_timer(Duration::from_millis(100), value);
+        assert!(ctx.cancel_timer(cancelled));
+        assert!(
+            !ctx.cancel_timer(cancelled),
+            "cancelling twice reports false"
+        );
+    }
+    fn on_timer(&mut self, ctx: &mut Context<'_>, _: TimerId, value: u64) {
+        let conn = self.conns[value as usize];
+        let _ = ctx.send(conn, format!("timer {value}").as_bytes());
+    }
+}
+
+#[test]
+fn timers_fire_once_and_cancelled_timers_never_fire() {
+    let server = TestServer::start(local_config(), || {
+        (Timers::default(), LengthCodec::new(1024))
+    });
+    let mut client = connect(server.tcp());
+    assert_eq!(read_frame(&mut client).unwrap(), b"timer 0");
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        read_frame(&mut client).is_err(),
+        "the cancelled timer did not fire"
+    );
+}
+
+/// "flush" -> reply then close after flushing; "now" -> reply then close at once;
+/// anything else is sent to every connection as one shared frame.
+#[derive(Default)]
+struct Closer {
+    conns: Vec<ConnId>,
+}
+
+impl Service for Closer {
+    fn on_connect(&mut self, _: &mut Context<'_>, conn: ConnId) {
+        self.conns.push(conn);
+    }
+    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+        match payload {
+            b"flush" => {
+                ctx.send(conn, &vec![b'f'; 200_000]).unwrap();
+                ctx.close(conn, CloseMode::Flush);
+                assert!(!ctx.is_open(conn));
+                assert_eq!(ctx.send(conn, b"late"), Err(SendError::Closed));
+            }
+            b"now" => {
+                ctx.send(conn, b"never seen").unwrap();
+                ctx.close(conn, CloseMode::Now);
+            }
+            other => {
+                let shared = ctx.shared_frame(other).unwrap();
+                for &member in &self.conns {
+                    let _ = ctx.send_shared(member, &shared);
+                }
+            }
+        }
+    }
+    fn on_close(&mut self, _: &mut Context<'_>, conn: ConnId, _: CloseReason) {
+        self.conns.retain(|&c| c != conn);
+    }
+}
+
+#[test]
+fn close_after_flush_delivers_everything_then_eof() {
+    let server = TestServer::start(local_config(), || {
+        (Closer::default(), LengthCodec::new(1 << 20))
+    });
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"flush").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), vec![b'f'; 200_000]);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn close_now_discards_queued_output() {
+    let server = TestServer::start(local_config(), || {
+        (Closer::default(), LengthCodec::new(1024))
+    });
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"now").unwrap();
+    assert!(is_closed(&mut client));
+    let stats = server.stop();
+    assert_eq!(stats.closed[CloseReason::Service.index()], 1);
+}
+
+#[test]
+fn a_shared_frame_reaches_every_connection_in_order() {
+    let server = TestServer::start(local_config(), || {
+        (Closer::default(), LengthCodec::new(1024))
+    });
+    let mut members: Vec<_> = (0..20).map(|_| connect(server.tcp())).collect();
+    // Every member is registered once the first broadcast reaches them all.
+    write_frame(&mut members[0], b"sync").unwrap();
+    for member in &mut members {
+        assert_eq!(read_frame(member).unwrap(), b"sync");
+    }
+    for i in 0..10 {
+        write_frame(&mut members[0], format!("m{i}").as_bytes()).unwrap();
+    }
+    for (n, member) in members.iter_mut().enumerate() {
+        for i in 0..10 {
+            assert_eq!(
+                read_frame(member).unwrap(),
+                format!("m{i}").as_bytes(),
+                "member {n}"
+            );
+        }
+    }
+    let stats = server.stop();
+    assert_eq!(stats.frames_out, 11 * 20);
+}
