@@ -9,13 +9,13 @@
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::time::Instant;
 
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::buffer::Buffer;
+use crate::idle::{Linked, Links};
 use crate::outqueue::OutQueue;
 use crate::stats::CloseReason;
 
@@ -195,6 +195,13 @@ impl fmt::Display for ConnState {
     }
 }
 
+/// A time as milliseconds since the reactor started, plus one (so 0 can mean "none"):
+/// 8 bytes per timestamp instead of an `Instant`'s 16, which matters per connection.
+pub(crate) type Millis = u64;
+
+/// [`Connection::frame_started`] when no frame is partially received.
+pub(crate) const NO_FRAME: Millis = 0;
+
 /// One connection's socket, buffers and bookkeeping, stored in the reactor's slab.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -210,9 +217,12 @@ pub(crate) struct Connection {
     /// Output the socket has not taken yet.
     pub output: OutQueue,
     /// When bytes last moved in either direction (for the idle timeout).
-    pub last_active: Instant,
-    /// When the frame now in `input` started arriving (for the frame deadline).
-    pub frame_started: Option<Instant>,
+    pub last_active: Millis,
+    /// When the frame now in `input` started arriving (for the frame deadline), or
+    /// [`NO_FRAME`] when `input` holds no partial frame.
+    pub frame_started: Millis,
+    /// Place in the hub's list of connections ordered by last activity.
+    pub idle: Links,
     /// Reading stopped because `output` passed the write limit.
     pub read_paused: bool,
     /// A readable event came while paused, so there may be input to read on resuming.
@@ -228,7 +238,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: Stream, generation: u32, now: Instant) -> Self {
+    pub(crate) fn new(stream: Stream, generation: u32, now: Millis) -> Self {
         Connection {
             stream,
             generation,
@@ -236,7 +246,8 @@ impl Connection {
             input: Buffer::new(),
             output: OutQueue::default(),
             last_active: now,
-            frame_started: None,
+            frame_started: NO_FRAME,
+            idle: Links::default(),
             read_paused: false,
             read_pending: false,
             writable_armed: false,
@@ -251,9 +262,25 @@ impl Connection {
     }
 }
 
+impl Linked for Connection {
+    fn links(&mut self) -> &mut Links {
+        &mut self.idle
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_connection_is_small() {
+        // Every idle connection costs this much user-space memory (plus its slab slot).
+        assert!(
+            std::mem::size_of::<Connection>() <= 144,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
+    }
 
     #[test]
     fn token_round_trip_keeps_key_and_generation() {

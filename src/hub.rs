@@ -16,7 +16,8 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::buffer::{Buffer, BufferPool};
-use crate::connection::{ConnId, ConnState, Connection};
+use crate::connection::{ConnId, ConnState, Connection, Millis};
+use crate::idle::IdleList;
 use crate::outqueue::MAX_IOVECS;
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerQueue;
@@ -25,8 +26,6 @@ use crate::udp::UdpEndpoint;
 /// What a timer entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerEvent {
-    /// Check whether a connection has been idle for the idle timeout.
-    Idle(ConnId),
     /// Check whether a connection's partial frame is past its deadline.
     FrameDeadline(ConnId),
     /// A timer a service set, with the service's value.
@@ -73,6 +72,10 @@ pub(crate) struct Hub {
     pub ready_again: Vec<Token>,
     /// The time at the start of this turn of the loop.
     pub now: Instant,
+    /// When the hub was created: the origin of [`Millis`] timestamps.
+    epoch: Instant,
+    /// Connections ordered by last activity, for the idle timeout.
+    pub idle: IdleList,
     /// Limits.
     pub limits: Limits,
 }
@@ -91,8 +94,36 @@ impl Hub {
             to_close: Vec::new(),
             ready_again: Vec::new(),
             now: Instant::now(),
+            epoch: Instant::now(),
+            idle: IdleList::default(),
             limits,
         }
+    }
+
+    /// This turn's time as [`Millis`].
+    pub(crate) fn now_millis(&self) -> Millis {
+        self.now.duration_since(self.epoch).as_millis() as Millis + 1
+    }
+
+    /// The `Instant` a [`Millis`] timestamp stands for.
+    pub(crate) fn instant(&self, millis: Millis) -> Instant {
+        self.epoch + Duration::from_millis(millis.saturating_sub(1))
+    }
+
+    /// Records activity on a connection: it moves to the back of the idle list.
+    pub(crate) fn touch(&mut self, id: ConnId) {
+        let now = self.now_millis();
+        if let Some(conn) = self.conn_mut(id) {
+            conn.last_active = now;
+            self.idle.touch(&mut self.conns, id.index());
+        }
+    }
+
+    /// When the connection quiet the longest becomes idle, if there is one.
+    pub(crate) fn next_idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.limits.idle_timeout?;
+        let key = self.idle.front()?;
+        Some(self.instant(self.conns[key].last_active) + timeout)
     }
 
     /// The next generation number, skipping 0 when it wraps.
@@ -128,9 +159,7 @@ impl Hub {
             .conns
             .get_mut(id.index())
             .filter(|c| c.generation == id.generation() && c.is_open())?;
-        let before = conn.output.owned_len();
         let result = append(conn.output.owned_for_append(&mut self.pool));
-        conn.output.appended(before);
         if conn.output.is_empty() {
             conn.output.release_if_empty(&mut self.pool);
         } else {
@@ -193,6 +222,7 @@ impl Hub {
         };
         conn.queued_flush = false;
         let mut socket_full = false;
+        let mut progressed = false;
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn);
             match result {
@@ -204,7 +234,7 @@ impl Hub {
                 Ok(written) => {
                     log::trace!("{id}: write {written} of {attempted}");
                     self.stats.bytes_out += written as u64;
-                    conn.last_active = self.now;
+                    progressed = true;
                     conn.output.advance(written, &mut self.pool);
                     // A short write means the kernel's send buffer is full: no need to
                     // try again only to be told WouldBlock.
@@ -236,13 +266,8 @@ impl Hub {
         } else if let (true, ConnState::Draining(reason)) = (conn.output.is_empty(), conn.state) {
             self.to_close.push((id, reason));
         }
-    }
-
-    /// Arms the timer that checks a connection for idleness.
-    pub(crate) fn arm_idle_timer(&mut self, id: ConnId, last_active: Instant) {
-        if let Some(timeout) = self.limits.idle_timeout {
-            self.timers
-                .insert(last_active + timeout, TimerEvent::Idle(id));
+        if progressed {
+            self.touch(id);
         }
     }
 }

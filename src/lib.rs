@@ -29,7 +29,8 @@
 //! - [`service`]: the [`Service`] trait and the [`Context`] it acts through.
 //! - `udp`: UDP endpoints.
 //! - `endpoint`: opening listeners and sockets (socket2: SO_REUSEADDR, backlog).
-//! - [`timer`]: the deadline queue behind every timeout.
+//! - [`timer`]: the deadline queue behind frame deadlines and service timers.
+//! - `idle`: connections ordered by last activity, for the idle timeout.
 //! - [`config`]: endpoints and limits, validated. [`stats`]: counters.
 //! - [`services`]: the services the binary runs.
 //!
@@ -55,6 +56,7 @@ mod endpoint;
 mod error;
 pub mod frame;
 mod hub;
+mod idle;
 mod outqueue;
 pub mod reactor;
 pub mod service;

@@ -7,7 +7,9 @@
 //! queue holds a reference to the same bytes, not a copy.
 //!
 //! To keep the two kinds in order without a list node per frame, each shared frame
-//! records the position in the owned byte stream at which it was queued (`mark`):
+//! records the position in the owned byte stream at which it was queued (`mark`). The
+//! shared part lives behind an `Option<Box<_>>`, so a queue that never sees a shared
+//! frame (echo, and every idle connection) costs one pointer for it:
 //!
 //! ```text
 //!   owned stream:  [ a a a a | b b b ]        shared: [ S1 @4, S2 @7 ]
@@ -47,9 +49,24 @@ pub const MAX_IOVECS: usize = 32;
 #[derive(Debug)]
 struct QueuedShared {
     frame: SharedFrame,
-    /// Position in the owned stream (counted from the queue's creation) before which
-    /// all owned bytes must be written first.
+    /// Owned-stream position (see [`SharedQueue::owned_written`]) before which all
+    /// owned bytes must be written first.
     mark: u64,
+}
+
+/// The shared frames of a queue, boxed so that the common case (no shared frames, and
+/// every idle connection) pays one pointer for them.
+#[derive(Debug, Default)]
+struct SharedQueue {
+    /// Shared frames, in order of their marks.
+    frames: VecDeque<QueuedShared>,
+    /// Bytes of the front frame already written.
+    front_written: usize,
+    /// Owned bytes written since this shared queue was created: the owned stream
+    /// position of the owned buffer's first byte.
+    owned_written: u64,
+    /// Unwritten bytes of all shared frames.
+    bytes: usize,
 }
 
 /// Output waiting for a connection's socket to accept it.
@@ -57,29 +74,23 @@ struct QueuedShared {
 pub struct OutQueue {
     /// Owned bytes not yet written, in order.
     owned: Buffer,
-    /// Owned bytes written so far: the stream position of `owned`'s first byte.
-    owned_written: u64,
-    /// Shared frames, in order of their marks.
-    shared: VecDeque<QueuedShared>,
-    /// Bytes of the front shared frame already written.
-    shared_offset: usize,
-    /// Total bytes queued (owned plus unwritten shared), for the write limit.
-    queued: usize,
+    /// Shared frames interleaved with the owned bytes; `None` when there are none.
+    shared: Option<Box<SharedQueue>>,
 }
 
 impl OutQueue {
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
-        self.queued
+        self.owned.len() + self.shared.as_ref().map_or(0, |s| s.bytes)
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queued == 0
+        self.len() == 0
     }
 
     /// The owned buffer, for a codec to append a frame to. Takes storage from `pool`
-    /// when the buffer owns none; call [`OutQueue::appended`] after writing into it.
+    /// when the buffer owns none.
     pub fn owned_for_append(&mut self, pool: &mut BufferPool) -> &mut Buffer {
         if self.owned.capacity() == 0 {
             self.owned = pool.take();
@@ -87,30 +98,21 @@ impl OutQueue {
         &mut self.owned
     }
 
-    /// Accounts for bytes appended to the owned buffer since `before` (its length then).
-    pub fn appended(&mut self, before: usize) {
-        self.queued += self.owned.len() - before;
-    }
-
-    /// Length of the owned buffer, to pass back to [`OutQueue::appended`].
-    pub fn owned_len(&self) -> usize {
-        self.owned.len()
-    }
-
     /// Queues a shared frame after everything queued so far.
     pub fn push_shared(&mut self, frame: SharedFrame) {
         if frame.wire_bytes().is_empty() {
             return;
         }
-        self.queued += frame.wire_bytes().len();
-        let mark = self.owned_written + self.owned.len() as u64;
-        self.shared.push_back(QueuedShared { frame, mark });
+        let shared = self.shared.get_or_insert_with(Box::default);
+        let mark = shared.owned_written + self.owned.len() as u64;
+        shared.bytes += frame.wire_bytes().len();
+        shared.frames.push_back(QueuedShared { frame, mark });
     }
 
     /// True when only owned bytes are queued, so a plain `write` of
     /// [`OutQueue::owned_bytes`] sends them all.
     pub fn is_owned_only(&self) -> bool {
-        self.shared.is_empty()
+        self.shared.is_none()
     }
 
     /// The owned bytes (all of the queue when [`OutQueue::is_owned_only`]).
@@ -130,19 +132,21 @@ impl OutQueue {
             *used += 1;
             bytes += slice.len();
         };
-        for (i, queued) in self.shared.iter().enumerate() {
-            let mark = (queued.mark - self.owned_written) as usize;
-            if mark > owned_pos {
-                push(&owned[owned_pos..mark], &mut used);
-                owned_pos = mark;
+        if let Some(shared) = &self.shared {
+            for (i, queued) in shared.frames.iter().enumerate() {
+                let mark = (queued.mark - shared.owned_written) as usize;
+                if mark > owned_pos {
+                    push(&owned[owned_pos..mark], &mut used);
+                    owned_pos = mark;
+                    if used == MAX_IOVECS {
+                        return (used, bytes);
+                    }
+                }
+                let skip = if i == 0 { shared.front_written } else { 0 };
+                push(&queued.frame.wire_bytes()[skip..], &mut used);
                 if used == MAX_IOVECS {
                     return (used, bytes);
                 }
-            }
-            let skip = if i == 0 { self.shared_offset } else { 0 };
-            push(&queued.frame.wire_bytes()[skip..], &mut used);
-            if used == MAX_IOVECS {
-                return (used, bytes);
             }
         }
         if owned.len() > owned_pos {
@@ -153,32 +157,11 @@ impl OutQueue {
 
     /// Drops the first `n` bytes in wire order (what a write accepted). Storage of an
     /// emptied owned buffer goes back to `pool`.
-    pub fn advance(&mut self, mut n: usize, pool: &mut BufferPool) {
-        debug_assert!(n <= self.queued);
-        self.queued -= n;
-        while n > 0 {
-            let owned_before_next = match self.shared.front() {
-                Some(queued) => (queued.mark - self.owned_written) as usize,
-                None => self.owned.len(),
-            };
-            if owned_before_next > 0 {
-                let taken = n.min(owned_before_next);
-                self.owned.consume(taken);
-                self.owned_written += taken as u64;
-                n -= taken;
-                continue;
-            }
-            let Some(front) = self.shared.front() else {
-                break;
-            };
-            let remaining = front.frame.wire_bytes().len() - self.shared_offset;
-            let taken = n.min(remaining);
-            self.shared_offset += taken;
-            n -= taken;
-            if taken == remaining {
-                self.shared.pop_front();
-                self.shared_offset = 0;
-            }
+    pub fn advance(&mut self, n: usize, pool: &mut BufferPool) {
+        debug_assert!(n <= self.len());
+        match &mut self.shared {
+            None => self.owned.consume(n),
+            Some(shared) => advance_interleaved(&mut self.owned, shared, n),
         }
         self.release_if_empty(pool);
     }
@@ -188,8 +171,37 @@ impl OutQueue {
         if self.owned.is_empty() && self.owned.capacity() > 0 {
             pool.give_back(&mut self.owned);
         }
-        if self.shared.is_empty() && self.shared.capacity() > 0 {
-            self.shared = VecDeque::new();
+        if self.shared.as_ref().is_some_and(|s| s.frames.is_empty()) {
+            self.shared = None;
+        }
+    }
+}
+
+/// Consumes `n` bytes of owned bytes and shared frames, in wire order.
+fn advance_interleaved(owned: &mut Buffer, shared: &mut SharedQueue, mut n: usize) {
+    while n > 0 {
+        let owned_before_next = match shared.frames.front() {
+            Some(queued) => (queued.mark - shared.owned_written) as usize,
+            None => owned.len(),
+        };
+        if owned_before_next > 0 {
+            let taken = n.min(owned_before_next);
+            owned.consume(taken);
+            shared.owned_written += taken as u64;
+            n -= taken;
+            continue;
+        }
+        let Some(front) = shared.frames.front() else {
+            break;
+        };
+        let remaining = front.frame.wire_bytes().len() - shared.front_written;
+        let taken = n.min(remaining);
+        shared.front_written += taken;
+        shared.bytes -= taken;
+        n -= taken;
+        if taken == remaining {
+            shared.frames.pop_front();
+            shared.front_written = 0;
         }
     }
 }
@@ -199,9 +211,7 @@ mod tests {
     use super::*;
 
     fn append(queue: &mut OutQueue, pool: &mut BufferPool, bytes: &[u8]) {
-        let before = queue.owned_len();
         queue.owned_for_append(pool).extend_from_slice(bytes);
-        queue.appended(before);
     }
 
     fn wire(queue: &OutQueue) -> Vec<u8> {
@@ -257,7 +267,7 @@ mod tests {
         q.advance(6, &mut pool);
         assert!(q.is_empty());
         assert_eq!(q.owned.capacity(), 0);
-        assert_eq!(q.shared.capacity(), 0);
+        assert!(q.shared.is_none());
         assert_eq!(pool.cached(), 1, "the owned storage is recycled");
     }
 

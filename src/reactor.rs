@@ -27,7 +27,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
-use crate::connection::{ConnId, ConnState, Connection};
+use crate::connection::{ConnId, ConnState, Connection, NO_FRAME};
 use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
 use crate::error::Error;
 use crate::frame::{Codec, Decode, FrameError};
@@ -230,11 +230,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// Returns the final counters, which are also logged.
     pub fn run(mut self) -> Result<Stats, Error> {
         loop {
-            let timeout = if self.hub.ready_again.is_empty() {
-                self.hub.timers.poll_timeout(Instant::now())
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -256,6 +252,26 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
         self.finish_shutdown();
         Ok(self.hub.stats)
+    }
+
+    /// How long `poll` may block: not at all if work is left over, else until the
+    /// next deadline (a timer, or the quietest connection becoming idle), else for ever.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.hub.ready_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let timer = self.hub.timers.poll_timeout(now);
+        let idle = self.hub.next_idle_deadline().map(|deadline| {
+            // Round up to whole milliseconds, as the timer queue does, so the loop
+            // does not wake a hair early and spin until the deadline.
+            let wait = deadline.saturating_duration_since(now);
+            Duration::from_millis(wait.as_nanos().div_ceil(1_000_000) as u64)
+        });
+        match (timer, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn dispatch_events(&mut self) {
@@ -339,7 +355,6 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// One `read` into the shared buffer (or into the connection's own buffer when a
     /// frame too big for the shared one is arriving), then decode and dispatch.
     fn read_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
-        let now = self.hub.now;
         let Some(conn) = self.hub.conn_mut(id) else {
             return ReadOutcome::Stopped;
         };
@@ -369,8 +384,8 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let requested = spare.len();
         let result = conn.stream.read(spare);
         if let Ok(n @ 1..) = result {
-            conn.last_active = now;
             buf.commit(n);
+            self.hub.touch(id);
         }
         let outcome = match result {
             Ok(0) => {
@@ -424,7 +439,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         if used > 0 {
             if let Some(conn) = self.hub.conn_mut(id) {
                 // Any tail now is the start of a new frame.
-                conn.frame_started = None;
+                conn.frame_started = NO_FRAME;
             }
         }
         Ok(())
@@ -434,6 +449,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// nothing is left) and returns the shared buffer, emptied, to the reactor.
     fn keep_tail(&mut self, id: ConnId, mut buf: Buffer, direct: bool) {
         let now = self.hub.now;
+        let now_millis = self.hub.now_millis();
         let frame_timeout = self.hub.limits.frame_timeout;
         let hub = &mut self.hub;
         if let Some(conn) = hub
@@ -454,12 +470,12 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 }
             }
             if conn.input.is_empty() {
-                conn.frame_started = None;
+                conn.frame_started = NO_FRAME;
                 if conn.input.capacity() > 0 {
                     hub.pool.give_back(&mut conn.input);
                 }
-            } else if conn.frame_started.is_none() {
-                conn.frame_started = Some(now);
+            } else if conn.frame_started == NO_FRAME {
+                conn.frame_started = now_millis;
                 if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
                     conn.frame_timer_armed = true;
                     hub.timers
@@ -533,6 +549,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
 
     fn register_connection(&mut self, mut stream: crate::connection::Stream) {
         let generation = self.hub.next_generation();
+        let now = self.hub.now_millis();
         let entry = self.hub.conns.vacant_entry();
         let id = ConnId::new(entry.key(), generation);
         if let Err(e) = self
@@ -543,11 +560,12 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             log::error!("cannot register a new connection: {e}");
             return;
         }
-        entry.insert(Connection::new(stream, generation, self.hub.now));
+        entry.insert(Connection::new(stream, generation, now));
+        if self.hub.limits.idle_timeout.is_some() {
+            self.hub.idle.push_back(&mut self.hub.conns, id.index());
+        }
         self.hub.stats.accepted += 1;
         self.hub.stats.active += 1;
-        let now = self.hub.now;
-        self.hub.arm_idle_timer(id, now);
         let mut ctx = Context::new(&mut self.hub, &self.codec);
         self.service.on_connect(&mut ctx, id);
         self.carry_out_requests();
@@ -610,6 +628,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         if self.hub.conn(id).is_none() {
             return; // closed already (a second request for the same connection)
         }
+        self.hub.idle.unlink(&mut self.hub.conns, id.index());
         let mut conn = self.hub.conns.remove(id.index());
         if let Err(e) = self.hub.registry.deregister(&mut conn.stream) {
             log::debug!("{id}: deregister: {e}");
@@ -650,9 +669,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     }
 
     fn fire_timers(&mut self) {
+        self.close_idle_connections();
+        self.carry_out_requests();
         while let Some((timer, event)) = self.hub.timers.pop_due(self.hub.now) {
             match event {
-                TimerEvent::Idle(id) => self.check_idle(id),
                 TimerEvent::FrameDeadline(id) => self.check_frame_deadline(id),
                 TimerEvent::Service(value) => {
                     log::trace!("timer fired: service timer {value}");
@@ -679,18 +699,22 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// Closes a connection idle for the whole timeout; otherwise re-arms its check for
-    /// when it would be (see the lazy scheme in `timer.rs`).
-    fn check_idle(&mut self, id: ConnId) {
-        let (Some(conn), Some(timeout)) = (self.hub.conn(id), self.hub.limits.idle_timeout) else {
+    /// Closes every connection that has been quiet for the idle timeout: they are at
+    /// the front of the idle list, so this looks at no connection that is not due.
+    fn close_idle_connections(&mut self) {
+        let Some(timeout) = self.hub.limits.idle_timeout else {
             return;
         };
-        let due = conn.last_active + timeout;
-        if due <= self.hub.now {
+        while let Some(key) = self.hub.idle.front() {
+            let conn = &self.hub.conns[key];
+            if self.hub.instant(conn.last_active) + timeout > self.hub.now {
+                return;
+            }
+            let id = ConnId::new(key, conn.generation);
             log::info!("{id}: idle for {timeout:?}, closing");
+            // Out of the list now, so the loop moves on while the close is pending.
+            self.hub.idle.unlink(&mut self.hub.conns, key);
             self.hub.request_close(id, CloseReason::IdleTimeout);
-        } else {
-            self.hub.timers.insert(due, TimerEvent::Idle(id));
         }
     }
 
@@ -700,13 +724,16 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let Some(timeout) = self.hub.limits.frame_timeout else {
             return;
         };
+        let Some(started) = self.hub.conn(id).map(|c| self.hub.instant(c.frame_started)) else {
+            return;
+        };
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
         };
         conn.frame_timer_armed = false;
-        let Some(started) = conn.frame_started else {
+        if conn.frame_started == NO_FRAME {
             return;
-        };
+        }
         if started + timeout <= now {
             log::warn!(
                 "{id}: frame not completed within {timeout:?} ({} bytes received); closing",
