@@ -18,7 +18,7 @@ use slab::Slab;
 use crate::buffer::{Buffer, BufferPool};
 use crate::connection::{ConnId, ConnState, Connection, Millis};
 use crate::idle::IdleList;
-use crate::outqueue::MAX_IOVECS;
+use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerQueue;
 use crate::udp::UdpEndpoint;
@@ -65,6 +65,9 @@ pub(crate) struct Hub {
     pub pool: BufferPool,
     /// Connections with output queued this turn, to be written before the loop blocks.
     pub to_flush: Vec<ConnId>,
+    /// Where `Context::send` frames a payload before writing it (kept between calls
+    /// so framing never allocates).
+    pub encode_buf: Buffer,
     /// Connections to close before the loop blocks, and why.
     pub to_close: Vec<(ConnId, CloseReason)>,
     /// Sockets whose readiness was not used up (read budget spent, or reading resumed
@@ -72,6 +75,8 @@ pub(crate) struct Hub {
     pub ready_again: Vec<Token>,
     /// The time at the start of this turn of the loop.
     pub now: Instant,
+    /// The same time as [`Millis`]: read the clock once per turn, not per connection.
+    now_millis: Millis,
     /// When the hub was created: the origin of [`Millis`] timestamps.
     epoch: Instant,
     /// Connections ordered by last activity, for the idle timeout.
@@ -91,18 +96,26 @@ impl Hub {
             stats: Stats::default(),
             pool: BufferPool::default(),
             to_flush: Vec::new(),
+            encode_buf: Buffer::new(),
             to_close: Vec::new(),
             ready_again: Vec::new(),
             now: Instant::now(),
+            now_millis: 1,
             epoch: Instant::now(),
             idle: IdleList::default(),
             limits,
         }
     }
 
+    /// Starts a turn of the loop at `now`.
+    pub(crate) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.now_millis = now.saturating_duration_since(self.epoch).as_millis() as Millis + 1;
+    }
+
     /// This turn's time as [`Millis`].
     pub(crate) fn now_millis(&self) -> Millis {
-        self.now.duration_since(self.epoch).as_millis() as Millis + 1
+        self.now_millis
     }
 
     /// The `Instant` a [`Millis`] timestamp stands for.
@@ -120,10 +133,10 @@ impl Hub {
     }
 
     /// When the connection quiet the longest becomes idle, if there is one.
-    pub(crate) fn next_idle_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_idle_deadline(&self) -> Option<Millis> {
         let timeout = self.limits.idle_timeout?;
         let key = self.idle.front()?;
-        Some(self.instant(self.conns[key].last_active) + timeout)
+        Some(self.conns[key].last_active + timeout.as_millis() as Millis)
     }
 
     /// The next generation number, skipping 0 when it wraps.
@@ -147,26 +160,59 @@ impl Hub {
             .filter(|conn| conn.generation == id.generation())
     }
 
-    /// Appends to a connection's output with `append` (a codec's `encode`), then lists
-    /// the connection for flushing. Returns `append`'s error, or `None` if the
-    /// connection is gone or no longer open.
-    pub(crate) fn queue_output<E>(
-        &mut self,
-        id: ConnId,
-        append: impl FnOnce(&mut Buffer) -> Result<(), E>,
-    ) -> Option<Result<(), E>> {
-        let conn = self
+    /// Sends `bytes` (already framed) on a connection: straight to the socket when
+    /// nothing is queued ahead of them, so the common case costs one `write` and no
+    /// copy; whatever the socket does not take is queued, in order, and flushed when it
+    /// becomes writable. Returns false if the connection is gone or closing.
+    pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
+        let Some(conn) = self
             .conns
             .get_mut(id.index())
-            .filter(|c| c.generation == id.generation() && c.is_open())?;
-        let result = append(conn.output.owned_for_append(&mut self.pool));
-        if conn.output.is_empty() {
-            conn.output.release_if_empty(&mut self.pool);
-        } else {
-            self.stats.frames_out += u64::from(result.is_ok());
+            .filter(|c| c.generation == id.generation() && c.is_open())
+        else {
+            return false;
+        };
+        self.stats.frames_out += frames;
+        let mut written = 0;
+        if conn.output.is_empty() && !bytes.is_empty() {
+            match write_now(conn, bytes) {
+                Ok(n) => written = n,
+                Err(e) => {
+                    log::debug!("{id}: write error: {e}");
+                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    return true;
+                }
+            }
+            log::trace!("{id}: write {written} of {}", bytes.len());
+            self.stats.bytes_out += written as u64;
+        }
+        if written < bytes.len() {
+            let rest = &bytes[written..];
+            conn.output
+                .owned_for_append(&mut self.pool)
+                .extend_from_slice(rest);
             self.list_for_flush(id);
         }
-        Some(result)
+        if written > 0 {
+            self.touch(id);
+        }
+        true
+    }
+
+    /// Queues a shared frame on a connection (behind anything already queued, or
+    /// written at once when nothing is). Returns false if the connection is gone or
+    /// closing.
+    pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
+        let Some(conn) = self.conn_mut(id).filter(|c| c.is_open()) else {
+            return false;
+        };
+        if conn.output.is_empty() {
+            return self.write_or_queue(id, frame.wire_bytes(), 1);
+        }
+        conn.output.push_shared(frame.clone());
+        self.stats.frames_out += 1;
+        self.list_for_flush(id);
+        true
     }
 
     /// Puts a connection on the flush list once.
@@ -192,6 +238,16 @@ impl Hub {
     /// Asks for a connection to be closed with `reason` once the loop gets to it.
     pub(crate) fn request_close(&mut self, id: ConnId, reason: CloseReason) {
         self.to_close.push((id, reason));
+    }
+
+    /// Logs a framing violation with the peer's address and closes the connection.
+    pub(crate) fn protocol_error(&mut self, id: ConnId, error: &crate::frame::FrameError) {
+        match self.conn(id).and_then(|c| c.stream.peer_addr()) {
+            Some(peer) => log::warn!("{id} from {peer}: {error}; closing"),
+            None => log::warn!("{id}: {error}; closing"),
+        }
+        self.stats.protocol_errors += 1;
+        self.request_close(id, CloseReason::Protocol);
     }
 
     /// Stops reading from a connection and closes it with `reason` once its output is
@@ -268,6 +324,20 @@ impl Hub {
         }
         if progressed {
             self.touch(id);
+        }
+    }
+}
+
+/// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
+/// (0 when it is full).
+fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match conn.stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
         }
     }
 }

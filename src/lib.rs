@@ -73,7 +73,7 @@ pub use error::Error;
 pub use frame::{Codec, Decode, Endian, FrameError, LengthCodec, LinesCodec, RawCodec};
 pub use outqueue::SharedFrame;
 pub use reactor::{Handle, Reactor};
-pub use service::{CloseMode, Context, SendError, Service};
+pub use service::{CloseMode, Context, Frames, SendError, Service};
 pub use stats::{CloseReason, Stats};
 pub use timer::TimerId;
 pub use udp::UdpId;

@@ -32,7 +32,7 @@ use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
 use crate::error::Error;
 use crate::frame::{Codec, Decode, FrameError};
 use crate::hub::{Hub, Limits, TimerEvent};
-use crate::service::{Context, Service};
+use crate::service::{Context, Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
 
@@ -94,6 +94,8 @@ struct ListenerSlot {
 pub struct Reactor<S: Service, C: Codec> {
     poll: Poll,
     events: Events,
+    /// This turn's events, copied out of `events` (kept to reuse its allocation).
+    ready: Vec<Readiness>,
     hub: Hub,
     listeners: Vec<ListenerSlot>,
     service: S,
@@ -137,6 +139,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let mut reactor = Reactor {
             hub: Hub::new(registry, limits),
             events: Events::with_capacity(EVENTS_CAPACITY),
+            ready: Vec::with_capacity(EVENTS_CAPACITY),
             listeners: Vec::new(),
             service,
             codec,
@@ -237,7 +240,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 }
                 return Err(Error::Poll(e));
             }
-            self.hub.now = Instant::now();
+            self.hub.set_now(Instant::now());
             self.dispatch_events();
             self.serve_ready_again();
             self.fire_timers();
@@ -260,14 +263,13 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         if !self.hub.ready_again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
-        let timer = self.hub.timers.poll_timeout(now);
-        let idle = self.hub.next_idle_deadline().map(|deadline| {
-            // Round up to whole milliseconds, as the timer queue does, so the loop
-            // does not wake a hair early and spin until the deadline.
-            let wait = deadline.saturating_duration_since(now);
-            Duration::from_millis(wait.as_nanos().div_ceil(1_000_000) as u64)
-        });
+        // Measured from the start of this turn: reading the clock again costs more
+        // than the turn's few microseconds of lateness.
+        let timer = self.hub.timers.poll_timeout(self.hub.now);
+        let idle = self
+            .hub
+            .next_idle_deadline()
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.hub.now_millis())));
         match (timer, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -275,34 +277,24 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     }
 
     fn dispatch_events(&mut self) {
-        // The event list is moved out for the loop so the handlers may borrow `self`.
-        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        log::trace!("turn: {} events", events.iter().count());
-        for event in events.iter() {
-            let token = event.token();
-            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-            let writable = event.is_writable() || event.is_error();
-            log::trace!(
-                "event token {:#x}: {}{}{}",
-                token.0,
-                if event.is_readable() { "R" } else { "" },
-                if event.is_writable() { "W" } else { "" },
-                if event.is_read_closed() {
-                    " read-closed"
-                } else {
-                    ""
-                },
-            );
-            if let Some(id) = ConnId::from_token(token) {
-                self.connection_event(id, readable, writable, event.is_read_closed());
-            } else if token.0 >= UDP_BASE {
-                self.udp_event(token.0 - UDP_BASE, readable, writable);
-            } else if token.0 >= LISTENER_BASE {
-                self.accept(token.0 - LISTENER_BASE);
+        // Copy the (token, readiness) pairs out so the handlers may borrow `self`; the
+        // vector keeps its capacity from turn to turn.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(Readiness::of));
+        log::trace!("turn: {} events", ready.len());
+        for event in &ready {
+            log::trace!("event {event}");
+            if let Some(id) = ConnId::from_token(event.token) {
+                self.connection_event(id, event.readable, event.writable, event.read_closed);
+            } else if event.token.0 >= UDP_BASE {
+                self.udp_event(event.token.0 - UDP_BASE, event.readable, event.writable);
+            } else if event.token.0 >= LISTENER_BASE {
+                self.accept(event.token.0 - LISTENER_BASE);
             }
             self.carry_out_requests();
         }
-        self.events = events;
+        self.ready = ready;
     }
 
     fn connection_event(&mut self, id: ConnId, readable: bool, writable: bool, read_closed: bool) {
@@ -365,16 +357,19 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 _ => None,
             },
         };
-        let pending = frame_len.unwrap_or(conn.input.len());
-        let direct = pending > self.scratch.capacity() / 2;
-        let mut buf = if direct {
-            std::mem::take(&mut conn.input)
+        let direct = frame_len.unwrap_or(conn.input.len()) > self.scratch.capacity() / 2;
+        let mut own_input = Buffer::new();
+        let buf = if direct {
+            own_input = std::mem::take(&mut conn.input);
+            &mut own_input
         } else {
-            // Small tail: copy it in front of the new bytes so frames decode in one place.
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
-            scratch.extend_from_slice(conn.input.readable());
-            scratch
+            // Small tail (usually none): copy it in front of the new bytes so frames
+            // decode in one place.
+            self.scratch.clear();
+            if !conn.input.is_empty() {
+                self.scratch.extend_from_slice(conn.input.readable());
+            }
+            &mut self.scratch
         };
         let min_read = match frame_len {
             Some(len) if direct => len - buf.len() + 16 * 1024,
@@ -383,10 +378,6 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let spare = buf.spare_mut(min_read);
         let requested = spare.len();
         let result = conn.stream.read(spare);
-        if let Ok(n @ 1..) = result {
-            buf.commit(n);
-            self.hub.touch(id);
-        }
         let outcome = match result {
             Ok(0) => {
                 log::trace!("{id}: read EOF");
@@ -395,10 +386,14 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             }
             Ok(n) => {
                 log::trace!("{id}: read {n} bytes");
+                buf.commit(n);
+                self.hub.touch(id);
                 self.hub.stats.bytes_in += n as u64;
-                match self.dispatch_frames(id, &mut buf) {
+                let dispatched =
+                    dispatch_frames(&mut self.hub, &mut self.service, &self.codec, id, buf);
+                match dispatched {
                     Err(e) => {
-                        self.protocol_error(id, &e);
+                        self.hub.protocol_error(id, &e);
                         ReadOutcome::Stopped
                     }
                     Ok(()) if n < requested && !read_to_eof => ReadOutcome::Drained,
@@ -416,87 +411,16 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 ReadOutcome::Stopped
             }
         };
-        self.keep_tail(id, buf, direct);
-        outcome
-    }
-
-    /// Hands every complete frame in `buf` to the service and consumes it, leaving only
-    /// the incomplete tail. Stops early if the service closes the connection.
-    fn dispatch_frames(&mut self, id: ConnId, buf: &mut Buffer) -> Result<(), FrameError> {
-        let bytes = buf.readable();
-        let mut used = 0;
-        while let Decode::Frame { payload, consumed } = self.codec.decode(&bytes[used..])? {
-            self.hub.stats.frames_in += 1;
-            let payload = &bytes[used + payload.start..used + payload.end];
-            let mut ctx = Context::new(&mut self.hub, &self.codec);
-            self.service.on_frame(&mut ctx, id, payload);
-            used += consumed;
-            if !self.hub.conn(id).is_some_and(Connection::is_open) {
-                break;
-            }
-        }
-        buf.consume(used);
-        if used > 0 {
-            if let Some(conn) = self.hub.conn_mut(id) {
-                // Any tail now is the start of a new frame.
-                conn.frame_started = NO_FRAME;
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores what is left of the input in the connection (or releases its buffer when
-    /// nothing is left) and returns the shared buffer, emptied, to the reactor.
-    fn keep_tail(&mut self, id: ConnId, mut buf: Buffer, direct: bool) {
-        let now = self.hub.now;
-        let now_millis = self.hub.now_millis();
-        let frame_timeout = self.hub.limits.frame_timeout;
-        let hub = &mut self.hub;
-        if let Some(conn) = hub
-            .conns
-            .get_mut(id.index())
-            .filter(|c| c.generation == id.generation())
-        {
-            if direct {
-                conn.input = buf;
-                buf = Buffer::new();
-            } else {
-                conn.input.clear();
-                if !buf.is_empty() {
-                    if conn.input.capacity() == 0 {
-                        conn.input = hub.pool.take();
-                    }
-                    conn.input.extend_from_slice(buf.readable());
-                }
-            }
-            if conn.input.is_empty() {
-                conn.frame_started = NO_FRAME;
-                if conn.input.capacity() > 0 {
-                    hub.pool.give_back(&mut conn.input);
-                }
-            } else if conn.frame_started == NO_FRAME {
-                conn.frame_started = now_millis;
-                if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
-                    conn.frame_timer_armed = true;
-                    hub.timers
-                        .insert(now + timeout, TimerEvent::FrameDeadline(id));
-                }
-            }
-        }
+        let tail = if direct {
+            own_input
+        } else {
+            std::mem::take(&mut self.scratch)
+        };
+        let scratch = keep_tail(&mut self.hub, id, tail, direct);
         if !direct {
-            buf.clear();
-            self.scratch = buf;
+            self.scratch = scratch;
         }
-    }
-
-    fn protocol_error(&mut self, id: ConnId, error: &FrameError) {
-        let peer = self.hub.conn(id).and_then(|c| c.stream.peer_addr());
-        match peer {
-            Some(peer) => log::warn!("{id} from {peer}: {error}; closing"),
-            None => log::warn!("{id}: {error}; closing"),
-        }
-        self.hub.stats.protocol_errors += 1;
-        self.hub.request_close(id, CloseReason::Protocol);
+        outcome
     }
 
     /// Accepts until `WouldBlock` (or the budget), registering each new connection.
@@ -707,7 +631,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         };
         while let Some(key) = self.hub.idle.front() {
             let conn = &self.hub.conns[key];
-            if self.hub.instant(conn.last_active) + timeout > self.hub.now {
+            if conn.last_active + timeout.as_millis() as u64 > self.hub.now_millis() {
                 return;
             }
             let id = ConnId::new(key, conn.generation);
@@ -800,6 +724,48 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     }
 }
 
+/// What an event reported, copied out of mio's event list.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    token: Token,
+    /// Readable, or the peer closed its side, or an error is pending: any of these is
+    /// found out by reading.
+    readable: bool,
+    /// Writable, or an error is pending (found out by writing).
+    writable: bool,
+    /// The peer closed its side: read on until EOF even after a short read.
+    read_closed: bool,
+}
+
+impl Readiness {
+    fn of(event: &mio::event::Event) -> Self {
+        Readiness {
+            token: event.token(),
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_error(),
+            read_closed: event.is_read_closed(),
+        }
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match ConnId::from_token(self.token) {
+            Some(id) => id.to_string(),
+            None if self.token == WAKER => "waker".to_string(),
+            None if self.token.0 >= UDP_BASE => format!("udp {}", self.token.0 - UDP_BASE),
+            None => format!("listener {}", self.token.0 - LISTENER_BASE),
+        };
+        write!(
+            f,
+            "{target}:{}{}{}",
+            if self.readable { " readable" } else { "" },
+            if self.writable { " writable" } else { "" },
+            if self.read_closed { " read-closed" } else { "" }
+        )
+    }
+}
+
 /// What one read did.
 enum ReadOutcome {
     /// The socket has nothing more for now (WouldBlock, or a short read).
@@ -808,6 +774,104 @@ enum ReadOutcome {
     More,
     /// The connection stopped reading (EOF, error, protocol error, service closed it).
     Stopped,
+}
+
+/// Finds every complete frame in `buf`, hands them to the service as one batch
+/// ([`Service::on_frames`]) and consumes them, leaving only the incomplete tail.
+/// Frames before a framing error are still delivered; the error is returned after.
+fn dispatch_frames<S: Service, C: Codec>(
+    hub: &mut Hub,
+    service: &mut S,
+    codec: &C,
+    id: ConnId,
+    buf: &mut Buffer,
+) -> Result<(), FrameError> {
+    let bytes = buf.readable();
+    let (complete, count, error) = find_complete_frames(codec, bytes);
+    if count > 0 {
+        hub.stats.frames_in += count as u64;
+        let frames = Frames::new(&bytes[..complete], count, codec);
+        service.on_frames(&mut Context::new(hub, codec), id, frames);
+        if let Some(conn) = hub.conn_mut(id) {
+            // Any tail now is the start of a new frame.
+            conn.frame_started = NO_FRAME;
+        }
+    }
+    buf.consume(complete);
+    error.map_or(Ok(()), Err)
+}
+
+/// Stores what is left of the input (`tail`) in the connection, or releases the
+/// connection's buffer when nothing is left, and arms the frame deadline when a new
+/// partial frame begins. With `direct` the tail *is* the connection's buffer; otherwise
+/// it is the loop's shared buffer, which is returned emptied.
+fn keep_tail(hub: &mut Hub, id: ConnId, mut tail: Buffer, direct: bool) -> Buffer {
+    let (now, now_millis) = (hub.now, hub.now_millis());
+    let frame_timeout = hub.limits.frame_timeout;
+    let Some(conn) = hub
+        .conns
+        .get_mut(id.index())
+        .filter(|c| c.generation == id.generation())
+    else {
+        tail.clear();
+        return tail;
+    };
+    if !direct && tail.is_empty() && conn.input.capacity() == 0 {
+        // The usual case: the read ended on a frame boundary and nothing was held.
+        conn.frame_started = NO_FRAME;
+        return tail;
+    }
+    if direct {
+        conn.input = std::mem::take(&mut tail);
+    } else if !tail.is_empty() || !conn.input.is_empty() {
+        conn.input.clear();
+        if !tail.is_empty() {
+            if conn.input.capacity() == 0 {
+                conn.input = hub.pool.take();
+            }
+            conn.input.extend_from_slice(tail.readable());
+        }
+    }
+    if conn.input.is_empty() {
+        conn.frame_started = NO_FRAME;
+        if conn.input.capacity() > 0 {
+            hub.pool.give_back(&mut conn.input);
+        }
+    } else if conn.frame_started == NO_FRAME {
+        conn.frame_started = now_millis;
+        if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
+            conn.frame_timer_armed = true;
+            hub.timers
+                .insert(now + timeout, TimerEvent::FrameDeadline(id));
+        }
+    }
+    tail.clear();
+    tail
+}
+
+/// Walks the frame headers in `bytes`: how many bytes the complete frames use, how many
+/// there are, and the framing error that stopped the walk, if any.
+fn find_complete_frames<C: Codec>(codec: &C, bytes: &[u8]) -> (usize, usize, Option<FrameError>) {
+    let mut complete = 0;
+    let mut count = 0;
+    loop {
+        match codec.decode(&bytes[complete..]) {
+            Ok(Decode::Frame { consumed: 0, .. }) => {
+                // A codec that consumes nothing would make this loop spin for ever.
+                return (
+                    complete,
+                    count,
+                    Some(FrameError::Malformed("codec consumed no bytes")),
+                );
+            }
+            Ok(Decode::Frame { consumed, .. }) => {
+                complete += consumed;
+                count += 1;
+            }
+            Ok(Decode::Incomplete { .. }) => return (complete, count, None),
+            Err(e) => return (complete, count, Some(e)),
+        }
+    }
 }
 
 /// True when `accept` failed for lack of file descriptors or memory: conditions that

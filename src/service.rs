@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::Buffer;
 use crate::config::MAX_DATAGRAM;
 use crate::connection::{ConnId, PeerAddr};
-use crate::frame::{Codec, FrameError};
+use crate::frame::{Codec, Decode, FrameError};
 use crate::hub::{Hub, TimerEvent};
 use crate::outqueue::SharedFrame;
 use crate::stats::{CloseReason, Stats};
@@ -52,6 +52,19 @@ pub trait Service {
     /// copy what must outlive the call.
     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
         let _ = (ctx, conn, payload);
+    }
+
+    /// Every complete frame that one read brought on `conn`, in order. The default
+    /// hands each payload to [`Service::on_frame`] (and stops if the service closes
+    /// the connection). A service that can treat a run of frames at once overrides it:
+    /// echo sends the whole run back with one [`Context::forward`], one copy for all.
+    fn on_frames(&mut self, ctx: &mut Context<'_>, conn: ConnId, frames: Frames<'_>) {
+        for payload in frames.payloads() {
+            self.on_frame(ctx, conn, payload);
+            if !ctx.is_open(conn) {
+                break;
+            }
+        }
     }
 
     /// A datagram arrived on a UDP socket.
@@ -76,12 +89,75 @@ pub trait Service {
     }
 }
 
+/// A run of complete frames from one read of one connection, exactly as they arrived.
+///
+/// ```
+/// use switchboard::{Frames, LengthCodec};
+/// let wire = [0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c'];
+/// let codec = LengthCodec::new(16);
+/// let frames = Frames::new(&wire, 2, &codec);
+/// let payloads: Vec<&[u8]> = frames.payloads().collect();
+/// assert_eq!(payloads, [&b"a"[..], &b"bc"[..]]);
+/// assert_eq!(frames.wire(), &wire);
+/// ```
+#[derive(Clone, Copy)]
+pub struct Frames<'a> {
+    wire: &'a [u8],
+    count: usize,
+    codec: &'a dyn Codec,
+}
+
+impl fmt::Debug for Frames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frames")
+            .field("count", &self.count)
+            .field("bytes", &self.wire.len())
+            .finish()
+    }
+}
+
+impl<'a> Frames<'a> {
+    /// `count` complete frames making up all of `wire`, in `codec`'s format.
+    pub fn new(wire: &'a [u8], count: usize, codec: &'a dyn Codec) -> Self {
+        Frames { wire, count, codec }
+    }
+
+    /// The frames' bytes as received: headers (or terminators) included.
+    pub fn wire(&self) -> &'a [u8] {
+        self.wire
+    }
+
+    /// How many frames there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The payloads, in order.
+    pub fn payloads(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let (wire, codec) = (self.wire, self.codec);
+        let mut pos = 0;
+        std::iter::from_fn(move || match codec.decode(&wire[pos..]) {
+            Ok(Decode::Frame { payload, consumed }) if consumed > 0 => {
+                let frame = &wire[pos + payload.start..pos + payload.end];
+                pos += consumed;
+                Some(frame)
+            }
+            _ => None,
+        })
+    }
+}
+
 /// How [`Context::close`] closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseMode {
     /// Stop reading, write what is queued, then close.
     Flush,
-    /// Close now, discarding queued output.
+    /// Close now, discarding output the socket has not taken yet.
     Now,
 }
 
@@ -139,13 +215,33 @@ impl<'a> Context<'a> {
     /// Frames `payload` with the server's codec and queues it for `conn`. Frames sent to
     /// one connection arrive in the order they were sent.
     pub fn send(&mut self, conn: ConnId, payload: &[u8]) -> Result<(), SendError> {
-        let codec = self.codec;
+        if !self.is_open(conn) {
+            return Err(SendError::Closed);
+        }
+        let mut framed = std::mem::take(&mut self.hub.encode_buf);
+        framed.clear();
+        let encoded = self.codec.encode(payload, &mut framed);
+        let result = match encoded {
+            Ok(()) => {
+                self.hub.write_or_queue(conn, framed.readable(), 1);
+                Ok(())
+            }
+            Err(e) => Err(SendError::Frame(e)),
+        };
+        self.hub.encode_buf = framed;
+        result
+    }
+
+    /// Sends `frames` to `conn` exactly as they arrived: no re-encoding, and written
+    /// straight from the read buffer when nothing is queued (echo sends a connection's
+    /// frames back to it this way).
+    pub fn forward(&mut self, conn: ConnId, frames: &Frames<'_>) -> Result<(), SendError> {
         match self
             .hub
-            .queue_output(conn, |out| codec.encode(payload, out))
+            .write_or_queue(conn, frames.wire(), frames.len() as u64)
         {
-            None => Err(SendError::Closed),
-            Some(result) => result.map_err(SendError::Frame),
+            true => Ok(()),
+            false => Err(SendError::Closed),
         }
     }
 
@@ -160,15 +256,10 @@ impl<'a> Context<'a> {
     /// Queues a frame made by [`Context::shared_frame`] for `conn`. The bytes are shared,
     /// not copied.
     pub fn send_shared(&mut self, conn: ConnId, frame: &SharedFrame) -> Result<(), SendError> {
-        let connection = self
-            .hub
-            .conn_mut(conn)
-            .filter(|c| c.is_open())
-            .ok_or(SendError::Closed)?;
-        connection.output.push_shared(frame.clone());
-        self.hub.stats.frames_out += 1;
-        self.hub.list_for_flush(conn);
-        Ok(())
+        match self.hub.send_shared(conn, frame) {
+            true => Ok(()),
+            false => Err(SendError::Closed),
+        }
     }
 
     /// Closes `conn`; [`Service::on_close`] follows once the callback returns (with

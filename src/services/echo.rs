@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{ConnId, Context, Service, UdpId};
+use crate::{ConnId, Context, Frames, Service, UdpId};
 
 /// Echoes frames and datagrams.
 ///
@@ -17,9 +17,11 @@ use crate::{ConnId, Context, Service, UdpId};
 pub struct Echo;
 
 impl Service for Echo {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
-        // Fails only if the connection is already closing: nothing to echo to then.
-        let _ = ctx.send(conn, payload);
+    fn on_frames(&mut self, ctx: &mut Context<'_>, conn: ConnId, frames: Frames<'_>) {
+        // Every frame goes back exactly as it came, so the whole run is copied to the
+        // output at once instead of being re-encoded frame by frame. Fails only if the
+        // connection is already closing: nothing to echo to then.
+        let _ = ctx.forward(conn, &frames);
     }
 
     fn on_datagram(
