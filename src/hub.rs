@@ -125,10 +125,13 @@ impl Hub {
 
     /// Records activity on a connection: it moves to the back of the idle list.
     pub(crate) fn touch(&mut self, id: ConnId) {
-        let now = self.now_millis();
+        let now = self.now_millis;
         if let Some(conn) = self.conn_mut(id) {
-            conn.last_active = now;
-            self.idle.touch(&mut self.conns, id.index());
+            if conn.last_active != now {
+                conn.last_active = now;
+                // Already moved to the back during this millisecond otherwise.
+                self.idle.touch(&mut self.conns, id.index());
+            }
         }
     }
 

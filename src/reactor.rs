@@ -358,6 +358,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             },
         };
         let direct = frame_len.unwrap_or(conn.input.len()) > self.scratch.capacity() / 2;
+        let held_nothing = conn.input.capacity() == 0;
         let mut own_input = Buffer::new();
         let buf = if direct {
             own_input = std::mem::take(&mut conn.input);
@@ -411,14 +412,12 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 ReadOutcome::Stopped
             }
         };
-        let tail = if direct {
-            own_input
-        } else {
-            std::mem::take(&mut self.scratch)
-        };
-        let scratch = keep_tail(&mut self.hub, id, tail, direct);
-        if !direct {
-            self.scratch = scratch;
+        if direct {
+            keep_tail(&mut self.hub, id, &mut own_input, true);
+        } else if !(self.scratch.is_empty() && held_nothing) {
+            // (The usual case skips this: the read ended on a frame boundary and the
+            // connection held no partial frame before it.)
+            keep_tail(&mut self.hub, id, &mut self.scratch, false);
         }
         outcome
     }
@@ -803,9 +802,9 @@ fn dispatch_frames<S: Service, C: Codec>(
 
 /// Stores what is left of the input (`tail`) in the connection, or releases the
 /// connection's buffer when nothing is left, and arms the frame deadline when a new
-/// partial frame begins. With `direct` the tail *is* the connection's buffer; otherwise
-/// it is the loop's shared buffer, which is returned emptied.
-fn keep_tail(hub: &mut Hub, id: ConnId, mut tail: Buffer, direct: bool) -> Buffer {
+/// partial frame begins. With `direct` the tail *is* the connection's own buffer, moved
+/// back into it; otherwise it is the loop's shared buffer, which is left empty.
+fn keep_tail(hub: &mut Hub, id: ConnId, tail: &mut Buffer, direct: bool) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
     let Some(conn) = hub
@@ -814,16 +813,11 @@ fn keep_tail(hub: &mut Hub, id: ConnId, mut tail: Buffer, direct: bool) -> Buffe
         .filter(|c| c.generation == id.generation())
     else {
         tail.clear();
-        return tail;
+        return;
     };
-    if !direct && tail.is_empty() && conn.input.capacity() == 0 {
-        // The usual case: the read ended on a frame boundary and nothing was held.
-        conn.frame_started = NO_FRAME;
-        return tail;
-    }
     if direct {
-        conn.input = std::mem::take(&mut tail);
-    } else if !tail.is_empty() || !conn.input.is_empty() {
+        conn.input = std::mem::take(tail);
+    } else {
         conn.input.clear();
         if !tail.is_empty() {
             if conn.input.capacity() == 0 {
@@ -831,6 +825,7 @@ fn keep_tail(hub: &mut Hub, id: ConnId, mut tail: Buffer, direct: bool) -> Buffe
             }
             conn.input.extend_from_slice(tail.readable());
         }
+        tail.clear();
     }
     if conn.input.is_empty() {
         conn.frame_started = NO_FRAME;
@@ -845,8 +840,6 @@ fn keep_tail(hub: &mut Hub, id: ConnId, mut tail: Buffer, direct: bool) -> Buffe
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
         }
     }
-    tail.clear();
-    tail
 }
 
 /// Walks the frame headers in `bytes`: how many bytes the complete frames use, how many
