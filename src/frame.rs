@@ -134,7 +134,7 @@ impl std::error::Error for FrameError {}
 ///
 /// let (frames, used) = switchboard::frame::decode_all(&Netstrings, b"5:hello,0:,3:ab").unwrap();
 /// assert_eq!(frames, vec![b"hello".to_vec(), vec![]]);
-/// assert_eq!(used, 10);
+/// assert_eq!(used, 11); // "5:hello," and "0:,"; "3:ab" waits for more
 /// ```
 pub trait Codec {
     /// Looks for one complete frame at the start of `buf`.
