@@ -301,12 +301,12 @@ impl FileServer {
         &mut self,
         ctx: &mut Context<'_>,
         conn: ConnId,
-        receiving: Receiving,
+        mut receiving: Receiving,
     ) -> Upload {
         if receiving.remaining > 0 {
             return Upload::Body(receiving);
         }
-        let received = hex(&receiving.digest.clone().finalize());
+        let received = hex(&receiving.digest.finalize_reset());
         if !receiving.expected_md5.eq_ignore_ascii_case(&received) {
             let reason = format!(
                 "md5 mismatch: header says {}, received {received}",
@@ -496,9 +496,10 @@ fn main() -> ExitCode {
         Command::Send { addr, file, name } => match send(addr, &file, name) {
             Ok(reply) => {
                 println!("{reply}");
-                match reply["status"] == "ok" {
-                    true => ExitCode::SUCCESS,
-                    false => ExitCode::FAILURE,
+                if reply["status"] == "ok" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
                 }
             }
             Err(e) => {
