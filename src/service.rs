@@ -340,6 +340,28 @@ impl<'a> Context<'a> {
     /// Sends `frames` to `conn` exactly as they arrived: no re-encoding, and written
     /// straight from the read buffer when nothing is queued (echo sends a connection's
     /// frames back to it this way).
+    ///
+    /// A relay that passes every run of frames from one peer to the other, untouched:
+    ///
+    /// ```
+    /// use switchboard::{ConnId, Context, Frames, Service};
+    ///
+    /// #[derive(Default)]
+    /// struct Pair {
+    ///     peers: Vec<ConnId>,
+    /// }
+    ///
+    /// impl Service for Pair {
+    ///     fn on_connect(&mut self, _ctx: &mut Context<'_>, conn: ConnId) {
+    ///         self.peers.push(conn);
+    ///     }
+    ///     fn on_frames(&mut self, ctx: &mut Context<'_>, from: ConnId, frames: Frames<'_>) {
+    ///         for &to in self.peers.iter().filter(|&&to| to != from) {
+    ///             let _ = ctx.forward(to, &frames);
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn forward(&mut self, conn: ConnId, frames: &Frames<'_>) -> Result<(), SendError> {
         match self
             .hub
