@@ -13,14 +13,23 @@
 //!
 //! The codecs here:
 //! - [`LengthCodec`]: a length header, then the payload. The default, [`LengthCodec::new`],
-//!   is switchboard's wire format: 4-byte big-endian payload length, then the payload.
+//!   is switchboard's wire format: 4-byte big-endian payload length, then the payload;
+//!   [`LengthCodec::builder`] describes other length-prefixed formats (field width,
+//!   byte order, signedness, bytes before the field, what the length counts).
 //! - [`LinesCodec`]: newline-terminated lines.
 //! - [`RawCodec`]: no framing; every chunk that arrives is one "frame" (a plain stream).
+
+mod length;
 
 use std::fmt;
 use std::ops::Range;
 
 use crate::buffer::Buffer;
+
+pub use length::{
+    Endian, LengthCodec, LengthCodecBuilder, LengthCodecError, LengthCovers, Payload, Signedness,
+    DEFAULT_MAX_PAYLOAD,
+};
 
 /// What a codec found at the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,120 +94,54 @@ impl std::error::Error for FrameError {}
 /// );
 /// assert_eq!(codec.decode(&wire[6..]).unwrap(), Decode::Incomplete { frame_len: None });
 /// ```
+///
+/// A codec of your own is any type implementing the two methods; the reactor takes
+/// whichever codec it is given. Netstrings (`5:hello,`), for example:
+///
+/// ```
+/// use switchboard::{Buffer, Codec, Decode, FrameError};
+///
+/// struct Netstrings;
+///
+/// impl Codec for Netstrings {
+///     fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+///         // At most 7 digits (payloads under 10 MB), then ':'.
+///         let Some(colon) = buf.iter().take(8).position(|&b| b == b':') else {
+///             return match buf.len() {
+///                 0..=7 => Ok(Decode::Incomplete { frame_len: None }),
+///                 _ => Err(FrameError::Malformed("netstring length too long")),
+///             };
+///         };
+///         let len: usize = std::str::from_utf8(&buf[..colon])
+///             .ok()
+///             .and_then(|digits| digits.parse().ok())
+///             .ok_or(FrameError::Malformed("netstring length is not a number"))?;
+///         let frame_len = colon + 1 + len + 1;
+///         match buf.get(frame_len - 1) {
+///             None => Ok(Decode::Incomplete { frame_len: Some(frame_len) }),
+///             Some(b',') => Ok(Decode::Frame { payload: colon + 1..frame_len - 1, consumed: frame_len }),
+///             Some(_) => Err(FrameError::Malformed("netstring without its ','")),
+///         }
+///     }
+///
+///     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+///         out.extend_from_slice(format!("{}:", payload.len()).as_bytes());
+///         out.extend_from_slice(payload);
+///         out.extend_from_slice(b",");
+///         Ok(())
+///     }
+/// }
+///
+/// let (frames, used) = switchboard::frame::decode_all(&Netstrings, b"5:hello,0:,3:ab").unwrap();
+/// assert_eq!(frames, vec![b"hello".to_vec(), vec![]]);
+/// assert_eq!(used, 11); // "5:hello," and "0:,"; "3:ab" waits for more
+/// ```
 pub trait Codec {
     /// Looks for one complete frame at the start of `buf`.
     fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError>;
 
     /// Appends `payload`, framed, to `out`.
     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError>;
-}
-
-/// Byte order of a length field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endian {
-    /// Most significant byte first (network order).
-    Big,
-    /// Least significant byte first (x86's native order).
-    Little,
-}
-
-/// A length header followed by the payload. [`LengthCodec::new`] gives switchboard's
-/// own format: a 4-byte big-endian length of the payload, then the payload.
-///
-/// ```
-/// use switchboard::{Buffer, Codec, LengthCodec};
-/// let mut out = Buffer::new();
-/// LengthCodec::new(1024).encode(b"hi", &mut out).unwrap();
-/// assert_eq!(out.readable(), &[0, 0, 0, 2, b'h', b'i']);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LengthCodec {
-    /// Width of the length field in bytes: 1, 2, 4 or 8.
-    width: usize,
-    /// Byte order of the length field.
-    endian: Endian,
-    /// Largest payload accepted or sent, in bytes.
-    max_payload: usize,
-}
-
-impl LengthCodec {
-    /// switchboard's format: 4-byte big-endian payload length, payloads up to
-    /// `max_payload` bytes.
-    pub fn new(max_payload: usize) -> Self {
-        LengthCodec {
-            width: 4,
-            endian: Endian::Big,
-            max_payload,
-        }
-    }
-
-    /// The largest payload this codec accepts.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
-    fn read_len(&self, header: &[u8]) -> u64 {
-        let mut bytes = [0u8; 8];
-        match self.endian {
-            Endian::Big => {
-                bytes[8 - self.width..].copy_from_slice(header);
-                u64::from_be_bytes(bytes)
-            }
-            Endian::Little => {
-                bytes[..self.width].copy_from_slice(header);
-                u64::from_le_bytes(bytes)
-            }
-        }
-    }
-}
-
-impl Codec for LengthCodec {
-    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
-        let Some(header) = buf.get(..self.width) else {
-            return Ok(Decode::Incomplete { frame_len: None });
-        };
-        let announced = self.read_len(header);
-        // Checked before any allocation: a 4 GiB announcement costs nothing.
-        if announced > self.max_payload as u64 {
-            return Err(FrameError::TooLarge {
-                len: announced,
-                max: self.max_payload,
-            });
-        }
-        let frame_len = self.width + announced as usize;
-        if buf.len() < frame_len {
-            return Ok(Decode::Incomplete {
-                frame_len: Some(frame_len),
-            });
-        }
-        Ok(Decode::Frame {
-            payload: self.width..frame_len,
-            consumed: frame_len,
-        })
-    }
-
-    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
-        if payload.len() > self.max_payload {
-            return Err(FrameError::TooLarge {
-                len: payload.len() as u64,
-                max: self.max_payload,
-            });
-        }
-        let len = payload.len() as u64;
-        let header = match self.endian {
-            Endian::Big => len.to_be_bytes(),
-            Endian::Little => len.to_le_bytes(),
-        };
-        let header = match self.endian {
-            Endian::Big => &header[8 - self.width..],
-            Endian::Little => &header[..self.width],
-        };
-        let spare = out.spare_mut(header.len() + payload.len());
-        spare[..header.len()].copy_from_slice(header);
-        spare[header.len()..header.len() + payload.len()].copy_from_slice(payload);
-        out.commit(header.len() + payload.len());
-        Ok(())
-    }
 }
 
 /// Newline-terminated lines. The payload excludes the `\n` (and a `\r` before it);
@@ -292,7 +235,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn encode_all(codec: &dyn Codec, frames: &[Vec<u8>]) -> Vec<u8> {
+    pub(super) fn encode_all(codec: &dyn Codec, frames: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Buffer::new();
         for f in frames {
             codec.encode(f, &mut out).unwrap();
@@ -395,7 +338,11 @@ mod tests {
 
     /// Feeds `wire` to the codec in the given chunk sizes, the way the reactor does:
     /// append, decode every complete frame, keep the tail.
-    fn decode_in_chunks(codec: &dyn Codec, wire: &[u8], chunks: &[usize]) -> Vec<Vec<u8>> {
+    pub(super) fn decode_in_chunks(
+        codec: &dyn Codec,
+        wire: &[u8],
+        chunks: &[usize],
+    ) -> Vec<Vec<u8>> {
         let mut buf = Buffer::new();
         let mut frames = Vec::new();
         let mut fed = 0;

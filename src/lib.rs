@@ -25,7 +25,8 @@
 //! - `connection`: one stream connection: socket, buffers, life cycle; [`ConnId`].
 //! - [`buffer`]: the byte buffer with read/write regions, and the buffer pool.
 //! - `outqueue`: a connection's pending output, owned bytes and [`SharedFrame`]s.
-//! - [`frame`]: framing codecs: [`LengthCodec`] (our wire format), lines, raw.
+//! - [`frame`]: framing codecs: [`LengthCodec`] (our wire format, or any length-prefixed
+//!   one), lines, raw.
 //! - [`service`]: the [`Service`] trait and the [`Context`] it acts through.
 //! - `udp`: UDP endpoints.
 //! - `endpoint`: opening listeners and sockets (socket2: SO_REUSEADDR, backlog).
@@ -70,7 +71,9 @@ pub use config::{Config, ConfigError, MAX_DATAGRAM};
 pub use connection::{ConnId, PeerAddr};
 pub use endpoint::BoundAddr;
 pub use error::Error;
-pub use frame::{Codec, Decode, Endian, FrameError, LengthCodec, LinesCodec, RawCodec};
+pub use frame::{
+    Codec, Decode, Endian, FrameError, LengthCodec, LengthCodecError, LinesCodec, RawCodec,
+};
 pub use outqueue::SharedFrame;
 pub use reactor::{Handle, Reactor};
 pub use service::{CloseMode, Context, Frames, SendError, Service};

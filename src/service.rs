@@ -42,6 +42,59 @@ use crate::udp::{Sent, UdpId};
 
 /// A protocol served by the reactor. Every method has a default that does nothing, so a
 /// service implements only what it uses.
+///
+/// A service using every callback: it greets each connection, answers frames with
+/// their length, echoes datagrams, and closes connections after a minute.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::net::SocketAddr;
+/// use std::time::Duration;
+/// use switchboard::{CloseMode, CloseReason, ConnId, Context, Service, TimerId, UdpId};
+///
+/// #[derive(Default)]
+/// struct Counter {
+///     /// The timer that ends each connection's minute.
+///     deadlines: HashMap<ConnId, TimerId>,
+///     /// Which connection a timer value stands for.
+///     by_value: HashMap<u64, ConnId>,
+///     next_value: u64,
+/// }
+///
+/// impl Service for Counter {
+///     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+///         let _ = ctx.send(conn, b"hello");
+///         self.next_value += 1;
+///         let timer = ctx.set_timer(Duration::from_secs(60), self.next_value);
+///         self.deadlines.insert(conn, timer);
+///         self.by_value.insert(self.next_value, conn);
+///     }
+///
+///     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+///         let _ = ctx.send(conn, payload.len().to_string().as_bytes());
+///     }
+///
+///     fn on_datagram(&mut self, ctx: &mut Context<'_>, socket: UdpId, peer: SocketAddr, datagram: &[u8]) {
+///         let _ = ctx.send_to(socket, peer, datagram);
+///     }
+///
+///     fn on_close(&mut self, ctx: &mut Context<'_>, conn: ConnId, reason: CloseReason) {
+///         if let Some(timer) = self.deadlines.remove(&conn) {
+///             ctx.cancel_timer(timer);
+///         }
+///         self.by_value.retain(|_, c| *c != conn);
+///         log::debug!("{conn} closed: {reason}");
+///     }
+///
+///     fn on_timer(&mut self, ctx: &mut Context<'_>, _timer: TimerId, value: u64) {
+///         if let Some(conn) = self.by_value.remove(&value) {
+///             self.deadlines.remove(&conn);
+///             let _ = ctx.send(conn, b"time is up");
+///             ctx.close(conn, CloseMode::Flush);
+///         }
+///     }
+/// }
+/// ```
 pub trait Service {
     /// A stream connection was accepted.
     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
@@ -153,6 +206,27 @@ impl<'a> Frames<'a> {
 }
 
 /// How [`Context::close`] closes a connection.
+///
+/// ```
+/// use switchboard::{CloseMode, ConnId, Context, Service};
+///
+/// struct Goodbye;
+///
+/// impl Service for Goodbye {
+///     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+///         match payload {
+///             // The farewell is written before the connection closes.
+///             b"quit" => {
+///                 let _ = ctx.send(conn, b"bye");
+///                 ctx.close(conn, CloseMode::Flush);
+///             }
+///             // Whatever is still queued for it is dropped.
+///             b"abort" => ctx.close(conn, CloseMode::Now),
+///             _ => {}
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseMode {
     /// Stop reading, write what is queued, then close.
@@ -162,6 +236,26 @@ pub enum CloseMode {
 }
 
 /// Why a send did not happen.
+///
+/// ```
+/// use switchboard::{ConnId, Context, SendError, Service};
+///
+/// struct Relay {
+///     to: Option<ConnId>,
+/// }
+///
+/// impl Service for Relay {
+///     fn on_frame(&mut self, ctx: &mut Context<'_>, _conn: ConnId, payload: &[u8]) {
+///         let Some(to) = self.to else { return };
+///         match ctx.send(to, payload) {
+///             Ok(()) => {}
+///             // The other side has gone: forget it.
+///             Err(SendError::Closed) => self.to = None,
+///             Err(e) => log::warn!("not relayed: {e}"),
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
     /// The connection is closed or closing.
@@ -214,6 +308,17 @@ impl<'a> Context<'a> {
 
     /// Frames `payload` with the server's codec and queues it for `conn`. Frames sent to
     /// one connection arrive in the order they were sent.
+    ///
+    /// ```
+    /// # use switchboard::{ConnId, Context, Service};
+    /// struct Hello;
+    /// impl Service for Hello {
+    ///     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    ///         // Err only if the connection is already closing.
+    ///         let _ = ctx.send(conn, b"hello");
+    ///     }
+    /// }
+    /// ```
     pub fn send(&mut self, conn: ConnId, payload: &[u8]) -> Result<(), SendError> {
         if !self.is_open(conn) {
             return Err(SendError::Closed);
@@ -235,6 +340,28 @@ impl<'a> Context<'a> {
     /// Sends `frames` to `conn` exactly as they arrived: no re-encoding, and written
     /// straight from the read buffer when nothing is queued (echo sends a connection's
     /// frames back to it this way).
+    ///
+    /// A relay that passes every run of frames from one peer to the other, untouched:
+    ///
+    /// ```
+    /// use switchboard::{ConnId, Context, Frames, Service};
+    ///
+    /// #[derive(Default)]
+    /// struct Pair {
+    ///     peers: Vec<ConnId>,
+    /// }
+    ///
+    /// impl Service for Pair {
+    ///     fn on_connect(&mut self, _ctx: &mut Context<'_>, conn: ConnId) {
+    ///         self.peers.push(conn);
+    ///     }
+    ///     fn on_frames(&mut self, ctx: &mut Context<'_>, from: ConnId, frames: Frames<'_>) {
+    ///         for &to in self.peers.iter().filter(|&&to| to != from) {
+    ///             let _ = ctx.forward(to, &frames);
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn forward(&mut self, conn: ConnId, frames: &Frames<'_>) -> Result<(), SendError> {
         match self
             .hub
@@ -247,6 +374,32 @@ impl<'a> Context<'a> {
 
     /// Frames `payload` once, for sending to many connections with
     /// [`Context::send_shared`] without copying it for each.
+    ///
+    /// A broadcast to every connection:
+    ///
+    /// ```
+    /// use switchboard::{CloseReason, ConnId, Context, Service};
+    ///
+    /// #[derive(Default)]
+    /// struct Broadcast {
+    ///     members: Vec<ConnId>,
+    /// }
+    ///
+    /// impl Service for Broadcast {
+    ///     fn on_connect(&mut self, _ctx: &mut Context<'_>, conn: ConnId) {
+    ///         self.members.push(conn);
+    ///     }
+    ///     fn on_frame(&mut self, ctx: &mut Context<'_>, _from: ConnId, payload: &[u8]) {
+    ///         let Ok(frame) = ctx.shared_frame(payload) else { return };
+    ///         for &member in &self.members {
+    ///             let _ = ctx.send_shared(member, &frame);
+    ///         }
+    ///     }
+    ///     fn on_close(&mut self, _ctx: &mut Context<'_>, conn: ConnId, _reason: CloseReason) {
+    ///         self.members.retain(|&m| m != conn);
+    ///     }
+    /// }
+    /// ```
     pub fn shared_frame(&self, payload: &[u8]) -> Result<SharedFrame, FrameError> {
         let mut wire = Buffer::new();
         self.codec.encode(payload, &mut wire)?;
@@ -254,7 +407,7 @@ impl<'a> Context<'a> {
     }
 
     /// Queues a frame made by [`Context::shared_frame`] for `conn`. The bytes are shared,
-    /// not copied.
+    /// not copied. See [`Context::shared_frame`] for an example.
     pub fn send_shared(&mut self, conn: ConnId, frame: &SharedFrame) -> Result<(), SendError> {
         match self.hub.send_shared(conn, frame) {
             true => Ok(()),
@@ -263,7 +416,8 @@ impl<'a> Context<'a> {
     }
 
     /// Closes `conn`; [`Service::on_close`] follows once the callback returns (with
-    /// [`CloseMode::Flush`], once the queued output is written).
+    /// [`CloseMode::Flush`], once the queued output is written). See [`CloseMode`] for
+    /// an example.
     pub fn close(&mut self, conn: ConnId, mode: CloseMode) {
         match mode {
             CloseMode::Flush => self.hub.close_after_flush(conn, CloseReason::Service),
@@ -272,6 +426,19 @@ impl<'a> Context<'a> {
     }
 
     /// Sends one datagram from a UDP socket.
+    ///
+    /// ```
+    /// # use std::net::SocketAddr;
+    /// # use switchboard::{Context, Service, UdpId};
+    /// struct Pong;
+    /// impl Service for Pong {
+    ///     fn on_datagram(&mut self, ctx: &mut Context<'_>, socket: UdpId, peer: SocketAddr, datagram: &[u8]) {
+    ///         if datagram == b"ping" {
+    ///             let _ = ctx.send_to(socket, peer, b"pong");
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn send_to(
         &mut self,
         socket: UdpId,
@@ -296,13 +463,63 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Calls [`Service::on_timer`] with `value` after `delay`.
+    /// Calls [`Service::on_timer`] with `value` after `delay`. The value is the service's
+    /// own: an index, a connection's slot, a kind of work.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use switchboard::{ConnId, Context, Service, TimerId};
+    /// /// Sends a heartbeat to the first client every second.
+    /// struct Heartbeat {
+    ///     client: Option<ConnId>,
+    /// }
+    /// impl Service for Heartbeat {
+    ///     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    ///         if self.client.is_none() {
+    ///             self.client = Some(conn);
+    ///             ctx.set_timer(Duration::from_secs(1), 0);
+    ///         }
+    ///     }
+    ///     fn on_timer(&mut self, ctx: &mut Context<'_>, _timer: TimerId, _value: u64) {
+    ///         if let Some(conn) = self.client.filter(|&c| ctx.is_open(c)) {
+    ///             let _ = ctx.send(conn, b"beat");
+    ///             ctx.set_timer(Duration::from_secs(1), 0);
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn set_timer(&mut self, delay: Duration, value: u64) -> TimerId {
         let deadline = self.hub.now + delay;
         self.hub.timers.insert(deadline, TimerEvent::Service(value))
     }
 
     /// Cancels a timer; returns false if it already fired or was cancelled.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use switchboard::{ConnId, Context, Service, TimerId};
+    /// /// Closes a connection that has not sent anything within 5 s of connecting.
+    /// #[derive(Default)]
+    /// struct Login {
+    ///     waiting: Option<(ConnId, TimerId)>,
+    /// }
+    /// impl Service for Login {
+    ///     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    ///         let timer = ctx.set_timer(Duration::from_secs(5), conn.index() as u64);
+    ///         self.waiting = Some((conn, timer));
+    ///     }
+    ///     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, _payload: &[u8]) {
+    ///         if let Some((_, timer)) = self.waiting.take().filter(|(c, _)| *c == conn) {
+    ///             ctx.cancel_timer(timer);
+    ///         }
+    ///     }
+    ///     fn on_timer(&mut self, ctx: &mut Context<'_>, _timer: TimerId, _value: u64) {
+    ///         if let Some((conn, _)) = self.waiting.take() {
+    ///             ctx.close(conn, switchboard::CloseMode::Now);
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
         match self.hub.timers.cancel(timer) {
             Some(TimerEvent::Service(_)) => true,
@@ -316,32 +533,96 @@ impl<'a> Context<'a> {
     }
 
     /// Where `conn` comes from, while it is connected.
+    ///
+    /// ```
+    /// # use switchboard::{ConnId, Context, PeerAddr, Service};
+    /// struct WhoAmI;
+    /// impl Service for WhoAmI {
+    ///     fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    ///         let answer = match ctx.peer_addr(conn) {
+    ///             Some(PeerAddr::Tcp(addr)) => format!("you are {addr}"),
+    ///             _ => "you are local".to_owned(),
+    ///         };
+    ///         let _ = ctx.send(conn, answer.as_bytes());
+    ///     }
+    /// }
+    /// ```
     pub fn peer_addr(&self, conn: ConnId) -> Option<PeerAddr> {
         self.hub.conn(conn).and_then(|c| c.stream.peer_addr())
     }
 
-    /// True while `conn` is open (not closed, not closing).
+    /// True while `conn` is open (not closed, not closing). See [`Context::set_timer`]
+    /// for an example.
     pub fn is_open(&self, conn: ConnId) -> bool {
         self.hub.conn(conn).is_some_and(|c| c.is_open())
     }
 
     /// Bytes queued for `conn` that its peer has not taken yet, or `None` if it is gone.
     /// A service can compare it with [`Context::write_limit`] to cut off slow consumers.
+    ///
+    /// ```
+    /// # use switchboard::{CloseMode, ConnId, Context, Service};
+    /// /// Sends a feed to a subscriber, dropping it if it falls too far behind.
+    /// struct Feed {
+    ///     subscriber: ConnId,
+    /// }
+    /// impl Feed {
+    ///     fn publish(&self, ctx: &mut Context<'_>, item: &[u8]) {
+    ///         let behind = ctx.queued_output(self.subscriber).unwrap_or(0);
+    ///         if behind > ctx.write_limit() / 2 {
+    ///             ctx.close(self.subscriber, CloseMode::Now);
+    ///         } else {
+    ///             let _ = ctx.send(self.subscriber, item);
+    ///         }
+    ///     }
+    /// }
+    /// # impl Service for Feed {}
+    /// ```
     pub fn queued_output(&self, conn: ConnId) -> Option<usize> {
         self.hub.conn(conn).map(|c| c.output.len())
     }
 
-    /// The configured per-connection write limit.
+    /// The configured per-connection write limit. See [`Context::queued_output`] for an
+    /// example.
     pub fn write_limit(&self) -> usize {
         self.hub.limits.write_limit
     }
 
     /// The reactor's counters.
+    ///
+    /// ```
+    /// # use switchboard::{ConnId, Context, Service};
+    /// struct Status;
+    /// impl Service for Status {
+    ///     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    ///         if payload == b"stats" {
+    ///             let report = ctx.stats().to_string();
+    ///             let _ = ctx.send(conn, report.as_bytes());
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn stats(&self) -> &Stats {
         &self.hub.stats
     }
 
-    /// The time at the start of this turn of the loop.
+    /// The time at the start of this turn of the loop: cheaper than `Instant::now()`,
+    /// and the same for every callback in one turn.
+    ///
+    /// ```
+    /// # use std::time::Instant;
+    /// # use switchboard::{ConnId, Context, Service};
+    /// struct Uptime {
+    ///     started: Option<Instant>,
+    /// }
+    /// impl Service for Uptime {
+    ///     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, _payload: &[u8]) {
+    ///         let started = *self.started.get_or_insert(ctx.now());
+    ///         let up = ctx.now() - started;
+    ///         let _ = ctx.send(conn, format!("{up:?}").as_bytes());
+    ///     }
+    /// }
+    /// ```
     pub fn now(&self) -> Instant {
         self.hub.now
     }

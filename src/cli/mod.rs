@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use log::LevelFilter;
 
 pub use server::{EchoArgs, Framing, ServerArgs};
+// For servers built on the library (the protocol examples): flags, signals, exit codes.
+pub use server::serve;
 
 /// switchboard: one thread, thousands of connections.
 #[derive(Debug, Parser)]
