@@ -591,6 +591,31 @@ fn a_disconnect_frees_the_name_and_the_room_hears_of_it() {
 }
 
 #[test]
+fn bye_leaves_the_chat_and_frees_the_name_at_once() {
+    let (server, stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("lobby");
+    let udp = Peer::new(server.udp());
+    udp.send(json!({"type": "hello", "name": "carol"}));
+    udp.next();
+    udp.send(json!({"type": "join", "room": "lobby"}));
+    udp.next();
+    alice.next(); // carol joined
+    udp.send(json!({"type": "bye"}));
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "carol"}));
+
+    let mut bob = Member::named(server.tcp(), "bob");
+    bob.join("lobby");
+    alice.next(); // bob joined
+    bob.send(json!({"type": "bye"}));
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "bob"}));
+    assert!(is_closed(bob.reader.get_mut()));
+    let _carol = Member::named(server.tcp(), "carol");
+    let _bob = Member::named(server.tcp(), "bob");
+    assert_eq!(stats.get().members, 3);
+}
+
+#[test]
 fn a_silent_udp_member_expires() {
     let settings = ChatSettings {
         udp_expiry: Duration::from_millis(500),

@@ -216,7 +216,7 @@ impl Chat {
     }
 
     /// Removes a member and tells its rooms it left.
-    fn remove_member(&mut self, ctx: &mut Context<'_>, id: MemberId) {
+    pub(super) fn remove_member(&mut self, ctx: &mut Context<'_>, id: MemberId) {
         let Some(member) = self.directory.remove(id) else {
             return;
         };

@@ -62,6 +62,9 @@ pub enum Request {
     List,
     /// Ask for a `pong` (a liveness check; it also keeps a UDP member from expiring).
     Ping,
+    /// Leave the chat: every room, and the name. A TCP connection is then closed; a
+    /// UDP member need not wait for its expiry to free its name.
+    Bye,
 }
 
 /// The seed programs' message: `{"name": N, "msg": M}`, meaning `hello N` followed by
@@ -310,6 +313,7 @@ mod tests {
             ),
             (r#"{"type":"list"}"#, Request::List),
             (r#"{"type":"ping","extra":1}"#, Request::Ping),
+            (r#"{"type":"bye"}"#, Request::Bye),
         ];
         for (json, request) in cases {
             assert_eq!(typed(json), Ok(Incoming::Typed(request)), "{json}");

@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::fanout::Encoded;
 use super::protocol::{check_name, Event, LegacyReply, Request, RoomInfo, SERVER_NAME};
-use super::rooms::{MemberId, Refusal};
+use super::rooms::{Link, MemberId, Refusal};
 use super::Chat;
-use crate::Context;
+use crate::{CloseMode, Context};
 
 /// The answer to a request that needs a name before a `hello` gave one.
 pub const HELLO_FIRST: &str = "say hello first: send {\"type\":\"hello\",\"name\":...}";
@@ -30,6 +30,7 @@ impl Chat {
                 self.reply(ctx, id, &Event::Rooms { rooms });
             }
             Request::Ping => self.reply(ctx, id, &Event::Pong),
+            Request::Bye => self.bye(ctx, id),
         }
     }
 
@@ -164,6 +165,16 @@ impl Chat {
             sent += self.send_event(ctx, id, &encoded);
         }
         self.stats.delivered(sent);
+    }
+
+    /// Leaves the chat. A TCP member's connection closes once its queued output is
+    /// written, and `on_close` removes it; a UDP member is removed now.
+    fn bye(&mut self, ctx: &mut Context<'_>, id: MemberId) {
+        match self.directory.member(id).map(|m| &m.link) {
+            Some(Link::Tcp(conn)) => ctx.close(*conn, CloseMode::Flush),
+            Some(Link::Udp(_)) => self.remove_member(ctx, id),
+            None => {}
+        }
     }
 
     /// Every room with its members' names.
