@@ -4,6 +4,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (for example an
 //! address in use), 2 for a bad flag (clap's usage error).
 
+mod chat;
 mod server;
 
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use log::LevelFilter;
 
+pub use chat::ChatArgs;
 pub use server::{EchoArgs, Framing, ServerArgs};
 // For servers built on the library (the protocol examples): flags, signals, exit codes.
 pub use server::serve;
@@ -36,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Framed TCP echo plus UDP echo (default 127.0.0.1:9000).
     Echo(EchoArgs),
+    /// Chat rooms, names and direct messages over TCP and UDP (default 127.0.0.1:9001).
+    Chat(chat::ChatArgs),
 }
 
 /// Parses the command line, sets up logging, runs the chosen command.
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli);
     match cli.command {
         Command::Echo(args) => server::run_echo(args),
+        Command::Chat(args) => chat::run(args),
     }
 }
 

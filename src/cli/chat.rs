@@ -1,0 +1,47 @@
+//! `switchboard chat`: the chat service on TCP and UDP (default 127.0.0.1:9001), with
+//! the chat limits as flags.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::server::{serve, ServerArgs};
+use crate::services::chat::{Chat, ChatSettings};
+use crate::LengthCodec;
+
+/// `switchboard chat`.
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// Endpoints and limits.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Longest message text accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub max_text: usize,
+    /// Messages kept per room and replayed to a member who joins it.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub history: usize,
+    /// A UDP member that sends nothing for this long leaves the chat.
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_expiry: u64,
+    /// Rooms with more members than this announce joins and leaves only to the member
+    /// concerned (N joins would otherwise cost N²/2 deliveries).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub presence_limit: usize,
+}
+
+/// Runs the chat service until SIGINT/SIGTERM.
+pub fn run(args: ChatArgs) -> ExitCode {
+    let config = args.server.config(9001);
+    let settings = ChatSettings {
+        max_text: args.max_text,
+        history: args.history,
+        udp_expiry: Duration::from_secs(args.udp_expiry),
+        presence_limit: args.presence_limit,
+        stats_interval: config.stats_interval,
+    };
+    let codec = LengthCodec::new(args.server.max_frame as usize);
+    serve(config, Chat::new(settings), codec)
+}

@@ -1,0 +1,159 @@
+//! Getting events to members: an event is encoded once ([`Encoded`]) and the same bytes
+//! go to every recipient, whatever the transport, with the slow-consumer cut-off
+//! applied on the way.
+//!
+//! ```text
+//!   Event --serialize once--> json ----------------> UDP typed members (send_to)
+//!                              |--frame once--> SharedFrame --> TCP members (Rc clone)
+//!   (msg, dm only) --------> legacy {"name","msg"} --> UDP legacy members
+//! ```
+//!
+//! A TCP member whose queued output passes the write limit after an event is queued has
+//! stopped keeping up: it is disconnected at once, with a logged reason, rather than
+//! letting its queue grow without bound or slowing the room down (the way Redis drops
+//! pub/sub clients over their output limit). Members that keep up are unaffected, and
+//! still see every event of the room in order.
+
+use log::warn;
+
+use super::protocol::{to_json, Event, LegacyReply, SERVER_NAME};
+use super::rooms::{Form, Link, Member};
+use crate::{CloseMode, Context, SharedFrame};
+
+/// One event, serialized for every kind of recipient.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The typed JSON: a TCP frame's payload, a typed UDP member's datagram.
+    json: Vec<u8>,
+    /// `json` framed for TCP once; `None` if the codec refused it (too large).
+    frame: Option<SharedFrame>,
+    /// The `{"name","msg"}` form for legacy members; `None` for events they never get.
+    legacy: Option<Vec<u8>>,
+}
+
+impl Encoded {
+    /// Encodes `event`, and its legacy form when `legacy` is given.
+    pub fn new(ctx: &Context<'_>, event: &Event<'_>, legacy: Option<LegacyReply<'_>>) -> Self {
+        let json = to_json(event);
+        let frame = match ctx.shared_frame(&json) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                log::warn!("chat: an event cannot be framed for TCP members: {e}");
+                None
+            }
+        };
+        Encoded {
+            json,
+            frame,
+            legacy: legacy.map(|reply| to_json(&reply)),
+        }
+    }
+
+    /// The typed JSON bytes.
+    #[cfg(test)]
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    #[cfg(test)]
+    pub fn for_test(json: &[u8]) -> Self {
+        Encoded {
+            json: json.to_vec(),
+            frame: None,
+            legacy: None,
+        }
+    }
+}
+
+/// What [`deliver`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued or sent.
+    Sent,
+    /// Not for this member (a typed event for a legacy member), or it is going away.
+    Skipped,
+    /// Queued, and that put the member over the write limit: it is being disconnected.
+    CutOff,
+}
+
+/// Sends one encoded event to one member: a shared frame for TCP, a datagram for UDP.
+pub fn deliver(ctx: &mut Context<'_>, member: &mut Member, event: &Encoded) -> Delivery {
+    match &member.link {
+        Link::Tcp(conn) => {
+            let conn = *conn;
+            let Some(frame) = &event.frame else {
+                return Delivery::Skipped;
+            };
+            if member.cut_off || ctx.send_shared(conn, frame).is_err() {
+                return Delivery::Skipped;
+            }
+            let queued = ctx.queued_output(conn).unwrap_or(0);
+            if queued <= ctx.write_limit() {
+                return Delivery::Sent;
+            }
+            warn!(
+                "chat: {conn} ({}) has {queued} bytes queued, over the write limit of {}: \
+                 disconnecting a slow consumer",
+                member.name.as_deref().unwrap_or("no name"),
+                ctx.write_limit()
+            );
+            member.cut_off = true;
+            ctx.close(conn, CloseMode::Now);
+            Delivery::CutOff
+        }
+        Link::Udp(udp) => {
+            let bytes = match udp.form {
+                Form::Typed => &event.json,
+                Form::Legacy => match &event.legacy {
+                    Some(bytes) => bytes,
+                    None => return Delivery::Skipped,
+                },
+            };
+            // A datagram the socket cannot take now is queued or dropped by the
+            // reactor, as UDP allows; either way the room moves on.
+            match ctx.send_to(udp.socket, udp.peer, bytes) {
+                Ok(()) => Delivery::Sent,
+                Err(_) => Delivery::Skipped,
+            }
+        }
+    }
+}
+
+/// Answers one member (welcome, error, rooms, pong...), copying the bytes into its
+/// queue: nothing to share with a single recipient. Legacy members get only errors,
+/// in their own form, so that a client waiting for one reply per message is answered.
+pub fn reply(ctx: &mut Context<'_>, member: &Member, event: &Event<'_>) {
+    match &member.link {
+        Link::Tcp(conn) => {
+            let json = to_json(event);
+            if let Err(e) = ctx.send(*conn, &json) {
+                log::debug!("chat: cannot answer {conn}: {e}");
+            }
+        }
+        Link::Udp(udp) => match (udp.form, event) {
+            (Form::Typed, _) => reply_to_peer(ctx, udp.socket, udp.peer, event),
+            (Form::Legacy, Event::Error { reason }) => {
+                let msg = format!("error: {reason}");
+                let json = to_json(&LegacyReply {
+                    name: SERVER_NAME,
+                    msg: &msg,
+                });
+                let _ = ctx.send_to(udp.socket, udp.peer, &json);
+            }
+            (Form::Legacy, _) => {}
+        },
+    }
+}
+
+/// Answers a UDP peer that is not (yet) a member with a typed event.
+pub fn reply_to_peer(
+    ctx: &mut Context<'_>,
+    socket: crate::UdpId,
+    peer: std::net::SocketAddr,
+    event: &Event<'_>,
+) {
+    let json = to_json(event);
+    if let Err(e) = ctx.send_to(socket, peer, &json) {
+        log::debug!("chat: cannot answer {peer}: {e}");
+    }
+}

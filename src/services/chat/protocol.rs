@@ -1,0 +1,399 @@
+//! The chat wire format: what members send ([`Request`], or the seeds' legacy
+//! [`LegacyMessage`]), what the server sends back ([`Event`]), and the rules for names.
+//!
+//! Every TCP frame and every UDP datagram carries one UTF-8 JSON object. Typed objects
+//! name their kind in a `type` field:
+//!
+//! ```text
+//!   client -> server   {"type":"say","room":"lobby","text":"hi"}
+//!   server -> client   {"type":"msg","room":"lobby","from":"alice","text":"hi","ts":1700000000000}
+//! ```
+//!
+//! A UDP datagram without `type` but with `name` and `msg` is the seed programs'
+//! form, `{"name":"clinet1","msg":"hi"}`; its sender becomes a legacy member and is
+//! answered in the same form ([`LegacyMessage`]). `docs/chat.md` lists every message.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest name or room name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// The sender name the server uses when it answers a legacy member with an error: legacy
+/// members understand only `{"name", "msg"}`, so errors take that form too. Reserved,
+/// so that no member can pose as the server.
+pub const SERVER_NAME: &str = "switchboard";
+
+/// A typed request from a member.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Request {
+    /// Set or change the member's name.
+    Hello {
+        /// The name wanted.
+        name: String,
+    },
+    /// Enter a room (created when the first member joins).
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// Leave a room (removed, with its history, when the last member leaves).
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Send `text` to every member of `room`, the sender included.
+    Say {
+        /// The room, which the sender must have joined.
+        room: String,
+        /// The message.
+        text: String,
+    },
+    /// Send `text` to one member.
+    Dm {
+        /// The recipient's name.
+        to: String,
+        /// The message.
+        text: String,
+    },
+    /// Ask for the rooms and their members.
+    List,
+    /// Ask for a `pong` (a liveness check; it also keeps a UDP member from expiring).
+    Ping,
+    /// Leave the chat: every room, and the name. A TCP connection is then closed; a
+    /// UDP member need not wait for its expiry to free its name.
+    Bye,
+}
+
+/// The seed programs' message: `{"name": N, "msg": M}`, meaning `hello N` followed by
+/// `say lobby M`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LegacyMessage {
+    /// The sender's name.
+    pub name: String,
+    /// The text, said in the lobby.
+    pub msg: String,
+    /// Present only to tell a malformed typed request from a legacy message.
+    #[serde(rename = "type", default)]
+    kind: Option<serde_json::Value>,
+}
+
+/// The room legacy members live in.
+pub const LOBBY: &str = "lobby";
+
+/// One decoded message from a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A typed request.
+    Typed(Request),
+    /// A seed-style `{"name", "msg"}` datagram.
+    Legacy(LegacyMessage),
+}
+
+/// Why a frame or datagram is not a request. Answered with an `error` event; the
+/// connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadInput {
+    /// The bytes are not UTF-8.
+    Utf8 {
+        /// Offset of the first invalid byte.
+        at: usize,
+    },
+    /// The bytes are not JSON.
+    Json(String),
+    /// JSON, but not a request: unknown `type`, missing or mistyped field.
+    Request(String),
+}
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadInput::Utf8 { at } => write!(f, "invalid UTF-8 at byte {at}"),
+            BadInput::Json(e) => write!(f, "invalid JSON: {e}"),
+            BadInput::Request(e) => write!(f, "invalid request: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Whether a transport accepts the seeds' legacy form (UDP does, TCP does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Legacy {
+    /// `{"name", "msg"}` without `type` is a [`LegacyMessage`].
+    Accepted,
+    /// Only typed requests.
+    Refused,
+}
+
+/// Decodes one frame or datagram.
+///
+/// ```
+/// use switchboard::services::chat::{parse, Incoming, Legacy, Request};
+/// let request = parse(br#"{"type":"join","room":"lobby"}"#, Legacy::Refused).unwrap();
+/// assert_eq!(request, Incoming::Typed(Request::Join { room: "lobby".into() }));
+/// ```
+pub fn parse(bytes: &[u8], legacy: Legacy) -> Result<Incoming, BadInput> {
+    // Checked first so that invalid UTF-8 is reported as such, not as a JSON error.
+    let text = std::str::from_utf8(bytes).map_err(|e| BadInput::Utf8 {
+        at: e.valid_up_to(),
+    })?;
+    let typed_error = match serde_json::from_str::<Request>(text) {
+        Ok(request) => return Ok(Incoming::Typed(request)),
+        Err(e) => e,
+    };
+    if legacy == Legacy::Accepted {
+        if let Ok(message) = serde_json::from_str::<LegacyMessage>(text) {
+            if message.kind.is_none() {
+                return Ok(Incoming::Legacy(message));
+            }
+        }
+    }
+    Err(match typed_error.classify() {
+        serde_json::error::Category::Data => BadInput::Request(typed_error.to_string()),
+        _ => BadInput::Json(typed_error.to_string()),
+    })
+}
+
+/// Checks a name or room name: 1 to [`MAX_NAME_CHARS`] characters, none of them
+/// whitespace or control characters (so that `/msg NAME TEXT` can be split on spaces).
+/// `what` names the thing in the error ("name", "room").
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err(format!("{what} is empty"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "{what} is {chars} characters long, over the {MAX_NAME_CHARS}-character limit"
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{what} {name:?} contains spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// One room in a `rooms` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomInfo<'a> {
+    /// The room's name.
+    pub room: &'a str,
+    /// Its members' names, in the order they joined (as far as leaves allow).
+    pub members: Vec<&'a str>,
+}
+
+/// What the server sends to typed members. Serialized once per event, whatever the
+/// number of recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event<'a> {
+    /// The member's name is set (answer to `hello`).
+    Welcome {
+        /// The name now held.
+        name: &'a str,
+    },
+    /// A message said in a room.
+    Msg {
+        /// The room.
+        room: &'a str,
+        /// The sender's name.
+        from: &'a str,
+        /// The message.
+        text: &'a str,
+        /// When the server received it: milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// A direct message, sent to its recipient and echoed to its sender.
+    Dm {
+        /// The sender's name.
+        from: &'a str,
+        /// The recipient's name.
+        to: &'a str,
+        /// The message.
+        text: &'a str,
+        /// When the server received it: milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// `name` entered `room`.
+    Joined {
+        /// The room.
+        room: &'a str,
+        /// Who joined.
+        name: &'a str,
+    },
+    /// `name` left `room` (by `leave`, disconnect, expiry, or being cut off).
+    Left {
+        /// The room.
+        room: &'a str,
+        /// Who left.
+        name: &'a str,
+    },
+    /// A member of `room` changed its name from `old` to `name`.
+    Renamed {
+        /// The room.
+        room: &'a str,
+        /// The previous name.
+        old: &'a str,
+        /// The new name.
+        name: &'a str,
+    },
+    /// The rooms and their members (answer to `list`).
+    Rooms {
+        /// Every room, by name.
+        rooms: Vec<RoomInfo<'a>>,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A request was refused; the connection stays usable.
+    Error {
+        /// Why, for a person to read.
+        reason: &'a str,
+    },
+}
+
+/// The seeds' form, as sent to legacy members: `{"name": sender, "msg": text}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LegacyReply<'a> {
+    /// The sender's name.
+    pub name: &'a str,
+    /// The text.
+    pub msg: &'a str,
+}
+
+/// JSON bytes of a value whose serialization cannot fail: the types here hold only
+/// strings, integers and lists of them.
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| {
+        log::error!("chat: cannot serialize a message: {e}");
+        Vec::new()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(json: &str) -> Result<Incoming, BadInput> {
+        parse(json.as_bytes(), Legacy::Refused)
+    }
+
+    #[test]
+    fn every_request_kind_decodes() {
+        let cases = [
+            (
+                r#"{"type":"hello","name":"a"}"#,
+                Request::Hello { name: "a".into() },
+            ),
+            (
+                r#"{"type":"join","room":"r"}"#,
+                Request::Join { room: "r".into() },
+            ),
+            (
+                r#"{"type":"leave","room":"r"}"#,
+                Request::Leave { room: "r".into() },
+            ),
+            (
+                r#"{"type":"say","room":"r","text":"t"}"#,
+                Request::Say {
+                    room: "r".into(),
+                    text: "t".into(),
+                },
+            ),
+            (
+                r#"{"type":"dm","to":"b","text":"t"}"#,
+                Request::Dm {
+                    to: "b".into(),
+                    text: "t".into(),
+                },
+            ),
+            (r#"{"type":"list"}"#, Request::List),
+            (r#"{"type":"ping","extra":1}"#, Request::Ping),
+            (r#"{"type":"bye"}"#, Request::Bye),
+        ];
+        for (json, request) in cases {
+            assert_eq!(typed(json), Ok(Incoming::Typed(request)), "{json}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_classified() {
+        assert_eq!(
+            parse(b"{\"type\":\"ping\xff", Legacy::Refused),
+            Err(BadInput::Utf8 { at: 13 })
+        );
+        assert!(matches!(typed("{not json"), Err(BadInput::Json(_))));
+        let unknown = typed(r#"{"type":"shout"}"#).unwrap_err().to_string();
+        assert!(unknown.contains("unknown variant `shout`"), "{unknown}");
+        let missing = typed(r#"{"type":"say","room":"r"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("missing field `text`"), "{missing}");
+    }
+
+    #[test]
+    fn legacy_form_only_where_accepted_and_only_without_type() {
+        let seed = br#"{"name": "clinet1", "msg": "hi"}"#;
+        assert!(matches!(
+            parse(seed, Legacy::Accepted),
+            Ok(Incoming::Legacy(LegacyMessage { ref name, ref msg, .. })) if name == "clinet1" && msg == "hi"
+        ));
+        assert!(matches!(
+            parse(seed, Legacy::Refused),
+            Err(BadInput::Request(_))
+        ));
+        let typed_but_broken = br#"{"type":"say","name":"a","msg":"hi"}"#;
+        assert!(matches!(
+            parse(typed_but_broken, Legacy::Accepted),
+            Err(BadInput::Request(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("name", "alice").is_ok());
+        assert!(check_name("name", "李雷").is_ok());
+        assert!(check_name("name", &"x".repeat(32)).is_ok());
+        assert!(check_name("name", &"x".repeat(33)).is_err());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "a b").is_err());
+        assert!(check_name("room", "a\u{7}").is_err());
+    }
+
+    #[test]
+    fn events_serialize_to_golden_bytes() {
+        let msg = Event::Msg {
+            room: "lobby",
+            from: "alice",
+            text: "hi \"you\"",
+            ts: 7,
+        };
+        assert_eq!(
+            to_json(&msg),
+            br#"{"type":"msg","room":"lobby","from":"alice","text":"hi \"you\"","ts":7}"#
+        );
+        assert_eq!(to_json(&Event::Pong), br#"{"type":"pong"}"#);
+        let rooms = Event::Rooms {
+            rooms: vec![RoomInfo {
+                room: "r",
+                members: vec!["a", "b"],
+            }],
+        };
+        assert_eq!(
+            to_json(&rooms),
+            br#"{"type":"rooms","rooms":[{"room":"r","members":["a","b"]}]}"#
+        );
+        let legacy = LegacyReply {
+            name: "clinet1",
+            msg: "你好",
+        };
+        assert_eq!(
+            to_json(&legacy),
+            r#"{"name":"clinet1","msg":"你好"}"#.as_bytes()
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! What each request does: check it, change the [`Directory`](super::rooms::Directory),
+//! and send the events that follow. Every refusal is an `error` event to the sender;
+//! nothing here closes a connection.
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::fanout::Encoded;
+use super::protocol::{check_name, Event, LegacyReply, Request, RoomInfo, SERVER_NAME};
+use super::rooms::{Link, MemberId, Refusal};
+use super::Chat;
+use crate::{CloseMode, Context};
+
+/// The answer to a request that needs a name before a `hello` gave one.
+pub const HELLO_FIRST: &str = "say hello first: send {\"type\":\"hello\",\"name\":...}";
+
+impl Chat {
+    /// Carries out one typed request from member `id`.
+    pub(super) fn handle(&mut self, ctx: &mut Context<'_>, id: MemberId, request: Request) {
+        match request {
+            Request::Hello { name } => {
+                self.hello(ctx, id, &name);
+            }
+            Request::Join { room } => self.join(ctx, id, &room),
+            Request::Leave { room } => self.leave(ctx, id, &room),
+            Request::Say { room, text } => self.say(ctx, id, &room, &text),
+            Request::Dm { to, text } => self.dm(ctx, id, &to, &text),
+            Request::List => {
+                let rooms = self.room_list();
+                self.reply(ctx, id, &Event::Rooms { rooms });
+            }
+            Request::Ping => self.reply(ctx, id, &Event::Pong),
+            Request::Bye => self.bye(ctx, id),
+        }
+    }
+
+    /// Answers member `id` with an `error`.
+    pub(super) fn refuse(&self, ctx: &mut Context<'_>, id: MemberId, reason: &str) {
+        self.reply(ctx, id, &Event::Error { reason });
+    }
+
+    /// Sets or changes the name. Returns true if the member now holds `name`.
+    pub(super) fn hello(&mut self, ctx: &mut Context<'_>, id: MemberId, name: &str) -> bool {
+        if let Err(reason) = check_name("name", name) {
+            self.refuse(ctx, id, &reason);
+            return false;
+        }
+        if name == SERVER_NAME {
+            self.refuse(ctx, id, &format!("name {name} is reserved"));
+            return false;
+        }
+        let old = match self.directory.rename(id, name) {
+            Ok(old) => old,
+            Err(Refusal::NameTaken) => {
+                self.refuse(ctx, id, &format!("name {name} is taken"));
+                return false;
+            }
+            Err(_) => return false,
+        };
+        self.reply(ctx, id, &Event::Welcome { name });
+        if let Some(old) = old.filter(|old| old != name) {
+            let rooms = self.rooms_of(id);
+            for room in &rooms {
+                let event = Event::Renamed {
+                    room,
+                    old: &old,
+                    name,
+                };
+                self.announce(ctx, room, Some(id), &event);
+            }
+        }
+        true
+    }
+
+    /// Enters a room, announces it, and replays the room's history to the newcomer.
+    pub(super) fn join(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str) {
+        let Some(name) = self.name_required(ctx, id) else {
+            return;
+        };
+        if let Err(reason) = check_name("room", room) {
+            return self.refuse(ctx, id, &reason);
+        }
+        if self.directory.join(id, room).is_err() {
+            return self.refuse(ctx, id, &format!("already in room {room}"));
+        }
+        self.announce(ctx, room, Some(id), &Event::Joined { room, name: &name });
+        // Legacy clients expect exactly one reply per message they send: no replay.
+        if self.directory.member(id).is_some_and(|m| m.is_legacy()) {
+            return;
+        }
+        let history: Vec<Rc<Encoded>> = match self.directory.room(room) {
+            Some(entry) => entry.history().cloned().collect(),
+            None => Vec::new(),
+        };
+        let mut sent = 0;
+        for message in &history {
+            sent += self.send_event(ctx, id, message);
+        }
+        self.stats.delivered(sent);
+    }
+
+    /// Leaves a room, after telling it (the leaver included).
+    pub(super) fn leave(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str) {
+        if !self.directory.is_in(id, room) {
+            return self.refuse(ctx, id, &format!("not in room {room}"));
+        }
+        let name = self.name_of(id).to_owned();
+        self.announce(ctx, room, Some(id), &Event::Left { room, name: &name });
+        let _ = self.directory.leave(id, room);
+    }
+
+    /// Says `text` in `room`: one `msg` event, encoded once, to every member.
+    pub(super) fn say(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str, text: &str) {
+        if !self.directory.is_in(id, room) {
+            return self.refuse(ctx, id, &format!("not in room {room}: join it first"));
+        }
+        if let Err(reason) = self.check_text(text) {
+            return self.refuse(ctx, id, &reason);
+        }
+        self.stats.message_in();
+        let from = self.name_of(id);
+        let event = Event::Msg {
+            room,
+            from,
+            text,
+            ts: unix_millis(),
+        };
+        let legacy = LegacyReply {
+            name: from,
+            msg: text,
+        };
+        let encoded = Rc::new(Encoded::new(ctx, &event, Some(legacy)));
+        let sent = self.broadcast(ctx, room, &encoded);
+        self.stats.delivered(sent);
+        if let Some(entry) = self.directory.room_mut(room) {
+            entry.remember(encoded, self.settings.history);
+        }
+    }
+
+    /// Sends `text` to the member called `to`, and a copy to the sender.
+    pub(super) fn dm(&mut self, ctx: &mut Context<'_>, id: MemberId, to: &str, text: &str) {
+        let Some(from) = self.name_required(ctx, id) else {
+            return;
+        };
+        if let Err(reason) = self.check_text(text) {
+            return self.refuse(ctx, id, &reason);
+        }
+        let Some(recipient) = self.directory.by_name(to) else {
+            return self.refuse(ctx, id, &format!("no member named {to}"));
+        };
+        self.stats.message_in();
+        let event = Event::Dm {
+            from: &from,
+            to,
+            text,
+            ts: unix_millis(),
+        };
+        let legacy = LegacyReply {
+            name: &from,
+            msg: text,
+        };
+        let encoded = Encoded::new(ctx, &event, Some(legacy));
+        let mut sent = self.send_event(ctx, recipient, &encoded);
+        if recipient != id {
+            sent += self.send_event(ctx, id, &encoded);
+        }
+        self.stats.delivered(sent);
+    }
+
+    /// Leaves the chat. A TCP member's connection closes once its queued output is
+    /// written, and `on_close` removes it; a UDP member is removed now.
+    fn bye(&mut self, ctx: &mut Context<'_>, id: MemberId) {
+        match self.directory.member(id).map(|m| &m.link) {
+            Some(Link::Tcp(conn)) => ctx.close(*conn, CloseMode::Flush),
+            Some(Link::Udp(_)) => self.remove_member(ctx, id),
+            None => {}
+        }
+    }
+
+    /// Every room with its members' names.
+    pub(super) fn room_list(&self) -> Vec<RoomInfo<'_>> {
+        self.directory
+            .rooms()
+            .map(|(room, entry)| RoomInfo {
+                room,
+                members: entry
+                    .members()
+                    .iter()
+                    .filter_map(|&m| self.directory.member(m)?.name.as_deref())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The member's name, or an `error` saying to send `hello` first.
+    fn name_required(&self, ctx: &mut Context<'_>, id: MemberId) -> Option<String> {
+        let name = self.directory.member(id).and_then(|m| m.name.clone());
+        if name.is_none() {
+            self.refuse(ctx, id, HELLO_FIRST);
+        }
+        name
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), String> {
+        let max = self.settings.max_text;
+        match text.len() {
+            len if len > max => Err(format!(
+                "text is {len} bytes, over the limit of {max} bytes"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn rooms_of(&self, id: MemberId) -> Vec<String> {
+        self.directory
+            .member(id)
+            .map(|m| m.rooms.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the `ts` of messages.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,354 @@
+//! Who is in the chat and where: members (TCP connections and UDP peers alike), the
+//! names they hold, the rooms they are in, and each room's recent history.
+//!
+//! This is pure bookkeeping, with no I/O: the service decides what to send, and the
+//! [`Directory`] keeps the invariants:
+//! - a name belongs to at most one member, and is freed when the member goes;
+//! - a member is in a room exactly when the room lists it (both sides are updated
+//!   together);
+//! - a room exists only while it has members (its history goes with it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use slab::Slab;
+
+use super::fanout::Encoded;
+use crate::{ConnId, TimerId, UdpId};
+
+/// A member's key in the [`Directory`]; reused after the member goes.
+pub type MemberId = usize;
+
+/// How a member is reached.
+#[derive(Debug)]
+pub enum Link {
+    /// A stream connection: events are frames.
+    Tcp(ConnId),
+    /// A UDP peer: events are datagrams.
+    Udp(UdpLink),
+}
+
+/// A UDP member's address and liveness.
+#[derive(Debug)]
+pub struct UdpLink {
+    /// The server socket it talks to.
+    pub socket: UdpId,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Which form it speaks, decided by the last message it sent.
+    pub form: Form,
+    /// When its last datagram arrived; it expires a fixed time after that.
+    pub last_seen: Instant,
+    /// The timer that checks for its expiry.
+    pub expiry_timer: Option<TimerId>,
+}
+
+/// The message form a UDP member speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Typed JSON objects, like TCP members.
+    Typed,
+    /// The seeds' `{"name", "msg"}`: it receives only messages, in that form.
+    Legacy,
+}
+
+/// One member.
+#[derive(Debug)]
+pub struct Member {
+    /// Set by `hello` (or a legacy message); `None` until then.
+    pub name: Option<String>,
+    /// How to reach it.
+    pub link: Link,
+    /// The rooms it is in, in the order it joined them.
+    pub rooms: Vec<String>,
+    /// Disconnected for falling behind: no more output is queued for it while the
+    /// close is under way.
+    pub cut_off: bool,
+}
+
+impl Member {
+    /// True for a UDP member speaking the legacy form.
+    pub fn is_legacy(&self) -> bool {
+        matches!(&self.link, Link::Udp(udp) if udp.form == Form::Legacy)
+    }
+}
+
+/// One room: its members and its latest messages.
+#[derive(Debug, Default)]
+pub struct Room {
+    /// Members, in join order until a leave swaps the last one into the gap.
+    members: Vec<MemberId>,
+    /// Where each member sits in `members`, so that leaving is O(1).
+    positions: HashMap<MemberId, usize>,
+    /// The latest `msg` events, oldest first, replayed to members who join.
+    history: VecDeque<Rc<Encoded>>,
+}
+
+impl Room {
+    /// The members.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// The latest messages, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &Rc<Encoded>> {
+        self.history.iter()
+    }
+
+    /// Appends a message to the history, keeping at most `keep`.
+    pub fn remember(&mut self, message: Rc<Encoded>, keep: usize) {
+        if keep == 0 {
+            return;
+        }
+        if self.history.len() == keep {
+            self.history.pop_front();
+        }
+        self.history.push_back(message);
+    }
+
+    fn add(&mut self, id: MemberId) {
+        self.positions.insert(id, self.members.len());
+        self.members.push(id);
+    }
+
+    fn remove(&mut self, id: MemberId) {
+        if let Some(at) = self.positions.remove(&id) {
+            self.members.swap_remove(at);
+            if let Some(&moved) = self.members.get(at) {
+                self.positions.insert(moved, at);
+            }
+        }
+    }
+}
+
+/// A refused change of name or room membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another member holds the name.
+    NameTaken,
+    /// The member is already in the room.
+    AlreadyIn,
+    /// The member is not in the room.
+    NotIn,
+    /// No such member.
+    NoMember,
+}
+
+/// Members, names and rooms. See the module docs for its invariants.
+#[derive(Debug, Default)]
+pub struct Directory {
+    members: Slab<Member>,
+    names: HashMap<String, MemberId>,
+    /// By name, so that `list` comes out sorted.
+    rooms: BTreeMap<String, Room>,
+}
+
+impl Directory {
+    /// Adds a nameless member in no room.
+    pub fn add(&mut self, link: Link) -> MemberId {
+        self.members.insert(Member {
+            name: None,
+            link,
+            rooms: Vec::new(),
+            cut_off: false,
+        })
+    }
+
+    /// Removes a member from its rooms and frees its name. Returns it, so the caller
+    /// can tell those rooms.
+    pub fn remove(&mut self, id: MemberId) -> Option<Member> {
+        let member = self.members.try_remove(id)?;
+        for room in &member.rooms {
+            self.drop_from_room(id, room);
+        }
+        if let Some(name) = &member.name {
+            self.names.remove(name);
+        }
+        Some(member)
+    }
+
+    /// The member `id`, if present.
+    pub fn member(&self, id: MemberId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// The member `id`, if present, to change.
+    pub fn member_mut(&mut self, id: MemberId) -> Option<&mut Member> {
+        self.members.get_mut(id)
+    }
+
+    /// The member holding `name`.
+    pub fn by_name(&self, name: &str) -> Option<MemberId> {
+        self.names.get(name).copied()
+    }
+
+    /// Gives `id` the name `name` (already checked for form). Returns the name it held
+    /// before, if any.
+    pub fn rename(&mut self, id: MemberId, name: &str) -> Result<Option<String>, Refusal> {
+        match self.names.get(name) {
+            Some(&holder) if holder == id => return Ok(Some(name.to_owned())),
+            Some(_) => return Err(Refusal::NameTaken),
+            None => {}
+        }
+        let member = self.members.get_mut(id).ok_or(Refusal::NoMember)?;
+        let old = member.name.replace(name.to_owned());
+        if let Some(old) = &old {
+            self.names.remove(old);
+        }
+        self.names.insert(name.to_owned(), id);
+        Ok(old)
+    }
+
+    /// Puts `id` in `room`, creating the room if needed.
+    pub fn join(&mut self, id: MemberId, room: &str) -> Result<(), Refusal> {
+        let member = self.members.get_mut(id).ok_or(Refusal::NoMember)?;
+        if member.rooms.iter().any(|r| r == room) {
+            return Err(Refusal::AlreadyIn);
+        }
+        member.rooms.push(room.to_owned());
+        self.rooms.entry(room.to_owned()).or_default().add(id);
+        Ok(())
+    }
+
+    /// Takes `id` out of `room`, removing the room if it is left empty.
+    pub fn leave(&mut self, id: MemberId, room: &str) -> Result<(), Refusal> {
+        let member = self.members.get_mut(id).ok_or(Refusal::NoMember)?;
+        let at = member
+            .rooms
+            .iter()
+            .position(|r| r == room)
+            .ok_or(Refusal::NotIn)?;
+        member.rooms.remove(at);
+        self.drop_from_room(id, room);
+        Ok(())
+    }
+
+    fn drop_from_room(&mut self, id: MemberId, room: &str) {
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.remove(id);
+            if entry.members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// True when `id` is in `room`.
+    pub fn is_in(&self, id: MemberId, room: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.positions.contains_key(&id))
+    }
+
+    /// The room called `name`.
+    pub fn room(&self, name: &str) -> Option<&Room> {
+        self.rooms.get(name)
+    }
+
+    /// The room called `name`, to change its history.
+    pub fn room_mut(&mut self, name: &str) -> Option<&mut Room> {
+        self.rooms.get_mut(name)
+    }
+
+    /// Every room, by name.
+    pub fn rooms(&self) -> impl Iterator<Item = (&str, &Room)> {
+        self.rooms.iter().map(|(name, room)| (name.as_str(), room))
+    }
+
+    /// Calls `visit` for every member of `room`: the fan-out loop.
+    pub fn for_each_in(&mut self, room: &str, mut visit: impl FnMut(&mut Member)) {
+        let Some(entry) = self.rooms.get(room) else {
+            return;
+        };
+        for &id in &entry.members {
+            if let Some(member) = self.members.get_mut(id) {
+                visit(member);
+            }
+        }
+    }
+
+    /// Members holding a name.
+    pub fn named_members(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Rooms with at least one member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(key: usize) -> Link {
+        Link::Tcp(crate::ConnId::new(key, 1))
+    }
+
+    fn named(dir: &mut Directory, name: &str) -> MemberId {
+        let id = dir.add(tcp(dir.members.len()));
+        dir.rename(id, name).unwrap();
+        id
+    }
+
+    #[test]
+    fn names_are_unique_and_freed_on_rename_and_removal() {
+        let mut dir = Directory::default();
+        let a = named(&mut dir, "alice");
+        let b = dir.add(tcp(1));
+        assert_eq!(dir.rename(b, "alice"), Err(Refusal::NameTaken));
+        assert_eq!(dir.rename(a, "alicia"), Ok(Some("alice".into())));
+        assert_eq!(dir.rename(b, "alice"), Ok(None));
+        assert_eq!(dir.by_name("alice"), Some(b));
+        dir.remove(a);
+        assert_eq!(dir.by_name("alicia"), None);
+        assert_eq!(dir.named_members(), 1);
+    }
+
+    #[test]
+    fn rooms_exist_while_they_have_members() {
+        let mut dir = Directory::default();
+        let a = named(&mut dir, "a");
+        let b = named(&mut dir, "b");
+        dir.join(a, "r").unwrap();
+        dir.join(b, "r").unwrap();
+        assert_eq!(dir.join(a, "r"), Err(Refusal::AlreadyIn));
+        assert_eq!(dir.room("r").unwrap().members(), &[a, b]);
+        dir.leave(a, "r").unwrap();
+        assert_eq!(dir.leave(a, "r"), Err(Refusal::NotIn));
+        assert!(!dir.is_in(a, "r") && dir.is_in(b, "r"));
+        let gone = dir.remove(b).unwrap();
+        assert_eq!(gone.rooms, vec!["r".to_string()]);
+        assert_eq!(dir.room_count(), 0);
+    }
+
+    #[test]
+    fn leaving_from_the_middle_keeps_positions_right() {
+        let mut dir = Directory::default();
+        let ids: Vec<_> = (0..4).map(|i| named(&mut dir, &i.to_string())).collect();
+        for &id in &ids {
+            dir.join(id, "r").unwrap();
+        }
+        dir.leave(ids[1], "r").unwrap();
+        dir.leave(ids[3], "r").unwrap();
+        dir.leave(ids[0], "r").unwrap();
+        assert_eq!(dir.room("r").unwrap().members(), &[ids[2]]);
+        let mut seen = Vec::new();
+        dir.for_each_in("r", |m| seen.push(m.name.clone().unwrap()));
+        assert_eq!(seen, vec!["2".to_string()]);
+    }
+
+    #[test]
+    fn history_keeps_the_latest() {
+        let mut room = Room::default();
+        for i in 0..5u8 {
+            room.remember(Rc::new(Encoded::for_test(&[i])), 3);
+        }
+        let kept: Vec<u8> = room.history().map(|e| e.json()[0]).collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        room.remember(Rc::new(Encoded::for_test(&[9])), 0);
+        assert_eq!(room.history().count(), 3);
+    }
+}

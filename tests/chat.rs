@@ -1,0 +1,667 @@
+//! End-to-end tests of the chat service over real loopback sockets: TCP members
+//! (framed JSON), typed UDP members, seed-style legacy UDP members, limits, the
+//! slow-consumer cut-off, and a room of 1,000 members.
+#![cfg(feature = "chat")]
+
+mod common;
+
+use std::io::{BufReader, Read};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard::services::chat::{Chat, ChatSettings, ChatStatsHandle};
+use switchboard::{Config, LengthCodec};
+
+use common::{
+    connect, is_closed, local_config, read_frame, udp_client, wait_until, write_frame, ChildServer,
+    TestServer, IO_TIMEOUT,
+};
+
+/// Largest frame the test servers accept.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// A chat server with `settings` on 127.0.0.1, and a handle on its counters.
+fn start(config: Config, settings: ChatSettings) -> (TestServer, ChatStatsHandle) {
+    let stats = ChatStatsHandle::default();
+    let counters = stats.clone();
+    let server = TestServer::start(config, move || {
+        (
+            Chat::with_stats(settings, counters),
+            LengthCodec::new(MAX_FRAME),
+        )
+    });
+    (server, stats)
+}
+
+fn start_default() -> (TestServer, ChatStatsHandle) {
+    start(local_config(), ChatSettings::default())
+}
+
+/// A TCP member: frames out, parsed JSON events in.
+struct Member {
+    name: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Member {
+    /// Connects without saying hello.
+    fn anonymous(addr: SocketAddr) -> Member {
+        Member::over(connect(addr))
+    }
+
+    fn over(stream: TcpStream) -> Member {
+        let writer = stream.try_clone().unwrap();
+        Member {
+            name: String::new(),
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    /// Connects and takes `name`.
+    #[track_caller]
+    fn named(addr: SocketAddr, name: &str) -> Member {
+        let mut member = Member::anonymous(addr);
+        member.hello(name);
+        member
+    }
+
+    #[track_caller]
+    fn hello(&mut self, name: &str) {
+        self.send(json!({"type": "hello", "name": name}));
+        self.expect(json!({"type": "welcome", "name": name}));
+        self.name = name.to_string();
+    }
+
+    /// Joins `room` and checks the server's acknowledgment.
+    #[track_caller]
+    fn join(&mut self, room: &str) {
+        self.send(json!({"type": "join", "room": room}));
+        let name = self.name.clone();
+        self.expect(json!({"type": "joined", "room": room, "name": name}));
+    }
+
+    fn say(&mut self, room: &str, text: &str) {
+        self.send(json!({"type": "say", "room": room, "text": text}));
+    }
+
+    fn send(&mut self, request: Value) {
+        self.send_raw(request.to_string().as_bytes());
+    }
+
+    fn send_raw(&mut self, payload: &[u8]) {
+        write_frame(&mut self.writer, payload).expect("send a frame");
+    }
+
+    /// The next event, parsed.
+    #[track_caller]
+    fn next(&mut self) -> Value {
+        let payload = read_frame(&mut self.reader).expect("an event within the timeout");
+        serde_json::from_slice(&payload).expect("an event is JSON")
+    }
+
+    /// Asserts the next event equals `want` (ignoring a `ts`, which must be a number).
+    #[track_caller]
+    fn expect(&mut self, want: Value) {
+        let got = self.next();
+        assert_eq!(without_ts(got), want, "{} received", self.name);
+    }
+
+    #[track_caller]
+    fn expect_msg(&mut self, room: &str, from: &str, text: &str) {
+        self.expect(json!({"type": "msg", "room": room, "from": from, "text": text}));
+    }
+
+    /// Asserts the next event is an error whose reason contains `words`.
+    #[track_caller]
+    fn expect_error(&mut self, words: &str) {
+        let got = self.next();
+        assert_eq!(got["type"], "error", "{got}");
+        let reason = got["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(words), "reason {reason:?} lacks {words:?}");
+    }
+
+    /// Pings and expects the pong next: proves the connection still works and that
+    /// nothing else was queued for it before.
+    #[track_caller]
+    fn expect_nothing_more(&mut self) {
+        self.send(json!({"type": "ping"}));
+        self.expect(json!({"type": "pong"}));
+    }
+}
+
+/// `event` with its `ts` field removed, after checking it is a plausible time.
+#[track_caller]
+fn without_ts(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        if let Some(ts) = object.remove("ts") {
+            assert!(
+                ts.as_u64().is_some_and(|ms| ms > 1_600_000_000_000),
+                "ts {ts}"
+            );
+        }
+    }
+    event
+}
+
+/// A UDP peer of the chat server.
+struct Peer {
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Peer {
+    fn new(server: SocketAddr) -> Peer {
+        Peer {
+            socket: udp_client(),
+            server,
+        }
+    }
+
+    fn send(&self, message: Value) {
+        self.send_raw(message.to_string().as_bytes());
+    }
+
+    fn send_raw(&self, datagram: &[u8]) {
+        self.socket.send_to(datagram, self.server).unwrap();
+    }
+
+    #[track_caller]
+    fn next(&self) -> Value {
+        let mut buf = [0u8; 65_536];
+        let (n, from) = self.socket.recv_from(&mut buf).expect("a datagram in time");
+        assert_eq!(from, self.server);
+        serde_json::from_slice(&buf[..n]).expect("a datagram is JSON")
+    }
+
+    #[track_caller]
+    fn expect(&self, want: Value) {
+        assert_eq!(without_ts(self.next()), want);
+    }
+}
+
+#[test]
+fn two_tcp_members_talk_in_a_room() {
+    let (server, stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    alice.join("lobby");
+    bob.join("lobby");
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "bob"}));
+
+    alice.say("lobby", "hi bob");
+    alice.expect_msg("lobby", "alice", "hi bob");
+    bob.expect_msg("lobby", "alice", "hi bob");
+    bob.say("lobby", "hi alice 你好");
+    bob.expect_msg("lobby", "bob", "hi alice 你好");
+    alice.expect_msg("lobby", "bob", "hi alice 你好");
+
+    let counted = stats.get();
+    assert_eq!((counted.members, counted.rooms), (2, 1));
+    assert_eq!((counted.messages_in, counted.deliveries_out), (2, 4));
+}
+
+#[test]
+fn every_member_sees_one_order_of_a_rooms_messages() {
+    let (server, _stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    alice.join("r");
+    bob.join("r");
+    alice.next(); // bob joined
+                  // Both send at once, from two threads, so their messages interleave at the server.
+    let mut writers = Vec::new();
+    for member in [&alice, &bob] {
+        let mut writer = member.writer.try_clone().unwrap();
+        let name = member.name.clone();
+        writers.push(std::thread::spawn(move || {
+            for i in 0..200 {
+                let say = json!({"type": "say", "room": "r", "text": format!("{name} {i}")});
+                write_frame(&mut writer, say.to_string().as_bytes()).unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let texts = |member: &mut Member| -> Vec<String> {
+        (0..400)
+            .map(|_| member.next()["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let seen_by_alice = texts(&mut alice);
+    let seen_by_bob = texts(&mut bob);
+    assert_eq!(seen_by_alice, seen_by_bob);
+    for name in ["alice", "bob"] {
+        let own: Vec<_> = seen_by_alice
+            .iter()
+            .filter(|t| t.starts_with(name))
+            .collect();
+        let sent: Vec<_> = (0..200).map(|i| format!("{name} {i}")).collect();
+        assert_eq!(
+            own,
+            sent.iter().collect::<Vec<_>>(),
+            "{name}'s messages in order"
+        );
+    }
+}
+
+#[test]
+fn a_newcomer_gets_the_rooms_recent_history() {
+    let settings = ChatSettings {
+        history: 2,
+        ..ChatSettings::default()
+    };
+    let (server, _stats) = start(local_config(), settings);
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("r");
+    for text in ["one", "two", "three"] {
+        alice.say("r", text);
+        alice.expect_msg("r", "alice", text);
+    }
+    let mut bob = Member::named(server.tcp(), "bob");
+    bob.join("r");
+    bob.expect_msg("r", "alice", "two");
+    bob.expect_msg("r", "alice", "three");
+    bob.expect_nothing_more();
+}
+
+#[test]
+fn udp_and_tcp_members_share_a_room() {
+    let (server, stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("lobby");
+    let udp = Peer::new(server.udp());
+    udp.send(json!({"type": "hello", "name": "carol"}));
+    udp.expect(json!({"type": "welcome", "name": "carol"}));
+    udp.send(json!({"type": "join", "room": "lobby"}));
+    udp.expect(json!({"type": "joined", "room": "lobby", "name": "carol"}));
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "carol"}));
+
+    udp.send(json!({"type": "say", "room": "lobby", "text": "from udp"}));
+    udp.expect(json!({"type": "msg", "room": "lobby", "from": "carol", "text": "from udp"}));
+    alice.expect_msg("lobby", "carol", "from udp");
+    alice.say("lobby", "from tcp");
+    alice.expect_msg("lobby", "alice", "from tcp");
+    udp.expect(json!({"type": "msg", "room": "lobby", "from": "alice", "text": "from tcp"}));
+    assert_eq!(stats.get().members, 2);
+}
+
+#[test]
+fn direct_messages_reach_only_their_recipient_and_the_sender() {
+    let (server, _stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    let mut carol = Member::named(server.tcp(), "carol");
+    alice.send(json!({"type": "dm", "to": "bob", "text": "psst"}));
+    let dm = json!({"type": "dm", "from": "alice", "to": "bob", "text": "psst"});
+    bob.expect(dm.clone());
+    alice.expect(dm);
+    carol.expect_nothing_more();
+
+    let udp = Peer::new(server.udp());
+    udp.send(json!({"type": "hello", "name": "dave"}));
+    udp.expect(json!({"type": "welcome", "name": "dave"}));
+    bob.send(json!({"type": "dm", "to": "dave", "text": "over udp"}));
+    udp.expect(json!({"type": "dm", "from": "bob", "to": "dave", "text": "over udp"}));
+
+    alice.send(json!({"type": "dm", "to": "nobody", "text": "hello?"}));
+    alice.expect_error("no member named nobody");
+}
+
+#[test]
+fn joins_leaves_and_renames_are_announced() {
+    let (server, _stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    alice.join("r");
+    bob.join("r");
+    alice.expect(json!({"type": "joined", "room": "r", "name": "bob"}));
+
+    bob.hello("robert");
+    alice.expect(json!({"type": "renamed", "room": "r", "old": "bob", "name": "robert"}));
+    bob.expect(json!({"type": "renamed", "room": "r", "old": "bob", "name": "robert"}));
+
+    bob.send(json!({"type": "leave", "room": "r"}));
+    let left = json!({"type": "left", "room": "r", "name": "robert"});
+    bob.expect(left.clone());
+    alice.expect(left);
+    bob.send(json!({"type": "list"}));
+    bob.expect(json!({"type": "rooms", "rooms": [{"room": "r", "members": ["alice"]}]}));
+    bob.send(json!({"type": "leave", "room": "r"}));
+    bob.expect_error("not in room r");
+    alice.expect_nothing_more();
+}
+
+#[test]
+fn rooms_over_the_presence_limit_announce_only_to_the_member_concerned() {
+    let settings = ChatSettings {
+        presence_limit: 2,
+        ..ChatSettings::default()
+    };
+    let (server, _stats) = start(local_config(), settings);
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    let mut carol = Member::named(server.tcp(), "carol");
+    alice.join("r");
+    bob.join("r");
+    alice.expect(json!({"type": "joined", "room": "r", "name": "bob"}));
+    carol.join("r"); // a third member: over the limit, only carol hears of it
+    alice.expect_nothing_more();
+    bob.expect_nothing_more();
+}
+
+#[test]
+fn names_are_unique_across_tcp_and_udp() {
+    let (server, _stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut other = Member::anonymous(server.tcp());
+    other.send(json!({"type": "hello", "name": "alice"}));
+    other.expect_error("name alice is taken");
+    other.hello("alice2");
+
+    let udp = Peer::new(server.udp());
+    udp.send(json!({"type": "hello", "name": "alice"}));
+    let error = udp.next();
+    assert_eq!(error["type"], "error");
+    udp.send(json!({"type": "hello", "name": "udp-alice"}));
+    udp.expect(json!({"type": "welcome", "name": "udp-alice"}));
+    other.send(json!({"type": "hello", "name": "udp-alice"}));
+    other.expect_error("is taken");
+    alice.expect_nothing_more();
+}
+
+#[test]
+fn each_bad_input_is_answered_with_an_error_and_the_connection_continues() {
+    let settings = ChatSettings {
+        max_text: 16,
+        ..ChatSettings::default()
+    };
+    let (server, _stats) = start(local_config(), settings);
+    let mut anonymous = Member::anonymous(server.tcp());
+    anonymous.send(json!({"type": "join", "room": "r"}));
+    anonymous.expect_error("say hello first");
+
+    let _taken = Member::named(server.tcp(), "taken");
+    let mut member = Member::named(server.tcp(), "m");
+    member.join("r");
+    let cases: [(&[u8], &str); 9] = [
+        (b"{\"type\": \"ping\"", "invalid JSON"),
+        (
+            b"{\"type\":\"say\",\"room\":\"r\",\"text\":\"\xff\xfe\"}",
+            "invalid UTF-8",
+        ),
+        (
+            br#"{"type":"shout","text":"hi"}"#,
+            "unknown variant `shout`",
+        ),
+        (br#"{"text":"no type"}"#, "missing field `type`"),
+        (br#"{"type":"say","room":"r"}"#, "missing field `text`"),
+        (br#"{"type":"hello","name":"taken"}"#, "name taken is taken"),
+        (br#"{"type":"hello","name":"has space"}"#, "spaces"),
+        (
+            br#"{"type":"say","room":"r","text":"seventeen bytes!!"}"#,
+            "over the limit",
+        ),
+        (
+            br#"{"type":"say","room":"elsewhere","text":"hi"}"#,
+            "not in room elsewhere",
+        ),
+    ];
+    for (input, words) in cases {
+        member.send_raw(input);
+        member.expect_error(words);
+    }
+    member.say("r", "still here");
+    member.expect_msg("r", "m", "still here");
+
+    let udp = Peer::new(server.udp());
+    udp.send_raw(b"not json");
+    assert_eq!(udp.next()["type"], "error");
+    udp.send(json!({"type": "ping"}));
+    udp.expect(json!({"type": "pong"}));
+}
+
+#[test]
+fn an_oversize_frame_closes_the_connection() {
+    let (server, _stats) = start_default();
+    let mut member = Member::named(server.tcp(), "big");
+    let header = (MAX_FRAME as u32 + 1).to_be_bytes();
+    std::io::Write::write_all(&mut member.writer, &header).unwrap();
+    assert!(is_closed(member.reader.get_mut()));
+    // The name is free again.
+    Member::named(server.tcp(), "big");
+}
+
+#[test]
+fn a_seed_style_datagram_makes_a_legacy_member_answered_in_its_own_form() {
+    let (server, _stats) = start_default();
+    let seed = udp_client();
+    seed.send_to(
+        r#"{"name": "clinet1", "msg": "你好"}"#.as_bytes(),
+        server.udp(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let (n, _) = seed.recv_from(&mut buf).unwrap();
+    // Exactly the seed form: the seed client prints reply["name"] and reply["msg"].
+    assert_eq!(&buf[..n], r#"{"name":"clinet1","msg":"你好"}"#.as_bytes());
+
+    // A second legacy client with the same name is told so, in the form it reads.
+    let impostor = Peer::new(server.udp());
+    impostor.send(json!({"name": "clinet1", "msg": "me too"}));
+    impostor.expect(json!({"name": "switchboard", "msg": "error: name clinet1 is taken"}));
+}
+
+#[test]
+fn legacy_and_typed_members_in_the_lobby_see_each_others_messages() {
+    let (server, _stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("lobby");
+    let seed = Peer::new(server.udp());
+    seed.send(json!({"name": "clinet1", "msg": "hello all"}));
+    seed.expect(json!({"name": "clinet1", "msg": "hello all"}));
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
+    alice.expect_msg("lobby", "clinet1", "hello all");
+
+    // Presence is not sent to a legacy member: the next datagram it gets is a message.
+    let mut bob = Member::named(server.tcp(), "bob");
+    bob.join("lobby");
+    alice.say("lobby", "hi clinet1");
+    seed.expect(json!({"name": "alice", "msg": "hi clinet1"}));
+    bob.send(json!({"type": "dm", "to": "clinet1", "text": "private"}));
+    seed.expect(json!({"name": "bob", "msg": "private"}));
+    seed.send(json!({"name": "clinet1", "msg": "bye"}));
+    seed.expect(json!({"name": "clinet1", "msg": "bye"}));
+}
+
+#[test]
+fn a_slow_consumer_is_cut_off_while_a_fast_member_gets_everything_in_order() {
+    let mut config = local_config();
+    config.write_limit = 64 * 1024;
+    let (server, stats) = start(config, ChatSettings::default());
+    let mut slow = Member::over(small_receive_buffer_client(server.tcp()));
+    slow.hello("slow");
+    slow.join("r");
+    let mut fast = Member::named(server.tcp(), "fast");
+    fast.join("r");
+    slow.next(); // fast joined; from now on `slow` reads nothing
+
+    // Send in windows of 16 messages, each window read back before the next, so the
+    // fast member's queue never nears the limit while the slow one's grows.
+    let padding = "x".repeat(1000);
+    let (mut sent, mut received, mut saw_slow_leave) = (0, 0, false);
+    while stats.get().slow_consumers == 0 {
+        assert!(sent < 40_000, "the slow consumer was never cut off");
+        for _ in 0..16 {
+            fast.say("r", &format!("{sent:06} {padding}"));
+            sent += 1;
+        }
+        while received < sent {
+            let event = fast.next();
+            if event["type"] == "left" {
+                assert_eq!(event["name"], "slow");
+                saw_slow_leave = true;
+                continue;
+            }
+            let number: usize = event["text"].as_str().unwrap()[..6].parse().unwrap();
+            assert_eq!(number, received, "messages arrive in order, none missing");
+            received += 1;
+        }
+    }
+    if !saw_slow_leave {
+        fast.expect(json!({"type": "left", "room": "r", "name": "slow"}));
+    }
+    fast.say("r", "after");
+    fast.expect_msg("r", "fast", "after");
+    assert_eq!(stats.get().slow_consumers, 1);
+    assert_eq!(stats.get().members, 1);
+    assert!(
+        drains_to_eof(slow.reader.get_mut()),
+        "the slow consumer was closed"
+    );
+}
+
+/// A client whose kernel receive buffer is tiny, so that output queues at the server.
+fn small_receive_buffer_client(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads until EOF or reset: true if the peer closed the connection.
+fn drains_to_eof(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn a_room_of_1000_members_all_receive_a_broadcast() {
+    // Presence off for this room size: 1,000 joins would mean 500,000 `joined` events
+    // to read before the broadcast, which is not what this test is about.
+    let settings = ChatSettings {
+        presence_limit: 0,
+        ..ChatSettings::default()
+    };
+    let (server, stats) = start(local_config(), settings);
+    let mut members: Vec<Member> = (0..1000)
+        .map(|i| {
+            let mut member = Member::named(server.tcp(), &format!("m{i}"));
+            member.join("big");
+            member
+        })
+        .collect();
+    members[0].say("big", "to all");
+    for member in &mut members {
+        member.expect_msg("big", "m0", "to all");
+    }
+    let counted = stats.get();
+    assert_eq!(counted.members, 1000);
+    assert_eq!(counted.deliveries_out, 1000);
+}
+
+#[test]
+fn a_disconnect_frees_the_name_and_the_room_hears_of_it() {
+    let (server, stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    let mut bob = Member::named(server.tcp(), "bob");
+    alice.join("a");
+    alice.join("b");
+    bob.join("a");
+    bob.join("b");
+    alice.expect(json!({"type": "joined", "room": "a", "name": "bob"}));
+    alice.expect(json!({"type": "joined", "room": "b", "name": "bob"}));
+    drop(bob);
+    alice.expect(json!({"type": "left", "room": "a", "name": "bob"}));
+    alice.expect(json!({"type": "left", "room": "b", "name": "bob"}));
+    let _bob_again = Member::named(server.tcp(), "bob");
+    assert!(wait_until(IO_TIMEOUT, || stats.get().members == 2));
+}
+
+#[test]
+fn bye_leaves_the_chat_and_frees_the_name_at_once() {
+    let (server, stats) = start_default();
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("lobby");
+    let udp = Peer::new(server.udp());
+    udp.send(json!({"type": "hello", "name": "carol"}));
+    udp.next();
+    udp.send(json!({"type": "join", "room": "lobby"}));
+    udp.next();
+    alice.next(); // carol joined
+    udp.send(json!({"type": "bye"}));
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "carol"}));
+
+    let mut bob = Member::named(server.tcp(), "bob");
+    bob.join("lobby");
+    alice.next(); // bob joined
+    bob.send(json!({"type": "bye"}));
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "bob"}));
+    assert!(is_closed(bob.reader.get_mut()));
+    let _carol = Member::named(server.tcp(), "carol");
+    let _bob = Member::named(server.tcp(), "bob");
+    assert_eq!(stats.get().members, 3);
+}
+
+#[test]
+fn a_silent_udp_member_expires() {
+    let settings = ChatSettings {
+        udp_expiry: Duration::from_millis(500),
+        ..ChatSettings::default()
+    };
+    let (server, stats) = start(local_config(), settings);
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.join("lobby");
+    let seed = Peer::new(server.udp());
+    seed.send(json!({"name": "clinet1", "msg": "hi"}));
+    seed.next();
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
+    alice.expect_msg("lobby", "clinet1", "hi");
+    // A datagram within the period keeps it (its expiry check is re-armed).
+    std::thread::sleep(Duration::from_millis(300));
+    seed.send(json!({"type": "ping"}));
+    seed.expect(json!({"type": "pong"}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stats.get().members, 2);
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "clinet1"}));
+    assert_eq!(stats.get().members, 1);
+}
+
+#[test]
+fn the_chat_command_serves_tcp_and_udp_with_its_limits() {
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = ChildServer::start(
+        &["chat", "--tcp", &addr, "--udp", &addr, "--max-text", "5"],
+        Some(port),
+    );
+    let mut alice = Member::named(addr.parse().unwrap(), "alice");
+    alice.join("lobby");
+    alice.say("lobby", "toolong");
+    alice.expect_error("over the limit of 5 bytes");
+    let seed = Peer::new(addr.parse().unwrap());
+    seed.send(json!({"name": "clinet1", "msg": "hey"}));
+    seed.expect(json!({"name": "clinet1", "msg": "hey"}));
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
+    alice.expect_msg("lobby", "clinet1", "hey");
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("chat served:"), "{stderr}");
+    assert!(
+        stderr.contains("messages in 1, deliveries out 2"),
+        "{stderr}"
+    );
+}
