@@ -177,7 +177,8 @@ impl Hub {
         };
         self.stats.frames_out += frames;
         let mut written = 0;
-        if conn.output.is_empty() && !bytes.is_empty() {
+        let write_at_once = conn.output.is_empty() && !bytes.is_empty();
+        if write_at_once {
             match write_now(conn, bytes) {
                 Ok(n) => written = n,
                 Err(e) => {
@@ -194,7 +195,13 @@ impl Hub {
             conn.output
                 .owned_for_append(&mut self.pool)
                 .extend_from_slice(rest);
-            self.list_for_flush(id);
+            if write_at_once {
+                // The write came up short: the socket is full. Wait for WRITABLE rather
+                // than list a flush that would only hear WouldBlock.
+                set_writable_interest(&self.registry, conn, id, true);
+            } else {
+                self.list_for_flush(id);
+            }
         }
         if written > 0 {
             self.touch(id);

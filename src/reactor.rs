@@ -234,6 +234,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     pub fn run(mut self) -> Result<Stats, Error> {
         loop {
             let timeout = self.poll_timeout();
+            log::trace!("poll: timeout {}", describe_timeout(timeout));
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -540,6 +541,14 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             if let Some((id, reason)) = self.hub.to_close.pop() {
                 self.close_connection(id, reason);
             } else if let Some(id) = self.hub.to_flush.pop() {
+                if self.hub.conn(id).is_some_and(|c| c.writable_armed) {
+                    // The socket is full and WRITABLE is armed: a write now would only
+                    // hear WouldBlock; the writable event will flush.
+                    if let Some(conn) = self.hub.conn_mut(id) {
+                        conn.queued_flush = false;
+                    }
+                    continue;
+                }
                 self.hub.flush(id);
             } else {
                 return;
@@ -720,6 +729,15 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             endpoint.flush(&self.hub.registry, &mut self.hub.stats);
         }
         log::info!("served: {}", self.hub.stats);
+    }
+}
+
+/// A poll timeout as the trace shows it.
+fn describe_timeout(timeout: Option<Duration>) -> String {
+    match timeout {
+        None => "none (nothing due)".to_string(),
+        Some(t) if t.is_zero() => "0 (work left over)".to_string(),
+        Some(t) => format!("{} ms", t.as_millis()),
     }
 }
 

@@ -59,7 +59,11 @@ fn init_logging(cli: &Cli) {
     } else {
         cli.log_level.or(from_env).unwrap_or(LevelFilter::Info)
     };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(level).init() {
+    // mio's own trace lines (registrations) would drown the loop's; keep them at debug.
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("mio", level.min(LevelFilter::Debug));
+    if let Err(e) = logger.init() {
         eprintln!("switchboard: cannot set up logging: {e}");
     }
 }

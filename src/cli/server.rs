@@ -127,7 +127,8 @@ impl ServerArgs {
 pub enum Framing {
     /// 4-byte big-endian payload length, then the payload (switchboard's format).
     Length,
-    /// No framing: bytes are echoed as they arrive (for nc and plain stream clients).
+    /// No framing: bytes are handed to the service as they arrive (for nc and plain
+    /// stream clients).
     Raw,
     /// Newline-terminated lines (at most --max-frame bytes each).
     Lines,
@@ -189,8 +190,10 @@ fn stop_on_signals(handle: crate::Handle) -> std::io::Result<()> {
             for signal in signals.forever() {
                 received += 1;
                 if received == 1 {
-                    log::info!("signal {signal}: shutting down (again to exit at once)");
+                    // Shut down first: if logging fails (stderr a closed pipe), the
+                    // server must still stop.
                     handle.shutdown();
+                    log::info!("signal {signal}: shutting down (again to exit at once)");
                 } else {
                     log::warn!("signal {signal} again: exiting now");
                     std::process::exit(130);
