@@ -189,3 +189,25 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
     assert_eq!(code, Some(0));
     assert!(stderr.contains("pausing accepts"), "{stderr}");
 }
+
+#[test]
+fn framing_flag_selects_lines_for_plain_text_clients() {
+    let port = free_port();
+    let args = [
+        "echo",
+        "--tcp",
+        &addr(port),
+        "--udp",
+        "off",
+        "--framing",
+        "lines",
+    ];
+    let server = ChildServer::start(&args, Some(port));
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    std::io::Write::write_all(&mut client, b"typed in nc\n").unwrap();
+    let mut reader = std::io::BufReader::new(client);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line, "typed in nc\n");
+    drop(server);
+}

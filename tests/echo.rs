@@ -387,3 +387,42 @@ fn a_flooding_client_does_not_starve_others() {
     // Generous bound: starvation would mean waiting for the flood to end (never).
     assert!(worst < Duration::from_secs(2), "worst round trip {worst:?}");
 }
+
+#[test]
+fn raw_framing_echoes_the_stream_as_it_arrives() {
+    let server = TestServer::start(local_config(), || (Echo, switchboard::RawCodec));
+    let mut client = connect(server.tcp());
+    // What the tutorials' clients do: plain text, no length prefix.
+    for message in ["hello", "a longer line of text", "x"] {
+        client.write_all(message.as_bytes()).unwrap();
+        let mut echo = vec![0u8; message.len()];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message.as_bytes());
+    }
+}
+
+#[test]
+fn lines_framing_echoes_each_line_and_limits_its_length() {
+    let server = TestServer::start(local_config(), || (Echo, switchboard::LinesCodec::new(16)));
+    let mut client = connect(server.tcp());
+    client.write_all(b"first\nsec").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    client.write_all(b"ond\r\n\nthird\n").unwrap();
+    let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..4 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        lines.push(line);
+    }
+    assert_eq!(lines, ["first\n", "second\r\n", "\n", "third\n"]);
+
+    // A line longer than the maximum is a protocol error for that connection only.
+    let mut long = connect(server.tcp());
+    long.write_all(&[b'z'; 40]).unwrap();
+    assert!(is_closed(&mut long));
+    client.write_all(b"still fine\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line, "still fine\n");
+}
