@@ -39,11 +39,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use log::LevelFilter;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard::cli::serve;
+use switchboard::cli::{serve, LogArgs};
 use switchboard::frame::{Endian, LengthCodecError, Signedness};
 use switchboard::{
     Buffer, CloseMode, CloseReason, Codec, Config, ConnId, Context, Decode, LengthCodec, RawCodec,
@@ -64,9 +63,9 @@ const PARTIAL_SUFFIX: &str = ".partial";
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// Log every turn of the event loop (server).
-    #[arg(long, global = true)]
-    trace: bool,
+    /// Logging (--log-level, --trace).
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -483,14 +482,7 @@ fn serve_uploads(dir: PathBuf, addr: SocketAddr) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let level = if args.trace {
-        LevelFilter::Trace
-    } else {
-        LevelFilter::Info
-    };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        eprintln!("file_transfer: cannot set up logging: {e}");
-    }
+    args.log.init();
     match args.command {
         Command::Serve { dir, addr } => serve_uploads(dir, addr),
         Command::Send { addr, file, name } => match send(addr, &file, name) {

@@ -26,8 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use log::LevelFilter;
-use switchboard::cli::serve;
+use switchboard::cli::{serve, LogArgs};
 use switchboard::{CloseMode, Config, ConnId, Context, LinesCodec, Service, TimerId};
 
 /// The longest command line accepted.
@@ -40,9 +39,9 @@ struct Args {
     /// TCP address to listen on.
     #[arg(long, default_value = "127.0.0.1:9200")]
     addr: SocketAddr,
-    /// Log every turn of the event loop.
-    #[arg(long)]
-    trace: bool,
+    /// Logging (--log-level, --trace).
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// The store and the timers that expire its keys.
@@ -145,14 +144,7 @@ fn value_after<'a>(line: &'a str, command: &str, key: &str) -> &'a str {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let level = if args.trace {
-        LevelFilter::Trace
-    } else {
-        LevelFilter::Info
-    };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        eprintln!("line_protocol: cannot set up logging: {e}");
-    }
+    args.log.init();
     let mut config = Config::default();
     config.tcp.push(args.addr);
     serve(config, KeyValue::default(), LinesCodec::new(MAX_LINE))

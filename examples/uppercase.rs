@@ -19,8 +19,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::LevelFilter;
-use switchboard::cli::{serve, Framing, ServerArgs};
+use switchboard::cli::{serve, Framing, LogArgs, ServerArgs};
 use switchboard::{ConnId, Context, LengthCodec, LinesCodec, RawCodec, Service, UdpId};
 
 /// Answers every message upper-cased.
@@ -33,9 +32,9 @@ struct Args {
     /// How TCP bytes are cut into messages.
     #[arg(long, value_enum, default_value_t = Framing::Length)]
     framing: Framing,
-    /// Log every turn of the event loop.
-    #[arg(long)]
-    trace: bool,
+    /// Logging (--log-level, --trace).
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// The protocol: one reply per message, the message upper-cased.
@@ -75,14 +74,7 @@ fn upper(message: &[u8]) -> Vec<u8> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let level = if args.trace {
-        LevelFilter::Trace
-    } else {
-        LevelFilter::Info
-    };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(level).init() {
-        eprintln!("uppercase: cannot set up logging: {e}");
-    }
+    args.log.init();
     let config = args.server.config(9100);
     let max = args.server.max_frame as usize;
     let service = Uppercase {

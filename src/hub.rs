@@ -149,6 +149,14 @@ impl Hub {
         generation
     }
 
+    /// The ids of every connection now open or draining.
+    pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .map(|(key, conn)| ConnId::new(key, conn.generation))
+            .collect()
+    }
+
     /// The connection `id` names, if it is still there (same slot *and* generation).
     pub(crate) fn conn(&self, id: ConnId) -> Option<&Connection> {
         self.conns

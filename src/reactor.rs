@@ -696,12 +696,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         self.hub
             .timers
             .insert(deadline, TimerEvent::ShutdownDeadline);
-        let ids: Vec<ConnId> = self
-            .hub
-            .conns
-            .iter()
-            .map(|(key, conn)| ConnId::new(key, conn.generation))
-            .collect();
+        let ids = self.hub.conn_ids();
         for id in ids {
             self.hub.close_after_flush(id, CloseReason::Shutdown);
         }
@@ -710,12 +705,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
 
     /// Closes whatever the grace period did not drain, and logs the summary.
     fn finish_shutdown(&mut self) {
-        let ids: Vec<ConnId> = self
-            .hub
-            .conns
-            .iter()
-            .map(|(key, conn)| ConnId::new(key, conn.generation))
-            .collect();
+        let ids = self.hub.conn_ids();
         if !ids.is_empty() {
             log::warn!(
                 "{} connections still had output queued at the deadline",

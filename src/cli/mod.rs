@@ -9,7 +9,7 @@ mod server;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use log::LevelFilter;
 
 pub use chat::ChatArgs;
@@ -21,6 +21,17 @@ pub use server::serve;
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about, long_about = None)]
 pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The logging flags, shared by the binary and the examples built on the library.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
     /// Log level: off, error, warn, info, debug or trace (RUST_LOG is used when absent).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<LevelFilter>,
@@ -28,9 +39,25 @@ pub struct Cli {
     /// timers (the same as --log-level trace).
     #[arg(long, global = true)]
     pub trace: bool,
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+impl LogArgs {
+    /// Sets up `simple_logger` at the level these flags (or `RUST_LOG`) ask for.
+    pub fn init(&self) {
+        let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
+        let level = if self.trace {
+            LevelFilter::Trace
+        } else {
+            self.log_level.or(from_env).unwrap_or(LevelFilter::Info)
+        };
+        // mio's own trace lines (registrations) would drown the loop's; keep them at debug.
+        let logger = simple_logger::SimpleLogger::new()
+            .with_level(level)
+            .with_module_level("mio", level.min(LevelFilter::Debug));
+        if let Err(e) = logger.init() {
+            eprintln!("cannot set up logging: {e}");
+        }
+    }
 }
 
 /// The subcommands.
@@ -45,25 +72,9 @@ pub enum Command {
 /// Parses the command line, sets up logging, runs the chosen command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    cli.log.init();
     match cli.command {
         Command::Echo(args) => server::run_echo(args),
         Command::Chat(args) => chat::run(args),
-    }
-}
-
-fn init_logging(cli: &Cli) {
-    let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
-    let level = if cli.trace {
-        LevelFilter::Trace
-    } else {
-        cli.log_level.or(from_env).unwrap_or(LevelFilter::Info)
-    };
-    // mio's own trace lines (registrations) would drown the loop's; keep them at debug.
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("mio", level.min(LevelFilter::Debug));
-    if let Err(e) = logger.init() {
-        eprintln!("switchboard: cannot set up logging: {e}");
     }
 }
