@@ -217,16 +217,14 @@ impl Hub {
         true
     }
 
-    /// Queues a shared frame on a connection (behind anything already queued, or
-    /// written at once when nothing is). Returns false if the connection is gone or
-    /// closing.
+    /// Queues a shared frame on a connection, to be written when the callback returns.
+    /// Shared frames are for fan-out: when one read brings several messages for a room,
+    /// each member's frames then go out together in one `writev` instead of one `write`
+    /// per frame per member. Returns false if the connection is gone or closing.
     pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
         let Some(conn) = self.conn_mut(id).filter(|c| c.is_open()) else {
             return false;
         };
-        if conn.output.is_empty() {
-            return self.write_or_queue(id, frame.wire_bytes(), 1);
-        }
         conn.output.push_shared(frame.clone());
         self.stats.frames_out += 1;
         self.list_for_flush(id);

@@ -407,7 +407,8 @@ impl<'a> Context<'a> {
     }
 
     /// Queues a frame made by [`Context::shared_frame`] for `conn`. The bytes are shared,
-    /// not copied. See [`Context::shared_frame`] for an example.
+    /// not copied, and written when the callback returns, together with whatever else
+    /// this turn queued for `conn`. See [`Context::shared_frame`] for an example.
     pub fn send_shared(&mut self, conn: ConnId, frame: &SharedFrame) -> Result<(), SendError> {
         match self.hub.send_shared(conn, frame) {
             true => Ok(()),
