@@ -211,3 +211,27 @@ fn framing_flag_selects_lines_for_plain_text_clients() {
     assert_eq!(line, "typed in nc\n");
     drop(server);
 }
+
+#[test]
+fn stats_interval_logs_the_counters_periodically() {
+    let port = free_port();
+    let args = [
+        "echo",
+        "--tcp",
+        &addr(port),
+        "--udp",
+        "off",
+        "--stats-interval",
+        "1",
+    ];
+    let server = ChildServer::start(&args, Some(port));
+    std::thread::sleep(Duration::from_millis(2300));
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0));
+    let reports = stderr
+        .lines()
+        .filter(|l| l.contains("stats: conns:"))
+        .count();
+    assert!(reports >= 2, "expected a report each second: {stderr}");
+}

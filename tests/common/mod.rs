@@ -78,6 +78,11 @@ impl TestServer {
             .expect("a UDP endpoint")
     }
 
+    /// A handle that stops the server from any thread.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     /// Shuts the server down and returns its final counters.
     pub fn stop(mut self) -> Stats {
         self.handle.shutdown();
