@@ -358,3 +358,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_default_format_takes_the_fast_path_and_built_equivalents_do_too() {
+    assert!(LengthCodec::new(1024).standard);
+    assert!(build(LengthCodec::builder()).standard);
+    assert!(!build(LengthCodec::builder().endian(Endian::Little)).standard);
+}
+
+proptest! {
+    /// The straight-line decoder for the default format answers exactly as the general
+    /// one does, for any bytes: frames, incomplete headers and bodies, oversized lengths.
+    #[test]
+    fn fast_and_general_decoders_agree(
+        bytes in proptest::collection::vec(any::<u8>(), 0..40),
+        small_lengths in any::<bool>(),
+        max in 0usize..64,
+    ) {
+        let mut bytes = bytes;
+        if small_lengths && bytes.len() >= 4 {
+            // Make the announced length small enough to be a frame sometimes.
+            bytes[..3].fill(0);
+        }
+        let fast = LengthCodec::new(max);
+        let mut general = fast.clone();
+        general.standard = false;
+        prop_assert_eq!(fast.decode(&bytes), general.decode(&bytes));
+    }
+}
