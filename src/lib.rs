@@ -58,6 +58,8 @@ mod error;
 pub mod frame;
 mod hub;
 mod idle;
+#[cfg(feature = "loadgen")]
+pub mod loadgen;
 mod outqueue;
 pub mod reactor;
 pub mod service;

@@ -4,6 +4,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (for example an
 //! address in use), 2 for a bad flag (clap's usage error).
 
+mod bench;
 mod chat;
 mod server;
 
@@ -67,6 +68,8 @@ pub enum Command {
     Echo(EchoArgs),
     /// Chat rooms, names and direct messages over TCP and UDP (default 127.0.0.1:9001).
     Chat(chat::ChatArgs),
+    /// Load generator: drive echo or chat traffic at a server and check every reply.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line, sets up logging, runs the chosen command.
@@ -76,5 +79,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Echo(args) => server::run_echo(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -1,0 +1,141 @@
+//! `switchboard bench`: the load generator's flags, and running it.
+//!
+//! Exit codes: 0 when every reply was correct and every connection opened; 1 when the
+//! run found errors or could not run at all (server unreachable, bad options).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::loadgen::{self, Mode, Options};
+
+/// `switchboard bench`: drive load at a server and check every reply.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The server to load.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    pub addr: SocketAddr,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = BenchMode::Framed)]
+    pub mode: BenchMode,
+    /// Active connections (udp: sockets; chat: room members).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub conns: usize,
+    /// Messages in flight per connection (chat: per sender).
+    #[arg(long, value_name = "D", default_value_t = 1)]
+    pub depth: usize,
+    /// Payload bytes per message (chat: text bytes), at least 8.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub size: usize,
+    /// Seconds of measured load.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring, not counted.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Extra connections held idle for the whole run.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub idle: usize,
+    /// Spread client sockets over 127.0.0.1 ..= 127.0.0.K (past ~28,000 connections).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub src_ips: u8,
+    /// Messages per second per connection (open loop); default: as fast as replies come.
+    #[arg(long, value_name = "MSGS")]
+    pub rate: Option<f64>,
+    /// Stop once this many messages are answered (no warm-up; for instruction counts).
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Chat: how many members publish.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub senders: usize,
+    /// The server's process id: report its CPU time and memory (Linux /proc).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Length-prefixed frames (switchboard's wire format).
+    Framed,
+    /// Unframed stream echo (a `--framing raw` server).
+    Raw,
+    /// UDP datagrams.
+    Udp,
+    /// Chat: members join one room, senders publish.
+    Chat,
+}
+
+impl BenchArgs {
+    /// The load generator's options.
+    pub fn options(&self) -> Result<Options, String> {
+        let seconds = |name: &str, s: f64| {
+            Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} {s}: not a duration"))
+        };
+        Ok(Options {
+            addr: self.addr,
+            mode: match self.mode {
+                BenchMode::Framed => Mode::Framed,
+                BenchMode::Raw => Mode::Raw,
+                BenchMode::Udp => Mode::Udp,
+                BenchMode::Chat => Mode::Chat,
+            },
+            conns: self.conns,
+            depth: self.depth,
+            size: self.size,
+            duration: seconds("duration", self.duration)?,
+            warmup: seconds("warmup", self.warmup)?,
+            idle: self.idle,
+            src_ips: self.src_ips,
+            rate: self.rate,
+            messages: self.messages,
+            senders: self.senders,
+            server_pid: self.server_pid,
+            progress: !self.quiet,
+            ..Options::default()
+        })
+    }
+}
+
+/// Runs the load generator and prints its summary.
+pub fn run_bench(args: BenchArgs) -> ExitCode {
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("switchboard bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every connection is a descriptor, here as in the server.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+    let summary = match loadgen::run(&options) {
+        Ok(summary) => summary,
+        Err(e) => {
+            eprintln!("switchboard bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        println!("{summary}");
+    }
+    if summary.failed() {
+        eprintln!(
+            "switchboard bench: FAILED: {} errors, {} connect failures",
+            summary.errors, summary.connect_failures
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,363 @@
+//! What a run counts and how it reports: the [`Recorder`] the workloads feed, the
+//! once-a-second progress line, and the final [`Summary`] (human-readable or JSON).
+//!
+//! Counting is split in two. Faults (a wrong reply, a dropped connection) are counted
+//! for the whole run, warm-up and drain included: an error is an error whenever it
+//! happens. Throughput and latency are counted only inside the measured window.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::Options;
+
+/// Highest latency the histogram tracks exactly (larger values are clamped): 60 s.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Error descriptions kept for the summary; the rest are only counted.
+const KEEP_ERRORS: usize = 5;
+
+/// Counters and the latency histogram of a run.
+#[derive(Debug)]
+pub struct Recorder {
+    /// Latencies in nanoseconds, measured window only.
+    histogram: Histogram<u64>,
+    /// True inside the measured window.
+    measuring: bool,
+    /// Replies received inside the measured window (chat: deliveries).
+    pub messages: u64,
+    /// Payload bytes received inside the measured window.
+    pub bytes: u64,
+    /// Replies received over the whole run.
+    pub messages_total: u64,
+    /// Replies that were not what was sent (content, order, size, error frames).
+    pub mismatches: u64,
+    /// Connections the server closed or reset during the run.
+    pub disconnects: u64,
+    /// Chat: messages published inside the measured window.
+    pub published: u64,
+    /// UDP: datagrams with no reply in time (resent, not an error).
+    pub lost: u64,
+    /// The first few fault descriptions.
+    pub first_errors: Vec<String>,
+    /// Replies at the last progress line.
+    progress_mark: u64,
+}
+
+impl Recorder {
+    /// An empty recorder, not yet measuring.
+    pub fn new() -> Self {
+        Recorder {
+            // 3 significant digits: p99.9 is exact to 0.1%.
+            histogram: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                .expect("constant histogram bounds are valid"),
+            measuring: false,
+            messages: 0,
+            bytes: 0,
+            messages_total: 0,
+            mismatches: 0,
+            disconnects: 0,
+            published: 0,
+            lost: 0,
+            first_errors: Vec::new(),
+            progress_mark: 0,
+        }
+    }
+
+    /// Starts or stops counting throughput and latency.
+    pub fn set_measuring(&mut self, on: bool) {
+        self.measuring = on;
+    }
+
+    /// A correct reply of `bytes` payload bytes that took `latency`.
+    #[inline]
+    pub fn reply(&mut self, bytes: usize, latency: Duration) {
+        self.messages_total += 1;
+        if self.measuring {
+            self.messages += 1;
+            self.bytes += bytes as u64;
+            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            self.histogram
+                .saturating_record(ns.clamp(1, MAX_LATENCY_NS));
+        }
+    }
+
+    /// A message published (chat).
+    pub fn publish(&mut self) {
+        if self.measuring {
+            self.published += 1;
+        }
+    }
+
+    /// A reply that was not the one expected.
+    pub fn mismatch(&mut self, what: impl FnOnce() -> String) {
+        self.mismatches += 1;
+        self.keep_error(what);
+    }
+
+    /// A connection lost during the run.
+    pub fn disconnect(&mut self, what: impl FnOnce() -> String) {
+        self.disconnects += 1;
+        self.keep_error(what);
+    }
+
+    fn keep_error(&mut self, what: impl FnOnce() -> String) {
+        if self.first_errors.len() < KEEP_ERRORS {
+            self.first_errors.push(what());
+        }
+    }
+
+    /// Faults so far.
+    pub fn faults(&self) -> u64 {
+        self.mismatches + self.disconnects
+    }
+
+    /// The progress line for the second that just ended.
+    pub fn progress_line(&mut self, elapsed: Duration, conns: usize, phase: &str) -> String {
+        let done = self.messages_total - self.progress_mark;
+        self.progress_mark = self.messages_total;
+        let p99 = if self.histogram.is_empty() {
+            "-".to_string()
+        } else {
+            format_us(self.histogram.value_at_quantile(0.99))
+        };
+        format!(
+            "bench: {:>4.0}s {phase:<7} conns {conns}  msgs/s {done}  p99 {p99}  errors {}",
+            elapsed.as_secs_f64(),
+            self.faults()
+        )
+    }
+
+    /// The latency percentiles, in microseconds.
+    pub fn latency(&self) -> Latency {
+        let h = &self.histogram;
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: h.mean() / 1000.0,
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+fn format_us(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.0}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.0}us", ns as f64 / 1e3)
+    }
+}
+
+/// Latency percentiles of the measured window, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest.
+    pub max_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+/// The server's resource use, read from `/proc/PID`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ServerUsage {
+    /// CPU seconds (user + system, all threads) the server used in the measured window.
+    pub cpu_secs: f64,
+    /// Replies in the window per server CPU-second: the efficiency figure.
+    pub msgs_per_cpu_sec: f64,
+    /// Resident memory before any connection was opened, KiB.
+    pub rss_before_kib: u64,
+    /// Resident memory once every connection was open (before load), KiB.
+    pub rss_connected_kib: u64,
+    /// Resident memory at the end of the window, KiB.
+    pub rss_end_kib: u64,
+    /// Peak resident memory so far, KiB.
+    pub hwm_kib: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The workload.
+    pub mode: String,
+    /// The server.
+    pub addr: String,
+    /// Active connections requested.
+    pub conns: usize,
+    /// Active connections that were opened (and, for chat, joined).
+    pub connected: usize,
+    /// Idle connections held.
+    pub idle: usize,
+    /// Connections that could not be opened.
+    pub connect_failures: u64,
+    /// Messages in flight per connection.
+    pub depth: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Length of the measured window, seconds.
+    pub seconds: f64,
+    /// Replies (chat: deliveries) in the window.
+    pub messages: u64,
+    /// Replies per second.
+    pub msgs_per_sec: f64,
+    /// Payload megabytes (10^6) received per second.
+    pub mb_per_sec: f64,
+    /// Chat: messages published in the window.
+    pub published: u64,
+    /// Latency percentiles.
+    pub latency: Latency,
+    /// Faults: mismatched replies + disconnects + unanswered messages.
+    pub errors: u64,
+    /// Replies that were not what was sent.
+    pub mismatches: u64,
+    /// Connections lost during the run.
+    pub disconnects: u64,
+    /// Messages never answered (TCP; counted as errors).
+    pub unanswered: u64,
+    /// UDP datagrams with no reply in time (expected under overload; not errors).
+    pub lost: u64,
+    /// The first few faults, described.
+    pub first_errors: Vec<String>,
+    /// The server's CPU and memory, when its process id was given.
+    pub server: Option<ServerUsage>,
+}
+
+impl Summary {
+    /// Builds the summary from a finished run's recorder.
+    pub(crate) fn new(options: &Options, rec: &Recorder, window: Duration) -> Summary {
+        let seconds = window.as_secs_f64().max(1e-9);
+        Summary {
+            mode: options.mode.name().to_string(),
+            addr: options.addr.to_string(),
+            conns: options.conns,
+            connected: 0,
+            idle: options.idle,
+            connect_failures: 0,
+            depth: options.depth,
+            size: options.size,
+            seconds,
+            messages: rec.messages,
+            msgs_per_sec: rec.messages as f64 / seconds,
+            mb_per_sec: rec.bytes as f64 / seconds / 1e6,
+            published: rec.published,
+            latency: rec.latency(),
+            errors: rec.faults(),
+            mismatches: rec.mismatches,
+            disconnects: rec.disconnects,
+            unanswered: 0,
+            lost: rec.lost,
+            first_errors: rec.first_errors.clone(),
+            server: None,
+        }
+    }
+
+    /// True when the run found any fault or could not open every connection.
+    pub fn failed(&self) -> bool {
+        self.errors > 0 || self.connect_failures > 0
+    }
+
+    /// The summary as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency;
+        writeln!(
+            f,
+            "{} to {}: {} conns (+{} idle) x depth {}, {} B, {:.2} s measured",
+            self.mode, self.addr, self.connected, self.idle, self.depth, self.size, self.seconds
+        )?;
+        writeln!(
+            f,
+            "  throughput: {:.0} msgs/s, {:.2} MB/s ({} messages{})",
+            self.msgs_per_sec,
+            self.mb_per_sec,
+            self.messages,
+            if self.mode == "chat" {
+                format!(" delivered, {} published", self.published)
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(
+            f,
+            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+        )?;
+        write!(
+            f,
+            "  errors: {} (mismatches {}, disconnects {}, unanswered {}); connect failures: {}",
+            self.errors, self.mismatches, self.disconnects, self.unanswered, self.connect_failures
+        )?;
+        if self.mode == "udp" {
+            write!(f, "; lost datagrams: {}", self.lost)?;
+        }
+        if let Some(s) = &self.server {
+            write!(
+                f,
+                "\n  server: {:.2} CPU s, {:.0} msgs per CPU-second, RSS {} KiB (before {} KiB, connected {} KiB), HWM {} KiB",
+                s.cpu_secs, s.msgs_per_cpu_sec, s.rss_end_kib, s.rss_before_kib, s.rss_connected_kib, s.hwm_kib
+            )?;
+        }
+        for e in &self.first_errors {
+            write!(f, "\n  error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_measured_window_counts_toward_throughput() {
+        let mut rec = Recorder::new();
+        rec.reply(64, Duration::from_micros(10));
+        rec.set_measuring(true);
+        rec.reply(64, Duration::from_micros(20));
+        rec.reply(64, Duration::from_micros(40));
+        assert_eq!(rec.messages_total, 3);
+        assert_eq!(rec.messages, 2);
+        assert_eq!(rec.bytes, 128);
+        let latency = rec.latency();
+        assert!((latency.p50_us - 20.0).abs() < 0.1, "{latency:?}");
+        assert!((latency.max_us - 40.0).abs() < 0.1, "{latency:?}");
+    }
+
+    #[test]
+    fn faults_count_whenever_they_happen_and_keep_a_few_descriptions() {
+        let mut rec = Recorder::new();
+        for i in 0..10 {
+            rec.mismatch(|| format!("bad {i}"));
+        }
+        rec.disconnect(|| "gone".into());
+        assert_eq!(rec.faults(), 11);
+        assert_eq!(rec.first_errors.len(), KEEP_ERRORS);
+        let summary = Summary::new(&Options::default(), &rec, Duration::from_secs(1));
+        assert!(summary.failed());
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["errors"], 11);
+        assert_eq!(json["mode"], "framed");
+    }
+}
