@@ -33,6 +33,8 @@ const IDLE_BASE: usize = 1 << 40;
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Longest wait for the workload's setup (chat: every member joined).
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
+/// Pause before reading the server's memory once every connection is open.
+const SETTLE: Duration = Duration::from_millis(300);
 /// How often the progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -91,6 +93,10 @@ pub fn run(options: &Options) -> Result<Summary, LoadError> {
     let work = workload(options, opened.active)?;
     let mut run = Run::new(poll, events, options, work, opened.idle)?;
     run.setup()?;
+    if server.is_some() {
+        // Let the server accept what is still in its backlog before reading its memory.
+        run.run_until(Instant::now() + SETTLE, "settle", |_| false);
+    }
     let rss_connected = server.and_then(|s| s.memory_kib()).map_or(0, |m| m.0);
     let window = run.load(server);
     let mut summary = Summary::new(options, &run.rec, window.length);
