@@ -11,13 +11,16 @@
 # callgrind writes its totals. Start-up, connection set-up and shutdown cost the same
 # in both runs, so (I2 - I1) / (N2 - N1) is the cost of one echoed message.
 #
-# Shapes: 10 connections x depth 16 (pipelined), and 1 connection x depth 1 (ping-pong).
-# Output files go to OUT (target/callgrind); `callgrind_annotate FILE` shows where the
-# instructions go.
+# Shapes, MODE:CONNS:DEPTH:SIZE: by default 10 connections x depth 16 (pipelined) and
+# 1 connection x depth 1 (ping-pong), 64-byte frames. SHAPES="udp:1:16:64
+# framed:10:4:65536" covers S6 and S4. Output files go to OUT (target/callgrind);
+# `callgrind_annotate FILE` shows where the instructions go.
 set -euo pipefail
 
 N1=${N1:-20000}
 N2=${N2:-100000}
+SHAPES=${SHAPES:-"framed:10:16:64 framed:1:1:64"}
+KINDS=${KINDS:-"switchboard tokio"}
 OUT=${OUT:-target/callgrind}
 
 cd "$(dirname "$0")/.."
@@ -44,13 +47,13 @@ next_port() {
     while ! port_free "$port"; do port=$((port + 1)); done
 }
 
-# instructions KIND CONNS DEPTH MESSAGES: total Ir of one server run.
+# instructions KIND MODE CONNS DEPTH SIZE MESSAGES: total Ir of one server run.
 instructions() {
-    local kind=$1 conns=$2 depth=$3 messages=$4
-    local file="$OUT/$kind-${conns}x${depth}-$messages.out"
+    local kind=$1 mode=$2 conns=$3 depth=$4 size=$5 messages=$6
+    local file="$OUT/$kind-$mode-${conns}x${depth}x$size-$messages.out"
     next_port
-    local server=("$SB" echo --tcp "127.0.0.1:$port" --udp off --log-level warn)
-    [[ "$kind" == tokio ]] && server=("$PEER" --tcp "127.0.0.1:$port")
+    local server=("$SB" echo --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" --log-level warn)
+    [[ "$kind" == tokio ]] && server=("$PEER" --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port")
     valgrind --tool=callgrind --callgrind-out-file="$file" "${server[@]}" \
         >/dev/null 2>"$file.log" &
     SERVER_PID=$!
@@ -59,17 +62,22 @@ instructions() {
         port_free "$port" || break
         sleep 0.1
     done
-    timeout 300 "$SB" bench --addr "127.0.0.1:$port" --conns "$conns" --depth "$depth" \
-        --messages "$messages" --duration 280 --warmup 0 --quiet --json >"$file.json"
+    timeout 300 "$SB" bench --addr "127.0.0.1:$port" --mode "$mode" --conns "$conns" \
+        --depth "$depth" --size "$size" --messages "$messages" --duration 280 --warmup 0 \
+        --quiet --json >"$file.json"
     kill -TERM "$SERVER_PID"
     timeout 60 tail --pid="$SERVER_PID" -f /dev/null || kill -KILL "$SERVER_PID"
     wait "$SERVER_PID" || true
     SERVER_PID=""
-    if [[ "$(jq .errors "$file.json")" != 0 || "$(jq .messages "$file.json")" != "$messages" ]]; then
+    # UDP may lose a datagram now and then; TCP must echo exactly the budget.
+    if [[ "$(jq .errors "$file.json")" != 0 ]] ||
+        [[ "$mode" != udp && "$(jq .messages "$file.json")" != "$messages" ]]; then
         echo "callgrind.sh: $kind run did not echo exactly $messages messages" >&2
         exit 1
     fi
-    sed -n 's/^summary: *//p; s/^totals: *//p' "$file" | head -1
+    local echoed
+    echoed=$(jq .messages "$file.json")
+    echo "$(sed -n 's/^summary: *//p; s/^totals: *//p' "$file" | head -1) $echoed"
 }
 
 echo "building release binaries..."
@@ -77,13 +85,15 @@ cargo build --release --quiet --bin switchboard
 cargo build --release --quiet --features tokio-peer --example tokio_peer
 mkdir -p "$OUT"
 
-printf '%-12s %-12s %14s %14s %12s\n' server shape "I($N1)" "I($N2)" "Ir/message"
-for kind in switchboard tokio; do
-    for shape in "10 16" "1 1"; do
-        read -r conns depth <<<"$shape"
-        i1=$(instructions "$kind" "$conns" "$depth" "$N1")
-        i2=$(instructions "$kind" "$conns" "$depth" "$N2")
-        per=$(( (i2 - i1) / (N2 - N1) ))
-        printf '%-12s %-12s %14s %14s %12s\n' "$kind" "${conns}x${depth}" "$i1" "$i2" "$per"
+printf '%-12s %-20s %14s %14s %12s\n' server shape "I(N1)" "I(N2)" "Ir/message"
+for kind in $KINDS; do
+    for shape in $SHAPES; do
+        IFS=: read -r mode conns depth size <<<"$shape"
+        run1=$(instructions "$kind" "$mode" "$conns" "$depth" "$size" "$N1") || exit 1
+        run2=$(instructions "$kind" "$mode" "$conns" "$depth" "$size" "$N2") || exit 1
+        read -r i1 n1 <<<"$run1"
+        read -r i2 n2 <<<"$run2"
+        per=$(((i2 - i1) / (n2 - n1)))
+        printf '%-12s %-20s %14s %14s %12s\n' "$kind" "$shape" "$i1" "$i2" "$per"
     done
 done

@@ -101,16 +101,17 @@ fn main() -> ExitCode {
 /// Binds every endpoint, serves until a signal, then returns (dropping the runtime
 /// cancels the connection tasks).
 async fn serve(args: Args) -> std::io::Result<()> {
+    // UDP first: once TCP accepts, everything is ready (scripts wait for TCP).
+    for addr in &args.udp {
+        let socket = UdpSocket::bind(addr).await?;
+        eprintln!("tokio_peer: listening on udp {}", socket.local_addr()?);
+        tokio::spawn(udp_echo(socket));
+    }
     for addr in &args.tcp {
         let listener = TcpListener::bind(addr).await?;
         eprintln!("tokio_peer: listening on tcp {}", listener.local_addr()?);
         let (max_frame, flush_each) = (args.max_frame, args.flush_each);
         tokio::spawn(accept_loop(listener, max_frame, flush_each));
-    }
-    for addr in &args.udp {
-        let socket = UdpSocket::bind(addr).await?;
-        eprintln!("tokio_peer: listening on udp {}", socket.local_addr()?);
-        tokio::spawn(udp_echo(socket));
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

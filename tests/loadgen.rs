@@ -60,7 +60,7 @@ impl Service for Corrupting {
     fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
         self.seen += 1;
         let mut reply = payload.to_vec();
-        if self.seen % 100 == 0 {
+        if self.seen.is_multiple_of(100) {
             let last = reply.len() - 1;
             reply[last] ^= 0x20;
         }
