@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use switchboard::services::Echo;
-use switchboard::{ConnId, Context, LengthCodec, Service};
+use switchboard::{ConnId, Context, Frames, LengthCodec, Service};
 
 /// Allocations (alloc, alloc_zeroed, realloc) made on the reactor threads, one counter
 /// per test (tests run in parallel, each with its own server).
@@ -70,7 +70,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Echo, marking the reactor's thread as the one whose allocations go to counter
+/// The echo service exactly, marking the reactor's thread as the one whose allocations go to counter
 /// `.0`.
 struct MarkedEcho(usize);
 
@@ -79,8 +79,8 @@ impl Service for MarkedEcho {
         COUNTER.with(|c| c.set(self.0 + 1));
     }
 
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
-        Echo.on_frame(ctx, conn, payload);
+    fn on_frames(&mut self, ctx: &mut Context<'_>, conn: ConnId, frames: Frames<'_>) {
+        Echo.on_frames(ctx, conn, frames);
     }
 }
 
@@ -145,11 +145,6 @@ fn one_frame_at_a_time_allocates_nothing_per_frame() {
 }
 
 #[test]
-#[ignore = "the core allocates here: on the large-frame read path a connection's input \
-            buffer is taken fresh from the pool (4 KiB) and grown by doubling (64, 128, 256, \
-            512 KiB) as each direct read asks for the frame's remainder + 16 KiB; at 512 KiB \
-            it is over the pool's 256 KiB cap and is freed when drained, so every burst \
-            starts over (5 allocations per 4 frames)"]
 fn large_frames_allocate_nothing_per_frame() {
     // 64 KiB frames take the reactor's large-frame read path: 4 x 4 x 50 = 800 frames.
     let allocations = allocations_while_echoing(2, 4, 4, 64 * 1024, 50);
