@@ -150,7 +150,7 @@ def load(s, kind):
             pass
     return runs
 med = statistics.median
-print(f"{'':4} {'server':<11} {'msgs/s':>10} {'p99 us':>9} {'CPU s':>6} {'msgs/CPU-s':>11} {'RSS KiB':>8} {'HWM KiB':>8} {'idle B/conn':>11} {'errors':>6}")
+print(f"{'':4} {'server':<11} {'msgs/s':>10} {'p99 us':>9} {'CPU s':>6} {'user s':>6} {'msgs/CPU-s':>11} {'RSS KiB':>8} {'HWM KiB':>8} {'idle B/conn':>11} {'errors':>6}")
 for s in scenarios:
     per_kind = {}
     for kind in ("switchboard", "tokio"):
@@ -163,6 +163,7 @@ for s in scenarios:
         print(f"{s:4} {kind:<11} {med([r['msgs_per_sec'] for r in runs]):>10.0f} "
               f"{med([r['latency']['p99_us'] for r in runs]):>9.1f} "
               f"{med([r['server']['cpu_secs'] for r in runs]):>6.2f} "
+              f"{med([r['server'].get('user_cpu_secs', float('nan')) for r in runs]):>6.2f} "
               f"{med([r['server']['msgs_per_cpu_sec'] for r in runs]):>11.0f} "
               f"{med([r['server']['rss_end_kib'] for r in runs]):>8.0f} "
               f"{med([r['server']['hwm_kib'] for r in runs]):>8.0f} "

@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::chat::ChatWorkload;
 use super::connect::{self, Opened};
-use super::procstat::ServerProcess;
+use super::procstat::{CpuTime, ServerProcess};
 use super::report::{Recorder, ServerUsage, Summary};
 use super::stream::StreamWorkload;
 use super::udp::UdpWorkload;
@@ -106,8 +106,10 @@ pub fn run(options: &Options) -> Result<Summary, LoadError> {
     summary.lost = run.rec.lost;
     summary.errors += summary.unanswered;
     summary.server = server.map(|s| ServerUsage {
-        cpu_secs: window.server_cpu,
-        msgs_per_cpu_sec: summary.messages as f64 / window.server_cpu.max(1e-9),
+        cpu_secs: window.server_cpu.user + window.server_cpu.system,
+        user_cpu_secs: window.server_cpu.user,
+        msgs_per_cpu_sec: summary.messages as f64
+            / (window.server_cpu.user + window.server_cpu.system).max(1e-9),
         rss_before_kib: rss_before,
         rss_connected_kib: rss_connected,
         rss_end_kib: window.server_memory.0,
@@ -140,8 +142,8 @@ fn workload(options: &Options, streams: Vec<TcpStream>) -> Result<Box<dyn Worklo
 #[derive(Debug, Default)]
 struct Window {
     length: Duration,
-    /// Server CPU seconds used during the window.
-    server_cpu: f64,
+    /// Server CPU time used during the window.
+    server_cpu: CpuTime,
     /// Server VmRSS and VmHWM at the end of the window, KiB.
     server_memory: (u64, u64),
 }
@@ -219,7 +221,7 @@ impl<'a> Run<'a> {
             };
         self.run_until(warm_end, "warmup", |_| false);
         let measure_start = Instant::now();
-        let cpu_start = server.and_then(|s| s.cpu_secs()).unwrap_or(0.0);
+        let cpu_start = server.and_then(|s| s.cpu_secs()).unwrap_or_default();
         self.rec.set_measuring(true);
         let end = measure_start + self.options.duration.max(Duration::from_millis(1));
         self.run_until(end, "measure", |w| {
@@ -231,7 +233,7 @@ impl<'a> Run<'a> {
             ..Window::default()
         };
         if let Some(s) = server {
-            window.server_cpu = s.cpu_secs().unwrap_or(0.0) - cpu_start;
+            window.server_cpu = s.cpu_secs().unwrap_or_default() - cpu_start;
             window.server_memory = s.memory_kib().unwrap_or_default();
         }
         self.work.stop();

@@ -23,10 +23,13 @@ impl ServerProcess {
         ServerProcess { pid }
     }
 
-    /// User plus system CPU seconds used so far, all threads together.
-    pub fn cpu_secs(&self) -> Option<f64> {
+    /// CPU seconds used so far in user space and in the kernel, all threads together.
+    pub fn cpu_secs(&self) -> Option<CpuTime> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / TICKS_PER_SEC)
+        parse_cpu_ticks(&stat).map(|(user, system)| CpuTime {
+            user: user as f64 / TICKS_PER_SEC,
+            system: system as f64 / TICKS_PER_SEC,
+        })
     }
 
     /// Resident memory now and its peak so far (VmRSS, VmHWM), in KiB.
@@ -39,15 +42,34 @@ impl ServerProcess {
     }
 }
 
-/// utime + stime from the text of `/proc/PID/stat`. The command name (field 2) may
+/// CPU time of a process, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// In user space.
+    pub user: f64,
+    /// In the kernel (system calls: for an echo server, most of the cost).
+    pub system: f64,
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// (utime, stime) from the text of `/proc/PID/stat`. The command name (field 2) may
 /// hold spaces and parentheses, so fields are counted from the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace();
     // After the name: state (3), ppid (4), ... utime is field 14, stime field 15.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `Name:   1234 kB` line's number.
@@ -68,7 +90,7 @@ mod tests {
     #[test]
     fn cpu_ticks_are_fields_14_and_15() {
         let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks(stat), Some((250, 31)));
     }
 
     #[test]

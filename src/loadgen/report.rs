@@ -180,6 +180,8 @@ pub struct Latency {
 pub struct ServerUsage {
     /// CPU seconds (user + system, all threads) the server used in the measured window.
     pub cpu_secs: f64,
+    /// The part of `cpu_secs` spent in user space (the rest is the kernel's).
+    pub user_cpu_secs: f64,
     /// Replies in the window per server CPU-second: the efficiency figure.
     pub msgs_per_cpu_sec: f64,
     /// Resident memory before any connection was opened, KiB.
@@ -315,8 +317,8 @@ impl fmt::Display for Summary {
         if let Some(s) = &self.server {
             write!(
                 f,
-                "\n  server: {:.2} CPU s, {:.0} msgs per CPU-second, RSS {} KiB (before {} KiB, connected {} KiB), HWM {} KiB",
-                s.cpu_secs, s.msgs_per_cpu_sec, s.rss_end_kib, s.rss_before_kib, s.rss_connected_kib, s.hwm_kib
+                "\n  server: {:.2} CPU s ({:.2} user), {:.0} msgs per CPU-second, RSS {} KiB (before {} KiB, connected {} KiB), HWM {} KiB",
+                s.cpu_secs, s.user_cpu_secs, s.msgs_per_cpu_sec, s.rss_end_kib, s.rss_before_kib, s.rss_connected_kib, s.hwm_kib
             )?;
         }
         for e in &self.first_errors {
