@@ -3,8 +3,10 @@
 //!
 //! A connection is `Open` while it reads and writes, then `Draining` once it must close
 //! but still owes the peer queued output (the peer sent EOF, the service asked to close
-//! after flushing, or the server is shutting down); it leaves the slab when the output
-//! is flushed, or at once on an error.
+//! after flushing, or the server is shutting down). Once the output is flushed it sends
+//! a FIN and, unless the peer had already closed its side, `Lingers`: it reads and
+//! discards until the peer closes too, so the close cannot turn into a RST that loses
+//! what was just sent. Errors close at once.
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -184,6 +186,12 @@ pub(crate) enum ConnState {
     Open,
     /// No more reading; closes with this reason once the output queue is empty.
     Draining(CloseReason),
+    /// Everything owed was written and a FIN sent; input is read and discarded until
+    /// the peer closes (or a deadline), then the socket closes with this reason.
+    /// Closing with unread input would make the kernel answer with a RST, which may
+    /// destroy output the peer has not read yet. When no input is pending at all, the
+    /// socket closes at once: a close with an empty receive queue is a clean one.
+    Lingering(CloseReason),
 }
 
 impl fmt::Display for ConnState {
@@ -191,6 +199,7 @@ impl fmt::Display for ConnState {
         match self {
             ConnState::Open => f.write_str("open"),
             ConnState::Draining(reason) => write!(f, "draining ({reason})"),
+            ConnState::Lingering(reason) => write!(f, "lingering ({reason})"),
         }
     }
 }
@@ -235,6 +244,8 @@ pub(crate) struct Connection {
     pub queued_flush: bool,
     /// A frame-deadline timer entry exists for this connection.
     pub frame_timer_armed: bool,
+    /// While lingering: the peer sent more input after our FIN, so wait for its close.
+    pub peer_still_sending: bool,
 }
 
 impl Connection {
@@ -254,6 +265,7 @@ impl Connection {
             queued_again: false,
             queued_flush: false,
             frame_timer_armed: false,
+            peer_still_sending: false,
         }
     }
 

@@ -36,7 +36,13 @@ pub(crate) enum TimerEvent {
     StatsReport,
     /// Shutdown's grace period is over: close whatever is still open.
     ShutdownDeadline,
+    /// A lingering connection's peer did not close in time: close it anyway.
+    LingerDeadline(ConnId),
 }
+
+/// How long a connection that sent its FIN waits for the peer to close before it
+/// closes anyway.
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Limits the hub enforces, copied from [`crate::Config`].
 #[derive(Debug, Clone, Copy)]
@@ -276,10 +282,31 @@ impl Hub {
             conn.state = ConnState::Draining(reason);
         }
         if conn.output.is_empty() {
-            self.request_close(id, reason);
+            self.finish_draining(id, reason);
         } else {
             self.list_for_flush(id);
         }
+    }
+
+    /// Output flushed: a connection whose peer already closed its side closes now;
+    /// any other sends a FIN and lingers (see [`ConnState::Lingering`]) until the peer
+    /// closes or [`LINGER_TIMEOUT`] passes.
+    pub(crate) fn finish_draining(&mut self, id: ConnId, reason: CloseReason) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if reason == CloseReason::PeerClosed || matches!(conn.state, ConnState::Lingering(_)) {
+            self.request_close(id, reason);
+            return;
+        }
+        conn.stream.shutdown_write();
+        conn.state = ConnState::Lingering(reason);
+        log::trace!("{id}: output flushed, FIN sent; lingering until the peer closes");
+        self.timers
+            .insert(now + LINGER_TIMEOUT, TimerEvent::LingerDeadline(id));
+        // Input may be waiting already, and its readiness edge may be long gone.
+        self.list_ready_again(id);
     }
 
     /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
@@ -336,7 +363,7 @@ impl Hub {
                 self.list_ready_again(id);
             }
         } else if let (true, ConnState::Draining(reason)) = (conn.output.is_empty(), conn.state) {
-            self.to_close.push((id, reason));
+            self.finish_draining(id, reason);
         }
         if progressed {
             self.touch(id);

@@ -31,7 +31,7 @@ use crate::connection::{ConnId, ConnState, Connection, NO_FRAME};
 use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
 use crate::error::Error;
 use crate::frame::{Codec, Decode, FrameError};
-use crate::hub::{Hub, Limits, TimerEvent};
+use crate::hub::{Hub, Limits, TimerEvent, LINGER_TIMEOUT};
 use crate::service::{Context, Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
@@ -320,8 +320,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             let Some(conn) = self.hub.conn_mut(id) else {
                 return;
             };
-            if conn.state != ConnState::Open {
-                return;
+            match conn.state {
+                ConnState::Open => {}
+                ConnState::Lingering(reason) => return self.discard_input(id, reason),
+                ConnState::Draining(_) => return,
             }
             if conn.read_paused {
                 conn.read_pending = true;
@@ -342,6 +344,38 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             }
         }
         // Budget spent and the socket may hold more: come back next turn.
+        self.hub.list_ready_again(id);
+    }
+
+    /// Reads and throws away what a lingering connection's peer still sends, until the
+    /// peer closes (EOF or an error: then the socket closes), the socket is drained, or
+    /// the read budget is spent (then again next turn, until the linger deadline).
+    fn discard_input(&mut self, id: ConnId, reason: CloseReason) {
+        let size = self.scratch.capacity();
+        for _ in 0..self.config.read_budget {
+            let Some(conn) = self.hub.conn_mut(id) else {
+                return;
+            };
+            self.scratch.clear();
+            match conn.stream.read(self.scratch.spare_mut(size)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::trace!("{id}: lingering: discarded {n} bytes");
+                    conn.peer_still_sending = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.peer_still_sending {
+                        return; // wait for the peer's close (or the linger deadline)
+                    }
+                    log::trace!("{id}: no input pending: closing at once");
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {}
+            }
+            self.hub.request_close(id, reason);
+            return;
+        }
         self.hub.list_ready_again(id);
     }
 
@@ -626,6 +660,12 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                     }
                 }
                 TimerEvent::ShutdownDeadline => {}
+                TimerEvent::LingerDeadline(id) => {
+                    if let Some(ConnState::Lingering(reason)) = self.hub.conn(id).map(|c| c.state) {
+                        log::debug!("{id}: peer did not close within {LINGER_TIMEOUT:?}");
+                        self.hub.request_close(id, reason);
+                    }
+                }
             }
             self.carry_out_requests();
         }

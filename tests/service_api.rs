@@ -206,3 +206,61 @@ fn a_shared_frame_reaches_every_connection_in_order() {
     let stats = server.stop();
     assert_eq!(stats.frames_out, 11 * 20);
 }
+
+/// Answers any frame with one 8 MiB frame: far more than the socket buffers hold, so
+/// most of it waits in the server's queue.
+struct Bulk;
+
+const BULK: usize = 8 << 20;
+
+impl Service for Bulk {
+    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, _: &[u8]) {
+        let _ = ctx.send(conn, &vec![b'b'; BULK]);
+    }
+}
+
+#[test]
+fn shutdown_flushes_queued_output_before_closing() {
+    let server = TestServer::start(local_config(), || (Bulk, LengthCodec::new(16 << 20)));
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"go").unwrap();
+    // The header has arrived: the reply is queued in the server.
+    let mut header = [0u8; 4];
+    client.read_exact(&mut header).unwrap();
+    assert_eq!(u32::from_be_bytes(header) as usize, BULK);
+
+    let handle = server.handle();
+    let stopper = std::thread::spawn(move || {
+        handle.shutdown();
+        server.stop()
+    });
+    let mut body = vec![0u8; BULK];
+    client.read_exact(&mut body).unwrap();
+    assert!(body.iter().all(|&b| b == b'b'));
+    assert!(
+        is_closed(&mut client),
+        "closed once everything was delivered"
+    );
+    drop(client);
+    let stats = stopper.join().unwrap();
+    assert_eq!(stats.closed[CloseReason::Shutdown.index()], 1);
+}
+
+#[test]
+fn a_peer_still_sending_when_the_server_closes_loses_nothing_it_was_sent() {
+    // The server closes after flushing while the client is still sending: closing with
+    // unread input would make the kernel send a RST, which can destroy the reply in
+    // flight. The lingering close reads and discards instead, until the client closes.
+    let server = TestServer::start(local_config(), || {
+        (Closer::default(), LengthCodec::new(1 << 20))
+    });
+    let mut client = connect(server.tcp());
+    write_frame(&mut client, b"flush").unwrap();
+    for _ in 0..200 {
+        if write_frame(&mut client, &[b'j'; 1000]).is_err() {
+            break; // the server may have finished lingering: fine, the reply was sent
+        }
+    }
+    assert_eq!(read_frame(&mut client).unwrap(), vec![b'f'; 200_000]);
+    assert!(is_closed(&mut client));
+}

@@ -167,14 +167,24 @@ impl Chat {
         self.stats.delivered(sent);
     }
 
-    /// Leaves the chat. A TCP member's connection closes once its queued output is
-    /// written, and `on_close` removes it; a UDP member is removed now.
+    /// Leaves the chat at once: rooms are told, the name is free. A TCP member's
+    /// connection then closes once its queued output is written.
     fn bye(&mut self, ctx: &mut Context<'_>, id: MemberId) {
-        match self.directory.member(id).map(|m| &m.link) {
-            Some(Link::Tcp(conn)) => ctx.close(*conn, CloseMode::Flush),
-            Some(Link::Udp(_)) => self.remove_member(ctx, id),
-            None => {}
+        let tcp = match self.directory.member(id).map(|m| &m.link) {
+            Some(Link::Tcp(conn)) => Some(*conn),
+            Some(Link::Udp(_)) => None,
+            None => return,
+        };
+        match tcp {
+            Some(conn) => {
+                // Forget the connection first, so its on_close finds no member.
+                self.by_conn[conn.index()] = None;
+                self.remove_member(ctx, id);
+                ctx.close(conn, CloseMode::Flush);
+            }
+            None => self.remove_member(ctx, id),
         }
+        self.count_population();
     }
 
     /// Every room with its members' names.
