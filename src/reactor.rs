@@ -896,6 +896,10 @@ fn find_complete_frames<C: Codec>(codec: &C, bytes: &[u8]) -> (usize, usize, Opt
     let mut complete = 0;
     let mut count = 0;
     loop {
+        if complete == bytes.len() && count > 0 {
+            // Every byte made whole frames (the usual case): nothing left to look at.
+            return (complete, count, None);
+        }
         match codec.decode(&bytes[complete..]) {
             Ok(Decode::Frame { consumed: 0, .. }) => {
                 // A codec that consumes nothing would make this loop spin for ever.
