@@ -187,10 +187,10 @@ pub(crate) enum ConnState {
     /// No more reading; closes with this reason once the output queue is empty.
     Draining(CloseReason),
     /// Everything owed was written and a FIN sent; input is read and discarded until
-    /// the peer closes (or a deadline), then the socket closes with this reason.
+    /// the peer closes, or until a quiet window passes with no input (extended while
+    /// input keeps coming, up to a limit); then the socket closes with this reason.
     /// Closing with unread input would make the kernel answer with a RST, which may
-    /// destroy output the peer has not read yet. When no input is pending at all, the
-    /// socket closes at once: a close with an empty receive queue is a clean one.
+    /// destroy output the peer has not read yet.
     Lingering(CloseReason),
 }
 
@@ -244,8 +244,10 @@ pub(crate) struct Connection {
     pub queued_flush: bool,
     /// A frame-deadline timer entry exists for this connection.
     pub frame_timer_armed: bool,
-    /// While lingering: the peer sent more input after our FIN, so wait for its close.
+    /// While lingering: input arrived during the current quiet window.
     pub peer_still_sending: bool,
+    /// While lingering: how many quiet windows have been extended by arriving input.
+    pub linger_rounds: u8,
 }
 
 impl Connection {
@@ -266,6 +268,7 @@ impl Connection {
             queued_flush: false,
             frame_timer_armed: false,
             peer_still_sending: false,
+            linger_rounds: 0,
         }
     }
 

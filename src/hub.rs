@@ -36,13 +36,16 @@ pub(crate) enum TimerEvent {
     StatsReport,
     /// Shutdown's grace period is over: close whatever is still open.
     ShutdownDeadline,
-    /// A lingering connection's peer did not close in time: close it anyway.
+    /// End of a lingering connection's quiet window: close it, unless input came.
     LingerDeadline(ConnId),
 }
 
-/// How long a connection that sent its FIN waits for the peer to close before it
-/// closes anyway.
-pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A lingering connection closes once this long passes with no input from the peer.
+pub(crate) const LINGER_QUIET: Duration = Duration::from_millis(250);
+
+/// Quiet windows a peer that keeps sending can extend the linger by (8 x 250 ms: at
+/// most 2 s in all).
+pub(crate) const LINGER_ROUNDS: u8 = 8;
 
 /// Limits the hub enforces, copied from [`crate::Config`].
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +163,7 @@ impl Hub {
 
     /// The ids of every connection now open or draining.
     pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        // (Collected, because closing them changes the slab.)
         self.conns
             .iter()
             .map(|(key, conn)| ConnId::new(key, conn.generation))
@@ -293,7 +297,7 @@ impl Hub {
 
     /// Output flushed: a connection whose peer already closed its side closes now;
     /// any other sends a FIN and lingers (see [`ConnState::Lingering`]) until the peer
-    /// closes or [`LINGER_TIMEOUT`] passes.
+    /// closes or goes quiet for [`LINGER_QUIET`].
     pub(crate) fn finish_draining(&mut self, id: ConnId, reason: CloseReason) {
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else {
@@ -305,9 +309,11 @@ impl Hub {
         }
         conn.stream.shutdown_write();
         conn.state = ConnState::Lingering(reason);
+        conn.peer_still_sending = false;
+        conn.linger_rounds = 0;
         log::trace!("{id}: output flushed, FIN sent; lingering until the peer closes");
         self.timers
-            .insert(now + LINGER_TIMEOUT, TimerEvent::LingerDeadline(id));
+            .insert(now + LINGER_QUIET, TimerEvent::LingerDeadline(id));
         // Input may be waiting already, and its readiness edge may be long gone.
         self.list_ready_again(id);
     }

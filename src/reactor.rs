@@ -31,7 +31,7 @@ use crate::connection::{ConnId, ConnState, Connection, NO_FRAME};
 use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
 use crate::error::Error;
 use crate::frame::{Codec, Decode, FrameError};
-use crate::hub::{Hub, Limits, TimerEvent, LINGER_TIMEOUT};
+use crate::hub::{Hub, Limits, TimerEvent, LINGER_QUIET, LINGER_ROUNDS};
 use crate::service::{Context, Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
@@ -364,12 +364,8 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                     conn.peer_still_sending = true;
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if conn.peer_still_sending {
-                        return; // wait for the peer's close (or the linger deadline)
-                    }
-                    log::trace!("{id}: no input pending: closing at once");
-                }
+                // Wait for the peer's close, or the end of the quiet window.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {}
             }
@@ -660,12 +656,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                     }
                 }
                 TimerEvent::ShutdownDeadline => {}
-                TimerEvent::LingerDeadline(id) => {
-                    if let Some(ConnState::Lingering(reason)) = self.hub.conn(id).map(|c| c.state) {
-                        log::debug!("{id}: peer did not close within {LINGER_TIMEOUT:?}");
-                        self.hub.request_close(id, reason);
-                    }
-                }
+                TimerEvent::LingerDeadline(id) => self.end_linger_window(id),
             }
             self.carry_out_requests();
         }
@@ -687,6 +678,27 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             // Out of the list now, so the loop moves on while the close is pending.
             self.hub.idle.unlink(&mut self.hub.conns, key);
             self.hub.request_close(id, CloseReason::IdleTimeout);
+        }
+    }
+
+    /// A lingering connection's quiet window is over: if the peer sent nothing during
+    /// it, close; if it is still sending, give it another window, up to the limit.
+    fn end_linger_window(&mut self, id: ConnId) {
+        let now = self.hub.now;
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let ConnState::Lingering(reason) = conn.state else {
+            return;
+        };
+        if conn.peer_still_sending && conn.linger_rounds < LINGER_ROUNDS {
+            conn.peer_still_sending = false;
+            conn.linger_rounds += 1;
+            let at = now + LINGER_QUIET;
+            self.hub.timers.insert(at, TimerEvent::LingerDeadline(id));
+        } else {
+            log::trace!("{id}: lingering over");
+            self.hub.request_close(id, reason);
         }
     }
 

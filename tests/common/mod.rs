@@ -229,11 +229,24 @@ impl Drop for ChildServer {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1, free for TCP and UDP a moment ago, for a server a test starts
+/// as a child process.
+///
+/// It comes from below the ephemeral range (32768-60999 here), never from the kernel's
+/// port 0: an ephemeral port handed to a test can be taken, before its server binds it,
+/// as the source port of a client socket in a test running in parallel; and a probing
+/// `connect` to an ephemeral port nobody listens on can connect the socket to itself.
+/// A counter keeps this process's tests apart; the process id keeps concurrent test
+/// processes apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 50) as u16 * 200;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+        let tcp_free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp_free && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
