@@ -20,7 +20,8 @@
 //! ```
 //!
 //! ## Module map
-//! - [`reactor`]: the event loop: poll, dispatch, read path, accept, timers, shutdown.
+//! - [`reactor`]: the event loop: poll, dispatch, shutdown; its read path, accept and
+//!   timer handling in `reactor/read.rs`, `accept.rs`, `timers.rs`.
 //! - `hub`: the loop's state that services act on: connections, output flushing.
 //! - `connection`: one stream connection: socket, buffers, life cycle; [`ConnId`].
 //! - [`buffer`]: the byte buffer with read/write regions, and the buffer pool.

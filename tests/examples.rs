@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -46,16 +46,6 @@ fn example_path(name: &str) -> PathBuf {
     bin_dir.join("examples").join(name)
 }
 
-/// A port that was free for both TCP and UDP a moment ago.
-fn free_port() -> u16 {
-    loop {
-        let port = common::free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Starts example `name` with `args`, its log in `log`, and waits until `port` accepts.
 #[track_caller]
 fn start_example(name: &str, args: &[&str], port: u16, log: &Path) -> ChildServer {
@@ -86,7 +76,7 @@ struct Running {
 /// An uppercase server with `framing` on TCP and UDP.
 fn start_uppercase(test: &str, framing: &str) -> Running {
     let scratch = Scratch::new(test);
-    let port = free_port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let args = ["--framing", framing, "--tcp", &addr, "--udp", &addr];
     let server = start_example("uppercase", &args, port, &scratch.log());
@@ -205,7 +195,7 @@ struct Uploads {
 fn start_file_server(test: &str) -> Uploads {
     let scratch = Scratch::new(test);
     let dir = scratch.0.join("uploads");
-    let port = free_port();
+    let port = common::free_port();
     let addr = local(port);
     let args = [
         "serve",
@@ -422,7 +412,7 @@ fn read_line(stream: &mut TcpStream) -> String {
 #[test]
 fn the_line_protocol_speaks_text() -> io::Result<()> {
     let scratch = Scratch::new("lines");
-    let port = free_port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _server = start_example("line_protocol", &["--addr", &addr], port, &scratch.log());
     let mut stream = connect(local(port));

@@ -1,0 +1,105 @@
+//! Accepting connections: draining the listener's backlog, the `--max-conns` limit,
+//! and backing off instead of spinning when file descriptors run out.
+
+use std::io;
+use std::time::Instant;
+
+use mio::{Interest, Token};
+
+use super::{Reactor, ACCEPT_BUDGET, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
+use crate::connection::{ConnId, Connection, Stream};
+use crate::frame::Codec;
+use crate::hub::TimerEvent;
+use crate::service::{Context, Service};
+
+impl<S: Service, C: Codec> Reactor<S, C> {
+    /// Accepts until `WouldBlock` (or the budget), registering each new connection.
+    pub(super) fn accept(&mut self, index: usize) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(slot) = self.listeners.get(index).filter(|slot| !slot.paused) else {
+                return;
+            };
+            match slot.listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.hub.conns.len() >= self.config.max_conns {
+                        // Accept and close at once, so the backlog does not fill up
+                        // with connections that would wait for ever.
+                        drop(stream);
+                        self.hub.stats.rejected += 1;
+                        if rate_limit(&mut self.last_reject_warning, self.hub.now) {
+                            log::warn!(
+                                "max-conns ({}) reached: rejecting connections ({} so far, latest from {peer})",
+                                self.config.max_conns,
+                                self.hub.stats.rejected
+                            );
+                        }
+                        continue;
+                    }
+                    log::debug!("accepted {peer}");
+                    self.register_connection(stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.hub.stats.accept_errors += 1;
+                    if is_resource_exhaustion(&e) {
+                        // Out of file descriptors: the pending connection stays in the
+                        // backlog and accept would fail again at once. Pause instead
+                        // of spinning, and retry when some have been closed.
+                        if rate_limit(&mut self.last_accept_warning, self.hub.now) {
+                            log::warn!("accept: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+                        }
+                        self.listeners[index].paused = true;
+                        let at = self.hub.now + ACCEPT_RETRY;
+                        self.hub.timers.insert(at, TimerEvent::AcceptRetry(index));
+                        return;
+                    }
+                    log::debug!("accept: {e}");
+                }
+            }
+        }
+        self.hub.ready_again.push(Token(LISTENER_BASE + index));
+    }
+
+    fn register_connection(&mut self, mut stream: Stream) {
+        let generation = self.hub.next_generation();
+        let now = self.hub.now_millis();
+        let entry = self.hub.conns.vacant_entry();
+        let id = ConnId::new(entry.key(), generation);
+        if let Err(e) = self
+            .hub
+            .registry
+            .register(&mut stream, id.token(), Interest::READABLE)
+        {
+            log::error!("cannot register a new connection: {e}");
+            return;
+        }
+        entry.insert(Connection::new(stream, generation, now));
+        if self.hub.limits.idle_timeout.is_some() {
+            self.hub.idle.push_back(&mut self.hub.conns, id.index());
+        }
+        self.hub.stats.accepted += 1;
+        self.hub.stats.active += 1;
+        let mut ctx = Context::new(&mut self.hub, &self.codec);
+        self.service.on_connect(&mut ctx, id);
+        self.carry_out_requests();
+    }
+}
+
+/// True when `accept` failed for lack of file descriptors or memory: conditions that
+/// last, unlike a connection aborted before it was accepted.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23) are the same on Linux, the BSDs and macOS; ENOMEM is 12.
+    matches!(e.raw_os_error(), Some(23) | Some(24) | Some(12))
+}
+
+/// True (and records `now`) if the last warning of this kind is old enough.
+fn rate_limit(last: &mut Option<Instant>, now: Instant) -> bool {
+    match last {
+        Some(at) if now.duration_since(*at) < WARN_INTERVAL => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}

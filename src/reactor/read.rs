@@ -1,0 +1,265 @@
+//! The read path: from a readable event to frames handed to the service.
+//!
+//! Reads land in the loop's shared buffer (or, for a frame too large for it, in the
+//! connection's own buffer); every complete frame of a read goes to the service as one
+//! batch; only an incomplete tail is kept per connection. A short read proves the socket
+//! drained (no extra `read` just to hear `WouldBlock`). A lingering connection's input
+//! is read and thrown away.
+
+use std::io;
+
+use super::Reactor;
+use crate::buffer::Buffer;
+use crate::connection::{ConnId, ConnState, NO_FRAME};
+use crate::frame::{Codec, Decode, FrameError};
+use crate::hub::{Hub, TimerEvent};
+use crate::service::{Context, Frames, Service};
+use crate::stats::CloseReason;
+
+impl<S: Service, C: Codec> Reactor<S, C> {
+    /// Reads and decodes until the socket is drained, the read budget is spent, or the
+    /// connection stops reading (closing, or paused by backpressure).
+    pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
+        for _ in 0..self.config.read_budget {
+            let Some(conn) = self.hub.conn_mut(id) else {
+                return;
+            };
+            match conn.state {
+                ConnState::Open => {}
+                ConnState::Lingering(reason) => return self.discard_input(id, reason),
+                ConnState::Draining(_) => return,
+            }
+            if conn.read_paused {
+                conn.read_pending = true;
+                return;
+            }
+            if conn.output.len() > self.config.write_limit {
+                log::debug!(
+                    "{id}: {} bytes queued, over the write limit: pausing reads",
+                    conn.output.len()
+                );
+                conn.read_paused = true;
+                conn.read_pending = true;
+                return;
+            }
+            match self.read_once(id, read_to_eof) {
+                ReadOutcome::Drained | ReadOutcome::Stopped => return,
+                ReadOutcome::More => {}
+            }
+        }
+        // Budget spent and the socket may hold more: come back next turn.
+        self.hub.list_ready_again(id);
+    }
+
+    /// Reads and throws away what a lingering connection's peer still sends, until the
+    /// peer closes (EOF or an error: then the socket closes), the socket is drained, or
+    /// the read budget is spent (then again next turn, until the linger deadline).
+    fn discard_input(&mut self, id: ConnId, reason: CloseReason) {
+        let size = self.scratch.capacity();
+        for _ in 0..self.config.read_budget {
+            let Some(conn) = self.hub.conn_mut(id) else {
+                return;
+            };
+            self.scratch.clear();
+            match conn.stream.read(self.scratch.spare_mut(size)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::trace!("{id}: lingering: discarded {n} bytes");
+                    conn.peer_still_sending = true;
+                    continue;
+                }
+                // Wait for the peer's close, or the end of the quiet window.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {}
+            }
+            self.hub.request_close(id, reason);
+            return;
+        }
+        self.hub.list_ready_again(id);
+    }
+
+    /// One `read` into the shared buffer (or into the connection's own buffer when a
+    /// frame too big for the shared one is arriving), then decode and dispatch.
+    fn read_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return ReadOutcome::Stopped;
+        };
+        let frame_len = match conn.input.is_empty() {
+            true => None,
+            false => match self.codec.decode(conn.input.readable()) {
+                Ok(Decode::Incomplete { frame_len }) => frame_len,
+                _ => None,
+            },
+        };
+        let direct = frame_len.unwrap_or(conn.input.len()) > self.scratch.capacity() / 2;
+        let held_nothing = conn.input.capacity() == 0;
+        let mut own_input = Buffer::new();
+        let buf = if direct {
+            own_input = std::mem::take(&mut conn.input);
+            &mut own_input
+        } else {
+            // Small tail (usually none): copy it in front of the new bytes so frames
+            // decode in one place.
+            self.scratch.clear();
+            if !conn.input.is_empty() {
+                self.scratch.extend_from_slice(conn.input.readable());
+            }
+            &mut self.scratch
+        };
+        let min_read = match frame_len {
+            Some(len) if direct => len - buf.len() + 16 * 1024,
+            _ => 16 * 1024,
+        };
+        let spare = buf.spare_mut(min_read);
+        let requested = spare.len();
+        let result = conn.stream.read(spare);
+        let outcome = match result {
+            Ok(0) => {
+                log::trace!("{id}: read EOF");
+                self.hub.close_after_flush(id, CloseReason::PeerClosed);
+                ReadOutcome::Stopped
+            }
+            Ok(n) => {
+                log::trace!("{id}: read {n} bytes");
+                buf.commit(n);
+                self.hub.touch(id);
+                self.hub.stats.bytes_in += n as u64;
+                let dispatched =
+                    dispatch_frames(&mut self.hub, &mut self.service, &self.codec, id, buf);
+                match dispatched {
+                    Err(e) => {
+                        self.hub.protocol_error(id, &e);
+                        ReadOutcome::Stopped
+                    }
+                    Ok(()) if n < requested && !read_to_eof => ReadOutcome::Drained,
+                    Ok(()) => ReadOutcome::More,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("{id}: read WouldBlock");
+                ReadOutcome::Drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::More,
+            Err(e) => {
+                log::debug!("{id}: read error: {e}");
+                self.hub.request_close(id, CloseReason::Error(e.kind()));
+                ReadOutcome::Stopped
+            }
+        };
+        if direct {
+            keep_tail(&mut self.hub, id, &mut own_input, true);
+        } else if !(self.scratch.is_empty() && held_nothing) {
+            // (The usual case skips this: the read ended on a frame boundary and the
+            // connection held no partial frame before it.)
+            keep_tail(&mut self.hub, id, &mut self.scratch, false);
+        }
+        outcome
+    }
+}
+
+/// What one read did.
+enum ReadOutcome {
+    /// The socket has nothing more for now (WouldBlock, or a short read).
+    Drained,
+    /// The read filled the buffer: there may be more.
+    More,
+    /// The connection stopped reading (EOF, error, protocol error, service closed it).
+    Stopped,
+}
+
+/// Finds every complete frame in `buf`, hands them to the service as one batch
+/// ([`Service::on_frames`]) and consumes them, leaving only the incomplete tail.
+/// Frames before a framing error are still delivered; the error is returned after.
+fn dispatch_frames<S: Service, C: Codec>(
+    hub: &mut Hub,
+    service: &mut S,
+    codec: &C,
+    id: ConnId,
+    buf: &mut Buffer,
+) -> Result<(), FrameError> {
+    let bytes = buf.readable();
+    let (complete, count, error) = find_complete_frames(codec, bytes);
+    if count > 0 {
+        hub.stats.frames_in += count as u64;
+        let frames = Frames::new(&bytes[..complete], count, codec);
+        service.on_frames(&mut Context::new(hub, codec), id, frames);
+        if let Some(conn) = hub.conn_mut(id) {
+            // Any tail now is the start of a new frame.
+            conn.frame_started = NO_FRAME;
+        }
+    }
+    buf.consume(complete);
+    error.map_or(Ok(()), Err)
+}
+
+/// Stores what is left of the input (`tail`) in the connection, or releases the
+/// connection's buffer when nothing is left, and arms the frame deadline when a new
+/// partial frame begins. With `direct` the tail *is* the connection's own buffer, moved
+/// back into it; otherwise it is the loop's shared buffer, which is left empty.
+fn keep_tail(hub: &mut Hub, id: ConnId, tail: &mut Buffer, direct: bool) {
+    let (now, now_millis) = (hub.now, hub.now_millis());
+    let frame_timeout = hub.limits.frame_timeout;
+    let Some(conn) = hub
+        .conns
+        .get_mut(id.index())
+        .filter(|c| c.generation == id.generation())
+    else {
+        tail.clear();
+        return;
+    };
+    if direct {
+        conn.input = std::mem::take(tail);
+    } else {
+        conn.input.clear();
+        if !tail.is_empty() {
+            if conn.input.capacity() == 0 {
+                conn.input = hub.pool.take();
+            }
+            conn.input.extend_from_slice(tail.readable());
+        }
+        tail.clear();
+    }
+    if conn.input.is_empty() {
+        conn.frame_started = NO_FRAME;
+        if conn.input.capacity() > 0 {
+            hub.pool.give_back(&mut conn.input);
+        }
+    } else if conn.frame_started == NO_FRAME {
+        conn.frame_started = now_millis;
+        if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
+            conn.frame_timer_armed = true;
+            hub.timers
+                .insert(now + timeout, TimerEvent::FrameDeadline(id));
+        }
+    }
+}
+
+/// Walks the frame headers in `bytes`: how many bytes the complete frames use, how many
+/// there are, and the framing error that stopped the walk, if any.
+fn find_complete_frames<C: Codec>(codec: &C, bytes: &[u8]) -> (usize, usize, Option<FrameError>) {
+    let mut complete = 0;
+    let mut count = 0;
+    loop {
+        if complete == bytes.len() && count > 0 {
+            // Every byte made whole frames (the usual case): nothing left to look at.
+            return (complete, count, None);
+        }
+        match codec.decode(&bytes[complete..]) {
+            Ok(Decode::Frame { consumed: 0, .. }) => {
+                // A codec that consumes nothing would make this loop spin for ever.
+                return (
+                    complete,
+                    count,
+                    Some(FrameError::Malformed("codec consumed no bytes")),
+                );
+            }
+            Ok(Decode::Frame { consumed, .. }) => {
+                complete += consumed;
+                count += 1;
+            }
+            Ok(Decode::Incomplete { .. }) => return (complete, count, None),
+            Err(e) => return (complete, count, Some(e)),
+        }
+    }
+}
