@@ -167,7 +167,7 @@ impl OutQueue {
     }
 
     /// Gives memory back once nothing is queued, so idle connections hold none.
-    pub fn release_if_empty(&mut self, pool: &mut BufferPool) {
+    fn release_if_empty(&mut self, pool: &mut BufferPool) {
         if self.owned.is_empty() && self.owned.capacity() > 0 {
             pool.give_back(&mut self.owned);
         }

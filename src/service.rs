@@ -38,7 +38,7 @@ use crate::hub::{Hub, TimerEvent};
 use crate::outqueue::SharedFrame;
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerId;
-use crate::udp::{Sent, UdpId};
+use crate::udp::UdpId;
 
 /// A protocol served by the reactor. Every method has a default that does nothing, so a
 /// service implements only what it uses.
@@ -453,15 +453,16 @@ impl<'a> Context<'a> {
         let Some(endpoint) = hub.udp.get_mut(socket.0) else {
             return Err(SendError::Closed);
         };
-        match endpoint.send_to(
+        // A datagram the socket cannot take, nor queue, is dropped and counted: UDP
+        // promises no delivery, and the sender's protocol deals with loss.
+        endpoint.send_to(
             peer,
             datagram,
             hub.limits.write_limit,
             &hub.registry,
             &mut hub.stats,
-        ) {
-            Sent::Now | Sent::Queued | Sent::Dropped => Ok(()),
-        }
+        );
+        Ok(())
     }
 
     /// Calls [`Service::on_timer`] with `value` after `delay`. The value is the service's

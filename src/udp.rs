@@ -45,14 +45,6 @@ pub(crate) struct UdpEndpoint {
     writable_armed: bool,
 }
 
-/// What happened to a datagram handed to [`UdpEndpoint::send_to`].
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Sent {
-    Now,
-    Queued,
-    Dropped,
-}
-
 impl UdpEndpoint {
     pub(crate) fn new(socket: UdpSocket, token: Token) -> Self {
         UdpEndpoint {
@@ -65,6 +57,8 @@ impl UdpEndpoint {
     }
 
     /// Sends now if nothing is queued ahead and the socket takes it; queues otherwise.
+    /// A datagram that can be neither (an error for that peer, or the queue over the
+    /// limit) is dropped and counted, as UDP allows.
     pub(crate) fn send_to(
         &mut self,
         peer: SocketAddr,
@@ -72,14 +66,14 @@ impl UdpEndpoint {
         limit: usize,
         registry: &Registry,
         stats: &mut Stats,
-    ) -> Sent {
+    ) {
         if self.queue.is_empty() {
             loop {
                 match self.socket.send_to(datagram, peer) {
                     Ok(_) => {
                         stats.datagrams_out += 1;
                         log::trace!("udp send_to {peer}: {} bytes", datagram.len());
-                        return Sent::Now;
+                        return;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -88,19 +82,18 @@ impl UdpEndpoint {
                         // that peer is gone, nobody else is affected.
                         log::debug!("udp send_to {peer}: {e}");
                         stats.datagrams_dropped += 1;
-                        return Sent::Dropped;
+                        return;
                     }
                 }
             }
         }
         if self.queued_bytes + datagram.len() > limit {
             stats.datagrams_dropped += 1;
-            return Sent::Dropped;
+            return;
         }
         self.queued_bytes += datagram.len();
         self.queue.push_back((peer, datagram.into()));
         self.arm_writable(registry, true);
-        Sent::Queued
     }
 
     /// Sends queued datagrams until the socket is full or the queue is empty.

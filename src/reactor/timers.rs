@@ -34,6 +34,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                             .insert(self.hub.now + interval, TimerEvent::StatsReport);
                     }
                 }
+                // Its only job was to end the wait in `poll`; `run` sees the deadline.
                 TimerEvent::ShutdownDeadline => {}
                 TimerEvent::LingerDeadline(id) => self.end_linger_window(id),
             }
