@@ -179,9 +179,7 @@ impl Hub {
 
     /// Mutable access to the connection `id` names, if it is still there.
     pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
-        self.conns
-            .get_mut(id.index())
-            .filter(|conn| conn.generation == id.generation())
+        connection_mut(&mut self.conns, id)
     }
 
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
@@ -189,11 +187,8 @@ impl Hub {
     /// copy; whatever the socket does not take is queued, in order, and flushed when it
     /// becomes writable. Returns false if the connection is gone or closing.
     pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
-        let Some(conn) = self
-            .conns
-            .get_mut(id.index())
-            .filter(|c| c.generation == id.generation() && c.is_open())
-        else {
+        // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
+        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.is_open()) else {
             return false;
         };
         self.stats.frames_out += frames;
@@ -321,11 +316,7 @@ impl Hub {
     /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
     /// backpressure and draining. Errors are turned into close requests.
     pub(crate) fn flush(&mut self, id: ConnId) {
-        let Some(conn) = self
-            .conns
-            .get_mut(id.index())
-            .filter(|c| c.generation == id.generation())
-        else {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
         conn.queued_flush = false;
@@ -378,6 +369,15 @@ impl Hub {
             self.touch(id);
         }
     }
+}
+
+/// The connection `id` names in `conns`, if it is still there: same slot *and* same
+/// generation, so an id never reaches a newcomer that reused the slot. A function of
+/// the slab alone, for callers that also borrow other parts of the hub.
+pub(crate) fn connection_mut(conns: &mut Slab<Connection>, id: ConnId) -> Option<&mut Connection> {
+    conns
+        .get_mut(id.index())
+        .filter(|conn| conn.generation == id.generation())
 }
 
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took

@@ -12,7 +12,7 @@ use super::Reactor;
 use crate::buffer::Buffer;
 use crate::connection::{ConnId, ConnState, NO_FRAME};
 use crate::frame::{Codec, Decode, FrameError};
-use crate::hub::{Hub, TimerEvent};
+use crate::hub::{connection_mut, Hub, TimerEvent};
 use crate::service::{Context, Frames, Service};
 use crate::stats::CloseReason;
 
@@ -200,11 +200,7 @@ fn dispatch_frames<S: Service, C: Codec>(
 fn keep_tail(hub: &mut Hub, id: ConnId, tail: &mut Buffer, direct: bool) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
-    let Some(conn) = hub
-        .conns
-        .get_mut(id.index())
-        .filter(|c| c.generation == id.generation())
-    else {
+    let Some(conn) = connection_mut(&mut hub.conns, id) else {
         tail.clear();
         return;
     };
@@ -241,10 +237,6 @@ fn find_complete_frames<C: Codec>(codec: &C, bytes: &[u8]) -> (usize, usize, Opt
     let mut complete = 0;
     let mut count = 0;
     loop {
-        if complete == bytes.len() && count > 0 {
-            // Every byte made whole frames (the usual case): nothing left to look at.
-            return (complete, count, None);
-        }
         match codec.decode(&bytes[complete..]) {
             Ok(Decode::Frame { consumed: 0, .. }) => {
                 // A codec that consumes nothing would make this loop spin for ever.
