@@ -36,6 +36,62 @@ fn sigint_also_shuts_down_cleanly() {
 }
 
 #[test]
+fn a_second_signal_exits_at_once_even_with_connections_draining() {
+    let port = free_port();
+    let server = ChildServer::start(
+        &[
+            "echo",
+            "--tcp",
+            &addr(port),
+            "--udp",
+            "off",
+            "--shutdown-grace",
+            "30",
+        ],
+        Some(port),
+    );
+    // A client that never reads: its echoes fill both socket buffers and stay queued,
+    // so the graceful shutdown would wait out the whole 30 s grace period.
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    client
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    while write_frame(&mut client, &chunk).is_ok() {}
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the first signal must drain, not exit"
+    );
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("again: exiting now"), "{stderr}");
+}
+
+/// Signals come through a pipe the loop watches, not a signal thread: the process
+/// has exactly one thread (which also keeps the C library's system-call wrappers on
+/// their single-threaded fast path).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_process_runs_a_single_thread() {
+    let port = free_port();
+    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut client, b"one thread").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"one thread");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 1);
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
 fn startup_logs_each_endpoint_with_its_real_port() {
     let server = ChildServer::start(
         &["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"],

@@ -264,3 +264,50 @@ fn a_peer_still_sending_when_the_server_closes_loses_nothing_it_was_sent() {
     assert_eq!(read_frame(&mut client).unwrap(), vec![b'f'; 200_000]);
     assert!(is_closed(&mut client));
 }
+
+/// `Reactor::watch`: an outside source (here one end of a Unix socket pair) is served
+/// from the loop's thread, and its handler may stop the server.
+#[test]
+fn a_watched_source_runs_its_handler_on_the_loop() {
+    use std::io::Write;
+    use switchboard::{Config, Reactor};
+
+    let mut config = Config::default();
+    config.tcp.push("127.0.0.1:0".parse().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let (mut remote, ready_rx) = {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (control, remote) = std::os::unix::net::UnixStream::pair().unwrap();
+        control.set_nonblocking(true).unwrap();
+        let control = mio::net::UnixStream::from_std(control);
+        std::thread::spawn(move || {
+            let mut reactor =
+                Reactor::bind(config, switchboard::services::Echo, LengthCodec::new(1024)).unwrap();
+            let handle = reactor.handle();
+            let mut seen = Vec::new();
+            reactor
+                .watch(control, move |control| {
+                    let mut buf = [0u8; 16];
+                    while let Ok(n @ 1..) = control.read(&mut buf) {
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    if seen.ends_with(b"stop") {
+                        handle.shutdown();
+                    }
+                })
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let stats = reactor.run().unwrap();
+            tx.send(stats.accepted).unwrap();
+        });
+        (remote, ready_rx)
+    };
+    ready_rx.recv_timeout(IO_TIMEOUT).unwrap();
+    remote.write_all(b"not yet").unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the server stopped before it was told to"
+    );
+    remote.write_all(b"stop").unwrap();
+    assert_eq!(rx.recv_timeout(IO_TIMEOUT).unwrap(), 0);
+}

@@ -44,6 +44,8 @@ mod timers;
 const WAKER: Token = Token(0);
 /// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = 1;
+/// Watched source `i` (see [`Reactor::watch`]) has token `WATCH_BASE + i`.
+const WATCH_BASE: usize = 1 << 15;
 /// UDP socket `i` has token `UDP_BASE + i`. Connection tokens are all >= 2^32.
 const UDP_BASE: usize = 1 << 16;
 /// Events taken from the kernel per `poll`.
@@ -102,6 +104,8 @@ pub struct Reactor<S: Service, C: Codec> {
     ready: Vec<Readiness>,
     hub: Hub,
     listeners: Vec<ListenerSlot>,
+    /// Outside sources the loop watches (e.g. a signal pipe), each with its handler.
+    watched: Vec<Box<dyn FnMut()>>,
     service: S,
     codec: C,
     /// The loop's shared read buffer: every read lands here unless a frame too large
@@ -145,6 +149,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             events: Events::with_capacity(EVENTS_CAPACITY),
             ready: Vec::with_capacity(EVENTS_CAPACITY),
             listeners: Vec::new(),
+            watched: Vec::new(),
             service,
             codec,
             scratch: Buffer::from_storage(Vec::with_capacity(config.read_buffer_size)),
@@ -218,6 +223,52 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     fn announce(&mut self, bound: BoundAddr) {
         log::info!("listening on {bound}");
         self.bound.push(bound);
+    }
+
+    /// Watches an outside event source from the loop's own thread: `on_ready` runs
+    /// each time `source` becomes readable. Like every socket here the source is
+    /// registered edge-triggered, so `on_ready` must drain it (read until `WouldBlock`)
+    /// or it will not be called again.
+    ///
+    /// The `switchboard` binary watches its signal pipe this way, so the process runs
+    /// no thread besides the loop (and the C library skips the bookkeeping it does
+    /// around every system call once a second thread exists).
+    ///
+    /// ```no_run
+    /// # use std::io::Read;
+    /// # use switchboard::{Config, LengthCodec, Reactor, services::Echo};
+    /// # let mut config = Config::default();
+    /// # config.tcp.push("127.0.0.1:0".parse().unwrap());
+    /// let mut reactor = Reactor::bind(config, Echo, LengthCodec::new(1 << 20)).unwrap();
+    /// let (control, mut remote) = mio::net::UnixStream::pair().unwrap();
+    /// let handle = reactor.handle();
+    /// reactor
+    ///     .watch(control, move |control| {
+    ///         let mut byte = [0u8; 64];
+    ///         // Drained to WouldBlock (or EOF): any byte, or the other end closing,
+    ///         // stops the server.
+    ///         while matches!(control.read(&mut byte), Ok(n) if n > 0) {}
+    ///         handle.shutdown();
+    ///     })
+    ///     .unwrap();
+    /// # std::io::Write::write_all(&mut remote, b"x").unwrap();
+    /// reactor.run().unwrap();
+    /// ```
+    pub fn watch<Src>(
+        &mut self,
+        mut source: Src,
+        mut on_ready: impl FnMut(&mut Src) + 'static,
+    ) -> Result<(), Error>
+    where
+        Src: mio::event::Source + 'static,
+    {
+        let token = Token(WATCH_BASE + self.watched.len());
+        self.poll
+            .registry()
+            .register(&mut source, token, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        self.watched.push(Box::new(move || on_ready(&mut source)));
+        Ok(())
     }
 
     /// The endpoints bound, with their real addresses, in the order: TCP, Unix, UDP.
@@ -294,6 +345,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 self.connection_event(id, event.readable, event.writable, event.read_closed);
             } else if event.token.0 >= UDP_BASE {
                 self.udp_event(event.token.0 - UDP_BASE, event.readable, event.writable);
+            } else if event.token.0 >= WATCH_BASE {
+                if let Some(on_ready) = self.watched.get_mut(event.token.0 - WATCH_BASE) {
+                    on_ready();
+                }
             } else if event.token.0 >= LISTENER_BASE {
                 self.accept(event.token.0 - LISTENER_BASE);
             }
@@ -503,6 +558,7 @@ impl std::fmt::Display for Readiness {
             Some(id) => id.to_string(),
             None if self.token == WAKER => "waker".to_string(),
             None if self.token.0 >= UDP_BASE => format!("udp {}", self.token.0 - UDP_BASE),
+            None if self.token.0 >= WATCH_BASE => format!("watched {}", self.token.0 - WATCH_BASE),
             None => format!("listener {}", self.token.0 - LISTENER_BASE),
         };
         write!(
