@@ -311,3 +311,74 @@ fn a_watched_source_runs_its_handler_on_the_loop() {
     remote.write_all(b"stop").unwrap();
     assert_eq!(rx.recv_timeout(IO_TIMEOUT).unwrap(), 0);
 }
+
+/// Answers a datagram `go` with a burst: replies of assorted sizes to the sender and to
+/// a second peer, interleaved, sent from one callback. (Runs of same-size datagrams to
+/// one peer leave in one segmented send on Linux; the peers must still see each
+/// datagram whole and in order.)
+struct Spray {
+    other: std::net::SocketAddr,
+}
+
+/// The burst `Spray` sends: (to the other peer?, size), in order.
+fn spray_plan() -> Vec<(bool, usize)> {
+    let mut plan = Vec::new();
+    plan.extend((0..10).map(|_| (false, 100)));
+    plan.push((false, 30)); // a shorter last one ends a run
+    plan.push((false, 100));
+    plan.push((false, 0)); // empty datagrams are datagrams too
+    plan.push((true, 100)); // another peer ends the run
+    plan.extend((0..70).map(|_| (false, 7))); // longer than one segmented send carries
+    plan.push((false, 1400));
+    plan.push((false, 1400));
+    plan.push((true, 5));
+    plan
+}
+
+fn spray_datagram(index: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|i| (index * 31 + i) as u8).collect()
+}
+
+impl Service for Spray {
+    fn on_datagram(
+        &mut self,
+        ctx: &mut Context<'_>,
+        socket: switchboard::UdpId,
+        peer: std::net::SocketAddr,
+        datagram: &[u8],
+    ) {
+        if datagram == b"go" {
+            for (index, (to_other, size)) in spray_plan().into_iter().enumerate() {
+                let to = if to_other { self.other } else { peer };
+                ctx.send_to(socket, to, &spray_datagram(index, size))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_datagrams_arrives_whole_and_in_order_at_each_peer() {
+    let client = udp_client();
+    let other = udp_client();
+    let other_addr = other.local_addr().unwrap();
+    let server = TestServer::start(local_config(), move || {
+        (Spray { other: other_addr }, LengthCodec::new(1024))
+    });
+    client.send_to(b"go", server.udp()).unwrap();
+    let mut buf = vec![0u8; 2048];
+    for (index, (to_other, size)) in spray_plan().into_iter().enumerate() {
+        let socket = if to_other { &other } else { &client };
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(from, server.udp());
+        assert_eq!(n, size, "datagram {index}");
+        assert_eq!(
+            &buf[..n],
+            &spray_datagram(index, size)[..],
+            "datagram {index}"
+        );
+    }
+    let stats = server.stop();
+    assert_eq!(stats.datagrams_out, spray_plan().len() as u64);
+    assert_eq!(stats.datagrams_dropped, 0);
+}

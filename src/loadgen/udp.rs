@@ -158,10 +158,21 @@ impl UdpWorkload {
     }
 
     /// Receives until the socket is drained, checking each echo.
-    fn receive(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
+    fn receive(&mut self, i: usize, mut now: Instant, rec: &mut Recorder) {
+        let mut first = true;
         loop {
             let n = match self.socks[i].socket.recv(&mut self.incoming) {
-                Ok(n) => n,
+                // The clock is read again for every datagram after the first: the echo
+                // of a datagram this loop sends can arrive before the loop ends, and
+                // with the turn's time for both it would count as taking no time.
+                Ok(n) if first => {
+                    first = false;
+                    n
+                }
+                Ok(n) => {
+                    now = Instant::now();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.close(i, rec, &e),

@@ -300,6 +300,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             self.dispatch_events();
             self.serve_ready_again();
             self.fire_timers();
+            self.send_udp_bursts();
             if self.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
             }
@@ -383,8 +384,15 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// Receives datagrams until `WouldBlock` (or the budget), handing each to the service.
+    /// Receives datagrams until `WouldBlock` (or the budget), handing each to the
+    /// service, then sends the burst of replies they made.
     fn receive_datagrams(&mut self, index: usize) {
+        self.receive_datagram_burst(index);
+        self.send_udp_bursts();
+    }
+
+    /// Receives datagrams until `WouldBlock` (or the budget), handing each to the service.
+    fn receive_datagram_burst(&mut self, index: usize) {
         let socket = UdpId(index);
         for _ in 0..DATAGRAM_BUDGET {
             let Some(endpoint) = self.hub.udp.get(index) else {
@@ -407,6 +415,15 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             }
         }
         self.hub.ready_again.push(Token(UDP_BASE + index));
+    }
+
+    /// Sends the datagrams callbacks sent since the last call (see `udp.rs`: bursts
+    /// go out together, and before the loop waits).
+    fn send_udp_bursts(&mut self) {
+        let hub = &mut self.hub;
+        for endpoint in hub.udp.iter_mut().filter(|e| e.has_burst()) {
+            endpoint.send_burst(hub.limits.write_limit, &hub.registry, &mut hub.stats);
+        }
     }
 
     /// Closes the connections that callbacks (or errors) asked to close and flushes the
@@ -512,6 +529,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         for id in ids {
             self.close_connection(id, CloseReason::Shutdown);
         }
+        self.send_udp_bursts();
         for endpoint in &mut self.hub.udp {
             endpoint.flush(&self.hub.registry, &mut self.hub.stats);
         }
