@@ -207,14 +207,8 @@ impl UdpEndpoint {
     /// socket became writable).
     pub(crate) fn flush(&mut self, registry: &Registry, stats: &mut Stats) {
         while let Some((peer, datagram)) = self.queue.front() {
-            match self.socket.send_to(datagram, *peer) {
-                Ok(_) => stats.datagrams_out += 1,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::debug!("udp send_to {peer}: {e}");
-                    stats.datagrams_dropped += 1;
-                }
+            if !send_one(&self.socket, *peer, datagram, stats) {
+                return;
             }
             if let Some((_, sent)) = self.queue.pop_front() {
                 self.queued_bytes -= sent.len();
