@@ -12,10 +12,18 @@ fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// `switchboard echo` on TCP 127.0.0.1:`port` only, with `extra` flags, once it listens.
+fn tcp_echo(port: u16, extra: &[&str]) -> ChildServer {
+    let tcp = addr(port);
+    let mut args = vec!["echo", "--tcp", &tcp, "--udp", "off"];
+    args.extend_from_slice(extra);
+    ChildServer::start(&args, Some(port))
+}
+
 #[test]
 fn sigterm_exits_zero_after_logging_a_summary() {
     let port = free_port();
-    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    let server = tcp_echo(port, &[]);
     let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
     write_frame(&mut client, b"hi").unwrap();
     assert_eq!(read_frame(&mut client).unwrap(), b"hi");
@@ -29,7 +37,7 @@ fn sigterm_exits_zero_after_logging_a_summary() {
 #[test]
 fn sigint_also_shuts_down_cleanly() {
     let port = free_port();
-    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    let server = tcp_echo(port, &[]);
     server.signal("INT");
     let (code, stderr) = server.wait(IO_TIMEOUT);
     assert_eq!(code, Some(0), "{stderr}");
@@ -38,18 +46,7 @@ fn sigint_also_shuts_down_cleanly() {
 #[test]
 fn a_second_signal_exits_at_once_even_with_connections_draining() {
     let port = free_port();
-    let server = ChildServer::start(
-        &[
-            "echo",
-            "--tcp",
-            &addr(port),
-            "--udp",
-            "off",
-            "--shutdown-grace",
-            "30",
-        ],
-        Some(port),
-    );
+    let server = tcp_echo(port, &["--shutdown-grace", "30"]);
     // A client that never reads: its echoes fill both socket buffers and stay queued,
     // so the graceful shutdown would wait out the whole 30 s grace period.
     let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -78,7 +75,7 @@ fn a_second_signal_exits_at_once_even_with_connections_draining() {
 #[test]
 fn the_server_process_runs_a_single_thread() {
     let port = free_port();
-    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], Some(port));
+    let server = tcp_echo(port, &[]);
     let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
     write_frame(&mut client, b"one thread").unwrap();
     assert_eq!(read_frame(&mut client).unwrap(), b"one thread");
