@@ -70,16 +70,19 @@ impl Buffer {
     }
 
     /// The bytes written and not yet consumed.
+    #[inline]
     pub fn readable(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
     /// How many readable bytes there are.
+    #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
     /// True when nothing is readable.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
@@ -93,6 +96,7 @@ impl Buffer {
     ///
     /// # Panics
     /// If `n` is more than [`Buffer::len`]: that is a bug in the caller, never input.
+    #[inline]
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.len(), "consume({n}) past the readable region");
         self.start += n;
@@ -104,6 +108,7 @@ impl Buffer {
     }
 
     /// Drops every readable byte, keeping the storage.
+    #[inline]
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
@@ -111,6 +116,7 @@ impl Buffer {
 
     /// Spare room of at least `min` bytes after the readable region, to be filled and
     /// then announced with [`Buffer::commit`]. Compacts or grows the storage if needed.
+    #[inline]
     pub fn spare_mut(&mut self, min: usize) -> &mut [u8] {
         if self.data.len() - self.end < min {
             self.make_room(min);
@@ -122,6 +128,7 @@ impl Buffer {
     ///
     /// # Panics
     /// If `n` is larger than the spare region: a bug in the caller.
+    #[inline]
     pub fn commit(&mut self, n: usize) {
         assert!(
             self.end + n <= self.data.len(),

@@ -108,6 +108,7 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
@@ -115,6 +116,7 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
@@ -274,6 +276,17 @@ impl Connection {
 
     pub(crate) fn is_open(&self) -> bool {
         self.state == ConnState::Open
+    }
+
+    /// Records activity at `now`. True when the connection must also move to the back
+    /// of the idle list: the first activity in a millisecond (the caller moves it,
+    /// since that needs the slab the connection lives in).
+    pub(crate) fn mark_active(&mut self, now: Millis) -> bool {
+        if self.last_active == now {
+            return false;
+        }
+        self.last_active = now;
+        true
     }
 }
 

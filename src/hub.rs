@@ -77,6 +77,9 @@ pub(crate) struct Hub {
     /// Where `Context::send` frames a payload before writing it (kept between calls
     /// so framing never allocates).
     pub encode_buf: Buffer,
+    /// A callback sent a datagram: some UDP socket has a burst to send before the
+    /// loop blocks.
+    pub udp_burst_pending: bool,
     /// Connections to close before the loop blocks, and why.
     pub to_close: Vec<(ConnId, CloseReason)>,
     /// Sockets whose readiness was not used up (read budget spent, or reading resumed
@@ -110,6 +113,7 @@ impl Hub {
             pool: BufferPool::default(),
             to_flush: Vec::new(),
             encode_buf: Buffer::new(),
+            udp_burst_pending: false,
             to_close: Vec::new(),
             ready_again: Vec::new(),
             now: epoch,
@@ -150,12 +154,8 @@ impl Hub {
     /// Records activity on a connection: it moves to the back of the idle list.
     pub(crate) fn touch(&mut self, id: ConnId) {
         let now = self.now_millis;
-        if let Some(conn) = self.conn_mut(id) {
-            if conn.last_active != now {
-                conn.last_active = now;
-                // Already moved to the back during this millisecond otherwise.
-                self.idle.touch(&mut self.conns, id.index());
-            }
+        if connection_mut(&mut self.conns, id).is_some_and(|conn| conn.mark_active(now)) {
+            self.idle.touch(&mut self.conns, id.index());
         }
     }
 
@@ -198,7 +198,9 @@ impl Hub {
     /// nothing is queued ahead of them, so the common case costs one `write` and no
     /// copy; whatever the socket does not take is queued, in order, and flushed when it
     /// becomes writable. Returns false if the connection is gone or closing.
+    #[inline]
     pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
+        let now = self.now_millis;
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
         let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.is_open()) else {
             return false;
@@ -218,6 +220,7 @@ impl Hub {
             log::trace!("{id}: write {written} of {}", bytes.len());
             self.stats.bytes_out += written as u64;
         }
+        let moved_in_idle_list = written > 0 && conn.mark_active(now);
         if written < bytes.len() {
             let rest = &bytes[written..];
             conn.output
@@ -231,8 +234,8 @@ impl Hub {
                 self.list_for_flush(id);
             }
         }
-        if written > 0 {
-            self.touch(id);
+        if moved_in_idle_list {
+            self.idle.touch(&mut self.conns, id.index());
         }
         true
     }

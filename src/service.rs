@@ -362,6 +362,7 @@ impl<'a> Context<'a> {
     ///     }
     /// }
     /// ```
+    #[inline]
     pub fn forward(&mut self, conn: ConnId, frames: &Frames<'_>) -> Result<(), SendError> {
         match self
             .hub
@@ -465,6 +466,7 @@ impl<'a> Context<'a> {
             &hub.registry,
             &mut hub.stats,
         );
+        hub.udp_burst_pending = true;
         Ok(())
     }
 

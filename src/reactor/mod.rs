@@ -99,9 +99,6 @@ struct ListenerSlot {
 /// driven by one `mio::Poll`. See the module docs for the shape of a turn.
 pub struct Reactor<S: Service, C: Codec> {
     poll: Poll,
-    events: Events,
-    /// This turn's events, copied out of `events` (kept to reuse its allocation).
-    ready: Vec<Readiness>,
     hub: Hub,
     listeners: Vec<ListenerSlot>,
     /// Outside sources the loop watches (e.g. a signal pipe), each with its handler.
@@ -146,8 +143,6 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         };
         let mut reactor = Reactor {
             hub: Hub::new(registry, limits),
-            events: Events::with_capacity(EVENTS_CAPACITY),
-            ready: Vec::with_capacity(EVENTS_CAPACITY),
             listeners: Vec::new(),
             watched: Vec::new(),
             service,
@@ -287,22 +282,26 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// Runs the loop until [`Handle::shutdown`] is called and the shutdown completes.
     /// Returns the final counters, which are also logged.
     pub fn run(mut self) -> Result<Stats, Error> {
+        // A local, not a field: the handlers borrow `self` mutably while the loop
+        // walks the events.
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout();
             log::trace!("poll: timeout {}", describe_timeout(timeout));
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(Error::Poll(e));
             }
             self.hub.set_now(Instant::now());
-            self.dispatch_events();
-            self.serve_ready_again();
+            self.dispatch_events(&events);
+            if !self.hub.ready_again.is_empty() {
+                self.serve_ready_again();
+            }
             self.fire_timers();
-            self.send_udp_bursts();
-            if self.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
-                self.begin_shutdown();
+            if self.hub.udp_burst_pending {
+                self.send_udp_bursts();
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.hub.conns.is_empty() || self.hub.now >= deadline {
@@ -333,14 +332,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    fn dispatch_events(&mut self) {
-        // Copy the (token, readiness) pairs out so the handlers may borrow `self`; the
-        // vector keeps its capacity from turn to turn.
-        let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        ready.extend(self.events.iter().map(Readiness::of));
-        log::trace!("turn: {} events", ready.len());
-        for event in &ready {
+    fn dispatch_events(&mut self, events: &Events) {
+        log::trace!("turn: {} events", events.iter().count());
+        for event in events {
+            let event = Readiness::of(event);
             log::trace!("event {event}");
             if let Some(id) = ConnId::from_token(event.token) {
                 self.connection_event(id, event.readable, event.writable, event.read_closed);
@@ -352,19 +347,26 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 }
             } else if event.token.0 >= LISTENER_BASE {
                 self.accept(event.token.0 - LISTENER_BASE);
+            } else {
+                self.woken();
             }
             self.carry_out_requests();
         }
-        self.ready = ready;
+    }
+
+    /// The waker fired: another thread (or a handler on this one) called
+    /// [`Handle::shutdown`]. The flag is only looked at here, not every turn: the
+    /// handle always sets it before it wakes the loop.
+    fn woken(&mut self) {
+        if self.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
+            self.begin_shutdown();
+        }
     }
 
     fn connection_event(&mut self, id: ConnId, readable: bool, writable: bool, read_closed: bool) {
-        if self.hub.conn(id).is_none() {
-            // An event for a connection that closed earlier in this batch (its slot may
-            // already hold a newcomer, which the generation tells apart).
-            log::trace!("{id}: stale event ignored");
-            return;
-        }
+        // An event for a connection that closed earlier in this batch finds nothing:
+        // both handlers look the id up, and its generation tells a newcomer in the
+        // same slot apart.
         if writable {
             self.hub.flush(id);
         }
@@ -421,6 +423,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// go out together, and before the loop waits).
     fn send_udp_bursts(&mut self) {
         let hub = &mut self.hub;
+        hub.udp_burst_pending = false;
         for endpoint in hub.udp.iter_mut().filter(|e| e.has_burst()) {
             endpoint.send_burst(hub.limits.write_limit, &hub.registry, &mut hub.stats);
         }
