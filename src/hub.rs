@@ -51,7 +51,9 @@ pub(crate) const LINGER_ROUNDS: u8 = 8;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub write_limit: usize,
-    pub idle_timeout: Option<Duration>,
+    /// In milliseconds, the unit of [`Millis`] timestamps (so the loop's per-turn
+    /// idle check is one addition and one comparison).
+    pub idle_timeout_millis: Option<Millis>,
     pub frame_timeout: Option<Duration>,
 }
 
@@ -161,9 +163,9 @@ impl Hub {
 
     /// When the connection quiet the longest becomes idle, if there is one.
     pub(crate) fn next_idle_deadline(&self) -> Option<Millis> {
-        let timeout = self.limits.idle_timeout?;
+        let timeout = self.limits.idle_timeout_millis?;
         let key = self.idle.front()?;
-        Some(self.conns[key].last_active + timeout.as_millis() as Millis)
+        Some(self.conns[key].last_active + timeout)
     }
 
     /// The next generation number, skipping 0 when it wraps.
@@ -397,6 +399,7 @@ pub(crate) fn connection_mut(conns: &mut Slab<Connection>, id: ConnId) -> Option
 
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
 /// (0 when it is full).
+#[inline]
 fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
     loop {
         match conn.stream.write(bytes) {
@@ -457,7 +460,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let limits = Limits {
             write_limit: 1 << 20,
-            idle_timeout: None,
+            idle_timeout_millis: None,
             frame_timeout: None,
         };
         let mut hub = Hub::new(poll.registry().try_clone().unwrap(), limits);

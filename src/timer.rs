@@ -75,7 +75,11 @@ impl<T> TimerQueue<T> {
 
     /// How long `poll` may block at `now`: until the earliest deadline (rounded up to
     /// whole milliseconds, so the loop does not wake a hair early and spin), or for ever.
+    #[inline]
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.entries.is_empty() {
+            return None;
+        }
         self.next_deadline().map(|deadline| {
             let wait = deadline.saturating_duration_since(now);
             let millis = wait.as_nanos().div_ceil(1_000_000);

@@ -75,7 +75,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             return;
         }
         entry.insert(Connection::new(stream, generation, now));
-        if self.hub.limits.idle_timeout.is_some() {
+        if self.hub.limits.idle_timeout_millis.is_some() {
             self.hub.idle.push_back(&mut self.hub.conns, id.index());
         }
         self.hub.stats.accepted += 1;

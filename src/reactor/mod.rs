@@ -27,7 +27,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
-use crate::connection::{ConnId, ConnState};
+use crate::connection::{ConnId, ConnState, Millis};
 use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
 use crate::error::Error;
 use crate::frame::Codec;
@@ -138,7 +138,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(Error::Poll)?);
         let limits = Limits {
             write_limit: config.write_limit,
-            idle_timeout: config.idle_timeout.filter(|d| !d.is_zero()),
+            idle_timeout_millis: config
+                .idle_timeout
+                .filter(|d| !d.is_zero())
+                .map(|d| d.as_millis().max(1) as Millis),
             frame_timeout: config.frame_timeout.filter(|d| !d.is_zero()),
         };
         let mut reactor = Reactor {
