@@ -124,6 +124,13 @@ impl Buffer {
         &mut self.data[self.end..]
     }
 
+    /// Bytes of spare room after the readable region, as it is (without compacting or
+    /// growing).
+    #[inline]
+    pub fn spare_len(&self) -> usize {
+        self.data.len() - self.end
+    }
+
     /// Declares that `n` bytes of the spare region now hold data.
     ///
     /// # Panics
