@@ -426,3 +426,57 @@ fn lines_framing_echoes_each_line_and_limits_its_length() {
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
     assert_eq!(line, "still fine\n");
 }
+
+/// Frames of many sizes around the large-frame threshold (16 KiB) and the read size
+/// (128 KiB), each with its own content, sent from another thread as `chunks` dictates.
+/// Returns once every frame came back; panics on the first one that differs.
+fn large_frames_echo_intact(chunk: usize, pause_every: usize) {
+    let server = echo_server(local_config());
+    let mut client = connect(server.tcp());
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sizes = [
+        20_000, 16_385, 70_000, 131_068, 131_069, 200_000, 40_000, 0, 100, 250_000, 65_536, 16_384,
+        99_999, 262_140, 33_000,
+    ];
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (0..len).map(|b| (b * 31 + i * 7) as u8).collect())
+        .collect();
+    let wire: Vec<u8> = payloads.iter().flat_map(|p| frame(p)).collect();
+    let mut writer = client.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for (n, piece) in wire.chunks(chunk).enumerate() {
+            writer.write_all(piece).unwrap();
+            if pause_every > 0 && n % pause_every == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    for (i, payload) in payloads.iter().enumerate() {
+        let echoed = read_frame(&mut client).unwrap();
+        assert!(
+            echoed == *payload,
+            "frame {i} ({} bytes) came back as {} different bytes",
+            payload.len(),
+            echoed.len()
+        );
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn large_frames_written_at_once_come_back_intact() {
+    // Reads fill the shared buffer and end inside large frames: the rest of each is
+    // read in place behind it.
+    large_frames_echo_intact(1 << 20, 0);
+}
+
+#[test]
+fn large_frames_trickling_in_come_back_intact() {
+    // Pauses in odd places leave partial large frames with the connection, which
+    // completes them in a buffer of its own.
+    large_frames_echo_intact(7_919, 3);
+}
