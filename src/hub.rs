@@ -98,6 +98,13 @@ pub(crate) struct Hub {
     next_millisecond: Instant,
     /// Connections ordered by last activity, for the idle timeout.
     pub idle: IdleList,
+    /// No connection becomes idle before this time (0: unknown, look at the list).
+    /// The front's deadline only ever moves later: activity sends the front to the
+    /// back, a close removes it, and a newcomer joins at the back with the latest
+    /// deadline of all. So the loop looks at the idle list once this time comes, not
+    /// every turn; a bound that has become too early costs one wake-up that finds
+    /// nothing to close.
+    pub idle_not_before: Millis,
     /// Limits.
     pub limits: Limits,
 }
@@ -123,6 +130,7 @@ impl Hub {
             epoch,
             next_millisecond: epoch + Duration::from_millis(1),
             idle: IdleList::default(),
+            idle_not_before: 0,
             limits,
         }
     }
@@ -161,12 +169,24 @@ impl Hub {
         }
     }
 
-    /// When the connection quiet the longest becomes idle, if there is one.
-    pub(crate) fn next_idle_deadline(&self) -> Option<Millis> {
+    /// When the connection quiet the longest becomes idle, if there is one; or an
+    /// earlier time, [`Hub::idle_not_before`], while that has not come yet.
+    pub(crate) fn next_idle_deadline(&mut self) -> Option<Millis> {
+        if self.now_millis < self.idle_not_before {
+            return Some(self.idle_not_before);
+        }
+        let deadline = self.quietest_deadline();
+        self.idle_not_before = deadline.unwrap_or(0);
+        deadline
+    }
+
+    /// When the connection at the front of the idle list becomes idle.
+    pub(crate) fn quietest_deadline(&self) -> Option<Millis> {
         let timeout = self.limits.idle_timeout_millis?;
         let key = self.idle.front()?;
         Some(self.conns[key].last_active + timeout)
     }
+
 
     /// The next generation number, skipping 0 when it wraps.
     pub(crate) fn next_generation(&mut self) -> u32 {

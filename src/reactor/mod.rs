@@ -320,17 +320,18 @@ impl<S: Service, C: Codec> Reactor<S, C> {
 
     /// How long `poll` may block: not at all if work is left over, else until the
     /// next deadline (a timer, or the quietest connection becoming idle), else for ever.
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&mut self) -> Option<Duration> {
         if !self.hub.ready_again.is_empty() {
             return Some(Duration::ZERO);
         }
         // Measured from the start of this turn: reading the clock again costs more
         // than the turn's few microseconds of lateness.
         let timer = self.hub.timers.poll_timeout(self.hub.now);
+        let now_millis = self.hub.now_millis();
         let idle = self
             .hub
             .next_idle_deadline()
-            .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.hub.now_millis())));
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now_millis)));
         match (timer, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

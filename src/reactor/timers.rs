@@ -50,9 +50,13 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         let Some(timeout) = self.hub.limits.idle_timeout_millis else {
             return;
         };
+        if self.hub.now_millis() < self.hub.idle_not_before {
+            return;
+        }
         while let Some(key) = self.hub.idle.front() {
             let conn = &self.hub.conns[key];
             if conn.last_active + timeout > self.hub.now_millis() {
+                self.hub.idle_not_before = conn.last_active + timeout;
                 return;
             }
             let id = ConnId::new(key, conn.generation);
