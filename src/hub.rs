@@ -181,12 +181,11 @@ impl Hub {
     }
 
     /// When the connection at the front of the idle list becomes idle.
-    pub(crate) fn quietest_deadline(&self) -> Option<Millis> {
+    fn quietest_deadline(&self) -> Option<Millis> {
         let timeout = self.limits.idle_timeout_millis?;
         let key = self.idle.front()?;
         Some(self.conns[key].last_active + timeout)
     }
-
 
     /// The next generation number, skipping 0 when it wraps.
     pub(crate) fn next_generation(&mut self) -> u32 {

@@ -105,8 +105,9 @@ pub struct Reactor<S: Service, C: Codec> {
     watched: Vec<Box<dyn FnMut()>>,
     service: S,
     codec: C,
-    /// The loop's shared read buffer: every read lands here unless a frame too large
-    /// for it is being received, so idle connections need no buffer of their own.
+    /// The loop's shared read buffer: reads land here (all but the ends of large
+    /// frames left partial by a slow peer), so idle connections need no buffer of
+    /// their own.
     scratch: Buffer,
     config: Config,
     bound: Vec<BoundAddr>,

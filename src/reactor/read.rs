@@ -1,10 +1,15 @@
 //! The read path: from a readable event to frames handed to the service.
 //!
-//! Reads land in the loop's shared buffer (or, for a frame too large for it, in the
-//! connection's own buffer); every complete frame of a read goes to the service as one
-//! batch; only an incomplete tail is kept per connection. A short read proves the socket
-//! drained (no extra `read` just to hear `WouldBlock`). A lingering connection's input
-//! is read and thrown away.
+//! Reads land in the loop's shared buffer; every complete frame of a read goes to the
+//! service as one batch, borrowed from there; only an incomplete tail is kept per
+//! connection. A short read proves the socket drained (no extra `read` just to hear
+//! `WouldBlock`). A lingering connection's input is read and thrown away.
+//!
+//! Large frames (over 16 KiB, length known from the header) are never copied after they
+//! arrive: a read that fills the shared buffer inside one reads exactly the rest behind
+//! it (`finish_frame_in_place`), and one left partial at the end of a turn is completed
+//! in the connection's own buffer by reads of exactly its missing bytes
+//! (`own_buffer_read`).
 
 use std::io;
 
