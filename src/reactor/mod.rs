@@ -151,9 +151,9 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             watched: Vec::new(),
             service,
             codec,
-            // Twice the read size: a large frame that starts anywhere in one read can
-            // be completed in place (see `read.rs`).
-            scratch: Buffer::from_storage(Vec::with_capacity(2 * config.read_buffer_size)),
+            scratch: Buffer::from_storage(Vec::with_capacity(read::shared_buffer_size(
+                config.read_buffer_size,
+            ))),
             bound: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             waker,

@@ -183,6 +183,14 @@ const MIN_READ: usize = 16 * 1024;
 /// buffer that holds their start (see [`own_buffer_read`], [`missing_in_place`]).
 const LARGE_FRAME: usize = 16 * 1024;
 
+/// The shared buffer's size for reads of up to `read_size` bytes: a small held tail
+/// (at most [`LARGE_FRAME`]) copied in front, the read, and room behind it for the
+/// rest of any frame up to `read_size` long that starts in the read, so that frame
+/// is always completed in place.
+pub(super) fn shared_buffer_size(read_size: usize) -> usize {
+    LARGE_FRAME + 2 * read_size
+}
+
 /// How much one read asks for: at least `min` bytes of room are made, at most `max`
 /// bytes are read.
 #[derive(Debug, Clone, Copy)]
@@ -225,29 +233,49 @@ fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) -> Reading {
     Reading::Allowed
 }
 
+/// What the partial frame at the start of a buffer still needs.
+enum Partial {
+    /// A large frame of known length, short of this many bytes.
+    Large { missing: usize },
+    /// A frame of unknown length (a long line, say) already longer than a large frame.
+    LongUnknown,
+    /// A small frame, or nothing the codec can size.
+    Small,
+}
+
+/// Classifies the partial frame held in `buf` (one `decode` of its header).
+fn partial_frame<C: Codec>(codec: &C, buf: &Buffer) -> Partial {
+    match codec.decode(buf.readable()) {
+        Ok(Decode::Incomplete {
+            frame_len: Some(frame_len),
+        }) if frame_len > LARGE_FRAME => Partial::Large {
+            missing: frame_len - buf.len(),
+        },
+        Ok(Decode::Incomplete { frame_len: None }) if buf.len() > LARGE_FRAME => {
+            Partial::LongUnknown
+        }
+        _ => Partial::Small,
+    }
+}
+
 /// Whether the next read of a connection holding the partial frame `input` goes
 /// straight into `input` rather than into the shared buffer, and how much it reads.
 ///
 /// A large frame of known length gets exactly its missing bytes: the buffer then ends
 /// on the frame's boundary and is empty once the frame is dispatched, so its storage
 /// is never compacted and goes straight back to the pool. A partial frame of unknown
-/// length (a long line, say) that is already large keeps growing in place.
+/// length that is already large keeps growing in place.
 fn own_buffer_read<C: Codec>(codec: &C, input: &Buffer) -> Option<ReadSize> {
-    match codec.decode(input.readable()) {
-        Ok(Decode::Incomplete {
-            frame_len: Some(frame_len),
-        }) if frame_len > LARGE_FRAME => {
-            let missing = frame_len - input.len();
-            Some(ReadSize {
-                min: missing,
-                max: missing,
-            })
-        }
-        Ok(Decode::Incomplete { frame_len: None }) if input.len() > LARGE_FRAME => Some(ReadSize {
+    match partial_frame(codec, input) {
+        Partial::Large { missing } => Some(ReadSize {
+            min: missing,
+            max: missing,
+        }),
+        Partial::LongUnknown => Some(ReadSize {
             min: MIN_READ,
             max: usize::MAX,
         }),
-        _ => None,
+        Partial::Small => None,
     }
 }
 
@@ -257,14 +285,9 @@ fn missing_in_place<C: Codec>(codec: &C, scratch: &Buffer) -> Option<usize> {
     if scratch.is_empty() {
         return None;
     }
-    match codec.decode(scratch.readable()) {
-        Ok(Decode::Incomplete {
-            frame_len: Some(frame_len),
-        }) if frame_len > LARGE_FRAME => {
-            let missing = frame_len - scratch.len();
-            (missing <= scratch.spare_len()).then_some(missing)
-        }
-        _ => None,
+    match partial_frame(codec, scratch) {
+        Partial::Large { missing } => (missing <= scratch.spare_len()).then_some(missing),
+        Partial::LongUnknown | Partial::Small => None,
     }
 }
 
