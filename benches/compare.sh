@@ -16,6 +16,11 @@
 # The load generator reads the server's CPU time and memory from /proc (--server-pid),
 # so "messages per server CPU-second" covers exactly the measured window.
 #
+# Besides the ratio, each scenario prints its ceiling: the ratio switchboard would reach
+# if it spent no user-space CPU at all, with its own kernel time per message and with
+# the peer's. Where both servers are kernel-bound, no user-space work can lift the ratio
+# above that line.
+#
 # Environment: ROUNDS (5), DURATION (3 s), WARMUP (1 s), SCENARIOS ("S1 ... S7"),
 # OUT (target/bench-results), BASE_PORT (a random port in 20000-25999; every run takes
 # the next free one, below the ephemeral range so client sockets never collide).
@@ -173,4 +178,12 @@ for s in scenarios:
         ratio = med([a["server"]["msgs_per_cpu_sec"] / b["server"]["msgs_per_cpu_sec"] for a, b in pairs])
         p99 = med([a["latency"]["p99_us"] / b["latency"]["p99_us"] for a, b in pairs])
         print(f"{s:4} ratio switchboard/tokio: msgs per CPU-s {ratio:.2f} (paired median of {len(pairs)}), p99 {p99:.2f}")
+        # What the ratio would be if switchboard used no user-space CPU at all: the
+        # kernel's share of the work then sets the limit. First with switchboard's own
+        # kernel time per message, then with the peer's (a server making the peer's
+        # system calls, at zero user-space cost).
+        kernel_share = lambda r: r["server"]["cpu_secs"] / max(r["server"]["cpu_secs"] - r["server"]["user_cpu_secs"], 1e-9)
+        own = med([a["server"]["msgs_per_cpu_sec"] / b["server"]["msgs_per_cpu_sec"] * kernel_share(a) for a, b in pairs])
+        peers = med([kernel_share(b) for _, b in pairs])
+        print(f"{s:4} ceiling at zero user-space CPU: {own:.2f} with switchboard's kernel time per message, {peers:.2f} with the peer's")
 PY
