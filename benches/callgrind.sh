@@ -24,28 +24,9 @@ KINDS=${KINDS:-"switchboard tokio"}
 OUT=${OUT:-target/callgrind}
 
 cd "$(dirname "$0")/.."
-SB=target/release/switchboard
-PEER=target/release/examples/tokio_peer
-SERVER_PID=""
-
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
-
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
+# shellcheck source=benches/common.sh
+source benches/common.sh
 port=$((26000 + RANDOM % 4000))
-next_port() {
-    port=$((port + 1))
-    while ! port_free "$port"; do port=$((port + 1)); done
-}
 
 # instructions KIND MODE CONNS DEPTH SIZE MESSAGES: total Ir of one server run.
 instructions() {
@@ -80,9 +61,7 @@ instructions() {
     echo "$(sed -n 's/^summary: *//p; s/^totals: *//p' "$file" | head -1) $echoed"
 }
 
-echo "building release binaries..."
-cargo build --release --quiet --bin switchboard
-cargo build --release --quiet --features tokio-peer --example tokio_peer
+build_binaries
 mkdir -p "$OUT"
 
 printf '%-12s %-20s %14s %14s %12s\n' server shape "I(N1)" "I(N2)" "Ir/message"

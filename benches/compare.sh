@@ -34,19 +34,8 @@ OUT=${OUT:-target/bench-results}
 BASE_PORT=${BASE_PORT:-$((20000 + RANDOM % 6000))}
 
 cd "$(dirname "$0")/.."
-SB=target/release/switchboard
-PEER=target/release/examples/tokio_peer
-SERVER_PID=""
-
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 scenario_args() {
     case "$1" in
@@ -59,11 +48,6 @@ scenario_args() {
         S7) echo "--conns 19500 --depth 1 --size 64 --rate 1" ;;
         *) echo "unknown scenario $1" >&2; exit 2 ;;
     esac
-}
-
-# port_free PORT: true when nothing listens on 127.0.0.1:PORT.
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # start_server KIND PORT: starts the server pinned to core 0, waits until it listens.
@@ -86,12 +70,6 @@ start_server() {
     done
     echo "compare.sh: $kind did not start on port $port" >&2
     exit 1
-}
-
-# next_port: the next port after $port that nothing listens on.
-next_port() {
-    port=$((port + 1))
-    while ! port_free "$port"; do port=$((port + 1)); done
 }
 
 stop_server() {
@@ -123,9 +101,7 @@ run_one() {
         "$(jq -r '"\(.msgs_per_sec|floor) msgs/s, p99 \(.latency.p99_us) us, \(.server.msgs_per_cpu_sec|floor) msgs/CPU-s, errors \(.errors)"' "$file")"
 }
 
-echo "building release binaries..."
-cargo build --release --quiet --bin switchboard
-cargo build --release --quiet --features tokio-peer --example tokio_peer
+build_binaries
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 

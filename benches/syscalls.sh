@@ -20,34 +20,15 @@ KINDS=${KINDS:-"switchboard tokio"}
 OUT=${OUT:-target/syscalls}
 
 cd "$(dirname "$0")/.."
-SB=target/release/switchboard
-PEER=target/release/examples/tokio_peer
-SERVER_PID=""
-
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
+# shellcheck source=benches/common.sh
+source benches/common.sh
+port=$((26000 + RANDOM % 4000))
 
 if ! perf stat -e 'syscalls:sys_enter_read' -x, true >/dev/null 2>&1; then
     echo "syscalls.sh: perf cannot read the syscall tracepoints here" \
         "(run as root, or set kernel.perf_event_paranoid to -1)" >&2
     exit 2
 fi
-
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-port=$((26000 + RANDOM % 4000))
-next_port() {
-    port=$((port + 1))
-    while ! port_free "$port"; do port=$((port + 1)); done
-}
 
 # The calls an echo server of either kind makes per message.
 CALLS="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait"
@@ -100,9 +81,7 @@ count() {
     ' "$file.perf"
 }
 
-echo "building release binaries..."
-cargo build --release --quiet --bin switchboard
-cargo build --release --quiet --features tokio-peer --example tokio_peer
+build_binaries
 mkdir -p "$OUT"
 
 printf '%-12s %-20s %9s %8s %8s %8s %9s %9s\n' server shape messages \

@@ -1,0 +1,38 @@
+# Shared by the benchmark scripts (compare.sh, callgrind.sh, syscalls.sh); sourced,
+# not run. Expects to be sourced from the repository's top directory.
+#
+# Gives: SB and PEER (the two release binaries), SERVER_PID (the server a script has
+# running, killed if the script exits or is interrupted), port_free, next_port (from
+# $port upwards, the next port nothing listens on) and build_binaries.
+
+SB=target/release/switchboard
+PEER=target/release/examples/tokio_peer
+SERVER_PID=""
+
+cleanup() {
+    if [[ -n "$SERVER_PID" ]]; then
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+
+# port_free PORT: true when nothing listens on 127.0.0.1:PORT.
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# next_port: the next port after $port that nothing listens on, into $port.
+next_port() {
+    port=$((port + 1))
+    while ! port_free "$port"; do port=$((port + 1)); done
+}
+
+# build_binaries: switchboard and the tokio peer, release.
+build_binaries() {
+    echo "building release binaries..."
+    cargo build --release --quiet --bin switchboard
+    cargo build --release --quiet --features tokio-peer --example tokio_peer
+}
