@@ -55,12 +55,15 @@ count() {
         echo "syscalls.sh: $kind did not start on port $port" >&2
         exit 1
     fi
+    # From here the cleanup trap kills the server itself; perf then exits on its own.
+    local perf_pid=$SERVER_PID
+    SERVER_PID=$pid
     timeout 300 taskset -c 1 "$SB" bench --addr "127.0.0.1:$port" --mode "$mode" \
         --conns "$conns" --depth "$depth" --size "$size" --messages "$messages" \
         --duration 280 --warmup 0 --quiet --json >"$file.json"
     kill -TERM "$pid"
-    timeout 60 tail --pid="$SERVER_PID" -f /dev/null || kill -KILL "$SERVER_PID"
-    wait "$SERVER_PID" || true
+    timeout 60 tail --pid="$perf_pid" -f /dev/null || kill -KILL "$pid"
+    wait "$perf_pid" || true
     SERVER_PID=""
     local echoed
     echoed=$(jq .messages "$file.json")
