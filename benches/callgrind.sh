@@ -33,9 +33,8 @@ instructions() {
     local kind=$1 mode=$2 conns=$3 depth=$4 size=$5 messages=$6
     local file="$OUT/$kind-$mode-${conns}x${depth}x$size-$messages.out"
     next_port
-    local server=("$SB" echo --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" --log-level warn)
-    [[ "$kind" == tokio ]] && server=("$PEER" --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port")
-    valgrind --tool=callgrind --callgrind-out-file="$file" "${server[@]}" \
+    server_command "$kind" "$port"
+    valgrind --tool=callgrind --callgrind-out-file="$file" "${SERVER_COMMAND[@]}" \
         >/dev/null 2>"$file.log" &
     SERVER_PID=$!
     for _ in $(seq 600); do

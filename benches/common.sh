@@ -1,9 +1,10 @@
 # Shared by the benchmark scripts (compare.sh, callgrind.sh, syscalls.sh); sourced,
 # not run. Expects to be sourced from the repository's top directory.
 #
-# Gives: SB and PEER (the two release binaries), SERVER_PID (the server a script has
-# running, killed if the script exits or is interrupted), port_free, next_port (from
-# $port upwards, the next port nothing listens on) and build_binaries.
+# Gives: SB and PEER (the two release binaries), server_command (how each kind of
+# server is started), SERVER_PID (the server a script has running, killed if the
+# script exits or is interrupted), port_free, next_port (from $port upwards, the next
+# port nothing listens on) and build_binaries.
 
 SB=target/release/switchboard
 PEER=target/release/examples/tokio_peer
@@ -18,6 +19,22 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
+
+# server_command KIND PORT: sets SERVER_COMMAND to the command line of an echo server
+# of KIND (switchboard or tokio) serving TCP and UDP on 127.0.0.1:PORT, quiet but for
+# warnings.
+server_command() {
+    case "$1" in
+        switchboard)
+            SERVER_COMMAND=("$SB" echo --tcp "127.0.0.1:$2" --udp "127.0.0.1:$2" --log-level warn)
+            ;;
+        tokio) SERVER_COMMAND=("$PEER" --tcp "127.0.0.1:$2" --udp "127.0.0.1:$2") ;;
+        *)
+            echo "unknown server kind $1" >&2
+            exit 2
+            ;;
+    esac
+}
 
 # port_free PORT: true when nothing listens on 127.0.0.1:PORT.
 port_free() {

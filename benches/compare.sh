@@ -53,15 +53,13 @@ scenario_args() {
 # start_server KIND PORT: starts the server pinned to core 0, waits until it listens.
 start_server() {
     local kind=$1 port=$2
-    case "$kind" in
-        switchboard)
-            taskset -c 0 "$SB" echo --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" \
-                --log-level warn &
-            ;;
-        tokio)
-            taskset -c 0 "$PEER" --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" 2>/dev/null &
-            ;;
-    esac
+    server_command "$kind" "$port"
+    # (The peer announces its endpoints on stderr; switchboard only warns there.)
+    if [[ "$kind" == tokio ]]; then
+        taskset -c 0 "${SERVER_COMMAND[@]}" 2>/dev/null &
+    else
+        taskset -c 0 "${SERVER_COMMAND[@]}" &
+    fi
     SERVER_PID=$!
     for _ in $(seq 100); do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi

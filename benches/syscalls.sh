@@ -39,10 +39,9 @@ count() {
     local kind=$1 mode=$2 conns=$3 depth=$4 size=$5 messages=$6
     local file="$OUT/$kind-$mode-${conns}x${depth}x$size"
     next_port
-    local server=("$SB" echo --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" --log-level warn)
-    [[ "$kind" == tokio ]] && server=("$PEER" --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port")
+    server_command "$kind" "$port"
     # perf stat starts the server itself, so the counts cover exactly its lifetime.
-    taskset -c 0 perf stat -x, -e "$EVENTS" -o "$file.perf" "${server[@]}" \
+    taskset -c 0 perf stat -x, -e "$EVENTS" -o "$file.perf" "${SERVER_COMMAND[@]}" \
         >/dev/null 2>"$file.log" &
     SERVER_PID=$!
     local pid=""
