@@ -32,7 +32,7 @@ fn wire(size: usize, count: usize) -> Vec<u8> {
 /// Decodes and consumes every complete frame in `buf`; returns how many there were.
 fn decode_available(codec: &LengthCodec, buf: &mut Buffer) -> usize {
     let mut frames = 0;
-    while let Ok(Decode::Frame { payload, consumed }) = codec.decode(buf.readable()) {
+    while let Ok(Decode::Frame { payload, consumed }) = codec.decode(&mut (), buf.readable()) {
         black_box(&buf.readable()[payload]);
         buf.consume(consumed);
         frames += 1;

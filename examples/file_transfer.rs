@@ -30,7 +30,6 @@
 //! python3 struct_header_client.py 127.0.0.1 9300 ./photo.jpg
 //! ```
 
-use std::collections::HashMap;
 use std::error::Error;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
@@ -149,27 +148,38 @@ impl Receiving {
     }
 }
 
+impl Default for Upload {
+    /// A connection starts by sending a header.
+    fn default() -> Self {
+        Upload::Header(Vec::new())
+    }
+}
+
 /// The upload server.
 struct FileServer {
     dir: PathBuf,
     /// Frames the header on the way in and the reply on the way out.
     codec: LengthCodec,
-    uploads: HashMap<ConnId, Upload>,
     /// Numbers the temporary files.
     next_temp: u64,
 }
 
 impl Service for FileServer {
-    fn on_connect(&mut self, _ctx: &mut Context<'_>, conn: ConnId) {
-        self.uploads.insert(conn, Upload::Header(Vec::new()));
-    }
+    /// Where each connection's upload stands, kept by the reactor beside it.
+    type Conn = Upload;
+    type Timer = ();
+    type Codec = RawCodec;
 
     /// With [`RawCodec`], a "frame" is whatever one read returned: part of a header,
     /// part of a body, or the end of one upload and the start of the next.
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, bytes: &[u8]) {
-        let Some(mut upload) = self.uploads.remove(&conn) else {
-            return;
-        };
+    fn on_frame(
+        &mut self,
+        ctx: &mut Context<'_, FileServer>,
+        conn: ConnId,
+        state: &mut Upload,
+        bytes: &[u8],
+    ) {
+        let mut upload = std::mem::take(state);
         let mut rest = bytes;
         while !rest.is_empty() {
             let (used, next) = match upload {
@@ -183,11 +193,17 @@ impl Service for FileServer {
                 None => return, // a protocol error: the connection is closing
             }
         }
-        self.uploads.insert(conn, upload);
+        *state = upload;
     }
 
-    fn on_close(&mut self, _ctx: &mut Context<'_>, conn: ConnId, reason: CloseReason) {
-        if let Some(Upload::Body(receiving)) = self.uploads.remove(&conn) {
+    fn on_close(
+        &mut self,
+        _ctx: &mut Context<'_, FileServer>,
+        conn: ConnId,
+        upload: Upload,
+        reason: CloseReason,
+    ) {
+        if let Upload::Body(receiving) = upload {
             log::warn!(
                 "{conn} closed ({reason}) with {} bytes of {} still to come",
                 receiving.remaining,
@@ -204,13 +220,13 @@ impl FileServer {
     /// bytes used and the next state, or `None` if the connection must close.
     fn take_header(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, FileServer>,
         conn: ConnId,
         mut header: Vec<u8>,
         input: &[u8],
     ) -> (usize, Option<Upload>) {
         // The codec tells how long the header is as soon as its length field is in.
-        let wanted = match self.codec.decode(&header) {
+        let wanted = match self.codec.decode(&mut (), &header) {
             Ok(Decode::Incomplete { frame_len }) => {
                 frame_len.unwrap_or(self.codec.header_len()) - header.len()
             }
@@ -218,7 +234,7 @@ impl FileServer {
         };
         let used = wanted.min(input.len());
         header.extend_from_slice(&input[..used]);
-        match self.codec.decode(&header) {
+        match self.codec.decode(&mut (), &header) {
             Ok(Decode::Incomplete { .. }) => (used, Some(Upload::Header(header))),
             Ok(Decode::Frame { payload, .. }) => {
                 (used, self.begin_upload(ctx, conn, &header[payload]))
@@ -232,7 +248,12 @@ impl FileServer {
 
     /// Acts on a complete JSON header: refuses it (skipping its body) or opens the
     /// temporary file the body goes to.
-    fn begin_upload(&mut self, ctx: &mut Context<'_>, conn: ConnId, json: &[u8]) -> Option<Upload> {
+    fn begin_upload(
+        &mut self,
+        ctx: &mut Context<'_, FileServer>,
+        conn: ConnId,
+        json: &[u8],
+    ) -> Option<Upload> {
         let header: UploadHeader = match serde_json::from_slice(json) {
             Ok(header) => header,
             Err(e) => {
@@ -275,7 +296,7 @@ impl FileServer {
     /// Writes the part of `input` that belongs to the body straight to the file.
     fn take_body(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, FileServer>,
         conn: ConnId,
         mut receiving: Receiving,
         input: &[u8],
@@ -298,7 +319,7 @@ impl FileServer {
     /// and answers, ready for the next upload.
     fn continue_or_finish(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, FileServer>,
         conn: ConnId,
         mut receiving: Receiving,
     ) -> Upload {
@@ -334,20 +355,20 @@ impl FileServer {
         Upload::Header(Vec::new())
     }
 
-    fn reply_error(&self, ctx: &mut Context<'_>, conn: ConnId, reason: &str) {
+    fn reply_error(&self, ctx: &mut Context<'_, FileServer>, conn: ConnId, reason: &str) {
         self.reply(ctx, conn, &json!({"status": "error", "reason": reason}));
     }
 
     /// Answers with an error, then closes once the answer is written: after a broken
     /// header the stream cannot be followed any further.
-    fn refuse_and_close(&self, ctx: &mut Context<'_>, conn: ConnId, reason: &str) {
+    fn refuse_and_close(&self, ctx: &mut Context<'_, FileServer>, conn: ConnId, reason: &str) {
         log::warn!("{conn}: {reason}; closing");
         self.reply_error(ctx, conn, reason);
         ctx.close(conn, CloseMode::Flush);
     }
 
     /// Sends one reply dict, framed as the header was.
-    fn reply(&self, ctx: &mut Context<'_>, conn: ConnId, reply: &serde_json::Value) {
+    fn reply(&self, ctx: &mut Context<'_, FileServer>, conn: ConnId, reply: &serde_json::Value) {
         let mut wire = Buffer::new();
         let sent = self
             .codec
@@ -445,13 +466,13 @@ fn read_reply(
     stream.read_exact(&mut wire)?;
     if let Decode::Incomplete {
         frame_len: Some(len),
-    } = codec.decode(&wire)?
+    } = codec.decode(&mut (), &wire)?
     {
         let have = wire.len();
         wire.resize(len, 0);
         stream.read_exact(&mut wire[have..])?;
     }
-    match codec.decode(&wire)? {
+    match codec.decode(&mut (), &wire)? {
         Decode::Frame { payload, .. } => Ok(serde_json::from_slice(&wire[payload])?),
         Decode::Incomplete { .. } => Err("reply cut short".into()),
     }
@@ -474,7 +495,6 @@ fn serve_uploads(dir: PathBuf, addr: SocketAddr) -> ExitCode {
     let server = FileServer {
         dir,
         codec,
-        uploads: HashMap::new(),
         next_temp: 0,
     };
     serve(config, server, RawCodec)

@@ -4,7 +4,8 @@
 //! It shows that the decoder is pluggable: the service below never sees a length
 //! prefix, because the reactor runs it with [`LinesCodec`], and the same `Service` API
 //! serves text as well as binary frames. It also shows state shared by all connections
-//! without a lock (one thread owns it), and service timers.
+//! without a lock (one thread owns it), and typed service timers: each carries the key
+//! it expires.
 //!
 //! ```text
 //! cargo run --example line_protocol            # on 127.0.0.1:9200
@@ -48,18 +49,22 @@ struct Args {
 #[derive(Default)]
 struct KeyValue {
     values: HashMap<String, String>,
-    /// The pending expiry of a key (its timer, and the timer's value), to cancel when
-    /// the key is set again or deleted.
-    expiries: HashMap<String, (TimerId, u64)>,
-    /// Which key a timer's value stands for (a timer carries a number, not a string).
-    expiring: HashMap<u64, String>,
-    next_timer_value: u64,
+    /// The pending expiry of a key, to cancel when the key is set again or deleted.
+    expiries: HashMap<String, TimerId>,
 }
 
+/// What a timer is for: the key it expires.
+#[derive(Debug, Clone)]
+struct Expire(String);
+
 impl Service for KeyValue {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, line: &[u8]) {
+    type Conn = ();
+    type Timer = Expire;
+    type Codec = LinesCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), line: &[u8]) {
         let Ok(line) = std::str::from_utf8(line) else {
-            let _ = ctx.send(conn, b"ERROR not UTF-8");
+            reply(ctx, conn, "ERROR not UTF-8");
             return;
         };
         let mut words = line.split_whitespace();
@@ -87,18 +92,18 @@ impl Service for KeyValue {
             ("EXPIRE", Some(key)) => self.expire(ctx, key, words.next()),
             ("COUNT", None) => self.values.len().to_string(),
             ("QUIT", None) => {
-                let _ = ctx.send(conn, b"BYE");
+                reply(ctx, conn, "BYE");
                 ctx.close(conn, CloseMode::Flush);
                 return;
             }
             _ => format!("ERROR unknown command: {line}"),
         };
-        // Fails only when the connection is already closing.
-        let _ = ctx.send(conn, reply.as_bytes());
+        self::reply(ctx, conn, &reply);
     }
 
-    fn on_timer(&mut self, _ctx: &mut Context<'_>, _timer: TimerId, value: u64) {
-        if let Some(key) = self.expiring.remove(&value) {
+    fn on_timer(&mut self, _ctx: &mut Context<'_, Self>, timer: TimerId, Expire(key): Expire) {
+        // Only the key's current expiry counts (one cancelled late is not it).
+        if self.expiries.get(&key) == Some(&timer) {
             log::debug!("{key} expired");
             self.expiries.remove(&key);
             self.values.remove(&key);
@@ -106,9 +111,16 @@ impl Service for KeyValue {
     }
 }
 
+/// Sends one reply line; a connection that is already closing gets none.
+fn reply(ctx: &mut Context<'_, KeyValue>, conn: ConnId, line: &str) {
+    if let Err(e) = ctx.send(conn, line.as_bytes()) {
+        log::debug!("{conn}: no reply: {e}");
+    }
+}
+
 impl KeyValue {
     /// `EXPIRE key SECONDS`: removes the key after that many seconds.
-    fn expire(&mut self, ctx: &mut Context<'_>, key: &str, seconds: Option<&str>) -> String {
+    fn expire(&mut self, ctx: &mut Context<'_, Self>, key: &str, seconds: Option<&str>) -> String {
         let Some(seconds) = seconds.and_then(|s| s.parse::<f64>().ok()) else {
             return "ERROR usage: EXPIRE key SECONDS".to_owned();
         };
@@ -119,18 +131,14 @@ impl KeyValue {
             return "NOT_FOUND".to_owned();
         }
         self.cancel_expiry(ctx, key);
-        let value = self.next_timer_value;
-        self.next_timer_value += 1;
-        let timer = ctx.set_timer(delay, value);
-        self.expiries.insert(key.to_owned(), (timer, value));
-        self.expiring.insert(value, key.to_owned());
+        let timer = ctx.set_timer(delay, Expire(key.to_owned()));
+        self.expiries.insert(key.to_owned(), timer);
         "OK".to_owned()
     }
 
-    fn cancel_expiry(&mut self, ctx: &mut Context<'_>, key: &str) {
-        if let Some((timer, value)) = self.expiries.remove(key) {
+    fn cancel_expiry(&mut self, ctx: &mut Context<'_, Self>, key: &str) {
+        if let Some(timer) = self.expiries.remove(key) {
             ctx.cancel_timer(timer);
-            self.expiring.remove(&value);
         }
     }
 }

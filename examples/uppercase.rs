@@ -3,7 +3,8 @@
 //!
 //! It shows that a protocol is one `impl Service` with a callback or two, and that the
 //! framing is chosen apart from it: the same service runs over switchboard's
-//! length-prefixed frames, over newline-terminated lines, or over a raw byte stream.
+//! length-prefixed frames, over newline-terminated lines, or over a raw byte stream
+//! (its codec is an [`AnyCodec`], picked at run time).
 //!
 //! ```text
 //! cargo run --example uppercase -- --framing raw            # TCP and UDP on 127.0.0.1:9100
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::cli::{serve, Framing, LogArgs, ServerArgs};
-use switchboard::{ConnId, Context, LengthCodec, LinesCodec, RawCodec, Service, UdpId};
+use switchboard::{AnyCodec, ConnId, Context, LengthCodec, LinesCodec, RawCodec, Service, UdpId};
 
 /// Answers every message upper-cased.
 #[derive(Debug, Parser)]
@@ -45,16 +46,29 @@ struct Uppercase {
 }
 
 impl Service for Uppercase {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = AnyCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
         let reply = match self.framing {
             Framing::Raw => payload.to_ascii_uppercase(),
             Framing::Length | Framing::Lines => upper(payload),
         };
-        // Fails only when the connection is already closing: no one to answer then.
-        let _ = ctx.send(conn, &reply);
+        // Fails when the connection is already closing (no one to answer then), or
+        // when upper-casing made a message longer than the largest frame.
+        if let Err(e) = ctx.send(conn, &reply) {
+            log::debug!("{conn}: no reply: {e}");
+        }
     }
 
-    fn on_datagram(&mut self, ctx: &mut Context<'_>, socket: UdpId, peer: SocketAddr, data: &[u8]) {
+    fn on_datagram(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        socket: UdpId,
+        peer: SocketAddr,
+        data: &[u8],
+    ) {
         // A datagram is always whole. Upper-casing may lengthen it ("ß" -> "SS"); one
         // that no longer fits in a datagram is dropped, as UDP would drop it anyway.
         if let Err(e) = ctx.send_to(socket, peer, &upper(data)) {
@@ -80,9 +94,10 @@ fn main() -> ExitCode {
     let service = Uppercase {
         framing: args.framing,
     };
-    match args.framing {
-        Framing::Length => serve(config, service, LengthCodec::new(max)),
-        Framing::Lines => serve(config, service, LinesCodec::new(max)),
-        Framing::Raw => serve(config, service, RawCodec),
-    }
+    let codec = match args.framing {
+        Framing::Length => AnyCodec::Length(LengthCodec::new(max)),
+        Framing::Lines => AnyCodec::Lines(LinesCodec::new(max)),
+        Framing::Raw => AnyCodec::Raw(RawCodec),
+    };
+    serve(config, service, codec)
 }

@@ -1,7 +1,8 @@
 //! What a reactor is told to do: its endpoints and its limits, with validation.
 //!
 //! [`Config::default`] has no endpoints; the binary fills them in from its flags, and
-//! tests bind `127.0.0.1:0`. Every limit has a default an operator would expect.
+//! tests bind `127.0.0.1:0`. A reactor with none at all is a client: it only dials.
+//! Every limit has a default an operator would expect.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,8 +37,18 @@ pub struct Config {
     /// Connections held at most; beyond it new ones are accepted and closed at once.
     pub max_conns: usize,
     /// Output queued for one connection above which the reactor stops reading from it
-    /// until the queue drains below half (backpressure).
+    /// until the queue drains to the low-water mark (backpressure).
     pub write_limit: usize,
+    /// Queued output at or below which a connection that passed the write limit reads
+    /// again, and its service hears [`crate::Service::on_drained`]. `None`: half the
+    /// write limit.
+    pub low_water: Option<usize>,
+    /// How long a dialled connection may take to come up, unless its
+    /// [`crate::Dial::timeout`] says otherwise.
+    pub connect_timeout: Duration,
+    /// Jobs other threads may have waiting for the loop ([`crate::Handle::post`]);
+    /// beyond it, posting fails at once instead of blocking or growing a queue.
+    pub inbox_capacity: usize,
     /// Log the counters this often. `None`: never.
     pub stats_interval: Option<Duration>,
     /// How long shutdown waits for queued output to drain before closing regardless.
@@ -60,6 +71,9 @@ impl Default for Config {
             frame_timeout: Some(Duration::from_secs(30)),
             max_conns: 100_000,
             write_limit: 4 * 1024 * 1024,
+            low_water: None,
+            connect_timeout: Duration::from_secs(10),
+            inbox_capacity: 1024,
             stats_interval: None,
             shutdown_grace: Duration::from_secs(5),
             read_budget: 8,
@@ -71,24 +85,33 @@ impl Default for Config {
 /// A configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    /// Neither a TCP, UDP nor Unix endpoint was given.
-    NoEndpoints,
     /// A limit that must be positive is zero (or negative).
     NotPositive(&'static str),
     /// The read buffer cannot hold one whole datagram of the maximum UDP size.
     ReadBufferTooSmall(usize),
+    /// The low-water mark is above the write limit.
+    LowWaterAboveLimit {
+        /// The low-water mark asked for.
+        low_water: usize,
+        /// The write limit.
+        write_limit: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::NoEndpoints => {
-                f.write_str("no endpoint to serve: give a TCP, UDP or Unix address")
-            }
             ConfigError::NotPositive(what) => write!(f, "{what} must be greater than zero"),
             ConfigError::ReadBufferTooSmall(size) => write!(
                 f,
                 "read buffer of {size} bytes cannot hold a {MAX_DATAGRAM}-byte datagram"
+            ),
+            ConfigError::LowWaterAboveLimit {
+                low_water,
+                write_limit,
+            } => write!(
+                f,
+                "low-water mark of {low_water} bytes is above the write limit of {write_limit}"
             ),
         }
     }
@@ -102,14 +125,12 @@ pub const MAX_DATAGRAM: usize = 65_507;
 impl Config {
     /// Checks that the configuration can work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tcp.is_empty() && self.udp.is_empty() && self.unix.is_empty() {
-            return Err(ConfigError::NoEndpoints);
-        }
         let positive = [
             ("backlog", self.backlog.max(0) as usize),
             ("max_conns", self.max_conns),
             ("write_limit", self.write_limit),
             ("read_budget", self.read_budget),
+            ("inbox_capacity", self.inbox_capacity),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -119,7 +140,18 @@ impl Config {
         if self.read_buffer_size < MAX_DATAGRAM {
             return Err(ConfigError::ReadBufferTooSmall(self.read_buffer_size));
         }
+        if let Some(low_water) = self.low_water.filter(|&low| low > self.write_limit) {
+            return Err(ConfigError::LowWaterAboveLimit {
+                low_water,
+                write_limit: self.write_limit,
+            });
+        }
         Ok(())
+    }
+
+    /// The low-water mark in effect: [`Config::low_water`], or half the write limit.
+    pub fn low_water_mark(&self) -> usize {
+        self.low_water.unwrap_or(self.write_limit / 2)
     }
 }
 
@@ -139,8 +171,20 @@ mod tests {
     }
 
     #[test]
-    fn no_endpoint_is_refused() {
-        assert_eq!(Config::default().validate(), Err(ConfigError::NoEndpoints));
+    fn no_endpoint_is_a_client_and_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn low_water_above_the_limit_is_refused() {
+        let mut config = with_tcp();
+        config.low_water = Some(config.write_limit + 1);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::LowWaterAboveLimit { .. })
+        ));
+        config.low_water = None;
+        assert_eq!(config.low_water_mark(), config.write_limit / 2);
     }
 
     #[test]

@@ -1,12 +1,9 @@
-//! One stream connection (TCP or Unix): its socket, its identity, its buffers and its
-//! place in the connection's life cycle.
+//! One stream connection (TCP or Unix), accepted or dialled: its identity
+//! ([`ConnId`]), its socket, its buffers, the state it is in ([`ConnState`]), and the
+//! slab entry that keeps it together with its codec state and the service's state.
 //!
-//! A connection is `Open` while it reads and writes, then `Draining` once it must close
-//! but still owes the peer queued output (the peer sent EOF, the service asked to close
-//! after flushing, or the server is shutting down). Once the output is flushed it sends
-//! a FIN and, unless the peer had already closed its side, `Lingers`: it reads and
-//! discards until the peer closes too, so the close cannot turn into a RST that loses
-//! what was just sent. Errors close at once.
+//! This file holds the data; `reactor/lifecycle.rs` holds every transition between
+//! states, and draws them.
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -17,8 +14,10 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::buffer::Buffer;
+use crate::frame::Codec;
 use crate::idle::{Linked, Links};
 use crate::outqueue::OutQueue;
+use crate::service::Service;
 use crate::stats::CloseReason;
 
 #[cfg(not(target_pointer_width = "64"))]
@@ -27,7 +26,7 @@ compile_error!("switchboard packs a slab key and a generation into a 64-bit mio 
 /// Identifies one connection for its whole life, and never another one.
 ///
 /// It is the connection's slab key plus a generation number. Slab keys are reused as
-/// soon as a connection closes; the generation is not (it advances with every accepted
+/// soon as a connection closes; the generation is not (it advances with every new
 /// connection), so an event or a [`crate::Context::send`] aimed at a connection that has
 /// closed finds nothing instead of reaching a newcomer that got the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,6 +139,28 @@ impl Stream {
         };
     }
 
+    /// The pending socket error, if any (how a failed non-blocking connect reports).
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// Whether a non-blocking connect has completed: `Ok(true)` once connected,
+    /// `Ok(false)` while still in flight.
+    pub(crate) fn is_connected(&self) -> io::Result<bool> {
+        let result = match self {
+            Stream::Tcp(s) => s.peer_addr().map(|_| ()),
+            Stream::Unix(s) => s.peer_addr().map(|_| ()),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn peer_addr(&self) -> Option<PeerAddr> {
         match self {
             Stream::Tcp(s) => s.peer_addr().ok().map(PeerAddr::Tcp),
@@ -181,11 +202,24 @@ impl Source for Stream {
     }
 }
 
-/// Where a connection is in its life.
+/// Where a connection is in its life. Every change of state happens in
+/// `reactor/lifecycle.rs`; its module docs draw the whole diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
     /// Reading and writing.
     Open,
+    /// The peer sent its FIN: nothing more will arrive, but the service may still
+    /// write (a half-closed connection), until it closes or shuts its own side.
+    PeerClosed,
+    /// A dialled connection whose `connect` is in flight. Output may be queued; it is
+    /// written once the connection is up.
+    Connecting,
+    /// The service shut our side: the queued output is written, then a FIN is sent
+    /// (`fin_sent`); reading goes on until the peer closes too.
+    WriteShut {
+        /// The FIN has gone out.
+        fin_sent: bool,
+    },
     /// No more reading; closes with this reason once the output queue is empty.
     Draining(CloseReason),
     /// Everything owed was written and a FIN sent; input is read and discarded until
@@ -196,10 +230,33 @@ pub(crate) enum ConnState {
     Lingering(CloseReason),
 }
 
+impl ConnState {
+    /// Whether the service may queue output: open, half-closed by the peer, or still
+    /// connecting.
+    #[inline(always)]
+    pub(crate) fn may_send(&self) -> bool {
+        matches!(
+            self,
+            ConnState::Open | ConnState::PeerClosed | ConnState::Connecting
+        )
+    }
+
+    /// Whether output may be written to the socket now (it is connected and our side
+    /// is not shut).
+    #[inline(always)]
+    pub(crate) fn may_write_now(&self) -> bool {
+        matches!(self, ConnState::Open | ConnState::PeerClosed)
+    }
+}
+
 impl fmt::Display for ConnState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnState::Open => f.write_str("open"),
+            ConnState::PeerClosed => f.write_str("half-closed by the peer"),
+            ConnState::Connecting => f.write_str("connecting"),
+            ConnState::WriteShut { fin_sent: false } => f.write_str("shutting our side"),
+            ConnState::WriteShut { fin_sent: true } => f.write_str("our side shut"),
             ConnState::Draining(reason) => write!(f, "draining ({reason})"),
             ConnState::Lingering(reason) => write!(f, "lingering ({reason})"),
         }
@@ -213,6 +270,18 @@ pub(crate) type Millis = u64;
 /// [`Connection::frame_started`] when no frame is partially received.
 pub(crate) const NO_FRAME: Millis = 0;
 
+/// A connection's own idle timeout, when a service set one (see
+/// [`crate::Context::set_idle_timeout`]); otherwise the reactor's applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleRule {
+    /// The reactor's idle timeout (the shared idle list).
+    Reactor,
+    /// This many milliseconds, checked by a timer of the connection's own.
+    Own(u32),
+    /// Never idle.
+    Never,
+}
+
 /// One connection's socket, buffers and bookkeeping, stored in the reactor's slab.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -220,7 +289,11 @@ pub(crate) struct Connection {
     pub stream: Stream,
     /// This connection's generation (see [`ConnId`]).
     pub generation: u32,
-    /// Open or draining.
+    /// The endpoint it was accepted on or dialled through: which codec frames it.
+    pub endpoint: u16,
+    /// Dialled by the service (rather than accepted).
+    pub dialled: bool,
+    /// Where it is in its life.
     pub state: ConnState,
     /// The tail of the input that did not make a whole frame yet. Empty, and owning no
     /// memory, whenever the input ended on a frame boundary.
@@ -234,11 +307,22 @@ pub(crate) struct Connection {
     pub frame_started: Millis,
     /// Place in the hub's list of connections ordered by last activity.
     pub idle: Links,
-    /// Reading stopped because `output` passed the write limit.
+    /// Which idle timeout applies.
+    pub idle_rule: IdleRule,
+    /// Advanced whenever `idle_rule` changes, so a timer armed for an earlier rule
+    /// knows it is stale.
+    pub idle_epoch: u8,
+    /// Reading stopped because `output` passed the write limit (backpressure).
     pub read_paused: bool,
+    /// Reading stopped because the service asked ([`crate::Context::pause_reading`]).
+    pub paused_by_service: bool,
     /// A readable event came while paused, so there may be input to read on resuming.
     pub read_pending: bool,
-    /// WRITABLE interest is registered (only while output is queued).
+    /// `output` passed the write limit: the service hears `on_drained` once it is
+    /// back under the low-water mark.
+    pub congested: bool,
+    /// WRITABLE interest is registered (while output waits for room, or a connect is
+    /// in flight).
     pub writable_armed: bool,
     /// Listed in the reactor's ready-again list (work left over from a previous turn).
     pub queued_again: bool,
@@ -253,18 +337,24 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: Stream, generation: u32, now: Millis) -> Self {
+    pub(crate) fn new(stream: Stream, generation: u32, endpoint: u16, now: Millis) -> Self {
         Connection {
             stream,
             generation,
+            endpoint,
+            dialled: false,
             state: ConnState::Open,
             input: Buffer::new(),
             output: OutQueue::default(),
             last_active: now,
             frame_started: NO_FRAME,
             idle: Links::default(),
+            idle_rule: IdleRule::Reactor,
+            idle_epoch: 0,
             read_paused: false,
+            paused_by_service: false,
             read_pending: false,
+            congested: false,
             writable_armed: false,
             queued_again: false,
             queued_flush: false,
@@ -274,13 +364,16 @@ impl Connection {
         }
     }
 
+    /// Open for the service: not closing, not closed (it may be connecting, or
+    /// half-closed).
     pub(crate) fn is_open(&self) -> bool {
-        self.state == ConnState::Open
+        !matches!(self.state, ConnState::Draining(_) | ConnState::Lingering(_))
     }
 
     /// Records activity at `now`. True when the connection must also move to the back
     /// of the idle list: the first activity in a millisecond (the caller moves it,
     /// since that needs the slab the connection lives in).
+    #[inline(always)]
     pub(crate) fn mark_active(&mut self, now: Millis) -> bool {
         if self.last_active == now {
             return false;
@@ -290,9 +383,27 @@ impl Connection {
     }
 }
 
-impl Linked for Connection {
+/// One slab entry: the connection, its codec's decode state and the service's own
+/// state for it, created when the connection is and handed back when it closes.
+pub(crate) struct Slot<S: Service> {
+    /// The socket, buffers and bookkeeping.
+    pub conn: Connection,
+    /// What the endpoint's codec remembers between reads (`()` for length framing).
+    pub decode: <S::Codec as Codec>::State,
+    /// The service's per-connection state ([`Service::Conn`]). Lent to the service
+    /// for each callback about this connection: taken out for the call, put back after.
+    pub state: S::Conn,
+}
+
+impl<S: Service> fmt::Debug for Slot<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.conn.fmt(f)
+    }
+}
+
+impl<S: Service> Linked for Slot<S> {
     fn links(&mut self) -> &mut Links {
-        &mut self.idle
+        &mut self.conn.idle
     }
 }
 
@@ -304,7 +415,7 @@ mod tests {
     fn an_idle_connection_is_small() {
         // Every idle connection costs this much user-space memory (plus its slab slot).
         assert!(
-            std::mem::size_of::<Connection>() <= 144,
+            std::mem::size_of::<Connection>() <= 160,
             "{}",
             std::mem::size_of::<Connection>()
         );

@@ -1,16 +1,241 @@
-//! Opening the sockets the reactor serves: TCP listeners (through socket2, for
-//! SO_REUSEADDR, SO_REUSEPORT and an explicit backlog), Unix-domain listeners and UDP
-//! sockets, all non-blocking.
+//! Endpoints: where connections come from and go to, each with its codec; and opening
+//! the sockets behind them, all non-blocking: TCP listeners (through socket2, for
+//! SO_REUSEADDR, SO_REUSEPORT and an explicit backlog), Unix-domain listeners, UDP
+//! sockets, and outbound connections ([`Dial`]).
+//!
+//! A stream endpoint is a listener, or an *outbound* endpoint that dialled connections
+//! go through. Either way its [`EndpointId`] names the codec that frames its
+//! connections, and the service learns it in [`crate::Service::on_connect`].
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use mio::net::{TcpListener, UdpSocket, UnixListener};
-use socket2::{Domain, Protocol, Socket, Type};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::connection::{PeerAddr, Stream};
+
+/// Names one stream endpoint of a reactor: a listener, or an outbound endpoint (see
+/// [`crate::Reactor::outbound`]). Its codec frames every connection made through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(pub(crate) u16);
+
+impl EndpointId {
+    /// Position among the reactor's stream endpoints, from 0, in the order they were
+    /// added: the configured TCP listeners, then the Unix ones, then the default
+    /// outbound endpoint, then whatever was added later.
+    pub fn index(&self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "endpoint {}", self.0)
+    }
+}
+
+/// What an endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// A listener at this address: its connections are accepted.
+    Listener(BoundAddr),
+    /// Connections the service dials go through it.
+    Outbound,
+}
+
+/// A stream endpoint: what it is and the codec of its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint<C> {
+    pub kind: EndpointKind,
+    pub codec: C,
+}
+
+/// Every stream endpoint of a reactor, and its default codec. Kept apart from the hub,
+/// so the read path can hold a connection's codec while it lends the hub to the service.
+#[derive(Debug)]
+pub(crate) struct Endpoints<C> {
+    /// Indexed by [`EndpointId`].
+    pub list: Vec<Endpoint<C>>,
+    /// The codec given to `Reactor::bind`: [`crate::Context::shared_frame`] uses it.
+    pub default_codec: C,
+    /// Where dials go when they name no endpoint.
+    pub default_outbound: EndpointId,
+}
+
+impl<C> Endpoints<C> {
+    /// The codec of the endpoint with this index.
+    #[inline(always)]
+    pub(crate) fn codec(&self, index: u16) -> &C {
+        &self.list[index as usize].codec
+    }
+
+    /// Adds an endpoint; its id is its position.
+    pub(crate) fn add(&mut self, kind: EndpointKind, codec: C) -> EndpointId {
+        let id = EndpointId(self.list.len() as u16);
+        self.list.push(Endpoint { kind, codec });
+        id
+    }
+}
+
+/// A stream address to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP listener (port 0: the system picks one).
+    Tcp(SocketAddr),
+    /// A Unix-domain stream listener at this path.
+    Unix(PathBuf),
+}
+
+/// Where to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "tcp {addr}"),
+            Target::Unix(path) => write!(f, "unix {}", path.display()),
+        }
+    }
+}
+
+/// An outbound connection to open with [`crate::Context::connect`] (or
+/// [`crate::Reactor::connect`] before the loop runs).
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::Dial;
+/// let dial = Dial::tcp("127.0.0.1:6379".parse().unwrap())
+///     .timeout(Duration::from_secs(2))
+///     .bind("127.0.0.2:0".parse().unwrap());
+/// assert_eq!(dial.target().to_string(), "tcp 127.0.0.1:6379");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    pub(crate) target: Target,
+    /// The outbound endpoint whose codec frames it; `None`: the reactor's default.
+    pub(crate) endpoint: Option<EndpointId>,
+    /// How long the connect may take; `None`: the configured connect timeout.
+    pub(crate) timeout: Option<Duration>,
+    /// The local address to connect from (TCP only).
+    pub(crate) local: Option<SocketAddr>,
+}
+
+impl Dial {
+    /// A TCP connection to `addr`.
+    pub fn tcp(addr: SocketAddr) -> Dial {
+        Dial::to(Target::Tcp(addr))
+    }
+
+    /// A Unix-domain connection to the socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Dial {
+        Dial::to(Target::Unix(path.into()))
+    }
+
+    fn to(target: Target) -> Dial {
+        Dial {
+            target,
+            endpoint: None,
+            timeout: None,
+            local: None,
+        }
+    }
+
+    /// Frames the connection with this outbound endpoint's codec (see
+    /// [`crate::Reactor::outbound`]) instead of the reactor's default one.
+    pub fn endpoint(mut self, endpoint: EndpointId) -> Dial {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Gives up, with [`crate::CloseReason::ConnectTimeout`], if the connection is not
+    /// up within `timeout` (default: [`crate::Config::connect_timeout`]).
+    pub fn timeout(mut self, timeout: Duration) -> Dial {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Connects from this local address (TCP; port 0 lets the system pick): a load
+    /// generator spreads its connections over 127.0.0.x this way, beyond the ephemeral
+    /// ports of one address.
+    pub fn bind(mut self, local: SocketAddr) -> Dial {
+        self.local = Some(local);
+        self
+    }
+
+    /// Where it dials.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// A dial that failed before it began: no socket could be made, or (Unix) nothing
+/// listens at the path. The service's state for the connection comes back with it.
+/// Failures after the connect began (refused, timed out) arrive instead as
+/// [`crate::Service::on_close`].
+#[derive(Debug)]
+pub struct DialError<T> {
+    /// What the operating system said.
+    pub error: io::Error,
+    /// The state that was to go with the connection.
+    pub state: T,
+}
+
+impl<T> fmt::Display for DialError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot dial: {}", self.error)
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for DialError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Starts a non-blocking connect. `Ok` means the connect is in flight (or done): the
+/// loop learns the outcome from the socket's first writable event.
+pub(crate) fn start_connect(dial: &Dial) -> io::Result<Stream> {
+    match &dial.target {
+        Target::Tcp(addr) => {
+            let socket = Socket::new(
+                Domain::for_address(*addr),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?;
+            socket.set_nonblocking(true)?;
+            // Frames are whole messages written in one call: Nagle would only delay them.
+            socket.set_tcp_nodelay(true)?;
+            if let Some(local) = dial.local {
+                socket.bind(&local.into())?;
+            }
+            match socket.connect(&SockAddr::from(*addr)) {
+                Ok(()) => {}
+                Err(e) if is_in_progress(&e) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(Stream::Tcp(TcpStream::from_std(socket.into())))
+        }
+        Target::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+    }
+}
+
+/// EINPROGRESS (a TCP connect under way) or EAGAIN/WouldBlock (a Unix listener's
+/// backlog is full for now).
+fn is_in_progress(e: &io::Error) -> bool {
+    // EINPROGRESS is 115 on Linux, 36 on the BSDs and macOS.
+    const EINPROGRESS: i32 = if cfg!(target_os = "linux") { 115 } else { 36 };
+    e.raw_os_error() == Some(EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock
+}
 
 /// An endpoint the reactor has bound, with its real address (port 0 resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,12 @@
 //!   byte order, signedness, bytes before the field, what the length counts).
 //! - [`LinesCodec`]: newline-terminated lines.
 //! - [`RawCodec`]: no framing; every chunk that arrives is one "frame" (a plain stream).
+//! - [`AnyCodec`]: any of these, chosen per endpoint at run time.
+//!
+//! [`wire`] writes and reads switchboard's format over blocking `std::io` streams.
 
 mod length;
+pub mod wire;
 
 use std::fmt;
 use std::ops::Range;
@@ -81,18 +85,22 @@ impl std::error::Error for FrameError {}
 
 /// Cuts a byte stream into frames and writes frames back.
 ///
-/// Implementations are stateless: `decode` is called with everything received and not
-/// yet consumed, from the start of the first incomplete frame.
+/// `decode` is called with everything received on a connection and not yet consumed,
+/// from the start of the first incomplete frame, and with that connection's
+/// [`Codec::State`]. A stateless codec (the length codecs) has `()` for state; a codec
+/// that scans (lines) keeps how far it got, so a long partial line is scanned once
+/// however many reads it takes; a protocol whose framing changes over a connection's
+/// life (a handshake, then frames) keeps its phase there.
 ///
 /// ```
 /// use switchboard::{Codec, Decode, LengthCodec};
 /// let codec = LengthCodec::new(1024);
 /// let wire = [0, 0, 0, 2, b'h', b'i', 0, 0];
 /// assert_eq!(
-///     codec.decode(&wire).unwrap(),
+///     codec.decode(&mut (), &wire).unwrap(),
 ///     Decode::Frame { payload: 4..6, consumed: 6 }
 /// );
-/// assert_eq!(codec.decode(&wire[6..]).unwrap(), Decode::Incomplete { frame_len: None });
+/// assert_eq!(codec.decode(&mut (), &wire[6..]).unwrap(), Decode::Incomplete { frame_len: None });
 /// ```
 ///
 /// A codec of your own is any type implementing the two methods; the reactor takes
@@ -104,7 +112,9 @@ impl std::error::Error for FrameError {}
 /// struct Netstrings;
 ///
 /// impl Codec for Netstrings {
-///     fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+///     type State = ();
+///
+///     fn decode(&self, _state: &mut (), buf: &[u8]) -> Result<Decode, FrameError> {
 ///         // At most 7 digits (payloads under 10 MB), then ':'.
 ///         let Some(colon) = buf.iter().take(8).position(|&b| b == b':') else {
 ///             return match buf.len() {
@@ -137,8 +147,14 @@ impl std::error::Error for FrameError {}
 /// assert_eq!(used, 11); // "5:hello," and "0:,"; "3:ab" waits for more
 /// ```
 pub trait Codec {
+    /// What the codec remembers about one connection between calls: `()` for a
+    /// stateless format. The reactor keeps one per connection, beside it in the slab,
+    /// starting from `Default`. It is cloned when a service walks a batch of frames
+    /// again ([`crate::Frames::payloads`]), so it should be small.
+    type State: Default + Clone;
+
     /// Looks for one complete frame at the start of `buf`.
-    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError>;
+    fn decode(&self, state: &mut Self::State, buf: &[u8]) -> Result<Decode, FrameError>;
 
     /// Appends `payload`, framed, to `out`.
     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError>;
@@ -146,6 +162,23 @@ pub trait Codec {
 
 /// Newline-terminated lines. The payload excludes the `\n` (and a `\r` before it);
 /// encoding appends `\n`. A line longer than the maximum is a [`FrameError::TooLarge`].
+///
+/// The codec remembers, per connection, how much of a partial line it has already
+/// searched for a newline ([`LinesState`]), so a line that arrives over many reads is
+/// scanned once, not once per read.
+///
+/// ```
+/// use switchboard::frame::LinesState;
+/// use switchboard::{Codec, Decode, LinesCodec};
+/// let codec = LinesCodec::new(64);
+/// let mut state = LinesState::default();
+/// assert_eq!(codec.decode(&mut state, b"hel").unwrap(), Decode::Incomplete { frame_len: None });
+/// // The next call, with more bytes behind the same start, resumes after "hel".
+/// assert_eq!(
+///     codec.decode(&mut state, b"hello\n").unwrap(),
+///     Decode::Frame { payload: 0..5, consumed: 6 }
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinesCodec {
     /// Longest line accepted, terminator excluded.
@@ -159,13 +192,26 @@ impl LinesCodec {
     }
 }
 
+/// How far [`LinesCodec`] has searched the partial line at the front of a connection's
+/// input: those bytes hold no newline, so the next search starts behind them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinesState {
+    /// Bytes from the start of the partial line known to hold no `\n`.
+    scanned: usize,
+}
+
 impl Codec for LinesCodec {
-    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+    type State = LinesState;
+
+    fn decode(&self, state: &mut LinesState, buf: &[u8]) -> Result<Decode, FrameError> {
         // Only look as far as a maximal line could reach: a peer that never sends a
         // newline is caught as soon as it passes the limit.
         let window = &buf[..buf.len().min(self.max_line + 1)];
-        match window.iter().position(|&b| b == b'\n') {
-            Some(newline) => {
+        let from = state.scanned.min(window.len());
+        match window[from..].iter().position(|&b| b == b'\n') {
+            Some(found) => {
+                let newline = from + found;
+                state.scanned = 0;
                 let end = if newline > 0 && window[newline - 1] == b'\r' {
                     newline - 1
                 } else {
@@ -180,7 +226,10 @@ impl Codec for LinesCodec {
                 len: buf.len() as u64,
                 max: self.max_line,
             }),
-            None => Ok(Decode::Incomplete { frame_len: None }),
+            None => {
+                state.scanned = window.len();
+                Ok(Decode::Incomplete { frame_len: None })
+            }
         }
     }
 
@@ -198,7 +247,9 @@ impl Codec for LinesCodec {
 pub struct RawCodec;
 
 impl Codec for RawCodec {
-    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+    type State = ();
+
+    fn decode(&self, _state: &mut (), buf: &[u8]) -> Result<Decode, FrameError> {
         if buf.is_empty() {
             Ok(Decode::Incomplete { frame_len: None })
         } else {
@@ -215,15 +266,65 @@ impl Codec for RawCodec {
     }
 }
 
+/// One of the built-in codecs, chosen per endpoint at run time: a reactor whose
+/// service declares `type Codec = AnyCodec` can serve length frames on one port and
+/// lines on another. (A service mixing a codec of its own with these writes an enum
+/// like this one.)
+///
+/// ```
+/// use switchboard::frame::{AnyCodec, AnyState};
+/// use switchboard::{Codec, Decode, LengthCodec, LinesCodec};
+/// let lines = AnyCodec::Lines(LinesCodec::new(80));
+/// let mut state = AnyState::default();
+/// assert!(matches!(lines.decode(&mut state, b"hi\n"), Ok(Decode::Frame { consumed: 3, .. })));
+/// let length = AnyCodec::Length(LengthCodec::new(80));
+/// assert!(matches!(length.decode(&mut AnyState::default(), &[0, 0, 0, 0]), Ok(Decode::Frame { .. })));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyCodec {
+    /// A length header, then the payload.
+    Length(LengthCodec),
+    /// Newline-terminated lines.
+    Lines(LinesCodec),
+    /// No framing.
+    Raw(RawCodec),
+}
+
+/// [`AnyCodec`]'s per-connection state: the lines codec's scan position (the others
+/// keep none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnyState {
+    lines: LinesState,
+}
+
+impl Codec for AnyCodec {
+    type State = AnyState;
+
+    #[inline]
+    fn decode(&self, state: &mut AnyState, buf: &[u8]) -> Result<Decode, FrameError> {
+        match self {
+            AnyCodec::Length(codec) => codec.decode(&mut (), buf),
+            AnyCodec::Lines(codec) => codec.decode(&mut state.lines, buf),
+            AnyCodec::Raw(codec) => codec.decode(&mut (), buf),
+        }
+    }
+
+    fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+        match self {
+            AnyCodec::Length(codec) => codec.encode(payload, out),
+            AnyCodec::Lines(codec) => codec.encode(payload, out),
+            AnyCodec::Raw(codec) => codec.encode(payload, out),
+        }
+    }
+}
+
 /// Decodes every complete frame in `buf`, in order, for tests and tools: returns the
 /// payloads and how many bytes they used.
-pub fn decode_all<C: Codec + ?Sized>(
-    codec: &C,
-    buf: &[u8],
-) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
+pub fn decode_all<C: Codec>(codec: &C, buf: &[u8]) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
     let mut frames = Vec::new();
     let mut pos = 0;
-    while let Decode::Frame { payload, consumed } = codec.decode(&buf[pos..])? {
+    let mut state = C::State::default();
+    while let Decode::Frame { payload, consumed } = codec.decode(&mut state, &buf[pos..])? {
         frames.push(buf[pos + payload.start..pos + payload.end].to_vec());
         pos += consumed;
     }
@@ -235,7 +336,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub(super) fn encode_all(codec: &dyn Codec, frames: &[Vec<u8>]) -> Vec<u8> {
+    pub(super) fn encode_all<C: Codec>(codec: &C, frames: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Buffer::new();
         for f in frames {
             codec.encode(f, &mut out).unwrap();
@@ -254,7 +355,9 @@ mod tests {
         let codec = LengthCodec::new(16);
         for cut in 0..4 {
             assert_eq!(
-                codec.decode(&[0, 0, 0, 3][..cut]).unwrap(),
+                codec
+                    .decode(&mut Default::default(), &[0, 0, 0, 3][..cut])
+                    .unwrap(),
                 Decode::Incomplete { frame_len: None }
             );
         }
@@ -264,7 +367,9 @@ mod tests {
     fn body_split_reports_the_frame_length() {
         let codec = LengthCodec::new(16);
         assert_eq!(
-            codec.decode(&[0, 0, 0, 3, b'a']).unwrap(),
+            codec
+                .decode(&mut Default::default(), &[0, 0, 0, 3, b'a'])
+                .unwrap(),
             Decode::Incomplete { frame_len: Some(7) }
         );
     }
@@ -272,7 +377,9 @@ mod tests {
     #[test]
     fn zero_length_frame_is_a_frame() {
         assert_eq!(
-            LengthCodec::new(16).decode(&[0, 0, 0, 0]).unwrap(),
+            LengthCodec::new(16)
+                .decode(&mut Default::default(), &[0, 0, 0, 0])
+                .unwrap(),
             Decode::Frame {
                 payload: 4..4,
                 consumed: 4
@@ -284,11 +391,11 @@ mod tests {
     fn exactly_max_is_accepted_one_more_is_not() {
         let codec = LengthCodec::new(3);
         assert!(matches!(
-            codec.decode(&[0, 0, 0, 3, 1, 2, 3]),
+            codec.decode(&mut Default::default(), &[0, 0, 0, 3, 1, 2, 3]),
             Ok(Decode::Frame { .. })
         ));
         assert_eq!(
-            codec.decode(&[0, 0, 0, 4]),
+            codec.decode(&mut Default::default(), &[0, 0, 0, 4]),
             Err(FrameError::TooLarge { len: 4, max: 3 })
         );
     }
@@ -296,7 +403,7 @@ mod tests {
     #[test]
     fn four_gib_announcement_is_rejected_from_the_header_alone() {
         assert_eq!(
-            LengthCodec::new(1 << 20).decode(&[0xff, 0xff, 0xff, 0xff]),
+            LengthCodec::new(1 << 20).decode(&mut Default::default(), &[0xff, 0xff, 0xff, 0xff]),
             Err(FrameError::TooLarge {
                 len: u32::MAX as u64,
                 max: 1 << 20
@@ -317,29 +424,53 @@ mod tests {
         let (frames, used) = decode_all(&codec, b"ab\r\ncd\n\nxy").unwrap();
         assert_eq!(frames, vec![b"ab".to_vec(), b"cd".to_vec(), vec![]]);
         assert_eq!(used, 8);
-        assert!(codec.decode(b"abcdef").is_err());
-        assert!(codec.decode(b"abcde").is_ok());
+        assert!(codec.decode(&mut Default::default(), b"abcdef").is_err());
+        assert!(codec.decode(&mut Default::default(), b"abcde").is_ok());
+    }
+
+    #[test]
+    fn a_long_line_is_scanned_once_however_it_arrives() {
+        let codec = LinesCodec::new(1 << 20);
+        let mut state = LinesState::default();
+        let mut line = vec![b'x'; 10_000];
+        for end in (1000..=10_000).step_by(1000) {
+            assert_eq!(
+                codec.decode(&mut state, &line[..end]).unwrap(),
+                Decode::Incomplete { frame_len: None }
+            );
+            // Everything given so far has been searched.
+            assert_eq!(state.scanned, end);
+        }
+        line.push(b'\n');
+        assert_eq!(
+            codec.decode(&mut state, &line).unwrap(),
+            Decode::Frame {
+                payload: 0..10_000,
+                consumed: 10_001
+            }
+        );
+        assert_eq!(state, LinesState::default(), "a frame resets the scan");
     }
 
     #[test]
     fn raw_takes_everything() {
         assert_eq!(
-            RawCodec.decode(b"xyz").unwrap(),
+            RawCodec.decode(&mut Default::default(), b"xyz").unwrap(),
             Decode::Frame {
                 payload: 0..3,
                 consumed: 3
             }
         );
         assert_eq!(
-            RawCodec.decode(b"").unwrap(),
+            RawCodec.decode(&mut Default::default(), b"").unwrap(),
             Decode::Incomplete { frame_len: None }
         );
     }
 
     /// Feeds `wire` to the codec in the given chunk sizes, the way the reactor does:
     /// append, decode every complete frame, keep the tail.
-    pub(super) fn decode_in_chunks(
-        codec: &dyn Codec,
+    pub(super) fn decode_in_chunks<C: Codec>(
+        codec: &C,
         wire: &[u8],
         chunks: &[usize],
     ) -> Vec<Vec<u8>> {
@@ -347,13 +478,18 @@ mod tests {
         let mut frames = Vec::new();
         let mut fed = 0;
         let mut sizes = chunks.iter().cycle();
+        // One state for the whole stream, as the reactor keeps one per connection.
+        let mut state = C::State::default();
         while fed < wire.len() {
             let n = (*sizes.next().unwrap()).clamp(1, wire.len() - fed);
             buf.extend_from_slice(&wire[fed..fed + n]);
             fed += n;
-            let (mut got, used) = decode_all(codec, buf.readable()).unwrap();
-            frames.append(&mut got);
-            buf.consume(used);
+            while let Decode::Frame { payload, consumed } =
+                codec.decode(&mut state, buf.readable()).unwrap()
+            {
+                frames.push(buf.readable()[payload].to_vec());
+                buf.consume(consumed);
+            }
         }
         assert!(buf.is_empty(), "a whole stream leaves no tail");
         frames

@@ -1,35 +1,47 @@
-//! The hub: everything the event loop owns except the service itself. Connections, UDP
-//! sockets, timers, counters, the buffer pool, and the lists of work the loop must do
-//! before it next blocks.
+//! The hub: everything the event loop owns except the service itself. Connections (in
+//! their slab slots, with the service's state beside each), endpoints and their codecs,
+//! UDP sockets, timers, counters, the buffer pool, and the lists of work the loop must
+//! do before it next blocks.
 //!
 //! A service acts on the hub through a [`crate::Context`], which only ever *queues*
-//! work: output is appended to a connection's queue and the connection put on the
-//! `to_flush` list; a close is put on the `to_close` list. The reactor carries both lists
-//! out after every callback. That keeps callbacks from re-entering each other (closing a
-//! connection calls `on_close`, which must not run in the middle of `on_frame`), and it
-//! lets one `write` carry every frame queued for a connection during one turn.
+//! work: output is written or appended to a connection's queue and the connection put
+//! on the `to_flush` list; a close is put on the `to_close` list. The reactor carries
+//! both lists out after every callback. That keeps callbacks from re-entering each
+//! other (closing a connection calls `on_close`, which must not run in the middle of
+//! `on_frame`), and it lets one `write` carry every frame queued for a connection
+//! during one turn.
+//!
+//! The hub's methods live beside the code they serve: the write path in
+//! `reactor/write.rs`, the life cycle (dial, close, drain, linger) in
+//! `reactor/lifecycle.rs`; this file keeps the data and its small helpers.
 
-use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
 
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use slab::Slab;
 
 use crate::buffer::{Buffer, BufferPool};
-use crate::connection::{ConnId, ConnState, Connection, Millis};
+use crate::connection::{ConnId, Connection, IdleRule, Millis, Slot};
 use crate::idle::IdleList;
-use crate::outqueue::{SharedFrame, MAX_IOVECS};
+use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
-use crate::timer::TimerQueue;
+use crate::timer::{TimerId, TimerQueue};
 use crate::udp::UdpEndpoint;
 
 /// What a timer entry is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimerEvent {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TimerEvent<T> {
     /// Check whether a connection's partial frame is past its deadline.
     FrameDeadline(ConnId),
-    /// A timer a service set, with the service's value.
-    Service(u64),
+    /// A timer a service set.
+    Service {
+        /// The service's value.
+        value: T,
+        /// The connection it belongs to: it dies with it.
+        conn: Option<ConnId>,
+        /// Repeats with this interval.
+        every: Option<Duration>,
+    },
     /// Try accepting on a listener again after running out of file descriptors.
     AcceptRetry(usize),
     /// Log the counters.
@@ -38,6 +50,11 @@ pub(crate) enum TimerEvent {
     ShutdownDeadline,
     /// End of a lingering connection's quiet window: close it, unless input came.
     LingerDeadline(ConnId),
+    /// A dialled connection that is still connecting by now has timed out.
+    ConnectDeadline(ConnId),
+    /// A connection with its own idle timeout may be idle by now (the number is the
+    /// connection's idle epoch when the check was armed; a later rule makes it stale).
+    IdleCheck(ConnId, u8),
 }
 
 /// A lingering connection closes once this long passes with no input from the peer.
@@ -51,25 +68,29 @@ pub(crate) const LINGER_ROUNDS: u8 = 8;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub write_limit: usize,
+    /// Output at or below which a paused or congested connection recovers.
+    pub low_water: usize,
     /// In milliseconds, the unit of [`Millis`] timestamps (so the loop's per-turn
     /// idle check is one addition and one comparison).
     pub idle_timeout_millis: Option<Millis>,
     pub frame_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
 }
 
 /// See the module documentation.
-#[derive(Debug)]
-pub(crate) struct Hub {
+pub(crate) struct Hub<S: Service> {
     /// For changing a socket's interests (a clone of the `Poll`'s registry).
     pub registry: Registry,
-    /// Open and draining connections; the key is half of each [`ConnId`].
-    pub conns: Slab<Connection>,
+    /// Every connection from its accept or dial to its close; the key is half of each
+    /// [`ConnId`].
+    pub conns: Slab<Slot<S>>,
     /// Generation for the next connection; never 0.
     next_generation: u32,
     /// UDP sockets, indexed by [`crate::UdpId`].
     pub udp: Vec<UdpEndpoint>,
-    /// Every deadline: idle checks, frame deadlines, service timers, housekeeping.
-    pub timers: TimerQueue<TimerEvent>,
+    /// Every deadline: frame deadlines, connects, lingering, service timers,
+    /// housekeeping.
+    pub timers: TimerQueue<TimerEvent<S::Timer>>,
     /// Counters.
     pub stats: Stats,
     /// Storage for connection buffers, recycled.
@@ -87,6 +108,11 @@ pub(crate) struct Hub {
     /// Sockets whose readiness was not used up (read budget spent, or reading resumed
     /// after backpressure): served again on the next turn without waiting for an event.
     pub ready_again: Vec<Token>,
+    /// Connections whose output drained to the low-water mark after passing the write
+    /// limit: the service hears `on_drained` once the current callback is over.
+    pub drained: Vec<ConnId>,
+    /// A callback asked the reactor to shut down.
+    pub stop_requested: bool,
     /// The time at the start of this turn of the loop.
     pub now: Instant,
     /// The same time as [`Millis`]: read the clock once per turn, not per connection.
@@ -109,7 +135,16 @@ pub(crate) struct Hub {
     pub limits: Limits,
 }
 
-impl Hub {
+impl<S: Service> std::fmt::Debug for Hub<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<S: Service> Hub<S> {
     pub(crate) fn new(registry: Registry, limits: Limits) -> Self {
         let epoch = Instant::now();
         Hub {
@@ -125,6 +160,8 @@ impl Hub {
             udp_burst_pending: false,
             to_close: Vec::new(),
             ready_again: Vec::new(),
+            drained: Vec::new(),
+            stop_requested: false,
             now: epoch,
             now_millis: 1,
             epoch,
@@ -169,6 +206,59 @@ impl Hub {
         }
     }
 
+    /// Schedules a service timer due after `delay` (repeating every `every`), owned by
+    /// `conn` if given.
+    pub(crate) fn add_timer(
+        &mut self,
+        delay: Duration,
+        value: S::Timer,
+        conn: Option<ConnId>,
+        every: Option<Duration>,
+    ) -> TimerId {
+        // A zero interval would fire every turn for ever; a millisecond is the clock's
+        // resolution anyway.
+        let every = every.map(|d| d.max(Duration::from_millis(1)));
+        let event = TimerEvent::Service { value, conn, every };
+        self.timers.insert(self.now + delay, event)
+    }
+
+    /// Gives a connection its own idle timeout (`None`: never idle). It leaves the
+    /// shared idle list (which assumes one timeout for all) and gets a check of its own.
+    pub(crate) fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        conn.idle_rule = match timeout {
+            None => IdleRule::Never,
+            Some(d) => IdleRule::Own(d.as_millis().clamp(1, u32::MAX as u128) as u32),
+        };
+        conn.idle_epoch = conn.idle_epoch.wrapping_add(1);
+        let (epoch, due) = (conn.idle_epoch, conn.last_active);
+        self.idle.unlink(&mut self.conns, id.index());
+        if let Some(d) = timeout {
+            let at = self.instant(due) + d;
+            self.timers.insert(at, TimerEvent::IdleCheck(id, epoch));
+        }
+    }
+
+    /// Pauses or resumes reading a connection at the service's request.
+    pub(crate) fn set_paused_by_service(&mut self, id: ConnId, paused: bool) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        if conn.paused_by_service == paused {
+            return;
+        }
+        conn.paused_by_service = paused;
+        log::trace!(
+            "{id}: reading {} by the service",
+            if paused { "paused" } else { "resumed" }
+        );
+        if !paused && !conn.read_paused && std::mem::take(&mut conn.read_pending) {
+            self.list_ready_again(id);
+        }
+    }
+
     /// When the connection quiet the longest becomes idle, if there is one; or an
     /// earlier time, [`Hub::idle_not_before`], while that has not come yet.
     pub(crate) fn next_idle_deadline(&mut self) -> Option<Millis> {
@@ -184,7 +274,7 @@ impl Hub {
     fn quietest_deadline(&self) -> Option<Millis> {
         let timeout = self.limits.idle_timeout_millis?;
         let key = self.idle.front()?;
-        Some(self.conns[key].last_active + timeout)
+        Some(self.conns[key].conn.last_active + timeout)
     }
 
     /// The next generation number, skipping 0 when it wraps.
@@ -199,80 +289,30 @@ impl Hub {
         // (Collected, because closing them changes the slab.)
         self.conns
             .iter()
-            .map(|(key, conn)| ConnId::new(key, conn.generation))
+            .map(|(key, slot)| ConnId::new(key, slot.conn.generation))
             .collect()
     }
 
     /// The connection `id` names, if it is still there (same slot *and* generation).
+    #[inline]
     pub(crate) fn conn(&self, id: ConnId) -> Option<&Connection> {
         self.conns
             .get(id.index())
+            .map(|slot| &slot.conn)
             .filter(|conn| conn.generation == id.generation())
+    }
+
+    /// The slab entry `id` names, if it is still there.
+    #[inline]
+    pub(crate) fn slot_mut(&mut self, id: ConnId) -> Option<&mut Slot<S>> {
+        self.conns
+            .get_mut(id.index())
+            .filter(|slot| slot.conn.generation == id.generation())
     }
 
     /// Mutable access to the connection `id` names, if it is still there.
     pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
         connection_mut(&mut self.conns, id)
-    }
-
-    /// Sends `bytes` (already framed) on a connection: straight to the socket when
-    /// nothing is queued ahead of them, so the common case costs one `write` and no
-    /// copy; whatever the socket does not take is queued, in order, and flushed when it
-    /// becomes writable. Returns false if the connection is gone or closing.
-    #[inline]
-    pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
-        let now = self.now_millis;
-        // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
-        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.is_open()) else {
-            return false;
-        };
-        self.stats.frames_out += frames;
-        let mut written = 0;
-        let write_at_once = conn.output.is_empty() && !bytes.is_empty();
-        if write_at_once {
-            match write_now(conn, bytes) {
-                Ok(n) => written = n,
-                Err(e) => {
-                    log::debug!("{id}: write error: {e}");
-                    self.to_close.push((id, CloseReason::Error(e.kind())));
-                    return true;
-                }
-            }
-            log::trace!("{id}: write {written} of {}", bytes.len());
-            self.stats.bytes_out += written as u64;
-        }
-        let moved_in_idle_list = written > 0 && conn.mark_active(now);
-        if written < bytes.len() {
-            let rest = &bytes[written..];
-            conn.output
-                .owned_for_append(&mut self.pool)
-                .extend_from_slice(rest);
-            if write_at_once {
-                // The write came up short: the socket is full. Wait for WRITABLE rather
-                // than list a flush that would only hear WouldBlock.
-                set_writable_interest(&self.registry, conn, id, true);
-            } else {
-                self.list_for_flush(id);
-            }
-        }
-        if moved_in_idle_list {
-            self.idle.touch(&mut self.conns, id.index());
-        }
-        true
-    }
-
-    /// Queues a shared frame on a connection, to be written when the callback returns.
-    /// Shared frames are for fan-out: when one read brings several messages for a room,
-    /// each member's frames then go out together in one `writev` instead of one `write`
-    /// per frame per member. Returns false if the connection is gone or closing.
-    pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
-        let Some(conn) = self.conn_mut(id).filter(|c| c.is_open()) else {
-            return false;
-        };
-        conn.output.push_shared(frame.clone());
-        self.stats.frames_out += 1;
-        self.list_for_flush(id);
-        true
     }
 
     /// Puts a connection on the flush list once.
@@ -309,163 +349,20 @@ impl Hub {
         self.stats.protocol_errors += 1;
         self.request_close(id, CloseReason::Protocol);
     }
-
-    /// Stops reading from a connection and closes it with `reason` once its output is
-    /// written (at once if nothing is queued).
-    pub(crate) fn close_after_flush(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.conn_mut(id) else {
-            return;
-        };
-        if conn.state == ConnState::Open {
-            conn.state = ConnState::Draining(reason);
-        }
-        if conn.output.is_empty() {
-            self.finish_draining(id, reason);
-        } else {
-            self.list_for_flush(id);
-        }
-    }
-
-    /// Output flushed: a connection whose peer already closed its side closes now;
-    /// any other sends a FIN and lingers (see [`ConnState::Lingering`]) until the peer
-    /// closes or goes quiet for [`LINGER_QUIET`].
-    pub(crate) fn finish_draining(&mut self, id: ConnId, reason: CloseReason) {
-        let now = self.now;
-        let Some(conn) = self.conn_mut(id) else {
-            return;
-        };
-        if reason == CloseReason::PeerClosed || matches!(conn.state, ConnState::Lingering(_)) {
-            self.request_close(id, reason);
-            return;
-        }
-        conn.stream.shutdown_write();
-        conn.state = ConnState::Lingering(reason);
-        conn.peer_still_sending = false;
-        conn.linger_rounds = 0;
-        log::trace!("{id}: output flushed, FIN sent; lingering until the peer closes");
-        self.timers
-            .insert(now + LINGER_QUIET, TimerEvent::LingerDeadline(id));
-        // Input may be waiting already, and its readiness edge may be long gone.
-        self.list_ready_again(id);
-    }
-
-    /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
-    /// backpressure and draining. Errors are turned into close requests.
-    pub(crate) fn flush(&mut self, id: ConnId) {
-        let Some(conn) = connection_mut(&mut self.conns, id) else {
-            return;
-        };
-        conn.queued_flush = false;
-        let mut socket_full = false;
-        let mut progressed = false;
-        while !conn.output.is_empty() {
-            let (result, attempted) = write_some(conn);
-            match result {
-                Ok(0) => {
-                    self.to_close
-                        .push((id, CloseReason::Error(io::ErrorKind::WriteZero)));
-                    return;
-                }
-                Ok(written) => {
-                    log::trace!("{id}: write {written} of {attempted}");
-                    self.stats.bytes_out += written as u64;
-                    progressed = true;
-                    conn.output.advance(written, &mut self.pool);
-                    // A short write means the kernel's send buffer is full: no need to
-                    // try again only to be told WouldBlock.
-                    if written < attempted {
-                        socket_full = true;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    log::trace!("{id}: write WouldBlock");
-                    socket_full = true;
-                    break;
-                }
-                Err(e) => {
-                    log::debug!("{id}: write error: {e}");
-                    self.to_close.push((id, CloseReason::Error(e.kind())));
-                    return;
-                }
-            }
-        }
-        set_writable_interest(&self.registry, conn, id, socket_full);
-        if conn.read_paused && conn.output.len() <= self.limits.write_limit / 2 {
-            log::debug!("{id}: output drained below half the write limit, reading again");
-            conn.read_paused = false;
-            if std::mem::take(&mut conn.read_pending) {
-                self.list_ready_again(id);
-            }
-        } else if let (true, ConnState::Draining(reason)) = (conn.output.is_empty(), conn.state) {
-            self.finish_draining(id, reason);
-        }
-        if progressed {
-            self.touch(id);
-        }
-    }
 }
 
 /// The connection `id` names in `conns`, if it is still there: same slot *and* same
 /// generation, so an id never reaches a newcomer that reused the slot. A function of
 /// the slab alone, for callers that also borrow other parts of the hub.
-pub(crate) fn connection_mut(conns: &mut Slab<Connection>, id: ConnId) -> Option<&mut Connection> {
+#[inline(always)]
+pub(crate) fn connection_mut<S: Service>(
+    conns: &mut Slab<Slot<S>>,
+    id: ConnId,
+) -> Option<&mut Connection> {
     conns
         .get_mut(id.index())
+        .map(|slot| &mut slot.conn)
         .filter(|conn| conn.generation == id.generation())
-}
-
-/// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
-/// (0 when it is full).
-#[inline]
-fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match conn.stream.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One `write` (or `writev` when shared frames are queued) of the connection's output.
-/// Returns the outcome and how many bytes were offered.
-fn write_some(conn: &mut Connection) -> (io::Result<usize>, usize) {
-    if conn.output.is_owned_only() {
-        let bytes = conn.output.owned_bytes();
-        let attempted = bytes.len();
-        (conn.stream.write(bytes), attempted)
-    } else {
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let (used, attempted) = conn.output.gather(&mut slices);
-        (conn.stream.write_vectored(&slices[..used]), attempted)
-    }
-}
-
-/// Registers WRITABLE only while output waits for room in the socket, so an idle
-/// connection is never woken for writability it has no use for.
-fn set_writable_interest(registry: &Registry, conn: &mut Connection, id: ConnId, wanted: bool) {
-    if conn.writable_armed == wanted {
-        return;
-    }
-    let interest = if wanted {
-        Interest::READABLE | Interest::WRITABLE
-    } else {
-        Interest::READABLE
-    };
-    match registry.reregister(&mut conn.stream, id.token(), interest) {
-        Ok(()) => {
-            log::trace!(
-                "{id}: interest {}",
-                if wanted { "READ|WRITE" } else { "READ" }
-            );
-            conn.writable_armed = wanted;
-        }
-        Err(e) => log::error!("{id}: reregister: {e}"),
-    }
 }
 
 #[cfg(test)]
@@ -479,10 +376,13 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let limits = Limits {
             write_limit: 1 << 20,
+            low_water: 1 << 19,
             idle_timeout_millis: None,
             frame_timeout: None,
+            connect_timeout: Duration::from_secs(1),
         };
-        let mut hub = Hub::new(poll.registry().try_clone().unwrap(), limits);
+        let registry = poll.registry().try_clone().unwrap();
+        let mut hub: Hub<crate::services::Echo> = Hub::new(registry, limits);
         let epoch = hub.epoch;
         let steps_us = [
             0, 1, 999, 1, 1, 250, 750, 1_000, 999_999, 3, 1, 5_000_000, 7,

@@ -6,34 +6,44 @@
 //! connection, and nothing ever blocks.
 //!
 //! ```text
-//!             +--------------------- Reactor (one thread) ----------------------+
-//!  kernel     |  poll(timeout = next deadline)                                  |
-//!  readiness ---> events --+-> listener  : accept until WouldBlock -> slab      |
-//!  events     |            +-> connection: read -> Codec::decode -> on_frame -+ |
-//!             |            |               write queued output <--------------+ |
-//!             |            +-> udp socket: recv_from -> on_datagram -> send_to  |
-//!             |  timers (idle, frame deadline, service) -> on_timer / close     |
-//!             +----------------------------------------------------------------+
-//!                                   |  Context: send / send_shared / close
+//!             +--------------------- Reactor (one thread) -----------------------+
+//!  kernel     |  poll(timeout = next deadline)        turn(now): time comes in   |
+//!  readiness ---> events --+-> listener  : accept until WouldBlock -> slab slot  |
+//!  events     |            +-> dialled   : connect done? -> on_connect           |
+//!             |            +-> connection: read -> codec.decode -> on_frames --+ |
+//!             |            |               write queued output <---------------+ |
+//!             |            +-> udp socket: recv_from -> on_datagram -> send_to   |
+//!             |            +-> waker     : jobs posted by other threads (Handle) |
+//!             |  timers (idle, frame deadline, connect, service) -> on_timer     |
+//!             +-----------------------------------------------------------------+
+//!                 slab slot = connection + codec state + the service's state
+//!                                   |  Context: send / connect / close / timers
 //!                                   v
-//!                           your Service (echo, chat, ...)
+//!                           your Service (echo, chat, a proxy, a client ...)
 //! ```
 //!
+//! Connections both ways are the same kind of thing: accepted on a listener or
+//! dialled with [`Context::connect`], each gets the same buffers, codec, backpressure,
+//! timeouts and counters, and the service's own state beside it in the slab.
+//!
 //! ## Module map
-//! - [`reactor`]: the event loop: poll, dispatch, shutdown; its read path, accept and
-//!   timer handling in `reactor/read.rs`, `accept.rs`, `timers.rs`.
-//! - `hub`: the loop's state that services act on: connections, output flushing.
-//! - `connection`: one stream connection: socket, buffers, life cycle; [`ConnId`].
+//! - [`reactor`]: the event loop: poll, dispatch, shutdown; the read and write paths
+//!   (`reactor/read.rs`, `write.rs`), a connection's life cycle (`lifecycle.rs`),
+//!   accepting, timers, and the [`Handle`] into the loop from other threads.
+//! - `hub`: the loop's state that services act on: connections, timers, work lists.
+//! - `connection`: one stream connection: socket, buffers, state; [`ConnId`].
 //! - [`buffer`]: the byte buffer with read/write regions, and the buffer pool.
 //! - `outqueue`: a connection's pending output, owned bytes and [`SharedFrame`]s.
 //! - [`frame`]: framing codecs: [`LengthCodec`] (our wire format, or any length-prefixed
-//!   one), lines, raw.
-//! - [`service`]: the [`Service`] trait and the [`Context`] it acts through.
+//!   one), lines, raw, and [`frame::AnyCodec`] to pick one per endpoint.
+//! - [`service`]: the [`Service`] trait; `context`: the [`Context`] it acts through.
+//! - `endpoint`: endpoints and their codecs, opening listeners, sockets and
+//!   outbound connections ([`Dial`]).
 //! - `udp`: UDP endpoints.
-//! - `endpoint`: opening listeners and sockets (socket2: SO_REUSEADDR, backlog).
-//! - [`timer`]: the deadline queue behind frame deadlines and service timers.
+//! - [`timer`]: the deadline queue behind every timer.
 //! - `idle`: connections ordered by last activity, for the idle timeout.
 //! - [`config`]: endpoints and limits, validated. [`stats`]: counters.
+//! - `signals` (feature `signals`): graceful shutdown on SIGINT/SIGTERM.
 //! - [`services`]: the services the binary runs.
 //!
 //! A whole server:
@@ -43,8 +53,9 @@
 //!
 //! let mut config = Config::default();
 //! config.tcp.push("127.0.0.1:9000".parse().unwrap());
-//! let reactor = Reactor::bind(config, Echo, LengthCodec::new(1 << 20)).unwrap();
-//! reactor.run().unwrap();
+//! let reactor = Reactor::bind(config, Echo::default(), LengthCodec::new(1 << 20)).unwrap();
+//! let stopped = reactor.run().unwrap();
+//! println!("{}", stopped.stats);
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -54,6 +65,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 mod connection;
+mod context;
 mod endpoint;
 mod error;
 pub mod frame;
@@ -65,6 +77,8 @@ mod outqueue;
 pub mod reactor;
 pub mod service;
 pub mod services;
+#[cfg(feature = "signals")]
+mod signals;
 pub mod stats;
 pub mod timer;
 mod udp;
@@ -72,14 +86,16 @@ mod udp;
 pub use buffer::{Buffer, BufferPool};
 pub use config::{Config, ConfigError, MAX_DATAGRAM};
 pub use connection::{ConnId, PeerAddr};
-pub use endpoint::BoundAddr;
+pub use context::{CloseMode, Context, SendError};
+pub use endpoint::{BoundAddr, Dial, DialError, EndpointId, EndpointKind, ListenAddr, Target};
 pub use error::Error;
 pub use frame::{
-    Codec, Decode, Endian, FrameError, LengthCodec, LengthCodecError, LinesCodec, RawCodec,
+    AnyCodec, Codec, Decode, Endian, FrameError, LengthCodec, LengthCodecError, LinesCodec,
+    RawCodec,
 };
 pub use outqueue::SharedFrame;
-pub use reactor::{Handle, Reactor};
-pub use service::{CloseMode, Context, Frames, SendError, Service};
+pub use reactor::{Handle, Job, PostError, Reactor, Stopped};
+pub use service::{Frames, Origin, Service};
 pub use stats::{CloseReason, Stats};
 pub use timer::TimerId;
 pub use udp::UdpId;

@@ -23,11 +23,15 @@ pub enum CloseReason {
     Service,
     /// The server is shutting down.
     Shutdown,
+    /// A dialled connection could not be made (refused, unreachable, ...).
+    ConnectFailed(std::io::ErrorKind),
+    /// A dialled connection was not up within its connect timeout.
+    ConnectTimeout,
 }
 
 impl CloseReason {
     /// All the kinds, in the order [`Stats::closed`] counts them.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "peer_closed",
         "error",
         "protocol",
@@ -35,6 +39,8 @@ impl CloseReason {
         "frame_timeout",
         "service",
         "shutdown",
+        "connect_failed",
+        "connect_timeout",
     ];
 
     /// Index of this reason in [`Stats::closed`].
@@ -47,6 +53,8 @@ impl CloseReason {
             CloseReason::FrameTimeout => 4,
             CloseReason::Service => 5,
             CloseReason::Shutdown => 6,
+            CloseReason::ConnectFailed(_) => 7,
+            CloseReason::ConnectTimeout => 8,
         }
     }
 }
@@ -55,6 +63,7 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Error(kind) => write!(f, "error ({kind})"),
+            CloseReason::ConnectFailed(kind) => write!(f, "connect failed ({kind})"),
             other => f.write_str(Self::KINDS[other.index()]),
         }
     }
@@ -65,12 +74,14 @@ impl fmt::Display for CloseReason {
 pub struct Stats {
     /// Connections accepted and kept.
     pub accepted: u64,
+    /// Outbound connections dialled (whether or not they came up).
+    pub dialled: u64,
     /// Connections accepted and closed at once because `max_conns` was reached.
     pub rejected: u64,
-    /// Connections open now.
+    /// Connections open now (dialled ones from the moment their connect starts).
     pub active: u64,
     /// Closed connections, by [`CloseReason::index`].
-    pub closed: [u64; 7],
+    pub closed: [u64; 9],
     /// Frames decoded from TCP and Unix connections.
     pub frames_in: u64,
     /// Frames queued for sending.
@@ -130,6 +141,9 @@ impl fmt::Display for Stats {
         }
         if self.datagrams_dropped > 0 {
             write!(f, "; datagrams dropped {}", self.datagrams_dropped)?;
+        }
+        if self.dialled > 0 {
+            write!(f, "; dialled {}", self.dialled)?;
         }
         if self.accept_errors > 0 {
             write!(f, "; accept errors {}", self.accept_errors)?;

@@ -1,30 +1,33 @@
-//! Deadlines for the event loop: idle timeouts, frame deadlines, service timers.
+//! Deadlines for the event loop: frame deadlines, connect timeouts, lingering windows,
+//! service timers (one-shot and repeating).
 //!
-//! The loop never sleeps on a timer thread. It asks [`TimerQueue::next_deadline`] how
+//! The loop never sleeps on a timer thread. It asks [`TimerQueue::poll_timeout`] how
 //! long it may block in `poll`, and after each wake-up pops whatever is due with
 //! [`TimerQueue::pop_due`]. Time is always passed *in* (`now`), so every rule here is
 //! tested without sleeping.
 //!
-//! Idle timeouts are lazy: a connection has one entry, armed for `last_activity +
-//! timeout`. Activity only updates a timestamp in the connection (no timer work per
-//! frame); when the entry comes due the reactor compares the timestamp and re-arms the
-//! entry if the connection was active in the meantime. So each connection costs one
-//! timer operation per timeout period at most, however busy it is.
+//! A repeating timer is re-armed under the same [`TimerId`] ([`TimerQueue::rearm`]) for
+//! its previous deadline plus the interval, not for "now plus the interval", so it does
+//! not drift however late the loop gets to it.
+//!
+//! Idle timeouts are not here: the reactor keeps connections in a list ordered by
+//! activity (`idle.rs`), which needs one deadline for all of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// Names one scheduled entry, so it can be cancelled.
+/// Names one scheduled timer, so it can be cancelled; a repeating timer keeps its id
+/// for every round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimerId {
-    /// When it is due.
+    /// When it was first due.
     deadline: Instant,
     /// Tie-breaker that keeps entries with one deadline apart, in insertion order.
     seq: u64,
 }
 
 impl TimerId {
-    /// When this timer is due.
+    /// When this timer was first due (for a repeating timer: its first round).
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -33,7 +36,11 @@ impl TimerId {
 /// Entries ordered by deadline, each carrying a value of type `T`.
 #[derive(Debug)]
 pub struct TimerQueue<T> {
+    /// Keyed by the entry's current deadline (and sequence number).
     entries: BTreeMap<TimerId, T>,
+    /// Re-armed entries whose current deadline differs from their id's: by sequence
+    /// number, (first deadline, current deadline).
+    moved: HashMap<u64, (Instant, Instant)>,
     next_seq: u64,
 }
 
@@ -41,6 +48,7 @@ impl<T> Default for TimerQueue<T> {
     fn default() -> Self {
         TimerQueue {
             entries: BTreeMap::new(),
+            moved: HashMap::new(),
             next_seq: 0,
         }
     }
@@ -63,9 +71,29 @@ impl<T> TimerQueue<T> {
         id
     }
 
+    /// Schedules `value` again under `id` (which [`TimerQueue::pop_due`] returned), due
+    /// at `deadline`: a repeating timer's next round. `cancel(id)` still finds it.
+    pub fn rearm(&mut self, id: TimerId, deadline: Instant, value: T) {
+        let key = TimerId {
+            deadline,
+            seq: id.seq,
+        };
+        if deadline != id.deadline {
+            self.moved.insert(id.seq, (id.deadline, deadline));
+        }
+        self.entries.insert(key, value);
+    }
+
     /// Removes an entry; returns its value if it was still scheduled.
     pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        self.entries.remove(&id)
+        let key = match self.moved.remove(&id.seq) {
+            Some((_, current)) => TimerId {
+                deadline: current,
+                seq: id.seq,
+            },
+            None => id,
+        };
+        self.entries.remove(&key)
     }
 
     /// The earliest deadline, if any.
@@ -87,14 +115,20 @@ impl<T> TimerQueue<T> {
         })
     }
 
-    /// Removes and returns the earliest entry if it is due at `now`.
+    /// Removes and returns the earliest entry if it is due at `now`, with the id it
+    /// was scheduled under.
     pub fn pop_due(&mut self, now: Instant) -> Option<(TimerId, T)> {
         let first = self.entries.first_entry()?;
-        if first.key().deadline <= now {
-            Some(first.remove_entry())
-        } else {
-            None
+        if first.key().deadline > now {
+            return None;
         }
+        let (mut id, value) = first.remove_entry();
+        if !self.moved.is_empty() {
+            if let Some((original, _)) = self.moved.remove(&id.seq) {
+                id.deadline = original;
+            }
+        }
+        Some((id, value))
     }
 
     /// Number of scheduled entries.
@@ -149,6 +183,28 @@ mod tests {
         assert_eq!(q.cancel(id), Some("x"));
         assert_eq!(q.cancel(id), None);
         assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_rearmed_entry_keeps_its_id_and_can_be_cancelled() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut q = TimerQueue::new();
+        let id = q.insert(t0 + second, "tick");
+        let (popped, value) = q.pop_due(t0 + second).unwrap();
+        assert_eq!(popped, id);
+        q.rearm(popped, t0 + 2 * second, value);
+        assert_eq!(
+            q.pop_due(t0 + second),
+            None,
+            "not due before its next round"
+        );
+        let (again, value) = q.pop_due(t0 + 2 * second).unwrap();
+        assert_eq!(again, id, "the same id every round");
+        q.rearm(again, t0 + 3 * second, value);
+        assert_eq!(q.cancel(id), Some("tick"));
+        assert!(q.is_empty());
+        assert_eq!(q.pop_due(t0 + 10 * second), None);
     }
 
     #[test]

@@ -15,8 +15,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
-use switchboard::services::Echo;
-use switchboard::{ConnId, Context, Frames, LengthCodec, Service};
+use switchboard::{ConnId, Context, Frames, LengthCodec, Origin, Service};
 
 /// Allocations (alloc, alloc_zeroed, realloc) made on the reactor threads, one counter
 /// per test (tests run in parallel, each with its own server).
@@ -75,12 +74,23 @@ static GLOBAL: Counting = Counting;
 struct MarkedEcho(usize);
 
 impl Service for MarkedEcho {
-    fn on_connect(&mut self, _ctx: &mut Context<'_>, _conn: ConnId) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, _ctx: &mut Context<'_, Self>, _conn: ConnId, _: &mut (), _: Origin) {
         COUNTER.with(|c| c.set(self.0 + 1));
     }
 
-    fn on_frames(&mut self, ctx: &mut Context<'_>, conn: ConnId, frames: Frames<'_>) {
-        Echo.on_frames(ctx, conn, frames);
+    fn on_frames(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        frames: Frames<'_, LengthCodec>,
+    ) {
+        // What `Echo` does.
+        let _ = ctx.forward(conn, &frames);
     }
 }
 

@@ -65,7 +65,7 @@ fn a_second_signal_exits_at_once_even_with_connections_draining() {
     server.signal("TERM");
     let (code, stderr) = server.wait(IO_TIMEOUT);
     assert_eq!(code, Some(130), "{stderr}");
-    assert!(stderr.contains("again: exiting now"), "{stderr}");
+    assert!(stderr.contains("again: stopping now"), "{stderr}");
 }
 
 /// Signals come through a pipe the loop watches, not a signal thread: the process

@@ -22,7 +22,7 @@ use common::{
 const MAX_FRAME: usize = 64 * 1024;
 
 /// A chat server with `settings` on 127.0.0.1, and a handle on its counters.
-fn start(config: Config, settings: ChatSettings) -> (TestServer, ChatStatsHandle) {
+fn start(config: Config, settings: ChatSettings) -> (TestServer<Chat>, ChatStatsHandle) {
     let stats = ChatStatsHandle::default();
     let counters = stats.clone();
     let server = TestServer::start(config, move || {
@@ -43,7 +43,7 @@ fn stats_when(stats: &ChatStatsHandle, condition: impl Fn(&ChatStats) -> bool) -
     stats.get()
 }
 
-fn start_default() -> (TestServer, ChatStatsHandle) {
+fn start_default() -> (TestServer<Chat>, ChatStatsHandle) {
     start(local_config(), ChatSettings::default())
 }
 

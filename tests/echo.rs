@@ -13,8 +13,8 @@ use switchboard::{CloseReason, Config, LengthCodec, MAX_DATAGRAM};
 
 const MAX_FRAME: usize = 1 << 20;
 
-fn echo_server(config: Config) -> TestServer {
-    TestServer::start(config, || (Echo, LengthCodec::new(MAX_FRAME)))
+fn echo_server(config: Config) -> TestServer<Echo> {
+    TestServer::start(config, || (Echo::default(), LengthCodec::new(MAX_FRAME)))
 }
 
 #[test]
@@ -390,7 +390,7 @@ fn a_flooding_client_does_not_starve_others() {
 
 #[test]
 fn raw_framing_echoes_the_stream_as_it_arrives() {
-    let server = TestServer::start(local_config(), || (Echo, switchboard::RawCodec));
+    let server = TestServer::start(local_config(), || (Echo::default(), switchboard::RawCodec));
     let mut client = connect(server.tcp());
     // What the tutorials' clients do: plain text, no length prefix.
     for message in ["hello", "a longer line of text", "x"] {
@@ -403,7 +403,9 @@ fn raw_framing_echoes_the_stream_as_it_arrives() {
 
 #[test]
 fn lines_framing_echoes_each_line_and_limits_its_length() {
-    let server = TestServer::start(local_config(), || (Echo, switchboard::LinesCodec::new(16)));
+    let server = TestServer::start(local_config(), || {
+        (Echo::default(), switchboard::LinesCodec::new(16))
+    });
     let mut client = connect(server.tcp());
     client.write_all(b"first\nsec").unwrap();
     std::thread::sleep(Duration::from_millis(20));

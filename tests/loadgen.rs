@@ -14,12 +14,14 @@ use common::*;
 use switchboard::loadgen::{self, LoadError, Mode, Options};
 use switchboard::services::chat::{Chat, ChatSettings};
 use switchboard::services::Echo;
-use switchboard::{Config, ConnId, Context, LengthCodec, PeerAddr, RawCodec, Service};
+use switchboard::{Config, ConnId, Context, LengthCodec, Origin, PeerAddr, RawCodec, Service};
 
 const MAX_FRAME: usize = 1 << 20;
 
-fn echo_server() -> TestServer {
-    TestServer::start(local_config(), || (Echo, LengthCodec::new(MAX_FRAME)))
+fn echo_server() -> TestServer<Echo> {
+    TestServer::start(local_config(), || {
+        (Echo::default(), LengthCodec::new(MAX_FRAME))
+    })
 }
 
 /// A short run against `addr`.
@@ -57,7 +59,11 @@ struct Corrupting {
 }
 
 impl Service for Corrupting {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
         self.seen += 1;
         let mut reply = payload.to_vec();
         if self.seen.is_multiple_of(100) {
@@ -136,7 +142,11 @@ struct Dropping {
 }
 
 impl Service for Dropping {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
         self.seen += 1;
         if self.seen != 500 {
             let _ = ctx.send(conn, payload);
@@ -183,7 +193,7 @@ fn a_message_budget_sends_exactly_that_many() {
 
 #[test]
 fn raw_mode_checks_an_unframed_stream() {
-    let server = TestServer::start(local_config(), || (Echo, RawCodec));
+    let server = TestServer::start(local_config(), || (Echo::default(), RawCodec));
     let options = Options {
         size: 1000,
         ..quick(server.tcp(), Mode::Raw)
@@ -237,12 +247,16 @@ struct Recording {
 }
 
 impl Service for Recording {
-    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
         if let Some(PeerAddr::Tcp(addr)) = ctx.peer_addr(conn) {
             self.peers.lock().unwrap().push(addr.ip());
         }
     }
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
         let _ = ctx.send(conn, payload);
     }
 }
@@ -275,7 +289,7 @@ fn idle_connections_and_source_addresses() {
 fn idle_connections_closed_by_the_server_are_reported() {
     let mut config = local_config();
     config.idle_timeout = Some(Duration::from_millis(300));
-    let server = TestServer::start(config, || (Echo, LengthCodec::new(MAX_FRAME)));
+    let server = TestServer::start(config, || (Echo::default(), LengthCodec::new(MAX_FRAME)));
     let options = Options {
         idle: 5,
         ..quick(server.tcp(), Mode::Framed)
@@ -285,7 +299,7 @@ fn idle_connections_closed_by_the_server_are_reported() {
     assert!(summary.failed());
 }
 
-fn chat_server() -> TestServer {
+fn chat_server() -> TestServer<Chat> {
     let mut config = Config::default();
     config.tcp.push("127.0.0.1:0".parse().unwrap());
     TestServer::start(config, || {

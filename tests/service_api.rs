@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+use switchboard::services::Echo;
 use switchboard::{
-    CloseMode, CloseReason, ConnId, Context, LengthCodec, SendError, Service, TimerId,
+    CloseMode, CloseReason, ConnId, Context, LengthCodec, Origin, SendError, Service, TimerId,
 };
 
 /// Remembers the first connection; when a later one arrives after it closed, tries to
@@ -22,14 +23,18 @@ struct SlotReuse {
 }
 
 impl Service for SlotReuse {
-    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
         if let Some(old) = self.closed {
             let ghost = ctx.send(old, b"ghost");
             let _ = self.report.send((old, conn, ghost));
         }
         let _ = ctx.send(conn, b"welcome");
     }
-    fn on_close(&mut self, _: &mut Context<'_>, conn: ConnId, _: CloseReason) {
+    fn on_close(&mut self, _: &mut Context<'_, Self>, conn: ConnId, _: (), _: CloseReason) {
         self.closed.get_or_insert(conn);
         let _ = self.closed_tx.send(());
     }
@@ -77,8 +82,13 @@ struct Timers {
 }
 
 impl Service for Timers {
-    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
-        let value = self.conns.len() as u64;
+    type Conn = ();
+    /// Which connection the timer answers.
+    type Timer = usize;
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
+        let value = self.conns.len();
         self.conns.push(conn);
         ctx.set_timer(Duration::from_millis(50), value);
         let cancelled = ctx.set_timer(Duration::from_millis(100), value);
@@ -88,26 +98,32 @@ impl Service for Timers {
             "cancelling twice reports false"
         );
     }
-    fn on_timer(&mut self, ctx: &mut Context<'_>, _: TimerId, value: u64) {
-        let conn = self.conns[value as usize];
-        let _ = ctx.send(conn, format!("timer {value}").as_bytes());
+    fn on_timer(&mut self, ctx: &mut Context<'_, Self>, _: TimerId, value: usize) {
+        let conn = self.conns[value];
+        ctx.send(conn, format!("timer {value}").as_bytes()).unwrap();
     }
 }
 
 #[test]
 fn timers_fire_once_and_cancelled_timers_never_fire() {
-    let server = TestServer::start(local_config(), || {
-        (Timers::default(), LengthCodec::new(1024))
-    });
+    let mut server = Driven::start(local_config(), Timers::default(), LengthCodec::new(1024));
     let mut client = connect(server.tcp());
+    server.turn_until("accepted", |r| r.stats().accepted == 1);
+    server.advance(Duration::from_millis(49));
+    client.set_nonblocking(true).unwrap();
+    assert!(read_frame(&mut client).is_err(), "not due yet");
+    server.advance(Duration::from_millis(1));
+    client.set_nonblocking(false).unwrap();
     assert_eq!(read_frame(&mut client).unwrap(), b"timer 0");
-    client
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    // Long past the cancelled timer's deadline: on loopback anything it sent would be
+    // in the client's socket by the end of the turn.
+    server.advance(Duration::from_secs(60));
+    client.set_nonblocking(true).unwrap();
     assert!(
         read_frame(&mut client).is_err(),
         "the cancelled timer did not fire"
     );
+    assert_eq!(server.reactor.stats().frames_out, 1);
 }
 
 /// "flush" -> reply then close after flushing; "now" -> reply then close at once;
@@ -118,10 +134,14 @@ struct Closer {
 }
 
 impl Service for Closer {
-    fn on_connect(&mut self, _: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, _: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
         self.conns.push(conn);
     }
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
         match payload {
             b"flush" => {
                 ctx.send(conn, &vec![b'f'; 200_000]).unwrap();
@@ -143,7 +163,7 @@ impl Service for Closer {
             }
         }
     }
-    fn on_close(&mut self, _: &mut Context<'_>, conn: ConnId, _: CloseReason) {
+    fn on_close(&mut self, _: &mut Context<'_, Self>, conn: ConnId, _: (), _: CloseReason) {
         self.conns.retain(|&c| c != conn);
     }
 }
@@ -168,7 +188,6 @@ fn close_now_discards_queued_output() {
     });
     let mut client = connect(server.tcp());
     write_frame(&mut client, b"now").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     let mut received = Vec::new();
     let _ = client.read_to_end(&mut received); // EOF or reset: either ends the stream
     assert!(
@@ -214,7 +233,11 @@ struct Bulk;
 const BULK: usize = 8 << 20;
 
 impl Service for Bulk {
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, _: &[u8]) {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: &[u8]) {
         let _ = ctx.send(conn, &vec![b'b'; BULK]);
     }
 }
@@ -282,7 +305,7 @@ fn a_watched_source_runs_its_handler_on_the_loop() {
         let control = mio::net::UnixStream::from_std(control);
         std::thread::spawn(move || {
             let mut reactor =
-                Reactor::bind(config, switchboard::services::Echo, LengthCodec::new(1024)).unwrap();
+                Reactor::bind(config, Echo::default(), LengthCodec::new(1024)).unwrap();
             let handle = reactor.handle();
             let mut seen = Vec::new();
             reactor
@@ -297,8 +320,8 @@ fn a_watched_source_runs_its_handler_on_the_loop() {
                 })
                 .unwrap();
             ready_tx.send(()).unwrap();
-            let stats = reactor.run().unwrap();
-            tx.send(stats.accepted).unwrap();
+            let stopped = reactor.run().unwrap();
+            tx.send(stopped.stats.accepted).unwrap();
         });
         (remote, ready_rx)
     };
@@ -340,9 +363,13 @@ fn spray_datagram(index: usize, size: usize) -> Vec<u8> {
 }
 
 impl Service for Spray {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
     fn on_datagram(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Self>,
         socket: switchboard::UdpId,
         peer: std::net::SocketAddr,
         datagram: &[u8],

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::server::{serve, ServerArgs};
+use super::server::{serve_then, ServerArgs};
 use crate::services::chat::{Chat, ChatSettings};
 use crate::LengthCodec;
 
@@ -43,5 +43,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         stats_interval: config.stats_interval,
     };
     let codec = LengthCodec::new(args.server.max_frame as usize);
-    serve(config, Chat::new(settings), codec)
+    serve_then(config, Chat::new(settings), codec, |stopped| {
+        log::info!("chat served: {}", stopped.service.stats().get())
+    })
 }

@@ -2,7 +2,8 @@
 //! The binary (`src/main.rs`) only calls [`main`].
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (for example an
-//! address in use), 2 for a bad flag (clap's usage error).
+//! address in use), 2 for a bad flag (clap's usage error), 130 when a second signal
+//! cut the shutdown short.
 
 mod bench;
 mod chat;
@@ -16,7 +17,7 @@ use log::LevelFilter;
 pub use chat::ChatArgs;
 pub use server::{EchoArgs, Framing, ServerArgs};
 // For servers built on the library (the protocol examples): flags, signals, exit codes.
-pub use server::serve;
+pub use server::{serve, serve_then};
 
 /// switchboard: one thread, thousands of connections.
 #[derive(Debug, Parser)]

@@ -9,11 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 
 use crate::services::Echo;
-use crate::{Codec, Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service};
+use crate::{Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service, Stopped};
 
 /// Endpoints and limits, for any server subcommand.
 #[derive(Debug, Clone, Args)]
@@ -150,15 +148,35 @@ pub fn run_echo(args: EchoArgs) -> ExitCode {
     let config = args.server.config(9000);
     let max = args.server.max_frame as usize;
     match args.framing {
-        Framing::Length => serve(config, Echo, LengthCodec::new(max)),
-        Framing::Raw => serve(config, Echo, RawCodec),
-        Framing::Lines => serve(config, Echo, LinesCodec::new(max)),
+        Framing::Length => serve(config, Echo::default(), LengthCodec::new(max)),
+        Framing::Raw => serve(config, Echo::default(), RawCodec),
+        Framing::Lines => serve(config, Echo::default(), LinesCodec::new(max)),
     }
 }
 
 /// Binds, installs the signal handlers, runs until SIGINT/SIGTERM, and maps the
 /// outcome to an exit code.
-pub fn serve<S: Service, C: Codec>(config: Config, service: S, codec: C) -> ExitCode {
+pub fn serve<S>(config: Config, service: S, codec: S::Codec) -> ExitCode
+where
+    S: Service + 'static,
+    S::Codec: Clone,
+{
+    serve_then(config, service, codec, |_| {})
+}
+
+/// [`serve`], then `report` on what the run gave back (a service's own summary).
+/// Exit codes: 0 after a graceful shutdown, 130 after a second signal cut it short,
+/// 1 when the server cannot start or its loop fails.
+pub fn serve_then<S>(
+    config: Config,
+    service: S,
+    codec: S::Codec,
+    report: impl FnOnce(&Stopped<S>),
+) -> ExitCode
+where
+    S: Service + 'static,
+    S::Codec: Clone,
+{
     raise_fd_limit();
     let mut reactor = match Reactor::bind(config, service, codec) {
         Ok(reactor) => reactor,
@@ -167,45 +185,24 @@ pub fn serve<S: Service, C: Codec>(config: Config, service: S, codec: C) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = stop_on_signals(&mut reactor) {
+    if let Err(e) = reactor.stop_on_signals() {
         eprintln!("switchboard: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     match reactor.run() {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(stopped) => {
+            report(&stopped);
+            if stopped.forced {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Err(e) => {
             eprintln!("switchboard: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The first SIGINT/SIGTERM starts a graceful shutdown; a second one exits at once.
-///
-/// The signals arrive through a self-pipe that the reactor watches like a socket, not
-/// through a signal thread: with a single thread the C library skips its cancellation
-/// bookkeeping around every `recv`, `send` and `epoll_wait`: 1,037 -> 890 instructions
-/// per ping-pong message (see docs/benchmarks.md).
-fn stop_on_signals<S: Service, C: Codec>(reactor: &mut Reactor<S, C>) -> Result<(), String> {
-    let signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
-    let handle = reactor.handle();
-    let mut received = 0;
-    reactor
-        .watch(signals, move |signals| {
-            for signal in signals.pending() {
-                received += 1;
-                if received == 1 {
-                    // Shut down first: if logging fails (stderr a closed pipe), the
-                    // server must still stop.
-                    handle.shutdown();
-                    log::info!("signal {signal}: shutting down (again to exit at once)");
-                } else {
-                    log::warn!("signal {signal} again: exiting now");
-                    std::process::exit(130);
-                }
-            }
-        })
-        .map_err(|e| e.to_string())
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection is a descriptor.

@@ -204,11 +204,11 @@ impl LengthCodec {
     ///     .build()
     ///     .unwrap();
     /// assert_eq!(
-    ///     codec.decode(&[2, 0, 0, 0, b'{', b'}']).unwrap(),
+    ///     codec.decode(&mut (), &[2, 0, 0, 0, b'{', b'}']).unwrap(),
     ///     Decode::Frame { payload: 4..6, consumed: 6 }
     /// );
     /// // -1 as a signed 32-bit number: not a length.
-    /// assert!(codec.decode(&[0xff, 0xff, 0xff, 0xff]).is_err());
+    /// assert!(codec.decode(&mut (), &[0xff, 0xff, 0xff, 0xff]).is_err());
     /// ```
     pub fn builder() -> LengthCodecBuilder {
         LengthCodecBuilder::default()
@@ -286,8 +286,10 @@ fn decode_standard(buf: &[u8], max_payload: usize) -> Result<Decode, FrameError>
 }
 
 impl Codec for LengthCodec {
+    type State = ();
+
     #[inline]
-    fn decode(&self, buf: &[u8]) -> Result<Decode, FrameError> {
+    fn decode(&self, _state: &mut (), buf: &[u8]) -> Result<Decode, FrameError> {
         if self.standard {
             return decode_standard(buf, self.max_payload);
         }

@@ -4,15 +4,15 @@
 use std::io;
 use std::time::Instant;
 
-use mio::{Interest, Token};
+use mio::Token;
 
 use super::{Reactor, ACCEPT_BUDGET, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
-use crate::connection::{ConnId, Connection, Stream};
-use crate::frame::Codec;
+use crate::connection::Stream;
+use crate::endpoint::EndpointId;
 use crate::hub::TimerEvent;
-use crate::service::{Context, Service};
+use crate::service::{Origin, Service};
 
-impl<S: Service, C: Codec> Reactor<S, C> {
+impl<S: Service> Reactor<S> {
     /// Accepts until `WouldBlock` (or the budget), registering each new connection.
     pub(super) fn accept(&mut self, index: usize) {
         for _ in 0..ACCEPT_BUDGET {
@@ -36,7 +36,8 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                         continue;
                     }
                     log::debug!("accepted {peer}");
-                    self.register_connection(stream);
+                    let endpoint = slot.endpoint;
+                    self.register_connection(stream, endpoint);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -61,28 +62,17 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         self.hub.ready_again.push(Token(LISTENER_BASE + index));
     }
 
-    fn register_connection(&mut self, mut stream: Stream) {
-        let generation = self.hub.next_generation();
-        let now = self.hub.now_millis();
-        let entry = self.hub.conns.vacant_entry();
-        let id = ConnId::new(entry.key(), generation);
-        if let Err(e) = self
+    fn register_connection(&mut self, stream: Stream, endpoint: EndpointId) {
+        match self
             .hub
-            .registry
-            .register(&mut stream, id.token(), Interest::READABLE)
+            .insert_connection(stream, endpoint, S::Conn::default(), false)
         {
-            log::error!("cannot register a new connection: {e}");
-            return;
+            Ok(id) => {
+                self.hub.stats.accepted += 1;
+                self.connection_opened(id, Origin::Accepted(endpoint));
+            }
+            Err((e, _)) => log::error!("cannot register a new connection: {e}"),
         }
-        entry.insert(Connection::new(stream, generation, now));
-        if self.hub.limits.idle_timeout_millis.is_some() {
-            self.hub.idle.push_back(&mut self.hub.conns, id.index());
-        }
-        self.hub.stats.accepted += 1;
-        self.hub.stats.active += 1;
-        let mut ctx = Context::new(&mut self.hub, &self.codec);
-        self.service.on_connect(&mut ctx, id);
-        self.carry_out_requests();
     }
 }
 

@@ -1,15 +1,21 @@
 //! The event loop: one `mio::Poll`, every socket registered with it, and the dispatch
-//! from readiness events to reads, writes, accepts and service callbacks.
+//! from readiness events to reads, writes, accepts, connects and service callbacks.
 //!
-//! One turn of the loop:
+//! One turn of the loop, [`Reactor::turn`]:
 //!
 //! ```text
-//!   poll(timeout = next timer deadline, or 0 if work is left over)
-//!     -> for each event: accept / read+decode+on_frame / write / recv_from+on_datagram
-//!        then carry out what callbacks queued: flush output, close connections
+//!   poll(timeout = next deadline, or 0 if work is left over)
+//!     -> at `now`: for each event: accept / connect / read+decode+on_frames / write /
+//!        recv_from+on_datagram / jobs from other threads; after each, carry out what
+//!        the callbacks queued: closes, flushes, on_drained
 //!     -> serve the ready-again list (readiness left unused by the per-turn budgets)
-//!     -> fire due timers (idle, frame deadline, service timers, stats report)
+//!     -> fire due timers (idle, frame deadline, connect, linger, service timers)
 //! ```
+//!
+//! Time comes in: the turn takes `now` as a parameter and every deadline is measured
+//! against it, and [`Reactor::next_deadline`] says when the loop next has something to
+//! do. [`Reactor::run`] passes the real clock; a test passes a virtual one and never
+//! sleeps.
 //!
 //! mio is edge-triggered: an event says readiness *changed*, and no new event comes
 //! until the socket has been drained to `WouldBlock`. So each handler reads, writes or
@@ -17,10 +23,14 @@
 //! and puts the socket on the ready-again list, which the next turn serves with a zero
 //! poll timeout. A short read or short write also proves the kernel buffer was drained
 //! or filled, which saves the extra syscall that would only return `WouldBlock`.
+//!
+//! The parts: `read.rs` and `write.rs` (the two data paths), `lifecycle.rs` (every
+//! state a connection goes through), `accept.rs`, `timers.rs`, `handle.rs` (the way in
+//! from other threads).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -28,19 +38,28 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::connection::{ConnId, ConnState, Millis};
-use crate::endpoint::{bind_tcp, bind_udp, bind_unix, BoundAddr, Listener};
+use crate::context::Context;
+use crate::endpoint::{
+    bind_tcp, bind_udp, bind_unix, BoundAddr, Dial, DialError, EndpointId, EndpointKind, Endpoints,
+    ListenAddr, Listener,
+};
 use crate::error::Error;
-use crate::frame::Codec;
 use crate::hub::{Hub, Limits, TimerEvent};
-use crate::service::{Context, Service};
+use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
 
 mod accept;
+mod handle;
+mod lifecycle;
 mod read;
 mod timers;
+mod write;
 
-/// Wakes the loop from another thread (shutdown).
+pub use handle::{Handle, Job, PostError};
+use handle::{Inbox, Shared};
+
+/// Wakes the loop from another thread (jobs, shutdown).
 const WAKER: Token = Token(0);
 /// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = 1;
@@ -54,65 +73,57 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_BUDGET: usize = 256;
 /// Datagrams received per UDP socket per turn before others get a turn.
 const DATAGRAM_BUDGET: usize = 64;
+/// Jobs from other threads run per turn before the sockets get a turn.
+const JOB_BUDGET: usize = 256;
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Rate limit for repeated warnings (max-conns rejections, accept failures).
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Stops a running reactor from any thread.
-///
-/// ```no_run
-/// # use switchboard::{Config, LengthCodec, Reactor, services::Echo};
-/// # let mut config = Config::default();
-/// # config.tcp.push("127.0.0.1:0".parse().unwrap());
-/// let reactor = Reactor::bind(config, Echo, LengthCodec::new(1 << 20)).unwrap();
-/// let handle = reactor.handle();
-/// std::thread::spawn(move || handle.shutdown());
-/// let stats = reactor.run().unwrap();
-/// ```
-#[derive(Debug, Clone)]
-pub struct Handle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl Handle {
-    /// Asks the reactor to stop accepting, flush what is queued (within the grace
-    /// period) and return from [`Reactor::run`].
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake the event loop: {e}");
-        }
-    }
-}
-
-/// A listener and whether accepting on it is paused.
+/// A listener, its endpoint, and whether accepting on it is paused.
 #[derive(Debug)]
 struct ListenerSlot {
     listener: Listener,
+    endpoint: EndpointId,
     /// Accepting paused after running out of file descriptors; a timer resumes it.
     paused: bool,
 }
 
+/// What [`Reactor::run`] gives back: the service, as the loop left it, and the final
+/// counters.
+#[derive(Debug)]
+pub struct Stopped<S> {
+    /// The service.
+    pub service: S,
+    /// The reactor's counters at the end.
+    pub stats: Stats,
+    /// True when the stop was forced ([`Handle::stop_now`]) rather than graceful.
+    pub forced: bool,
+}
+
 /// The single-threaded server: sockets, connections, timers and one [`Service`],
 /// driven by one `mio::Poll`. See the module docs for the shape of a turn.
-pub struct Reactor<S: Service, C: Codec> {
+pub struct Reactor<S: Service> {
     poll: Poll,
-    hub: Hub,
+    /// Taken out for the duration of a turn (the handlers borrow the reactor).
+    events: Option<Events>,
+    hub: Hub<S>,
+    /// Stream endpoints and their codecs.
+    endpoints: Endpoints<S::Codec>,
     listeners: Vec<ListenerSlot>,
     /// Outside sources the loop watches (e.g. a signal pipe), each with its handler.
     watched: Vec<Box<dyn FnMut()>>,
     service: S,
-    codec: C,
     /// The loop's shared read buffer: reads land here (all but the ends of large
     /// frames left partial by a slow peer), so idle connections need no buffer of
     /// their own.
     scratch: Buffer,
     config: Config,
     bound: Vec<BoundAddr>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared>,
+    inbox: Inbox<S>,
+    /// `on_start` has run.
+    started: bool,
     /// Set once shutdown has begun: the time by which everything must be closed.
     shutdown_deadline: Option<Instant>,
     /// When each rate-limited warning was last logged.
@@ -120,7 +131,7 @@ pub struct Reactor<S: Service, C: Codec> {
     last_accept_warning: Option<Instant>,
 }
 
-impl<S: Service, C: Codec> std::fmt::Debug for Reactor<S, C> {
+impl<S: Service> std::fmt::Debug for Reactor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reactor")
             .field("endpoints", &self.bound)
@@ -129,41 +140,59 @@ impl<S: Service, C: Codec> std::fmt::Debug for Reactor<S, C> {
     }
 }
 
-impl<S: Service, C: Codec> Reactor<S, C> {
-    /// Validates `config`, binds every endpoint and registers it with a new `Poll`.
-    /// Logs one line per endpoint with its real address.
-    pub fn bind(config: Config, service: S, codec: C) -> Result<Self, Error> {
+impl<S: Service> Reactor<S> {
+    /// Validates `config`, binds every endpoint it lists (each framed by `codec`) and
+    /// registers it with a new `Poll`. `codec` also frames dialled connections unless a
+    /// dial names another endpoint. Logs one line per endpoint with its real address.
+    pub fn bind(config: Config, service: S, codec: S::Codec) -> Result<Self, Error>
+    where
+        S::Codec: Clone,
+    {
         config.validate()?;
         let poll = Poll::new().map_err(Error::Poll)?;
         let registry = poll.registry().try_clone().map_err(Error::Poll)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(Error::Poll)?);
+        let waker = Waker::new(poll.registry(), WAKER).map_err(Error::Poll)?;
         let limits = Limits {
             write_limit: config.write_limit,
+            low_water: config.low_water_mark(),
             idle_timeout_millis: config
                 .idle_timeout
                 .filter(|d| !d.is_zero())
                 .map(|d| d.as_millis().max(1) as Millis),
             frame_timeout: config.frame_timeout.filter(|d| !d.is_zero()),
+            connect_timeout: config.connect_timeout,
         };
+        let (sender, receiver) = mpsc::sync_channel(config.inbox_capacity);
         let mut reactor = Reactor {
             hub: Hub::new(registry, limits),
+            endpoints: Endpoints {
+                list: Vec::new(),
+                default_codec: codec.clone(),
+                default_outbound: EndpointId(0),
+            },
+            events: Some(Events::with_capacity(EVENTS_CAPACITY)),
             listeners: Vec::new(),
             watched: Vec::new(),
             service,
-            codec,
             scratch: Buffer::from_storage(Vec::with_capacity(read::shared_buffer_size(
                 config.read_buffer_size,
             ))),
             bound: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            shared: Arc::new(Shared {
+                stop: AtomicBool::new(false),
+                stop_now: AtomicBool::new(false),
+                waker,
+            }),
+            inbox: Inbox { receiver, sender },
+            started: false,
             shutdown_deadline: None,
             last_reject_warning: None,
             last_accept_warning: None,
             poll,
             config,
         };
-        reactor.bind_endpoints()?;
+        reactor.bind_endpoints(&codec)?;
+        reactor.endpoints.default_outbound = reactor.outbound(codec);
         if let Some(interval) = reactor.config.stats_interval.filter(|d| !d.is_zero()) {
             reactor
                 .hub
@@ -173,41 +202,81 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         Ok(reactor)
     }
 
-    fn bind_endpoints(&mut self) -> Result<(), Error> {
-        let bind_error = |endpoint: String| move |source| Error::Bind { endpoint, source };
+    fn bind_endpoints(&mut self, codec: &S::Codec) -> Result<(), Error>
+    where
+        S::Codec: Clone,
+    {
         for addr in self.config.tcp.clone() {
-            let listener = bind_tcp(addr, self.config.backlog, self.config.reuse_port)
-                .map_err(bind_error(format!("tcp {addr}")))?;
-            let local = listener
-                .local_addr()
-                .map_err(bind_error(format!("tcp {addr}")))?;
-            self.add_listener(Listener::Tcp(listener), BoundAddr::Tcp(local))?;
+            self.listen(ListenAddr::Tcp(addr), codec.clone())?;
         }
         for path in self.config.unix.clone() {
-            let listener =
-                bind_unix(&path).map_err(bind_error(format!("unix {}", path.display())))?;
-            self.add_listener(
-                Listener::Unix(listener, path.clone()),
-                BoundAddr::Unix(path.clone()),
-            )?;
+            self.listen(ListenAddr::Unix(path), codec.clone())?;
         }
         for addr in self.config.udp.clone() {
-            let mut socket = bind_udp(addr).map_err(bind_error(format!("udp {addr}")))?;
-            let local = socket
-                .local_addr()
-                .map_err(bind_error(format!("udp {addr}")))?;
-            let token = Token(UDP_BASE + self.hub.udp.len());
-            self.poll
-                .registry()
-                .register(&mut socket, token, Interest::READABLE)
-                .map_err(Error::Poll)?;
-            self.hub.udp.push(UdpEndpoint::new(socket, token));
-            self.announce(BoundAddr::Udp(local));
+            self.bind_udp(addr)?;
         }
         Ok(())
     }
 
-    fn add_listener(&mut self, mut listener: Listener, bound: BoundAddr) -> Result<(), Error> {
+    /// Opens one more stream listener, framed by `codec`: one reactor can serve length
+    /// frames on one port and lines on another. Returns the endpoint the service will
+    /// see in [`crate::Origin::Accepted`].
+    pub fn listen(&mut self, addr: ListenAddr, codec: S::Codec) -> Result<EndpointId, Error> {
+        let bind_error = |endpoint: String| move |source| Error::Bind { endpoint, source };
+        let (listener, bound) = match addr {
+            ListenAddr::Tcp(addr) => {
+                let listener = bind_tcp(addr, self.config.backlog, self.config.reuse_port)
+                    .map_err(bind_error(format!("tcp {addr}")))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(bind_error(format!("tcp {addr}")))?;
+                (Listener::Tcp(listener), BoundAddr::Tcp(local))
+            }
+            ListenAddr::Unix(path) => {
+                let listener =
+                    bind_unix(&path).map_err(bind_error(format!("unix {}", path.display())))?;
+                let bound = BoundAddr::Unix(path.clone());
+                (Listener::Unix(listener, path), bound)
+            }
+        };
+        let endpoint = self
+            .endpoints
+            .add(EndpointKind::Listener(bound.clone()), codec);
+        self.add_listener(listener, endpoint)?;
+        self.announce(bound);
+        Ok(endpoint)
+    }
+
+    /// Adds an outbound endpoint framed by `codec`, for dials that speak another
+    /// protocol than the reactor's default ([`Dial::endpoint`]).
+    pub fn outbound(&mut self, codec: S::Codec) -> EndpointId {
+        self.endpoints.add(EndpointKind::Outbound, codec)
+    }
+
+    /// The endpoint dials go through unless they name another.
+    pub fn default_outbound(&self) -> EndpointId {
+        self.endpoints.default_outbound
+    }
+
+    fn bind_udp(&mut self, addr: std::net::SocketAddr) -> Result<UdpId, Error> {
+        let bind_error = |source| Error::Bind {
+            endpoint: format!("udp {addr}"),
+            source,
+        };
+        let mut socket = bind_udp(addr).map_err(bind_error)?;
+        let local = socket.local_addr().map_err(bind_error)?;
+        let index = self.hub.udp.len();
+        let token = Token(UDP_BASE + index);
+        self.poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        self.hub.udp.push(UdpEndpoint::new(socket, token));
+        self.announce(BoundAddr::Udp(local));
+        Ok(UdpId(index))
+    }
+
+    fn add_listener(&mut self, mut listener: Listener, endpoint: EndpointId) -> Result<(), Error> {
         let token = Token(LISTENER_BASE + self.listeners.len());
         self.poll
             .registry()
@@ -215,15 +284,22 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             .map_err(Error::Poll)?;
         self.listeners.push(ListenerSlot {
             listener,
+            endpoint,
             paused: false,
         });
-        self.announce(bound);
         Ok(())
     }
 
     fn announce(&mut self, bound: BoundAddr) {
         log::info!("listening on {bound}");
         self.bound.push(bound);
+    }
+
+    /// Dials an outbound connection before the loop runs (a client), exactly as
+    /// [`Context::connect`] does from a callback.
+    pub fn connect(&mut self, dial: Dial, state: S::Conn) -> Result<ConnId, DialError<S::Conn>> {
+        self.hub.set_now(Instant::now());
+        self.hub.dial(dial, state, &self.endpoints)
     }
 
     /// Watches an outside event source from the loop's own thread: `on_ready` runs
@@ -234,27 +310,6 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     /// The `switchboard` binary watches its signal pipe this way, so the process runs
     /// no thread besides the loop (and the C library skips the bookkeeping it does
     /// around every system call once a second thread exists).
-    ///
-    /// ```no_run
-    /// # use std::io::Read;
-    /// # use switchboard::{Config, LengthCodec, Reactor, services::Echo};
-    /// # let mut config = Config::default();
-    /// # config.tcp.push("127.0.0.1:0".parse().unwrap());
-    /// let mut reactor = Reactor::bind(config, Echo, LengthCodec::new(1 << 20)).unwrap();
-    /// let (control, mut remote) = mio::net::UnixStream::pair().unwrap();
-    /// let handle = reactor.handle();
-    /// reactor
-    ///     .watch(control, move |control| {
-    ///         let mut byte = [0u8; 64];
-    ///         // Drained to WouldBlock (or EOF): any byte, or the other end closing,
-    ///         // stops the server.
-    ///         while matches!(control.read(&mut byte), Ok(n) if n > 0) {}
-    ///         handle.shutdown();
-    ///     })
-    ///     .unwrap();
-    /// # std::io::Write::write_all(&mut remote, b"x").unwrap();
-    /// reactor.run().unwrap();
-    /// ```
     pub fn watch<Src>(
         &mut self,
         mut source: Src,
@@ -272,57 +327,129 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         Ok(())
     }
 
-    /// The endpoints bound, with their real addresses, in the order: TCP, Unix, UDP.
+    /// The endpoints bound, with their real addresses, in the order: TCP, Unix, UDP
+    /// (then any added with [`Reactor::listen`]).
     pub fn endpoints(&self) -> &[BoundAddr] {
         &self.bound
     }
 
-    /// A handle that stops the reactor from another thread.
-    pub fn handle(&self) -> Handle {
+    /// A handle that reaches the reactor from another thread.
+    pub fn handle(&self) -> Handle<S> {
         Handle {
-            stop: Arc::clone(&self.stop),
-            waker: Arc::clone(&self.waker),
+            shared: Arc::clone(&self.shared),
+            inbox: self.inbox.sender.clone(),
         }
     }
 
-    /// Runs the loop until [`Handle::shutdown`] is called and the shutdown completes.
-    /// Returns the final counters, which are also logged.
-    pub fn run(mut self) -> Result<Stats, Error> {
-        // A local, not a field: the handlers borrow `self` mutably while the loop
-        // walks the events.
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        loop {
-            let timeout = self.poll_timeout();
-            log::trace!("poll: timeout {}", describe_timeout(timeout));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Poll(e));
-            }
-            self.hub.set_now(Instant::now());
-            self.dispatch_events(&events);
-            if !self.hub.ready_again.is_empty() {
-                self.serve_ready_again();
-            }
-            self.fire_timers();
-            if self.hub.udp_burst_pending {
-                self.send_udp_bursts();
-            }
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.hub.conns.is_empty() || self.hub.now >= deadline {
-                    break;
-                }
-            }
+    /// The service, between turns.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The service, mutably, between turns.
+    pub fn service_mut(&mut self) -> &mut S {
+        &mut self.service
+    }
+
+    /// The reactor's counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.hub.stats
+    }
+
+    /// Runs the loop on the real clock until it is shut down ([`Handle::shutdown`],
+    /// [`Context::shutdown`], or a signal with [`Reactor::stop_on_signals`]) and the
+    /// shutdown completes. Returns the service and the final counters, which are also
+    /// logged.
+    pub fn run(mut self) -> Result<Stopped<S>, Error> {
+        while !self.is_finished() {
+            let wait = self.poll_timeout();
+            self.turn_after(wait, Instant::now)?;
         }
+        Ok(self.finish())
+    }
+
+    /// One turn of the loop: waits up to `wait` for readiness (`None`: until something
+    /// happens), then handles what happened at time `now`. Timers and timeouts follow
+    /// `now`, whatever the real clock says, so a test drives a virtual clock with
+    /// `turn(t0 + 301 s, Some(Duration::ZERO))` instead of sleeping 301 seconds.
+    pub fn turn(&mut self, now: Instant, wait: Option<Duration>) -> Result<(), Error> {
+        self.turn_after(wait, || now)
+    }
+
+    /// Polls for `wait`, then serves the turn at the time `clock` gives after the wait.
+    fn turn_after(
+        &mut self,
+        wait: Option<Duration>,
+        clock: impl FnOnce() -> Instant,
+    ) -> Result<(), Error> {
+        let Some(mut events) = self.events.take() else {
+            return Ok(());
+        };
+        log::trace!("poll: timeout {}", describe_timeout(wait));
+        let polled = match self.poll.poll(&mut events, wait) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            other => other,
+        };
+        if let Err(e) = polled {
+            self.events = Some(events);
+            return Err(Error::Poll(e));
+        }
+        self.hub.set_now(clock());
+        if !self.started {
+            self.start();
+        }
+        self.dispatch_events(&events);
+        self.events = Some(events);
+        if !self.hub.ready_again.is_empty() {
+            self.serve_ready_again();
+        }
+        self.fire_timers();
+        if self.hub.udp_burst_pending {
+            self.send_udp_bursts();
+        }
+        if self.hub.stop_requested && self.shutdown_deadline.is_none() {
+            self.begin_shutdown();
+        }
+        Ok(())
+    }
+
+    /// True once a shutdown has begun and every connection is closed (or the grace
+    /// period is over): [`Reactor::finish`] may be called.
+    pub fn is_finished(&self) -> bool {
+        match self.shutdown_deadline {
+            Some(deadline) => self.hub.conns.is_empty() || self.hub.now >= deadline,
+            None => false,
+        }
+    }
+
+    /// Closes whatever is still open, logs the summary and gives the service back.
+    pub fn finish(mut self) -> Stopped<S> {
         self.finish_shutdown();
-        Ok(self.hub.stats)
+        Stopped {
+            forced: self.shared.stop_now.load(Ordering::SeqCst),
+            service: self.service,
+            stats: self.hub.stats,
+        }
+    }
+
+    /// When the loop next has timed work to do, if ever: the earliest timer or idle
+    /// deadline (or the current turn's time, if work is left over from it).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.poll_timeout().map(|wait| self.hub.now + wait)
+    }
+
+    /// Calls `on_start` once, before the first events are handled.
+    fn start(&mut self) {
+        self.started = true;
+        self.service
+            .on_start(&mut Context::new(&mut self.hub, &self.endpoints));
+        self.carry_out_requests();
     }
 
     /// How long `poll` may block: not at all if work is left over, else until the
     /// next deadline (a timer, or the quietest connection becoming idle), else for ever.
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.hub.ready_again.is_empty() {
+        if !self.hub.ready_again.is_empty() || !self.started {
             return Some(Duration::ZERO);
         }
         // Measured from the start of this turn: reading the clock again costs more
@@ -361,13 +488,33 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// The waker fired: another thread (or a handler on this one) called
-    /// [`Handle::shutdown`]. The flag is only looked at here, not every turn: the
-    /// handle always sets it before it wakes the loop.
+    /// The waker fired: another thread posted jobs, or asked the loop to stop. The
+    /// stop flag is only looked at here, not every turn: a handle always sets it before
+    /// it wakes the loop.
     fn woken(&mut self) {
-        if self.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
+        self.run_jobs();
+        if self.shared.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
             self.begin_shutdown();
         }
+        if self.shared.stop_now.load(Ordering::SeqCst) {
+            // Let `is_finished` see the grace period as over.
+            self.shutdown_deadline = Some(self.hub.now);
+        }
+    }
+
+    /// Runs the jobs other threads posted, up to the budget (the rest next turn).
+    fn run_jobs(&mut self) {
+        for _ in 0..JOB_BUDGET {
+            let Ok(job) = self.inbox.receiver.try_recv() else {
+                return;
+            };
+            job(
+                &mut self.service,
+                &mut Context::new(&mut self.hub, &self.endpoints),
+            );
+            self.carry_out_requests();
+        }
+        self.hub.ready_again.push(WAKER);
     }
 
     fn connection_event(&mut self, id: ConnId, readable: bool, writable: bool, read_closed: bool) {
@@ -375,7 +522,19 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         // both handlers look the id up, and its generation tells a newcomer in the
         // same slot apart.
         if writable {
-            self.hub.flush(id);
+            match self.hub.conn(id).map(|c| c.state) {
+                Some(ConnState::Connecting) => return self.complete_connect(id),
+                Some(_) => self.hub.flush(id),
+                None => return,
+            }
+        } else if readable
+            && self
+                .hub
+                .conn(id)
+                .is_some_and(|c| c.state == ConnState::Connecting)
+        {
+            // A failed connect may report as readable (an error) before writable.
+            return self.complete_connect(id);
         }
         if readable {
             self.read_connection(id, read_closed);
@@ -412,7 +571,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 Ok((n, peer)) => {
                     log::trace!("{socket}: recv_from {peer}: {n} bytes");
                     self.hub.stats.datagrams_in += 1;
-                    let mut ctx = Context::new(&mut self.hub, &self.codec);
+                    let mut ctx = Context::new(&mut self.hub, &self.endpoints);
                     self.service.on_datagram(&mut ctx, socket, peer, &buf[..n]);
                     self.carry_out_requests();
                 }
@@ -436,10 +595,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// Closes the connections that callbacks (or errors) asked to close and flushes the
-    /// ones they queued output for, until neither list has anything left. Closes come
-    /// first: output queued for a connection closed with `CloseMode::Now` is discarded,
-    /// not written.
+    /// Closes the connections that callbacks (or errors) asked to close, flushes the
+    /// ones they queued output for, and tells the service of drained queues, until
+    /// nothing is left. Closes come first: output queued for a connection closed with
+    /// `CloseMode::Now` is discarded, not written.
     fn carry_out_requests(&mut self) {
         loop {
             if let Some((id, reason)) = self.hub.to_close.pop() {
@@ -454,35 +613,27 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                     continue;
                 }
                 self.hub.flush(id);
+            } else if let Some(id) = self.hub.drained.pop() {
+                self.drained(id);
             } else {
                 return;
             }
         }
     }
 
-    fn close_connection(&mut self, id: ConnId, reason: CloseReason) {
-        if self.hub.conn(id).is_none() {
-            return; // closed already (a second request for the same connection)
-        }
-        self.hub.idle.unlink(&mut self.hub.conns, id.index());
-        let mut conn = self.hub.conns.remove(id.index());
-        if let Err(e) = self.hub.registry.deregister(&mut conn.stream) {
-            log::debug!("{id}: deregister: {e}");
-        }
-        if matches!(conn.state, ConnState::Draining(_)) {
-            // Everything owed was written: say so with a FIN before the close.
-            conn.stream.shutdown_write();
-        }
-        if conn.input.capacity() > 0 {
-            conn.input.clear();
-            self.hub.pool.give_back(&mut conn.input);
-        }
-        drop(conn);
-        self.hub.stats.active -= 1;
-        self.hub.stats.closed[reason.index()] += 1;
-        log::debug!("{id}: closed: {reason}");
-        let mut ctx = Context::new(&mut self.hub, &self.codec);
-        self.service.on_close(&mut ctx, id, reason);
+    /// Tells the service that `id`'s output drained to the low-water mark.
+    fn drained(&mut self, id: ConnId) {
+        let Some(slot) = self.hub.slot_mut(id) else {
+            return;
+        };
+        let mut state = std::mem::take(&mut slot.state);
+        log::trace!("{id}: output drained to the low-water mark");
+        self.service.on_drained(
+            &mut Context::new(&mut self.hub, &self.endpoints),
+            id,
+            &mut state,
+        );
+        self.give_back_state(id, state);
     }
 
     /// Serves sockets whose readiness a budget left unused in an earlier turn.
@@ -495,6 +646,8 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 };
                 conn.queued_again = false;
                 self.read_connection(id, false);
+            } else if token == WAKER {
+                self.woken();
             } else if token.0 >= UDP_BASE {
                 self.receive_datagrams(token.0 - UDP_BASE);
             } else if token.0 >= LISTENER_BASE {
@@ -504,7 +657,8 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// Stops accepting and reading; open connections drain their output and close.
+    /// Stops accepting, lets the service say goodbye, and has every connection drain
+    /// its output and close.
     fn begin_shutdown(&mut self) {
         log::info!(
             "shutting down: {} connections to drain (at most {:?})",
@@ -520,8 +674,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         self.hub
             .timers
             .insert(deadline, TimerEvent::ShutdownDeadline);
-        let ids = self.hub.conn_ids();
-        for id in ids {
+        self.service
+            .on_stop(&mut Context::new(&mut self.hub, &self.endpoints));
+        self.carry_out_requests();
+        for id in self.hub.conn_ids() {
             self.hub.close_after_flush(id, CloseReason::Shutdown);
         }
         self.carry_out_requests();
@@ -539,6 +695,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         for id in ids {
             self.close_connection(id, CloseReason::Shutdown);
         }
+        self.hub.to_close.clear();
         self.send_udp_bursts();
         for endpoint in &mut self.hub.udp {
             endpoint.flush(&self.hub.registry, &mut self.hub.stats);

@@ -1,9 +1,11 @@
 //! The read path: from a readable event to frames handed to the service.
 //!
 //! Reads land in the loop's shared buffer; every complete frame of a read goes to the
-//! service as one batch, borrowed from there; only an incomplete tail is kept per
-//! connection. A short read proves the socket drained (no extra `read` just to hear
-//! `WouldBlock`). A lingering connection's input is read and thrown away.
+//! service as one batch, borrowed from there, with the connection's own state lent
+//! beside it; only an incomplete tail is kept per connection. A short read proves the
+//! socket drained (no extra `read` just to hear `WouldBlock`). A lingering
+//! connection's input is read and thrown away. Why each read loop stopped is in the
+//! trace log: `WouldBlock`, a short read, EOF, or the per-turn budget.
 //!
 //! Large frames (over 16 KiB, length known from the header) are never copied after they
 //! arrive: a read that fills the shared buffer inside one reads exactly the rest behind
@@ -13,17 +15,27 @@
 
 use std::io;
 
+use super::lifecycle::{may_read, peer_closed, Reading};
 use super::Reactor;
 use crate::buffer::Buffer;
-use crate::connection::{ConnId, ConnState, Connection, NO_FRAME};
+use crate::connection::{ConnId, Slot, NO_FRAME};
+use crate::context::Context;
+use crate::endpoint::Endpoints;
 use crate::frame::{Codec, Decode, FrameError};
 use crate::hub::{connection_mut, Hub, TimerEvent};
-use crate::service::{Context, Frames, Service};
+use crate::service::{Frames, Service};
 use crate::stats::CloseReason;
 
-impl<S: Service, C: Codec> Reactor<S, C> {
+/// What the read path borrows from a connection's slot while it lends the hub to the
+/// service: the codec's state and the service's state (put back once the read is done).
+struct Lent<S: Service> {
+    decode: <S::Codec as Codec>::State,
+    service: S::Conn,
+}
+
+impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
-    /// connection stops reading (closing, or paused by backpressure).
+    /// connection stops reading (closing, or paused).
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
         for _ in 0..self.config.read_budget {
             match self.read_once(id, read_to_eof) {
@@ -32,6 +44,10 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             }
         }
         // Budget spent and the socket may hold more: come back next turn.
+        log::trace!(
+            "{id}: read budget of {} reads spent: the rest waits for the next turn",
+            self.config.read_budget
+        );
         self.hub.list_ready_again(id);
     }
 
@@ -73,10 +89,11 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     #[inline(never)]
     fn read_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
         let now = self.hub.now_millis();
-        let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             log::trace!("{id}: gone (a stale event, or closed during this read)");
             return ReadOutcome::Stopped;
         };
+        let conn = &mut slot.conn;
         match may_read(conn, id, self.config.write_limit) {
             Reading::Allowed => {}
             Reading::Discard(reason) => {
@@ -85,10 +102,11 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             }
             Reading::Stopped => return ReadOutcome::Stopped,
         }
+        let codec = self.endpoints.codec(conn.endpoint);
         let held_nothing = conn.input.capacity() == 0;
         let own_read = match conn.input.is_empty() {
             true => None,
-            false => own_buffer_read(&self.codec, &conn.input),
+            false => own_buffer_read(codec, &slot.decode, &conn.input),
         };
         let mut own_input = None;
         let (buf, read) = match own_read {
@@ -113,17 +131,33 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         if matches!(result, Ok(n) if n > 0) && conn.mark_active(now) {
             self.hub.idle.touch(&mut self.hub.conns, id.index());
         }
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            return ReadOutcome::Stopped;
+        };
+        let mut lent = Lent::<S> {
+            decode: std::mem::take(&mut slot.decode),
+            service: std::mem::take(&mut slot.state),
+        };
         let mut frames_completed = false;
-        let mut outcome = absorb_read(
-            &mut self.hub,
-            &mut self.service,
-            &self.codec,
-            (id, buf),
-            (result, requested, read_to_eof),
-            &mut frames_completed,
-        );
+        let mut reader = Reader {
+            hub: &mut self.hub,
+            endpoints: &self.endpoints,
+            service: &mut self.service,
+            codec,
+            id,
+            lent: &mut lent,
+        };
+        let mut outcome =
+            reader.absorb(buf, (result, requested, read_to_eof), &mut frames_completed);
         if own_input.is_none() && outcome == ReadOutcome::More {
-            outcome = self.finish_frame_in_place(id, read_to_eof, &mut frames_completed, outcome);
+            if let Some(missing) = missing_in_place(codec, &reader.lent.decode, &self.scratch) {
+                outcome = reader.finish_frame_in_place(
+                    &mut self.scratch,
+                    missing,
+                    read_to_eof,
+                    &mut frames_completed,
+                );
+            }
         }
         if let Some(mut own_input) = own_input {
             keep_tail(&mut self.hub, id, &mut own_input, true, frames_completed);
@@ -138,41 +172,147 @@ impl<S: Service, C: Codec> Reactor<S, C> {
                 frames_completed,
             );
         }
+        if let Some(slot) = slot_mut(&mut self.hub.conns, id) {
+            slot.decode = lent.decode;
+            slot.state = lent.service;
+        }
         outcome
+    }
+}
+
+/// The slot `id` names in the slab, if it is still there (same generation).
+#[inline(always)]
+fn slot_mut<S: Service>(conns: &mut slab::Slab<Slot<S>>, id: ConnId) -> Option<&mut Slot<S>> {
+    conns
+        .get_mut(id.index())
+        .filter(|slot| slot.conn.generation == id.generation())
+}
+
+/// One read's worth of work on one connection: everything the decode and dispatch
+/// steps need, borrowed side by side.
+struct Reader<'a, S: Service> {
+    hub: &'a mut Hub<S>,
+    endpoints: &'a Endpoints<S::Codec>,
+    service: &'a mut S,
+    codec: &'a S::Codec,
+    id: ConnId,
+    lent: &'a mut Lent<S>,
+}
+
+impl<S: Service> Reader<'_, S> {
+    /// Takes in what one read brought: EOF, bytes (decoded and dispatched), or an
+    /// error. `requested` is how much the read asked for: fewer bytes mean the socket
+    /// is drained. Sets `frames_completed` when frames were dispatched.
+    #[inline(always)]
+    fn absorb(
+        &mut self,
+        buf: &mut Buffer,
+        (result, requested, read_to_eof): (io::Result<usize>, usize, bool),
+        frames_completed: &mut bool,
+    ) -> ReadOutcome {
+        let id = self.id;
+        match result {
+            Ok(0) => {
+                log::trace!("{id}: read EOF: the peer closed its side");
+                let hub = &mut *self.hub;
+                peer_closed(
+                    hub,
+                    self.endpoints,
+                    self.service,
+                    id,
+                    &mut self.lent.service,
+                );
+                ReadOutcome::Stopped
+            }
+            Ok(n) => {
+                buf.commit(n);
+                self.hub.stats.bytes_in += n as u64;
+                let drained = n < requested && !read_to_eof;
+                trace_read(id, n, requested, drained);
+                match self.dispatch_frames(buf) {
+                    Err(e) => {
+                        self.hub.protocol_error(id, &e);
+                        ReadOutcome::Stopped
+                    }
+                    Ok(count) => {
+                        *frames_completed |= count > 0;
+                        match drained {
+                            true => ReadOutcome::Drained,
+                            false => ReadOutcome::More,
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("{id}: read WouldBlock: the socket is drained");
+                ReadOutcome::Drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::More,
+            Err(e) => {
+                log::debug!("{id}: read error: {e}");
+                self.hub.request_close(id, CloseReason::Error(e.kind()));
+                ReadOutcome::Stopped
+            }
+        }
     }
 
     /// A read into the shared buffer filled it and ended inside a large frame: the
-    /// socket likely holds the rest. Read exactly the missing bytes into the shared
-    /// buffer, behind the frame's start, when they fit there. The frame is then
-    /// dispatched from where it landed, instead of being copied into a buffer of its
-    /// own and completed there (for 64 KiB frames that copy was a tenth of the
-    /// server's user time). Out of line: the small-frame path stays short.
+    /// socket likely holds the rest. Read exactly the `missing` bytes into the shared
+    /// buffer, behind the frame's start (they fit there). The frame is then dispatched
+    /// from where it landed, instead of being copied into a buffer of its own and
+    /// completed there (for 64 KiB frames that copy was a tenth of the server's user
+    /// time). Out of line: the small-frame path stays short.
     #[inline(never)]
     fn finish_frame_in_place(
         &mut self,
-        id: ConnId,
+        scratch: &mut Buffer,
+        missing: usize,
         read_to_eof: bool,
         frames_completed: &mut bool,
-        outcome: ReadOutcome,
     ) -> ReadOutcome {
-        let Some(missing) = missing_in_place(&self.codec, &self.scratch) else {
-            return outcome;
-        };
-        let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
-            return outcome;
+        let id = self.id;
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return ReadOutcome::Stopped;
         };
         // Fits, so this neither moves nor grows the buffer.
-        let spare = &mut self.scratch.spare_mut(missing)[..missing];
+        let spare = &mut scratch.spare_mut(missing)[..missing];
         let result = conn.stream.read(spare);
         log::trace!("{id}: finishing a {missing}-byte remainder in place");
-        absorb_read(
-            &mut self.hub,
-            &mut self.service,
-            &self.codec,
-            (id, &mut self.scratch),
-            (result, missing, read_to_eof),
-            frames_completed,
-        )
+        self.absorb(scratch, (result, missing, read_to_eof), frames_completed)
+    }
+
+    /// Finds every complete frame in `buf`, hands them to the service as one batch
+    /// ([`Service::on_frames`]) and consumes them, leaving only the incomplete tail.
+    /// Returns how many frames there were. Frames before a framing error are still
+    /// delivered; the error is returned after.
+    #[inline(always)]
+    fn dispatch_frames(&mut self, buf: &mut Buffer) -> Result<usize, FrameError> {
+        let bytes = buf.readable();
+        let before = self.lent.decode.clone();
+        let (complete, count, error) =
+            find_complete_frames(self.codec, &mut self.lent.decode, bytes);
+        if count > 0 {
+            self.hub.stats.frames_in += count as u64;
+            let frames = Frames::new(&bytes[..complete], count, self.codec, before);
+            let ctx = &mut Context::new(self.hub, self.endpoints);
+            self.service
+                .on_frames(ctx, self.id, &mut self.lent.service, frames);
+        }
+        buf.consume(complete);
+        error.map_or(Ok(count), Err)
+    }
+}
+
+/// Says in the trace why a read did or did not drain the socket.
+#[inline(always)]
+fn trace_read(id: ConnId, n: usize, requested: usize, drained: bool) {
+    if drained {
+        log::trace!(
+            "{id}: read {n} of {requested} bytes: a short read, so the socket is drained \
+             (the kernel hands over all it has), no read to WouldBlock needed"
+        );
+    } else {
+        log::trace!("{id}: read {n} of {requested} bytes: the buffer filled, read again");
     }
 }
 
@@ -199,40 +339,6 @@ struct ReadSize {
     max: usize,
 }
 
-/// Whether a connection may read now.
-enum Reading {
-    Allowed,
-    /// Lingering: what arrives is read and thrown away.
-    Discard(CloseReason),
-    /// Draining, or paused by backpressure.
-    Stopped,
-}
-
-/// Whether `conn` may read now; pauses it (and notes the missed readiness) when its
-/// queued output is over the write limit.
-#[inline(always)]
-fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) -> Reading {
-    match conn.state {
-        ConnState::Open => {}
-        ConnState::Lingering(reason) => return Reading::Discard(reason),
-        ConnState::Draining(_) => return Reading::Stopped,
-    }
-    if conn.read_paused {
-        conn.read_pending = true;
-        return Reading::Stopped;
-    }
-    if conn.output.len() > write_limit {
-        log::debug!(
-            "{id}: {} bytes queued, over the write limit: pausing reads",
-            conn.output.len()
-        );
-        conn.read_paused = true;
-        conn.read_pending = true;
-        return Reading::Stopped;
-    }
-    Reading::Allowed
-}
-
 /// What the partial frame at the start of a buffer still needs.
 enum Partial {
     /// A large frame of known length, short of this many bytes.
@@ -243,9 +349,10 @@ enum Partial {
     Small,
 }
 
-/// Classifies the partial frame held in `buf` (one `decode` of its header).
-fn partial_frame<C: Codec>(codec: &C, buf: &Buffer) -> Partial {
-    match codec.decode(buf.readable()) {
+/// Classifies the partial frame held in `buf` (one `decode` of its header, on a copy
+/// of the codec's state).
+fn partial_frame<C: Codec>(codec: &C, state: &C::State, buf: &Buffer) -> Partial {
+    match codec.decode(&mut state.clone(), buf.readable()) {
         Ok(Decode::Incomplete {
             frame_len: Some(frame_len),
         }) if frame_len > LARGE_FRAME => Partial::Large {
@@ -265,8 +372,8 @@ fn partial_frame<C: Codec>(codec: &C, buf: &Buffer) -> Partial {
 /// on the frame's boundary and is empty once the frame is dispatched, so its storage
 /// is never compacted and goes straight back to the pool. A partial frame of unknown
 /// length that is already large keeps growing in place.
-fn own_buffer_read<C: Codec>(codec: &C, input: &Buffer) -> Option<ReadSize> {
-    match partial_frame(codec, input) {
+fn own_buffer_read<C: Codec>(codec: &C, state: &C::State, input: &Buffer) -> Option<ReadSize> {
+    match partial_frame(codec, state, input) {
         Partial::Large { missing } => Some(ReadSize {
             min: missing,
             max: missing,
@@ -281,62 +388,13 @@ fn own_buffer_read<C: Codec>(codec: &C, input: &Buffer) -> Option<ReadSize> {
 
 /// When `scratch` ends inside a large frame of known length whose missing bytes fit
 /// in its spare room (without moving anything), how many bytes are missing.
-fn missing_in_place<C: Codec>(codec: &C, scratch: &Buffer) -> Option<usize> {
+fn missing_in_place<C: Codec>(codec: &C, state: &C::State, scratch: &Buffer) -> Option<usize> {
     if scratch.is_empty() {
         return None;
     }
-    match partial_frame(codec, scratch) {
+    match partial_frame(codec, state, scratch) {
         Partial::Large { missing } => (missing <= scratch.spare_len()).then_some(missing),
         Partial::LongUnknown | Partial::Small => None,
-    }
-}
-
-/// Takes in what one read brought: EOF, bytes (decoded and dispatched), or an error.
-/// `requested` is how much the read asked for: fewer bytes mean the socket is drained.
-/// Sets `frames_completed` when frames were dispatched.
-#[inline(always)]
-fn absorb_read<S: Service, C: Codec>(
-    hub: &mut Hub,
-    service: &mut S,
-    codec: &C,
-    (id, buf): (ConnId, &mut Buffer),
-    (result, requested, read_to_eof): (io::Result<usize>, usize, bool),
-    frames_completed: &mut bool,
-) -> ReadOutcome {
-    match result {
-        Ok(0) => {
-            log::trace!("{id}: read EOF");
-            hub.close_after_flush(id, CloseReason::PeerClosed);
-            ReadOutcome::Stopped
-        }
-        Ok(n) => {
-            log::trace!("{id}: read {n} bytes");
-            buf.commit(n);
-            hub.stats.bytes_in += n as u64;
-            match dispatch_frames(hub, service, codec, id, buf) {
-                Err(e) => {
-                    hub.protocol_error(id, &e);
-                    ReadOutcome::Stopped
-                }
-                Ok(count) => {
-                    *frames_completed |= count > 0;
-                    match n < requested && !read_to_eof {
-                        true => ReadOutcome::Drained,
-                        false => ReadOutcome::More,
-                    }
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            log::trace!("{id}: read WouldBlock");
-            ReadOutcome::Drained
-        }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::More,
-        Err(e) => {
-            log::debug!("{id}: read error: {e}");
-            hub.request_close(id, CloseReason::Error(e.kind()));
-            ReadOutcome::Stopped
-        }
     }
 }
 
@@ -351,35 +409,18 @@ enum ReadOutcome {
     Stopped,
 }
 
-/// Finds every complete frame in `buf`, hands them to the service as one batch
-/// ([`Service::on_frames`]) and consumes them, leaving only the incomplete tail.
-/// Returns how many frames there were. Frames before a framing error are still
-/// delivered; the error is returned after.
-#[inline(always)]
-fn dispatch_frames<S: Service, C: Codec>(
-    hub: &mut Hub,
-    service: &mut S,
-    codec: &C,
-    id: ConnId,
-    buf: &mut Buffer,
-) -> Result<usize, FrameError> {
-    let bytes = buf.readable();
-    let (complete, count, error) = find_complete_frames(codec, bytes);
-    if count > 0 {
-        hub.stats.frames_in += count as u64;
-        let frames = Frames::new(&bytes[..complete], count, codec);
-        service.on_frames(&mut Context::new(hub, codec), id, frames);
-    }
-    buf.consume(complete);
-    error.map_or(Ok(count), Err)
-}
-
 /// Stores what is left of the input (`tail`) in the connection, or releases the
 /// connection's buffer when nothing is left, and arms the frame deadline when a new
 /// partial frame begins. With `direct` the tail *is* the connection's own buffer, moved
 /// back into it; otherwise it is the loop's shared buffer, which is left empty. After
 /// `frames_completed`, any tail is the start of a new frame, with a deadline of its own.
-fn keep_tail(hub: &mut Hub, id: ConnId, tail: &mut Buffer, direct: bool, frames_completed: bool) {
+fn keep_tail<S: Service>(
+    hub: &mut Hub<S>,
+    id: ConnId,
+    tail: &mut Buffer,
+    direct: bool,
+    frames_completed: bool,
+) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
     let Some(conn) = connection_mut(&mut hub.conns, id) else {
@@ -419,11 +460,15 @@ fn keep_tail(hub: &mut Hub, id: ConnId, tail: &mut Buffer, direct: bool, frames_
 /// Walks the frame headers in `bytes`: how many bytes the complete frames use, how many
 /// there are, and the framing error that stopped the walk, if any.
 #[inline(always)]
-fn find_complete_frames<C: Codec>(codec: &C, bytes: &[u8]) -> (usize, usize, Option<FrameError>) {
+fn find_complete_frames<C: Codec>(
+    codec: &C,
+    state: &mut C::State,
+    bytes: &[u8],
+) -> (usize, usize, Option<FrameError>) {
     let mut complete = 0;
     let mut count = 0;
     loop {
-        match codec.decode(&bytes[complete..]) {
+        match codec.decode(state, &bytes[complete..]) {
             Ok(Decode::Frame { consumed: 0, .. }) => {
                 // A codec that consumes nothing would make this loop spin for ever.
                 return (

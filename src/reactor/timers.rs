@@ -1,27 +1,30 @@
-//! What happens when time passes: idle connections close, frame deadlines and
-//! lingering windows end, service timers fire, the counters are logged.
+//! What happens when time passes: idle connections close, frame deadlines, connect
+//! timeouts and lingering windows end, service timers fire (and repeating ones are
+//! re-armed), the counters are logged. Everything is measured against the turn's
+//! `now`, which the caller of [`Reactor::turn`] supplies.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, ConnState, Millis, NO_FRAME};
-use crate::frame::Codec;
-use crate::hub::{TimerEvent, LINGER_QUIET, LINGER_ROUNDS};
-use crate::service::{Context, Service};
+use crate::connection::{ConnId, IdleRule, Millis, NO_FRAME};
+use crate::context::Context;
+use crate::hub::TimerEvent;
+use crate::service::Service;
 use crate::stats::CloseReason;
+use crate::timer::TimerId;
 
-impl<S: Service, C: Codec> Reactor<S, C> {
+impl<S: Service> Reactor<S> {
     pub(super) fn fire_timers(&mut self) {
         self.close_idle_connections();
         self.carry_out_requests();
         while let Some((timer, event)) = self.hub.timers.pop_due(self.hub.now) {
             match event {
                 TimerEvent::FrameDeadline(id) => self.check_frame_deadline(id),
-                TimerEvent::Service(value) => {
-                    log::trace!("timer fired: service timer {value}");
-                    let mut ctx = Context::new(&mut self.hub, &self.codec);
-                    self.service.on_timer(&mut ctx, timer, value);
+                TimerEvent::Service { value, conn, every } => {
+                    self.service_timer(timer, value, conn, every)
                 }
+                TimerEvent::ConnectDeadline(id) => self.check_connect_deadline(id),
+                TimerEvent::IdleCheck(id, epoch) => self.check_own_idle_timeout(id, epoch),
                 TimerEvent::AcceptRetry(index) => {
                     if let Some(slot) = self.listeners.get_mut(index) {
                         slot.paused = false;
@@ -54,7 +57,7 @@ impl<S: Service, C: Codec> Reactor<S, C> {
             return;
         }
         while let Some(key) = self.hub.idle.front() {
-            let conn = &self.hub.conns[key];
+            let conn = &self.hub.conns[key].conn;
             if conn.last_active + timeout > self.hub.now_millis() {
                 self.hub.idle_not_before = conn.last_active + timeout;
                 return;
@@ -67,24 +70,63 @@ impl<S: Service, C: Codec> Reactor<S, C> {
         }
     }
 
-    /// A lingering connection's quiet window is over: if the peer sent nothing during
-    /// it, close; if it is still sending, give it another window, up to the limit.
-    fn end_linger_window(&mut self, id: ConnId) {
-        let now = self.hub.now;
-        let Some(conn) = self.hub.conn_mut(id) else {
+    /// A service timer is due: the service hears it (with the connection and its
+    /// state, for a connection's timer that is still there), and a repeating one is
+    /// scheduled for its next round.
+    fn service_timer(
+        &mut self,
+        timer: TimerId,
+        value: S::Timer,
+        conn: Option<ConnId>,
+        every: Option<Duration>,
+    ) {
+        log::trace!("timer fired: service timer");
+        if let Some(interval) = every {
+            let next = next_round(timer.deadline(), interval, self.hub.now);
+            let event = TimerEvent::Service {
+                value: value.clone(),
+                conn,
+                every,
+            };
+            self.hub.timers.rearm(timer, next, event);
+        }
+        let Some(id) = conn else {
+            let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+            self.service.on_timer(ctx, timer, value);
             return;
         };
-        let ConnState::Lingering(reason) = conn.state else {
+        let Some(slot) = self.hub.slot_mut(id) else {
+            // The connection is gone, and its timer with it.
+            self.hub.timers.cancel(timer);
             return;
         };
-        if conn.peer_still_sending && conn.linger_rounds < LINGER_ROUNDS {
-            conn.peer_still_sending = false;
-            conn.linger_rounds += 1;
-            let at = now + LINGER_QUIET;
-            self.hub.timers.insert(at, TimerEvent::LingerDeadline(id));
+        let mut state = std::mem::take(&mut slot.state);
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+        self.service
+            .on_conn_timer(ctx, id, &mut state, timer, value);
+        self.give_back_state(id, state);
+    }
+
+    /// A connection with an idle timeout of its own may be idle now: close it if it
+    /// is, else check again when it would be.
+    fn check_own_idle_timeout(&mut self, id: ConnId, epoch: u8) {
+        let Some(conn) = self.hub.conn(id) else {
+            return;
+        };
+        let IdleRule::Own(timeout) = conn.idle_rule else {
+            return;
+        };
+        if conn.idle_epoch != epoch {
+            return; // armed for an earlier rule; the current one has its own check
+        }
+        let timeout = Millis::from(timeout);
+        let due = conn.last_active + timeout;
+        if due <= self.hub.now_millis() {
+            log_idle_close(id, timeout);
+            self.hub.request_close(id, CloseReason::IdleTimeout);
         } else {
-            log::trace!("{id}: lingering over");
-            self.hub.request_close(id, reason);
+            let at = self.hub.instant(due);
+            self.hub.timers.insert(at, TimerEvent::IdleCheck(id, epoch));
         }
     }
 
@@ -119,6 +161,15 @@ impl<S: Service, C: Codec> Reactor<S, C> {
     }
 }
 
+/// The first round of a repeating timer after `now`: counted from its first deadline,
+/// so rounds do not drift; rounds already missed are skipped.
+fn next_round(first: Instant, interval: Duration, now: Instant) -> Instant {
+    let behind = now.saturating_duration_since(first);
+    let rounds = behind.as_nanos() / interval.as_nanos().max(1) + 1;
+    let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
+    first + interval * rounds
+}
+
 /// Logs an idle close. Out of line and cold: the loop checks for idle connections
 /// every turn, and this keeps even the time formatting off that path.
 #[cold]
@@ -127,4 +178,21 @@ fn log_idle_close(id: ConnId, timeout: Millis) {
         "{id}: idle for {:?}, closing",
         Duration::from_millis(timeout)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeating_rounds_follow_the_first_deadline_and_skip_missed_ones() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        // Fired on time: the next round is one interval on.
+        assert_eq!(next_round(t0, second, t0), t0 + second);
+        // Fired 300 ms late: still due at t0 + 1 s, not at t0 + 1.3 s.
+        assert_eq!(next_round(t0, second, t0 + second * 3 / 10), t0 + second);
+        // Three and a half rounds late: the next round after now, not three at once.
+        assert_eq!(next_round(t0, second, t0 + second * 7 / 2), t0 + 4 * second);
+    }
 }

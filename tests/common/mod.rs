@@ -3,14 +3,14 @@
 //! and blocking clients with timeouts so a failing test cannot hang.
 #![allow(dead_code)]
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use switchboard::{BoundAddr, Codec, Config, Handle, Reactor, Service, Stats};
+use switchboard::{BoundAddr, Config, Handle, Reactor, Service, Stats};
 
 /// How long any single blocking socket call in a test may wait.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,22 +23,23 @@ pub fn local_config() -> Config {
     config
 }
 
-/// A reactor running on a thread of this test process.
-pub struct TestServer {
+/// A reactor running on a thread of this test process, started and stopped the way a
+/// user's program does it (`Reactor::bind`, `run`, `Handle::shutdown`). A panic in the
+/// server thread fails the test.
+pub struct TestServer<S: Service> {
     pub endpoints: Vec<BoundAddr>,
-    handle: Handle,
+    handle: Handle<S>,
     thread: Option<JoinHandle<Stats>>,
 }
 
-impl TestServer {
+impl<S: Service + 'static> TestServer<S> {
     /// Binds `config` and runs the service and codec `make` builds, on a new thread.
     /// (The reactor is built on that thread: it is not `Send`.)
     #[track_caller]
-    pub fn start<S, C, F>(config: Config, make: F) -> TestServer
+    pub fn start<F>(config: Config, make: F) -> TestServer<S>
     where
-        S: Service + 'static,
-        C: Codec + 'static,
-        F: FnOnce() -> (S, C) + Send + 'static,
+        S::Codec: Clone,
+        F: FnOnce() -> (S, S::Codec) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -46,7 +47,7 @@ impl TestServer {
             let reactor = Reactor::bind(config, service, codec).expect("bind");
             tx.send((reactor.endpoints().to_vec(), reactor.handle()))
                 .unwrap();
-            reactor.run().expect("run")
+            reactor.run().expect("run").stats
         });
         let (endpoints, handle) = rx.recv_timeout(IO_TIMEOUT).expect("server started");
         TestServer {
@@ -78,24 +79,47 @@ impl TestServer {
             .expect("a UDP endpoint")
     }
 
-    /// A handle that stops the server from any thread.
-    pub fn handle(&self) -> Handle {
+    /// A handle that reaches the server from any thread.
+    pub fn handle(&self) -> Handle<S> {
         self.handle.clone()
     }
 
     /// Shuts the server down and returns its final counters.
+    #[track_caller]
     pub fn stop(mut self) -> Stats {
         self.handle.shutdown();
-        self.thread.take().unwrap().join().expect("server thread")
+        let thread = self.thread.take().expect("running");
+        match thread.join() {
+            Ok(stats) => stats,
+            Err(panic) => panic!("the server thread panicked: {}", panic_message(&panic)),
+        }
     }
 }
 
-impl Drop for TestServer {
+impl<S: Service> Drop for TestServer<S> {
     fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.handle.shutdown();
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.handle.shutdown();
+        if let Err(panic) = thread.join() {
+            let message = panic_message(&panic);
+            if std::thread::panicking() {
+                // The test is failing already (perhaps because of this): say why.
+                eprintln!("the server thread panicked: {message}");
+            } else {
+                panic!("the server thread panicked: {message}");
+            }
         }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_string(),
     }
 }
 
@@ -116,26 +140,8 @@ pub fn udp_client() -> UdpSocket {
     socket
 }
 
-/// `payload` in switchboard's wire format: 4-byte big-endian length, then the bytes.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut wire = (payload.len() as u32).to_be_bytes().to_vec();
-    wire.extend_from_slice(payload);
-    wire
-}
-
-/// Reads one frame in switchboard's wire format.
-pub fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
-    let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
-    stream.read_exact(&mut payload)?;
-    Ok(payload)
-}
-
-/// Sends one frame.
-pub fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
-    stream.write_all(&frame(payload))
-}
+#[allow(unused_imports)]
+pub use switchboard::frame::wire::{frame, read_frame, write_frame};
 
 /// True when the peer has closed the connection: a read returns EOF or a reset
 /// (rather than data or a timeout).
@@ -247,6 +253,71 @@ pub fn free_port() -> u16 {
         let tcp_free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
         if tcp_free && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
+        }
+    }
+}
+
+/// A reactor driven by the test itself, on the test's thread, on a virtual clock: each
+/// turn handles real socket events, but timers follow `now`, which only the test
+/// moves. Timer tests advance it by minutes in microseconds, and never sleep.
+pub struct Driven<S: Service> {
+    pub reactor: Reactor<S>,
+    /// The virtual time of the next turn.
+    pub now: Instant,
+}
+
+impl<S: Service> Driven<S> {
+    /// Binds `config` with `service` and `codec`; the clock starts now.
+    #[track_caller]
+    pub fn start(config: Config, service: S, codec: S::Codec) -> Driven<S>
+    where
+        S::Codec: Clone,
+    {
+        let reactor = Reactor::bind(config, service, codec).expect("bind");
+        let mut driven = Driven {
+            reactor,
+            now: Instant::now(),
+        };
+        driven.turn();
+        driven
+    }
+
+    /// The first TCP listener's address.
+    pub fn tcp(&self) -> SocketAddr {
+        self.reactor
+            .endpoints()
+            .iter()
+            .find_map(|e| match e {
+                BoundAddr::Tcp(a) => Some(*a),
+                _ => None,
+            })
+            .expect("a TCP endpoint")
+    }
+
+    /// One turn at the current virtual time, waiting at most a few milliseconds (real
+    /// time) for socket events.
+    #[track_caller]
+    pub fn turn(&mut self) {
+        self.reactor
+            .turn(self.now, Some(Duration::from_millis(2)))
+            .expect("turn");
+    }
+
+    /// Moves the virtual clock forward by `by`, then turns.
+    #[track_caller]
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.turn();
+    }
+
+    /// Turns (the virtual clock standing still) until `done` holds, for at most
+    /// `IO_TIMEOUT` of real time; panics if it never does.
+    #[track_caller]
+    pub fn turn_until(&mut self, what: &str, mut done: impl FnMut(&mut Reactor<S>) -> bool) {
+        let start = Instant::now();
+        while !done(&mut self.reactor) {
+            assert!(start.elapsed() < IO_TIMEOUT, "never happened: {what}");
+            self.turn();
         }
     }
 }

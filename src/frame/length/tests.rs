@@ -21,7 +21,7 @@ fn assert_golden(codec: &LengthCodec, body: &[u8], golden: &[u8]) {
     assert_eq!(frame_of(codec, body), golden, "encoded");
     let header = golden.len() - body.len();
     assert_eq!(
-        codec.decode(golden).unwrap(),
+        codec.decode(&mut (), golden).unwrap(),
         Decode::Frame {
             payload: header..golden.len(),
             consumed: golden.len()
@@ -64,14 +64,14 @@ fn length_covering_the_whole_frame() {
     );
     assert_golden(&codec, b"hi", &[0, 4, b'h', b'i']);
     assert_eq!(
-        codec.decode(&[0, 2]).unwrap(),
+        codec.decode(&mut (), &[0, 2]).unwrap(),
         Decode::Frame {
             payload: 2..2,
             consumed: 2
         }
     );
     assert_eq!(
-        codec.decode(&[0, 1]),
+        codec.decode(&mut (), &[0, 1]),
         Err(FrameError::Malformed("length smaller than the header"))
     );
 }
@@ -88,7 +88,7 @@ fn offset_bytes_travel_with_whole_frame_payloads() {
     let wire = frame_of(&codec, &[0xab, 0xcd, 0, 0, b'h', b'i']);
     assert_eq!(wire, [0xab, 0xcd, 0, 2, b'h', b'i']);
     assert_eq!(
-        codec.decode(&wire).unwrap(),
+        codec.decode(&mut (), &wire).unwrap(),
         Decode::Frame {
             payload: 0..6,
             consumed: 6
@@ -96,11 +96,11 @@ fn offset_bytes_travel_with_whole_frame_payloads() {
     );
     // The offset bytes are not mistaken for the length: two bytes are not a header yet.
     assert_eq!(
-        codec.decode(&[0, 9]).unwrap(),
+        codec.decode(&mut (), &[0, 9]).unwrap(),
         Decode::Incomplete { frame_len: None }
     );
     assert_eq!(
-        codec.decode(&[0, 9, 0, 2, b'h']).unwrap(),
+        codec.decode(&mut (), &[0, 9, 0, 2, b'h']).unwrap(),
         Decode::Incomplete { frame_len: Some(6) }
     );
 }
@@ -144,12 +144,15 @@ fn negative_signed_lengths_are_malformed() {
         )
     };
     let negative = Err(FrameError::Malformed("negative length"));
-    assert_eq!(signed(4).decode(&[0xff, 0xff, 0xff, 0xff]), negative);
-    assert_eq!(signed(4).decode(&[0, 0, 0, 0x80]), negative);
-    assert_eq!(signed(1).decode(&[0x80]), negative);
-    assert_eq!(signed(8).decode(&[0xff; 8]), negative);
     assert_eq!(
-        signed(1).decode(&[0x7f]).unwrap(),
+        signed(4).decode(&mut (), &[0xff, 0xff, 0xff, 0xff]),
+        negative
+    );
+    assert_eq!(signed(4).decode(&mut (), &[0, 0, 0, 0x80]), negative);
+    assert_eq!(signed(1).decode(&mut (), &[0x80]), negative);
+    assert_eq!(signed(8).decode(&mut (), &[0xff; 8]), negative);
+    assert_eq!(
+        signed(1).decode(&mut (), &[0x7f]).unwrap(),
         Decode::Incomplete {
             frame_len: Some(128)
         }
@@ -157,7 +160,7 @@ fn negative_signed_lengths_are_malformed() {
     // The same bytes unsigned are a (too) large length, not a negative one.
     let unsigned = build(LengthCodec::builder().endian(Endian::Little));
     assert_eq!(
-        unsigned.decode(&[0xff, 0xff, 0xff, 0xff]),
+        unsigned.decode(&mut (), &[0xff, 0xff, 0xff, 0xff]),
         Err(FrameError::TooLarge {
             len: u32::MAX as u64,
             max: DEFAULT_MAX_PAYLOAD
@@ -169,11 +172,11 @@ fn negative_signed_lengths_are_malformed() {
 fn maximum_counts_the_payload_as_the_service_sees_it() {
     let body_max = build(LengthCodec::builder().length_width(2).max_payload(3));
     assert!(matches!(
-        body_max.decode(&[0, 3, 1, 2, 3]),
+        body_max.decode(&mut (), &[0, 3, 1, 2, 3]),
         Ok(Decode::Frame { .. })
     ));
     assert_eq!(
-        body_max.decode(&[0, 4]),
+        body_max.decode(&mut (), &[0, 4]),
         Err(FrameError::TooLarge { len: 4, max: 3 })
     );
 
@@ -184,11 +187,11 @@ fn maximum_counts_the_payload_as_the_service_sees_it() {
             .max_payload(5),
     );
     assert!(matches!(
-        whole_max.decode(&[0, 3, 1, 2, 3]),
+        whole_max.decode(&mut (), &[0, 3, 1, 2, 3]),
         Ok(Decode::Frame { .. })
     ));
     assert_eq!(
-        whole_max.decode(&[0, 4]),
+        whole_max.decode(&mut (), &[0, 4]),
         Err(FrameError::TooLarge { len: 6, max: 5 })
     );
     let mut out = Buffer::new();
@@ -383,6 +386,6 @@ proptest! {
         let fast = LengthCodec::new(max);
         let mut general = fast.clone();
         general.standard = false;
-        prop_assert_eq!(fast.decode(&bytes), general.decode(&bytes));
+        prop_assert_eq!(fast.decode(&mut (), &bytes), general.decode(&mut (), &bytes));
     }
 }

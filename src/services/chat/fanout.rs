@@ -18,6 +18,7 @@ use log::warn;
 
 use super::protocol::{to_json, Event, LegacyReply, SERVER_NAME};
 use super::rooms::{Form, Link, Member};
+use super::Chat;
 use crate::{CloseMode, Context, SharedFrame};
 
 /// One event, serialized for every kind of recipient.
@@ -33,7 +34,11 @@ pub struct Encoded {
 
 impl Encoded {
     /// Encodes `event`, and its legacy form when `legacy` is given.
-    pub fn new(ctx: &Context<'_>, event: &Event<'_>, legacy: Option<LegacyReply<'_>>) -> Self {
+    pub fn new(
+        ctx: &Context<'_, Chat>,
+        event: &Event<'_>,
+        legacy: Option<LegacyReply<'_>>,
+    ) -> Self {
         let json = to_json(event);
         let frame = match ctx.shared_frame(&json) {
             Ok(frame) => Some(frame),
@@ -77,7 +82,7 @@ pub enum Delivery {
 }
 
 /// Sends one encoded event to one member: a shared frame for TCP, a datagram for UDP.
-pub fn deliver(ctx: &mut Context<'_>, member: &mut Member, event: &Encoded) -> Delivery {
+pub fn deliver(ctx: &mut Context<'_, Chat>, member: &mut Member, event: &Encoded) -> Delivery {
     match &member.link {
         Link::Tcp(conn) => {
             let conn = *conn;
@@ -122,7 +127,7 @@ pub fn deliver(ctx: &mut Context<'_>, member: &mut Member, event: &Encoded) -> D
 /// Answers one member (welcome, error, rooms, pong...), copying the bytes into its
 /// queue: nothing to share with a single recipient. Legacy members get only errors,
 /// in their own form, so that a client waiting for one reply per message is answered.
-pub fn reply(ctx: &mut Context<'_>, member: &Member, event: &Event<'_>) {
+pub fn reply(ctx: &mut Context<'_, Chat>, member: &Member, event: &Event<'_>) {
     match &member.link {
         Link::Tcp(conn) => {
             let json = to_json(event);
@@ -147,7 +152,7 @@ pub fn reply(ctx: &mut Context<'_>, member: &Member, event: &Event<'_>) {
 
 /// Answers a UDP peer that is not (yet) a member with a typed event.
 pub fn reply_to_peer(
-    ctx: &mut Context<'_>,
+    ctx: &mut Context<'_, Chat>,
     socket: crate::UdpId,
     peer: std::net::SocketAddr,
     event: &Event<'_>,

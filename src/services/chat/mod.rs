@@ -24,7 +24,8 @@
 //! config.tcp.push("127.0.0.1:9001".parse().unwrap());
 //! config.udp.push("127.0.0.1:9001".parse().unwrap());
 //! let chat = Chat::new(ChatSettings::default());
-//! Reactor::bind(config, chat, LengthCodec::new(1 << 20)).unwrap().run().unwrap();
+//! let stopped = Reactor::bind(config, chat, LengthCodec::new(1 << 20)).unwrap().run().unwrap();
+//! println!("chat served: {}", stopped.service.stats().get());
 //! ```
 
 mod fanout;
@@ -37,7 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CloseReason, ConnId, Context, Service, TimerId, UdpId};
+use crate::{CloseReason, ConnId, Context, LengthCodec, Origin, Service, TimerId, UdpId};
 use fanout::{reply_to_peer, Delivery, Encoded};
 use protocol::LOBBY;
 use rooms::{Directory, Form, Link, MemberId, UdpLink};
@@ -74,9 +75,20 @@ impl Default for ChatSettings {
     }
 }
 
-/// The value of the timer that logs the counters; other timer values are
-/// `member + 1`, for a UDP member's expiry check.
-const STATS_TIMER: u64 = 0;
+/// What the chat service waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatTimer {
+    /// Time to log the counters (repeating).
+    Stats,
+    /// Time to check whether this UDP member has gone quiet.
+    Expiry(MemberId),
+}
+
+/// The chat's state for one TCP connection: the member it carries.
+#[derive(Debug, Default)]
+pub struct Seat {
+    member: Option<MemberId>,
+}
 
 /// The chat service. See the module docs.
 #[derive(Debug)]
@@ -84,14 +96,10 @@ pub struct Chat {
     settings: ChatSettings,
     /// Members, names, rooms.
     directory: Directory,
-    /// The member of each TCP connection, by [`ConnId::index`] (the full id is kept to
-    /// tell a connection from a later one in the same slot).
-    by_conn: Vec<Option<(ConnId, MemberId)>>,
-    /// UDP members by the socket they use and their address.
+    /// UDP members by the socket they use and their address (a TCP member's id is in
+    /// its connection's [`Seat`]).
     by_peer: HashMap<(UdpId, SocketAddr), MemberId>,
     stats: ChatStatsHandle,
-    /// The periodic stats report is set up (on the first callback: there is none before).
-    stats_timer_armed: bool,
 }
 
 impl Chat {
@@ -106,10 +114,8 @@ impl Chat {
         Chat {
             settings,
             directory: Directory::default(),
-            by_conn: Vec::new(),
             by_peer: HashMap::new(),
             stats,
-            stats_timer_armed: false,
         }
     }
 
@@ -118,15 +124,8 @@ impl Chat {
         &self.stats
     }
 
-    fn member_of(&self, conn: ConnId) -> Option<MemberId> {
-        match self.by_conn.get(conn.index()) {
-            Some(&Some((owner, id))) if owner == conn => Some(id),
-            _ => None,
-        }
-    }
-
     /// Records the time of a known UDP peer's datagram and the form it speaks.
-    fn touch_udp(&mut self, ctx: &Context<'_>, id: MemberId, form: Form) {
+    fn touch_udp(&mut self, ctx: &Context<'_, Chat>, id: MemberId, form: Form) {
         if let Some(Link::Udp(udp)) = self.directory.member_mut(id).map(|m| &mut m.link) {
             udp.last_seen = ctx.now();
             udp.form = form;
@@ -135,7 +134,7 @@ impl Chat {
 
     fn add_udp_member(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Chat>,
         socket: UdpId,
         peer: SocketAddr,
         form: Form,
@@ -147,7 +146,7 @@ impl Chat {
             last_seen: ctx.now(),
             expiry_timer: None,
         }));
-        let timer = ctx.set_timer(self.settings.udp_expiry, id as u64 + 1);
+        let timer = ctx.set_timer(self.settings.udp_expiry, ChatTimer::Expiry(id));
         self.set_expiry_timer(id, timer);
         self.by_peer.insert((socket, peer), id);
         id
@@ -162,7 +161,7 @@ impl Chat {
     /// A seed-style datagram: `hello name`, join the lobby if not in it, `say` there.
     fn legacy_message(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Chat>,
         socket: UdpId,
         peer: SocketAddr,
         known: Option<MemberId>,
@@ -189,7 +188,7 @@ impl Chat {
     /// `list` and `ping` need no membership; the rest need a name first.
     fn stranger_request(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Chat>,
         socket: UdpId,
         peer: SocketAddr,
         request: Request,
@@ -216,7 +215,7 @@ impl Chat {
     }
 
     /// Removes a member and tells its rooms it left.
-    pub(super) fn remove_member(&mut self, ctx: &mut Context<'_>, id: MemberId) {
+    pub(super) fn remove_member(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
         let Some(member) = self.directory.remove(id) else {
             return;
         };
@@ -235,7 +234,7 @@ impl Chat {
     /// still in the room).
     fn announce(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Chat>,
         room: &str,
         subject: Option<MemberId>,
         event: &Event<'_>,
@@ -254,7 +253,7 @@ impl Chat {
     }
 
     /// Delivers one encoded event to every member of `room`. Returns how many got it.
-    fn broadcast(&mut self, ctx: &mut Context<'_>, room: &str, event: &Encoded) -> u64 {
+    fn broadcast(&mut self, ctx: &mut Context<'_, Chat>, room: &str, event: &Encoded) -> u64 {
         let (mut sent, mut cut) = (0, 0);
         self.directory
             .for_each_in(room, |member| match fanout::deliver(ctx, member, event) {
@@ -267,7 +266,7 @@ impl Chat {
     }
 
     /// Delivers one encoded event to one member. Returns 1 if it got it, else 0.
-    fn send_event(&mut self, ctx: &mut Context<'_>, id: MemberId, event: &Encoded) -> u64 {
+    fn send_event(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, event: &Encoded) -> u64 {
         let Some(member) = self.directory.member_mut(id) else {
             return 0;
         };
@@ -282,7 +281,7 @@ impl Chat {
     }
 
     /// Answers one member.
-    fn reply(&self, ctx: &mut Context<'_>, id: MemberId, event: &Event<'_>) {
+    fn reply(&self, ctx: &mut Context<'_, Chat>, id: MemberId, event: &Event<'_>) {
         if let Some(member) = self.directory.member(id) {
             fanout::reply(ctx, member, event);
         }
@@ -291,7 +290,7 @@ impl Chat {
     /// Expires a UDP member silent for the whole expiry period, or checks again when
     /// it would be (one timer per member, re-armed lazily rather than on every
     /// datagram).
-    fn check_expiry(&mut self, ctx: &mut Context<'_>, timer: TimerId, id: MemberId) {
+    fn check_expiry(&mut self, ctx: &mut Context<'_, Chat>, timer: TimerId, id: MemberId) {
         let expiry = self.settings.udp_expiry;
         let Some(Link::Udp(udp)) = self.directory.member(id).map(|m| &m.link) else {
             return;
@@ -301,7 +300,7 @@ impl Chat {
         }
         let due = udp.last_seen + expiry;
         if due > ctx.now() {
-            let timer = ctx.set_timer(due - ctx.now(), id as u64 + 1);
+            let timer = ctx.set_timer(due - ctx.now(), ChatTimer::Expiry(id));
             self.set_expiry_timer(id, timer);
             return;
         }
@@ -320,14 +319,6 @@ impl Chat {
             .unwrap_or("(no name)")
     }
 
-    /// Sets up the periodic report the first time the service runs.
-    fn arm_stats_timer(&mut self, ctx: &mut Context<'_>) {
-        if let (false, Some(interval)) = (self.stats_timer_armed, self.settings.stats_interval) {
-            ctx.set_timer(interval, STATS_TIMER);
-            self.stats_timer_armed = true;
-        }
-    }
-
     /// Publishes the member and room counts after a callback changed them.
     fn count_population(&self) {
         self.stats
@@ -336,17 +327,34 @@ impl Chat {
 }
 
 impl Service for Chat {
-    fn on_connect(&mut self, ctx: &mut Context<'_>, conn: ConnId) {
-        self.arm_stats_timer(ctx);
-        let id = self.directory.add(Link::Tcp(conn));
-        if self.by_conn.len() <= conn.index() {
-            self.by_conn.resize(conn.index() + 1, None);
+    type Conn = Seat;
+    type Timer = ChatTimer;
+    type Codec = LengthCodec;
+
+    fn on_start(&mut self, ctx: &mut Context<'_, Chat>) {
+        if let Some(interval) = self.settings.stats_interval.filter(|d| !d.is_zero()) {
+            ctx.set_repeating(interval, ChatTimer::Stats);
         }
-        self.by_conn[conn.index()] = Some((conn, id));
     }
 
-    fn on_frame(&mut self, ctx: &mut Context<'_>, conn: ConnId, payload: &[u8]) {
-        let Some(id) = self.member_of(conn) else {
+    fn on_connect(
+        &mut self,
+        _ctx: &mut Context<'_, Chat>,
+        conn: ConnId,
+        seat: &mut Seat,
+        _: Origin,
+    ) {
+        seat.member = Some(self.directory.add(Link::Tcp(conn)));
+    }
+
+    fn on_frame(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        _conn: ConnId,
+        seat: &mut Seat,
+        payload: &[u8],
+    ) {
+        let Some(id) = seat.member else {
             return;
         };
         match parse(payload, Legacy::Refused) {
@@ -355,17 +363,20 @@ impl Service for Chat {
             Ok(Incoming::Legacy(_)) => self.refuse(ctx, id, "a typed request is expected"),
             Err(e) => self.refuse(ctx, id, &e.to_string()),
         }
+        if self.directory.member(id).is_none() {
+            // It said `bye`: the connection closes without a member.
+            seat.member = None;
+        }
         self.count_population();
     }
 
     fn on_datagram(
         &mut self,
-        ctx: &mut Context<'_>,
+        ctx: &mut Context<'_, Chat>,
         socket: UdpId,
         peer: SocketAddr,
         datagram: &[u8],
     ) {
-        self.arm_stats_timer(ctx);
         let known = self.by_peer.get(&(socket, peer)).copied();
         match (parse(datagram, Legacy::Accepted), known) {
             (Ok(Incoming::Legacy(message)), _) => {
@@ -390,33 +401,28 @@ impl Service for Chat {
         self.count_population();
     }
 
-    fn on_close(&mut self, ctx: &mut Context<'_>, conn: ConnId, reason: CloseReason) {
-        let Some(id) = self.member_of(conn) else {
+    fn on_close(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        conn: ConnId,
+        seat: Seat,
+        reason: CloseReason,
+    ) {
+        let Some(id) = seat.member else {
             return;
         };
-        self.by_conn[conn.index()] = None;
         log::debug!("chat: {conn} ({}) gone: {reason}", self.name_of(id));
         self.remove_member(ctx, id);
         self.count_population();
     }
 
-    fn on_timer(&mut self, ctx: &mut Context<'_>, timer: TimerId, value: u64) {
-        if value == STATS_TIMER {
-            log::info!("chat: {}", self.stats.get());
-            if let Some(interval) = self.settings.stats_interval {
-                ctx.set_timer(interval, STATS_TIMER);
+    fn on_timer(&mut self, ctx: &mut Context<'_, Chat>, timer: TimerId, value: ChatTimer) {
+        match value {
+            ChatTimer::Stats => log::info!("chat: {}", self.stats.get()),
+            ChatTimer::Expiry(id) => {
+                self.check_expiry(ctx, timer, id);
+                self.count_population();
             }
-            return;
         }
-        self.check_expiry(ctx, timer, (value - 1) as MemberId);
-        self.count_population();
-    }
-}
-
-impl Drop for Chat {
-    /// The service has no shutdown callback; it is dropped when the loop returns, so
-    /// this is where the final counters are logged.
-    fn drop(&mut self) {
-        log::info!("chat served: {}", self.stats.get());
     }
 }

@@ -16,7 +16,7 @@ pub const HELLO_FIRST: &str = "say hello first: send {\"type\":\"hello\",\"name\
 
 impl Chat {
     /// Carries out one typed request from member `id`.
-    pub(super) fn handle(&mut self, ctx: &mut Context<'_>, id: MemberId, request: Request) {
+    pub(super) fn handle(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, request: Request) {
         match request {
             Request::Hello { name } => {
                 self.hello(ctx, id, &name);
@@ -35,12 +35,12 @@ impl Chat {
     }
 
     /// Answers member `id` with an `error`.
-    pub(super) fn refuse(&self, ctx: &mut Context<'_>, id: MemberId, reason: &str) {
+    pub(super) fn refuse(&self, ctx: &mut Context<'_, Chat>, id: MemberId, reason: &str) {
         self.reply(ctx, id, &Event::Error { reason });
     }
 
     /// Sets or changes the name. Returns true if the member now holds `name`.
-    pub(super) fn hello(&mut self, ctx: &mut Context<'_>, id: MemberId, name: &str) -> bool {
+    pub(super) fn hello(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, name: &str) -> bool {
         if let Err(reason) = check_name("name", name) {
             self.refuse(ctx, id, &reason);
             return false;
@@ -73,7 +73,7 @@ impl Chat {
     }
 
     /// Enters a room, announces it, and replays the room's history to the newcomer.
-    pub(super) fn join(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str) {
+    pub(super) fn join(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, room: &str) {
         let Some(name) = self.name_required(ctx, id) else {
             return;
         };
@@ -100,7 +100,7 @@ impl Chat {
     }
 
     /// Leaves a room, after telling it (the leaver included).
-    pub(super) fn leave(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str) {
+    pub(super) fn leave(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, room: &str) {
         if !self.directory.is_in(id, room) {
             return self.refuse(ctx, id, &format!("not in room {room}"));
         }
@@ -110,7 +110,13 @@ impl Chat {
     }
 
     /// Says `text` in `room`: one `msg` event, encoded once, to every member.
-    pub(super) fn say(&mut self, ctx: &mut Context<'_>, id: MemberId, room: &str, text: &str) {
+    pub(super) fn say(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        room: &str,
+        text: &str,
+    ) {
         if !self.directory.is_in(id, room) {
             return self.refuse(ctx, id, &format!("not in room {room}: join it first"));
         }
@@ -138,7 +144,7 @@ impl Chat {
     }
 
     /// Sends `text` to the member called `to`, and a copy to the sender.
-    pub(super) fn dm(&mut self, ctx: &mut Context<'_>, id: MemberId, to: &str, text: &str) {
+    pub(super) fn dm(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, to: &str, text: &str) {
         let Some(from) = self.name_required(ctx, id) else {
             return;
         };
@@ -169,20 +175,17 @@ impl Chat {
 
     /// Leaves the chat at once: rooms are told, the name is free. A TCP member's
     /// connection then closes once its queued output is written.
-    fn bye(&mut self, ctx: &mut Context<'_>, id: MemberId) {
+    fn bye(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
         let tcp = match self.directory.member(id).map(|m| &m.link) {
             Some(Link::Tcp(conn)) => Some(*conn),
             Some(Link::Udp(_)) => None,
             None => return,
         };
-        match tcp {
-            Some(conn) => {
-                // Forget the connection first, so its on_close finds no member.
-                self.by_conn[conn.index()] = None;
-                self.remove_member(ctx, id);
-                ctx.close(conn, CloseMode::Flush);
-            }
-            None => self.remove_member(ctx, id),
+        // (The connection's own state forgets the member once this request is done:
+        // see `on_frame`.)
+        self.remove_member(ctx, id);
+        if let Some(conn) = tcp {
+            ctx.close(conn, CloseMode::Flush);
         }
         self.count_population();
     }
@@ -203,7 +206,7 @@ impl Chat {
     }
 
     /// The member's name, or an `error` saying to send `hello` first.
-    fn name_required(&self, ctx: &mut Context<'_>, id: MemberId) -> Option<String> {
+    fn name_required(&self, ctx: &mut Context<'_, Chat>, id: MemberId) -> Option<String> {
         let name = self.directory.member(id).and_then(|m| m.name.clone());
         if name.is_none() {
             self.refuse(ctx, id, HELLO_FIRST);

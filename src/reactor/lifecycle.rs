@@ -1,0 +1,391 @@
+//! A connection's life, in one place: every change of [`ConnState`] happens here.
+//!
+//! ```text
+//!        dial (Context::connect)                       accept
+//!              |                                          |
+//!              v          connected: on_connect           v
+//!        +------------+ ------------------------------> +------+ <-- pause / resume
+//!        | Connecting |                                 | Open |     reading (service,
+//!        +------------+                                 +------+     or backpressure)
+//!              | refused / timed out         peer FIN   |    |  shutdown_write
+//!              v                          +-------------+    +-------------+
+//!            closed                       v                                v
+//!                                 +------------+ on_peer_closed    +-----------+
+//!                                 | PeerClosed | (default: close)  | WriteShut | FIN once
+//!                                 +------------+                   +-----------+ written;
+//!                                   |  close(Flush), shutdown_write      |  reads on
+//!                                   v                                    | peer FIN
+//!   Open, WriteShut -- close(Flush), shutdown --> +----------+ <---------+
+//!                                                 | Draining |  no reading; writes
+//!                                                 +----------+  what is queued
+//!                                  output written |        | output written, and
+//!                                  FIN sent       v        | the peer already closed
+//!                                       +-----------+      v
+//!                                       | Lingering | -> closed: peer FIN, or a quiet
+//!                                       +-----------+    window, or 2 s at most
+//!
+//!   any state: a socket error, a protocol error, close(Now), the idle timeout, the
+//!   frame deadline -> closed.   closed: the slot is freed, on_close gets the state.
+//! ```
+//!
+//! Lingering exists because closing a socket with unread input makes the kernel send a
+//! RST, and a RST can destroy output the peer has not read yet: after our FIN we read
+//! and discard until the peer closes, within limits.
+
+use std::io;
+
+use mio::Interest;
+
+use super::write::set_writable_interest;
+use super::Reactor;
+use crate::connection::{ConnId, ConnState, Connection, IdleRule, Slot, Stream};
+use crate::context::Context;
+use crate::endpoint::{start_connect, Dial, DialError, EndpointId, Endpoints};
+use crate::hub::{connection_mut, Hub, TimerEvent, LINGER_QUIET, LINGER_ROUNDS};
+use crate::service::{Origin, Service};
+use crate::stats::CloseReason;
+
+impl<S: Service> Hub<S> {
+    /// Puts a new connection in the slab and registers its socket; `Connecting` ones
+    /// also wait for WRITABLE (how a connect reports its outcome).
+    pub(crate) fn insert_connection(
+        &mut self,
+        mut stream: Stream,
+        endpoint: EndpointId,
+        state: S::Conn,
+        connecting: bool,
+    ) -> Result<ConnId, (io::Error, S::Conn)> {
+        let generation = self.next_generation();
+        let now = self.now_millis();
+        let entry = self.conns.vacant_entry();
+        let id = ConnId::new(entry.key(), generation);
+        let interest = match connecting {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        if let Err(e) = self.registry.register(&mut stream, id.token(), interest) {
+            return Err((e, state));
+        }
+        let mut conn = Connection::new(stream, generation, endpoint.0, now);
+        if connecting {
+            conn.state = ConnState::Connecting;
+            conn.dialled = true;
+            conn.writable_armed = true;
+        }
+        entry.insert(Slot {
+            conn,
+            decode: Default::default(),
+            state,
+        });
+        self.stats.active += 1;
+        if !connecting {
+            self.watch_idle(id);
+        }
+        Ok(id)
+    }
+
+    /// Starts an outbound connection (see [`crate::Context::connect`]).
+    pub(crate) fn dial(
+        &mut self,
+        dial: Dial,
+        state: S::Conn,
+        endpoints: &Endpoints<S::Codec>,
+    ) -> Result<ConnId, DialError<S::Conn>> {
+        let endpoint = dial.endpoint.unwrap_or(endpoints.default_outbound);
+        if endpoint.index() >= endpoints.list.len() {
+            let error = io::Error::new(io::ErrorKind::InvalidInput, "no such endpoint");
+            return Err(DialError { error, state });
+        }
+        let stream = match start_connect(&dial) {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::debug!("dial {}: {error}", dial.target);
+                return Err(DialError { error, state });
+            }
+        };
+        let id = self
+            .insert_connection(stream, endpoint, state, true)
+            .map_err(|(error, state)| DialError { error, state })?;
+        self.stats.dialled += 1;
+        let timeout = dial.timeout.unwrap_or(self.limits.connect_timeout);
+        self.timers
+            .insert(self.now + timeout, TimerEvent::ConnectDeadline(id));
+        log::debug!("{id}: dialling {}", dial.target);
+        Ok(id)
+    }
+
+    /// Enters a connection into the shared idle list, when the reactor's idle timeout
+    /// applies to it.
+    fn watch_idle(&mut self, id: ConnId) {
+        let applies = self.limits.idle_timeout_millis.is_some()
+            && self
+                .conn(id)
+                .is_some_and(|c| c.idle_rule == IdleRule::Reactor);
+        if applies {
+            self.idle.push_back(&mut self.conns, id.index());
+        }
+    }
+
+    /// Stops reading from a connection and closes it with `reason` once its output is
+    /// written (at once if nothing is queued).
+    pub(crate) fn close_after_flush(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match conn.state {
+            ConnState::Draining(_) | ConnState::Lingering(_) => return,
+            // Nothing was ever sent on it: there is nothing to flush.
+            ConnState::Connecting => return self.request_close(id, reason),
+            ConnState::Open | ConnState::PeerClosed | ConnState::WriteShut { .. } => {}
+        }
+        // A connection whose FIN is out already lingers at once.
+        let fin_sent = conn.state == ConnState::WriteShut { fin_sent: true };
+        conn.state = ConnState::Draining(reason);
+        if conn.output.is_empty() || fin_sent {
+            self.finish_draining(id, reason);
+        } else {
+            self.list_for_flush(id);
+        }
+    }
+
+    /// The service shuts our side: FIN once the queue is written; reading goes on.
+    pub(crate) fn shutdown_write(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match conn.state {
+            ConnState::Open => {
+                conn.state = ConnState::WriteShut { fin_sent: false };
+                if conn.output.is_empty() {
+                    self.output_written(id);
+                }
+            }
+            // Both sides done: close once the output is written.
+            ConnState::PeerClosed => self.close_after_flush(id, CloseReason::PeerClosed),
+            ConnState::Connecting => self.request_close(id, CloseReason::Service),
+            ConnState::WriteShut { .. } | ConnState::Draining(_) | ConnState::Lingering(_) => {}
+        }
+    }
+
+    /// A connection's queue has just been written out: what its state does next.
+    pub(crate) fn output_written(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match conn.state {
+            ConnState::Draining(reason) => self.finish_draining(id, reason),
+            ConnState::WriteShut { fin_sent: false } => {
+                conn.stream.shutdown_write();
+                conn.state = ConnState::WriteShut { fin_sent: true };
+                log::trace!("{id}: output written, FIN sent; reading until the peer closes");
+            }
+            _ => {}
+        }
+    }
+
+    /// Output flushed while draining: a connection whose peer already closed its side
+    /// closes now; any other sends a FIN and lingers until the peer closes or goes
+    /// quiet for [`LINGER_QUIET`].
+    pub(crate) fn finish_draining(&mut self, id: ConnId, reason: CloseReason) {
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if reason == CloseReason::PeerClosed || matches!(conn.state, ConnState::Lingering(_)) {
+            self.request_close(id, reason);
+            return;
+        }
+        conn.stream.shutdown_write();
+        conn.state = ConnState::Lingering(reason);
+        conn.peer_still_sending = false;
+        conn.linger_rounds = 0;
+        log::trace!("{id}: output flushed, FIN sent; lingering until the peer closes");
+        self.timers
+            .insert(now + LINGER_QUIET, TimerEvent::LingerDeadline(id));
+        // Input may be waiting already, and its readiness edge may be long gone.
+        self.list_ready_again(id);
+    }
+}
+
+impl<S: Service> Reactor<S> {
+    /// A connection is up (accepted, or a dial that connected): the service hears
+    /// `on_connect`, then whatever it queued meanwhile is written.
+    pub(super) fn connection_opened(&mut self, id: ConnId, origin: Origin) {
+        let Some(slot) = self.hub.slot_mut(id) else {
+            return;
+        };
+        let mut state = std::mem::take(&mut slot.state);
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+        self.service.on_connect(ctx, id, &mut state, origin);
+        self.give_back_state(id, state);
+        self.carry_out_requests();
+    }
+
+    /// A `Connecting` connection's socket reported readiness: the connect has
+    /// succeeded, failed, or (a spurious event) is still in flight.
+    pub(super) fn complete_connect(&mut self, id: ConnId) {
+        let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
+            return;
+        };
+        let outcome = match conn.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => conn.stream.is_connected(),
+        };
+        match outcome {
+            Ok(false) => {} // not yet
+            Err(e) => {
+                log::debug!("{id}: connect failed: {e}");
+                self.hub
+                    .request_close(id, CloseReason::ConnectFailed(e.kind()));
+                self.carry_out_requests();
+            }
+            Ok(true) => {
+                conn.state = ConnState::Open;
+                let queued = !conn.output.is_empty();
+                // Keep WRITABLE only if output is waiting for the new connection.
+                set_writable_interest(&self.hub.registry, conn, id, queued);
+                let endpoint = EndpointId(conn.endpoint);
+                log::debug!("{id}: connected");
+                self.hub.touch(id);
+                self.hub.watch_idle(id);
+                self.connection_opened(id, Origin::Dialled(endpoint));
+                if queued {
+                    self.hub.flush(id);
+                    self.carry_out_requests();
+                }
+            }
+        }
+    }
+
+    /// Removes a connection, frees its slot and tells the service, with its state.
+    pub(super) fn close_connection(&mut self, id: ConnId, reason: CloseReason) {
+        if self.hub.conn(id).is_none() {
+            return; // closed already (a second request for the same connection)
+        }
+        self.hub.idle.unlink(&mut self.hub.conns, id.index());
+        let Slot {
+            conn: mut closing,
+            state,
+            ..
+        } = self.hub.conns.remove(id.index());
+        if let Err(e) = self.hub.registry.deregister(&mut closing.stream) {
+            log::debug!("{id}: deregister: {e}");
+        }
+        if matches!(closing.state, ConnState::Draining(_)) {
+            // Everything owed was written: say so with a FIN before the close.
+            closing.stream.shutdown_write();
+        }
+        if closing.input.capacity() > 0 {
+            closing.input.clear();
+            self.hub.pool.give_back(&mut closing.input);
+        }
+        drop(closing);
+        self.hub.stats.active -= 1;
+        self.hub.stats.closed[reason.index()] += 1;
+        log::debug!("{id}: closed: {reason}");
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+        self.service.on_close(ctx, id, state, reason);
+    }
+
+    /// A dial's connect timeout passed: give up if it is still connecting.
+    pub(super) fn check_connect_deadline(&mut self, id: ConnId) {
+        if self
+            .hub
+            .conn(id)
+            .is_some_and(|c| c.state == ConnState::Connecting)
+        {
+            log::debug!("{id}: connect timed out");
+            self.hub.request_close(id, CloseReason::ConnectTimeout);
+        }
+    }
+
+    /// A lingering connection's quiet window is over: if the peer sent nothing during
+    /// it, close; if it is still sending, give it another window, up to the limit.
+    pub(super) fn end_linger_window(&mut self, id: ConnId) {
+        let now = self.hub.now;
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let ConnState::Lingering(reason) = conn.state else {
+            return;
+        };
+        if conn.peer_still_sending && conn.linger_rounds < LINGER_ROUNDS {
+            conn.peer_still_sending = false;
+            conn.linger_rounds += 1;
+            let at = now + LINGER_QUIET;
+            self.hub.timers.insert(at, TimerEvent::LingerDeadline(id));
+        } else {
+            log::trace!("{id}: lingering over");
+            self.hub.request_close(id, reason);
+        }
+    }
+
+    /// Puts a connection's state back in its slot after a callback borrowed it (the
+    /// slot is still there: closes wait until callbacks return).
+    #[inline(always)]
+    pub(super) fn give_back_state(&mut self, id: ConnId, state: S::Conn) {
+        if let Some(slot) = self.hub.slot_mut(id) {
+            slot.state = state;
+        }
+    }
+}
+
+/// The peer sent EOF on a connection that was reading. `state` is the service's state
+/// for it, which the read path has borrowed.
+pub(super) fn peer_closed<S: Service>(
+    hub: &mut Hub<S>,
+    endpoints: &Endpoints<S::Codec>,
+    service: &mut S,
+    id: ConnId,
+    state: &mut S::Conn,
+) {
+    let Some(conn) = hub.conn_mut(id) else {
+        return;
+    };
+    match conn.state {
+        ConnState::Open => conn.state = ConnState::PeerClosed,
+        // Our side is shut too: nothing is left to do but write what is queued.
+        ConnState::WriteShut { .. } => return hub.close_after_flush(id, CloseReason::PeerClosed),
+        _ => return,
+    }
+    log::trace!("{id}: the peer closed its side");
+    service.on_peer_closed(&mut Context::new(hub, endpoints), id, state);
+}
+
+/// Whether `conn` may read now, and what becomes of what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reading {
+    Allowed,
+    /// Lingering: what arrives is read and thrown away.
+    Discard(CloseReason),
+    /// Connecting, draining, half-closed by the peer, or paused.
+    Stopped,
+}
+
+/// Whether `conn` may read now; pauses it (and notes the missed readiness) when its
+/// queued output is over the write limit.
+#[inline(always)]
+pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) -> Reading {
+    match conn.state {
+        ConnState::Open | ConnState::WriteShut { .. } => {}
+        ConnState::Lingering(reason) => return Reading::Discard(reason),
+        ConnState::Draining(_) | ConnState::PeerClosed | ConnState::Connecting => {
+            return Reading::Stopped
+        }
+    }
+    if conn.read_paused || conn.paused_by_service {
+        conn.read_pending = true;
+        return Reading::Stopped;
+    }
+    if conn.output.len() > write_limit {
+        log::debug!(
+            "{id}: {} bytes queued, over the write limit: pausing reads",
+            conn.output.len()
+        );
+        conn.read_paused = true;
+        conn.congested = true;
+        conn.read_pending = true;
+        return Reading::Stopped;
+    }
+    Reading::Allowed
+}

@@ -1,0 +1,239 @@
+//! The write path: from a service's send to bytes in the socket.
+//!
+//! A send to a connection with nothing queued is written at once, straight from the
+//! caller's bytes: the common case costs one `write` and no copy. Whatever the socket
+//! does not take is queued, in order, and WRITABLE interest is registered only while
+//! something waits (so an idle connection is never woken for writability). When the
+//! socket has room again the queue is written with `write` or, when shared frames are
+//! queued, one `writev`.
+//!
+//! Output past the write limit marks the connection congested and pauses its reading
+//! (backpressure: a peer that sends without reading cannot grow our memory without
+//! bound). When the queue drains to the low-water mark, reading resumes and the service
+//! hears `on_drained`. A connection that is closing or shutting its side takes the
+//! next step of its life cycle (`lifecycle.rs`) once its queue is empty.
+
+use std::io::{self, IoSlice};
+
+use mio::{Interest, Registry};
+
+use crate::connection::{ConnId, ConnState, Connection};
+use crate::hub::{connection_mut, Hub};
+use crate::outqueue::{SharedFrame, MAX_IOVECS};
+use crate::service::Service;
+use crate::stats::CloseReason;
+
+impl<S: Service> Hub<S> {
+    /// Sends `bytes` (already framed) on a connection: straight to the socket when
+    /// nothing is queued ahead of them, else queued behind what is. Returns false if
+    /// the connection is gone, closing, or its side is shut.
+    #[inline]
+    pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
+        let now = self.now_millis();
+        // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
+        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.state.may_send()) else {
+            return false;
+        };
+        self.stats.frames_out += frames;
+        let mut written = 0;
+        let write_at_once =
+            conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
+        if write_at_once {
+            match write_now(conn, bytes) {
+                Ok(n) => written = n,
+                Err(e) => {
+                    log::debug!("{id}: write error: {e}");
+                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    return true;
+                }
+            }
+            log::trace!("{id}: write {written} of {}", bytes.len());
+            self.stats.bytes_out += written as u64;
+        }
+        let moved_in_idle_list = written > 0 && conn.mark_active(now);
+        if written < bytes.len() {
+            self.queue_rest(id, &bytes[written..], write_at_once);
+        }
+        if moved_in_idle_list {
+            self.idle.touch(&mut self.conns, id.index());
+        }
+        true
+    }
+
+    /// Queues what a send could not write at once. Out of line: the common case
+    /// writes everything and never comes here.
+    #[inline(never)]
+    fn queue_rest(&mut self, id: ConnId, rest: &[u8], socket_full: bool) {
+        let write_limit = self.limits.write_limit;
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        conn.output
+            .owned_for_append(&mut self.pool)
+            .extend_from_slice(rest);
+        if conn.output.len() > write_limit {
+            conn.congested = true;
+        }
+        if conn.state == ConnState::Connecting {
+            // Written once the connect completes.
+        } else if socket_full {
+            // The write came up short: the socket is full. Wait for WRITABLE rather
+            // than list a flush that would only hear WouldBlock.
+            set_writable_interest(&self.registry, conn, id, true);
+        } else {
+            self.list_for_flush(id);
+        }
+    }
+
+    /// Queues a shared frame on a connection, to be written when the callback returns.
+    /// Shared frames are for fan-out: when one read brings several messages for a room,
+    /// each member's frames then go out together in one `writev` instead of one `write`
+    /// per frame per member. Returns false if the connection is gone or closing.
+    pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
+        let write_limit = self.limits.write_limit;
+        let Some(conn) = self.conn_mut(id).filter(|c| c.state.may_send()) else {
+            return false;
+        };
+        conn.output.push_shared(frame.clone());
+        if conn.output.len() > write_limit {
+            conn.congested = true;
+        }
+        self.stats.frames_out += 1;
+        self.list_for_flush(id);
+        true
+    }
+
+    /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
+    /// backpressure and the life cycle. Errors are turned into close requests.
+    pub(crate) fn flush(&mut self, id: ConnId) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        conn.queued_flush = false;
+        if conn.state == ConnState::Connecting {
+            return; // written once the connect completes
+        }
+        let mut socket_full = false;
+        let mut progressed = false;
+        while !conn.output.is_empty() {
+            let (result, attempted) = write_some(conn);
+            match result {
+                Ok(0) => {
+                    self.to_close
+                        .push((id, CloseReason::Error(io::ErrorKind::WriteZero)));
+                    return;
+                }
+                Ok(written) => {
+                    log::trace!("{id}: write {written} of {attempted}");
+                    self.stats.bytes_out += written as u64;
+                    progressed = true;
+                    conn.output.advance(written, &mut self.pool);
+                    // A short write means the kernel's send buffer is full: no need to
+                    // try again only to be told WouldBlock.
+                    if written < attempted {
+                        socket_full = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    log::trace!("{id}: write WouldBlock");
+                    socket_full = true;
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("{id}: write error: {e}");
+                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    return;
+                }
+            }
+        }
+        set_writable_interest(&self.registry, conn, id, socket_full);
+        let queued = conn.output.len();
+        if queued <= self.limits.low_water {
+            self.recover_from_backpressure(id);
+        }
+        if queued == 0 {
+            self.output_written(id);
+        }
+        if progressed {
+            self.touch(id);
+        }
+    }
+
+    /// The queue is at the low-water mark: reading resumes if backpressure paused it,
+    /// and a congested connection's service hears `on_drained`.
+    fn recover_from_backpressure(&mut self, id: ConnId) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        let congested = std::mem::take(&mut conn.congested);
+        if conn.read_paused {
+            log::debug!("{id}: output drained to the low-water mark, reading again");
+            conn.read_paused = false;
+            if !conn.paused_by_service && std::mem::take(&mut conn.read_pending) {
+                self.list_ready_again(id);
+            }
+        }
+        if congested {
+            self.drained.push(id);
+        }
+    }
+}
+
+/// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
+/// (0 when it is full).
+#[inline]
+fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match conn.stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One `write` (or `writev` when shared frames are queued) of the connection's output.
+/// Returns the outcome and how many bytes were offered.
+fn write_some(conn: &mut Connection) -> (io::Result<usize>, usize) {
+    if conn.output.is_owned_only() {
+        let bytes = conn.output.owned_bytes();
+        let attempted = bytes.len();
+        (conn.stream.write(bytes), attempted)
+    } else {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let (used, attempted) = conn.output.gather(&mut slices);
+        (conn.stream.write_vectored(&slices[..used]), attempted)
+    }
+}
+
+/// Registers WRITABLE only while output waits for room in the socket, so an idle
+/// connection is never woken for writability it has no use for.
+pub(crate) fn set_writable_interest(
+    registry: &Registry,
+    conn: &mut Connection,
+    id: ConnId,
+    wanted: bool,
+) {
+    if conn.writable_armed == wanted {
+        return;
+    }
+    let interest = if wanted {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    match registry.reregister(&mut conn.stream, id.token(), interest) {
+        Ok(()) => {
+            log::trace!(
+                "{id}: interest {}",
+                if wanted { "READ|WRITE" } else { "READ" }
+            );
+            conn.writable_armed = wanted;
+        }
+        Err(e) => log::error!("{id}: reregister: {e}"),
+    }
+}

@@ -1,0 +1,46 @@
+//! Graceful shutdown on SIGINT and SIGTERM, for any program built on the reactor
+//! (feature `signals`; the command line uses it too).
+//!
+//! The signals arrive through a self-pipe that the reactor watches like a socket
+//! ([`Reactor::watch`]), not through a signal thread: with a single thread the C library
+//! skips its cancellation bookkeeping around every `recv`, `send` and `epoll_wait` (see
+//! docs/benchmarks.md for what that saves).
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::{Error, Reactor, Service};
+
+impl<S: Service + 'static> Reactor<S> {
+    /// The first SIGINT or SIGTERM starts a graceful shutdown (stop accepting, call
+    /// `on_stop`, drain within the grace period); a second one stops at once
+    /// ([`crate::Handle::stop_now`]), and [`crate::Stopped::forced`] says so.
+    ///
+    /// ```no_run
+    /// use switchboard::{services::Echo, Config, LengthCodec, Reactor};
+    /// let mut config = Config::default();
+    /// config.tcp.push("127.0.0.1:9000".parse().unwrap());
+    /// let mut reactor = Reactor::bind(config, Echo::default(), LengthCodec::new(1 << 20)).unwrap();
+    /// reactor.stop_on_signals().unwrap();
+    /// let stopped = reactor.run().unwrap(); // returns after Ctrl-C
+    /// ```
+    pub fn stop_on_signals(&mut self) -> Result<(), Error> {
+        let signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Poll)?;
+        let handle = self.handle();
+        let mut received = 0;
+        self.watch(signals, move |signals| {
+            for signal in signals.pending() {
+                received += 1;
+                if received == 1 {
+                    // Shut down first: if logging fails (stderr a closed pipe), the
+                    // server must still stop.
+                    handle.shutdown();
+                    log::info!("signal {signal}: shutting down (again to stop at once)");
+                } else {
+                    handle.stop_now();
+                    log::warn!("signal {signal} again: stopping now");
+                }
+            }
+        })
+    }
+}
