@@ -92,6 +92,8 @@ impl std::error::Error for SendError {
 pub struct Context<'a, S: Service> {
     hub: &'a mut Hub<S>,
     endpoints: &'a Endpoints<S::Codec>,
+    /// The connection whose state this callback was lent (it is out of its slot).
+    lent: Option<ConnId>,
 }
 
 impl<S: Service> fmt::Debug for Context<'_, S> {
@@ -104,7 +106,18 @@ impl<S: Service> fmt::Debug for Context<'_, S> {
 
 impl<'a, S: Service> Context<'a, S> {
     pub(crate) fn new(hub: &'a mut Hub<S>, endpoints: &'a Endpoints<S::Codec>) -> Self {
-        Context { hub, endpoints }
+        Context {
+            hub,
+            endpoints,
+            lent: None,
+        }
+    }
+
+    /// A context for a callback about `conn`, whose state the callback holds.
+    #[inline(always)]
+    pub(crate) fn lending(mut self, conn: ConnId) -> Self {
+        self.lent = Some(conn);
+        self
     }
 
     /// Frames `payload` with `conn`'s codec and sends it. Frames sent to one
@@ -131,6 +144,52 @@ impl<'a, S: Service> Context<'a, S> {
         };
         self.hub.encode_buf = framed;
         result
+    }
+
+    /// Sends bytes that are already frames in `conn`'s format (each made with its
+    /// codec's [`Codec::encode`], say, into one buffer), as one send: a client queuing
+    /// several requests at once sends them together instead of in one `write` each.
+    /// `frames` is how many frames the bytes hold (for the counters).
+    ///
+    /// ```
+    /// use switchboard::{Buffer, Codec, ConnId, Context, LengthCodec, Origin, Service};
+    ///
+    /// /// Pipelines three requests on every new connection.
+    /// struct Pipeliner;
+    ///
+    /// impl Service for Pipeliner {
+    ///     type Conn = ();
+    ///     type Timer = ();
+    ///     type Codec = LengthCodec;
+    ///
+    ///     fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
+    ///         let codec = LengthCodec::new(1024);
+    ///         let mut wire = Buffer::new();
+    ///         for request in [&b"one"[..], b"two", b"three"] {
+    ///             codec.encode(request, &mut wire).unwrap();
+    ///         }
+    ///         if let Err(e) = ctx.send_encoded(conn, wire.readable(), 3) {
+    ///             log::debug!("{conn}: {e}");
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    #[inline]
+    pub fn send_encoded(&mut self, conn: ConnId, wire: &[u8], frames: u64) -> Result<(), SendError> {
+        match self.hub.write_or_queue(conn, wire, frames) {
+            true => Ok(()),
+            false => Err(SendError::Closed),
+        }
+    }
+
+    /// The service's state for another connection than the one this callback is about
+    /// (that one's state is the callback's own argument): `None` if `conn` is gone, or
+    /// is that connection. A load generator's timer sends on many connections this way.
+    pub fn state_mut(&mut self, conn: ConnId) -> Option<&mut S::Conn> {
+        if self.lent == Some(conn) {
+            return None;
+        }
+        self.hub.slot_mut(conn).map(|slot| &mut slot.state)
     }
 
     /// Sends `frames` to `conn` exactly as they arrived: no re-encoding, and written

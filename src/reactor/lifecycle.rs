@@ -215,7 +215,7 @@ impl<S: Service> Reactor<S> {
             return;
         };
         let mut state = std::mem::take(&mut slot.state);
-        let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints).lending(id);
         self.service.on_connect(ctx, id, &mut state, origin);
         self.give_back_state(id, state);
         self.carry_out_requests();
@@ -349,7 +349,7 @@ pub(super) fn peer_closed<S: Service>(
         _ => return,
     }
     log::trace!("{id}: the peer closed its side");
-    service.on_peer_closed(&mut Context::new(hub, endpoints), id, state);
+    service.on_peer_closed(&mut Context::new(hub, endpoints).lending(id), id, state);
 }
 
 /// Whether `conn` may read now, and what becomes of what it reads.

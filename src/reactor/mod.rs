@@ -258,7 +258,9 @@ impl<S: Service> Reactor<S> {
         self.endpoints.default_outbound
     }
 
-    fn bind_udp(&mut self, addr: std::net::SocketAddr) -> Result<UdpId, Error> {
+    /// Opens one more UDP socket, served like those in [`Config::udp`]; the service
+    /// sends from it with the returned id.
+    pub fn bind_udp(&mut self, addr: std::net::SocketAddr) -> Result<UdpId, Error> {
         let bind_error = |source| Error::Bind {
             endpoint: format!("udp {addr}"),
             source,
@@ -628,11 +630,8 @@ impl<S: Service> Reactor<S> {
         };
         let mut state = std::mem::take(&mut slot.state);
         log::trace!("{id}: output drained to the low-water mark");
-        self.service.on_drained(
-            &mut Context::new(&mut self.hub, &self.endpoints),
-            id,
-            &mut state,
-        );
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints).lending(id);
+        self.service.on_drained(ctx, id, &mut state);
         self.give_back_state(id, state);
     }
 

@@ -294,7 +294,7 @@ impl<S: Service> Reader<'_, S> {
         if count > 0 {
             self.hub.stats.frames_in += count as u64;
             let frames = Frames::new(&bytes[..complete], count, self.codec, before);
-            let ctx = &mut Context::new(self.hub, self.endpoints);
+            let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
             self.service
                 .on_frames(ctx, self.id, &mut self.lent.service, frames);
         }

@@ -101,7 +101,7 @@ impl<S: Service> Reactor<S> {
             return;
         };
         let mut state = std::mem::take(&mut slot.state);
-        let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
+        let ctx = &mut Context::new(&mut self.hub, &self.endpoints).lending(id);
         self.service
             .on_conn_timer(ctx, id, &mut state, timer, value);
         self.give_back_state(id, state);
