@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use switchboard::{BoundAddr, Config, Handle, Reactor, Service, Stats};
+use switchboard::{BoundAddr, Config, Context, Handle, Reactor, Service, Stats, Stopped};
 
 /// How long any single blocking socket call in a test may wait.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,11 +25,13 @@ pub fn local_config() -> Config {
 
 /// A reactor running on a thread of this test process, started and stopped the way a
 /// user's program does it (`Reactor::bind`, `run`, `Handle::shutdown`). A panic in the
-/// server thread fails the test.
-pub struct TestServer<S: Service> {
+/// server thread fails the test. `stop` returns what the thread made of the reactor's
+/// [`Stopped`]: its counters, unless the test asked for more
+/// ([`TestServer::start_returning`]).
+pub struct TestServer<S: Service, Out = Stats> {
     pub endpoints: Vec<BoundAddr>,
     handle: Handle<S>,
-    thread: Option<JoinHandle<Stats>>,
+    thread: Option<JoinHandle<Out>>,
 }
 
 impl<S: Service + 'static> TestServer<S> {
@@ -41,20 +43,82 @@ impl<S: Service + 'static> TestServer<S> {
         S::Codec: Clone,
         F: FnOnce() -> (S, S::Codec) + Send + 'static,
     {
+        Self::start_with(config, make, |_| ()).0
+    }
+
+    /// Like [`TestServer::start`], and runs `setup` on the bound reactor before its
+    /// loop starts (to listen on more endpoints, say); what `setup` returns comes back
+    /// with the server.
+    #[track_caller]
+    pub fn start_with<F, G, R>(config: Config, make: F, setup: G) -> (TestServer<S>, R)
+    where
+        S::Codec: Clone,
+        F: FnOnce() -> (S, S::Codec) + Send + 'static,
+        G: FnOnce(&mut Reactor<S>) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        TestServer::spawn(config, make, setup, |stopped| stopped.stats)
+    }
+}
+
+impl<S: Service + Send + 'static> TestServer<S, Stopped<S>> {
+    /// Like [`TestServer::start`], but `stop` returns everything `run` gave back: the
+    /// service as the loop left it, the counters, and whether the stop was forced.
+    #[track_caller]
+    pub fn start_returning<F>(config: Config, make: F) -> TestServer<S, Stopped<S>>
+    where
+        S::Codec: Clone,
+        F: FnOnce() -> (S, S::Codec) + Send + 'static,
+    {
+        TestServer::spawn(config, make, |_| (), |stopped| stopped).0
+    }
+
+    /// Waits (at most `limit`) for the loop to end by itself (a service that shuts it
+    /// down, a [`Handle::stop_now`]) and returns what `run` gave back.
+    #[track_caller]
+    pub fn join(mut self, limit: Duration) -> Stopped<S> {
+        let thread = self.thread.take().expect("running");
+        assert!(
+            wait_until(limit, || thread.is_finished()),
+            "the server did not stop within {limit:?}"
+        );
+        match thread.join() {
+            Ok(stopped) => stopped,
+            Err(panic) => panic!("the server thread panicked: {}", panic_message(&panic)),
+        }
+    }
+}
+
+impl<S: Service + 'static, Out: Send + 'static> TestServer<S, Out> {
+    #[track_caller]
+    fn spawn<F, G, R>(
+        config: Config,
+        make: F,
+        setup: G,
+        finish: fn(Stopped<S>) -> Out,
+    ) -> (TestServer<S, Out>, R)
+    where
+        S::Codec: Clone,
+        F: FnOnce() -> (S, S::Codec) + Send + 'static,
+        G: FnOnce(&mut Reactor<S>) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let (service, codec) = make();
-            let reactor = Reactor::bind(config, service, codec).expect("bind");
-            tx.send((reactor.endpoints().to_vec(), reactor.handle()))
+            let mut reactor = Reactor::bind(config, service, codec).expect("bind");
+            let made = setup(&mut reactor);
+            tx.send((reactor.endpoints().to_vec(), reactor.handle(), made))
                 .unwrap();
-            reactor.run().expect("run").stats
+            finish(reactor.run().expect("run"))
         });
-        let (endpoints, handle) = rx.recv_timeout(IO_TIMEOUT).expect("server started");
-        TestServer {
+        let (endpoints, handle, made) = rx.recv_timeout(IO_TIMEOUT).expect("server started");
+        let server = TestServer {
             endpoints,
             handle,
             thread: Some(thread),
-        }
+        };
+        (server, made)
     }
 
     /// The first TCP listener's address.
@@ -66,6 +130,17 @@ impl<S: Service + 'static> TestServer<S> {
                 _ => None,
             })
             .expect("a TCP endpoint")
+    }
+
+    /// Every TCP listener's address, in the order they were bound.
+    pub fn tcp_all(&self) -> Vec<SocketAddr> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| match e {
+                BoundAddr::Tcp(a) => Some(*a),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The first UDP socket's address.
@@ -84,9 +159,10 @@ impl<S: Service + 'static> TestServer<S> {
         self.handle.clone()
     }
 
-    /// Shuts the server down and returns its final counters.
+    /// Shuts the server down and returns its final counters (or, for a server started
+    /// with [`TestServer::start_returning`], all that `run` gave back).
     #[track_caller]
-    pub fn stop(mut self) -> Stats {
+    pub fn stop(mut self) -> Out {
         self.handle.shutdown();
         let thread = self.thread.take().expect("running");
         match thread.join() {
@@ -96,7 +172,7 @@ impl<S: Service + 'static> TestServer<S> {
     }
 }
 
-impl<S: Service> Drop for TestServer<S> {
+impl<S: Service, Out> Drop for TestServer<S, Out> {
     fn drop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
@@ -310,6 +386,37 @@ impl<S: Service> Driven<S> {
         self.turn();
     }
 
+    /// Moves the virtual clock forward to `at`, then turns.
+    #[track_caller]
+    pub fn advance_to(&mut self, at: Instant) {
+        assert!(at >= self.now, "the virtual clock only moves forward");
+        self.now = at;
+        self.turn();
+    }
+
+    /// Runs `job` on the loop with the service and a context, at the current virtual
+    /// time, and returns what it returns. The job goes in through the reactor's
+    /// [`Handle`], as another thread's would; the clock stands still meanwhile.
+    #[track_caller]
+    pub fn with_context<R: Send + 'static>(
+        &mut self,
+        job: impl FnOnce(&mut S, &mut Context<'_, S>) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = mpsc::channel();
+        self.reactor
+            .handle()
+            .post(move |service, ctx| {
+                let _ = tx.send(job(service, ctx));
+            })
+            .expect("post");
+        let mut result = None;
+        self.turn_until("the job ran", |_| {
+            result = rx.try_recv().ok();
+            result.is_some()
+        });
+        result.unwrap()
+    }
+
     /// Turns (the virtual clock standing still) until `done` holds, for at most
     /// `IO_TIMEOUT` of real time; panics if it never does.
     #[track_caller]
@@ -320,4 +427,27 @@ impl<S: Service> Driven<S> {
             self.turn();
         }
     }
+}
+
+/// How many bytes (up to 64 KiB) are waiting to be read on `stream`, without waiting.
+/// On loopback, what a [`Driven`] reactor wrote during its last turn is there already.
+pub fn available_now(stream: &TcpStream) -> usize {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let available = stream.peek(&mut buf).unwrap_or(0);
+    stream.set_nonblocking(false).unwrap();
+    available
+}
+
+/// Whether the peer has closed `stream` (EOF or reset) with nothing left unread,
+/// without waiting.
+pub fn is_closed_now(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let closed = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
 }
