@@ -526,7 +526,15 @@ impl<S: Service> Reactor<S> {
         if writable {
             match self.hub.conn(id).map(|c| c.state) {
                 Some(ConnState::Connecting) => return self.complete_connect(id),
-                Some(_) => self.hub.flush(id),
+                Some(_) => {
+                    self.hub.flush(id);
+                    // A flush that drained a congested queue owes the service its
+                    // on_drained before the input this same event brings is read: the
+                    // frames read next (and what the service sends for them) come after.
+                    if !self.hub.drained.is_empty() {
+                        self.carry_out_requests();
+                    }
+                }
                 None => return,
             }
         } else if readable
