@@ -32,7 +32,9 @@ pub struct Config {
     /// Close a connection after this long without receiving anything. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Close a connection that started a frame and did not finish it in this time,
-    /// however steadily it trickles bytes. `None`: no deadline.
+    /// however steadily it trickles bytes. Time while the connection is not read
+    /// (paused by the service, or by backpressure) does not count: its frame's time
+    /// starts over when reading resumes. `None`: no deadline.
     pub frame_timeout: Option<Duration>,
     /// Connections held at most; beyond it new ones are accepted and closed at once.
     pub max_conns: usize,

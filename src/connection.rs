@@ -370,6 +370,15 @@ impl Connection {
         !matches!(self.state, ConnState::Draining(_) | ConnState::Lingering(_))
     }
 
+    /// Reading resumes after a pause (the service's, or backpressure's) at `now`: the
+    /// partial frame held, if any, gets its whole deadline again, since its peer could
+    /// not send the rest while the connection was not read.
+    pub(crate) fn restart_frame_clock(&mut self, now: Millis) {
+        if self.frame_started != NO_FRAME {
+            self.frame_started = now;
+        }
+    }
+
     /// Records activity at `now`. True when the connection must also move to the back
     /// of the idle list: the first activity in a millisecond (the caller moves it,
     /// since that needs the slab the connection lives in).

@@ -243,6 +243,7 @@ impl<S: Service> Hub<S> {
 
     /// Pauses or resumes reading a connection at the service's request.
     pub(crate) fn set_paused_by_service(&mut self, id: ConnId, paused: bool) {
+        let now = self.now_millis;
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
@@ -254,8 +255,11 @@ impl<S: Service> Hub<S> {
             "{id}: reading {} by the service",
             if paused { "paused" } else { "resumed" }
         );
-        if !paused && !conn.read_paused && std::mem::take(&mut conn.read_pending) {
-            self.list_ready_again(id);
+        if !paused && !conn.read_paused {
+            conn.restart_frame_clock(now);
+            if std::mem::take(&mut conn.read_pending) {
+                self.list_ready_again(id);
+            }
         }
     }
 

@@ -146,7 +146,14 @@ impl<S: Service> Reactor<S> {
         if conn.frame_started == NO_FRAME {
             return;
         }
-        if started + timeout <= now {
+        if conn.read_paused || conn.paused_by_service {
+            // We are not reading, so the peer cannot finish its frame: look again
+            // later. The frame's time starts over when reading resumes.
+            conn.frame_timer_armed = true;
+            self.hub
+                .timers
+                .insert(now + timeout, TimerEvent::FrameDeadline(id));
+        } else if started + timeout <= now {
             log::warn!(
                 "{id}: frame not completed within {timeout:?} ({} bytes received); closing",
                 conn.input.len()

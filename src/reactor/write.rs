@@ -164,6 +164,7 @@ impl<S: Service> Hub<S> {
     /// The queue is at the low-water mark: reading resumes if backpressure paused it,
     /// and a congested connection's service hears `on_drained`.
     fn recover_from_backpressure(&mut self, id: ConnId) {
+        let now = self.now_millis();
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
@@ -171,8 +172,11 @@ impl<S: Service> Hub<S> {
         if conn.read_paused {
             log::debug!("{id}: output drained to the low-water mark, reading again");
             conn.read_paused = false;
-            if !conn.paused_by_service && std::mem::take(&mut conn.read_pending) {
-                self.list_ready_again(id);
+            if !conn.paused_by_service {
+                conn.restart_frame_clock(now);
+                if std::mem::take(&mut conn.read_pending) {
+                    self.list_ready_again(id);
+                }
             }
         }
         if congested {
