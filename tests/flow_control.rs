@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
@@ -45,15 +45,13 @@ impl Log {
 /// - "last": reply, then shut our side (FIN after the reply), reading on;
 /// - "later": in a second, send "from the timer" and close after flushing;
 /// - anything else: reply "got " and the payload.
-fn on_frame<S: Service>(
+fn on_frame<S: Service<Timer = ()>>(
     log: &mut Log,
     ctx: &mut Context<'_, S>,
     conn: ConnId,
     me: usize,
     payload: &[u8],
-) where
-    S: Service<Timer = ()>,
-{
+) {
     log.received.push((me, payload.to_vec()));
     let text = String::from_utf8_lossy(payload).into_owned();
     let mut words = text.splitn(3, ' ');
@@ -371,5 +369,48 @@ fn shutdown_write_sends_eof_after_the_last_reply_and_reading_goes_on() {
     assert_eq!(
         server.reactor.service().log.closed,
         [(0, CloseReason::PeerClosed)]
+    );
+}
+
+#[test]
+fn a_paused_connection_is_not_closed_for_a_frame_it_is_not_let_finish() {
+    let mut config = local_config();
+    config.frame_timeout = Some(Duration::from_secs(1));
+    let mut server = driven::<Valve>(config);
+    let mut paused = client(&mut server);
+    let mut other = client(&mut server);
+    // "pause", and the start of the next frame in the same write: the server holds
+    // that partial frame when it stops reading.
+    let next = frame(b"0123456789");
+    let mut wire = frame(b"pause");
+    wire.extend_from_slice(&next[..7]);
+    let before = server.reactor.stats().bytes_in;
+    paused.write_all(&wire).unwrap();
+    server.turn_until("read", |r| r.stats().bytes_in >= before + wire.len() as u64);
+    assert_eq!(read_frame(&mut paused).unwrap(), b"paused");
+    // The rest waits in the kernel while the service keeps the connection paused,
+    // far longer than the frame deadline.
+    paused.write_all(&next[7..]).unwrap();
+    let t0 = server.now;
+    while server.now < t0 + Duration::from_secs(5) {
+        server.advance(Duration::from_millis(250));
+    }
+    assert!(server.reactor.service().log.closed.is_empty());
+    assert!(!is_closed_now(&paused), "closed while paused");
+    // Resumed: the frame completes at once.
+    send(&mut server, &mut other, b"resume 0");
+    server.turn_until("the frame", |r| r.service().log.from(0).len() == 2);
+    assert_eq!(read_frame(&mut paused).unwrap(), b"got 0123456789");
+    // Reading, the deadline applies again: a frame begun now and never finished is
+    // closed a second later.
+    let before = server.reactor.stats().bytes_in;
+    paused.write_all(&next[..7]).unwrap();
+    server.turn_until("read", |r| r.stats().bytes_in > before);
+    server.advance(Duration::from_millis(999));
+    assert!(server.reactor.service().log.closed.is_empty());
+    server.advance(Duration::from_millis(1));
+    assert_eq!(
+        server.reactor.service().log.closed,
+        [(0, CloseReason::FrameTimeout)]
     );
 }
