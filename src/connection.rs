@@ -334,6 +334,9 @@ pub(crate) struct Connection {
     pub peer_still_sending: bool,
     /// While lingering: how many quiet windows have been extended by arriving input.
     pub linger_rounds: u8,
+    /// The service shut our side while the connect was in flight: sending is refused,
+    /// and the FIN follows the connect and whatever was queued before it.
+    pub shut_once_connected: bool,
 }
 
 impl Connection {
@@ -361,7 +364,15 @@ impl Connection {
             frame_timer_armed: false,
             peer_still_sending: false,
             linger_rounds: 0,
+            shut_once_connected: false,
         }
+    }
+
+    /// Whether the service may queue output on it now: its state allows it, and it did
+    /// not shut its side while connecting.
+    #[inline(always)]
+    pub(crate) fn may_send(&self) -> bool {
+        self.state.may_send() && !self.shut_once_connected
     }
 
     /// Open for the service: not closing, not closed (it may be connecting, or

@@ -127,7 +127,7 @@ impl<'a, S: Service> Context<'a, S> {
         let Some(endpoint) = self
             .hub
             .conn(conn)
-            .filter(|c| c.state.may_send())
+            .filter(|c| c.may_send())
             .map(|c| c.endpoint)
         else {
             return Err(SendError::Closed);
@@ -311,7 +311,8 @@ impl<'a, S: Service> Context<'a, S> {
 
     /// Shuts our side of `conn` once its queued output is written (a FIN), and keeps
     /// reading until the peer closes too: how a client says "that was my last request"
-    /// and still gets every reply. Sending is refused from now on.
+    /// and still gets every reply. Sending is refused from now on. A connection still
+    /// connecting sends its FIN once it is up and what was queued for it is written.
     pub fn shutdown_write(&mut self, conn: ConnId) {
         self.hub.shutdown_write(conn);
     }

@@ -28,6 +28,9 @@
 //!   frame deadline -> closed.   closed: the slot is freed, on_close gets the state.
 //! ```
 //!
+//! A dial whose side the service shuts while it is still connecting goes straight to
+//! WriteShut once it is up: what was queued for it is written, then the FIN.
+//!
 //! Lingering exists because closing a socket with unread input makes the kernel send a
 //! RST, and a RST can destroy output the peer has not read yet: after our FIN we read
 //! and discard until the peer closes, within limits.
@@ -162,7 +165,8 @@ impl<S: Service> Hub<S> {
             }
             // Both sides done: close once the output is written.
             ConnState::PeerClosed => self.close_after_flush(id, CloseReason::PeerClosed),
-            ConnState::Connecting => self.request_close(id, CloseReason::Service),
+            // Not up yet: the FIN follows the connect and what was queued for it.
+            ConnState::Connecting => conn.shut_once_connected = true,
             ConnState::WriteShut { .. } | ConnState::Draining(_) | ConnState::Lingering(_) => {}
         }
     }
@@ -240,7 +244,11 @@ impl<S: Service> Reactor<S> {
                 self.carry_out_requests();
             }
             Ok(true) => {
-                conn.state = ConnState::Open;
+                let shut = conn.shut_once_connected;
+                conn.state = match shut {
+                    true => ConnState::WriteShut { fin_sent: false },
+                    false => ConnState::Open,
+                };
                 let queued = !conn.output.is_empty();
                 // Keep WRITABLE only if output is waiting for the new connection.
                 set_writable_interest(&self.hub.registry, conn, id, queued);
@@ -252,6 +260,8 @@ impl<S: Service> Reactor<S> {
                 if queued {
                     self.hub.flush(id);
                     self.carry_out_requests();
+                } else if shut {
+                    self.hub.output_written(id); // nothing to write first: the FIN now
                 }
             }
         }

@@ -31,7 +31,7 @@ impl<S: Service> Hub<S> {
     pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
         let now = self.now_millis();
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
-        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.state.may_send()) else {
+        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
             return false;
         };
         self.stats.frames_out += frames;
@@ -91,7 +91,7 @@ impl<S: Service> Hub<S> {
     /// per frame per member. Returns false if the connection is gone or closing.
     pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
         let write_limit = self.limits.write_limit;
-        let Some(conn) = self.conn_mut(id).filter(|c| c.state.may_send()) else {
+        let Some(conn) = self.conn_mut(id).filter(|c| c.may_send()) else {
             return false;
         };
         conn.output.push_shared(frame.clone());
