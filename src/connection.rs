@@ -318,6 +318,10 @@ pub(crate) struct Connection {
     pub paused_by_service: bool,
     /// A readable event came while paused, so there may be input to read on resuming.
     pub read_pending: bool,
+    /// An event reported the peer's FIN. Reads resumed later (after a pause, or when
+    /// the read budget ran out) read on to EOF though no new event will say so: the
+    /// FIN's edge has come and gone.
+    pub fin_reported: bool,
     /// `output` passed the write limit: the service hears `on_drained` once it is
     /// back under the low-water mark.
     pub congested: bool,
@@ -357,6 +361,7 @@ impl Connection {
             read_paused: false,
             paused_by_service: false,
             read_pending: false,
+            fin_reported: false,
             congested: false,
             writable_armed: false,
             queued_again: false,

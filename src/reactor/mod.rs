@@ -547,6 +547,11 @@ impl<S: Service> Reactor<S> {
             return self.complete_connect(id);
         }
         if readable {
+            if read_closed {
+                if let Some(conn) = self.hub.conn_mut(id) {
+                    conn.fin_reported = true;
+                }
+            }
             self.read_connection(id, read_closed);
         }
     }
@@ -652,7 +657,8 @@ impl<S: Service> Reactor<S> {
                     continue;
                 };
                 conn.queued_again = false;
-                self.read_connection(id, false);
+                let read_to_eof = conn.fin_reported;
+                self.read_connection(id, read_to_eof);
             } else if token == WAKER {
                 self.woken();
             } else if token.0 >= UDP_BASE {
