@@ -316,6 +316,9 @@ pub(crate) struct Connection {
     pub read_paused: bool,
     /// Reading stopped because the service asked ([`crate::Context::pause_reading`]).
     pub paused_by_service: bool,
+    /// Output over the write limit does not pause reading this connection: the service
+    /// paces what feeds it ([`crate::Context::keep_reading_when_congested`]).
+    pub reads_ignore_congestion: bool,
     /// A readable event came while paused, so there may be input to read on resuming.
     pub read_pending: bool,
     /// An event reported the peer's FIN. Reads resumed later (after a pause, or when
@@ -360,6 +363,7 @@ impl Connection {
             idle_epoch: 0,
             read_paused: false,
             paused_by_service: false,
+            reads_ignore_congestion: false,
             read_pending: false,
             fin_reported: false,
             congested: false,

@@ -330,6 +330,20 @@ impl<'a, S: Service> Context<'a, S> {
         self.hub.set_paused_by_service(conn, false);
     }
 
+    /// Keeps reading `conn` while its own queued output is over the write limit.
+    ///
+    /// By default the reactor stops reading such a connection until its output drains:
+    /// right when what a connection is sent answers what it sends (echo, a server),
+    /// wrong for a relay, whose output to `conn` comes from another connection. Not
+    /// reading `conn` there holds back its replies, and a peer that writes its replies
+    /// before it reads more never drains the queue: the pair deadlocks. A relay calls
+    /// this for both sides and paces the side that feeds a congested one instead:
+    /// [`Context::pause_reading`] when the queue passes [`Context::write_limit`],
+    /// [`Context::resume_reading`] in [`crate::Service::on_drained`], which still comes.
+    pub fn keep_reading_when_congested(&mut self, conn: ConnId) {
+        self.hub.keep_reading_when_congested(conn);
+    }
+
     /// Opens an outbound connection and returns its id at once; the connect completes
     /// in the loop. Then [`crate::Service::on_connect`] follows with
     /// [`crate::Origin::Dialled`], or, if it fails or times out,

@@ -263,6 +263,22 @@ impl<S: Service> Hub<S> {
         }
     }
 
+    /// Stops pausing a connection's reading for its own output (see
+    /// [`crate::Context::keep_reading_when_congested`]), and reads it again if that
+    /// pause was on.
+    pub(crate) fn keep_reading_when_congested(&mut self, id: ConnId) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        conn.reads_ignore_congestion = true;
+        if std::mem::take(&mut conn.read_paused)
+            && !conn.paused_by_service
+            && std::mem::take(&mut conn.read_pending)
+        {
+            self.list_ready_again(id);
+        }
+    }
+
     /// When the connection quiet the longest becomes idle, if there is one; or an
     /// earlier time, [`Hub::idle_not_before`], while that has not come yet.
     pub(crate) fn next_idle_deadline(&mut self) -> Option<Millis> {

@@ -387,7 +387,7 @@ pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) ->
         conn.read_pending = true;
         return Reading::Stopped;
     }
-    if conn.output.len() > write_limit {
+    if conn.output.len() > write_limit && !conn.reads_ignore_congestion {
         log::debug!(
             "{id}: {} bytes queued, over the write limit: pausing reads",
             conn.output.len()
