@@ -15,7 +15,7 @@ use switchboard::{Config, LengthCodec};
 
 use common::{
     connect, is_closed, local_config, read_frame, udp_client, wait_until, write_frame, ChildServer,
-    TestServer, IO_TIMEOUT,
+    ClockedServer, TestServer, IO_TIMEOUT,
 };
 
 /// Largest frame the test servers accept.
@@ -633,7 +633,13 @@ fn a_silent_udp_member_expires() {
         udp_expiry: Duration::from_millis(500),
         ..ChatSettings::default()
     };
-    let (server, stats) = start(local_config(), settings);
+    // On a virtual clock: the silence is measured to the millisecond, without sleeping.
+    let stats = ChatStatsHandle::default();
+    let counters = stats.clone();
+    let server = ClockedServer::start(local_config(), move || {
+        let chat = Chat::with_stats(settings, counters);
+        (chat, LengthCodec::new(MAX_FRAME))
+    });
     let mut alice = Member::named(server.tcp(), "alice");
     alice.join("lobby");
     let seed = Peer::new(server.udp());
@@ -641,12 +647,15 @@ fn a_silent_udp_member_expires() {
     seed.next();
     alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
     alice.expect_msg("lobby", "clinet1", "hi");
-    // A datagram within the period keeps it (its expiry check is re-armed).
-    std::thread::sleep(Duration::from_millis(300));
+    // A datagram within the period keeps it: 300 ms on, it pings; its first expiry
+    // check (at 500 ms) finds it heard from since and looks again 500 ms after the ping.
+    server.advance(Duration::from_millis(300));
     seed.send(json!({"type": "ping"}));
     seed.expect(json!({"type": "pong"}));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(stats_when(&stats, |s| s.members == 2).members, 2);
+    server.advance(Duration::from_millis(200));
+    server.advance(Duration::from_millis(299));
+    assert_eq!(stats.get().members, 2, "expired before its time");
+    server.advance(Duration::from_millis(1));
     alice.expect(json!({"type": "left", "room": "lobby", "name": "clinet1"}));
     assert_eq!(stats_when(&stats, |s| s.members == 1).members, 1);
 }

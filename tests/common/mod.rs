@@ -304,6 +304,56 @@ impl ChildServer {
     }
 }
 
+/// Everything a child server writes to stderr, collected by a thread as it comes, so
+/// a test can wait for a log line while the server runs (instead of sleeping and
+/// hoping the server got there). Takes the child's stderr: [`ChildServer::wait`] then
+/// returns an empty string, and [`StderrLog::finish`] the whole log.
+pub struct StderrLog {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl StderrLog {
+    /// Starts collecting `server`'s stderr.
+    pub fn capture(server: &mut ChildServer) -> StderrLog {
+        let mut pipe = server.child.stderr.take().expect("stderr is piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        StderrLog {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// The log so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most `limit`) until the log satisfies `condition`; panics with the
+    /// log if it never does.
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, limit: Duration, condition: impl Fn(&str) -> bool) {
+        if !wait_until(limit, || condition(&self.text())) {
+            panic!("never logged: {what}\n{}", self.text());
+        }
+    }
+
+    /// The whole log, once the child has exited (its stderr closed).
+    pub fn finish(mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.text()
+    }
+}
+
 impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -450,4 +500,143 @@ pub fn is_closed_now(stream: &TcpStream) -> bool {
     };
     stream.set_nonblocking(false).unwrap();
     closed
+}
+
+/// A reactor on a thread of its own, like [`TestServer`] (so blocking clients work),
+/// but turning on a virtual clock that only the test moves, like [`Driven`]: a test
+/// of timed behaviour with blocking clients calls [`ClockedServer::advance`] instead
+/// of sleeping.
+pub struct ClockedServer<S: Service> {
+    pub endpoints: Vec<BoundAddr>,
+    handle: Handle<S>,
+    clock: std::sync::Arc<std::sync::Mutex<Instant>>,
+    /// Turns completed so far.
+    turns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<JoinHandle<Stats>>,
+}
+
+impl<S: Service + 'static> ClockedServer<S> {
+    /// Binds `config` and runs the service and codec `make` builds on a new thread,
+    /// its clock standing still at the moment it starts.
+    #[track_caller]
+    pub fn start<F>(config: Config, make: F) -> ClockedServer<S>
+    where
+        S::Codec: Clone,
+        F: FnOnce() -> (S, S::Codec) + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let clock = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
+        let turns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let (clock, turns) = (clock.clone(), turns.clone());
+            std::thread::spawn(move || {
+                let (service, codec) = make();
+                let mut reactor = Reactor::bind(config, service, codec).expect("bind");
+                tx.send((reactor.endpoints().to_vec(), reactor.handle()))
+                    .unwrap();
+                while !reactor.is_finished() {
+                    let now = *clock.lock().unwrap();
+                    reactor
+                        .turn(now, Some(Duration::from_millis(2)))
+                        .expect("turn");
+                    turns.fetch_add(1, Ordering::SeqCst);
+                }
+                reactor.finish().stats
+            })
+        };
+        let (endpoints, handle) = rx.recv_timeout(IO_TIMEOUT).expect("server started");
+        ClockedServer {
+            endpoints,
+            handle,
+            clock,
+            turns,
+            thread: Some(thread),
+        }
+    }
+
+    /// The first TCP listener's address.
+    pub fn tcp(&self) -> SocketAddr {
+        self.endpoints
+            .iter()
+            .find_map(|e| match e {
+                BoundAddr::Tcp(a) => Some(*a),
+                _ => None,
+            })
+            .expect("a TCP endpoint")
+    }
+
+    /// The first UDP socket's address.
+    pub fn udp(&self) -> SocketAddr {
+        self.endpoints
+            .iter()
+            .find_map(|e| match e {
+                BoundAddr::Udp(a) => Some(*a),
+                _ => None,
+            })
+            .expect("a UDP endpoint")
+    }
+
+    /// The virtual time now.
+    pub fn now(&self) -> Instant {
+        *self.clock.lock().unwrap()
+    }
+
+    /// Moves the virtual clock forward by `by` and returns once the loop has completed
+    /// a whole turn at the new time (its due timers have fired, and what they sent is
+    /// in the sockets).
+    #[track_caller]
+    pub fn advance(&self, by: Duration) {
+        use std::sync::atomic::Ordering;
+        *self.clock.lock().unwrap() += by;
+        // The turn under way may have read the old time: wait for the one after it.
+        let seen = self.turns.load(Ordering::SeqCst);
+        assert!(
+            wait_until(IO_TIMEOUT, || self.turns.load(Ordering::SeqCst) >= seen + 2),
+            "the loop stopped turning"
+        );
+    }
+
+    /// Shuts the server down and returns its final counters. Once the shutdown has
+    /// begun, the clock jumps a day ahead, so whatever still lingers or drains is over.
+    #[track_caller]
+    pub fn stop(mut self) -> Stats {
+        let thread = self.thread.take().expect("running");
+        self.shut_down(&thread);
+        match thread.join() {
+            Ok(stats) => stats,
+            Err(panic) => panic!("the server thread panicked: {}", panic_message(&panic)),
+        }
+    }
+}
+
+impl<S: Service> ClockedServer<S> {
+    /// Asks for a shutdown, waits until the loop has begun it (two turns later), then
+    /// moves the clock past any grace period.
+    fn shut_down(&self, thread: &JoinHandle<Stats>) {
+        use std::sync::atomic::Ordering;
+        self.handle.shutdown();
+        let seen = self.turns.load(Ordering::SeqCst);
+        wait_until(IO_TIMEOUT, || {
+            thread.is_finished() || self.turns.load(Ordering::SeqCst) >= seen + 2
+        });
+        *self.clock.lock().unwrap() += Duration::from_secs(86_400);
+    }
+}
+
+impl<S: Service> Drop for ClockedServer<S> {
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.shut_down(&thread);
+        if let Err(panic) = thread.join() {
+            let message = panic_message(&panic);
+            if std::thread::panicking() {
+                eprintln!("the server thread panicked: {message}");
+            } else {
+                panic!("the server thread panicked: {message}");
+            }
+        }
+    }
 }
