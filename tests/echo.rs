@@ -17,6 +17,32 @@ fn echo_server(config: Config) -> TestServer<Echo> {
     TestServer::start(config, || (Echo::default(), LengthCodec::new(MAX_FRAME)))
 }
 
+/// An echo reactor driven on the test's thread, on a virtual clock.
+fn driven_echo(config: Config) -> Driven<Echo> {
+    Driven::start(config, Echo::default(), LengthCodec::new(MAX_FRAME))
+}
+
+/// Connects a client to a driven reactor and turns until it is accepted.
+#[track_caller]
+fn driven_client<S: switchboard::Service>(server: &mut Driven<S>) -> TcpStream {
+    let accepted = server.reactor.stats().accepted;
+    let client = connect(server.tcp());
+    server.turn_until("accepted", |r| r.stats().accepted > accepted);
+    client
+}
+
+/// Writes `bytes` and turns until the driven reactor has read them all.
+#[track_caller]
+fn write_and_read_by<S: switchboard::Service>(
+    server: &mut Driven<S>,
+    client: &mut TcpStream,
+    bytes: &[u8],
+) {
+    let target = server.reactor.stats().bytes_in + bytes.len() as u64;
+    client.write_all(bytes).unwrap();
+    server.turn_until("the bytes were read", |r| r.stats().bytes_in >= target);
+}
+
 #[test]
 fn echoes_one_frame() {
     let server = echo_server(local_config());
@@ -27,11 +53,14 @@ fn echoes_one_frame() {
 
 #[test]
 fn frame_delivered_byte_by_byte_is_decoded_whole() {
-    let server = echo_server(local_config());
-    let mut client = connect(server.tcp());
-    for byte in frame(b"one byte at a time") {
-        client.write_all(&[byte]).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+    let mut server = driven_echo(local_config());
+    let mut client = driven_client(&mut server);
+    let wire = frame(b"one byte at a time");
+    // Each byte is read by itself before the next is sent.
+    for (i, &byte) in wire.iter().enumerate() {
+        write_and_read_by(&mut server, &mut client, &[byte]);
+        let complete = u64::from(i == wire.len() - 1);
+        assert_eq!(server.reactor.stats().frames_in, complete);
     }
     assert_eq!(read_frame(&mut client).unwrap(), b"one byte at a time");
 }
@@ -147,28 +176,28 @@ fn hundreds_of_concurrent_clients_are_served() {
 
 #[test]
 fn peer_reset_mid_frame_closes_only_that_connection() {
-    let server = echo_server(local_config());
-    let mut bystander = connect(server.tcp());
-    let mut victim = connect(server.tcp());
-    victim.write_all(&frame(b"complete")).unwrap();
+    let mut server = driven_echo(local_config());
+    let mut bystander = driven_client(&mut server);
+    let mut victim = driven_client(&mut server);
+    write_and_read_by(&mut server, &mut victim, &frame(b"complete"));
     assert_eq!(read_frame(&mut victim).unwrap(), b"complete");
-    victim.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // The server holds this partial frame when the reset comes.
+    write_and_read_by(&mut server, &mut victim, &[0, 0, 0, 100, 1, 2, 3]);
     // SO_LINGER 0: close() sends a RST instead of a FIN.
     socket2::SockRef::from(&victim)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(victim);
+    let reset = CloseReason::Error(ErrorKind::ConnectionReset).index();
+    server.turn_until("the reset", |r| r.stats().closed[reset] == 1);
 
-    write_frame(&mut bystander, b"still here").unwrap();
+    write_and_read_by(&mut server, &mut bystander, &frame(b"still here"));
     assert_eq!(read_frame(&mut bystander).unwrap(), b"still here");
     drop(bystander);
-    let stats = server.stop();
-    assert_eq!(
-        stats.closed[CloseReason::Error(ErrorKind::ConnectionReset).index()],
-        1
-    );
-    assert_eq!(stats.active, 0);
+    server.turn_until("both closed", |r| r.stats().active == 0);
+    let stats = server.reactor.stats();
+    assert_eq!(stats.closed[reset], 1);
+    assert_eq!(stats.closed[CloseReason::PeerClosed.index()], 1);
 }
 
 #[test]
@@ -222,66 +251,76 @@ fn udp_serves_many_peers_at_once() {
 fn idle_timeout_closes_idle_connections_and_spares_active_ones() {
     let mut config = local_config();
     config.idle_timeout = Some(Duration::from_millis(400));
-    let server = echo_server(config);
-    let mut idle = connect(server.tcp());
-    let mut active = connect(server.tcp());
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1200) {
-        write_frame(&mut active, b"tick").unwrap();
+    // On a virtual clock: the idle one closes exactly at 400 ms, without sleeping.
+    let mut server = driven_echo(config);
+    let idle = driven_client(&mut server);
+    let mut active = driven_client(&mut server);
+    let t0 = server.now;
+    for at in [
+        100, 200, 300, 399, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200,
+    ] {
+        server.advance_to(t0 + Duration::from_millis(at));
+        assert_eq!(
+            is_closed_now(&idle),
+            at >= 400,
+            "idle connection at {at} ms"
+        );
+        write_and_read_by(&mut server, &mut active, &frame(b"tick"));
         assert_eq!(read_frame(&mut active).unwrap(), b"tick");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(is_closed(&mut idle), "idle connection closed");
-    write_frame(&mut active, b"alive").unwrap();
+    write_and_read_by(&mut server, &mut active, &frame(b"alive"));
     assert_eq!(read_frame(&mut active).unwrap(), b"alive");
-    let stats = server.stop();
-    assert_eq!(stats.closed[CloseReason::IdleTimeout.index()], 1);
+    assert_eq!(
+        server.reactor.stats().closed[CloseReason::IdleTimeout.index()],
+        1
+    );
 }
 
 #[test]
 fn client_that_never_reads_is_paused_and_others_are_served() {
     let mut config = local_config();
     config.write_limit = 256 * 1024;
-    let server = echo_server(config);
-    let mut hog = connect(server.tcp());
+    let mut server = driven_echo(config);
+    let mut hog = driven_client(&mut server);
     hog.set_nonblocking(true).unwrap();
     let chunk = frame(&vec![0xab; 64 * 1024]);
     let mut sent = 0usize;
-    let start = Instant::now();
-    // Push up to 64 MiB without ever reading. Once the server pauses reading, the
-    // kernel buffers fill and the writes stop being accepted.
-    let mut stalled_since = None;
-    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(10) {
-        match hog.write(&chunk[sent % chunk.len()..]) {
-            Ok(n) => {
-                sent += n;
-                stalled_since = None;
+    // Push without ever reading until the server stops taking bytes: a turn that
+    // reads nothing although the hog's writes are blocked (so its bytes wait at the
+    // server) means the server has paused reading it.
+    loop {
+        loop {
+            match hog.write(&chunk[sent % chunk.len()..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let since = *stalled_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_millis(500) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("write: {e}"),
         }
+        let before = server.reactor.stats().bytes_in;
+        server.turn();
+        if server.reactor.stats().bytes_in == before {
+            break;
+        }
+        assert!(
+            sent < 32 << 20,
+            "server kept reading a client that never reads ({sent} bytes)"
+        );
     }
-    assert!(
-        sent < 32 << 20,
-        "server kept reading a client that never reads ({sent} bytes)"
-    );
 
-    let mut other = connect(server.tcp());
-    write_frame(&mut other, b"served").unwrap();
+    let mut other = driven_client(&mut server);
+    write_and_read_by(&mut server, &mut other, &frame(b"served"));
     assert_eq!(read_frame(&mut other).unwrap(), b"served");
 
     // Nothing was lost: reading now returns every whole frame that was sent.
     hog.set_nonblocking(false).unwrap();
     let whole_frames = sent / chunk.len();
-    for _ in 0..whole_frames {
-        assert_eq!(read_frame(&mut hog).unwrap(), &chunk[4..]);
-    }
+    let reader = std::thread::spawn(move || {
+        for i in 0..whole_frames {
+            assert_eq!(read_frame(&mut hog).unwrap(), &chunk[4..], "frame {i}");
+        }
+    });
+    server.turn_until("the hog read every frame", |_| reader.is_finished());
+    reader.join().unwrap();
 }
 
 #[test]
@@ -354,6 +393,7 @@ fn a_flooding_client_does_not_starve_others() {
     let server = echo_server(local_config());
     let addr = server.tcp();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flooding_tx, flooding) = std::sync::mpsc::channel();
     let flooder = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -368,12 +408,14 @@ fn a_flooding_client_does_not_starve_others() {
                 if flood.write_all(&burst).is_err() {
                     break;
                 }
+                let _ = flooding_tx.send(());
             }
             let _ = flood.shutdown(Shutdown::Both);
             let _ = drain.join();
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // The flood is on: a first burst has been written (and more follow).
+    flooding.recv_timeout(IO_TIMEOUT).unwrap();
     let mut polite = connect(addr);
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
@@ -403,13 +445,12 @@ fn raw_framing_echoes_the_stream_as_it_arrives() {
 
 #[test]
 fn lines_framing_echoes_each_line_and_limits_its_length() {
-    let server = TestServer::start(local_config(), || {
-        (Echo::default(), switchboard::LinesCodec::new(16))
-    });
-    let mut client = connect(server.tcp());
-    client.write_all(b"first\nsec").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    client.write_all(b"ond\r\n\nthird\n").unwrap();
+    let codec = switchboard::LinesCodec::new(16);
+    let mut server = Driven::start(local_config(), Echo::default(), codec);
+    let mut client = driven_client(&mut server);
+    // "second" arrives in two reads.
+    write_and_read_by(&mut server, &mut client, b"first\nsec");
+    write_and_read_by(&mut server, &mut client, b"ond\r\n\nthird\n");
     let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
     let mut lines = Vec::new();
     for _ in 0..4 {
@@ -420,20 +461,33 @@ fn lines_framing_echoes_each_line_and_limits_its_length() {
     assert_eq!(lines, ["first\n", "second\r\n", "\n", "third\n"]);
 
     // A line longer than the maximum is a protocol error for that connection only.
-    let mut long = connect(server.tcp());
+    let mut long = driven_client(&mut server);
     long.write_all(&[b'z'; 40]).unwrap();
+    server.turn_until("closed", |r| r.stats().protocol_errors == 1);
     assert!(is_closed(&mut long));
-    client.write_all(b"still fine\n").unwrap();
+    write_and_read_by(&mut server, &mut client, b"still fine\n");
     let mut line = String::new();
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
     assert_eq!(line, "still fine\n");
 }
 
+/// Bytes the server has read so far, asked through a job on its loop.
+fn bytes_read_by(handle: &switchboard::Handle<Echo>) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle
+        .post(move |_, ctx| tx.send(ctx.stats().bytes_in).unwrap())
+        .unwrap();
+    rx.recv_timeout(IO_TIMEOUT).unwrap()
+}
+
 /// Frames of many sizes around the large-frame threshold (16 KiB) and the read size
-/// (128 KiB), each with its own content, sent from another thread as `chunks` dictates.
-/// Returns once every frame came back; panics on the first one that differs.
-fn large_frames_echo_intact(chunk: usize, pause_every: usize) {
+/// (128 KiB), each with its own content, sent from another thread in pieces of `chunk`
+/// bytes; after every `settle_every` pieces the sender waits until the server has read
+/// all it sent, so the server is left holding whatever partial frame the pieces end
+/// in. Returns once every frame came back; panics on the first one that differs.
+fn large_frames_echo_intact(chunk: usize, settle_every: usize) {
     let server = echo_server(local_config());
+    let handle = server.handle();
     let mut client = connect(server.tcp());
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -450,10 +504,15 @@ fn large_frames_echo_intact(chunk: usize, pause_every: usize) {
     let wire: Vec<u8> = payloads.iter().flat_map(|p| frame(p)).collect();
     let mut writer = client.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
+        let mut written = 0;
         for (n, piece) in wire.chunks(chunk).enumerate() {
             writer.write_all(piece).unwrap();
-            if pause_every > 0 && n % pause_every == 0 {
-                std::thread::sleep(Duration::from_millis(1));
+            written += piece.len() as u64;
+            if settle_every > 0 && n % settle_every == 0 {
+                assert!(
+                    wait_until(IO_TIMEOUT, || bytes_read_by(&handle) >= written),
+                    "the server never read piece {n}"
+                );
             }
         }
     });
@@ -478,7 +537,7 @@ fn large_frames_written_at_once_come_back_intact() {
 
 #[test]
 fn large_frames_trickling_in_come_back_intact() {
-    // Pauses in odd places leave partial large frames with the connection, which
-    // completes them in a buffer of its own.
+    // Pieces ending in odd places, each read before the sender goes on, leave partial
+    // large frames with the connection, which completes them in a buffer of its own.
     large_frames_echo_intact(7_919, 3);
 }
