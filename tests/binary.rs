@@ -12,12 +12,24 @@ fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// `switchboard echo` on TCP 127.0.0.1:`port` only, with `extra` flags, once it listens.
+/// `switchboard echo` on TCP 127.0.0.1:`port` only, with `extra` flags, once it serves.
 fn tcp_echo(port: u16, extra: &[&str]) -> ChildServer {
     let tcp = addr(port);
     let mut args = vec!["echo", "--tcp", &tcp, "--udp", "off"];
     args.extend_from_slice(extra);
-    ChildServer::start(&args, Some(port))
+    let server = ChildServer::start(&args, Some(port));
+    wait_until_served(port);
+    server
+}
+
+/// Returns once the echo server on `port` answers a frame: its loop is running, so
+/// its signal handling is in place (a listener accepts from the moment it is bound,
+/// a little before that).
+#[track_caller]
+fn wait_until_served(port: u16) {
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut client, b"ready?").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"ready?");
 }
 
 #[test]
@@ -31,7 +43,8 @@ fn sigterm_exits_zero_after_logging_a_summary() {
     let (code, stderr) = server.wait(IO_TIMEOUT);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("served: conns"), "{stderr}");
-    assert!(stderr.contains("frames in/out 1/1"), "{stderr}");
+    // The readiness probe's frame and the client's.
+    assert!(stderr.contains("frames in/out 2/2"), "{stderr}");
 }
 
 #[test]
@@ -46,7 +59,8 @@ fn sigint_also_shuts_down_cleanly() {
 #[test]
 fn a_second_signal_exits_at_once_even_with_connections_draining() {
     let port = free_port();
-    let server = tcp_echo(port, &["--shutdown-grace", "30"]);
+    let mut server = tcp_echo(port, &["--shutdown-grace", "30"]);
+    let log = StderrLog::capture(&mut server);
     // A client that never reads: its echoes fill both socket buffers and stay queued,
     // so the graceful shutdown would wait out the whole 30 s grace period.
     let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -56,14 +70,18 @@ fn a_second_signal_exits_at_once_even_with_connections_draining() {
     let chunk = vec![7u8; 64 * 1024];
     while write_frame(&mut client, &chunk).is_ok() {}
     server.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
-    let mut server = server;
+    // The first signal starts a graceful shutdown, which waits for that output.
+    log.wait_for("the drain", IO_TIMEOUT, |log| {
+        log.contains("shutting down: 1 connections to drain")
+    });
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the first signal must drain, not exit"
     );
     server.signal("TERM");
-    let (code, stderr) = server.wait(IO_TIMEOUT);
+    let (code, _) = server.wait(IO_TIMEOUT);
+    let stderr = log.finish();
+    // 130, not 0: the second signal found it still draining.
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("again: stopping now"), "{stderr}");
 }
@@ -90,22 +108,37 @@ fn the_server_process_runs_a_single_thread() {
 
 #[test]
 fn startup_logs_each_endpoint_with_its_real_port() {
-    let server = ChildServer::start(
+    let mut server = ChildServer::start(
         &["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"],
         None,
     );
-    std::thread::sleep(Duration::from_millis(300));
-    server.signal("TERM");
-    let (code, stderr) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0));
-    for kind in ["tcp", "udp"] {
-        let line = stderr
+    let log = StderrLog::capture(&mut server);
+    let port_of = |log: &str, kind: &str| -> Option<u16> {
+        let line = log
             .lines()
-            .find(|l| l.contains(&format!("listening on {kind} 127.0.0.1:")))
-            .unwrap_or_else(|| panic!("no {kind} line in {stderr}"));
-        let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        assert_ne!(port, 0, "{line}");
-    }
+            .find(|l| l.contains(&format!("listening on {kind} 127.0.0.1:")))?;
+        line.rsplit(':').next()?.trim().parse().ok()
+    };
+    log.wait_for("both endpoints", IO_TIMEOUT, |log| {
+        port_of(log, "tcp").is_some() && port_of(log, "udp").is_some()
+    });
+    let text = log.text();
+    let (tcp, udp) = (
+        port_of(&text, "tcp").unwrap(),
+        port_of(&text, "udp").unwrap(),
+    );
+    assert_ne!(tcp, 0, "{text}");
+    assert_ne!(udp, 0, "{text}");
+    // The real ports are the ones served.
+    wait_until_served(tcp);
+    let client = udp_client();
+    client.send_to(b"ping", ("127.0.0.1", udp)).unwrap();
+    let mut reply = [0u8; 8];
+    let (n, _) = client.recv_from(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"ping");
+    server.signal("TERM");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", log.finish());
 }
 
 #[test]
@@ -201,7 +234,8 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("prlimit");
-    let server = ChildServer { child: server };
+    let mut server = ChildServer { child: server };
+    let log = StderrLog::capture(&mut server);
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(wait_until(IO_TIMEOUT, || TcpStream::connect(target).is_ok()));
     // More connections than the server has descriptors: the kernel completes them
@@ -209,9 +243,13 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
     let flood: Vec<TcpStream> = (0..100)
         .filter_map(|_| TcpStream::connect(target).ok())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    log.wait_for("accepts paused", IO_TIMEOUT, |log| {
+        log.contains("pausing accepts")
+    });
     let before = cpu_ticks(server.child.id());
     let start = Instant::now();
+    // This sleep stays: it is the span over which the server's CPU use is measured,
+    // in real time (a child process has no virtual clock to drive).
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(server.child.id()) - before;
     // A spinning loop would use ~100 ticks per second; backing off uses almost none.
@@ -238,9 +276,8 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
         "the server serves again once descriptors are free"
     );
     server.signal("TERM");
-    let (code, stderr) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0));
-    assert!(stderr.contains("pausing accepts"), "{stderr}");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", log.finish());
 }
 
 #[test]
@@ -277,14 +314,19 @@ fn stats_interval_logs_the_counters_periodically() {
         "--stats-interval",
         "1",
     ];
-    let server = ChildServer::start(&args, Some(port));
-    std::thread::sleep(Duration::from_millis(2300));
+    let mut server = ChildServer::start(&args, Some(port));
+    let log = StderrLog::capture(&mut server);
+    let started = Instant::now();
+    // A report each second: the second one within about two seconds of the start.
+    log.wait_for("two reports", IO_TIMEOUT, |log| {
+        log.matches("stats: conns:").count() >= 2
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "two reports took {:?}",
+        started.elapsed()
+    );
     server.signal("TERM");
-    let (code, stderr) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0));
-    let reports = stderr
-        .lines()
-        .filter(|l| l.contains("stats: conns:"))
-        .count();
-    assert!(reports >= 2, "expected a report each second: {stderr}");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", log.finish());
 }
