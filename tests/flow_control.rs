@@ -44,6 +44,7 @@ impl Log {
 /// - "flood": queue 8 MiB of 64 KiB frames for me; "bulk N": one frame of N bytes;
 /// - "last": reply, then shut our side (FIN after the reply), reading on;
 /// - "later": in a second, send "from the timer" and close after flushing;
+/// - "sink ...": no reply;
 /// - anything else: reply "got " and the payload.
 fn on_frame<S: Service<Timer = ()>>(
     log: &mut Log,
@@ -85,6 +86,7 @@ fn on_frame<S: Service<Timer = ()>>(
             ctx.shutdown_write(conn);
             return;
         }
+        ("sink", _, _) => return,
         ("later", None, None) => {
             ctx.set_conn_timer(conn, Duration::from_secs(1), ());
             "timer set".to_string()
@@ -413,4 +415,49 @@ fn a_paused_connection_is_not_closed_for_a_frame_it_is_not_let_finish() {
         server.reactor.service().log.closed,
         [(0, CloseReason::FrameTimeout)]
     );
+}
+
+#[test]
+fn a_half_close_behind_more_input_than_one_turn_reads_is_noticed() {
+    let mut config = local_config();
+    // One read per connection per turn: the input below takes several turns.
+    config.read_budget = 1;
+    let mut server = driven::<HalfOpen>(config);
+    let mut client = client(&mut server);
+    // Small frames without replies: reads that come up short, and no writes whose
+    // events might report the FIN again.
+    let mut payload = b"sink ".to_vec();
+    payload.resize(1000, b'x');
+    let wire: Vec<u8> = (0..500).flat_map(|_| frame(&payload)).collect();
+    client.write_all(&wire).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    server.turn_until("the peer's FIN", |r| {
+        !r.service().log.peer_closed.is_empty()
+    });
+    assert_eq!(server.reactor.service().log.from(0).len(), 500);
+    assert_eq!(read_frame(&mut client).unwrap(), b"still here");
+}
+
+#[test]
+fn a_half_close_that_came_while_paused_is_noticed_on_resuming() {
+    let mut server = driven::<HalfOpen>(local_config());
+    let mut paused = client(&mut server);
+    let mut other = client(&mut server);
+    send(&mut server, &mut paused, b"pause");
+    assert_eq!(read_frame(&mut paused).unwrap(), b"paused");
+    write_frame(&mut paused, b"last words").unwrap();
+    paused.shutdown(Shutdown::Write).unwrap();
+    // Read after the paused connection's frame and FIN were in its socket.
+    send(&mut server, &mut other, b"ping");
+    assert!(server.reactor.service().log.peer_closed.is_empty());
+    send(&mut server, &mut other, b"resume 0");
+    server.turn_until("the peer's FIN", |r| {
+        !r.service().log.peer_closed.is_empty()
+    });
+    assert_eq!(
+        server.reactor.service().log.from(0),
+        [&b"pause"[..], b"last words"]
+    );
+    assert_eq!(read_frame(&mut paused).unwrap(), b"got last words");
+    assert_eq!(read_frame(&mut paused).unwrap(), b"still here");
 }
