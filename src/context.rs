@@ -175,7 +175,12 @@ impl<'a, S: Service> Context<'a, S> {
     /// }
     /// ```
     #[inline]
-    pub fn send_encoded(&mut self, conn: ConnId, wire: &[u8], frames: u64) -> Result<(), SendError> {
+    pub fn send_encoded(
+        &mut self,
+        conn: ConnId,
+        wire: &[u8],
+        frames: u64,
+    ) -> Result<(), SendError> {
         match self.hub.write_or_queue(conn, wire, frames) {
             true => Ok(()),
             false => Err(SendError::Closed),

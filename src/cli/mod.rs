@@ -46,15 +46,28 @@ pub struct LogArgs {
 impl LogArgs {
     /// Sets up `simple_logger` at the level these flags (or `RUST_LOG`) ask for.
     pub fn init(&self) {
+        self.init_with(LevelFilter::Trace);
+    }
+
+    /// Like [`LogArgs::init`], but the reactor's own lines are kept at or below
+    /// `reactor_level` unless the flags ask for more than info: a client (the load
+    /// generator) has no use for a server's "listening on" and "served" lines.
+    pub fn init_with(&self, reactor_level: LevelFilter) {
         let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
         let level = if self.trace {
             LevelFilter::Trace
         } else {
             self.log_level.or(from_env).unwrap_or(LevelFilter::Info)
         };
+        let reactor = if level > LevelFilter::Info {
+            level
+        } else {
+            level.min(reactor_level)
+        };
         // mio's own trace lines (registrations) would drown the loop's; keep them at debug.
         let logger = simple_logger::SimpleLogger::new()
             .with_level(level)
+            .with_module_level("switchboard::reactor", reactor)
             .with_module_level("mio", level.min(LevelFilter::Debug));
         if let Err(e) = logger.init() {
             eprintln!("cannot set up logging: {e}");
@@ -76,7 +89,10 @@ pub enum Command {
 /// Parses the command line, sets up logging, runs the chosen command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    match cli.command {
+        Command::Bench(_) => cli.log.init_with(LevelFilter::Warn),
+        _ => cli.log.init(),
+    }
     match cli.command {
         Command::Echo(args) => server::run_echo(args),
         Command::Chat(args) => chat::run(args),

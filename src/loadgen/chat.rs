@@ -2,8 +2,9 @@
 //! members publish to it, and every delivery to every member is checked and timed.
 //!
 //! Setup: each member sends `hello` (a unique name), `join` (a room unique to this
-//! run, so no history is replayed) and `ping`; the server answers in order, so the
-//! `pong` proves the join took effect. Load starts once every member has its pong.
+//! run, so no history is replayed) and `ping`, in one send; the server answers in
+//! order, so the `pong` proves the join took effect. Load starts once every member has
+//! its pong. What a member has seen of each sender is its own state ([`MemberLine`]).
 //!
 //! A published text is `SENDER:SEQ:NANOS:` padded with `x` to `--size` bytes, where
 //! NANOS is the send time on this process's clock; every member is in this process, so
@@ -14,24 +15,17 @@
 //! room's total order and that no delivery was lost.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::Write;
 use std::time::Instant;
 
-use mio::event::Event;
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
 use serde::Deserialize;
 
-use super::driver::Workload;
+use super::bench::{Bench, Line};
 use super::pace::Gate;
 use super::report::Recorder;
-use super::wire::{next_frame, Filled, Inbox, Next, Outbox, HEADER};
+use super::wire::LoadCodec;
 use super::Options;
-
-/// Initial input buffer per member; grows for a larger frame.
-const INBOX: usize = 16 * 1024;
-/// A frame larger than this is taken as a broken stream.
-const MAX_FRAME: usize = 16 << 20;
+use crate::{Buffer, CloseReason, Codec, ConnId, Context, Frames};
 
 /// A server → client message; only the fields the workload reads.
 ///
@@ -52,33 +46,26 @@ struct Incoming<'a> {
     reason: Option<String>,
 }
 
-/// One member's connection.
+/// One member's bookkeeping.
 #[derive(Debug)]
-struct Member {
-    stream: TcpStream,
-    inbox: Inbox,
-    outbox: Outbox,
+pub struct MemberLine {
+    /// Its number: member `i` is named `{prefix}{i}`; the first `senders` publish.
+    index: usize,
     /// The pong that ends setup has arrived.
     ready: bool,
-    closed: bool,
     /// The next sequence number expected from each sender.
     expect: Box<[u64]>,
-}
-
-/// A publishing member's progress.
-#[derive(Debug, Clone, Copy, Default)]
-struct Sender {
-    /// Sequence number of the next message to publish.
-    next_seq: u64,
-    /// Published and not yet delivered back to this sender.
+    /// A sender's messages published and not yet delivered back to it.
     in_flight: u64,
 }
 
 /// The chat workload.
 #[derive(Debug)]
-pub struct ChatWorkload {
-    members: Vec<Member>,
-    senders: Vec<Sender>,
+pub struct ChatWork {
+    /// The members, by number, once connected.
+    members: Vec<Option<ConnId>>,
+    /// How many messages each sender has published (the room's sequence numbers).
+    published: Vec<u64>,
     room: String,
     /// Prefix of member names; member `i` is `{prefix}{i}`.
     prefix: String,
@@ -91,66 +78,113 @@ pub struct ChatWorkload {
     /// Deliveries owed: every message published is owed to every member open at the
     /// time; the run drains until none is left.
     undelivered: u64,
+    /// Deliveries still owed to members when the run ended (errors).
+    never_delivered: u64,
     open: usize,
     ready: usize,
+    codec: LoadCodec,
+    /// One request's JSON, then a batch of encoded requests for one send.
+    json: Vec<u8>,
+    batch: Buffer,
+    batched: u64,
 }
 
-impl ChatWorkload {
-    /// A workload whose members are the connected `streams`.
-    pub fn new(options: &Options, streams: Vec<TcpStream>) -> Self {
-        let senders = options.senders.min(streams.len());
-        let members: Vec<Member> = streams
-            .into_iter()
-            .map(|stream| Member {
-                stream,
-                inbox: Inbox::new(INBOX),
-                outbox: Outbox::new(INBOX),
-                ready: false,
-                closed: false,
-                expect: vec![0; senders].into_boxed_slice(),
-            })
-            .collect();
+impl ChatWork {
+    /// The workload `options` describe; its members are dialled by the run.
+    pub fn new(options: &Options) -> Self {
+        let senders = options.senders.min(options.conns);
         let epoch = Instant::now();
         let tag = format!(
             "{:x}{:x}",
             std::process::id(),
             epoch.elapsed().as_nanos() as u16
         );
-        ChatWorkload {
-            open: members.len(),
-            gate: Gate::new(options.messages, options.rate, senders),
-            members,
-            senders: vec![Sender::default(); senders],
+        ChatWork {
+            members: vec![None; options.conns],
+            published: vec![0; senders],
             room: format!("bench-{tag}"),
             prefix: format!("b{tag}-"),
             size: options.size,
             depth: options.depth as u64,
+            gate: Gate::new(options.messages, options.rate, senders),
             epoch,
             undelivered: 0,
+            never_delivered: 0,
+            open: 0,
             ready: 0,
+            codec: Bench::codec(options),
+            json: Vec::new(),
+            batch: Buffer::new(),
+            batched: 0,
         }
     }
 
-    /// Appends one length-prefixed frame whose payload `body` writes.
-    fn frame(outbox: &mut Outbox, body: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) {
-        let out = outbox.append();
-        let at = out.len();
-        out.extend_from_slice(&[0; HEADER]);
-        // Writing to a Vec cannot fail.
-        let _ = body(out);
-        let len = (out.len() - at - HEADER) as u32;
-        out[at..at + HEADER].copy_from_slice(&len.to_be_bytes());
+    /// The state member `index` starts with.
+    pub fn line(&self, index: usize) -> MemberLine {
+        MemberLine {
+            index,
+            ready: false,
+            expect: vec![0; self.published.len()].into_boxed_slice(),
+            in_flight: 0,
+        }
     }
 
-    /// Publishes one message from sender `s`, if it has room and the gate allows.
-    fn publish(&mut self, s: usize, now: Instant, rec: &mut Recorder) -> bool {
-        if self.members[s].closed || self.senders[s].in_flight >= self.depth || !self.gate.take() {
+    /// Member `line.index` is connected.
+    pub fn connected(&mut self, line: &MemberLine, conn: ConnId) {
+        self.members[line.index] = Some(conn);
+        self.open += 1;
+    }
+
+    /// Adds one request, its JSON written by `body`, to the batch.
+    fn request(&mut self, body: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+        self.json.clear();
+        // Writing to a Vec cannot fail.
+        let _ = body(&mut self.json);
+        if self.codec.encode(&self.json, &mut self.batch).is_ok() {
+            self.batched += 1;
+        }
+    }
+
+    /// Sends the batch to `conn`.
+    fn send_batch(&mut self, ctx: &mut Context<'_, Bench>, conn: ConnId) {
+        if self.batched > 0 {
+            // Fails only for a member already closing; its close is counted then.
+            let _ = ctx.send_encoded(conn, self.batch.readable(), self.batched);
+        }
+        self.batch.clear();
+        self.batched = 0;
+    }
+
+    /// Every member says hello, joins the run's room, and pings.
+    pub fn start(&mut self, ctx: &mut Context<'_, Bench>, _rec: &mut Recorder) {
+        for i in 0..self.members.len() {
+            let Some(conn) = self.members[i] else {
+                continue;
+            };
+            let (prefix, room) = (self.prefix.clone(), self.room.clone());
+            self.request(|o| write!(o, r#"{{"type":"hello","name":"{prefix}{i}"}}"#));
+            self.request(|o| write!(o, r#"{{"type":"join","room":"{room}"}}"#));
+            self.request(|o| write!(o, r#"{{"type":"ping"}}"#));
+            self.send_batch(ctx, conn);
+        }
+    }
+
+    /// True once every open member has its pong.
+    pub fn ready(&self) -> bool {
+        self.ready == self.open
+    }
+
+    /// Adds one message from the sender `line` to the batch, if it has room and the
+    /// gate allows.
+    fn publish(&mut self, line: &mut MemberLine, now: Instant, rec: &mut Recorder) -> bool {
+        let s = line.index;
+        if s >= self.published.len() || line.in_flight >= self.depth || !self.gate.take() {
             return false;
         }
-        let seq = self.senders[s].next_seq;
+        let seq = self.published[s];
         let nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let (room, size) = (&self.room, self.size);
-        Self::frame(&mut self.members[s].outbox, |out| {
+        let (room, size) = (std::mem::take(&mut self.room), self.size);
+        self.request(|out| {
             write!(out, r#"{{"type":"say","room":"{room}","text":""#)?;
             let text_at = out.len();
             write!(out, "{s}:{seq}:{nanos}:")?;
@@ -159,98 +193,76 @@ impl ChatWorkload {
             out.extend_from_slice(br#""}"#);
             Ok(())
         });
-        self.senders[s].next_seq += 1;
-        self.senders[s].in_flight += 1;
+        self.room = room;
+        self.published[s] += 1;
+        line.in_flight += 1;
         self.undelivered += self.open as u64;
         rec.publish();
         true
     }
 
-    fn flush(&mut self, i: usize, rec: &mut Recorder) {
-        let member = &mut self.members[i];
-        if member.closed || member.outbox.is_empty() {
+    /// Every sender fills its pipeline (closed loop).
+    pub fn begin(&mut self, ctx: &mut Context<'_, Bench>, now: Instant, rec: &mut Recorder) {
+        self.gate.begin(now);
+        if !self.gate.closed_loop() {
             return;
         }
-        if let Err(e) = member.outbox.flush(&mut member.stream) {
-            self.close(i, rec, &e);
+        for s in 0..self.published.len() {
+            self.publish_on(ctx, s, now, rec, usize::MAX);
         }
     }
 
-    fn close(&mut self, i: usize, rec: &mut Recorder, why: &dyn std::fmt::Display) {
-        let member = &mut self.members[i];
-        if member.closed {
+    /// Sender `s` publishes up to `most` messages (it is not the callback's own
+    /// connection, so its state is looked up).
+    fn publish_on(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        s: usize,
+        now: Instant,
+        rec: &mut Recorder,
+        most: usize,
+    ) {
+        let Some(conn) = self.members.get(s).copied().flatten() else {
             return;
-        }
-        member.closed = true;
-        self.open -= 1;
-        if member.ready {
-            self.ready -= 1;
-        }
-        let owed: u64 = (self.senders.iter().zip(member.expect.iter()))
-            .map(|(sender, got)| sender.next_seq.saturating_sub(*got))
-            .sum();
-        self.undelivered = self.undelivered.saturating_sub(owed);
-        if let Some(sender) = self.senders.get_mut(i) {
-            sender.in_flight = 0;
-        }
-        rec.disconnect(|| format!("member {i}: {why}"));
-    }
-
-    fn read(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
-        loop {
-            let filled = {
-                let member = &mut self.members[i];
-                member.inbox.fill(&mut member.stream)
-            };
-            match filled {
-                Ok(Filled::More(_)) => self.take_frames(i, now, rec),
-                Ok(Filled::Drained(_)) => return self.take_frames(i, now, rec),
-                Ok(Filled::WouldBlock) => return,
-                Ok(Filled::Closed) => return self.close(i, rec, &"closed by the server"),
-                Err(e) => return self.close(i, rec, &e),
-            }
-            if self.members[i].closed {
-                return;
+        };
+        if let Some(Line::Member(line)) = ctx.state_mut(conn) {
+            let mut sent = 0;
+            while sent < most && self.publish(line, now, rec) {
+                sent += 1;
             }
         }
+        self.send_batch(ctx, conn);
     }
 
-    /// Handles every complete frame in member `i`'s inbox.
-    fn take_frames(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
-        loop {
-            let inbox = &mut self.members[i].inbox;
-            let (start, len, used) = match next_frame(inbox.pending()) {
-                Next::Message { start, len, used } => (start, len, used),
-                Next::Partial { len } if len > MAX_FRAME => {
-                    rec.mismatch(|| format!("member {i}: a frame of {len} bytes"));
-                    return self.close(i, rec, &"broken stream");
-                }
-                Next::Partial { len } => return inbox.reserve_message(HEADER + len),
-                Next::Nothing => return,
-            };
-            let inbox = std::mem::replace(&mut self.members[i].inbox, Inbox::new(0));
-            self.handle(i, &inbox.pending()[start..start + len], now, rec);
-            let member = &mut self.members[i];
-            member.inbox = inbox;
-            member.inbox.consume(used);
-            if member.closed {
-                return;
-            }
+    /// Every frame one read brought to a member.
+    pub fn frames(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        conn: ConnId,
+        line: &mut MemberLine,
+        frames: &Frames<'_, LoadCodec>,
+        now: Instant,
+        rec: &mut Recorder,
+    ) {
+        for payload in frames.payloads() {
+            self.handle(line, payload, now, rec);
         }
+        self.send_batch(ctx, conn);
     }
 
-    /// One frame from the server to member `i`.
-    fn handle(&mut self, i: usize, payload: &[u8], now: Instant, rec: &mut Recorder) {
+    /// One frame from the server to member `line`.
+    fn handle(&mut self, line: &mut MemberLine, payload: &[u8], now: Instant, rec: &mut Recorder) {
+        let i = line.index;
         let message: Incoming = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => return rec.mismatch(|| format!("member {i}: not a chat message: {e}")),
         };
         match message.kind.as_ref() {
             "msg" if message.room == Some(self.room.as_str()) => {
-                self.delivery(i, message.text.unwrap_or(""), now, rec);
+                self.delivery(line, message.text.unwrap_or(""), now, rec);
             }
-            "pong" if !self.members[i].ready => {
-                self.members[i].ready = true;
+            "pong" if !line.ready => {
+                line.ready = true;
                 self.ready += 1;
             }
             "error" => {
@@ -262,14 +274,15 @@ impl ChatWorkload {
         }
     }
 
-    /// A room message delivered to member `i`: check its order, time it, and if it
-    /// is `i`'s own, let `i` publish the next one.
-    fn delivery(&mut self, i: usize, text: &str, now: Instant, rec: &mut Recorder) {
-        let Some((s, seq, nanos)) = parse_text(text).filter(|(s, ..)| *s < self.senders.len())
+    /// A room message delivered to member `line`: check its order, time it, and if it
+    /// is the member's own, let it publish the next one.
+    fn delivery(&mut self, line: &mut MemberLine, text: &str, now: Instant, rec: &mut Recorder) {
+        let i = line.index;
+        let Some((s, seq, nanos)) = parse_text(text).filter(|(s, ..)| *s < self.published.len())
         else {
             return rec.mismatch(|| format!("member {i}: a message not sent by this run"));
         };
-        let expected = &mut self.members[i].expect[s];
+        let expected = &mut line.expect[s];
         if seq != *expected {
             let want = *expected;
             rec.mismatch(|| format!("member {i}: from sender {s} got #{seq}, expected #{want}"));
@@ -282,12 +295,80 @@ impl ChatWorkload {
             self.undelivered = self.undelivered.saturating_sub(seq + 1 - *expected);
             *expected = seq + 1;
         }
-        if i == s && self.senders[s].in_flight > 0 {
-            self.senders[s].in_flight -= 1;
+        if i == s && line.in_flight > 0 {
+            line.in_flight -= 1;
             if self.gate.closed_loop() {
-                self.publish(s, now, rec);
+                self.publish(line, now, rec);
             }
         }
+    }
+
+    /// A member left: unless the run is ending, that is a fault; what it was owed is
+    /// no longer awaited.
+    pub fn closed(
+        &mut self,
+        line: &MemberLine,
+        ending: bool,
+        reason: CloseReason,
+        rec: &mut Recorder,
+    ) {
+        if self.members[line.index].take().is_none() {
+            return;
+        }
+        self.open -= 1;
+        if line.ready {
+            self.ready -= 1;
+        }
+        let owed: u64 = (self.published.iter().zip(line.expect.iter()))
+            .map(|(published, got)| published.saturating_sub(*got))
+            .sum();
+        self.undelivered = self.undelivered.saturating_sub(owed);
+        if ending {
+            self.never_delivered += owed;
+        } else {
+            let i = line.index;
+            rec.disconnect(|| format!("member {i}: {reason}"));
+        }
+    }
+
+    /// Open loop: the senders publish what is now due.
+    pub fn tick(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        now: Instant,
+        rec: &mut Recorder,
+    ) -> Option<Instant> {
+        let n = self.published.len() as u64;
+        for k in self.gate.due(now) {
+            self.publish_on(ctx, (k % n) as usize, now, rec, 1);
+        }
+        self.gate.next_due()
+    }
+
+    /// Publishes nothing new from now on.
+    pub fn stop(&mut self) {
+        self.gate.stop();
+    }
+
+    /// Deliveries owed.
+    pub fn outstanding(&self) -> u64 {
+        self.undelivered
+    }
+
+    /// Members connected and open.
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    /// True when the message budget is used up.
+    pub fn spent(&self) -> bool {
+        self.gate.spent()
+    }
+
+    /// Deliveries never made: every member still there at the end should have
+    /// received everything every sender published.
+    pub fn finish(&mut self) -> u64 {
+        self.never_delivered
     }
 }
 
@@ -298,103 +379,6 @@ fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
     let seq = parts.next()?.parse().ok()?;
     let nanos = parts.next()?.parse().ok()?;
     Some((sender, seq, nanos))
-}
-
-impl Workload for ChatWorkload {
-    fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        for (i, member) in self.members.iter_mut().enumerate() {
-            registry.reregister(
-                &mut member.stream,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn start(&mut self, _now: Instant, rec: &mut Recorder) {
-        for i in 0..self.members.len() {
-            let (prefix, room) = (&self.prefix, &self.room);
-            let outbox = &mut self.members[i].outbox;
-            Self::frame(outbox, |o| {
-                write!(o, r#"{{"type":"hello","name":"{prefix}{i}"}}"#)
-            });
-            Self::frame(outbox, |o| {
-                write!(o, r#"{{"type":"join","room":"{room}"}}"#)
-            });
-            Self::frame(outbox, |o| write!(o, r#"{{"type":"ping"}}"#));
-            self.flush(i, rec);
-        }
-    }
-
-    fn ready(&self) -> bool {
-        self.ready == self.open
-    }
-
-    fn begin(&mut self, now: Instant, rec: &mut Recorder) {
-        self.gate.begin(now);
-        if self.gate.closed_loop() {
-            for s in 0..self.senders.len() {
-                while self.publish(s, now, rec) {}
-                self.flush(s, rec);
-            }
-        }
-    }
-
-    fn event(&mut self, token: usize, event: &Event, now: Instant, rec: &mut Recorder) {
-        if self.members.get(token).is_none_or(|m| m.closed) {
-            return;
-        }
-        if event.is_writable() {
-            self.flush(token, rec);
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(token, now, rec);
-            self.flush(token, rec);
-        }
-    }
-
-    fn tick(&mut self, now: Instant, rec: &mut Recorder) -> Option<Instant> {
-        let n = self.senders.len() as u64;
-        let due = self.gate.due(now);
-        let any = !due.is_empty();
-        for k in due {
-            self.publish((k % n) as usize, now, rec);
-        }
-        if any {
-            for s in 0..self.senders.len() {
-                self.flush(s, rec);
-            }
-        }
-        self.gate.next_due()
-    }
-
-    fn stop(&mut self) {
-        self.gate.stop();
-    }
-
-    fn outstanding(&self) -> u64 {
-        self.undelivered
-    }
-
-    fn open(&self) -> usize {
-        self.open
-    }
-
-    fn spent(&self) -> bool {
-        self.gate.spent()
-    }
-
-    fn finish(&mut self, _rec: &mut Recorder) -> u64 {
-        // Every open member should have received everything every sender published.
-        let published: Vec<u64> = self.senders.iter().map(|s| s.next_seq).collect();
-        self.members
-            .iter()
-            .filter(|m| !m.closed)
-            .flat_map(|m| m.expect.iter().zip(&published))
-            .map(|(got, sent)| sent.saturating_sub(*got))
-            .sum()
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! The load generator behind `switchboard bench`: one mio event loop driving many
-//! client connections against an echo (or chat) server, checking every reply and
-//! measuring throughput and latency.
+//! The load generator behind `switchboard bench`: a client built on switchboard's own
+//! reactor, driving many connections against an echo (or chat) server, checking every
+//! reply and measuring throughput and latency. Its connections are dialled with
+//! [`crate::Context::connect`] and framed by the reactor's codec; what each one sent and
+//! expects is its per-connection state.
 //!
 //! ```text
-//!  probe ──> open sockets (paced, optional source IPs) ──> workload setup (chat: join)
+//!  probe ──> dial (paced, optional source IPs) ──> workload setup (chat: join)
 //!        ──> warm-up (not counted) ──> measured window ──> drain in-flight ──> Summary
 //! ```
 //!
@@ -16,19 +18,21 @@
 //!
 //! Module map:
 //! - `options`: what to run ([`Options`], [`Mode`]) and its validation.
-//! - `connect`: the reachability probe and opening the client sockets.
-//! - `driver`: the event loop and the run's phases (warm-up, measure, drain).
+//! - `connect`: the reachability probe.
+//! - `bench`: the run as a [`crate::Service`]: dialling, phases (warm-up, measure,
+//!   drain), timers, the per-connection state.
 //! - `pace`: when a message may be sent: closed loop, fixed rate, message budget.
-//! - `wire`: per-connection input and output buffers, framing, the payload pattern.
+//! - `wire`: the codec (length frames, or fixed-size raw messages) and the payload
+//!   pattern.
 //! - `stream`: the `framed` and `raw` TCP workloads.
 //! - `udp`: the `udp` workload.
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
 //! - `report`: counters, the latency histogram, progress lines, the [`Summary`].
 //! - `procstat`: the server's CPU time and memory, read from `/proc`.
 
+mod bench;
 mod chat;
 mod connect;
-mod driver;
 mod options;
 mod pace;
 mod procstat;
@@ -40,8 +44,9 @@ mod wire;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-pub use driver::run;
+use bench::Bench;
 pub use options::{Mode, Options};
 pub use report::{Latency, ServerUsage, Summary};
 
@@ -69,6 +74,52 @@ pub enum LoadError {
     Setup(String),
     /// The event loop itself failed.
     Io(io::Error),
+}
+
+/// The largest frame the load generator accepts from a server.
+const MAX_FRAME: usize = 16 << 20;
+
+/// Runs the load the options describe and returns its summary.
+///
+/// Fails only when the run cannot be carried out (bad options, server unreachable, no
+/// connection opened); errors found in the replies are in the summary
+/// ([`Summary::failed`]).
+pub fn run(options: &Options) -> Result<Summary, LoadError> {
+    options.validate()?;
+    connect::probe(options)?;
+    let config = crate::Config {
+        idle_timeout: None,
+        frame_timeout: None,
+        connect_timeout: options.connect_timeout,
+        // Room for whole pipelines of large messages in each connection's queue.
+        write_limit: 64 << 20,
+        shutdown_grace: Duration::from_secs(2),
+        ..crate::Config::default()
+    };
+    let codec = Bench::codec(options);
+    let reactor_error = |e: crate::Error| LoadError::Io(io::Error::other(e.to_string()));
+    let mut reactor =
+        crate::Reactor::bind(config, Bench::new(options.clone()), codec).map_err(reactor_error)?;
+    if options.mode == Mode::Udp {
+        let mut sockets = Vec::with_capacity(options.conns);
+        for i in 0..options.conns {
+            let local = options
+                .source_ip(i)
+                .unwrap_or_else(|| loopback(options.addr));
+            sockets.push(reactor.bind_udp(local).map_err(reactor_error)?);
+        }
+        reactor.service_mut().set_udp_sockets(sockets);
+    }
+    let stopped = reactor.run().map_err(reactor_error)?;
+    stopped.service.into_summary()
+}
+
+/// Port 0 on the loopback address of `addr`'s family.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => ([127, 0, 0, 1], 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+    }
 }
 
 impl fmt::Display for LoadError {

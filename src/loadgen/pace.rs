@@ -88,9 +88,12 @@ impl Gate {
         }
     }
 
-    /// Open loop: when the next message is due.
+    /// Open loop: when the next message is due (never, once stopped).
     pub fn next_due(&self) -> Option<Instant> {
-        self.pacer.as_ref().and_then(Pacer::next_at)
+        match self.stopped {
+            true => None,
+            false => self.pacer.as_ref().and_then(Pacer::next_at),
+        }
     }
 }
 
@@ -145,6 +148,21 @@ mod tests {
         assert!(gate.take() && gate.take());
         assert!(!gate.take());
         assert!(gate.spent());
+    }
+
+    #[test]
+    fn a_stopped_gate_has_nothing_due_ever() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(None, Some(100.0), 1);
+        gate.begin(t0);
+        assert!(gate.next_due().is_some());
+        gate.stop();
+        assert_eq!(gate.due(t0 + Duration::from_secs(5)), 0..0);
+        assert_eq!(
+            gate.next_due(),
+            None,
+            "a stopped schedule is not due in the past"
+        );
     }
 
     #[test]

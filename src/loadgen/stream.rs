@@ -3,52 +3,33 @@
 //!
 //! Replies on a TCP connection come back in the order sent, so a connection needs no
 //! table of outstanding messages: the next reply must be message `next_reply`, and its
-//! send time is in a ring of `depth` slots. Messages queued in one turn (the replies a
-//! read brought back are all answered at once) leave in one `write`.
+//! send time is in a ring of `depth` slots, in the connection's own state
+//! ([`StreamLine`]). The messages one batch of replies frees are encoded together and
+//! leave in one send.
 
-use std::io;
 use std::time::Instant;
 
-use mio::event::Event;
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
-
-use super::driver::Workload;
+use super::bench::{Bench, Line};
 use super::pace::Gate;
 use super::report::Recorder;
-use super::wire::{next_frame, Filled, Inbox, Next, Outbox, Pattern, HEADER};
-use super::{Mode, Options};
+use super::wire::{LoadCodec, Pattern};
+use super::Options;
+use crate::{Buffer, CloseMode, CloseReason, Codec, ConnId, Context, Frames};
 
-/// Largest input buffer per connection; a connection never has more unanswered bytes
-/// than `depth` messages, so this only caps deep pipelines of big messages.
-const MAX_INBOX: usize = 256 * 1024;
-
-/// How replies are cut out of the byte stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// 4-byte length header, then the payload.
-    Length,
-    /// No framing: every `size` bytes are one message.
-    Raw,
-}
-
-/// One client connection.
+/// One connection's bookkeeping.
 #[derive(Debug)]
-struct Conn {
-    stream: TcpStream,
-    inbox: Inbox,
-    outbox: Outbox,
+pub struct StreamLine {
+    /// Its number among the workload's connections (the payload pattern depends on it).
+    index: usize,
     /// When each in-flight message was sent, at `seq % depth`.
     sent_at: Box<[Instant]>,
     /// Sequence number of the next message to send.
     next_send: u64,
     /// Sequence number of the next reply expected.
     next_reply: u64,
-    /// Set when the connection failed; it is then left alone.
-    closed: bool,
 }
 
-impl Conn {
+impl StreamLine {
     fn in_flight(&self) -> u64 {
         self.next_send - self.next_reply
     }
@@ -56,153 +37,138 @@ impl Conn {
 
 /// The framed or raw echo workload.
 #[derive(Debug)]
-pub struct StreamWorkload {
-    conns: Vec<Conn>,
+pub struct StreamWork {
+    /// The connections, by number, once up (for the open loop's round robin).
+    conns: Vec<Option<ConnId>>,
+    codec: LoadCodec,
     pattern: Pattern,
-    framing: Framing,
     depth: usize,
     gate: Gate,
     /// Messages sent and not answered, over all connections.
     outstanding: u64,
-    /// Connections not closed.
+    /// Messages still unanswered by connections open when the run ended.
+    never_answered: u64,
+    /// Connections up and not closed.
     open: usize,
-    /// Connections with output queued this turn (open loop), reused every turn.
-    dirty: Vec<usize>,
+    /// One message's payload, then the batch of encoded messages for one send.
+    payload: Vec<u8>,
+    batch: Buffer,
 }
 
-impl StreamWorkload {
-    /// A workload over connected `streams`.
-    pub fn new(options: &Options, streams: Vec<TcpStream>) -> Self {
-        let framing = match options.mode {
-            Mode::Raw => Framing::Raw,
-            _ => Framing::Length,
-        };
-        let wire_len = options.size
-            + if framing == Framing::Length {
-                HEADER
-            } else {
-                0
-            };
-        let window = wire_len * options.depth;
-        let now = Instant::now();
-        let conns: Vec<Conn> = streams
-            .into_iter()
-            .map(|stream| Conn {
-                stream,
-                inbox: Inbox::new(window.min(MAX_INBOX).max(wire_len)),
-                outbox: Outbox::new(window),
-                sent_at: vec![now; options.depth].into_boxed_slice(),
-                next_send: 0,
-                next_reply: 0,
-                closed: false,
-            })
-            .collect();
-        StreamWorkload {
-            open: conns.len(),
-            dirty: Vec::with_capacity(conns.len()),
-            gate: Gate::new(options.messages, options.rate, conns.len()),
-            conns,
+impl StreamWork {
+    /// The workload `options` describe; its connections are dialled by the run.
+    pub fn new(options: &Options) -> Self {
+        StreamWork {
+            conns: vec![None; options.conns],
+            codec: Bench::codec(options),
             pattern: Pattern::new(options.size),
-            framing,
             depth: options.depth,
+            gate: Gate::new(options.messages, options.rate, options.conns),
             outstanding: 0,
+            never_answered: 0,
+            open: 0,
+            payload: Vec::with_capacity(options.size),
+            batch: Buffer::new(),
         }
     }
 
-    /// Queues one more message on connection `i`, if the gate allows.
-    fn issue(&mut self, i: usize, now: Instant) -> bool {
-        if self.conns[i].in_flight() >= self.depth as u64 || !self.gate.take() {
+    /// The state connection `index` starts with.
+    pub fn line(&self, index: usize) -> StreamLine {
+        StreamLine {
+            index,
+            sent_at: vec![Instant::now(); self.depth].into_boxed_slice(),
+            next_send: 0,
+            next_reply: 0,
+        }
+    }
+
+    /// Connection `line.index` is up.
+    pub fn connected(&mut self, line: &StreamLine, conn: ConnId) {
+        self.conns[line.index] = Some(conn);
+        self.open += 1;
+    }
+
+    /// Encodes one more message for `line` into the batch, if the gate allows.
+    fn issue(&mut self, line: &mut StreamLine, now: Instant) -> bool {
+        if line.in_flight() >= self.depth as u64 || !self.gate.take() {
             return false;
         }
-        let conn = &mut self.conns[i];
-        let seq = conn.next_send;
-        if self.framing == Framing::Length {
-            conn.outbox.header(self.pattern.size());
+        let seq = line.next_send;
+        self.payload.clear();
+        self.pattern.append(line.index, seq, &mut self.payload);
+        if self.codec.encode(&self.payload, &mut self.batch).is_err() {
+            self.gate.refund();
+            return false;
         }
-        self.pattern.append(i, seq, conn.outbox.append());
-        conn.sent_at[(seq % self.depth as u64) as usize] = now;
-        conn.next_send += 1;
+        line.sent_at[(seq % self.depth as u64) as usize] = now;
+        line.next_send += 1;
         self.outstanding += 1;
         true
     }
 
-    /// Closed loop: refills connection `i` to `depth` messages in flight.
-    fn top_up(&mut self, i: usize, now: Instant) {
-        while self.issue(i, now) {}
+    /// Closed loop: refills `line` to `depth` messages in flight; returns how many
+    /// messages the batch holds.
+    fn top_up(&mut self, line: &mut StreamLine, now: Instant) -> u64 {
+        let mut issued = 0;
+        while self.issue(line, now) {
+            issued += 1;
+        }
+        issued
     }
 
-    fn flush(&mut self, i: usize, rec: &mut Recorder) {
-        let conn = &mut self.conns[i];
-        if conn.closed || conn.outbox.is_empty() {
+    /// Sends the batch on `conn`.
+    fn send_batch(&mut self, ctx: &mut Context<'_, Bench>, conn: ConnId, count: u64) {
+        if count > 0 {
+            // Fails only for a connection already closing; its close is counted then.
+            let _ = ctx.send_encoded(conn, self.batch.readable(), count);
+        }
+        self.batch.clear();
+    }
+
+    /// Starts the load: every connection fills its pipeline (closed loop).
+    pub fn begin(&mut self, ctx: &mut Context<'_, Bench>, now: Instant, _rec: &mut Recorder) {
+        self.gate.begin(now);
+        if !self.gate.closed_loop() {
             return;
         }
-        if let Err(e) = conn.outbox.flush(&mut conn.stream) {
-            self.close(i, rec, &e);
-        }
-    }
-
-    fn close(&mut self, i: usize, rec: &mut Recorder, why: &dyn std::fmt::Display) {
-        let conn = &mut self.conns[i];
-        if conn.closed {
-            return;
-        }
-        conn.closed = true;
-        self.outstanding -= conn.in_flight();
-        self.open -= 1;
-        rec.disconnect(|| format!("connection {i}: {why}"));
-    }
-
-    /// Reads until the socket is drained, checking every complete reply.
-    fn read(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
-        loop {
-            let filled = {
-                let conn = &mut self.conns[i];
-                conn.inbox.fill(&mut conn.stream)
+        for i in 0..self.conns.len() {
+            let Some(conn) = self.conns[i] else {
+                continue;
             };
-            match filled {
-                Ok(Filled::More(_)) => self.take_replies(i, now, rec),
-                Ok(Filled::Drained(_)) => return self.take_replies(i, now, rec),
-                Ok(Filled::WouldBlock) => return,
-                Ok(Filled::Closed) => return self.close(i, rec, &"closed by the server"),
-                Err(e) => return self.close(i, rec, &e),
-            }
-            if self.conns[i].closed {
-                return;
-            }
+            let count = match ctx.state_mut(conn) {
+                Some(Line::Stream(line)) => self.top_up(line, now),
+                _ => continue,
+            };
+            self.send_batch(ctx, conn, count);
         }
     }
 
-    /// Checks and consumes every complete reply in connection `i`'s inbox.
-    fn take_replies(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
+    /// Checks every reply of one read, then (closed loop) sends as many new messages.
+    pub fn replies(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        conn: ConnId,
+        line: &mut StreamLine,
+        frames: &Frames<'_, LoadCodec>,
+        now: Instant,
+        rec: &mut Recorder,
+    ) {
         let size = self.pattern.size();
-        loop {
-            let conn = &mut self.conns[i];
-            let next = match self.framing {
-                Framing::Length => next_frame(conn.inbox.pending()),
-                Framing::Raw if conn.inbox.pending().len() >= size => Next::Message {
-                    start: 0,
-                    len: size,
-                    used: size,
-                },
-                Framing::Raw => Next::Nothing,
-            };
-            let (start, used) = match next {
-                Next::Message { len, .. } | Next::Partial { len } if len != size => {
-                    let why = format!("reply of {len} bytes, expected {size}: stream out of step");
-                    rec.mismatch(|| format!("connection {i}: {why}"));
-                    return self.close(i, rec, &why);
-                }
-                Next::Message { start, used, .. } => (start, used),
-                Next::Partial { .. } | Next::Nothing => return,
-            };
-            if conn.in_flight() == 0 {
-                rec.mismatch(|| format!("connection {i}: a reply to nothing"));
-                return self.close(i, rec, &"unexpected data");
+        for payload in frames.payloads() {
+            let i = line.index;
+            if payload.len() != size {
+                let len = payload.len();
+                let why = format!("reply of {len} bytes, expected {size}: stream out of step");
+                rec.mismatch(|| format!("connection {i}: {why}"));
+                return ctx.close(conn, CloseMode::Now);
             }
-            let seq = conn.next_reply;
-            let payload = &conn.inbox.pending()[start..start + size];
+            if line.in_flight() == 0 {
+                rec.mismatch(|| format!("connection {i}: a reply to nothing"));
+                return ctx.close(conn, CloseMode::Now);
+            }
+            let seq = line.next_reply;
             if self.pattern.matches(i, seq, payload) {
-                let sent = conn.sent_at[(seq % self.depth as u64) as usize];
+                let sent = line.sent_at[(seq % self.depth as u64) as usize];
                 rec.reply(size, now.saturating_duration_since(sent));
             } else {
                 let got = Pattern::seq_of(payload);
@@ -210,88 +176,80 @@ impl StreamWorkload {
                     format!("connection {i}: reply {seq} differs from what was sent (it claims seq {got:?})")
                 });
             }
-            conn.next_reply += 1;
-            conn.inbox.consume(used);
+            line.next_reply += 1;
             self.outstanding -= 1;
         }
-    }
-}
-
-impl Workload for StreamWorkload {
-    fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        for (i, conn) in self.conns.iter_mut().enumerate() {
-            registry.reregister(
-                &mut conn.stream,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn begin(&mut self, now: Instant, rec: &mut Recorder) {
-        self.gate.begin(now);
         if self.gate.closed_loop() {
-            for i in 0..self.conns.len() {
-                self.top_up(i, now);
-                self.flush(i, rec);
-            }
+            let count = self.top_up(line, now);
+            self.send_batch(ctx, conn, count);
         }
     }
 
-    fn event(&mut self, token: usize, event: &Event, now: Instant, rec: &mut Recorder) {
-        if self.conns.get(token).is_none_or(|c| c.closed) {
+    /// A connection closed: unless the run is ending, that is a fault.
+    pub fn closed(
+        &mut self,
+        line: &StreamLine,
+        ending: bool,
+        reason: CloseReason,
+        rec: &mut Recorder,
+    ) {
+        if self.conns[line.index].take().is_none() {
             return;
         }
-        if event.is_writable() {
-            self.flush(token, rec);
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(token, now, rec);
-            if self.gate.closed_loop() && !self.conns[token].closed {
-                self.top_up(token, now);
-            }
-            self.flush(token, rec);
+        self.open -= 1;
+        self.outstanding -= line.in_flight();
+        if ending {
+            self.never_answered += line.in_flight();
+        } else {
+            let i = line.index;
+            rec.disconnect(|| format!("connection {i}: {reason}"));
         }
     }
 
-    fn tick(&mut self, now: Instant, rec: &mut Recorder) -> Option<Instant> {
+    /// Open loop: sends the messages now due, round robin over the connections.
+    pub fn tick(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        now: Instant,
+        _rec: &mut Recorder,
+    ) -> Option<Instant> {
         let n = self.conns.len() as u64;
         for k in self.gate.due(now) {
-            let i = (k % n) as usize;
-            // A connection with output left over is flushed by its writable event.
-            let first = self.conns[i].outbox.is_empty();
-            if !self.conns[i].closed && self.issue(i, now) && first {
-                self.dirty.push(i);
-            }
+            let Some(conn) = self.conns[(k % n) as usize] else {
+                continue;
+            };
+            let count = match ctx.state_mut(conn) {
+                Some(Line::Stream(line)) => u64::from(self.issue(line, now)),
+                _ => continue,
+            };
+            self.send_batch(ctx, conn, count);
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &i in &dirty {
-            self.flush(i, rec);
-        }
-        dirty.clear();
-        self.dirty = dirty;
         self.gate.next_due()
     }
 
-    fn stop(&mut self) {
+    /// Sends nothing new from now on.
+    pub fn stop(&mut self) {
         self.gate.stop();
     }
 
-    fn outstanding(&self) -> u64 {
+    /// Messages sent and not yet answered.
+    pub fn outstanding(&self) -> u64 {
         self.outstanding
     }
 
-    fn open(&self) -> usize {
+    /// Connections up and open.
+    pub fn open(&self) -> usize {
         self.open
     }
 
-    fn spent(&self) -> bool {
+    /// True when the message budget is used up.
+    pub fn spent(&self) -> bool {
         self.gate.spent()
     }
 
-    fn finish(&mut self, _rec: &mut Recorder) -> u64 {
-        // TCP does not lose messages: one never answered is the server's fault.
-        self.outstanding
+    /// What is still unanswered at the end: TCP does not lose messages, so each is
+    /// the server's fault.
+    pub fn finish(&mut self) -> u64 {
+        self.never_answered
     }
 }

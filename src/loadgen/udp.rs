@@ -1,5 +1,6 @@
-//! The `udp` workload: `conns` connected UDP sockets, each keeping `depth` datagrams in
-//! flight, each echo checked.
+//! The `udp` workload: `conns` UDP sockets of the reactor's own, each keeping `depth`
+//! datagrams in flight to the server, each echo checked. (UDP sockets are not
+//! connections: their bookkeeping is the workload's, by socket.)
 //!
 //! Unlike TCP, UDP may drop or reorder datagrams, so each socket keeps a slot per
 //! in-flight datagram. Slot `s` sends sequence numbers `s, s + depth, s + 2 depth, ...`,
@@ -8,18 +9,15 @@
 //! socket buffer is full) and its slot sends a new one; a reply arriving after that is
 //! late and ignored.
 
-use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::event::Event;
-use mio::net::UdpSocket;
-use mio::{Interest, Registry, Token};
-
-use super::driver::Workload;
+use super::bench::Bench;
 use super::pace::Gate;
 use super::report::Recorder;
 use super::wire::Pattern;
 use super::Options;
+use crate::{Context, UdpId};
 
 /// A datagram with no reply after this long is lost.
 const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -38,38 +36,44 @@ struct Slot {
     used: bool,
 }
 
+/// One socket's slots.
 #[derive(Debug)]
 struct Sock {
-    socket: UdpSocket,
+    id: UdpId,
     slots: Box<[Slot]>,
-    /// A send hit a full socket buffer: top up again when writable.
-    blocked: bool,
-    closed: bool,
 }
 
 /// The UDP echo workload.
 #[derive(Debug)]
-pub struct UdpWorkload {
+pub struct UdpWork {
     socks: Vec<Sock>,
+    server: Option<SocketAddr>,
     pattern: Pattern,
     depth: usize,
     gate: Gate,
     outstanding: u64,
-    open: usize,
-    /// Receive buffer, one datagram at a time.
-    incoming: Box<[u8]>,
     /// Send buffer, reused for every datagram.
     outgoing: Vec<u8>,
     next_loss_check: Option<Instant>,
 }
 
-impl UdpWorkload {
-    /// Opens `options.conns` UDP sockets connected to the server.
-    pub fn new(options: &Options) -> io::Result<Self> {
-        let local = options.source_ip(0).unwrap_or_else(|| match options.addr {
-            std::net::SocketAddr::V4(_) => ([127, 0, 0, 1], 0).into(),
-            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
-        });
+impl UdpWork {
+    /// The workload `options` describe; its sockets come with [`UdpWork::set_sockets`].
+    pub fn new(options: &Options) -> Self {
+        UdpWork {
+            socks: Vec::new(),
+            server: None,
+            pattern: Pattern::new(options.size),
+            depth: options.depth,
+            gate: Gate::new(options.messages, options.rate, options.conns),
+            outstanding: 0,
+            outgoing: Vec::with_capacity(options.size),
+            next_loss_check: None,
+        }
+    }
+
+    /// The sockets bound for the run, in order, and the server they talk to.
+    pub fn set_sockets(&mut self, sockets: Vec<UdpId>, server: SocketAddr) {
         let now = Instant::now();
         let slot = Slot {
             seq: 0,
@@ -77,37 +81,24 @@ impl UdpWorkload {
             busy: false,
             used: false,
         };
-        let socks = (0..options.conns)
-            .map(|i| {
-                let bind = options.source_ip(i).unwrap_or(local);
-                let socket = UdpSocket::bind(bind)?;
-                socket.connect(options.addr)?;
-                Ok(Sock {
-                    socket,
-                    slots: vec![slot; options.depth].into_boxed_slice(),
-                    blocked: false,
-                    closed: false,
-                })
+        self.socks = sockets
+            .into_iter()
+            .map(|id| Sock {
+                id,
+                slots: vec![slot; self.depth].into_boxed_slice(),
             })
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(UdpWorkload {
-            open: socks.len(),
-            gate: Gate::new(options.messages, options.rate, socks.len()),
-            socks,
-            pattern: Pattern::new(options.size),
-            depth: options.depth,
-            outstanding: 0,
-            incoming: vec![0; crate::MAX_DATAGRAM + 1].into_boxed_slice(),
-            outgoing: Vec::with_capacity(options.size),
-            next_loss_check: None,
-        })
+            .collect();
+        self.server = Some(server);
     }
 
     /// Sends the next datagram from slot `s` of socket `i`, if the gate allows.
-    fn issue(&mut self, i: usize, s: usize, now: Instant, rec: &mut Recorder) {
+    fn issue(&mut self, ctx: &mut Context<'_, Bench>, i: usize, s: usize, now: Instant) {
         let depth = self.depth as u64;
         let slot = self.socks[i].slots[s];
-        if slot.busy || self.socks[i].closed || !self.gate.take() {
+        let Some(server) = self.server else {
+            return;
+        };
+        if slot.busy || !self.gate.take() {
             return;
         }
         let seq = if slot.used {
@@ -117,78 +108,76 @@ impl UdpWorkload {
         };
         self.outgoing.clear();
         self.pattern.append(i, seq, &mut self.outgoing);
-        match self.socks[i].socket.send(&self.outgoing) {
-            Ok(_) => {
-                self.socks[i].slots[s] = Slot {
-                    seq,
-                    sent_at: now,
-                    busy: true,
-                    used: true,
-                };
-                self.outstanding += 1;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.gate.refund();
-                self.socks[i].blocked = true;
-            }
-            Err(e) => {
-                self.gate.refund();
-                self.close(i, rec, &e);
-            }
-        }
-    }
-
-    fn top_up(&mut self, i: usize, now: Instant, rec: &mut Recorder) {
-        self.socks[i].blocked = false;
-        for s in 0..self.depth {
-            self.issue(i, s, now, rec);
-        }
-    }
-
-    fn close(&mut self, i: usize, rec: &mut Recorder, why: &io::Error) {
-        let sock = &mut self.socks[i];
-        if sock.closed {
+        // A datagram the socket cannot take is dropped by the reactor and, here,
+        // counted lost once its echo is overdue: UDP's own terms.
+        if ctx
+            .send_to(self.socks[i].id, server, &self.outgoing)
+            .is_err()
+        {
+            self.gate.refund();
             return;
         }
-        sock.closed = true;
-        let busy = sock.slots.iter().filter(|s| s.busy).count() as u64;
-        self.outstanding -= busy;
-        self.open -= 1;
-        rec.disconnect(|| format!("socket {i}: {why}"));
+        self.socks[i].slots[s] = Slot {
+            seq,
+            sent_at: now,
+            busy: true,
+            used: true,
+        };
+        self.outstanding += 1;
     }
 
-    /// Receives until the socket is drained, checking each echo.
-    fn receive(&mut self, i: usize, mut now: Instant, rec: &mut Recorder) {
-        let mut first = true;
-        loop {
-            let n = match self.socks[i].socket.recv(&mut self.incoming) {
-                // The clock is read again for every datagram after the first: the echo
-                // of a datagram this loop sends can arrive before the loop ends, and
-                // with the turn's time for both it would count as taking no time.
-                Ok(n) if first => {
-                    first = false;
-                    n
-                }
-                Ok(n) => {
-                    now = Instant::now();
-                    n
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.close(i, rec, &e),
-            };
-            if let Some(s) = self.check(i, n, now, rec) {
-                if self.gate.closed_loop() {
-                    self.issue(i, s, now, rec);
-                }
+    fn top_up(&mut self, ctx: &mut Context<'_, Bench>, i: usize, now: Instant) {
+        for s in 0..self.depth {
+            self.issue(ctx, i, s, now);
+        }
+    }
+
+    /// Starts the load: every socket fills its slots (closed loop).
+    pub fn begin(&mut self, ctx: &mut Context<'_, Bench>, now: Instant, _rec: &mut Recorder) {
+        self.gate.begin(now);
+        self.next_loss_check = Some(now + LOSS_CHECK);
+        if self.gate.closed_loop() {
+            for i in 0..self.socks.len() {
+                self.top_up(ctx, i, now);
             }
         }
     }
 
-    /// Checks one echo of `n` bytes; returns the slot it freed, if any.
-    fn check(&mut self, i: usize, n: usize, now: Instant, rec: &mut Recorder) -> Option<usize> {
-        let payload = &self.incoming[..n];
+    /// One echo arrived.
+    pub fn datagram(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        socket: UdpId,
+        _peer: SocketAddr,
+        payload: &[u8],
+        rec: &mut Recorder,
+    ) {
+        // The clock is read per datagram: the echo of a datagram sent earlier in this
+        // turn can arrive before it ends, and with the turn's time for both it would
+        // count as taking no time.
+        let now = Instant::now();
+        // The run binds its sockets itself, in order: a socket's index is its number.
+        let i = socket.index();
+        if self.socks.get(i).is_none_or(|s| s.id != socket) {
+            return;
+        }
+        if let Some(s) = self.check(i, payload, now, rec) {
+            if self.gate.closed_loop() {
+                self.issue(ctx, i, s, now);
+            }
+        }
+    }
+
+    /// Checks one echo; returns the slot it freed, if any.
+    fn check(
+        &mut self,
+        i: usize,
+        payload: &[u8],
+        now: Instant,
+        rec: &mut Recorder,
+    ) -> Option<usize> {
         let depth = self.depth as u64;
+        let n = payload.len();
         let Some(seq) = Pattern::seq_of(payload) else {
             rec.mismatch(|| format!("socket {i}: a {n}-byte datagram"));
             return None;
@@ -213,7 +202,7 @@ impl UdpWorkload {
     }
 
     /// Frees slots whose datagram is overdue, counting them lost, and resends.
-    fn check_losses(&mut self, now: Instant, rec: &mut Recorder) {
+    fn check_losses(&mut self, ctx: &mut Context<'_, Bench>, now: Instant, rec: &mut Recorder) {
         for i in 0..self.socks.len() {
             for s in 0..self.depth {
                 let slot = &mut self.socks[i].slots[s];
@@ -222,58 +211,29 @@ impl UdpWorkload {
                     self.outstanding -= 1;
                     rec.lost += 1;
                     if self.gate.closed_loop() {
-                        self.issue(i, s, now, rec);
+                        self.issue(ctx, i, s, now);
                     }
                 }
             }
         }
     }
-}
 
-impl Workload for UdpWorkload {
-    fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        for (i, sock) in self.socks.iter_mut().enumerate() {
-            registry.register(
-                &mut sock.socket,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn begin(&mut self, now: Instant, rec: &mut Recorder) {
-        self.gate.begin(now);
-        self.next_loss_check = Some(now + LOSS_CHECK);
-        if self.gate.closed_loop() {
-            for i in 0..self.socks.len() {
-                self.top_up(i, now, rec);
-            }
-        }
-    }
-
-    fn event(&mut self, token: usize, event: &Event, now: Instant, rec: &mut Recorder) {
-        if self.socks.get(token).is_none_or(|s| s.closed) {
-            return;
-        }
-        if event.is_readable() || event.is_error() {
-            self.receive(token, now, rec);
-        }
-        if event.is_writable() && self.socks[token].blocked && self.gate.closed_loop() {
-            self.top_up(token, now, rec);
-        }
-    }
-
-    fn tick(&mut self, now: Instant, rec: &mut Recorder) -> Option<Instant> {
+    /// Open-loop sends and loss checks; returns when they are next due.
+    pub fn tick(
+        &mut self,
+        ctx: &mut Context<'_, Bench>,
+        now: Instant,
+        rec: &mut Recorder,
+    ) -> Option<Instant> {
         let n = self.socks.len() as u64;
         for k in self.gate.due(now) {
             let i = (k % n) as usize;
             if let Some(s) = self.socks[i].slots.iter().position(|s| !s.busy) {
-                self.issue(i, s, now, rec);
+                self.issue(ctx, i, s, now);
             }
         }
         if self.next_loss_check.is_some_and(|at| at <= now) {
-            self.check_losses(now, rec);
+            self.check_losses(ctx, now, rec);
             self.next_loss_check = Some(now + LOSS_CHECK);
         }
         match (self.gate.next_due(), self.next_loss_check) {
@@ -282,24 +242,28 @@ impl Workload for UdpWorkload {
         }
     }
 
-    fn stop(&mut self) {
+    /// Sends nothing new from now on.
+    pub fn stop(&mut self) {
         self.gate.stop();
     }
 
-    fn outstanding(&self) -> u64 {
+    /// Datagrams sent and not yet answered (nor counted lost).
+    pub fn outstanding(&self) -> u64 {
         self.outstanding
     }
 
-    fn open(&self) -> usize {
-        self.open
+    /// Sockets in use (a UDP socket does not close under the run).
+    pub fn open(&self) -> usize {
+        self.socks.len()
     }
 
-    fn spent(&self) -> bool {
+    /// True when the message budget is used up.
+    pub fn spent(&self) -> bool {
         self.gate.spent()
     }
 
-    fn finish(&mut self, rec: &mut Recorder) -> u64 {
-        // Unanswered datagrams at the end are lost, like any other.
+    /// Unanswered datagrams at the end are lost, like any other; none is an error.
+    pub fn finish(&mut self, rec: &mut Recorder) -> u64 {
         rec.lost += self.outstanding;
         0
     }

@@ -1,0 +1,627 @@
+//! The run, as a service on the library's own reactor: the load generator is a client
+//! built like any other program on switchboard. Its connections are dialled with
+//! [`Context::connect`], framed by the reactor's codec, and each one's bookkeeping
+//! (what it sent, what it expects) is its per-connection state ([`Line`]).
+//!
+//! ```text
+//!   dial (paced) ──> setup (chat: join) ──> warm-up ──> measure ──> drain ──> shutdown
+//! ```
+//!
+//! Warm-up load is sent but not counted. The measured window ends after `duration`
+//! (or, with a message budget, once every message is answered); then nothing new is
+//! sent, and the drain phase waits a little for the replies still in flight, so that
+//! they are checked too. Every phase has a deadline, a timer of the reactor's: a run
+//! always ends by itself.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::chat::{ChatWork, MemberLine};
+use super::procstat::{CpuTime, ServerProcess};
+use super::report::{Recorder, ServerUsage, Summary};
+use super::stream::{StreamLine, StreamWork};
+use super::udp::UdpWork;
+use super::wire::LoadCodec;
+use super::{LoadError, Mode, Options};
+use crate::{CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId, UdpId};
+
+/// Longest wait for replies still in flight when the window ends.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Longest wait for the workload's setup (chat: every member joined).
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
+/// Pause before reading the server's memory once every connection is open.
+const SETTLE: Duration = Duration::from_millis(300);
+/// How often the progress line is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Connections being opened at once: a burst of 20,000 SYNs would overflow the
+/// server's accept backlog, and a dropped SYN is retried by the kernel only after a
+/// second or more.
+const MAX_PENDING: usize = 256;
+
+/// The load generator's state for one connection.
+#[derive(Debug, Default)]
+pub enum Line {
+    /// Held open and silent for the whole run (`--idle`).
+    #[default]
+    Idle,
+    /// A `framed` or `raw` connection carrying load.
+    Stream(StreamLine),
+    /// A chat member.
+    Member(MemberLine),
+}
+
+/// What the load generator's timers are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Print the progress line (repeating).
+    Progress,
+    /// The current phase's time is up.
+    PhaseEnd,
+    /// Open-loop sends (and UDP loss checks) are due.
+    Pace,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    /// Every connection is open; waiting for the server to settle before reading its
+    /// memory.
+    Settling,
+    Setup,
+    /// Setup is complete; the load starts at once, from a timer (so no connection's
+    /// state is lent to the callback that starts it).
+    Starting,
+    Warmup,
+    Measure,
+    Drain,
+    Done,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting | Phase::Settling => "connect",
+            Phase::Setup | Phase::Starting => "setup",
+            Phase::Warmup => "warmup",
+            Phase::Measure => "measure",
+            Phase::Drain => "drain",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// The workload a run drives.
+#[derive(Debug)]
+pub enum Work {
+    Stream(StreamWork),
+    Chat(ChatWork),
+    Udp(UdpWork),
+}
+
+/// Opening the connections, a bounded number at a time.
+#[derive(Debug, Default)]
+struct Dialer {
+    /// Connections to open: `idle` idle ones first, then the workload's.
+    total: usize,
+    idle: usize,
+    /// The next connection number to dial.
+    next: usize,
+    /// Dials in flight.
+    pending: usize,
+    /// Idle connections open now.
+    idle_open: usize,
+    /// Workload connections that came up.
+    connected: usize,
+    failures: u64,
+    first_failure: Option<io::Error>,
+}
+
+/// The load generator. See the module docs.
+#[derive(Debug)]
+pub struct Bench {
+    options: Options,
+    work: Work,
+    rec: Recorder,
+    phase: Phase,
+    /// The timer ending the current phase.
+    phase_timer: Option<TimerId>,
+    /// The pacing timer, while one is set, and when it is due.
+    pace_timer: Option<(TimerId, Instant)>,
+    dialer: Dialer,
+    server: Option<ServerProcess>,
+    rss_before: u64,
+    rss_connected: u64,
+    started: Instant,
+    measure_start: Option<Instant>,
+    cpu_start: CpuTime,
+    window: Window,
+    /// Why the run could not be carried out, if it could not.
+    failure: Option<LoadError>,
+}
+
+/// The measured window as seen from outside.
+#[derive(Debug, Default)]
+struct Window {
+    length: Duration,
+    /// Server CPU time used during the window.
+    server_cpu: CpuTime,
+    /// Server VmRSS and VmHWM at the end of the window, KiB.
+    server_memory: (u64, u64),
+}
+
+impl Bench {
+    /// A run of `options` (validated, the server probed) with its workload.
+    pub fn new(options: Options) -> Self {
+        let work = match options.mode {
+            Mode::Framed | Mode::Raw => Work::Stream(StreamWork::new(&options)),
+            Mode::Chat => Work::Chat(ChatWork::new(&options)),
+            Mode::Udp => Work::Udp(UdpWork::new(&options)),
+        };
+        let server = options.server_pid.map(ServerProcess::new);
+        let tcp_conns = if options.uses_tcp() { options.conns } else { 0 };
+        Bench {
+            dialer: Dialer {
+                total: options.idle + tcp_conns,
+                idle: options.idle,
+                ..Dialer::default()
+            },
+            rss_before: server.and_then(|s| s.memory_kib()).map_or(0, |m| m.0),
+            server,
+            work,
+            rec: Recorder::new(),
+            phase: Phase::Connecting,
+            phase_timer: None,
+            pace_timer: None,
+            rss_connected: 0,
+            started: Instant::now(),
+            measure_start: None,
+            cpu_start: CpuTime::default(),
+            window: Window::default(),
+            failure: None,
+            options,
+        }
+    }
+
+    /// The codec the run's connections speak.
+    pub fn codec(options: &Options) -> LoadCodec {
+        match options.mode {
+            Mode::Raw => LoadCodec::Fixed(options.size),
+            _ => LoadCodec::Length(crate::LengthCodec::new(super::MAX_FRAME)),
+        }
+    }
+
+    /// Gives the UDP workload the sockets bound for it.
+    pub fn set_udp_sockets(&mut self, sockets: Vec<UdpId>) {
+        if let Work::Udp(udp) = &mut self.work {
+            udp.set_sockets(sockets, self.options.addr);
+        }
+    }
+
+    /// The run's result, once the loop has returned.
+    pub fn into_summary(mut self) -> Result<Summary, LoadError> {
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        let mut summary = Summary::new(&self.options, &self.rec, self.window.length);
+        summary.connected = match &self.work {
+            Work::Udp(_) => self.options.conns,
+            _ => self.dialer.connected,
+        };
+        summary.connect_failures = self.dialer.failures;
+        summary.unanswered = self.work_finish();
+        summary.lost = self.rec.lost;
+        summary.errors += summary.unanswered;
+        let window = &self.window;
+        summary.server = self.server.map(|s| {
+            let cpu = window.server_cpu.user + window.server_cpu.system;
+            ServerUsage {
+                cpu_secs: cpu,
+                user_cpu_secs: window.server_cpu.user,
+                msgs_per_cpu_sec: summary.messages as f64 / cpu.max(1e-9),
+                rss_before_kib: self.rss_before,
+                rss_connected_kib: self.rss_connected,
+                rss_end_kib: window.server_memory.0,
+                hwm_kib: s.memory_kib().map_or(window.server_memory.1, |m| m.1),
+            }
+        });
+        Ok(summary)
+    }
+
+    fn work_finish(&mut self) -> u64 {
+        match &mut self.work {
+            Work::Stream(w) => w.finish(),
+            Work::Chat(w) => w.finish(),
+            Work::Udp(w) => w.finish(&mut self.rec),
+        }
+    }
+
+    fn outstanding(&self) -> u64 {
+        match &self.work {
+            Work::Stream(w) => w.outstanding(),
+            Work::Chat(w) => w.outstanding(),
+            Work::Udp(w) => w.outstanding(),
+        }
+    }
+
+    fn open(&self) -> usize {
+        match &self.work {
+            Work::Stream(w) => w.open(),
+            Work::Chat(w) => w.open(),
+            Work::Udp(w) => w.open(),
+        }
+    }
+
+    fn spent(&self) -> bool {
+        match &self.work {
+            Work::Stream(w) => w.spent(),
+            Work::Chat(w) => w.spent(),
+            Work::Udp(w) => w.spent(),
+        }
+    }
+
+    /// Dials until `MAX_PENDING` dials are in flight or every connection is dialled.
+    fn dial_more(&mut self, ctx: &mut Context<'_, Self>) {
+        while self.dialer.next < self.dialer.total && self.dialer.pending < MAX_PENDING {
+            let number = self.dialer.next;
+            self.dialer.next += 1;
+            let line = match number.checked_sub(self.dialer.idle) {
+                None => Line::Idle,
+                Some(index) => match &self.work {
+                    Work::Stream(w) => Line::Stream(w.line(index)),
+                    Work::Chat(w) => Line::Member(w.line(index)),
+                    Work::Udp(_) => Line::Idle,
+                },
+            };
+            let mut dial = Dial::tcp(self.options.addr).timeout(self.options.connect_timeout);
+            if let Some(source) = self.options.source_ip(number) {
+                dial = dial.bind(source);
+            }
+            match ctx.connect(dial, line) {
+                Ok(_) => self.dialer.pending += 1,
+                Err(e) => self.dial_failed(e.error),
+            }
+        }
+        self.connected_all(ctx);
+    }
+
+    fn dial_failed(&mut self, error: io::Error) {
+        self.dialer.failures += 1;
+        self.dialer.first_failure.get_or_insert(error);
+    }
+
+    /// Once every dial has settled: fail the run if nothing connected, else let the
+    /// server settle (when its memory is measured) and set up the workload.
+    fn connected_all(&mut self, ctx: &mut Context<'_, Self>) {
+        let dialer = &self.dialer;
+        if self.phase != Phase::Connecting || dialer.next < dialer.total || dialer.pending > 0 {
+            return;
+        }
+        if dialer.total > 0 && dialer.connected == 0 && dialer.idle_open == 0 {
+            let source = dialer.first_failure.as_ref().map_or_else(
+                || io::Error::other("unknown"),
+                |e| io::Error::new(e.kind(), e.to_string()),
+            );
+            let attempted = dialer.total;
+            return self.fail(ctx, LoadError::NoConnections { attempted, source });
+        }
+        // Let the server accept what is still in its backlog before reading its
+        // memory; either way, go on from a timer, with no connection's state lent.
+        let settle = match self.server {
+            Some(_) => SETTLE,
+            None => Duration::ZERO,
+        };
+        self.enter(ctx, Phase::Settling, Some(settle));
+    }
+
+    /// Moves to `phase`, with a deadline `limit` from now.
+    fn enter(&mut self, ctx: &mut Context<'_, Self>, phase: Phase, limit: Option<Duration>) {
+        self.phase = phase;
+        if let Some(timer) = self.phase_timer.take() {
+            ctx.cancel_timer(timer);
+        }
+        self.phase_timer = limit.map(|limit| ctx.set_timer(limit, Tick::PhaseEnd));
+    }
+
+    /// Sends whatever setup the workload needs (chat: hello, join, ping), then waits
+    /// for it to be ready.
+    fn setup(&mut self, ctx: &mut Context<'_, Self>) {
+        if let Some(server) = self.server {
+            self.rss_connected = server.memory_kib().map_or(0, |m| m.0);
+        }
+        self.enter(ctx, Phase::Setup, Some(SETUP_LIMIT));
+        if let Work::Chat(chat) = &mut self.work {
+            chat.start(ctx, &mut self.rec);
+        }
+        self.check_ready(ctx);
+    }
+
+    /// Once setup is complete, starts the load from a timer.
+    fn check_ready(&mut self, ctx: &mut Context<'_, Self>) {
+        let ready = match &self.work {
+            Work::Chat(chat) => chat.ready(),
+            _ => true,
+        };
+        if self.phase == Phase::Setup && ready {
+            self.enter(ctx, Phase::Starting, Some(Duration::ZERO));
+        }
+    }
+
+    /// Starts the load: warm-up first.
+    fn begin(&mut self, ctx: &mut Context<'_, Self>) {
+        let now = Instant::now();
+        let budgeted = self.options.messages.is_some();
+        let warmup = if budgeted {
+            Duration::ZERO
+        } else {
+            self.options.warmup
+        };
+        self.enter(ctx, Phase::Warmup, Some(warmup));
+        match &mut self.work {
+            Work::Stream(w) => w.begin(ctx, now, &mut self.rec),
+            Work::Chat(w) => w.begin(ctx, now, &mut self.rec),
+            Work::Udp(w) => w.begin(ctx, now, &mut self.rec),
+        }
+        self.schedule_pace(ctx, Some(now));
+    }
+
+    /// The current phase's deadline passed.
+    fn phase_over(&mut self, ctx: &mut Context<'_, Self>) {
+        self.phase_timer = None;
+        match self.phase {
+            Phase::Connecting | Phase::Done => {}
+            Phase::Settling => self.setup(ctx),
+            Phase::Setup => self.fail(
+                ctx,
+                LoadError::Setup(format!("the workload was not ready after {SETUP_LIMIT:?}")),
+            ),
+            Phase::Starting => self.begin(ctx),
+            Phase::Warmup => self.measure(ctx),
+            Phase::Measure => self.drain(ctx),
+            Phase::Drain => self.done(ctx),
+        }
+    }
+
+    fn measure(&mut self, ctx: &mut Context<'_, Self>) {
+        self.measure_start = Some(Instant::now());
+        self.cpu_start = self.server.and_then(|s| s.cpu_secs()).unwrap_or_default();
+        self.rec.set_measuring(true);
+        let duration = self.options.duration.max(Duration::from_millis(1));
+        self.enter(ctx, Phase::Measure, Some(duration));
+        self.check_budget(ctx);
+    }
+
+    /// With a message budget, the window ends once every message is answered.
+    fn check_budget(&mut self, ctx: &mut Context<'_, Self>) {
+        let budgeted = self.options.messages.is_some();
+        if self.phase == Phase::Measure && budgeted && self.spent() && self.outstanding() == 0 {
+            self.drain(ctx);
+        }
+    }
+
+    fn drain(&mut self, ctx: &mut Context<'_, Self>) {
+        self.rec.set_measuring(false);
+        if let Some(start) = self.measure_start {
+            self.window.length = start.elapsed();
+        }
+        if let Some(s) = self.server {
+            self.window.server_cpu = s.cpu_secs().unwrap_or_default() - self.cpu_start;
+            self.window.server_memory = s.memory_kib().unwrap_or_default();
+        }
+        match &mut self.work {
+            Work::Stream(w) => w.stop(),
+            Work::Chat(w) => w.stop(),
+            Work::Udp(w) => w.stop(),
+        }
+        self.enter(ctx, Phase::Drain, Some(DRAIN_LIMIT));
+        self.check_drained(ctx);
+    }
+
+    fn check_drained(&mut self, ctx: &mut Context<'_, Self>) {
+        if self.phase == Phase::Drain && self.outstanding() == 0 {
+            self.done(ctx);
+        }
+    }
+
+    fn done(&mut self, ctx: &mut Context<'_, Self>) {
+        self.enter(ctx, Phase::Done, None);
+        ctx.shutdown();
+    }
+
+    fn fail(&mut self, ctx: &mut Context<'_, Self>, failure: LoadError) {
+        self.failure = Some(failure);
+        self.done(ctx);
+    }
+
+    /// After replies or closes: has the phase's work finished early?
+    fn progressed(&mut self, ctx: &mut Context<'_, Self>) {
+        match self.phase {
+            Phase::Setup => self.check_ready(ctx),
+            Phase::Measure => self.check_budget(ctx),
+            Phase::Drain => self.check_drained(ctx),
+            _ => {}
+        }
+        let loading = matches!(self.phase, Phase::Warmup | Phase::Measure | Phase::Drain);
+        if loading && self.open() == 0 {
+            // Every workload connection is gone: nothing more can be measured.
+            if self.phase != Phase::Drain {
+                self.drain(ctx);
+            }
+            self.done(ctx);
+        }
+    }
+
+    /// Sets the pacing timer for `at` (open loop, UDP loss checks), unless one is set
+    /// for then already.
+    fn schedule_pace(&mut self, ctx: &mut Context<'_, Self>, at: Option<Instant>) {
+        let Some(at) = at else {
+            return;
+        };
+        if self.pace_timer.is_some_and(|(_, due)| due <= at) {
+            return;
+        }
+        if let Some((timer, _)) = self.pace_timer.take() {
+            ctx.cancel_timer(timer);
+        }
+        // At least the clock's resolution: work that keeps reporting itself due in the
+        // past must not turn the timer loop into a spin.
+        let delay = at
+            .saturating_duration_since(ctx.now())
+            .max(Duration::from_millis(1));
+        self.pace_timer = Some((ctx.set_timer(delay, Tick::Pace), at));
+    }
+
+    fn pace(&mut self, ctx: &mut Context<'_, Self>) {
+        self.pace_timer = None;
+        let now = Instant::now();
+        let next = match &mut self.work {
+            Work::Stream(w) => w.tick(ctx, now, &mut self.rec),
+            Work::Chat(w) => w.tick(ctx, now, &mut self.rec),
+            Work::Udp(w) => w.tick(ctx, now, &mut self.rec),
+        };
+        self.schedule_pace(ctx, next);
+        self.progressed(ctx);
+    }
+
+    fn progress(&mut self) {
+        if !self.options.progress {
+            return;
+        }
+        let open = self.open() + self.dialer.idle_open;
+        let line = self
+            .rec
+            .progress_line(self.started.elapsed(), open, self.phase.name());
+        eprintln!("{line}");
+    }
+}
+
+impl Service for Bench {
+    type Conn = Line;
+    type Timer = Tick;
+    type Codec = LoadCodec;
+
+    fn on_start(&mut self, ctx: &mut Context<'_, Self>) {
+        self.started = Instant::now();
+        ctx.set_repeating(PROGRESS_EVERY, Tick::Progress);
+        if self.dialer.total == 0 {
+            // UDP only: nothing to dial.
+            return self.enter(ctx, Phase::Settling, Some(Duration::ZERO));
+        }
+        self.dial_more(ctx);
+    }
+
+    fn on_connect(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        line: &mut Line,
+        _: Origin,
+    ) {
+        self.dialer.pending -= 1;
+        match line {
+            Line::Idle => self.dialer.idle_open += 1,
+            Line::Stream(line) => {
+                self.dialer.connected += 1;
+                if let Work::Stream(w) = &mut self.work {
+                    w.connected(line, conn);
+                }
+            }
+            Line::Member(line) => {
+                self.dialer.connected += 1;
+                if let Work::Chat(w) = &mut self.work {
+                    w.connected(line, conn);
+                }
+            }
+        }
+        self.dial_more(ctx);
+    }
+
+    fn on_frames(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        line: &mut Line,
+        frames: Frames<'_, LoadCodec>,
+    ) {
+        // The clock is read here, not taken from the turn: a reply to a message sent
+        // earlier in this same turn must not count as taking no time.
+        let now = Instant::now();
+        match (line, &mut self.work) {
+            (Line::Stream(line), Work::Stream(w)) => {
+                w.replies(ctx, conn, line, &frames, now, &mut self.rec)
+            }
+            (Line::Member(line), Work::Chat(w)) => {
+                w.frames(ctx, conn, line, &frames, now, &mut self.rec)
+            }
+            (_, _) => {
+                let count = frames.len();
+                self.rec
+                    .mismatch(|| format!("idle {conn}: {count} unexpected frames"));
+            }
+        }
+        self.progressed(ctx);
+    }
+
+    fn on_datagram(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        socket: UdpId,
+        peer: SocketAddr,
+        datagram: &[u8],
+    ) {
+        if let Work::Udp(w) = &mut self.work {
+            w.datagram(ctx, socket, peer, datagram, &mut self.rec);
+            self.progressed(ctx);
+        }
+    }
+
+    fn on_close(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        line: Line,
+        reason: CloseReason,
+    ) {
+        if let CloseReason::ConnectFailed(_) | CloseReason::ConnectTimeout = reason {
+            self.dialer.pending -= 1;
+            let error = match reason {
+                CloseReason::ConnectFailed(kind) => io::Error::from(kind),
+                _ => io::Error::new(io::ErrorKind::TimedOut, "connect did not finish in time"),
+            };
+            self.dial_failed(error);
+            return self.dial_more(ctx);
+        }
+        let ending = self.phase == Phase::Done || reason == CloseReason::Shutdown;
+        match line {
+            Line::Idle => {
+                self.dialer.idle_open -= 1;
+                if !ending {
+                    self.rec
+                        .disconnect(|| format!("idle {conn}: closed by the server ({reason})"));
+                }
+            }
+            Line::Stream(line) => {
+                if let Work::Stream(w) = &mut self.work {
+                    w.closed(&line, ending, reason, &mut self.rec);
+                }
+            }
+            Line::Member(line) => {
+                if let Work::Chat(w) = &mut self.work {
+                    w.closed(&line, ending, reason, &mut self.rec);
+                }
+            }
+        }
+        if !ending {
+            self.progressed(ctx);
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<'_, Self>, _: TimerId, tick: Tick) {
+        match tick {
+            Tick::Progress => self.progress(),
+            Tick::PhaseEnd => self.phase_over(ctx),
+            Tick::Pace => self.pace(ctx),
+        }
+    }
+}
