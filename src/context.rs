@@ -467,6 +467,12 @@ impl<'a, S: Service> Context<'a, S> {
         self.hub.set_idle_timeout(conn, timeout);
     }
 
+    /// Gives `conn` the reactor's idle timeout again after
+    /// [`Context::set_idle_timeout`], counted from now.
+    pub fn reset_idle_timeout(&mut self, conn: ConnId) {
+        self.hub.reset_idle_timeout(conn);
+    }
+
     /// Where `conn` comes from (or, for a dialled one, where it goes), while it is
     /// connected.
     pub fn peer_addr(&self, conn: ConnId) -> Option<PeerAddr> {

@@ -241,6 +241,24 @@ impl<S: Service> Hub<S> {
         }
     }
 
+    /// Gives a connection the reactor's idle timeout again, counted from now (it
+    /// rejoins the shared idle list at the back, the place of the most recently active).
+    pub(crate) fn reset_idle_timeout(&mut self, id: ConnId) {
+        let now = self.now_millis;
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        if conn.idle_rule == IdleRule::Reactor {
+            return;
+        }
+        conn.idle_rule = IdleRule::Reactor;
+        conn.idle_epoch = conn.idle_epoch.wrapping_add(1);
+        conn.last_active = now;
+        if self.limits.idle_timeout_millis.is_some() && conn.is_open() {
+            self.idle.push_back(&mut self.conns, id.index());
+        }
+    }
+
     /// Pauses or resumes reading a connection at the service's request.
     pub(crate) fn set_paused_by_service(&mut self, id: ConnId, paused: bool) {
         let now = self.now_millis;

@@ -115,11 +115,25 @@ impl<T> TimerQueue<T> {
         })
     }
 
+    /// A mark for [`TimerQueue::pop_due_before`]: entries scheduled from now on are
+    /// after it.
+    pub fn mark(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Removes and returns the earliest entry if it is due at `now`, with the id it
     /// was scheduled under.
     pub fn pop_due(&mut self, now: Instant) -> Option<(TimerId, T)> {
+        self.pop_due_before(now, u64::MAX)
+    }
+
+    /// Like [`TimerQueue::pop_due`], but only entries scheduled before `mark`: a loop
+    /// firing what is due stops at what its own callbacks scheduled for "now", which
+    /// waits for the next turn (a timer that re-arms itself with no delay cannot keep
+    /// the loop from polling its sockets).
+    pub fn pop_due_before(&mut self, now: Instant, mark: u64) -> Option<(TimerId, T)> {
         let first = self.entries.first_entry()?;
-        if first.key().deadline > now {
+        if first.key().deadline > now || first.key().seq >= mark {
             return None;
         }
         let (mut id, value) = first.remove_entry();
@@ -173,6 +187,18 @@ mod tests {
         q.insert(t0, 2);
         assert_eq!(q.pop_due(t0).map(|e| e.1), Some(1));
         assert_eq!(q.pop_due(t0).map(|e| e.1), Some(2));
+    }
+
+    #[test]
+    fn entries_scheduled_after_a_mark_wait_for_the_next_round() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        q.insert(t0, "old");
+        let mark = q.mark();
+        q.insert(t0, "new, due at once");
+        assert_eq!(q.pop_due_before(t0, mark).map(|e| e.1), Some("old"));
+        assert_eq!(q.pop_due_before(t0, mark), None, "scheduled after the mark");
+        assert_eq!(q.pop_due(t0).map(|e| e.1), Some("new, due at once"));
     }
 
     #[test]

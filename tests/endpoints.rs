@@ -11,8 +11,8 @@ use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 use switchboard::{
-    AnyCodec, CloseReason, Config, ConnId, Context, EndpointId, EndpointKind, LengthCodec,
-    LinesCodec, ListenAddr, Origin, Service,
+    AnyCodec, BoundAddr, CloseReason, Config, ConnId, Context, EndpointId, EndpointKind,
+    LengthCodec, LinesCodec, ListenAddr, Origin, Service,
 };
 
 /// Greets each connection with where it came from; answers each frame with its
@@ -121,16 +121,20 @@ fn each_port_frames_its_clients_with_its_own_codec() {
         || (Switch::default(), length_codec()),
         |reactor| {
             let any = "127.0.0.1:0".parse().unwrap();
-            reactor.listen(ListenAddr::Tcp(any), lines_codec()).unwrap()
+            let lines = reactor.listen(ListenAddr::Tcp(any), lines_codec()).unwrap();
+            (lines, reactor.listener_endpoints())
         },
     );
+    let (lines, listeners) = lines;
     let [length_addr, lines_addr] = server.tcp_all()[..] else {
         panic!("two TCP listeners: {:?}", server.endpoints)
     };
-    // The configured listener is endpoint 0 (they are numbered in the order added;
-    // the id itself is only ever handed out through Origin and ctx.endpoint).
-    let length = "endpoint 0";
-    assert_ne!(lines.index(), 0);
+    // Every listener's endpoint, with its address: the configured one first.
+    assert_eq!(listeners.len(), 2, "{listeners:?}");
+    assert_eq!(listeners[0].1, BoundAddr::Tcp(length_addr));
+    assert_eq!(listeners[1], (lines, BoundAddr::Tcp(lines_addr)));
+    let length = listeners[0].0.to_string();
+    assert_ne!(lines, listeners[0].0);
 
     let mut framed = connect(length_addr);
     assert_eq!(

@@ -21,6 +21,8 @@ enum Alarm {
     /// A connection's one-shot and repeating timers.
     Once,
     Every,
+    /// Re-arms itself with no delay every time it fires.
+    Spin,
 }
 
 /// A connection's state: its name, and how many of its timers fired.
@@ -71,6 +73,10 @@ impl Service for Clock {
             self.armed.push((once, every));
         } else if text == "idle none" {
             ctx.set_idle_timeout(conn, None);
+        } else if text == "idle default" {
+            ctx.reset_idle_timeout(conn);
+        } else if text == "spin" {
+            ctx.set_timer(Duration::ZERO, Alarm::Spin);
         } else if let Some(ms) = text.strip_prefix("idle ") {
             let ms = ms.parse().unwrap();
             ctx.set_idle_timeout(conn, Some(Duration::from_millis(ms)));
@@ -80,6 +86,10 @@ impl Service for Clock {
 
     fn on_timer(&mut self, ctx: &mut Context<'_, Self>, timer: TimerId, value: Alarm) {
         self.fired.push((ctx.now(), timer, value.clone()));
+        if value == Alarm::Spin {
+            // Re-arms itself at no delay, for ever.
+            ctx.set_timer(Duration::ZERO, Alarm::Spin);
+        }
         if value == Alarm::ThreeTimes {
             let rounds = self.fired.iter().filter(|f| f.2 == value).count();
             if rounds == 3 {
@@ -405,4 +415,46 @@ fn a_connections_own_idle_timeout_replaces_the_reactors() {
     assert!(!is_closed_now(&never));
     send(&mut server, &mut never, "a day later");
     assert_eq!(closes(&server).len(), 3);
+}
+
+#[test]
+fn a_connection_can_go_back_to_the_reactors_idle_timeout() {
+    let mut config = local_config();
+    config.idle_timeout = Some(Duration::from_secs(10));
+    let mut server = start(config);
+    let mut client = named_client(&mut server, "back");
+    let t0 = server.now;
+    send(&mut server, &mut client, "idle none");
+    server.advance_to(t0 + Duration::from_secs(3600));
+    assert!(!is_closed_now(&client), "never idle meanwhile");
+    // Back to the reactor's 10 s, counted from the reset.
+    let reset_at = server.now;
+    send(&mut server, &mut client, "idle default");
+    server.advance_to(reset_at + ms(9_999));
+    assert!(!is_closed_now(&client));
+    server.advance_to(reset_at + ms(10_000));
+    assert!(is_closed_now(&client));
+    let closed = &server.reactor.service().closed;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].2, CloseReason::IdleTimeout);
+}
+
+#[test]
+fn a_timer_rearming_itself_at_no_delay_cannot_starve_the_sockets() {
+    let mut server = start(local_config());
+    let mut spinner = named_client(&mut server, "spinner");
+    write_frame(&mut spinner, b"spin").unwrap();
+    // The spinning timer fires once per turn, and every turn still serves the sockets:
+    // a new client is accepted and answered while it spins.
+    let mut other = connect(server.tcp());
+    write_frame(&mut other, b"other").unwrap();
+    server.turn_until("the other client was answered", |r| {
+        r.stats().frames_out >= 3
+    });
+    assert_eq!(read_frame(&mut other).unwrap(), b"ok");
+    let spins = server.reactor.service().fired.len();
+    assert!(spins >= 1, "the timer fired");
+    server.turn();
+    let after_one_turn = server.reactor.service().fired.len();
+    assert_eq!(after_one_turn, spins + 1, "once per turn, not in a loop");
 }

@@ -335,6 +335,21 @@ impl<S: Service> Reactor<S> {
         &self.bound
     }
 
+    /// Each listener's endpoint and address, in the order they were opened (the
+    /// configured TCP listeners, then the Unix ones, then any added with
+    /// [`Reactor::listen`]).
+    pub fn listener_endpoints(&self) -> Vec<(EndpointId, BoundAddr)> {
+        self.endpoints
+            .list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.kind {
+                EndpointKind::Listener(addr) => Some((EndpointId(i as u16), addr.clone())),
+                EndpointKind::Outbound => None,
+            })
+            .collect()
+    }
+
     /// A handle that reaches the reactor from another thread.
     pub fn handle(&self) -> Handle<S> {
         Handle {

@@ -17,7 +17,10 @@ impl<S: Service> Reactor<S> {
     pub(super) fn fire_timers(&mut self) {
         self.close_idle_connections();
         self.carry_out_requests();
-        while let Some((timer, event)) = self.hub.timers.pop_due(self.hub.now) {
+        // What these timers schedule for "now" waits for the next turn (which polls
+        // without waiting): a timer re-arming itself at no delay cannot starve sockets.
+        let mark = self.hub.timers.mark();
+        while let Some((timer, event)) = self.hub.timers.pop_due_before(self.hub.now, mark) {
             match event {
                 TimerEvent::FrameDeadline(id) => self.check_frame_deadline(id),
                 TimerEvent::Service { value, conn, every } => {
