@@ -70,19 +70,19 @@ impl Buffer {
     }
 
     /// The bytes written and not yet consumed.
-    #[inline]
+    #[inline(always)]
     pub fn readable(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
     /// How many readable bytes there are.
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
     /// True when nothing is readable.
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
@@ -96,7 +96,7 @@ impl Buffer {
     ///
     /// # Panics
     /// If `n` is more than [`Buffer::len`]: that is a bug in the caller, never input.
-    #[inline]
+    #[inline(always)]
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.len(), "consume({n}) past the readable region");
         self.start += n;
@@ -108,7 +108,7 @@ impl Buffer {
     }
 
     /// Drops every readable byte, keeping the storage.
-    #[inline]
+    #[inline(always)]
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
@@ -116,7 +116,7 @@ impl Buffer {
 
     /// Spare room of at least `min` bytes after the readable region, to be filled and
     /// then announced with [`Buffer::commit`]. Compacts or grows the storage if needed.
-    #[inline]
+    #[inline(always)]
     pub fn spare_mut(&mut self, min: usize) -> &mut [u8] {
         if self.data.len() - self.end < min {
             self.make_room(min);
@@ -135,7 +135,7 @@ impl Buffer {
     ///
     /// # Panics
     /// If `n` is larger than the spare region: a bug in the caller.
-    #[inline]
+    #[inline(always)]
     pub fn commit(&mut self, n: usize) {
         assert!(
             self.end + n <= self.data.len(),

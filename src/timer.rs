@@ -42,6 +42,10 @@ pub struct TimerQueue<T> {
     /// number, (first deadline, current deadline).
     moved: HashMap<u64, (Instant, Instant)>,
     next_seq: u64,
+    /// No entry is due before this (`None`: the queue is empty). A bound, kept cheaply:
+    /// a cancel may leave it early, which costs one look at the queue, never a late
+    /// timer. The loop asks it every turn instead of walking the tree.
+    earliest: Option<Instant>,
 }
 
 impl<T> Default for TimerQueue<T> {
@@ -50,6 +54,7 @@ impl<T> Default for TimerQueue<T> {
             entries: BTreeMap::new(),
             moved: HashMap::new(),
             next_seq: 0,
+            earliest: None,
         }
     }
 }
@@ -68,7 +73,20 @@ impl<T> TimerQueue<T> {
         };
         self.next_seq += 1;
         self.entries.insert(id, value);
+        self.lower_bound(deadline);
         id
+    }
+
+    fn lower_bound(&mut self, deadline: Instant) {
+        if self.earliest.is_none_or(|earliest| deadline < earliest) {
+            self.earliest = Some(deadline);
+        }
+    }
+
+    /// Whether anything may be due at `now` (cheap: no look at the tree).
+    #[inline(always)]
+    pub fn maybe_due(&self, now: Instant) -> bool {
+        self.earliest.is_some_and(|earliest| earliest <= now)
     }
 
     /// Schedules `value` again under `id` (which [`TimerQueue::pop_due`] returned), due
@@ -82,6 +100,7 @@ impl<T> TimerQueue<T> {
             self.moved.insert(id.seq, (id.deadline, deadline));
         }
         self.entries.insert(key, value);
+        self.lower_bound(deadline);
     }
 
     /// Removes an entry; returns its value if it was still scheduled.
@@ -103,15 +122,19 @@ impl<T> TimerQueue<T> {
 
     /// How long `poll` may block at `now`: until the earliest deadline (rounded up to
     /// whole milliseconds, so the loop does not wake a hair early and spin), or for ever.
+    /// (From the kept bound: at worst a wake-up that finds nothing due, after which
+    /// [`TimerQueue::pop_due`] has made the bound exact again.)
     #[inline]
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        self.next_deadline().map(|deadline| {
+        self.poll_timeout_millis(now).map(Duration::from_millis)
+    }
+
+    /// [`TimerQueue::poll_timeout`] in whole milliseconds (rounded up).
+    #[inline]
+    pub fn poll_timeout_millis(&self, now: Instant) -> Option<u64> {
+        self.earliest.map(|deadline| {
             let wait = deadline.saturating_duration_since(now);
-            let millis = wait.as_nanos().div_ceil(1_000_000);
-            Duration::from_millis(millis as u64)
+            wait.as_secs() * 1000 + u64::from(wait.subsec_nanos().div_ceil(1_000_000))
         })
     }
 
@@ -132,8 +155,13 @@ impl<T> TimerQueue<T> {
     /// waits for the next turn (a timer that re-arms itself with no delay cannot keep
     /// the loop from polling its sockets).
     pub fn pop_due_before(&mut self, now: Instant, mark: u64) -> Option<(TimerId, T)> {
-        let first = self.entries.first_entry()?;
+        let Some(first) = self.entries.first_entry() else {
+            self.earliest = None;
+            return None;
+        };
         if first.key().deadline > now || first.key().seq >= mark {
+            // The bound becomes exact: the earliest entry is this one.
+            self.earliest = Some(first.key().deadline);
             return None;
         }
         let (mut id, value) = first.remove_entry();
@@ -202,6 +230,26 @@ mod tests {
     }
 
     #[test]
+    fn the_bound_may_be_early_after_a_cancel_but_is_exact_after_a_look() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        let early = q.insert(t0 + Duration::from_secs(1), "early");
+        q.insert(t0 + Duration::from_secs(5), "late");
+        q.cancel(early);
+        // Still bounded by the cancelled one: a wake-up at 1 s finds nothing due...
+        assert_eq!(q.poll_timeout(t0), Some(Duration::from_secs(1)));
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), None);
+        // ...and after that look the bound is the real next deadline.
+        assert_eq!(q.poll_timeout(t0), Some(Duration::from_secs(5)));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(5)).map(|e| e.1),
+            Some("late")
+        );
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(5)), None);
+        assert_eq!(q.poll_timeout(t0), None, "empty again");
+    }
+
+    #[test]
     fn cancelled_entries_never_fire() {
         let t0 = Instant::now();
         let mut q = TimerQueue::new();
@@ -238,7 +286,10 @@ mod tests {
         let t0 = Instant::now();
         let mut q = TimerQueue::new();
         assert_eq!(q.poll_timeout(t0), None);
+        assert!(!q.maybe_due(t0 + Duration::from_secs(9)));
         q.insert(t0 + Duration::from_micros(1500), ());
+        assert!(!q.maybe_due(t0));
+        assert!(q.maybe_due(t0 + Duration::from_millis(2)));
         assert_eq!(q.poll_timeout(t0), Some(Duration::from_millis(2)));
         assert_eq!(
             q.poll_timeout(t0 + Duration::from_secs(1)),

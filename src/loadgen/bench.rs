@@ -357,7 +357,12 @@ impl Bench {
         } else {
             self.options.warmup
         };
-        self.enter(ctx, Phase::Warmup, Some(warmup));
+        if warmup.is_zero() {
+            // Measured from the first message on.
+            self.measure(ctx);
+        } else {
+            self.enter(ctx, Phase::Warmup, Some(warmup));
+        }
         match &mut self.work {
             Work::Stream(w) => w.begin(ctx, now, &mut self.rec),
             Work::Chat(w) => w.begin(ctx, now, &mut self.rec),

@@ -9,6 +9,7 @@
 //! `memcmp` for the body), and a reply that belongs to another message or another
 //! connection differs from the expected one.
 
+use crate::frame::Scan;
 use crate::{Buffer, Codec, Decode, FrameError, LengthCodec};
 
 /// Offsets into the pattern cycle through this many values.
@@ -94,6 +95,14 @@ impl Codec for LoadCodec {
             LoadCodec::Fixed(size) => Ok(Decode::Incomplete {
                 frame_len: Some(*size),
             }),
+        }
+    }
+
+    #[inline]
+    fn scan(&self, state: &mut (), buf: &[u8]) -> Scan {
+        match self {
+            LoadCodec::Length(codec) => codec.scan(state, buf),
+            LoadCodec::Fixed(_) => crate::frame::scan_by_decode(self, state, buf),
         }
     }
 

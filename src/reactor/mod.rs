@@ -378,9 +378,15 @@ impl<S: Service> Reactor<S> {
     /// shutdown completes. Returns the service and the final counters, which are also
     /// logged.
     pub fn run(mut self) -> Result<Stopped<S>, Error> {
+        // A local, not the field: the handlers borrow the reactor while the turn walks
+        // the events.
+        let mut events = self
+            .events
+            .take()
+            .unwrap_or_else(|| Events::with_capacity(EVENTS_CAPACITY));
         while !self.is_finished() {
             let wait = self.poll_timeout();
-            self.turn_after(wait, Instant::now)?;
+            self.turn_with(&mut events, wait, Instant::now)?;
         }
         Ok(self.finish())
     }
@@ -390,33 +396,34 @@ impl<S: Service> Reactor<S> {
     /// `now`, whatever the real clock says, so a test drives a virtual clock with
     /// `turn(t0 + 301 s, Some(Duration::ZERO))` instead of sleeping 301 seconds.
     pub fn turn(&mut self, now: Instant, wait: Option<Duration>) -> Result<(), Error> {
-        self.turn_after(wait, || now)
-    }
-
-    /// Polls for `wait`, then serves the turn at the time `clock` gives after the wait.
-    fn turn_after(
-        &mut self,
-        wait: Option<Duration>,
-        clock: impl FnOnce() -> Instant,
-    ) -> Result<(), Error> {
         let Some(mut events) = self.events.take() else {
             return Ok(());
         };
+        let turned = self.turn_with(&mut events, wait, || now);
+        self.events = Some(events);
+        turned
+    }
+
+    /// Polls into `events` for `wait`, then serves the turn at the time `clock` gives
+    /// after the wait.
+    #[inline(always)]
+    fn turn_with(
+        &mut self,
+        events: &mut Events,
+        wait: Option<Duration>,
+        clock: impl FnOnce() -> Instant,
+    ) -> Result<(), Error> {
         log::trace!("poll: timeout {}", describe_timeout(wait));
-        let polled = match self.poll.poll(&mut events, wait) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            other => other,
-        };
-        if let Err(e) = polled {
-            self.events = Some(events);
-            return Err(Error::Poll(e));
+        match self.poll.poll(events, wait) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Poll(e)),
+            Ok(()) => {}
         }
         self.hub.set_now(clock());
         if !self.started {
             self.start();
         }
-        self.dispatch_events(&events);
-        self.events = Some(events);
+        self.dispatch_events(events);
         if !self.hub.ready_again.is_empty() {
             self.serve_ready_again();
         }
@@ -470,17 +477,20 @@ impl<S: Service> Reactor<S> {
             return Some(Duration::ZERO);
         }
         // Measured from the start of this turn: reading the clock again costs more
-        // than the turn's few microseconds of lateness.
-        let timer = self.hub.timers.poll_timeout(self.hub.now);
+        // than the turn's few microseconds of lateness. In whole milliseconds, the
+        // unit of both kinds of deadline and of epoll's timeout.
+        let timer = self.hub.timers.poll_timeout_millis(self.hub.now);
         let now_millis = self.hub.now_millis();
         let idle = self
             .hub
             .next_idle_deadline()
-            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now_millis)));
-        match (timer, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .map(|deadline| deadline.saturating_sub(now_millis));
+        let wait = match (timer, idle) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some(Duration::from_millis(wait))
     }
 
     fn dispatch_events(&mut self, events: &Events) {
@@ -552,15 +562,9 @@ impl<S: Service> Reactor<S> {
                 }
                 None => return,
             }
-        } else if readable
-            && self
-                .hub
-                .conn(id)
-                .is_some_and(|c| c.state == ConnState::Connecting)
-        {
-            // A failed connect may report as readable (an error) before writable.
-            return self.complete_connect(id);
         }
+        // (A connect's outcome comes as writable, or as an error, which counts as
+        // writable too; the read path checks once more, off its hot path.)
         if readable {
             if read_closed {
                 if let Some(conn) = self.hub.conn_mut(id) {
@@ -629,7 +633,17 @@ impl<S: Service> Reactor<S> {
     /// ones they queued output for, and tells the service of drained queues, until
     /// nothing is left. Closes come first: output queued for a connection closed with
     /// `CloseMode::Now` is discarded, not written.
+    #[inline(always)]
     fn carry_out_requests(&mut self) {
+        let hub = &self.hub;
+        if hub.to_close.is_empty() && hub.to_flush.is_empty() && hub.drained.is_empty() {
+            return;
+        }
+        self.carry_out_pending();
+    }
+
+    #[inline(never)]
+    fn carry_out_pending(&mut self) {
         loop {
             if let Some((id, reason)) = self.hub.to_close.pop() {
                 self.close_connection(id, reason);

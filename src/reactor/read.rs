@@ -18,10 +18,10 @@ use std::io;
 use super::lifecycle::{may_read, peer_closed, Reading};
 use super::Reactor;
 use crate::buffer::Buffer;
-use crate::connection::{ConnId, Slot, NO_FRAME};
+use crate::connection::{ConnId, ConnState, Slot, NO_FRAME};
 use crate::context::Context;
 use crate::endpoint::Endpoints;
-use crate::frame::{Codec, Decode, FrameError};
+use crate::frame::{Codec, Decode, FrameError, Scan};
 use crate::hub::{connection_mut, Hub, TimerEvent};
 use crate::service::{Frames, Service};
 use crate::stats::CloseReason;
@@ -79,8 +79,10 @@ impl<S: Service> Reactor<S> {
         self.hub.list_ready_again(id);
     }
 
-    /// One `read` into the shared buffer (or into the connection's own buffer when the
-    /// rest of a large frame is arriving), then decode and dispatch.
+    /// One `read` and its frames, for the common case: an open connection, reading,
+    /// holding no partial frame and no queued output. The read lands in the shared
+    /// buffer, the frames go to the service from there, and unless a partial frame is
+    /// left over nothing else is done. Anything else takes [`Reactor::read_general`].
     ///
     /// This is the hot path of every server built on the reactor, so the connection is
     /// looked up once, here, and everything up to the `read` works on that one borrow.
@@ -93,6 +95,160 @@ impl<S: Service> Reactor<S> {
             log::trace!("{id}: gone (a stale event, or closed during this read)");
             return ReadOutcome::Stopped;
         };
+        let conn = &mut slot.conn;
+        let plain = conn.state == ConnState::Open
+            && !conn.read_paused
+            && !conn.paused_by_service
+            && conn.input.capacity() == 0
+            && conn.output.is_empty();
+        if !plain {
+            return self.read_general(id, read_to_eof);
+        }
+        let mut lent = Lent::<S> {
+            decode: std::mem::take(&mut slot.decode),
+            service: std::mem::take(&mut slot.state),
+        };
+        let codec = self.endpoints.codec(conn.endpoint);
+        self.scratch.clear();
+        let spare = self.scratch.spare_mut(MIN_READ);
+        let requested = spare.len().min(self.config.read_buffer_size);
+        let result = conn.stream.read(&mut spare[..requested]);
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            unusual => {
+                // EOF, WouldBlock, an error: the general handling, with the state put
+                // back first.
+                give_back(&mut self.hub, id, lent);
+                return self.read_result(id, unusual, requested, read_to_eof);
+            }
+        };
+        if conn.mark_active(now) {
+            self.hub.idle.touch(&mut self.hub.conns, id.index());
+        }
+        self.scratch.commit(n);
+        self.hub.stats.bytes_in += n as u64;
+        let drained = n < requested && !read_to_eof;
+        trace_read(id, n, requested, drained);
+        let mut reader = Reader {
+            hub: &mut self.hub,
+            endpoints: &self.endpoints,
+            service: &mut self.service,
+            codec,
+            id,
+            lent: &mut lent,
+        };
+        let (outcome, frames_completed) = match (reader.dispatch_frames(&mut self.scratch), drained)
+        {
+            (Ok(count), true) => (ReadOutcome::Drained, count > 0),
+            (Ok(count), false) => (ReadOutcome::More, count > 0),
+            (Err(e), _) => {
+                self.hub.protocol_error(id, &e);
+                (ReadOutcome::Stopped, false)
+            }
+        };
+        if self.scratch.is_empty() || outcome == ReadOutcome::Stopped {
+            give_back(&mut self.hub, id, lent);
+            return outcome;
+        }
+        // A partial frame is left: finish a large one in place, or keep the tail.
+        self.read_tail(id, lent, (outcome, frames_completed), read_to_eof)
+    }
+
+    /// What to do after a read that brought no bytes (EOF, `WouldBlock`, an error),
+    /// on the general path with the state in its slot.
+    #[inline(never)]
+    fn read_result(
+        &mut self,
+        id: ConnId,
+        result: io::Result<usize>,
+        requested: usize,
+        read_to_eof: bool,
+    ) -> ReadOutcome {
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            return ReadOutcome::Stopped;
+        };
+        let mut lent = Lent::<S> {
+            decode: std::mem::take(&mut slot.decode),
+            service: std::mem::take(&mut slot.state),
+        };
+        let codec = self.endpoints.codec(slot.conn.endpoint);
+        let mut reader = Reader {
+            hub: &mut self.hub,
+            endpoints: &self.endpoints,
+            service: &mut self.service,
+            codec,
+            id,
+            lent: &mut lent,
+        };
+        let mut ignored = false;
+        let outcome = reader.absorb(
+            &mut self.scratch,
+            (result, requested, read_to_eof),
+            &mut ignored,
+        );
+        give_back(&mut self.hub, id, lent);
+        outcome
+    }
+
+    /// The plain path's read ended inside a frame: finish a large one in place when the
+    /// socket has its rest, and keep what is still partial in the connection.
+    #[inline(never)]
+    fn read_tail(
+        &mut self,
+        id: ConnId,
+        mut lent: Lent<S>,
+        (mut outcome, mut frames_completed): (ReadOutcome, bool),
+        read_to_eof: bool,
+    ) -> ReadOutcome {
+        let Some(conn) = self.hub.conn(id) else {
+            self.scratch.clear();
+            return ReadOutcome::Stopped;
+        };
+        let codec = self.endpoints.codec(conn.endpoint);
+        if outcome == ReadOutcome::More {
+            if let Some(missing) = missing_in_place(codec, &lent.decode, &self.scratch) {
+                let mut reader = Reader {
+                    hub: &mut self.hub,
+                    endpoints: &self.endpoints,
+                    service: &mut self.service,
+                    codec,
+                    id,
+                    lent: &mut lent,
+                };
+                outcome = reader.finish_frame_in_place(
+                    &mut self.scratch,
+                    missing,
+                    read_to_eof,
+                    &mut frames_completed,
+                );
+            }
+        }
+        keep_tail(
+            &mut self.hub,
+            id,
+            &mut self.scratch,
+            false,
+            frames_completed,
+        );
+        give_back(&mut self.hub, id, lent);
+        outcome
+    }
+
+    /// The general read: a partial frame held, output queued, paused, lingering,
+    /// half-closed by our side. One `read` into the shared buffer (or into the
+    /// connection's own buffer when the rest of a large frame is arriving), then
+    /// decode and dispatch.
+    #[inline(never)]
+    fn read_general(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
+        let now = self.hub.now_millis();
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            return ReadOutcome::Stopped;
+        };
+        if slot.conn.state == ConnState::Connecting {
+            // Readiness on a dial still in flight: it says how the connect went.
+            self.complete_connect(id);
+            return ReadOutcome::Stopped;
+        }
         let conn = &mut slot.conn;
         match may_read(conn, id, self.config.write_limit) {
             Reading::Allowed => {}
@@ -177,6 +333,15 @@ impl<S: Service> Reactor<S> {
             slot.state = lent.service;
         }
         outcome
+    }
+}
+
+/// Puts the states a read borrowed back into `id`'s slot (for `()` states, nothing).
+#[inline(always)]
+fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
+    if let Some(slot) = slot_mut(&mut hub.conns, id) {
+        slot.decode = lent.decode;
+        slot.state = lent.service;
     }
 }
 
@@ -289,8 +454,11 @@ impl<S: Service> Reader<'_, S> {
     fn dispatch_frames(&mut self, buf: &mut Buffer) -> Result<usize, FrameError> {
         let bytes = buf.readable();
         let before = self.lent.decode.clone();
-        let (complete, count, error) =
-            find_complete_frames(self.codec, &mut self.lent.decode, bytes);
+        let Scan {
+            complete,
+            count,
+            error,
+        } = self.codec.scan(&mut self.lent.decode, bytes);
         if count > 0 {
             self.hub.stats.frames_in += count as u64;
             let frames = Frames::new(&bytes[..complete], count, self.codec, before);
@@ -453,36 +621,6 @@ fn keep_tail<S: Service>(
             conn.frame_timer_armed = true;
             hub.timers
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
-        }
-    }
-}
-
-/// Walks the frame headers in `bytes`: how many bytes the complete frames use, how many
-/// there are, and the framing error that stopped the walk, if any.
-#[inline(always)]
-fn find_complete_frames<C: Codec>(
-    codec: &C,
-    state: &mut C::State,
-    bytes: &[u8],
-) -> (usize, usize, Option<FrameError>) {
-    let mut complete = 0;
-    let mut count = 0;
-    loop {
-        match codec.decode(state, &bytes[complete..]) {
-            Ok(Decode::Frame { consumed: 0, .. }) => {
-                // A codec that consumes nothing would make this loop spin for ever.
-                return (
-                    complete,
-                    count,
-                    Some(FrameError::Malformed("codec consumed no bytes")),
-                );
-            }
-            Ok(Decode::Frame { consumed, .. }) => {
-                complete += consumed;
-                count += 1;
-            }
-            Ok(Decode::Incomplete { .. }) => return (complete, count, None),
-            Err(e) => return (complete, count, Some(e)),
         }
     }
 }

@@ -389,3 +389,25 @@ proptest! {
         prop_assert_eq!(fast.decode(&mut (), &bytes), general.decode(&mut (), &bytes));
     }
 }
+
+proptest! {
+    /// The tight scan of the default format finds exactly the frames, the bytes and the
+    /// error that one decode per frame finds, however the frames and garbage lie.
+    #[test]
+    fn the_fast_scan_agrees_with_decoding_frame_by_frame(
+        frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..12),
+        tail in proptest::collection::vec(any::<u8>(), 0..10),
+        max in 0usize..24,
+    ) {
+        let mut wire = Vec::new();
+        for frame in &frames {
+            wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            wire.extend_from_slice(frame);
+        }
+        wire.extend_from_slice(&tail);
+        let codec = LengthCodec::new(max);
+        prop_assert!(codec.standard);
+        let by_decode = crate::frame::scan_by_decode(&codec, &mut (), &wire);
+        prop_assert_eq!(codec.scan(&mut (), &wire), by_decode);
+    }
+}
