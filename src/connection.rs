@@ -13,7 +13,7 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
-use crate::buffer::Buffer;
+use crate::buffer::LazyBuffer;
 use crate::frame::Codec;
 use crate::idle::{Linked, Links};
 use crate::outqueue::OutQueue;
@@ -296,8 +296,8 @@ pub(crate) struct Connection {
     /// Where it is in its life.
     pub state: ConnState,
     /// The tail of the input that did not make a whole frame yet. Empty, and owning no
-    /// memory, whenever the input ended on a frame boundary.
-    pub input: Buffer,
+    /// memory (one pointer), whenever the input ended on a frame boundary.
+    pub input: LazyBuffer,
     /// Output the socket has not taken yet.
     pub output: OutQueue,
     /// When bytes last moved in either direction (for the idle timeout).
@@ -354,7 +354,7 @@ impl Connection {
             endpoint,
             dialled: false,
             state: ConnState::Open,
-            input: Buffer::new(),
+            input: LazyBuffer::default(),
             output: OutQueue::default(),
             last_active: now,
             frame_started: NO_FRAME,

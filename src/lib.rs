@@ -83,7 +83,7 @@ pub mod stats;
 pub mod timer;
 mod udp;
 
-pub use buffer::{Buffer, BufferPool};
+pub use buffer::{Buffer, BufferPool, LazyBuffer};
 pub use config::{Config, ConfigError, MAX_DATAGRAM};
 pub use connection::{ConnId, PeerAddr};
 pub use context::{CloseMode, Context, SendError};

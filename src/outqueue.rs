@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
 
-use crate::buffer::{Buffer, BufferPool};
+use crate::buffer::{Buffer, BufferPool, LazyBuffer};
 
 /// Bytes already framed, shared by every connection they are queued on. Cloning is a
 /// reference-count increment.
@@ -72,30 +72,30 @@ struct SharedQueue {
 /// Output waiting for a connection's socket to accept it.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    /// Owned bytes not yet written, in order.
-    owned: Buffer,
+    /// Owned bytes not yet written, in order (no buffer at all while none wait).
+    owned: LazyBuffer,
     /// Shared frames interleaved with the owned bytes; `None` when there are none.
     shared: Option<Box<SharedQueue>>,
 }
 
 impl OutQueue {
     /// Bytes waiting to be written.
+    #[inline(always)]
     pub fn len(&self) -> usize {
         self.owned.len() + self.shared.as_ref().map_or(0, |s| s.bytes)
     }
 
     /// True when nothing waits.
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        // (Both parts own nothing whenever nothing waits.)
+        !self.owned.has_storage() && self.shared.is_none()
     }
 
-    /// The owned buffer, for a codec to append a frame to. Takes storage from `pool`
-    /// when the buffer owns none.
+    /// The owned buffer, for a codec to append a frame to. Takes a buffer from `pool`
+    /// when it holds none.
     pub fn owned_for_append(&mut self, pool: &mut BufferPool) -> &mut Buffer {
-        if self.owned.capacity() == 0 {
-            self.owned = pool.take();
-        }
-        &mut self.owned
+        self.owned.get_mut(pool)
     }
 
     /// Queues a shared frame after everything queued so far.
@@ -159,18 +159,17 @@ impl OutQueue {
     /// emptied owned buffer goes back to `pool`.
     pub fn advance(&mut self, n: usize, pool: &mut BufferPool) {
         debug_assert!(n <= self.len());
-        match &mut self.shared {
-            None => self.owned.consume(n),
-            Some(shared) => advance_interleaved(&mut self.owned, shared, n),
+        match (&mut self.shared, self.owned.as_mut()) {
+            (None, Some(owned)) => owned.consume(n),
+            (None, None) => {}
+            (Some(shared), owned) => advance_interleaved(owned, shared, n),
         }
         self.release_if_empty(pool);
     }
 
     /// Gives memory back once nothing is queued, so idle connections hold none.
     fn release_if_empty(&mut self, pool: &mut BufferPool) {
-        if self.owned.is_empty() && self.owned.capacity() > 0 {
-            pool.give_back(&mut self.owned);
-        }
+        self.owned.release_if_empty(pool);
         if self.shared.as_ref().is_some_and(|s| s.frames.is_empty()) {
             self.shared = None;
         }
@@ -178,13 +177,13 @@ impl OutQueue {
 }
 
 /// Consumes `n` bytes of owned bytes and shared frames, in wire order.
-fn advance_interleaved(owned: &mut Buffer, shared: &mut SharedQueue, mut n: usize) {
+fn advance_interleaved(mut owned: Option<&mut Buffer>, shared: &mut SharedQueue, mut n: usize) {
     while n > 0 {
         let owned_before_next = match shared.frames.front() {
             Some(queued) => (queued.mark - shared.owned_written) as usize,
-            None => owned.len(),
+            None => owned.as_ref().map_or(0, |o| o.len()),
         };
-        if owned_before_next > 0 {
+        if let (true, Some(owned)) = (owned_before_next > 0, owned.as_deref_mut()) {
             let taken = n.min(owned_before_next);
             owned.consume(taken);
             shared.owned_written += taken as u64;
@@ -266,7 +265,7 @@ mod tests {
         q.push_shared(SharedFrame::from_wire_bytes(b"S"));
         q.advance(6, &mut pool);
         assert!(q.is_empty());
-        assert_eq!(q.owned.capacity(), 0);
+        assert!(!q.owned.has_storage());
         assert!(q.shared.is_none());
         assert_eq!(pool.cached(), 1, "the owned storage is recycled");
     }

@@ -285,9 +285,8 @@ impl<S: Service> Reactor<S> {
             // Everything owed was written: say so with a FIN before the close.
             closing.stream.shutdown_write();
         }
-        if closing.input.capacity() > 0 {
-            closing.input.clear();
-            self.hub.pool.give_back(&mut closing.input);
+        if let Some(input) = closing.input.take() {
+            self.hub.pool.give_back(input);
         }
         drop(closing);
         self.hub.stats.active -= 1;

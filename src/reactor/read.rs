@@ -99,7 +99,7 @@ impl<S: Service> Reactor<S> {
         let plain = conn.state == ConnState::Open
             && !conn.read_paused
             && !conn.paused_by_service
-            && conn.input.capacity() == 0
+            && !conn.input.has_storage()
             && conn.output.is_empty();
         if !plain {
             return self.read_general(id, read_to_eof);
@@ -223,13 +223,7 @@ impl<S: Service> Reactor<S> {
                 );
             }
         }
-        keep_tail(
-            &mut self.hub,
-            id,
-            &mut self.scratch,
-            false,
-            frames_completed,
-        );
+        keep_tail(&mut self.hub, id, &mut self.scratch, frames_completed);
         give_back(&mut self.hub, id, lent);
         outcome
     }
@@ -259,20 +253,21 @@ impl<S: Service> Reactor<S> {
             Reading::Stopped => return ReadOutcome::Stopped,
         }
         let codec = self.endpoints.codec(conn.endpoint);
-        let held_nothing = conn.input.capacity() == 0;
-        let own_read = match conn.input.is_empty() {
-            true => None,
-            false => own_buffer_read(codec, &slot.decode, &conn.input),
+        let held_nothing = !conn.input.has_storage();
+        let own_read = match conn.input.get() {
+            Some(input) if !input.is_empty() => own_buffer_read(codec, &slot.decode, input),
+            _ => None,
         };
         let mut own_input = None;
-        let (buf, read) = match own_read {
-            Some(read) => (own_input.insert(std::mem::take(&mut conn.input)), read),
-            None => {
+        let (buf, read) = match (own_read, conn.input.take()) {
+            (Some(read), Some(input)) => (&mut **own_input.insert(input), read),
+            (_, input) => {
                 // Small tail (usually none): copy it in front of the new bytes so
                 // frames decode in one place.
                 self.scratch.clear();
-                if !conn.input.is_empty() {
-                    self.scratch.extend_from_slice(conn.input.readable());
+                if let Some(input) = input {
+                    self.scratch.extend_from_slice(input.readable());
+                    conn.input.put(input);
                 }
                 let read = ReadSize {
                     min: MIN_READ,
@@ -315,18 +310,12 @@ impl<S: Service> Reactor<S> {
                 );
             }
         }
-        if let Some(mut own_input) = own_input {
-            keep_tail(&mut self.hub, id, &mut own_input, true, frames_completed);
+        if let Some(own_input) = own_input {
+            keep_own_tail(&mut self.hub, id, own_input, frames_completed);
         } else if !(self.scratch.is_empty() && held_nothing) {
             // (The usual case skips this: the read ended on a frame boundary and the
             // connection held no partial frame before it.)
-            keep_tail(
-                &mut self.hub,
-                id,
-                &mut self.scratch,
-                false,
-                frames_completed,
-            );
+            keep_tail(&mut self.hub, id, &mut self.scratch, frames_completed);
         }
         if let Some(slot) = slot_mut(&mut self.hub.conns, id) {
             slot.decode = lent.decode;
@@ -577,44 +566,57 @@ enum ReadOutcome {
     Stopped,
 }
 
-/// Stores what is left of the input (`tail`) in the connection, or releases the
-/// connection's buffer when nothing is left, and arms the frame deadline when a new
-/// partial frame begins. With `direct` the tail *is* the connection's own buffer, moved
-/// back into it; otherwise it is the loop's shared buffer, which is left empty. After
+/// Stores what is left of the input (`tail`, the loop's shared buffer, which is left
+/// empty) in the connection, or releases the connection's buffer when nothing is
+/// left, and arms the frame deadline when a new partial frame begins. After
 /// `frames_completed`, any tail is the start of a new frame, with a deadline of its own.
-fn keep_tail<S: Service>(
+fn keep_tail<S: Service>(hub: &mut Hub<S>, id: ConnId, tail: &mut Buffer, frames_completed: bool) {
+    let Some(conn) = connection_mut(&mut hub.conns, id) else {
+        tail.clear();
+        return;
+    };
+    if let Some(held) = conn.input.as_mut() {
+        held.clear();
+    }
+    if !tail.is_empty() {
+        conn.input
+            .get_mut(&mut hub.pool)
+            .extend_from_slice(tail.readable());
+    }
+    tail.clear();
+    held_input_changed(hub, id, frames_completed);
+}
+
+/// Puts the connection's own buffer, read into directly, back into it (see
+/// [`keep_tail`]).
+fn keep_own_tail<S: Service>(
     hub: &mut Hub<S>,
     id: ConnId,
-    tail: &mut Buffer,
-    direct: bool,
+    own: Box<Buffer>,
     frames_completed: bool,
 ) {
+    let Some(conn) = connection_mut(&mut hub.conns, id) else {
+        hub.pool.give_back(own);
+        return;
+    };
+    conn.input.put(own);
+    held_input_changed(hub, id, frames_completed);
+}
+
+/// After the held input changed: release an emptied buffer, or time a new partial
+/// frame.
+fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed: bool) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
     let Some(conn) = connection_mut(&mut hub.conns, id) else {
-        tail.clear();
         return;
     };
     if frames_completed {
         conn.frame_started = NO_FRAME;
     }
-    if direct {
-        conn.input = std::mem::take(tail);
-    } else {
-        conn.input.clear();
-        if !tail.is_empty() {
-            if conn.input.capacity() == 0 {
-                conn.input = hub.pool.take();
-            }
-            conn.input.extend_from_slice(tail.readable());
-        }
-        tail.clear();
-    }
     if conn.input.is_empty() {
         conn.frame_started = NO_FRAME;
-        if conn.input.capacity() > 0 {
-            hub.pool.give_back(&mut conn.input);
-        }
+        conn.input.release_if_empty(&mut hub.pool);
     } else if conn.frame_started == NO_FRAME {
         conn.frame_started = now_millis;
         if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
