@@ -270,16 +270,27 @@ pub(crate) type Millis = u64;
 /// [`Connection::frame_started`] when no frame is partially received.
 pub(crate) const NO_FRAME: Millis = 0;
 
-/// A connection's own idle timeout, when a service set one (see
-/// [`crate::Context::set_idle_timeout`]); otherwise the reactor's applies.
+/// Which idle timeout applies to a connection, in 4 bytes: the reactor's (the shared
+/// idle list), its own (a service set one with [`crate::Context::set_idle_timeout`],
+/// checked by a timer of the connection's own), or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IdleRule {
-    /// The reactor's idle timeout (the shared idle list).
-    Reactor,
-    /// This many milliseconds, checked by a timer of the connection's own.
-    Own(u32),
+pub(crate) struct IdleRule(u32);
+
+impl IdleRule {
+    /// The reactor's idle timeout.
+    pub(crate) const REACTOR: IdleRule = IdleRule(0);
     /// Never idle.
-    Never,
+    pub(crate) const NEVER: IdleRule = IdleRule(u32::MAX);
+
+    /// A timeout of its own, in milliseconds (at least 1, at most `u32::MAX - 1`).
+    pub(crate) fn own(millis: u128) -> IdleRule {
+        IdleRule(millis.clamp(1, u128::from(u32::MAX - 1)) as u32)
+    }
+
+    /// The connection's own timeout in milliseconds, if it has one.
+    pub(crate) fn own_millis(self) -> Option<u32> {
+        (self != IdleRule::REACTOR && self != IdleRule::NEVER).then_some(self.0)
+    }
 }
 
 /// One connection's socket, buffers and bookkeeping, stored in the reactor's slab.
@@ -359,7 +370,7 @@ impl Connection {
             last_active: now,
             frame_started: NO_FRAME,
             idle: Links::default(),
-            idle_rule: IdleRule::Reactor,
+            idle_rule: IdleRule::REACTOR,
             idle_epoch: 0,
             read_paused: false,
             paused_by_service: false,

@@ -229,8 +229,8 @@ impl<S: Service> Hub<S> {
             return;
         };
         conn.idle_rule = match timeout {
-            None => IdleRule::Never,
-            Some(d) => IdleRule::Own(d.as_millis().clamp(1, u32::MAX as u128) as u32),
+            None => IdleRule::NEVER,
+            Some(d) => IdleRule::own(d.as_millis()),
         };
         conn.idle_epoch = conn.idle_epoch.wrapping_add(1);
         let (epoch, due) = (conn.idle_epoch, conn.last_active);
@@ -248,10 +248,10 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        if conn.idle_rule == IdleRule::Reactor {
+        if conn.idle_rule == IdleRule::REACTOR {
             return;
         }
-        conn.idle_rule = IdleRule::Reactor;
+        conn.idle_rule = IdleRule::REACTOR;
         conn.idle_epoch = conn.idle_epoch.wrapping_add(1);
         conn.last_active = now;
         if self.limits.idle_timeout_millis.is_some() && conn.is_open() {

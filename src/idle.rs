@@ -18,21 +18,28 @@ use slab::Slab;
 /// "No connection": the end of the list.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// A connection's place in the list.
+/// In `prev`: the connection is not in the list at all (no slab key is this large).
+const UNLINKED: u32 = u32::MAX - 1;
+
+/// A connection's place in the list: 8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Links {
+    /// The connection before it, [`NIL`] at the front, [`UNLINKED`] when not listed.
     prev: u32,
     next: u32,
-    /// Whether the connection is in the list at all.
-    linked: bool,
+}
+
+impl Links {
+    fn linked(&self) -> bool {
+        self.prev != UNLINKED
+    }
 }
 
 impl Default for Links {
     fn default() -> Self {
         Links {
-            prev: NIL,
+            prev: UNLINKED,
             next: NIL,
-            linked: false,
         }
     }
 }
@@ -77,7 +84,6 @@ impl IdleList {
         *slab[key].links() = Links {
             prev: old_tail,
             next: NIL,
-            linked: true,
         };
         if old_tail == NIL {
             self.head = key32;
@@ -89,10 +95,11 @@ impl IdleList {
 
     /// Takes `key` out of the list (no-op if it is not in it).
     pub(crate) fn unlink<T: Linked>(&mut self, slab: &mut Slab<T>, key: usize) {
-        let Links { prev, next, linked } = *slab[key].links();
-        if !linked {
+        let links = *slab[key].links();
+        if !links.linked() {
             return;
         }
+        let Links { prev, next } = links;
         match prev {
             NIL => self.head = next,
             prev => slab[prev as usize].links().next = next,
@@ -106,7 +113,7 @@ impl IdleList {
 
     /// Moves `key` to the back, if it is in the list.
     pub(crate) fn touch<T: Linked>(&mut self, slab: &mut Slab<T>, key: usize) {
-        if self.tail == key as u32 || !slab[key].links().linked {
+        if self.tail == key as u32 || !slab[key].links().linked() {
             return;
         }
         self.unlink(slab, key);

@@ -123,7 +123,7 @@ impl<S: Service> Hub<S> {
         let applies = self.limits.idle_timeout_millis.is_some()
             && self
                 .conn(id)
-                .is_some_and(|c| c.idle_rule == IdleRule::Reactor);
+                .is_some_and(|c| c.idle_rule == IdleRule::REACTOR);
         if applies {
             self.idle.push_back(&mut self.conns, id.index());
         }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, IdleRule, Millis, NO_FRAME};
+use crate::connection::{ConnId, Millis, NO_FRAME};
 use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
@@ -131,7 +131,7 @@ impl<S: Service> Reactor<S> {
         let Some(conn) = self.hub.conn(id) else {
             return;
         };
-        let IdleRule::Own(timeout) = conn.idle_rule else {
+        let Some(timeout) = conn.idle_rule.own_millis() else {
             return;
         };
         if conn.idle_epoch != epoch {
