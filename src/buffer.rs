@@ -50,6 +50,17 @@ impl Buffer {
         }
     }
 
+    /// An empty buffer with room for `capacity` bytes, zeroed by the allocator: a
+    /// large one gets fresh pages from the system, which cost memory only once they are
+    /// written, so the loop's 272 KiB read buffer costs what reads actually fill.
+    pub fn with_zeroed_capacity(capacity: usize) -> Self {
+        Buffer {
+            data: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
     /// An empty buffer that reuses `storage` (its contents are ignored).
     pub fn from_storage(mut storage: Vec<u8>) -> Self {
         // Keep the storage fully initialised so the spare region can be handed to read().
@@ -321,6 +332,18 @@ impl Default for BufferPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zeroed_buffer_offers_its_whole_capacity_for_reads() {
+        let mut buf = Buffer::with_zeroed_capacity(300 * 1024);
+        assert!(buf.is_empty());
+        let spare = buf.spare_mut(1);
+        assert_eq!(spare.len(), 300 * 1024);
+        assert!(spare.iter().all(|&b| b == 0));
+        spare[..3].copy_from_slice(b"abc");
+        buf.commit(3);
+        assert_eq!(buf.readable(), b"abc");
+    }
 
     #[test]
     fn new_buffer_owns_nothing() {

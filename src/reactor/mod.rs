@@ -174,9 +174,9 @@ impl<S: Service> Reactor<S> {
             listeners: Vec::new(),
             watched: Vec::new(),
             service,
-            scratch: Buffer::from_storage(Vec::with_capacity(read::shared_buffer_size(
+            scratch: Buffer::with_zeroed_capacity(read::shared_buffer_size(
                 config.read_buffer_size,
-            ))),
+            )),
             bound: Vec::new(),
             shared: Arc::new(Shared {
                 stop: AtomicBool::new(false),
