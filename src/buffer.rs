@@ -156,6 +156,7 @@ impl Buffer {
     }
 
     /// Appends `bytes` to the readable region.
+    #[inline]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let spare = self.spare_mut(bytes.len());
         spare[..bytes.len()].copy_from_slice(bytes);

@@ -219,6 +219,45 @@ impl LengthCodec {
         self.max_payload
     }
 
+    /// Appends the header of a `payload_len`-byte payload that the caller appends
+    /// right after it, for an encoder that builds payloads in place (one copy fewer).
+    /// Only for formats whose header holds nothing but the length (no offset,
+    /// [`Payload::Body`]); others answer [`FrameError::Malformed`].
+    ///
+    /// ```
+    /// use switchboard::{Buffer, LengthCodec};
+    /// let mut out = Buffer::new();
+    /// LengthCodec::new(1024).encode_header(2, &mut out).unwrap();
+    /// out.extend_from_slice(b"hi");
+    /// assert_eq!(out.readable(), &[0, 0, 0, 2, b'h', b'i']);
+    /// ```
+    #[inline]
+    pub fn encode_header(&self, payload_len: usize, out: &mut Buffer) -> Result<(), FrameError> {
+        if payload_len > self.max_payload {
+            return Err(FrameError::TooLarge {
+                len: payload_len as u64,
+                max: self.max_payload,
+            });
+        }
+        if self.standard {
+            // `max_payload` is at most u32::MAX for the standard format.
+            out.extend_from_slice(&(payload_len as u32).to_be_bytes());
+            return Ok(());
+        }
+        if self.offset > 0 || self.payload != Payload::Body {
+            return Err(FrameError::Malformed(
+                "the header holds more than the length",
+            ));
+        }
+        let value = match self.covers {
+            LengthCovers::Body => payload_len,
+            LengthCovers::WholeFrame => self.header_len() + payload_len,
+        };
+        let field = field_bytes(value as u64, self.width, self.endian);
+        out.extend_from_slice(&field[..self.width]);
+        Ok(())
+    }
+
     /// Bytes of header: the offset plus the length field.
     ///
     /// ```
@@ -370,6 +409,11 @@ impl Codec for LengthCodec {
     }
 
     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
+        if self.standard {
+            self.encode_header(payload.len(), out)?;
+            out.extend_from_slice(payload);
+            return Ok(());
+        }
         if payload.len() > self.max_payload {
             return Err(FrameError::TooLarge {
                 len: payload.len() as u64,

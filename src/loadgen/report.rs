@@ -73,13 +73,19 @@ impl Recorder {
     /// A correct reply of `bytes` payload bytes that took `latency`.
     #[inline]
     pub fn reply(&mut self, bytes: usize, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.reply_ns(bytes, ns);
+    }
+
+    /// [`Recorder::reply`] with the latency in nanoseconds.
+    #[inline]
+    pub fn reply_ns(&mut self, bytes: usize, latency_ns: u64) {
         self.messages_total += 1;
         if self.measuring {
             self.messages += 1;
             self.bytes += bytes as u64;
-            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
             self.histogram
-                .saturating_record(ns.clamp(1, MAX_LATENCY_NS));
+                .saturating_record(latency_ns.clamp(1, MAX_LATENCY_NS));
         }
     }
 

@@ -14,15 +14,16 @@ use super::pace::Gate;
 use super::report::Recorder;
 use super::wire::{LoadCodec, Pattern};
 use super::Options;
-use crate::{Buffer, CloseMode, CloseReason, Codec, ConnId, Context, Frames};
+use crate::{Buffer, CloseMode, CloseReason, ConnId, Context, Frames};
 
 /// One connection's bookkeeping.
 #[derive(Debug)]
 pub struct StreamLine {
     /// Its number among the workload's connections (the payload pattern depends on it).
     index: usize,
-    /// When each in-flight message was sent, at `seq % depth`.
-    sent_at: Box<[Instant]>,
+    /// When each in-flight message was sent (nanoseconds since the workload's epoch),
+    /// at `seq % depth`.
+    sent_at: Box<[u64]>,
     /// Sequence number of the next message to send.
     next_send: u64,
     /// Sequence number of the next reply expected.
@@ -50,9 +51,11 @@ pub struct StreamWork {
     never_answered: u64,
     /// Connections up and not closed.
     open: usize,
-    /// One message's payload, then the batch of encoded messages for one send.
-    payload: Vec<u8>,
+    /// The batch of encoded messages for one send.
     batch: Buffer,
+    /// The clock send and reply times count from (nanoseconds: a subtraction per
+    /// reply, not a `Duration`).
+    epoch: Instant,
 }
 
 impl StreamWork {
@@ -67,8 +70,8 @@ impl StreamWork {
             outstanding: 0,
             never_answered: 0,
             open: 0,
-            payload: Vec::with_capacity(options.size),
             batch: Buffer::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -76,7 +79,7 @@ impl StreamWork {
     pub fn line(&self, index: usize) -> StreamLine {
         StreamLine {
             index,
-            sent_at: vec![Instant::now(); self.depth].into_boxed_slice(),
+            sent_at: vec![0; self.depth].into_boxed_slice(),
             next_send: 0,
             next_reply: 0,
         }
@@ -89,18 +92,19 @@ impl StreamWork {
     }
 
     /// Encodes one more message for `line` into the batch, if the gate allows.
-    fn issue(&mut self, line: &mut StreamLine, now: Instant) -> bool {
+    fn issue(&mut self, line: &mut StreamLine, now_ns: u64) -> bool {
         if line.in_flight() >= self.depth as u64 || !self.gate.take() {
             return false;
         }
         let seq = line.next_send;
-        self.payload.clear();
-        self.pattern.append(line.index, seq, &mut self.payload);
-        if self.codec.encode(&self.payload, &mut self.batch).is_err() {
+        let framed = self
+            .pattern
+            .append_framed(&self.codec, line.index, seq, &mut self.batch);
+        if framed.is_err() {
             self.gate.refund();
             return false;
         }
-        line.sent_at[(seq % self.depth as u64) as usize] = now;
+        line.sent_at[(seq % self.depth as u64) as usize] = now_ns;
         line.next_send += 1;
         self.outstanding += 1;
         true
@@ -108,9 +112,9 @@ impl StreamWork {
 
     /// Closed loop: refills `line` to `depth` messages in flight; returns how many
     /// messages the batch holds.
-    fn top_up(&mut self, line: &mut StreamLine, now: Instant) -> u64 {
+    fn top_up(&mut self, line: &mut StreamLine, now_ns: u64) -> u64 {
         let mut issued = 0;
-        while self.issue(line, now) {
+        while self.issue(line, now_ns) {
             issued += 1;
         }
         issued
@@ -131,12 +135,13 @@ impl StreamWork {
         if !self.gate.closed_loop() {
             return;
         }
+        let now_ns = self.nanos(now);
         for i in 0..self.conns.len() {
             let Some(conn) = self.conns[i] else {
                 continue;
             };
             let count = match ctx.state_mut(conn) {
-                Some(Line::Stream(line)) => self.top_up(line, now),
+                Some(Line::Stream(line)) => self.top_up(line, now_ns),
                 _ => continue,
             };
             self.send_batch(ctx, conn, count);
@@ -154,6 +159,7 @@ impl StreamWork {
         rec: &mut Recorder,
     ) {
         let size = self.pattern.size();
+        let now_ns = self.nanos(now);
         for payload in frames.payloads() {
             let i = line.index;
             if payload.len() != size {
@@ -169,7 +175,7 @@ impl StreamWork {
             let seq = line.next_reply;
             if self.pattern.matches(i, seq, payload) {
                 let sent = line.sent_at[(seq % self.depth as u64) as usize];
-                rec.reply(size, now.saturating_duration_since(sent));
+                rec.reply_ns(size, now_ns.saturating_sub(sent));
             } else {
                 let got = Pattern::seq_of(payload);
                 rec.mismatch(|| {
@@ -180,9 +186,14 @@ impl StreamWork {
             self.outstanding -= 1;
         }
         if self.gate.closed_loop() {
-            let count = self.top_up(line, now);
+            let count = self.top_up(line, now_ns);
             self.send_batch(ctx, conn, count);
         }
+    }
+
+    /// `at` as nanoseconds since the workload's epoch.
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     /// A connection closed: unless the run is ending, that is a fault.
@@ -214,12 +225,13 @@ impl StreamWork {
         _rec: &mut Recorder,
     ) -> Option<Instant> {
         let n = self.conns.len() as u64;
+        let now_ns = self.nanos(now);
         for k in self.gate.due(now) {
             let Some(conn) = self.conns[(k % n) as usize] else {
                 continue;
             };
             let count = match ctx.state_mut(conn) {
-                Some(Line::Stream(line)) => u64::from(self.issue(line, now)),
+                Some(Line::Stream(line)) => u64::from(self.issue(line, now_ns)),
                 _ => continue,
             };
             self.send_batch(ctx, conn, count);

@@ -56,6 +56,26 @@ impl Pattern {
         out.extend_from_slice(self.body(conn, seq));
     }
 
+    /// Appends message `seq` on `conn`, framed by `codec`, to `out`: its header, then
+    /// its payload built in place (no copy through a payload buffer).
+    pub fn append_framed(
+        &self,
+        codec: &LoadCodec,
+        conn: usize,
+        seq: u64,
+        out: &mut Buffer,
+    ) -> Result<(), FrameError> {
+        if let LoadCodec::Length(codec) = codec {
+            codec.encode_header(self.size, out)?;
+        }
+        // Written straight into the buffer's spare room: one bounds check, two copies.
+        let payload = &mut out.spare_mut(self.size)[..self.size];
+        payload[..8].copy_from_slice(&seq.to_le_bytes());
+        payload[8..].copy_from_slice(self.body(conn, seq));
+        out.commit(self.size);
+        Ok(())
+    }
+
     /// The sequence number a payload claims, if it is long enough to have one.
     pub fn seq_of(payload: &[u8]) -> Option<u64> {
         let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;

@@ -411,3 +411,39 @@ proptest! {
         prop_assert_eq!(codec.scan(&mut (), &wire), by_decode);
     }
 }
+
+#[test]
+fn a_header_encoded_alone_is_the_header_encode_writes() {
+    let codecs = [
+        LengthCodec::new(1000),
+        build(
+            LengthCodec::builder()
+                .length_width(2)
+                .endian(Endian::Little),
+        ),
+        build(LengthCodec::builder().length_width(8)),
+        build(LengthCodec::builder().length_covers(LengthCovers::WholeFrame)),
+    ];
+    for codec in &codecs {
+        for len in [0, 1, 255, 256, 999] {
+            let payload = vec![7u8; len];
+            let mut by_parts = Buffer::new();
+            codec.encode_header(len, &mut by_parts).unwrap();
+            by_parts.extend_from_slice(&payload);
+            assert_eq!(
+                by_parts.readable(),
+                &frame_of(codec, &payload)[..],
+                "{codec:?} {len}"
+            );
+        }
+    }
+    let offset = build(
+        LengthCodec::builder()
+            .length_offset(1)
+            .payload(Payload::WholeFrame),
+    );
+    assert!(offset.encode_header(3, &mut Buffer::new()).is_err());
+    assert!(LengthCodec::new(4)
+        .encode_header(5, &mut Buffer::new())
+        .is_err());
+}
