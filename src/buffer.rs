@@ -52,7 +52,7 @@ impl Buffer {
 
     /// An empty buffer with room for `capacity` bytes, zeroed by the allocator: a
     /// large one gets fresh pages from the system, which cost memory only once they are
-    /// written, so the loop's 272 KiB read buffer costs what reads actually fill.
+    /// written, so the loop's half-megabyte read buffer costs what reads actually fill.
     pub fn with_zeroed_capacity(capacity: usize) -> Self {
         Buffer {
             data: vec![0; capacity],

@@ -57,7 +57,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Reads done for one connection per turn of the loop before others get a turn.
     pub read_budget: usize,
-    /// Size of the loop's shared read buffer, and so of the largest single read.
+    /// The largest single read (the loop's shared buffer is a little over twice this).
+    /// The default, 256 KiB, takes a pipeline of four 64 KiB frames in one read, so
+    /// their echo leaves in one write; the memory costs only what reads fill.
     pub read_buffer_size: usize,
 }
 
@@ -79,7 +81,7 @@ impl Default for Config {
             stats_interval: None,
             shutdown_grace: Duration::from_secs(5),
             read_budget: 8,
-            read_buffer_size: 128 * 1024,
+            read_buffer_size: 256 * 1024,
         }
     }
 }
