@@ -330,3 +330,32 @@ fn stats_interval_logs_the_counters_periodically() {
     let (code, _) = server.wait(IO_TIMEOUT);
     assert_eq!(code, Some(0), "{}", log.finish());
 }
+
+/// `--trace` tells a learner why each read stopped: a short read that drained the
+/// socket (and why no read to `WouldBlock` follows), or the peer's EOF.
+#[test]
+fn trace_says_why_each_read_stopped() {
+    let port = free_port();
+    let mut server = tcp_echo(port, &["--trace"]);
+    let log = StderrLog::capture(&mut server);
+    let mut client = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut client, b"why did you stop?").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"why did you stop?");
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut client, &mut rest).unwrap();
+    log.wait_for("the EOF's trace", IO_TIMEOUT, |log| {
+        log.contains("read EOF")
+    });
+    let text = log.text();
+    assert!(
+        text.contains("read 21 of") && text.contains("a short read, so the socket is drained"),
+        "{text}"
+    );
+    assert!(text.contains("no read to WouldBlock needed"), "{text}");
+    assert!(
+        text.contains("read EOF: the peer closed its side"),
+        "{text}"
+    );
+    assert!(text.contains("poll: timeout"), "{text}");
+}
