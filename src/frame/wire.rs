@@ -29,6 +29,38 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out.readable().to_vec()
 }
 
+/// The 4-byte header announcing a `len`-byte payload, alone: for a peer that streams
+/// the payload itself, and for tests that announce what they never send.
+///
+/// ```
+/// assert_eq!(switchboard::frame::wire::header(258), [0, 0, 1, 2]);
+/// ```
+pub fn header(len: u32) -> [u8; 4] {
+    let mut out = Buffer::new();
+    codec()
+        .encode_header(len as usize, &mut out)
+        .expect("any u32 length fits the 4-byte field");
+    let mut header = [0u8; 4];
+    header.copy_from_slice(out.readable());
+    header
+}
+
+/// The payload length a 4-byte header announces.
+///
+/// ```
+/// use switchboard::frame::wire;
+/// assert_eq!(wire::announced(wire::header(70_000)), 70_000);
+/// ```
+pub fn announced(header: [u8; 4]) -> u32 {
+    match codec().decode(&mut (), &header) {
+        Ok(Decode::Incomplete {
+            frame_len: Some(len),
+        }) => (len - header.len()) as u32,
+        // Only a zero-length frame is whole with its header alone.
+        _ => 0,
+    }
+}
+
 /// Sends one frame.
 pub fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     stream.write_all(&frame(payload))
