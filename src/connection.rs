@@ -302,8 +302,6 @@ pub(crate) struct Connection {
     pub generation: u32,
     /// The endpoint it was accepted on or dialled through: which codec frames it.
     pub endpoint: u16,
-    /// Dialled by the service (rather than accepted).
-    pub dialled: bool,
     /// Where it is in its life.
     pub state: ConnState,
     /// The tail of the input that did not make a whole frame yet. Empty, and owning no
@@ -323,38 +321,79 @@ pub(crate) struct Connection {
     /// Advanced whenever `idle_rule` changes, so a timer armed for an earlier rule
     /// knows it is stale.
     pub idle_epoch: u8,
+    /// The yes-or-no facts about it, one bit each (see [`Flag`]).
+    pub flags: Flags,
+    /// While lingering: how many quiet windows have been extended by arriving input.
+    pub linger_rounds: u8,
+}
+
+/// One yes-or-no fact about a connection: a bit of its [`Flags`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub(crate) enum Flag {
+    /// Dialled by the service (rather than accepted).
+    Dialled = 1 << 0,
     /// Reading stopped because `output` passed the write limit (backpressure).
-    pub read_paused: bool,
+    ReadPaused = 1 << 1,
     /// Reading stopped because the service asked ([`crate::Context::pause_reading`]).
-    pub paused_by_service: bool,
+    PausedByService = 1 << 2,
     /// Output over the write limit does not pause reading this connection: the service
     /// paces what feeds it ([`crate::Context::keep_reading_when_congested`]).
-    pub reads_ignore_congestion: bool,
+    ReadsIgnoreCongestion = 1 << 3,
     /// A readable event came while paused, so there may be input to read on resuming.
-    pub read_pending: bool,
+    ReadPending = 1 << 4,
     /// An event reported the peer's FIN. Reads resumed later (after a pause, or when
     /// the read budget ran out) read on to EOF though no new event will say so: the
     /// FIN's edge has come and gone.
-    pub fin_reported: bool,
+    FinReported = 1 << 5,
     /// `output` passed the write limit: the service hears `on_drained` once it is
     /// back under the low-water mark.
-    pub congested: bool,
+    Congested = 1 << 6,
     /// WRITABLE interest is registered (while output waits for room, or a connect is
     /// in flight).
-    pub writable_armed: bool,
+    WritableArmed = 1 << 7,
     /// Listed in the reactor's ready-again list (work left over from a previous turn).
-    pub queued_again: bool,
+    QueuedAgain = 1 << 8,
     /// Listed in the hub's list of connections with output to flush this turn.
-    pub queued_flush: bool,
+    QueuedFlush = 1 << 9,
     /// A frame-deadline timer entry exists for this connection.
-    pub frame_timer_armed: bool,
+    FrameTimerArmed = 1 << 10,
     /// While lingering: input arrived during the current quiet window.
-    pub peer_still_sending: bool,
-    /// While lingering: how many quiet windows have been extended by arriving input.
-    pub linger_rounds: u8,
+    PeerStillSending = 1 << 11,
     /// The service shut our side while the connect was in flight: sending is refused,
     /// and the FIN follows the connect and whatever was queued before it.
-    pub shut_once_connected: bool,
+    ShutOnceConnected = 1 << 12,
+}
+
+/// A connection's [`Flag`]s in two bytes (thirteen `bool`s took thirteen, and every
+/// idle connection pays for each byte).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flags(u16);
+
+impl Flags {
+    /// Whether `flag` is set.
+    #[inline(always)]
+    pub(crate) fn get(self, flag: Flag) -> bool {
+        self.0 & flag as u16 != 0
+    }
+
+    /// Sets `flag` to `on`.
+    #[inline(always)]
+    pub(crate) fn set(&mut self, flag: Flag, on: bool) {
+        if on {
+            self.0 |= flag as u16;
+        } else {
+            self.0 &= !(flag as u16);
+        }
+    }
+
+    /// Clears `flag`, saying whether it was set.
+    #[inline(always)]
+    pub(crate) fn take(&mut self, flag: Flag) -> bool {
+        let was = self.get(flag);
+        self.set(flag, false);
+        was
+    }
 }
 
 impl Connection {
@@ -363,7 +402,6 @@ impl Connection {
             stream,
             generation,
             endpoint,
-            dialled: false,
             state: ConnState::Open,
             input: LazyBuffer::default(),
             output: OutQueue::default(),
@@ -372,19 +410,8 @@ impl Connection {
             idle: Links::default(),
             idle_rule: IdleRule::REACTOR,
             idle_epoch: 0,
-            read_paused: false,
-            paused_by_service: false,
-            reads_ignore_congestion: false,
-            read_pending: false,
-            fin_reported: false,
-            congested: false,
-            writable_armed: false,
-            queued_again: false,
-            queued_flush: false,
-            frame_timer_armed: false,
-            peer_still_sending: false,
+            flags: Flags::default(),
             linger_rounds: 0,
-            shut_once_connected: false,
         }
     }
 
@@ -392,7 +419,7 @@ impl Connection {
     /// not shut its side while connecting.
     #[inline(always)]
     pub(crate) fn may_send(&self) -> bool {
-        self.state.may_send() && !self.shut_once_connected
+        self.state.may_send() && !self.flags.get(Flag::ShutOnceConnected)
     }
 
     /// Open for the service: not closing, not closed (it may be connecting, or
@@ -455,10 +482,22 @@ mod tests {
     fn an_idle_connection_is_small() {
         // Every idle connection costs this much user-space memory (plus its slab slot).
         assert!(
-            std::mem::size_of::<Connection>() <= 160,
+            std::mem::size_of::<Connection>() <= 80,
             "{}",
             std::mem::size_of::<Connection>()
         );
+    }
+
+    #[test]
+    fn each_flag_is_its_own_bit() {
+        let mut flags = Flags::default();
+        flags.set(Flag::ReadPaused, true);
+        flags.set(Flag::ShutOnceConnected, true);
+        assert!(flags.get(Flag::ReadPaused) && flags.get(Flag::ShutOnceConnected));
+        assert!(!flags.get(Flag::Congested) && !flags.get(Flag::Dialled));
+        assert!(flags.take(Flag::ReadPaused));
+        assert!(!flags.take(Flag::ReadPaused), "taken");
+        assert!(flags.get(Flag::ShutOnceConnected));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use mio::{Registry, Token};
 use slab::Slab;
 
 use crate::buffer::{Buffer, BufferPool};
-use crate::connection::{ConnId, Connection, IdleRule, Millis, Slot};
+use crate::connection::{ConnId, Connection, Flag, IdleRule, Millis, Slot};
 use crate::idle::IdleList;
 use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
@@ -265,17 +265,17 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        if conn.paused_by_service == paused {
+        if conn.flags.get(Flag::PausedByService) == paused {
             return;
         }
-        conn.paused_by_service = paused;
+        conn.flags.set(Flag::PausedByService, paused);
         log::trace!(
             "{id}: reading {} by the service",
             if paused { "paused" } else { "resumed" }
         );
-        if !paused && !conn.read_paused {
+        if !paused && !conn.flags.get(Flag::ReadPaused) {
             conn.restart_frame_clock(now);
-            if std::mem::take(&mut conn.read_pending) {
+            if conn.flags.take(Flag::ReadPending) {
                 self.list_ready_again(id);
             }
         }
@@ -288,10 +288,10 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        conn.reads_ignore_congestion = true;
-        if std::mem::take(&mut conn.read_paused)
-            && !conn.paused_by_service
-            && std::mem::take(&mut conn.read_pending)
+        conn.flags.set(Flag::ReadsIgnoreCongestion, true);
+        if conn.flags.take(Flag::ReadPaused)
+            && !conn.flags.get(Flag::PausedByService)
+            && conn.flags.take(Flag::ReadPending)
         {
             self.list_ready_again(id);
         }
@@ -356,8 +356,8 @@ impl<S: Service> Hub<S> {
     /// Puts a connection on the flush list once.
     pub(crate) fn list_for_flush(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id) {
-            if !conn.queued_flush {
-                conn.queued_flush = true;
+            if !conn.flags.get(Flag::QueuedFlush) {
+                conn.flags.set(Flag::QueuedFlush, true);
                 self.to_flush.push(id);
             }
         }
@@ -366,8 +366,8 @@ impl<S: Service> Hub<S> {
     /// Puts a connection on the ready-again list once.
     pub(crate) fn list_ready_again(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id) {
-            if !conn.queued_again {
-                conn.queued_again = true;
+            if !conn.flags.get(Flag::QueuedAgain) {
+                conn.flags.set(Flag::QueuedAgain, true);
                 self.ready_again.push(id.token());
             }
         }

@@ -41,7 +41,7 @@ use mio::Interest;
 
 use super::write::set_writable_interest;
 use super::Reactor;
-use crate::connection::{ConnId, ConnState, Connection, IdleRule, Slot, Stream};
+use crate::connection::{ConnId, ConnState, Connection, Flag, IdleRule, Slot, Stream};
 use crate::context::Context;
 use crate::endpoint::{start_connect, Dial, DialError, EndpointId, Endpoints};
 use crate::hub::{connection_mut, Hub, TimerEvent, LINGER_QUIET, LINGER_ROUNDS};
@@ -72,8 +72,8 @@ impl<S: Service> Hub<S> {
         let mut conn = Connection::new(stream, generation, endpoint.0, now);
         if connecting {
             conn.state = ConnState::Connecting;
-            conn.dialled = true;
-            conn.writable_armed = true;
+            conn.flags.set(Flag::Dialled, true);
+            conn.flags.set(Flag::WritableArmed, true);
         }
         entry.insert(Slot {
             conn,
@@ -166,7 +166,7 @@ impl<S: Service> Hub<S> {
             // Both sides done: close once the output is written.
             ConnState::PeerClosed => self.close_after_flush(id, CloseReason::PeerClosed),
             // Not up yet: the FIN follows the connect and what was queued for it.
-            ConnState::Connecting => conn.shut_once_connected = true,
+            ConnState::Connecting => conn.flags.set(Flag::ShutOnceConnected, true),
             ConnState::WriteShut { .. } | ConnState::Draining(_) | ConnState::Lingering(_) => {}
         }
     }
@@ -201,7 +201,7 @@ impl<S: Service> Hub<S> {
         }
         conn.stream.shutdown_write();
         conn.state = ConnState::Lingering(reason);
-        conn.peer_still_sending = false;
+        conn.flags.set(Flag::PeerStillSending, false);
         conn.linger_rounds = 0;
         log::trace!("{id}: output flushed, FIN sent; lingering until the peer closes");
         self.timers
@@ -244,7 +244,7 @@ impl<S: Service> Reactor<S> {
                 self.carry_out_requests();
             }
             Ok(true) => {
-                let shut = conn.shut_once_connected;
+                let shut = conn.flags.get(Flag::ShutOnceConnected);
                 conn.state = match shut {
                     true => ConnState::WriteShut { fin_sent: false },
                     false => ConnState::Open,
@@ -318,8 +318,8 @@ impl<S: Service> Reactor<S> {
         let ConnState::Lingering(reason) = conn.state else {
             return;
         };
-        if conn.peer_still_sending && conn.linger_rounds < LINGER_ROUNDS {
-            conn.peer_still_sending = false;
+        if conn.flags.get(Flag::PeerStillSending) && conn.linger_rounds < LINGER_ROUNDS {
+            conn.flags.set(Flag::PeerStillSending, false);
             conn.linger_rounds += 1;
             let at = now + LINGER_QUIET;
             self.hub.timers.insert(at, TimerEvent::LingerDeadline(id));
@@ -382,18 +382,18 @@ pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) ->
             return Reading::Stopped
         }
     }
-    if conn.read_paused || conn.paused_by_service {
-        conn.read_pending = true;
+    if conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService) {
+        conn.flags.set(Flag::ReadPending, true);
         return Reading::Stopped;
     }
-    if conn.output.len() > write_limit && !conn.reads_ignore_congestion {
+    if conn.output.len() > write_limit && !conn.flags.get(Flag::ReadsIgnoreCongestion) {
         log::debug!(
             "{id}: {} bytes queued, over the write limit: pausing reads",
             conn.output.len()
         );
-        conn.read_paused = true;
-        conn.congested = true;
-        conn.read_pending = true;
+        conn.flags.set(Flag::ReadPaused, true);
+        conn.flags.set(Flag::Congested, true);
+        conn.flags.set(Flag::ReadPending, true);
         return Reading::Stopped;
     }
     Reading::Allowed

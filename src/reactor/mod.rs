@@ -37,7 +37,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
-use crate::connection::{ConnId, ConnState, Millis};
+use crate::connection::{ConnId, ConnState, Flag, Millis};
 use crate::context::Context;
 use crate::endpoint::{
     bind_tcp, bind_udp, bind_unix, BoundAddr, Dial, DialError, EndpointId, EndpointKind, Endpoints,
@@ -568,7 +568,7 @@ impl<S: Service> Reactor<S> {
         if readable {
             if read_closed {
                 if let Some(conn) = self.hub.conn_mut(id) {
-                    conn.fin_reported = true;
+                    conn.flags.set(Flag::FinReported, true);
                 }
             }
             self.read_connection(id, read_closed);
@@ -648,11 +648,15 @@ impl<S: Service> Reactor<S> {
             if let Some((id, reason)) = self.hub.to_close.pop() {
                 self.close_connection(id, reason);
             } else if let Some(id) = self.hub.to_flush.pop() {
-                if self.hub.conn(id).is_some_and(|c| c.writable_armed) {
+                if self
+                    .hub
+                    .conn(id)
+                    .is_some_and(|c| c.flags.get(Flag::WritableArmed))
+                {
                     // The socket is full and WRITABLE is armed: a write now would only
                     // hear WouldBlock; the writable event will flush.
                     if let Some(conn) = self.hub.conn_mut(id) {
-                        conn.queued_flush = false;
+                        conn.flags.set(Flag::QueuedFlush, false);
                     }
                     continue;
                 }
@@ -685,8 +689,8 @@ impl<S: Service> Reactor<S> {
                 let Some(conn) = self.hub.conn_mut(id) else {
                     continue;
                 };
-                conn.queued_again = false;
-                let read_to_eof = conn.fin_reported;
+                conn.flags.set(Flag::QueuedAgain, false);
+                let read_to_eof = conn.flags.get(Flag::FinReported);
                 self.read_connection(id, read_to_eof);
             } else if token == WAKER {
                 self.woken();

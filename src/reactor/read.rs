@@ -18,7 +18,7 @@ use std::io;
 use super::lifecycle::{may_read, peer_closed, Reading};
 use super::Reactor;
 use crate::buffer::Buffer;
-use crate::connection::{ConnId, ConnState, Slot, NO_FRAME};
+use crate::connection::{ConnId, ConnState, Flag, Slot, NO_FRAME};
 use crate::context::Context;
 use crate::endpoint::Endpoints;
 use crate::frame::{Codec, Decode, FrameError, Scan};
@@ -65,7 +65,7 @@ impl<S: Service> Reactor<S> {
                 Ok(0) => {}
                 Ok(n) => {
                     log::trace!("{id}: lingering: discarded {n} bytes");
-                    conn.peer_still_sending = true;
+                    conn.flags.set(Flag::PeerStillSending, true);
                     continue;
                 }
                 // Wait for the peer's close, or the end of the quiet window.
@@ -97,8 +97,8 @@ impl<S: Service> Reactor<S> {
         };
         let conn = &mut slot.conn;
         let plain = conn.state == ConnState::Open
-            && !conn.read_paused
-            && !conn.paused_by_service
+            && !conn.flags.get(Flag::ReadPaused)
+            && !conn.flags.get(Flag::PausedByService)
             && !conn.input.has_storage()
             && conn.output.is_empty();
         if !plain {
@@ -619,8 +619,8 @@ fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed
         conn.input.release_if_empty(&mut hub.pool);
     } else if conn.frame_started == NO_FRAME {
         conn.frame_started = now_millis;
-        if let (Some(timeout), false) = (frame_timeout, conn.frame_timer_armed) {
-            conn.frame_timer_armed = true;
+        if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
+            conn.flags.set(Flag::FrameTimerArmed, true);
             hub.timers
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
         }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, Millis, NO_FRAME};
+use crate::connection::{ConnId, Flag, Millis, NO_FRAME};
 use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
@@ -160,14 +160,14 @@ impl<S: Service> Reactor<S> {
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
         };
-        conn.frame_timer_armed = false;
+        conn.flags.set(Flag::FrameTimerArmed, false);
         if conn.frame_started == NO_FRAME {
             return;
         }
-        if conn.read_paused || conn.paused_by_service {
+        if conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService) {
             // We are not reading, so the peer cannot finish its frame: look again
             // later. The frame's time starts over when reading resumes.
-            conn.frame_timer_armed = true;
+            conn.flags.set(Flag::FrameTimerArmed, true);
             self.hub
                 .timers
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
@@ -178,7 +178,7 @@ impl<S: Service> Reactor<S> {
             );
             self.hub.request_close(id, CloseReason::FrameTimeout);
         } else {
-            conn.frame_timer_armed = true;
+            conn.flags.set(Flag::FrameTimerArmed, true);
             self.hub
                 .timers
                 .insert(started + timeout, TimerEvent::FrameDeadline(id));

@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 
 use mio::{Interest, Registry};
 
-use crate::connection::{ConnId, ConnState, Connection};
+use crate::connection::{ConnId, ConnState, Connection, Flag};
 use crate::hub::{connection_mut, Hub};
 use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::service::Service;
@@ -72,7 +72,7 @@ impl<S: Service> Hub<S> {
             .owned_for_append(&mut self.pool)
             .extend_from_slice(rest);
         if conn.output.len() > write_limit {
-            conn.congested = true;
+            conn.flags.set(Flag::Congested, true);
         }
         if conn.state == ConnState::Connecting {
             // Written once the connect completes.
@@ -96,7 +96,7 @@ impl<S: Service> Hub<S> {
         };
         conn.output.push_shared(frame.clone());
         if conn.output.len() > write_limit {
-            conn.congested = true;
+            conn.flags.set(Flag::Congested, true);
         }
         self.stats.frames_out += 1;
         self.list_for_flush(id);
@@ -109,7 +109,7 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        conn.queued_flush = false;
+        conn.flags.set(Flag::QueuedFlush, false);
         if conn.state == ConnState::Connecting {
             return; // written once the connect completes
         }
@@ -168,13 +168,13 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        let congested = std::mem::take(&mut conn.congested);
-        if conn.read_paused {
+        let congested = conn.flags.take(Flag::Congested);
+        if conn.flags.get(Flag::ReadPaused) {
             log::debug!("{id}: output drained to the low-water mark, reading again");
-            conn.read_paused = false;
-            if !conn.paused_by_service {
+            conn.flags.set(Flag::ReadPaused, false);
+            if !conn.flags.get(Flag::PausedByService) {
                 conn.restart_frame_clock(now);
-                if std::mem::take(&mut conn.read_pending) {
+                if conn.flags.take(Flag::ReadPending) {
                     self.list_ready_again(id);
                 }
             }
@@ -222,7 +222,7 @@ pub(crate) fn set_writable_interest(
     id: ConnId,
     wanted: bool,
 ) {
-    if conn.writable_armed == wanted {
+    if conn.flags.get(Flag::WritableArmed) == wanted {
         return;
     }
     let interest = if wanted {
@@ -236,7 +236,7 @@ pub(crate) fn set_writable_interest(
                 "{id}: interest {}",
                 if wanted { "READ|WRITE" } else { "READ" }
             );
-            conn.writable_armed = wanted;
+            conn.flags.set(Flag::WritableArmed, wanted);
         }
         Err(e) => log::error!("{id}: reregister: {e}"),
     }
