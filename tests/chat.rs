@@ -14,8 +14,8 @@ use switchboard::services::chat::{Chat, ChatSettings, ChatStats, ChatStatsHandle
 use switchboard::{Config, LengthCodec};
 
 use common::{
-    connect, is_closed, local_config, read_frame, udp_client, wait_until, write_frame, ChildServer,
-    ClockedServer, TestServer, IO_TIMEOUT,
+    connect, header, is_closed, local_config, read_frame, udp_client, wait_until, write_frame,
+    ChildServer, ClockedServer, TestServer, IO_TIMEOUT,
 };
 
 /// Largest frame the test servers accept.
@@ -437,8 +437,7 @@ fn each_bad_input_is_answered_with_an_error_and_the_connection_continues() {
 fn an_oversize_frame_closes_the_connection() {
     let (server, _stats) = start_default();
     let mut member = Member::named(server.tcp(), "big");
-    let header = (MAX_FRAME as u32 + 1).to_be_bytes();
-    std::io::Write::write_all(&mut member.writer, &header).unwrap();
+    std::io::Write::write_all(&mut member.writer, &header(MAX_FRAME as u32 + 1)).unwrap();
     assert!(is_closed(member.reader.get_mut()));
     // The name is free again.
     Member::named(server.tcp(), "big");

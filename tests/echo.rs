@@ -124,16 +124,15 @@ fn oversized_and_4gib_frames_close_only_that_connection_without_allocating() {
 
     let peak_before = peak_rss_kib();
     let mut oversize = connect(server.tcp());
-    oversize
-        .write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
-        .unwrap();
+    oversize.write_all(&header(MAX_FRAME as u32 + 1)).unwrap();
     assert!(
         is_closed(&mut oversize),
         "oversized frame must close the connection"
     );
 
     let mut huge = connect(server.tcp());
-    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    let announcement = [&header(u32::MAX)[..], &[1, 2, 3]].concat();
+    huge.write_all(&announcement).unwrap();
     assert!(
         is_closed(&mut huge),
         "a 4 GiB announcement must close the connection"
@@ -182,7 +181,8 @@ fn peer_reset_mid_frame_closes_only_that_connection() {
     write_and_read_by(&mut server, &mut victim, &frame(b"complete"));
     assert_eq!(read_frame(&mut victim).unwrap(), b"complete");
     // The server holds this partial frame when the reset comes.
-    write_and_read_by(&mut server, &mut victim, &[0, 0, 0, 100, 1, 2, 3]);
+    let partial = [&header(100)[..], &[1, 2, 3]].concat();
+    write_and_read_by(&mut server, &mut victim, &partial);
     // SO_LINGER 0: close() sends a RST instead of a FIN.
     socket2::SockRef::from(&victim)
         .set_linger(Some(Duration::ZERO))
@@ -283,7 +283,8 @@ fn client_that_never_reads_is_paused_and_others_are_served() {
     let mut server = driven_echo(config);
     let mut hog = driven_client(&mut server);
     hog.set_nonblocking(true).unwrap();
-    let chunk = frame(&vec![0xab; 64 * 1024]);
+    let payload = vec![0xab; 64 * 1024];
+    let chunk = frame(&payload);
     let mut sent = 0usize;
     // Push without ever reading until the server stops taking bytes: a turn that
     // reads nothing although the hog's writes are blocked (so its bytes wait at the
@@ -316,7 +317,7 @@ fn client_that_never_reads_is_paused_and_others_are_served() {
     let whole_frames = sent / chunk.len();
     let reader = std::thread::spawn(move || {
         for i in 0..whole_frames {
-            assert_eq!(read_frame(&mut hog).unwrap(), &chunk[4..], "frame {i}");
+            assert_eq!(read_frame(&mut hog).unwrap(), payload, "frame {i}");
         }
     });
     server.turn_until("the hog read every frame", |_| reader.is_finished());

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{connect, frame, local_config, read_frame, write_frame, Driven};
+use common::{connect, frame, header, local_config, read_frame, write_frame, Driven};
 use switchboard::{services::Echo, CloseReason, LengthCodec};
 
 /// The deadline these tests run with.
@@ -53,8 +53,11 @@ fn a_trickling_peer_is_closed_at_the_deadline_and_others_are_served() {
     let mut normal = connect(server.tcp());
     server.turn_until("both accepted", |r| r.stats().accepted == 2);
     // Announce 1000 bytes, then send them one every 100 ms: 100 s for the frame.
-    trickler.write_all(&1000u32.to_be_bytes()).unwrap();
-    server.turn_until("the header arrived", |r| r.stats().bytes_in == 4);
+    let announcement = header(1000);
+    trickler.write_all(&announcement).unwrap();
+    server.turn_until("the header arrived", |r| {
+        r.stats().bytes_in == announcement.len() as u64
+    });
     let mut elapsed = Duration::ZERO;
     while !is_closed_now(&mut trickler) {
         assert!(elapsed < DEADLINE, "still open after {elapsed:?}");

@@ -237,7 +237,7 @@ fn stop_now_returns_with_forced_while_output_is_still_queued() {
     // Part of the reply has arrived: the rest is queued in the server.
     let mut header = [0u8; 4];
     hog.read_exact(&mut header).unwrap();
-    assert_eq!(u32::from_be_bytes(header), 16 << 20);
+    assert_eq!(announced(header), 16 << 20);
     server.handle().stop_now();
     // Far within the grace period of ten minutes.
     let stopped = server.join(IO_TIMEOUT);

@@ -253,7 +253,7 @@ fn shutdown_flushes_queued_output_before_closing() {
     // The header has arrived: the reply is queued in the server.
     let mut header = [0u8; 4];
     client.read_exact(&mut header).unwrap();
-    assert_eq!(u32::from_be_bytes(header) as usize, BULK);
+    assert_eq!(announced(header) as usize, BULK);
 
     let handle = server.handle();
     let stopper = std::thread::spawn(move || {

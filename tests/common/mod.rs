@@ -217,7 +217,7 @@ pub fn udp_client() -> UdpSocket {
 }
 
 #[allow(unused_imports)]
-pub use switchboard::frame::wire::{frame, read_frame, write_frame};
+pub use switchboard::frame::wire::{announced, frame, header, read_frame, write_frame};
 
 /// True when the peer has closed the connection: a read returns EOF or a reset
 /// (rather than data or a timeout).
