@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use switchboard::frame::wire;
 
 /// How often a UDP client pings when idle, well within the server's expiry (300 s by
 /// default), so that it stays a member while its user only reads.
@@ -82,9 +83,7 @@ impl Link {
             Link::Tcp(stream) => {
                 let len = u32::try_from(payload.len())
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too long"))?;
-                let mut frame = len.to_be_bytes().to_vec();
-                frame.extend_from_slice(&payload);
-                stream.write_all(&frame)
+                stream.write_all(&[&wire::header(len)[..], &payload].concat())
             }
             Link::Udp(socket) => socket.send(&payload).map(|_| ()),
         }
@@ -267,7 +266,7 @@ fn receive_frames(stream: TcpStream) -> String {
             }
             Err(e) => return e.to_string(),
         }
-        let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
+        let mut payload = vec![0u8; wire::announced(header) as usize];
         if let Err(e) = reader.read_exact(&mut payload) {
             return format!("connection lost mid-message: {e}");
         }

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
+use switchboard::frame::wire;
+use switchboard::{Codec, Decode, LengthCodec};
 
 /// Command-line options, with their defaults.
 struct Options {
@@ -164,9 +166,7 @@ fn connect_members(options: &Options, poll: &Poll) -> io::Result<Vec<Member>> {
         let hello = json!({"type": "hello", "name": format!("f{i}")});
         let join = json!({"type": "join", "room": "fanout"});
         for request in [hello, join] {
-            let payload = request.to_string();
-            stream.write_all(&(payload.len() as u32).to_be_bytes())?;
-            stream.write_all(payload.as_bytes())?;
+            wire::write_frame(&mut stream, request.to_string().as_bytes())?;
         }
         stream.set_nonblocking(true)?;
         let mut stream = mio::net::TcpStream::from_std(stream);
@@ -235,19 +235,22 @@ fn read_member(member: &mut Member) -> io::Result<usize> {
 /// member's own `joined`. That is the first `joined` it can see: before its own join
 /// it is in no room, so it hears of no one else's.
 fn count_frames(member: &mut Member) -> usize {
+    // No limit but the format's own: this counts whatever the server sends.
+    let codec = LengthCodec::new(u32::MAX as usize);
     let mut at = 0;
     let mut messages = 0;
-    while let Some(header) = member.pending.get(at..at + 4) {
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let Some(payload) = member.pending.get(at + 4..at + 4 + len) else {
+    loop {
+        let rest = &member.pending[at..];
+        let Ok(Decode::Frame { payload, consumed }) = codec.decode(&mut (), rest) else {
             break;
         };
+        let payload = &rest[payload];
         if payload.starts_with(br#"{"type":"msg""#) {
             messages += 1;
         } else if payload.starts_with(br#"{"type":"joined""#) {
             member.joined = true;
         }
-        at += 4 + len;
+        at += consumed;
     }
     member.pending.drain(..at);
     member.messages += messages;
@@ -256,8 +259,7 @@ fn count_frames(member: &mut Member) -> usize {
 
 /// Writes one frame, waiting out a full socket buffer (rare: the window is small).
 fn send_frame(stream: &mut mio::net::TcpStream, payload: &[u8]) -> io::Result<()> {
-    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(payload);
+    let frame = wire::frame(payload);
     let mut written = 0;
     while written < frame.len() {
         match stream.write(&frame[written..]) {

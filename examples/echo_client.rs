@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use switchboard::frame::wire;
 
 /// Talk to a switchboard echo server.
 #[derive(Debug, Parser)]
@@ -66,10 +67,7 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload over 4 GiB"))?;
-    let mut wire = Vec::with_capacity(4 + payload.len());
-    wire.extend_from_slice(&len.to_be_bytes());
-    wire.extend_from_slice(payload);
-    stream.write_all(&wire)
+    stream.write_all(&[&wire::header(len)[..], payload].concat())
 }
 
 fn read_frame(stream: &mut TcpStream, payload: &mut Vec<u8>) -> io::Result<()> {
@@ -80,7 +78,7 @@ fn read_frame(stream: &mut TcpStream, payload: &mut Vec<u8>) -> io::Result<()> {
         }
         _ => e,
     })?;
-    payload.resize(u32::from_be_bytes(header) as usize, 0);
+    payload.resize(wire::announced(header) as usize, 0);
     stream.read_exact(payload)
 }
 
