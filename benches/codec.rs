@@ -13,6 +13,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use switchboard::frame::wire::frame;
 use switchboard::{Buffer, Codec, Decode, LengthCodec};
 
 /// Bytes per arrival in the `split` pattern.
@@ -21,12 +22,7 @@ const PIECE: usize = 1000;
 /// `count` frames of `size`-byte payloads in switchboard's wire format.
 fn wire(size: usize, count: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-    let mut bytes = Vec::with_capacity(count * (size + 4));
-    for _ in 0..count {
-        bytes.extend_from_slice(&(size as u32).to_be_bytes());
-        bytes.extend_from_slice(&payload);
-    }
-    bytes
+    frame(&payload).repeat(count)
 }
 
 /// Decodes and consumes every complete frame in `buf`; returns how many there were.
