@@ -237,3 +237,84 @@ fn a_long_line_in_many_small_pieces_is_decoded_whole() {
     let lengths: Vec<usize> = server.reactor.service().seen.iter().map(|s| s.1).collect();
     assert_eq!(lengths, [200_000, 2, 5, 6, 5]);
 }
+
+/// A protocol whose framing changes over a connection's life: a greeting line first,
+/// then length frames (the shape of an HTTP upgrade). The phase is the codec's state,
+/// one per connection.
+#[derive(Debug, Clone)]
+struct Upgrade;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Greeting,
+    Framed,
+}
+
+impl switchboard::Codec for Upgrade {
+    type State = Phase;
+
+    fn decode(
+        &self,
+        phase: &mut Phase,
+        buf: &[u8],
+    ) -> Result<switchboard::Decode, switchboard::FrameError> {
+        match phase {
+            Phase::Greeting => {
+                let decoded = LinesCodec::new(100).decode(&mut Default::default(), buf)?;
+                if matches!(decoded, switchboard::Decode::Frame { .. }) {
+                    *phase = Phase::Framed;
+                }
+                Ok(decoded)
+            }
+            Phase::Framed => LengthCodec::new(100).decode(&mut (), buf),
+        }
+    }
+
+    fn encode(
+        &self,
+        payload: &[u8],
+        out: &mut switchboard::Buffer,
+    ) -> Result<(), switchboard::FrameError> {
+        LengthCodec::new(100).encode(payload, out)
+    }
+}
+
+/// Answers each message with what it was, in order.
+struct Tell;
+
+impl Service for Tell {
+    type Conn = ();
+    type Timer = ();
+    type Codec = Upgrade;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
+        let answer = format!("got {}", String::from_utf8_lossy(payload));
+        ctx.send(conn, answer.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn a_codec_whose_framing_changes_keeps_its_phase_per_connection() {
+    let server = TestServer::start(local_config(), || (Tell, Upgrade));
+    // Two clients, each greeting and framing in one write: the switch happens inside
+    // one read, and the frames after it are decoded (and walked again) in the new phase.
+    let mut clients: Vec<_> = (0..2).map(|_| connect(server.tcp())).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut wire = format!("HELLO {i}\n").into_bytes();
+        wire.extend_from_slice(&frame(b"one"));
+        wire.extend_from_slice(&frame(b"two\nwith a newline"));
+        client.write_all(&wire).unwrap();
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            read_frame(client).unwrap(),
+            format!("got HELLO {i}").as_bytes()
+        );
+        assert_eq!(read_frame(client).unwrap(), b"got one");
+        assert_eq!(read_frame(client).unwrap(), b"got two\nwith a newline");
+    }
+    // A later frame on the first connection is still in the framed phase.
+    write_frame(&mut clients[0], b"HELLO again\n").unwrap();
+    assert_eq!(read_frame(&mut clients[0]).unwrap(), b"got HELLO again\n");
+}
