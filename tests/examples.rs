@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    connect, frame, is_closed, read_frame, udp_client, wait_until, ChildServer, IO_TIMEOUT,
+    ask, connect, frame, is_closed, read_frame, read_line, udp_client, wait_until, ChildServer,
+    IO_TIMEOUT,
 };
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
@@ -390,24 +391,6 @@ fn a_large_upload_is_streamed_not_held_in_memory() {
 }
 
 // ---- line protocol ----
-
-/// Sends `line` and returns the one-line reply.
-fn ask(stream: &mut TcpStream, line: &str) -> String {
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    read_line(stream)
-}
-
-/// Reads one line, terminator removed.
-fn read_line(stream: &mut TcpStream) -> String {
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        stream.read_exact(&mut byte).unwrap();
-        reply.push(byte[0]);
-    }
-    reply.pop();
-    String::from_utf8(reply).unwrap()
-}
 
 #[test]
 fn the_line_protocol_speaks_text() -> io::Result<()> {

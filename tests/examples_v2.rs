@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{connect, is_closed, wait_until, ChildServer, TestServer, IO_TIMEOUT};
+use common::{ask, connect, is_closed, wait_until, ChildServer, TestServer, IO_TIMEOUT};
 use switchboard::services::Echo;
 use switchboard::{Config, RawCodec};
 
@@ -434,24 +434,6 @@ fn a_client_is_closed_when_the_upstream_cannot_be_reached() {
 /// The key-value example with `args`.
 fn start_kv(test: &str, args: &[&str]) -> Running {
     start_example(test, "kv", "--addr", args)
-}
-
-/// Sends `line` and returns the one-line reply.
-fn ask(stream: &mut TcpStream, line: &str) -> String {
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
-    read_line(stream)
-}
-
-/// Reads one line, terminator removed.
-fn read_line(stream: &mut TcpStream) -> String {
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        stream.read_exact(&mut byte).unwrap();
-        reply.push(byte[0]);
-    }
-    reply.pop();
-    String::from_utf8(reply).unwrap()
 }
 
 #[test]

@@ -123,13 +123,7 @@ impl<S: Service + 'static, Out: Send + 'static> TestServer<S, Out> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        self.endpoints
-            .iter()
-            .find_map(|e| match e {
-                BoundAddr::Tcp(a) => Some(*a),
-                _ => None,
-            })
-            .expect("a TCP endpoint")
+        first_tcp(&self.endpoints)
     }
 
     /// Every TCP listener's address, in the order they were bound.
@@ -145,13 +139,7 @@ impl<S: Service + 'static, Out: Send + 'static> TestServer<S, Out> {
 
     /// The first UDP socket's address.
     pub fn udp(&self) -> SocketAddr {
-        self.endpoints
-            .iter()
-            .find_map(|e| match e {
-                BoundAddr::Udp(a) => Some(*a),
-                _ => None,
-            })
-            .expect("a UDP endpoint")
+        first_udp(&self.endpoints)
     }
 
     /// A handle that reaches the server from any thread.
@@ -410,14 +398,7 @@ impl<S: Service> Driven<S> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        self.reactor
-            .endpoints()
-            .iter()
-            .find_map(|e| match e {
-                BoundAddr::Tcp(a) => Some(*a),
-                _ => None,
-            })
-            .expect("a TCP endpoint")
+        first_tcp(self.reactor.endpoints())
     }
 
     /// One turn at the current virtual time, waiting at most a few milliseconds (real
@@ -557,24 +538,12 @@ impl<S: Service + 'static> ClockedServer<S> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        self.endpoints
-            .iter()
-            .find_map(|e| match e {
-                BoundAddr::Tcp(a) => Some(*a),
-                _ => None,
-            })
-            .expect("a TCP endpoint")
+        first_tcp(&self.endpoints)
     }
 
     /// The first UDP socket's address.
     pub fn udp(&self) -> SocketAddr {
-        self.endpoints
-            .iter()
-            .find_map(|e| match e {
-                BoundAddr::Udp(a) => Some(*a),
-                _ => None,
-            })
-            .expect("a UDP endpoint")
+        first_udp(&self.endpoints)
     }
 
     /// The virtual time now.
@@ -639,4 +608,47 @@ impl<S: Service> Drop for ClockedServer<S> {
             }
         }
     }
+}
+
+/// The first TCP listener among `endpoints`.
+#[track_caller]
+pub fn first_tcp(endpoints: &[BoundAddr]) -> SocketAddr {
+    endpoints
+        .iter()
+        .find_map(|e| match e {
+            BoundAddr::Tcp(a) => Some(*a),
+            _ => None,
+        })
+        .expect("a TCP endpoint")
+}
+
+/// The first UDP socket among `endpoints`.
+#[track_caller]
+pub fn first_udp(endpoints: &[BoundAddr]) -> SocketAddr {
+    endpoints
+        .iter()
+        .find_map(|e| match e {
+            BoundAddr::Udp(a) => Some(*a),
+            _ => None,
+        })
+        .expect("a UDP endpoint")
+}
+
+/// Sends `line` (a newline is added) and returns the one-line reply.
+pub fn ask(stream: &mut TcpStream, line: &str) -> String {
+    use std::io::Write;
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    read_line(stream)
+}
+
+/// Reads one line, terminator removed.
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stream.read_exact(&mut byte).unwrap();
+        reply.push(byte[0]);
+    }
+    reply.pop();
+    String::from_utf8(reply).unwrap()
 }
