@@ -33,6 +33,17 @@ struct Lent<S: Service> {
     service: S::Conn,
 }
 
+impl<S: Service> Lent<S> {
+    /// Takes both states out of `slot` (defaults stay behind; for `()`, nothing moves).
+    #[inline(always)]
+    fn take_from(slot: &mut Slot<S>) -> Self {
+        Lent {
+            decode: std::mem::take(&mut slot.decode),
+            service: std::mem::take(&mut slot.state),
+        }
+    }
+}
+
 impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
     /// connection stops reading (closing, or paused).
@@ -104,6 +115,7 @@ impl<S: Service> Reactor<S> {
         if !plain {
             return self.read_general(id, read_to_eof);
         }
+        // (Field by field: `conn` borrows the slot's connection meanwhile.)
         let mut lent = Lent::<S> {
             decode: std::mem::take(&mut slot.decode),
             service: std::mem::take(&mut slot.state),
@@ -167,10 +179,7 @@ impl<S: Service> Reactor<S> {
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        let mut lent = Lent::<S> {
-            decode: std::mem::take(&mut slot.decode),
-            service: std::mem::take(&mut slot.state),
-        };
+        let mut lent = Lent::take_from(slot);
         let codec = self.endpoints.codec(slot.conn.endpoint);
         let mut reader = Reader {
             hub: &mut self.hub,
@@ -285,10 +294,7 @@ impl<S: Service> Reactor<S> {
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        let mut lent = Lent::<S> {
-            decode: std::mem::take(&mut slot.decode),
-            service: std::mem::take(&mut slot.state),
-        };
+        let mut lent = Lent::take_from(slot);
         let mut frames_completed = false;
         let mut reader = Reader {
             hub: &mut self.hub,
@@ -317,10 +323,7 @@ impl<S: Service> Reactor<S> {
             // connection held no partial frame before it.)
             keep_tail(&mut self.hub, id, &mut self.scratch, frames_completed);
         }
-        if let Some(slot) = slot_mut(&mut self.hub.conns, id) {
-            slot.decode = lent.decode;
-            slot.state = lent.service;
-        }
+        give_back(&mut self.hub, id, lent);
         outcome
     }
 }
