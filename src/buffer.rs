@@ -16,9 +16,10 @@
 //! The spare region is always initialised memory (it was zeroed once when the buffer
 //! grew), so reading from a socket into it needs no `unsafe`.
 //!
-//! Idle connections must cost little memory, so a connection gives its buffer's storage
-//! back to the [`BufferPool`] as soon as the buffer is empty, and takes one from the
-//! pool when it needs one again: in the steady state no allocation happens at all.
+//! Idle connections must cost little memory, so a connection holds its buffers as
+//! [`LazyBuffer`]s: one pointer while empty, a whole buffer from the [`BufferPool`] while
+//! bytes wait, given back as soon as it is empty again. In the steady state no
+//! allocation happens at all.
 
 /// A growable byte buffer with read and write positions. See the module docs for its
 /// regions.

@@ -1,7 +1,9 @@
 //! Idle timeouts as a list of connections ordered by last activity.
 //!
-//! Every connection with an idle timeout sits in one doubly linked list whose links
-//! live inside the connections themselves (two slab keys, 8 bytes). Activity moves a
+//! Every connection under the reactor's idle timeout sits in one doubly linked list whose
+//! links live inside the connections themselves (two slab keys, 8 bytes). (One whose
+//! service gave it a timeout of its own is checked by a timer instead: the list assumes
+//! one timeout for all.) Activity moves a
 //! connection to the back, in O(1) and without allocating; so the front is always the
 //! connection that has been quiet the longest, and the loop needs only one deadline
 //! for all of them: `front.last_active + timeout`. Compared with one timer entry per

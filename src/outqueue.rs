@@ -1,15 +1,18 @@
 //! A connection's queued output: bytes owned by the connection, interleaved in order
 //! with frames shared between many connections.
 //!
-//! Most output (an echo, a reply) is copied once into the connection's own [`Buffer`],
-//! where consecutive frames coalesce so that one `write` sends them all. A broadcast to
+//! Most output (an echo, a reply) is written at once and never queued; what the socket
+//! does not take is copied once into the connection's own buffer (a [`LazyBuffer`]: one
+//! pointer while nothing waits), where consecutive frames coalesce so that one `write`
+//! sends them all. A broadcast to
 //! a chat room of 10,000 members is encoded once into a [`SharedFrame`]; each member's
 //! queue holds a reference to the same bytes, not a copy.
 //!
 //! To keep the two kinds in order without a list node per frame, each shared frame
 //! records the position in the owned byte stream at which it was queued (`mark`). The
 //! shared part lives behind an `Option<Box<_>>`, so a queue that never sees a shared
-//! frame (echo, and every idle connection) costs one pointer for it:
+//! frame (echo, and every idle connection) costs one pointer for it, and the whole
+//! empty queue two:
 //!
 //! ```text
 //!   owned stream:  [ a a a a | b b b ]        shared: [ S1 @4, S2 @7 ]
