@@ -29,7 +29,8 @@ pub struct Config {
     pub backlog: i32,
     /// Set SO_REUSEPORT on TCP listeners, so several processes or loops can share a port.
     pub reuse_port: bool,
-    /// Close a connection after this long without receiving anything. `None`: never.
+    /// Close a connection after this long with no bytes moving either way (nothing
+    /// read, nothing written). `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Close a connection that started a frame and did not finish it in this time,
     /// however steadily it trickles bytes. Time while the connection is not read

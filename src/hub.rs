@@ -60,8 +60,8 @@ pub(crate) enum TimerEvent<T> {
 /// A lingering connection closes once this long passes with no input from the peer.
 pub(crate) const LINGER_QUIET: Duration = Duration::from_millis(250);
 
-/// Quiet windows a peer that keeps sending can extend the linger by (8 x 250 ms: at
-/// most 2 s in all).
+/// Quiet windows a peer that keeps sending can extend the linger by (the first window
+/// and 8 more of 250 ms: at most 2.25 s in all).
 pub(crate) const LINGER_ROUNDS: u8 = 8;
 
 /// Limits the hub enforces, copied from [`crate::Config`].

@@ -15,7 +15,7 @@ pub enum CloseReason {
     Error(std::io::ErrorKind),
     /// The peer broke the framing (oversized or malformed frame).
     Protocol,
-    /// Nothing arrived for the idle timeout.
+    /// No bytes moved either way for the idle timeout.
     IdleTimeout,
     /// A frame was started and not completed before the frame deadline.
     FrameTimeout,

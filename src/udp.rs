@@ -26,12 +26,14 @@ use mio::{Interest, Registry, Token};
 
 use crate::stats::Stats;
 
-/// Names one of the reactor's UDP sockets, in the order they were configured.
+/// Names one of the reactor's UDP sockets, numbered in the order they were bound:
+/// those of [`crate::Config::udp`] first, then any added with
+/// [`crate::Reactor::bind_udp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UdpId(pub(crate) usize);
 
 impl UdpId {
-    /// Position of this socket in [`crate::Config::udp`].
+    /// Position of this socket among the reactor's UDP sockets.
     pub fn index(&self) -> usize {
         self.0
     }

@@ -29,7 +29,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
     pub max_frame: u32,
-    /// Close connections that receive nothing for this long; 0 = never.
+    /// Close connections that move no bytes either way for this long; 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub idle_timeout: u64,
     /// Close connections that start a frame and do not finish it in this time; 0 = never.

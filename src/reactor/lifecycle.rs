@@ -22,7 +22,7 @@
 //!                                  FIN sent       v        | the peer already closed
 //!                                       +-----------+      v
 //!                                       | Lingering | -> closed: peer FIN, or a quiet
-//!                                       +-----------+    window, or 2 s at most
+//!                                       +-----------+    window, or 2.25 s at most
 //!
 //!   any state: a socket error, a protocol error, close(Now), the idle timeout, the
 //!   frame deadline -> closed.   closed: the slot is freed, on_close gets the state.

@@ -20,8 +20,9 @@
 //! mio is edge-triggered: an event says readiness *changed*, and no new event comes
 //! until the socket has been drained to `WouldBlock`. So each handler reads, writes or
 //! accepts until `WouldBlock`, or, to be fair to other sockets, stops after a budget
-//! and puts the socket on the ready-again list, which the next turn serves with a zero
-//! poll timeout. A short read or short write also proves the kernel buffer was drained
+//! and puts the socket on the ready-again list: once every socket with an event has
+//! had its turn, the list is served (once more in the same turn; whatever is still
+//! left then waits for the next turn, which polls with a zero timeout). A short read or short write also proves the kernel buffer was drained
 //! or filled, which saves the extra syscall that would only return `WouldBlock`.
 //!
 //! The parts: `read.rs` and `write.rs` (the two data paths), `lifecycle.rs` (every
@@ -329,8 +330,9 @@ impl<S: Service> Reactor<S> {
         Ok(())
     }
 
-    /// The endpoints bound, with their real addresses, in the order: TCP, Unix, UDP
-    /// (then any added with [`Reactor::listen`]).
+    /// The endpoints bound, with their real addresses, in the order they were bound:
+    /// the configured TCP, Unix and UDP ones, then any added with [`Reactor::listen`]
+    /// or [`Reactor::bind_udp`].
     pub fn endpoints(&self) -> &[BoundAddr] {
         &self.bound
     }

@@ -54,9 +54,11 @@ impl<S: Service> Reactor<S> {
                 ReadOutcome::More => {}
             }
         }
-        // Budget spent and the socket may hold more: come back next turn.
+        // Budget spent and the socket may hold more: come back once the other sockets
+        // with events have been served.
         log::trace!(
-            "{id}: read budget of {} reads spent: the rest waits for the next turn",
+            "{id}: read budget of {} reads spent: the rest waits until the other ready \
+             sockets have had their turn",
             self.config.read_budget
         );
         self.hub.list_ready_again(id);
@@ -64,7 +66,8 @@ impl<S: Service> Reactor<S> {
 
     /// Reads and throws away what a lingering connection's peer still sends, until the
     /// peer closes (EOF or an error: then the socket closes), the socket is drained, or
-    /// the read budget is spent (then again next turn, until the linger deadline).
+    /// the read budget is spent (then again from the ready-again list, until the linger
+    /// deadline).
     fn discard_input(&mut self, id: ConnId, reason: CloseReason) {
         let size = self.scratch.capacity();
         for _ in 0..self.config.read_budget {
