@@ -68,6 +68,17 @@ pub enum FrameError {
     /// The header cannot describe a valid frame (for example a length smaller than the
     /// header itself when the length counts the header).
     Malformed(&'static str),
+    /// Where a length header was expected came text: a too-large "length" whose bytes
+    /// are printable characters. A peer speaking another protocol: a person typing into
+    /// `nc`, or (`http`) an HTTP client.
+    NotFrames {
+        /// The length those bytes would announce.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+        /// The text is the start of an HTTP request line (`GET `, `POST`, ...).
+        http: bool,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -77,6 +88,13 @@ impl fmt::Display for FrameError {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max}")
             }
             FrameError::Malformed(why) => write!(f, "malformed frame: {why}"),
+            FrameError::NotFrames { len, max, http } => write!(
+                f,
+                "frame of {len} bytes exceeds the maximum of {max}: the bytes are {}, \
+                 not a length (this port speaks length-prefixed frames; for lines of text, \
+                 serve it with a lines codec: `switchboard echo --framing lines`)",
+                if *http { "an HTTP request" } else { "text" }
+            ),
         }
     }
 }

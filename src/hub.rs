@@ -378,14 +378,53 @@ impl<S: Service> Hub<S> {
         self.to_close.push((id, reason));
     }
 
-    /// Logs a framing violation with the peer's address and closes the connection.
+    /// Names a connection for a log line: its id and where it comes from (or goes to).
+    pub(crate) fn who(&self, id: ConnId) -> Who {
+        Who {
+            id,
+            peer: self.conn(id).and_then(|c| c.stream.peer_addr()),
+        }
+    }
+
+    /// Logs a framing violation with the peer's address and closes the connection. A
+    /// peer that sent text (or an HTTP request) where frames were expected is told what
+    /// the port speaks: in the log, and, for HTTP, in a short HTTP answer.
     pub(crate) fn protocol_error(&mut self, id: ConnId, error: &crate::frame::FrameError) {
-        match self.conn(id).and_then(|c| c.stream.peer_addr()) {
-            Some(peer) => log::warn!("{id} from {peer}: {error}; closing"),
-            None => log::warn!("{id}: {error}; closing"),
+        log::warn!("{}: {error}; closing", self.who(id));
+        if let crate::frame::FrameError::NotFrames { http: true, .. } = error {
+            if let Some(conn) = self.conn_mut(id) {
+                // Best effort, and the close follows at once: a browser or curl gets a
+                // reason instead of a reset.
+                let _ = conn.stream.write(NOT_HTTP_ANSWER);
+            }
         }
         self.stats.protocol_errors += 1;
         self.request_close(id, CloseReason::Protocol);
+    }
+}
+
+/// What an HTTP client that reaches a length-framed port is told.
+const NOT_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Connection: close\r\n\
+Content-Length: 112\r\n\
+\r\n\
+This port speaks switchboard's length-prefixed frames (a 4-byte big-endian length, \
+then the payload), not HTTP.\n";
+
+/// A connection named for a log line: `conn 3.7 from 127.0.0.1:50312`.
+#[derive(Debug)]
+pub(crate) struct Who {
+    id: ConnId,
+    peer: Option<crate::connection::PeerAddr>,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.peer {
+            Some(peer) => write!(f, "{} from {peer}", self.id),
+            None => write!(f, "{}", self.id),
+        }
     }
 }
 
@@ -406,6 +445,21 @@ pub(crate) fn connection_mut<S: Service>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The HTTP answer is well formed: its Content-Length is its body's length.
+    #[test]
+    fn the_answer_to_an_http_client_is_a_whole_http_response() {
+        let text = std::str::from_utf8(NOT_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+    }
 
     /// The shortcut in `set_now` (skip the subtraction within a millisecond) must give
     /// exactly what the subtraction gives, at every step of the clock.

@@ -11,7 +11,10 @@ use std::fmt;
 pub enum CloseReason {
     /// The peer closed its side (EOF) and everything owed to it was flushed.
     PeerClosed,
-    /// A socket error: reset by peer, broken pipe, and the like.
+    /// The peer reset the connection (or vanished: broken pipe, aborted): a client
+    /// that went away without a goodbye, not a fault of the server's.
+    Reset,
+    /// Another socket error.
     Error(std::io::ErrorKind),
     /// The peer broke the framing (oversized or malformed frame).
     Protocol,
@@ -31,7 +34,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// All the kinds, in the order [`Stats::closed`] counts them.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "peer_closed",
         "error",
         "protocol",
@@ -41,6 +44,7 @@ impl CloseReason {
         "shutdown",
         "connect_failed",
         "connect_timeout",
+        "reset",
     ];
 
     /// Index of this reason in [`Stats::closed`].
@@ -55,6 +59,17 @@ impl CloseReason {
             CloseReason::Shutdown => 6,
             CloseReason::ConnectFailed(_) => 7,
             CloseReason::ConnectTimeout => 8,
+            CloseReason::Reset => 9,
+        }
+    }
+
+    /// The reason for closing after a socket error of this kind: [`CloseReason::Reset`]
+    /// for a peer that reset or vanished, [`CloseReason::Error`] for the rest.
+    pub fn from_io(kind: std::io::ErrorKind) -> CloseReason {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match kind {
+            ConnectionReset | ConnectionAborted | BrokenPipe => CloseReason::Reset,
+            other => CloseReason::Error(other),
         }
     }
 }
@@ -81,7 +96,7 @@ pub struct Stats {
     /// Connections open now (dialled ones from the moment their connect starts).
     pub active: u64,
     /// Closed connections, by [`CloseReason::index`].
-    pub closed: [u64; 9],
+    pub closed: [u64; 10],
     /// Frames decoded from TCP and Unix connections.
     pub frames_in: u64,
     /// Frames queued for sending.
@@ -164,6 +179,26 @@ mod tests {
         let line = stats.to_string();
         assert!(line.contains("2 closed (idle_timeout 2)"), "{line}");
         assert!(!line.contains("protocol errors"));
+    }
+
+    #[test]
+    fn a_peer_that_went_away_is_a_reset_not_an_error() {
+        use std::io::ErrorKind;
+        assert_eq!(
+            CloseReason::from_io(ErrorKind::ConnectionReset),
+            CloseReason::Reset
+        );
+        assert_eq!(
+            CloseReason::from_io(ErrorKind::BrokenPipe),
+            CloseReason::Reset
+        );
+        assert_eq!(
+            CloseReason::from_io(ErrorKind::OutOfMemory),
+            CloseReason::Error(ErrorKind::OutOfMemory)
+        );
+        let mut stats = Stats::default();
+        stats.closed[CloseReason::Reset.index()] = 99;
+        assert!(stats.to_string().contains("reset 99"), "{stats}");
     }
 
     #[test]

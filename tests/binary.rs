@@ -359,3 +359,46 @@ fn trace_says_why_each_read_stopped() {
     );
     assert!(text.contains("poll: timeout"), "{text}");
 }
+
+/// Text typed into the length-framed port (`nc`, then "hello") is named as text, with
+/// the flag that serves text; an HTTP client gets an HTTP answer saying what the port
+/// speaks. Both log lines name the peer.
+#[test]
+fn text_or_http_on_the_framed_port_is_told_what_the_port_speaks() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let mut server = tcp_echo(port, &[]);
+    let log = StderrLog::capture(&mut server);
+    let at = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut typist = connect(at);
+    typist.write_all(b"hello\n").unwrap();
+    assert!(is_closed(&mut typist), "closed after the text");
+    let local = typist.local_addr().unwrap();
+    log.wait_for("the hint", IO_TIMEOUT, |log| {
+        log.contains("the bytes are text")
+    });
+    let line = log
+        .text()
+        .lines()
+        .find(|l| l.contains("the bytes are text"))
+        .map(str::to_string)
+        .unwrap();
+    assert!(line.contains("--framing lines"), "{line}");
+    assert!(line.contains(&format!("from {local}")), "{line}");
+
+    let mut browser = connect(at);
+    browser
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    browser.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("not HTTP.\n"), "{answer}");
+    log.wait_for("the HTTP line", IO_TIMEOUT, |log| {
+        log.contains("the bytes are an HTTP request")
+    });
+}

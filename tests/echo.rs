@@ -188,7 +188,7 @@ fn peer_reset_mid_frame_closes_only_that_connection() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(victim);
-    let reset = CloseReason::Error(ErrorKind::ConnectionReset).index();
+    let reset = CloseReason::Reset.index();
     server.turn_until("the reset", |r| r.stats().closed[reset] == 1);
 
     write_and_read_by(&mut server, &mut bystander, &frame(b"still here"));

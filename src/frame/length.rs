@@ -307,10 +307,7 @@ fn decode_standard(buf: &[u8], max_payload: usize) -> Result<Decode, FrameError>
     let len = u32::from_be_bytes(*header) as usize;
     // Checked before any allocation: a 4 GiB announcement costs nothing.
     if len > max_payload {
-        return Err(FrameError::TooLarge {
-            len: len as u64,
-            max: max_payload,
-        });
+        return Err(too_large(header, len as u64, max_payload));
     }
     let frame_len = 4 + len;
     if buf.len() < frame_len {
@@ -324,6 +321,22 @@ fn decode_standard(buf: &[u8], max_payload: usize) -> Result<Decode, FrameError>
     })
 }
 
+/// The error for a header announcing `len` bytes, more than `max`: plain
+/// [`FrameError::TooLarge`], or [`FrameError::NotFrames`] when the header's bytes are
+/// printable text (a person, or an HTTP client, on a length-framed port).
+#[cold]
+fn too_large(header: &[u8], len: u64, max: usize) -> FrameError {
+    let text = header.iter().all(|&b| b.is_ascii_graphic() || b == b' ');
+    if !text {
+        return FrameError::TooLarge { len, max };
+    }
+    const METHODS: [&[u8; 4]; 9] = [
+        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC",
+    ];
+    let http = METHODS.iter().any(|m| header.starts_with(&m[..]));
+    FrameError::NotFrames { len, max, http }
+}
+
 /// Walks switchboard's own format: every complete frame at the start of `buf` in one
 /// tight loop (the header read, two comparisons and two additions per frame).
 #[inline(always)]
@@ -333,10 +346,7 @@ fn scan_standard(buf: &[u8], max_payload: usize) -> Scan {
     while let Some(header) = rest.first_chunk::<4>() {
         let len = u32::from_be_bytes(*header) as usize;
         if len > max_payload {
-            let error = FrameError::TooLarge {
-                len: len as u64,
-                max: max_payload,
-            };
+            let error = too_large(header, len as u64, max_payload);
             return Scan {
                 complete,
                 count,
@@ -381,10 +391,7 @@ impl Codec for LengthCodec {
         let payload_len = self.payload_len(body_len);
         // Checked before any allocation: a 4 GiB announcement costs nothing.
         if payload_len > self.max_payload as u64 {
-            return Err(FrameError::TooLarge {
-                len: payload_len,
-                max: self.max_payload,
-            });
+            return Err(too_large(&buf[..header_len], payload_len, self.max_payload));
         }
         // The body is at most `max_payload`, a usize; only the header could overflow it.
         let frame_len = header_len

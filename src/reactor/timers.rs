@@ -81,7 +81,7 @@ impl<S: Service> Reactor<S> {
                 return;
             }
             let id = ConnId::new(key, conn.generation);
-            log_idle_close(id, timeout);
+            log_idle_close(self.hub.who(id), timeout);
             // Out of the list now, so the loop moves on while the close is pending.
             self.hub.idle.unlink(&mut self.hub.conns, key);
             self.hub.request_close(id, CloseReason::IdleTimeout);
@@ -140,7 +140,7 @@ impl<S: Service> Reactor<S> {
         let timeout = Millis::from(timeout);
         let due = conn.last_active + timeout;
         if due <= self.hub.now_millis() {
-            log_idle_close(id, timeout);
+            log_idle_close(self.hub.who(id), timeout);
             self.hub.request_close(id, CloseReason::IdleTimeout);
         } else {
             let at = self.hub.instant(due);
@@ -172,9 +172,11 @@ impl<S: Service> Reactor<S> {
                 .timers
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
         } else if started + timeout <= now {
+            let received = conn.input.len();
             log::warn!(
-                "{id}: frame not completed within {timeout:?} ({} bytes received); closing",
-                conn.input.len()
+                "{}: frame not completed within {timeout:?} ({received} bytes received); \
+                 closing",
+                self.hub.who(id)
             );
             self.hub.request_close(id, CloseReason::FrameTimeout);
         } else {
@@ -198,9 +200,9 @@ fn next_round(first: Instant, interval: Duration, now: Instant) -> Instant {
 /// Logs an idle close. Out of line and cold: the loop checks for idle connections
 /// every turn, and this keeps even the time formatting off that path.
 #[cold]
-fn log_idle_close(id: ConnId, timeout: Millis) {
+fn log_idle_close(who: crate::hub::Who, timeout: Millis) {
     log::info!(
-        "{id}: idle for {:?}, closing",
+        "{who}: idle for {:?}, closing",
         Duration::from_millis(timeout)
     );
 }

@@ -43,7 +43,7 @@ impl<S: Service> Hub<S> {
                 Ok(n) => written = n,
                 Err(e) => {
                     log::debug!("{id}: write error: {e}");
-                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    self.to_close.push((id, CloseReason::from_io(e.kind())));
                     return true;
                 }
             }
@@ -143,7 +143,7 @@ impl<S: Service> Hub<S> {
                 }
                 Err(e) => {
                     log::debug!("{id}: write error: {e}");
-                    self.to_close.push((id, CloseReason::Error(e.kind())));
+                    self.to_close.push((id, CloseReason::from_io(e.kind())));
                     return;
                 }
             }
