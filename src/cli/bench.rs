@@ -14,9 +14,10 @@ use crate::loadgen::{self, Mode, Options};
 /// `switchboard bench`: drive load at a server and check every reply.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// The server to load.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
-    pub addr: SocketAddr,
+    /// The server to load [default: 127.0.0.1:9000 (`switchboard echo`); with --mode
+    /// chat, 127.0.0.1:9001 (`switchboard chat`)]
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = BenchMode::Framed)]
     pub mode: BenchMode,
@@ -80,14 +81,15 @@ impl BenchArgs {
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} {s}: not a duration"))
         };
+        let mode = match self.mode {
+            BenchMode::Framed => Mode::Framed,
+            BenchMode::Raw => Mode::Raw,
+            BenchMode::Udp => Mode::Udp,
+            BenchMode::Chat => Mode::Chat,
+        };
         Ok(Options {
-            addr: self.addr,
-            mode: match self.mode {
-                BenchMode::Framed => Mode::Framed,
-                BenchMode::Raw => Mode::Raw,
-                BenchMode::Udp => Mode::Udp,
-                BenchMode::Chat => Mode::Chat,
-            },
+            addr: self.addr.unwrap_or_else(|| mode.default_addr()),
+            mode,
             conns: self.conns,
             depth: self.depth,
             size: self.size,

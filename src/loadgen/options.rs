@@ -32,6 +32,22 @@ impl Mode {
             Mode::Chat => "chat",
         }
     }
+
+    /// Where the server this mode loads listens by default: `switchboard chat` on
+    /// 127.0.0.1:9001, `switchboard echo` (TCP and UDP) on 127.0.0.1:9000.
+    ///
+    /// ```
+    /// use switchboard::loadgen::Mode;
+    /// assert_eq!(Mode::Chat.default_addr().port(), 9001);
+    /// assert_eq!(Mode::Udp.default_addr().port(), 9000);
+    /// ```
+    pub fn default_addr(self) -> SocketAddr {
+        let port = match self {
+            Mode::Chat => 9001,
+            Mode::Framed | Mode::Raw | Mode::Udp => 9000,
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
 }
 
 impl fmt::Display for Mode {
@@ -41,7 +57,7 @@ impl fmt::Display for Mode {
 }
 
 /// A run's parameters. [`Options::default`] is a short framed run against
-/// 127.0.0.1:9000.
+/// 127.0.0.1:9000 ([`Mode::default_addr`] gives each mode's usual server).
 ///
 /// ```
 /// use switchboard::loadgen::{Mode, Options};
@@ -85,7 +101,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            addr: Mode::Framed.default_addr(),
             mode: Mode::Framed,
             conns: 1,
             depth: 1,
