@@ -137,6 +137,8 @@ pub struct Bench {
     measure_start: Option<Instant>,
     cpu_start: CpuTime,
     window: Window,
+    /// When the last progress line was printed (or the run started).
+    last_progress: Instant,
     /// Why the run could not be carried out, if it could not.
     failure: Option<LoadError>,
 }
@@ -179,6 +181,7 @@ impl Bench {
             measure_start: None,
             cpu_start: CpuTime::default(),
             window: Window::default(),
+            last_progress: Instant::now(),
             failure: None,
             options,
         }
@@ -490,13 +493,20 @@ impl Bench {
     }
 
     fn progress(&mut self) {
+        let now = Instant::now();
+        let interval = now.saturating_duration_since(self.last_progress);
+        self.last_progress = now;
         if !self.options.progress {
             return;
         }
         let open = self.open() + self.dialer.idle_open;
-        let line = self
-            .rec
-            .progress_line(self.started.elapsed(), open, self.phase.name());
+        let line = self.rec.progress_line(
+            now.saturating_duration_since(self.started),
+            interval,
+            open,
+            self.phase.name(),
+            self.options.mode.unit(),
+        );
         eprintln!("{line}");
     }
 }
@@ -508,6 +518,7 @@ impl Service for Bench {
 
     fn on_start(&mut self, ctx: &mut Context<'_, Self>) {
         self.started = Instant::now();
+        self.last_progress = self.started;
         ctx.set_repeating(PROGRESS_EVERY, Tick::Progress);
         if self.dialer.total == 0 {
             // UDP only: nothing to dial.

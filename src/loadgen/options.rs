@@ -48,6 +48,14 @@ impl Mode {
         };
         SocketAddr::from(([127, 0, 0, 1], port))
     }
+
+    /// What a run of this mode counts: replies, or (chat) deliveries to members.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Mode::Chat => "deliveries",
+            Mode::Framed | Mode::Raw | Mode::Udp => "msgs",
+        }
+    }
 }
 
 impl fmt::Display for Mode {

@@ -4,6 +4,15 @@
 //! Counting is split in two. Faults (a wrong reply, a dropped connection) are counted
 //! for the whole run, warm-up and drain included: an error is an error whenever it
 //! happens. Throughput and latency are counted only inside the measured window.
+//!
+//! The progress line says which is which, the same way in every mode: the phase, the
+//! rate over the last second whatever the phase (so warm-up and drain show their
+//! traffic too), then what the measured window has counted so far, with its p99:
+//!
+//! ```text
+//! bench:    2s warmup   conns 4  msgs/s 41022 (last 1 s)  measured 0 msgs, p99 -  errors 0
+//! bench:    3s measure  conns 20  deliveries/s 9120 (last 1 s)  measured 9120 deliveries, p99 310us  errors 0
+//! ```
 
 use std::fmt;
 use std::time::Duration;
@@ -119,18 +128,30 @@ impl Recorder {
         self.mismatches + self.disconnects
     }
 
-    /// The progress line for the second that just ended.
-    pub fn progress_line(&mut self, elapsed: Duration, conns: usize, phase: &str) -> String {
+    /// The progress line at `elapsed` into the run, `interval` after the last one:
+    /// `unit` (msgs, deliveries) per second over that interval, counted in any phase,
+    /// then the measured window's count and p99 so far.
+    pub fn progress_line(
+        &mut self,
+        elapsed: Duration,
+        interval: Duration,
+        conns: usize,
+        phase: &str,
+        unit: &str,
+    ) -> String {
         let done = self.messages_total - self.progress_mark;
         self.progress_mark = self.messages_total;
+        let rate = done as f64 / interval.as_secs_f64().max(1e-3);
         let p99 = if self.histogram.is_empty() {
             "-".to_string()
         } else {
             format_us(self.histogram.value_at_quantile(0.99))
         };
         format!(
-            "bench: {:>4.0}s {phase:<7} conns {conns}  msgs/s {done}  p99 {p99}  errors {}",
+            "bench: {:>4.0}s {phase:<8} conns {conns}  {unit}/s {rate:.0} (last 1 s)  \
+             measured {} {unit}, p99 {p99}  errors {}",
             elapsed.as_secs_f64(),
+            self.messages,
             self.faults()
         )
     }
@@ -223,7 +244,7 @@ pub struct Summary {
     pub seconds: f64,
     /// Replies (chat: deliveries) in the window.
     pub messages: u64,
-    /// Replies per second.
+    /// Replies (chat: deliveries) per second.
     pub msgs_per_sec: f64,
     /// Payload megabytes (10^6) received per second.
     pub mb_per_sec: f64,
@@ -237,7 +258,8 @@ pub struct Summary {
     pub mismatches: u64,
     /// Connections lost during the run.
     pub disconnects: u64,
-    /// Messages never answered (TCP; counted as errors).
+    /// Messages never answered (TCP; counted as errors). Not counted when the run was
+    /// interrupted before the replies in flight had drained: they were not awaited.
     pub unanswered: u64,
     /// UDP datagrams with no reply in time (expected under overload; not errors).
     pub lost: u64,
@@ -245,12 +267,17 @@ pub struct Summary {
     pub first_errors: Vec<String>,
     /// The server's CPU and memory, when its process id was given.
     pub server: Option<ServerUsage>,
+    /// A signal ended the run early: the window (`seconds`) and every figure cover
+    /// only what was measured until then (nothing, if it came before the load).
+    pub interrupted: bool,
 }
 
 impl Summary {
     /// Builds the summary from a finished run's recorder.
     pub(crate) fn new(options: &Options, rec: &Recorder, window: Duration) -> Summary {
-        let seconds = window.as_secs_f64().max(1e-9);
+        let seconds = window.as_secs_f64();
+        // An empty window (a run interrupted before it) has no rate.
+        let per_sec = |count: f64| if seconds > 0.0 { count / seconds } else { 0.0 };
         Summary {
             mode: options.mode.name().to_string(),
             addr: options.addr.to_string(),
@@ -262,8 +289,8 @@ impl Summary {
             size: options.size,
             seconds,
             messages: rec.messages,
-            msgs_per_sec: rec.messages as f64 / seconds,
-            mb_per_sec: rec.bytes as f64 / seconds / 1e6,
+            msgs_per_sec: per_sec(rec.messages as f64),
+            mb_per_sec: per_sec(rec.bytes as f64) / 1e6,
             published: rec.published,
             latency: rec.latency(),
             errors: rec.faults(),
@@ -273,6 +300,7 @@ impl Summary {
             lost: rec.lost,
             first_errors: rec.first_errors.clone(),
             server: None,
+            interrupted: false,
         }
     }
 
@@ -292,21 +320,33 @@ impl fmt::Display for Summary {
         let l = &self.latency;
         writeln!(
             f,
-            "{} to {}: {} conns (+{} idle) x depth {}, {} B, {:.2} s measured",
-            self.mode, self.addr, self.connected, self.idle, self.depth, self.size, self.seconds
-        )?;
-        writeln!(
-            f,
-            "  throughput: {:.0} msgs/s, {:.2} MB/s ({} messages{})",
-            self.msgs_per_sec,
-            self.mb_per_sec,
-            self.messages,
-            if self.mode == "chat" {
-                format!(" delivered, {} published", self.published)
+            "{} to {}: {} conns (+{} idle) x depth {}, {} B, {:.2} s measured{}",
+            self.mode,
+            self.addr,
+            self.connected,
+            self.idle,
+            self.depth,
+            self.size,
+            self.seconds,
+            if self.interrupted {
+                " (interrupted: cut short by a signal)"
             } else {
-                String::new()
+                ""
             }
         )?;
+        if self.mode == "chat" {
+            writeln!(
+                f,
+                "  throughput: {:.0} deliveries/s, {:.2} MB/s ({} delivered, {} published)",
+                self.msgs_per_sec, self.mb_per_sec, self.messages, self.published
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  throughput: {:.0} msgs/s, {:.2} MB/s ({} messages)",
+                self.msgs_per_sec, self.mb_per_sec, self.messages
+            )?;
+        }
         writeln!(
             f,
             "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
@@ -367,5 +407,70 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
         assert_eq!(json["errors"], 11);
         assert_eq!(json["mode"], "framed");
+    }
+
+    #[test]
+    fn the_progress_line_rates_the_last_second_and_counts_only_the_window() {
+        let mut rec = Recorder::new();
+        let second = Duration::from_secs(1);
+        for _ in 0..30 {
+            rec.reply(64, Duration::from_micros(10));
+        }
+        let warmup = rec.progress_line(second, second, 4, "warmup", "msgs");
+        assert_eq!(
+            warmup,
+            "bench:    1s warmup   conns 4  msgs/s 30 (last 1 s)  measured 0 msgs, p99 -  errors 0"
+        );
+        rec.set_measuring(true);
+        for _ in 0..10 {
+            rec.reply(64, Duration::from_micros(250));
+        }
+        // Half a second since the last line: 10 in 0.5 s is 20 a second.
+        let half = Duration::from_millis(500);
+        let measure = rec.progress_line(second + half, half, 4, "measure", "deliveries");
+        assert_eq!(
+            measure,
+            "bench:    2s measure  conns 4  deliveries/s 20 (last 1 s)  measured 10 deliveries, p99 250us  errors 0"
+        );
+    }
+
+    #[test]
+    fn a_chat_summary_counts_deliveries_and_an_interrupted_one_says_so() {
+        let mut rec = Recorder::new();
+        rec.set_measuring(true);
+        rec.publish();
+        for _ in 0..20 {
+            rec.reply(100, Duration::from_micros(30));
+        }
+        let options = Options {
+            mode: super::super::Mode::Chat,
+            ..Options::default()
+        };
+        let mut summary = Summary::new(&options, &rec, Duration::from_secs(2));
+        let text = summary.to_string();
+        assert!(
+            text.contains("throughput: 10 deliveries/s, 0.00 MB/s (20 delivered, 1 published)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("msgs/s") && !text.contains("interrupted"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["interrupted"], false);
+        assert_eq!(json["msgs_per_sec"], 10.0);
+
+        summary.interrupted = true;
+        assert!(summary.to_string().contains("2.00 s measured (interrupted"));
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["interrupted"], true);
+    }
+
+    #[test]
+    fn an_empty_window_has_no_rate() {
+        let summary = Summary::new(&Options::default(), &Recorder::new(), Duration::ZERO);
+        assert_eq!(summary.seconds, 0.0);
+        assert_eq!(summary.msgs_per_sec, 0.0);
+        assert_eq!(summary.mb_per_sec, 0.0);
     }
 }
