@@ -12,12 +12,18 @@
 //! sent, and the drain phase waits a little for the replies still in flight, so that
 //! they are checked too. Every phase has a deadline, a timer of the reactor's: a run
 //! always ends by itself.
+//!
+//! Before the load is under way the run also checks that the server speaks the mode's
+//! protocol (the rules are in [`super::check`]): the chat setup's deadline is
+//! [`QUIET_LIMIT`] after the last frame received, and an echo workload's first replies
+//! are due within [`QUIET_LIMIT`] of its first messages.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::chat::{ChatWork, MemberLine};
+use super::check::{describe, Hearing, QUIET_LIMIT};
 use super::procstat::{CpuTime, ServerProcess};
 use super::report::{Recorder, ServerUsage, Summary};
 use super::stream::{StreamLine, StreamWork};
@@ -28,8 +34,6 @@ use crate::{CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId
 
 /// Longest wait for replies still in flight when the window ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-/// Longest wait for the workload's setup (chat: every member joined).
-const SETUP_LIMIT: Duration = Duration::from_secs(60);
 /// Pause before reading the server's memory once every connection is open.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often the progress line is printed.
@@ -60,6 +64,8 @@ pub enum Tick {
     PhaseEnd,
     /// Open-loop sends (and UDP loss checks) are due.
     Pace,
+    /// The first reply to an echo workload is overdue.
+    FirstReply,
 }
 
 /// Where a run is.
@@ -139,6 +145,10 @@ pub struct Bench {
     window: Window,
     /// When the last progress line was printed (or the run started).
     last_progress: Instant,
+    /// What the server has sent before the load is under way.
+    hearing: Hearing,
+    /// An echo workload's first-reply check, while it waits: its timer.
+    first_reply: Option<TimerId>,
     /// Why the run could not be carried out, if it could not.
     failure: Option<LoadError>,
 }
@@ -182,6 +192,8 @@ impl Bench {
             cpu_start: CpuTime::default(),
             window: Window::default(),
             last_progress: Instant::now(),
+            hearing: Hearing::new(&options, Instant::now()),
+            first_reply: None,
             failure: None,
             options,
         }
@@ -207,13 +219,18 @@ impl Bench {
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
+        let unanswered = self.work_finish();
+        if self.first_reply.is_some() && unanswered > 0 {
+            // The run ended (a short window) before the first-reply check could.
+            return Err(self.hearing.silent(Instant::now()));
+        }
         let mut summary = Summary::new(&self.options, &self.rec, self.window.length);
         summary.connected = match &self.work {
             Work::Udp(_) => self.options.conns,
             _ => self.dialer.connected,
         };
         summary.connect_failures = self.dialer.failures;
-        summary.unanswered = self.work_finish();
+        summary.unanswered = unanswered;
         summary.lost = self.rec.lost;
         summary.errors += summary.unanswered;
         let window = &self.window;
@@ -333,27 +350,58 @@ impl Bench {
         if let Some(server) = self.server {
             self.rss_connected = server.memory_kib().map_or(0, |m| m.0);
         }
-        self.enter(ctx, Phase::Setup, Some(SETUP_LIMIT));
+        self.hearing.wait_from(ctx.now());
+        self.enter(ctx, Phase::Setup, Some(QUIET_LIMIT));
         if let Work::Chat(chat) = &mut self.work {
             chat.start(ctx, &mut self.rec);
         }
         self.check_ready(ctx);
     }
 
-    /// Once setup is complete, starts the load from a timer.
+    /// Once setup is complete, starts the load from a timer; fails it if the server
+    /// answered in another protocol.
     fn check_ready(&mut self, ctx: &mut Context<'_, Self>) {
-        let ready = match &self.work {
-            Work::Chat(chat) => chat.ready(),
+        if self.phase != Phase::Setup {
+            return;
+        }
+        let ready = match &mut self.work {
+            Work::Chat(chat) => {
+                if let Some(what) = chat.take_foreign() {
+                    return self.fail(ctx, self.hearing.wrong_protocol(what));
+                }
+                chat.ready()
+            }
             _ => true,
         };
-        if self.phase == Phase::Setup && ready {
+        if ready {
             self.enter(ctx, Phase::Starting, Some(Duration::ZERO));
         }
+    }
+
+    /// The setup's quiet deadline passed: go on waiting if the server spoke since,
+    /// else fail.
+    fn setup_quiet(&mut self, ctx: &mut Context<'_, Self>) {
+        let now = ctx.now();
+        if let Some(left) = self.hearing.quiet_left(now) {
+            return self.enter(ctx, Phase::Setup, Some(left));
+        }
+        let failure = match &self.work {
+            Work::Chat(chat) => self
+                .hearing
+                .setup_stalled(now, chat.members_ready(), chat.open()),
+            _ => self.hearing.silent(now),
+        };
+        self.fail(ctx, failure);
     }
 
     /// Starts the load: warm-up first.
     fn begin(&mut self, ctx: &mut Context<'_, Self>) {
         let now = Instant::now();
+        if let (Work::Stream(_), 1..) = (&self.work, self.open()) {
+            self.hearing.wait_from(now);
+            // (UDP needs no such check: the probe had its datagram echoed.)
+            self.first_reply = Some(ctx.set_timer(QUIET_LIMIT, Tick::FirstReply));
+        }
         let budgeted = self.options.messages.is_some();
         let warmup = if budgeted {
             Duration::ZERO
@@ -380,10 +428,7 @@ impl Bench {
         match self.phase {
             Phase::Connecting | Phase::Done => {}
             Phase::Settling => self.setup(ctx),
-            Phase::Setup => self.fail(
-                ctx,
-                LoadError::Setup(format!("the workload was not ready after {SETUP_LIMIT:?}")),
-            ),
+            Phase::Setup => self.setup_quiet(ctx),
             Phase::Starting => self.begin(ctx),
             Phase::Warmup => self.measure(ctx),
             Phase::Measure => self.drain(ctx),
@@ -432,6 +477,39 @@ impl Bench {
         }
     }
 
+    /// The first reply to an echo workload is overdue: fail, unless nothing has been
+    /// sent yet (an open loop's first message not yet due).
+    fn first_reply_due(&mut self, ctx: &mut Context<'_, Self>) {
+        self.first_reply = None;
+        if self.phase == Phase::Done || self.hearing.has_heard() {
+            return;
+        }
+        if self.outstanding() == 0 {
+            self.first_reply = Some(ctx.set_timer(QUIET_LIMIT, Tick::FirstReply));
+            return;
+        }
+        self.fail(ctx, self.hearing.silent(ctx.now()));
+    }
+
+    /// After an echo workload's replies, while the first one is awaited: a correct
+    /// one ends the check; a wrong one (`mismatched`) means another protocol.
+    fn check_first_reply(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        mismatched: bool,
+        first: Option<String>,
+    ) {
+        if self.rec.messages_total > 0 {
+            if let Some(timer) = self.first_reply.take() {
+                ctx.cancel_timer(timer);
+            }
+        } else if mismatched {
+            let first = first.unwrap_or_default();
+            let what = format!("its first reply was not an echo of what was sent: {first}");
+            self.fail(ctx, self.hearing.wrong_protocol(what));
+        }
+    }
+
     fn done(&mut self, ctx: &mut Context<'_, Self>) {
         self.enter(ctx, Phase::Done, None);
         ctx.shutdown();
@@ -444,6 +522,12 @@ impl Bench {
 
     /// After replies or closes: has the phase's work finished early?
     fn progressed(&mut self, ctx: &mut Context<'_, Self>) {
+        let answering = self.phase != Phase::Setup && self.first_reply.is_none();
+        let all_closed = self.dialer.connected > 0 && self.open() == 0;
+        if !answering && all_closed && self.phase != Phase::Done {
+            let failure = self.hearing.all_closed(self.phase == Phase::Setup);
+            return self.fail(ctx, failure);
+        }
         match self.phase {
             Phase::Setup => self.check_ready(ctx),
             Phase::Measure => self.check_budget(ctx),
@@ -565,10 +649,19 @@ impl Service for Bench {
         let now = Instant::now();
         match (line, &mut self.work) {
             (Line::Stream(line), Work::Stream(w)) => {
-                w.replies(ctx, conn, line, &frames, now, &mut self.rec)
+                let checking = self.first_reply.is_some();
+                let first = checking.then(|| frames.payloads().next().map(describe));
+                let mismatches = self.rec.mismatches;
+                w.replies(ctx, conn, line, &frames, now, &mut self.rec);
+                self.hearing.heard(now);
+                if checking {
+                    let mismatched = self.rec.mismatches > mismatches;
+                    self.check_first_reply(ctx, mismatched, first.flatten());
+                }
             }
             (Line::Member(line), Work::Chat(w)) => {
-                w.frames(ctx, conn, line, &frames, now, &mut self.rec)
+                w.frames(ctx, conn, line, &frames, now, &mut self.rec);
+                self.hearing.heard(now);
             }
             (_, _) => {
                 let count = frames.len();
@@ -609,6 +702,9 @@ impl Service for Bench {
             return self.dial_more(ctx);
         }
         let ending = self.phase == Phase::Done || reason == CloseReason::Shutdown;
+        if !ending && !matches!(line, Line::Idle) {
+            self.hearing.closed(reason);
+        }
         match line {
             Line::Idle => {
                 self.dialer.idle_open -= 1;
@@ -638,6 +734,8 @@ impl Service for Bench {
             Tick::Progress => self.progress(),
             Tick::PhaseEnd => self.phase_over(ctx),
             Tick::Pace => self.pace(ctx),
+            Tick::FirstReply => self.first_reply_due(ctx),
         }
     }
+
 }

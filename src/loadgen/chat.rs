@@ -5,6 +5,9 @@
 //! run, so no history is replayed) and `ping`, in one send; the server answers in
 //! order, so the `pong` proves the join took effect. Load starts once every member has
 //! its pong. What a member has seen of each sender is its own state ([`MemberLine`]).
+//! A frame during setup that no chat server sends (not JSON, or one of the run's own
+//! requests coming back, as from an echo server) is kept ([`ChatWork::take_foreign`]):
+//! the run fails at once, naming it, instead of waiting for pongs that never come.
 //!
 //! A published text is `SENDER:SEQ:NANOS:` padded with `x` to `--size` bytes, where
 //! NANOS is the send time on this process's clock; every member is in this process, so
@@ -26,6 +29,9 @@ use super::report::Recorder;
 use super::wire::LoadCodec;
 use super::Options;
 use crate::{Buffer, CloseReason, Codec, ConnId, Context, Frames};
+
+/// The request types the workload sends, which a chat server never sends back.
+const REQUESTS: [&str; 4] = ["hello", "join", "ping", "say"];
 
 /// A server → client message; only the fields the workload reads.
 ///
@@ -87,6 +93,8 @@ pub struct ChatWork {
     json: Vec<u8>,
     batch: Buffer,
     batched: u64,
+    /// The first frame during setup that was not from a chat server, described.
+    foreign: Option<String>,
 }
 
 impl ChatWork {
@@ -116,6 +124,7 @@ impl ChatWork {
             json: Vec::new(),
             batch: Buffer::new(),
             batched: 0,
+            foreign: None,
         }
     }
 
@@ -172,6 +181,16 @@ impl ChatWork {
     /// True once every open member has its pong.
     pub fn ready(&self) -> bool {
         self.ready == self.open
+    }
+
+    /// Members that have their pong.
+    pub fn members_ready(&self) -> usize {
+        self.ready
+    }
+
+    /// What the server sent during setup that a chat server never sends, if it did.
+    pub fn take_foreign(&mut self) -> Option<String> {
+        self.foreign.take()
     }
 
     /// Adds one message from the sender `line` to the batch, if it has room and the
@@ -255,8 +274,21 @@ impl ChatWork {
         let i = line.index;
         let message: Incoming = match serde_json::from_slice(payload) {
             Ok(m) => m,
-            Err(e) => return rec.mismatch(|| format!("member {i}: not a chat message: {e}")),
+            Err(e) => {
+                if !line.ready && self.foreign.is_none() {
+                    self.foreign =
+                        Some(format!("it sent a frame that is not a chat message ({e})"));
+                }
+                return rec.mismatch(|| format!("member {i}: not a chat message: {e}"));
+            }
         };
+        if !line.ready && REQUESTS.contains(&message.kind.as_ref()) && self.foreign.is_none() {
+            // A chat server never sends requests: this is our own, sent back.
+            let kind = &message.kind;
+            self.foreign = Some(format!(
+                "it sent our own `{kind}` request back, as an echo server does"
+            ));
+        }
         match message.kind.as_ref() {
             "msg" if message.room == Some(self.room.as_str()) => {
                 self.delivery(line, message.text.unwrap_or(""), now, rec);

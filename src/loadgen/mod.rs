@@ -9,6 +9,11 @@
 //!        ──> warm-up (not counted) ──> measured window ──> drain in-flight ──> Summary
 //! ```
 //!
+//! A server that answers nothing, or answers in another protocol than the mode's
+//! (chat against an echo server gets its own requests back), ends the run within
+//! seconds with an error that names the likely cause ([`LoadError::Silent`],
+//! [`LoadError::WrongProtocol`]).
+//!
 //! Every message carries its sequence number, and the rest of its payload is a slice of
 //! a pseudo-random pattern chosen by connection and sequence, so a reply that is
 //! corrupted, reordered, duplicated or meant for another connection is counted as an
@@ -27,11 +32,13 @@
 //! - `stream`: the `framed` and `raw` TCP workloads.
 //! - `udp`: the `udp` workload.
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
+//! - `check`: before the load, does the server speak the mode's protocol?
 //! - `report`: counters, the latency histogram, progress lines, the [`Summary`].
 //! - `procstat`: the server's CPU time and memory, read from `/proc`.
 
 mod bench;
 mod chat;
+mod check;
 mod connect;
 mod options;
 mod pace;
@@ -70,7 +77,29 @@ pub enum LoadError {
         /// The first failure.
         source: io::Error,
     },
-    /// The chat setup (hello, join) did not finish in time.
+    /// The server accepted the connections but sent nothing back before the load got
+    /// under way (during the chat setup, or to the first messages).
+    Silent {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The workload.
+        mode: Mode,
+        /// How long the run waited for a first answer.
+        waited: Duration,
+    },
+    /// The server answered in another protocol than the mode's (an echo server
+    /// sending a chat member's requests back, a chat server answering echo frames
+    /// with errors).
+    WrongProtocol {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The workload.
+        mode: Mode,
+        /// What the server sent.
+        what: String,
+    },
+    /// The chat setup (hello, join) stopped making progress: some members joined,
+    /// then the server went quiet.
     Setup(String),
     /// The event loop itself failed.
     Io(io::Error),
@@ -82,8 +111,8 @@ const MAX_FRAME: usize = 16 << 20;
 /// Runs the load the options describe and returns its summary.
 ///
 /// Fails only when the run cannot be carried out (bad options, server unreachable, no
-/// connection opened); errors found in the replies are in the summary
-/// ([`Summary::failed`]).
+/// connection opened, a server that answers nothing or speaks another protocol);
+/// errors found in the replies are in the summary ([`Summary::failed`]).
 pub fn run(options: &Options) -> Result<Summary, LoadError> {
     options.validate()?;
     connect::probe(options)?;
@@ -135,6 +164,20 @@ impl fmt::Display for LoadError {
                     "none of {attempted} connections could be opened: {source}"
                 )
             }
+            LoadError::Silent { addr, mode, waited } => write!(
+                f,
+                "the server at {addr} accepted the connections but answered nothing in {:.1} s: \
+                 it does not seem to speak the {} ({})",
+                waited.as_secs_f64(),
+                mode.protocol(),
+                silent_hint(*mode)
+            ),
+            LoadError::WrongProtocol { addr, mode, what } => write!(
+                f,
+                "the server at {addr} does not speak the {}: {what} ({})",
+                mode.protocol(),
+                wrong_protocol_hint(*mode)
+            ),
             LoadError::Setup(why) => write!(f, "setup failed: {why}"),
             LoadError::Io(e) => write!(f, "event loop failure: {e}"),
         }
@@ -148,7 +191,70 @@ impl std::error::Error for LoadError {
                 Some(source)
             }
             LoadError::Io(e) => Some(e),
-            LoadError::Options(_) | LoadError::Setup(_) => None,
+            LoadError::Options(_)
+            | LoadError::Silent { .. }
+            | LoadError::WrongProtocol { .. }
+            | LoadError::Setup(_) => None,
         }
+    }
+}
+
+/// The likely cause when a server answers nothing at all.
+fn silent_hint(mode: Mode) -> String {
+    let usual = mode.default_addr();
+    match mode {
+        Mode::Chat => {
+            format!("is it a chat server? `switchboard chat` listens on {usual} by default")
+        }
+        Mode::Raw => {
+            "is it an echo server? `--mode raw` needs `switchboard echo --framing raw`".into()
+        }
+        Mode::Framed | Mode::Udp => {
+            format!("is it an echo server? `switchboard echo` listens on {usual} by default")
+        }
+    }
+}
+
+/// The likely cause when a server answers in another protocol: the other service.
+fn wrong_protocol_hint(mode: Mode) -> String {
+    let usual = mode.default_addr();
+    match mode {
+        Mode::Chat => format!("is it `switchboard echo`? chat listens on {usual} by default"),
+        Mode::Raw => "`--mode raw` needs an unframed echo, `switchboard echo --framing raw`".into(),
+        Mode::Framed | Mode::Udp => {
+            format!("is it `switchboard chat`? echo listens on {usual} by default")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_before_the_load_name_the_likely_cause() {
+        let echo: SocketAddr = ([127, 0, 0, 1], 9000).into();
+        let wrong = LoadError::WrongProtocol {
+            addr: echo,
+            mode: Mode::Chat,
+            what: "it sent our own `hello` request back, as an echo server does".into(),
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "the server at 127.0.0.1:9000 does not speak the chat protocol: it sent our own \
+             `hello` request back, as an echo server does (is it `switchboard echo`? chat \
+             listens on 127.0.0.1:9001 by default)"
+        );
+        let silent = LoadError::Silent {
+            addr: echo,
+            mode: Mode::Framed,
+            waited: Duration::from_millis(3_020),
+        };
+        assert_eq!(
+            silent.to_string(),
+            "the server at 127.0.0.1:9000 accepted the connections but answered nothing in \
+             3.0 s: it does not seem to speak the framed echo protocol (is it an echo server? \
+             `switchboard echo` listens on 127.0.0.1:9000 by default)"
+        );
     }
 }

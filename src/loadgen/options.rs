@@ -56,6 +56,16 @@ impl Mode {
             Mode::Framed | Mode::Raw | Mode::Udp => "msgs",
         }
     }
+
+    /// The protocol the server must speak, as error messages name it.
+    pub(crate) fn protocol(self) -> &'static str {
+        match self {
+            Mode::Framed => "framed echo protocol",
+            Mode::Raw => "raw (unframed) echo protocol",
+            Mode::Udp => "UDP echo protocol",
+            Mode::Chat => "chat protocol",
+        }
+    }
 }
 
 impl fmt::Display for Mode {
