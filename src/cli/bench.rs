@@ -1,7 +1,9 @@
 //! `switchboard bench`: the load generator's flags, and running it.
 //!
 //! Exit codes: 0 when every reply was correct and every connection opened; 1 when the
-//! run found errors or could not run at all (server unreachable, bad options).
+//! run found errors or could not run at all (server unreachable, bad options, a server
+//! that answers nothing or speaks another protocol); 130 when Ctrl-C (SIGINT, or
+//! SIGTERM) cut the run short, after printing the summary of what was measured.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -10,6 +12,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::loadgen::{self, Mode, Options};
+
+/// The exit code of a run cut short by a signal: 128 + SIGINT, as shells report it.
+const INTERRUPTED: u8 = 130;
 
 /// `switchboard bench`: drive load at a server and check every reply.
 #[derive(Debug, Clone, Args)]
@@ -120,7 +125,7 @@ pub fn run_bench(args: BenchArgs) -> ExitCode {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         log::warn!("cannot raise the open-file limit: {e}");
     }
-    let summary = match loadgen::run(&options) {
+    let summary = match loadgen::run_interruptible(&options) {
         Ok(summary) => summary,
         Err(e) => {
             eprintln!("switchboard bench: {e}");
@@ -137,6 +142,19 @@ pub fn run_bench(args: BenchArgs) -> ExitCode {
             "switchboard bench: FAILED: {} errors, {} connect failures",
             summary.errors, summary.connect_failures
         );
+    }
+    if summary.interrupted {
+        if summary.seconds > 0.0 {
+            eprintln!(
+                "switchboard bench: interrupted: the summary covers the {:.2} s measured before the signal",
+                summary.seconds
+            );
+        } else {
+            eprintln!("switchboard bench: interrupted before the measured window began");
+        }
+        return ExitCode::from(INTERRUPTED);
+    }
+    if summary.failed() {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Warm-up load is sent but not counted. The measured window ends after `duration`
-//! (or, with a message budget, once every message is answered); then nothing new is
-//! sent, and the drain phase waits a little for the replies still in flight, so that
-//! they are checked too. Every phase has a deadline, a timer of the reactor's: a run
-//! always ends by itself.
+//! (or, with a message budget, once every message is answered, or at a signal: see
+//! [`Bench::interrupt`]); then nothing new is sent, and the drain phase waits a little
+//! for the replies still in flight, so that they are checked too. Every phase has a
+//! deadline, a timer of the reactor's: a run always ends by itself.
 //!
 //! Before the load is under way the run also checks that the server speaks the mode's
 //! protocol (the rules are in [`super::check`]): the chat setup's deadline is
@@ -149,6 +149,12 @@ pub struct Bench {
     hearing: Hearing,
     /// An echo workload's first-reply check, while it waits: its timer.
     first_reply: Option<TimerId>,
+    /// A signal (or a shutdown from outside) ended the run early.
+    interrupted: bool,
+    /// The drain ended by itself: every reply came, or its deadline passed. When it
+    /// did not (a signal during the drain, a second signal), replies still in flight
+    /// were not awaited and are not counted as unanswered.
+    drained: bool,
     /// Why the run could not be carried out, if it could not.
     failure: Option<LoadError>,
 }
@@ -194,6 +200,8 @@ impl Bench {
             last_progress: Instant::now(),
             hearing: Hearing::new(&options, Instant::now()),
             first_reply: None,
+            interrupted: false,
+            drained: false,
             failure: None,
             options,
         }
@@ -220,7 +228,7 @@ impl Bench {
             return Err(failure);
         }
         let unanswered = self.work_finish();
-        if self.first_reply.is_some() && unanswered > 0 {
+        if self.first_reply.is_some() && unanswered > 0 && !self.interrupted {
             // The run ended (a short window) before the first-reply check could.
             return Err(self.hearing.silent(Instant::now()));
         }
@@ -230,7 +238,10 @@ impl Bench {
             _ => self.dialer.connected,
         };
         summary.connect_failures = self.dialer.failures;
-        summary.unanswered = unanswered;
+        summary.interrupted = self.interrupted;
+        if self.drained || !self.interrupted {
+            summary.unanswered = unanswered;
+        }
         summary.lost = self.rec.lost;
         summary.errors += summary.unanswered;
         let window = &self.window;
@@ -432,7 +443,11 @@ impl Bench {
             Phase::Starting => self.begin(ctx),
             Phase::Warmup => self.measure(ctx),
             Phase::Measure => self.drain(ctx),
-            Phase::Drain => self.done(ctx),
+            Phase::Drain => {
+                // Waited the whole drain: what is still in flight is unanswered.
+                self.drained = true;
+                self.done(ctx);
+            }
         }
     }
 
@@ -454,26 +469,50 @@ impl Bench {
     }
 
     fn drain(&mut self, ctx: &mut Context<'_, Self>) {
-        self.rec.set_measuring(false);
-        if let Some(start) = self.measure_start {
-            self.window.length = start.elapsed();
-        }
-        if let Some(s) = self.server {
-            self.window.server_cpu = s.cpu_secs().unwrap_or_default() - self.cpu_start;
-            self.window.server_memory = s.memory_kib().unwrap_or_default();
+        self.close_window();
+        self.enter(ctx, Phase::Drain, Some(DRAIN_LIMIT));
+        self.check_drained(ctx);
+    }
+
+    /// Ends the measured window (if it is open) and sends nothing new from now on.
+    fn close_window(&mut self) {
+        if self.rec.measuring() {
+            self.rec.set_measuring(false);
+            if let Some(start) = self.measure_start {
+                self.window.length = start.elapsed();
+            }
+            if let Some(s) = self.server {
+                self.window.server_cpu = s.cpu_secs().unwrap_or_default() - self.cpu_start;
+                self.window.server_memory = s.memory_kib().unwrap_or_default();
+            }
         }
         match &mut self.work {
             Work::Stream(w) => w.stop(),
             Work::Chat(w) => w.stop(),
             Work::Udp(w) => w.stop(),
         }
-        self.enter(ctx, Phase::Drain, Some(DRAIN_LIMIT));
-        self.check_drained(ctx);
     }
 
     fn check_drained(&mut self, ctx: &mut Context<'_, Self>) {
         if self.phase == Phase::Drain && self.outstanding() == 0 {
+            self.drained = true;
             self.done(ctx);
+        }
+    }
+
+    /// A signal asks the run to end early (see [`super::run_interruptible`]): the
+    /// measured window closes now and the replies in flight drain, so the summary
+    /// covers what was measured. Before the load, the run just ends; during the drain,
+    /// it ends without waiting for the rest.
+    #[cfg(feature = "signals")]
+    pub fn interrupt(&mut self, ctx: &mut Context<'_, Self>) {
+        if self.interrupted || self.phase == Phase::Done {
+            return;
+        }
+        self.interrupted = true;
+        match self.phase {
+            Phase::Warmup | Phase::Measure => self.drain(ctx),
+            _ => self.done(ctx),
         }
     }
 
@@ -481,7 +520,7 @@ impl Bench {
     /// sent yet (an open loop's first message not yet due).
     fn first_reply_due(&mut self, ctx: &mut Context<'_, Self>) {
         self.first_reply = None;
-        if self.phase == Phase::Done || self.hearing.has_heard() {
+        if self.phase == Phase::Done || self.interrupted || self.hearing.has_heard() {
             return;
         }
         if self.outstanding() == 0 {
@@ -738,4 +777,13 @@ impl Service for Bench {
         }
     }
 
+    /// A shutdown from outside (a [`crate::Handle`], or a signal when the loop's inbox
+    /// is full): the run ends where it is, with what it measured.
+    fn on_stop(&mut self, _ctx: &mut Context<'_, Self>) {
+        if self.phase != Phase::Done {
+            self.interrupted = true;
+            self.close_window();
+            self.phase = Phase::Done;
+        }
+    }
 }

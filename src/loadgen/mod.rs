@@ -12,7 +12,8 @@
 //! A server that answers nothing, or answers in another protocol than the mode's
 //! (chat against an echo server gets its own requests back), ends the run within
 //! seconds with an error that names the likely cause ([`LoadError::Silent`],
-//! [`LoadError::WrongProtocol`]).
+//! [`LoadError::WrongProtocol`]). With [`run_interruptible`], Ctrl-C ends the measured
+//! window early and the summary covers what was measured ([`Summary::interrupted`]).
 //!
 //! Every message carries its sequence number, and the rest of its payload is a slice of
 //! a pseudo-random pattern chosen by connection and sequence, so a reply that is
@@ -34,12 +35,15 @@
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
 //! - `check`: before the load, does the server speak the mode's protocol?
 //! - `report`: counters, the latency histogram, progress lines, the [`Summary`].
+//! - `interrupt`: SIGINT and SIGTERM end the run early (feature `signals`).
 //! - `procstat`: the server's CPU time and memory, read from `/proc`.
 
 mod bench;
 mod chat;
 mod check;
 mod connect;
+#[cfg(feature = "signals")]
+mod interrupt;
 mod options;
 mod pace;
 mod procstat;
@@ -114,6 +118,24 @@ const MAX_FRAME: usize = 16 << 20;
 /// connection opened, a server that answers nothing or speaks another protocol);
 /// errors found in the replies are in the summary ([`Summary::failed`]).
 pub fn run(options: &Options) -> Result<Summary, LoadError> {
+    run_with(options, |_| Ok(()))
+}
+
+/// Like [`run`], but the first SIGINT or SIGTERM ends the run early: the measured
+/// window closes at once, the replies in flight drain, and the summary covers what was
+/// measured until then, with [`Summary::interrupted`] set. A second signal stops at
+/// once (replies still in flight are then not awaited, and not counted as
+/// unanswered). `switchboard bench` runs this way.
+#[cfg(feature = "signals")]
+pub fn run_interruptible(options: &Options) -> Result<Summary, LoadError> {
+    run_with(options, interrupt::on_signals)
+}
+
+/// Runs `options` on a reactor that `prepare` may add to before the loop starts.
+fn run_with(
+    options: &Options,
+    prepare: impl FnOnce(&mut crate::Reactor<Bench>) -> Result<(), crate::Error>,
+) -> Result<Summary, LoadError> {
     options.validate()?;
     connect::probe(options)?;
     let config = crate::Config {
@@ -139,6 +161,7 @@ pub fn run(options: &Options) -> Result<Summary, LoadError> {
         }
         reactor.service_mut().set_udp_sockets(sockets);
     }
+    prepare(&mut reactor).map_err(reactor_error)?;
     let stopped = reactor.run().map_err(reactor_error)?;
     stopped.service.into_summary()
 }

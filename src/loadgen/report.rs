@@ -79,6 +79,11 @@ impl Recorder {
         self.measuring = on;
     }
 
+    /// True inside the measured window.
+    pub fn measuring(&self) -> bool {
+        self.measuring
+    }
+
     /// A correct reply of `bytes` payload bytes that took `latency`.
     #[inline]
     pub fn reply(&mut self, bytes: usize, latency: Duration) {
