@@ -1,14 +1,17 @@
 //! End-to-end tests of the load generator (`switchboard bench`) against servers running
 //! in this process on 127.0.0.1: a correct echo server must give zero errors and a
 //! plausible count; servers that corrupt, drop or close must be caught; an address
-//! where nothing listens must give one clear error. Each run lasts about a second.
+//! where nothing listens, a server that never answers and one that speaks another
+//! protocol must each give one clear error within seconds; Ctrl-C must leave a summary
+//! of what was measured. Each run lasts about a second (a failing one, at most a few).
 
 mod common;
 
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use switchboard::loadgen::{self, LoadError, Mode, Options};
@@ -327,4 +330,292 @@ fn chat_mode_measures_deliveries_to_every_member() {
     // window's edges: deliveries are counted when they arrive, publications when sent).
     let ratio = summary.messages as f64 / summary.published as f64;
     assert!((18.0..=22.0).contains(&ratio), "{summary}");
+}
+
+/// Accepts connections and never answers.
+struct Mute;
+
+impl Service for Mute {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+}
+
+/// Runs `switchboard bench --addr ADDR` with a 30 s window, which a run that cannot
+/// get going must not wait for.
+fn bench_long(addr: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["bench", "--addr", addr, "--duration", "30", "--quiet"])
+        .args(extra)
+        .output()
+        .expect("run switchboard bench")
+}
+
+/// How long a run that cannot get going may take to say so: the three seconds of
+/// silence it waits for, plus room for a machine shared with other tests.
+const FAIL_FAST: Duration = Duration::from_secs(8);
+
+#[test]
+fn chat_mode_defaults_to_the_chat_port() {
+    use clap::Parser;
+    use switchboard::cli::{Cli, Command as Sub};
+    let addr_for = |mode: &str| {
+        let cli = Cli::try_parse_from(["switchboard", "bench", "--mode", mode]).unwrap();
+        let Sub::Bench(args) = cli.command else {
+            panic!("not a bench command");
+        };
+        args.options().unwrap().addr.to_string()
+    };
+    assert_eq!(addr_for("chat"), "127.0.0.1:9001");
+    for mode in ["framed", "raw", "udp"] {
+        assert_eq!(addr_for(mode), "127.0.0.1:9000", "{mode}");
+    }
+    // --help says so.
+    let help = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["bench", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("127.0.0.1:9000") && help.contains("with --mode chat, 127.0.0.1:9001"),
+        "{help}"
+    );
+    // And a run aims there: whatever answers on 9001 (nothing, usually: "cannot reach"),
+    // the address it names is the chat port's.
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "--mode",
+            "chat",
+            "--duration",
+            "0.1",
+            "--warmup",
+            "0",
+        ])
+        .args(["--quiet", "--json"])
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(all.contains("127.0.0.1:9001"), "{all}");
+    assert!(!all.contains("127.0.0.1:9000"), "{all}");
+}
+
+#[test]
+fn chat_mode_against_an_echo_server_fails_at_once_naming_the_cause() {
+    let server = echo_server();
+    let options = Options {
+        duration: Duration::from_secs(30),
+        ..quick(server.tcp(), Mode::Chat)
+    };
+    let start = Instant::now();
+    let err = loadgen::run(&options).unwrap_err();
+    assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
+    assert!(matches!(err, LoadError::WrongProtocol { .. }), "{err:?}");
+    // The binary: exit 1, one line naming the likely cause.
+    let start = Instant::now();
+    let output = bench_long(&server.tcp().to_string(), &["--mode", "chat"]);
+    assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "the server at {} does not speak the chat protocol",
+        server.tcp()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("is it `switchboard echo`? chat listens on 127.0.0.1:9001"),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "no summary for a run that never started"
+    );
+}
+
+#[test]
+fn framed_mode_against_a_chat_server_fails_at_once() {
+    let server = chat_server();
+    let start = Instant::now();
+    let err = loadgen::run(&Options {
+        duration: Duration::from_secs(30),
+        ..quick(server.tcp(), Mode::Framed)
+    })
+    .unwrap_err();
+    assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
+    let message = err.to_string();
+    assert!(matches!(err, LoadError::WrongProtocol { .. }), "{err:?}");
+    // What came back is shown: the chat server's error event.
+    assert!(message.contains(r#"{"type":"error""#), "{message}");
+    assert!(message.contains("is it `switchboard chat`?"), "{message}");
+}
+
+#[test]
+fn a_server_that_accepts_but_never_answers_fails_within_seconds() {
+    let server = TestServer::start(local_config(), || (Mute, LengthCodec::new(MAX_FRAME)));
+    for mode in [Mode::Framed, Mode::Chat] {
+        let options = Options {
+            duration: Duration::from_secs(30),
+            ..quick(server.tcp(), mode)
+        };
+        let start = Instant::now();
+        let err = loadgen::run(&options).unwrap_err();
+        assert!(
+            start.elapsed() < FAIL_FAST,
+            "{mode}: took {:?}",
+            start.elapsed()
+        );
+        assert!(matches!(err, LoadError::Silent { .. }), "{mode}: {err:?}");
+        let message = err.to_string();
+        assert!(message.contains("answered nothing"), "{message}");
+    }
+    // The binary, with the default window: exit 1 and the error, no summary.
+    let start = Instant::now();
+    let output = bench_long(&server.tcp().to_string(), &[]);
+    assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("accepted the connections but answered nothing"),
+        "{stderr}"
+    );
+}
+
+/// `switchboard bench ARGS` as a child process with its stderr collected as it comes.
+fn bench_child(args: &[&str]) -> (ChildServer, StderrLog) {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    let mut child = ChildServer::start(&all, None);
+    let log = StderrLog::capture(&mut child);
+    (child, log)
+}
+
+/// Waits for the first progress line of the measured window, then sends SIGINT; returns
+/// the exit code, stdout and stderr.
+fn interrupt_when_measuring(
+    mut child: ChildServer,
+    log: StderrLog,
+) -> (Option<i32>, String, String) {
+    log.wait_for("a progress line while measuring", IO_TIMEOUT, |text| {
+        text.lines()
+            .any(|l| l.starts_with("bench:") && l.contains(" measure "))
+    });
+    child.signal("INT");
+    let mut pipe = child.child.stdout.take().expect("stdout is piped");
+    let (code, _) = child.wait(IO_TIMEOUT);
+    let mut stdout = String::new();
+    pipe.read_to_string(&mut stdout).unwrap();
+    (code, stdout, log.finish())
+}
+
+#[test]
+fn sigint_prints_an_interrupted_summary_of_what_was_measured() {
+    let server = echo_server();
+    let addr = server.tcp().to_string();
+    let started = Instant::now();
+    let (child, log) = bench_child(&[
+        "--addr",
+        &addr,
+        "--conns",
+        "2",
+        "--depth",
+        "4",
+        "--duration",
+        "60",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let (code, stdout, stderr) = interrupt_when_measuring(child, log);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it ran to the end"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["interrupted"], true, "{json}");
+    assert!(json["messages"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    let seconds = json["seconds"].as_f64().unwrap();
+    assert!((0.5..30.0).contains(&seconds), "{json}");
+    assert!(
+        stderr.contains("switchboard bench: interrupted"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_during_a_chat_run_prints_deliveries_marked_interrupted() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let (child, log) = bench_child(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--conns",
+        "5",
+        "--duration",
+        "60",
+        "--warmup",
+        "0",
+    ]);
+    let (code, stdout, stderr) = interrupt_when_measuring(child, log);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stdout.contains("measured (interrupted"), "{stdout}");
+    let throughput = stdout
+        .lines()
+        .find(|l| l.contains("throughput:"))
+        .unwrap_or_else(|| panic!("no throughput line: {stdout}"));
+    assert!(
+        throughput.contains("deliveries/s") && !throughput.contains("msgs/s"),
+        "{throughput}"
+    );
+    assert!(stdout.contains("errors: 0"), "{stdout}");
+}
+
+/// The progress lines of a run of `switchboard bench ARGS` (warm-up, then measuring).
+fn progress_lines(args: &[&str]) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("bench")
+        .args(args)
+        .args(["--warmup", "1.5", "--duration", "1"])
+        .output()
+        .expect("run switchboard bench");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| l.starts_with("bench:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn progress_lines_say_the_same_thing_in_every_mode() {
+    let echo = echo_server();
+    let chat = chat_server();
+    let framed = progress_lines(&["--addr", &echo.tcp().to_string(), "--conns", "2"]);
+    let members = progress_lines(&["--addr", &chat.tcp().to_string(), "--mode", "chat"]);
+    for (lines, unit) in [(&framed, "msgs"), (&members, "deliveries")] {
+        let warmup = lines.iter().find(|l| l.contains(" warmup "));
+        let measure = lines.iter().find(|l| l.contains(" measure "));
+        let (Some(warmup), Some(measure)) = (warmup, measure) else {
+            panic!("no warm-up and measure lines: {lines:#?}");
+        };
+        for line in [warmup, measure] {
+            // The rate covers the last second in any phase; the count only the window.
+            assert!(line.contains(&format!(" {unit}/s ")), "{line}");
+            assert!(line.contains("(last 1 s)"), "{line}");
+            assert!(line.contains(&format!(" {unit}, p99 ")), "{line}");
+        }
+        // Warm-up traffic shows in the rate, not in what was measured.
+        assert!(!warmup.contains(&format!("{unit}/s 0 ")), "{warmup}");
+        assert!(
+            warmup.contains(&format!("measured 0 {unit}, p99 -")),
+            "{warmup}"
+        );
+        assert!(
+            !measure.contains(&format!("measured 0 {unit}")),
+            "{measure}"
+        );
+    }
 }
