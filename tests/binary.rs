@@ -402,3 +402,42 @@ fn text_or_http_on_the_framed_port_is_told_what_the_port_speaks() {
         log.contains("the bytes are an HTTP request")
     });
 }
+
+/// `--help` shows each server's real default address, and a bare port is an address on
+/// 127.0.0.1 (a bad one says what is expected).
+#[test]
+fn addresses_take_a_bare_port_and_help_shows_the_real_defaults() {
+    let help = |command: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(help("echo").contains("[default: 127.0.0.1:9000]"));
+    assert!(help("chat").contains("[default: 127.0.0.1:9001]"));
+    assert!(!help("chat").contains("PORT]"));
+
+    let port = free_port();
+    let mut server = ChildServer::start(
+        &["echo", "--tcp", &port.to_string(), "--udp", "off"],
+        Some(port),
+    );
+    wait_until_served(port);
+    let log = StderrLog::capture(&mut server);
+    server.signal("TERM");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0));
+    assert!(log
+        .finish()
+        .contains(&format!("listening on tcp 127.0.0.1:{port}")));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["echo", "--tcp", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected IP:PORT"), "{stderr}");
+}

@@ -79,8 +79,10 @@ impl LogArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Framed TCP echo plus UDP echo (default 127.0.0.1:9000).
+    #[command(mut_args = |c| server::with_default_port(c, 9000))]
     Echo(EchoArgs),
     /// Chat rooms, names and direct messages over TCP and UDP (default 127.0.0.1:9001).
+    #[command(mut_args = |c| server::with_default_port(c, 9001))]
     Chat(chat::ChatArgs),
     /// Load generator: drive echo or chat traffic at a server and check every reply.
     Bench(bench::BenchArgs),

@@ -16,10 +16,12 @@ use crate::{Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service, Stopped
 /// Endpoints and limits, for any server subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// TCP address to listen on; repeatable; IPv6 as [::1]:9000 [default: 127.0.0.1:PORT]
-    #[arg(long = "tcp", value_name = "ADDR")]
+    /// TCP address to listen on (a bare port means 127.0.0.1:PORT); repeatable; IPv6 as
+    /// [::1]:9000
+    #[arg(long = "tcp", value_name = "ADDR", value_parser = parse_addr)]
     pub tcp: Vec<SocketAddr>,
-    /// UDP address to serve; repeatable; "off" disables UDP [default: 127.0.0.1:PORT]
+    /// UDP address to serve (a bare port means 127.0.0.1:PORT); repeatable; "off"
+    /// disables UDP
     #[arg(long = "udp", value_name = "ADDR|off")]
     pub udp: Vec<UdpAddr>,
     /// Also listen on a Unix-domain stream socket at this path; repeatable.
@@ -73,10 +75,31 @@ impl FromStr for UdpAddr {
         if s.eq_ignore_ascii_case("off") {
             return Ok(UdpAddr::Off);
         }
-        s.parse()
+        parse_addr(s)
             .map(UdpAddr::Addr)
-            .map_err(|e| format!("{e} (expected IP:PORT or \"off\")"))
+            .map_err(|e| format!("{e}, or \"off\""))
     }
+}
+
+/// An address flag: `IP:PORT`, `[IPv6]:PORT`, or a bare port on 127.0.0.1.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an address: expected IP:PORT (127.0.0.1:9000, [::1]:9000) or a port")
+    })
+}
+
+/// Says in `--help` which address a server subcommand serves when given none: `arg`
+/// (each of the subcommand's flags in turn), with the real default for `--tcp` and
+/// `--udp`.
+pub fn with_default_port(arg: clap::Arg, port: u16) -> clap::Arg {
+    if !matches!(arg.get_id().as_str(), "tcp" | "udp") {
+        return arg;
+    }
+    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+    arg.help(format!("{help} [default: 127.0.0.1:{port}]"))
 }
 
 impl ServerArgs {
