@@ -1,6 +1,7 @@
 //! An interactive client for `switchboard echo`: every line typed becomes one frame
-//! (4-byte big-endian length + the line), and each echo is printed as it comes back.
-//! Empty lines are skipped. `--udp` sends each line as one datagram instead.
+//! (4-byte big-endian length + the line), and each echo is printed as it comes back;
+//! a server that closes the connection is reported at once, even while nothing is
+//! being typed. Empty lines are skipped. `--udp` sends each line as one datagram instead.
 //! `--repeat N` instead sends N frames of `--size` bytes, pipelined, checks every echo
 //! and prints the throughput.
 //!
@@ -14,10 +15,14 @@
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use switchboard::frame::wire;
+
+/// How long an echo may take before the client gives up on it.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Talk to a switchboard echo server.
 #[derive(Debug, Parser)]
@@ -60,7 +65,7 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         )
     })?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(ECHO_TIMEOUT))?;
     Ok(stream)
 }
 
@@ -82,18 +87,43 @@ fn read_frame(stream: &mut TcpStream, payload: &mut Vec<u8>) -> io::Result<()> {
     stream.read_exact(payload)
 }
 
+/// Typed lines become frames on this thread, while a second thread prints each echo as
+/// it arrives: so a server that closes the connection is reported at once, not when
+/// the next line is typed.
 fn tcp_session(addr: SocketAddr) -> io::Result<()> {
     let mut stream = connect(addr)?;
+    // The reader waits for the server for as long as the user takes to type.
+    stream.set_read_timeout(None)?;
+    let mut reader = stream.try_clone()?;
+    let (echoed, echoes) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut echo = Vec::new();
+        let reason = loop {
+            if let Err(e) = read_frame(&mut reader, &mut echo) {
+                break e;
+            }
+            println!("{}", String::from_utf8_lossy(&echo));
+            // The main thread is gone only once every echo it waited for is in.
+            let _ = echoed.send(());
+        };
+        eprintln!("echo_client: {addr}: {reason}");
+        std::process::exit(1);
+    });
     eprintln!("connected to {addr}; type lines, end with Ctrl-D");
-    let mut echo = Vec::new();
+    let mut sent = 0u64;
     for line in io::stdin().lock().lines() {
         let line = line?;
         if line.is_empty() {
             continue; // nothing to send; an empty frame is valid, but not useful here
         }
         write_frame(&mut stream, line.as_bytes())?;
-        read_frame(&mut stream, &mut echo)?;
-        println!("{}", String::from_utf8_lossy(&echo));
+        sent += 1;
+    }
+    // The end of input: wait for the echoes still on their way.
+    for _ in 0..sent {
+        echoes
+            .recv_timeout(ECHO_TIMEOUT)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "an echo is missing"))?;
     }
     Ok(())
 }
