@@ -1,27 +1,40 @@
 //! An interactive terminal client for `switchboard chat`: type to talk, and see what
-//! others say as it arrives.
+//! others say as it arrives, printed above the line you are typing.
 //!
 //! ```text
 //! cargo run --release -- chat                                   # the server
 //! cargo run --release --example chat_client -- --name alice     # TCP
 //! cargo run --release --example chat_client -- --name bob --udp # UDP
+//! cargo run --release --example chat_client -- --help
 //! ```
 //!
-//! Plain lines go to the current room (`lobby` at first). Commands: `/nick NAME`,
-//! `/join ROOM` (also makes it the current room), `/leave [ROOM]`, `/msg NAME TEXT`,
-//! `/list`, `/quit`. Empty lines are skipped.
+//! Plain lines go to the current room (`lobby` at first); `/help` lists the commands.
+//! Every error the client prints says what to do next.
 //!
 //! Two threads, so that reading the keyboard never holds up incoming messages: the
-//! main thread reads stdin and sends requests; a second thread reads the socket and
-//! prints every event the moment it arrives. When the server goes away, that thread
-//! says so and ends the program.
+//! main thread edits the line being typed (with `rustyline`) and sends requests; a
+//! second thread reads the socket and prints each event the moment it arrives. On a
+//! terminal it prints through rustyline's external printer, which clears the prompt
+//! line, prints the event, and draws the prompt again with the half-typed text, so
+//! what arrives never lands inside what is being typed. Without a terminal (input
+//! from a pipe), lines are read and printed plainly.
+//!
+//! A member who joins a room is sent the room's recent messages as ordinary `msg`
+//! events. To tell them from live ones, the client sends a `ping` in the same write
+//! as each `join`: the server handles the two frames in one turn of its loop, so
+//! whatever it sends for the room between this member's own `joined` and the `pong`
+//! is the replay, and is printed marked `(history)`.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::collections::BTreeSet;
+use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
 use serde_json::{json, Value};
 use switchboard::frame::wire;
 
@@ -29,13 +42,51 @@ use switchboard::frame::wire;
 /// default), so that it stays a member while its user only reads.
 const UDP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// How long the start (the first name, the lobby) may take before typed lines are
+/// taken anyway.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `/quit` waits for what the server sent before it to be printed.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Set when the user quits, so that the connection closing is not reported.
 static QUITTING: AtomicBool = AtomicBool::new(false);
 
+const USAGE: &str = "\
+usage: chat_client [--addr HOST:PORT] [--name NAME] [--udp]
+
+A terminal client for `switchboard chat`.
+
+  --addr HOST:PORT  the server (default 127.0.0.1:9001)
+  --name NAME       the name to chat under (default: $USER, else guest)
+  --udp             talk over UDP instead of TCP
+  -h, --help        print this help
+
+Once connected, type a line to say it in the current room; /help lists the commands.
+";
+
+const HELP: &str = "\
+* commands:
+*   /nick NAME      change your name
+*   /join ROOM      enter ROOM and talk there (or switch to a room you are in)
+*   /leave [ROOM]   leave ROOM (the current room if none is named)
+*   /msg NAME TEXT  send TEXT to NAME alone
+*   /list           the rooms and who is in them
+*   /help           this list
+*   /quit           leave the chat (Ctrl-D does too)
+* any other line is said in the current room";
+
+/// The prompt; the current room is announced when it changes rather than shown here,
+/// because the room changes when the server says so, while the prompt is on screen.
+const PROMPT: &str = "> ";
+
 /// Command-line options.
 struct Options {
+    /// The server.
     addr: SocketAddr,
+    /// The name asked for first.
     name: String,
+    /// UDP datagrams instead of TCP frames.
     udp: bool,
 }
 
@@ -76,16 +127,25 @@ impl Link {
         Ok(Link::Tcp(stream))
     }
 
-    /// Sends one request: a length-prefixed frame over TCP, a datagram over UDP.
-    fn send(&mut self, request: &Value) -> io::Result<()> {
-        let payload = request.to_string().into_bytes();
+    /// Sends requests: over TCP as length-prefixed frames in one write (so that the
+    /// server reads them together), over UDP as one datagram each.
+    fn send(&mut self, requests: &[Value]) -> io::Result<()> {
+        let payloads: Vec<Vec<u8>> = requests.iter().map(|r| r.to_string().into()).collect();
         match self {
             Link::Tcp(stream) => {
-                let len = u32::try_from(payload.len())
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too long"))?;
-                stream.write_all(&[&wire::header(len)[..], &payload].concat())
+                let mut bytes = Vec::new();
+                for payload in &payloads {
+                    let len = u32::try_from(payload.len()).map_err(|_| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "message too long")
+                    })?;
+                    bytes.extend_from_slice(&wire::header(len));
+                    bytes.extend_from_slice(payload);
+                }
+                stream.write_all(&bytes)
             }
-            Link::Udp(socket) => socket.send(&payload).map(|_| ()),
+            Link::Udp(socket) => payloads
+                .iter()
+                .try_for_each(|payload| socket.send(payload).map(|_| ())),
         }
     }
 
@@ -107,34 +167,371 @@ fn udp_handshake(socket: &UdpSocket) -> io::Result<()> {
     socket.recv(&mut buf).map(|_| ())
 }
 
+/// A `join` and the `ping` that marks where the room's history ends.
+fn join_requests(room: &str) -> [Value; 2] {
+    [
+        json!({"type": "join", "room": room}),
+        json!({"type": "ping"}),
+    ]
+}
+
+/// What the client knows of its place in the chat, and the way to the server: shared
+/// by the thread that reads the keyboard and the one that reads the socket.
+struct Chat {
+    /// The sending side of the connection (the receiving thread reads a clone).
+    link: Link,
+    /// The name the server confirmed with `welcome`; `None` until it has.
+    name: Option<String>,
+    /// The rooms this member is in, as the server's `joined` and `left` for it say.
+    rooms: BTreeSet<String>,
+    /// Where plain lines go.
+    current: Option<String>,
+    /// The room whose history is being replayed: from this member's own `joined` to
+    /// the `pong` sent after the `join`.
+    replaying: Option<String>,
+    /// Dropped once the start is settled (the first name taken and the lobby joined,
+    /// or the first name refused), which lets the first typed line through: lines
+    /// piped in are then said in the lobby, not refused for want of a name.
+    started: Option<mpsc::Sender<()>>,
+    /// Dropped when the next `pong` arrives: on `/quit`, the client pings and waits
+    /// for it, so that everything the server sent before is printed.
+    flushed: Option<mpsc::Sender<()>>,
+}
+
+/// What one typed line comes to.
+enum Typed {
+    /// The client's own answer, such as the help or a usage line.
+    Print(String),
+    /// Requests went out; what comes back says how they went.
+    Nothing,
+    /// `/quit`.
+    Quit,
+}
+
+impl Chat {
+    /// Turns a typed line into requests, or an answer of the client's own.
+    fn typed(&mut self, line: &str) -> io::Result<Typed> {
+        let Some(rest) = line.strip_prefix('/') else {
+            return self.say(line);
+        };
+        let (verb, argument) = rest.split_once(' ').unwrap_or((rest, ""));
+        let argument = argument.trim();
+        let request = match (verb, argument) {
+            ("help", _) => return Ok(answer(HELP)),
+            ("quit", _) => return Ok(Typed::Quit),
+            ("list", _) => json!({"type": "list"}),
+            ("nick", "") => return Ok(answer("* usage: /nick NAME")),
+            ("nick", name) => json!({"type": "hello", "name": name}),
+            ("join", "") => return Ok(answer("* usage: /join ROOM")),
+            ("join", room) => return self.join(room),
+            ("leave", room) => return self.leave(room),
+            ("msg", rest) => match rest.split_once(' ') {
+                Some((to, text)) if !text.trim().is_empty() => {
+                    json!({"type": "dm", "to": to, "text": text.trim()})
+                }
+                _ => return Ok(answer("* usage: /msg NAME TEXT")),
+            },
+            _ => {
+                return Ok(answer(format!(
+                    "! unknown command /{verb}; /help lists the commands"
+                )))
+            }
+        };
+        self.link.send(&[request])?;
+        Ok(Typed::Nothing)
+    }
+
+    fn say(&mut self, text: &str) -> io::Result<Typed> {
+        if self.name.is_none() {
+            return Ok(answer(NO_NAME));
+        }
+        let Some(room) = &self.current else {
+            return Ok(answer("! you are in no room; enter one with /join ROOM"));
+        };
+        let request = json!({"type": "say", "room": room, "text": text});
+        self.link.send(&[request])?;
+        Ok(Typed::Nothing)
+    }
+
+    /// Joins `room`, or makes it the current room if this member is in it already.
+    /// The room becomes the current one when the server confirms the join.
+    fn join(&mut self, room: &str) -> io::Result<Typed> {
+        if self.name.is_none() {
+            return Ok(answer(NO_NAME));
+        }
+        if self.current.as_deref() == Some(room) {
+            return Ok(answer(format!(
+                "* you are already in {room}, and talking there"
+            )));
+        }
+        if self.rooms.contains(room) {
+            self.current = Some(room.to_string());
+            return Ok(answer(format!("* now talking in {room}")));
+        }
+        self.link.send(&join_requests(room))?;
+        Ok(Typed::Nothing)
+    }
+
+    fn leave(&mut self, room: &str) -> io::Result<Typed> {
+        let room = match (room, &self.current) {
+            ("", Some(current)) => current.clone(),
+            ("", None) => return Ok(answer("! you are in no room; /join ROOM enters one")),
+            (named, _) => named.to_string(),
+        };
+        if !self.rooms.contains(&room) {
+            return Ok(answer(format!(
+                "! you are not in {room}; /list shows the rooms and who is in them"
+            )));
+        }
+        self.link.send(&[json!({"type": "leave", "room": room})])?;
+        Ok(Typed::Nothing)
+    }
+
+    /// Takes in one event from the server: updates what the client knows, sends what
+    /// follows from it (the first `join`), and returns the line to print, if any.
+    fn event(&mut self, event: &Value) -> io::Result<Option<String>> {
+        let field = |key: &str| event[key].as_str().unwrap_or("").to_string();
+        let mine = |name: &str| self.name.as_deref() == Some(name);
+        let line = match event["type"].as_str().unwrap_or("") {
+            "welcome" => return self.welcome(field("name")).map(Some),
+            "joined" if mine(&field("name")) => {
+                let room = field("room");
+                self.rooms.insert(room.clone());
+                self.current = Some(room.clone());
+                self.replaying = Some(room.clone());
+                self.started = None;
+                format!("* you joined {room}; what you type now goes there")
+            }
+            "left" if mine(&field("name")) => self.left(field("room")),
+            // Our own rename: `welcome` has said it already.
+            "renamed" if mine(&field("name")) => return Ok(None),
+            "msg" => {
+                let room = field("room");
+                let marker = if self.replaying.as_deref() == Some(room.as_str()) {
+                    "(history) "
+                } else {
+                    ""
+                };
+                format!("{marker}[{room}] {}: {}", field("from"), field("text"))
+            }
+            "dm" => format!(
+                "(dm {} -> {}) {}",
+                field("from"),
+                field("to"),
+                field("text")
+            ),
+            "joined" => format!("* {} joined {}", field("name"), field("room")),
+            "left" => format!("* {} left {}", field("name"), field("room")),
+            "renamed" => format!(
+                "* {} is now {} in {}",
+                field("old"),
+                field("name"),
+                field("room")
+            ),
+            "error" => {
+                if self.name.is_none() {
+                    self.started = None;
+                }
+                format!("! {}", advise(&field("reason")))
+            }
+            "rooms" => rooms_line(event),
+            "pong" => {
+                self.replaying = None;
+                self.flushed = None;
+                return Ok(None);
+            }
+            _ => format!("? {event}"),
+        };
+        Ok(Some(line))
+    }
+
+    /// The server confirmed a name: the first one also takes the member to the lobby.
+    fn welcome(&mut self, name: String) -> io::Result<String> {
+        if self.name.replace(name.clone()).is_some() {
+            return Ok(format!("* you are now {name}"));
+        }
+        self.link.send(&join_requests("lobby"))?;
+        Ok(format!("* you are {name}"))
+    }
+
+    fn left(&mut self, room: String) -> String {
+        self.rooms.remove(&room);
+        if self.current.as_deref() != Some(room.as_str()) {
+            return format!("* you left {room}");
+        }
+        self.current = self.rooms.iter().next().cloned();
+        match &self.current {
+            Some(next) => format!("* you left {room}; what you type now goes to {next}"),
+            None => format!("* you left {room}; /join ROOM to talk again"),
+        }
+    }
+}
+
+const NO_NAME: &str = "! you have no name yet; choose one with /nick NAME";
+
+/// The client's own answer to a typed line.
+fn answer(text: impl Into<String>) -> Typed {
+    Typed::Print(text.into())
+}
+
+/// A server's error, with what to do about it (the reasons are listed in
+/// docs/chat.md).
+fn advise(reason: &str) -> String {
+    if reason.starts_with("say hello first") {
+        return NO_NAME[2..].to_string();
+    }
+    if let Some(rest) = reason.strip_prefix("not in room ") {
+        let room = rest.split(':').next().unwrap_or(rest);
+        return format!("you are not in {room}; enter it with /join {room}");
+    }
+    if let Some(room) = reason.strip_prefix("already in room ") {
+        return format!("you are already in {room}");
+    }
+    if reason.starts_with("name ") {
+        return format!("the {reason}; choose another with /nick NAME");
+    }
+    if reason.starts_with("room ") {
+        return format!("the {reason}; choose another room name");
+    }
+    let advice = if reason.starts_with("no member named") {
+        "/list shows who is in each room"
+    } else if reason.starts_with("text is") {
+        "send a shorter message"
+    } else {
+        "/help lists the commands"
+    };
+    format!("{reason}; {advice}")
+}
+
+/// Where the receiving thread prints.
+enum Printer {
+    /// Above the prompt and the half-typed line, which are drawn again below.
+    AbovePrompt(Box<dyn ExternalPrinter + Send>),
+    /// Plain lines on stdout (input is not a terminal).
+    Plain,
+}
+
+impl Printer {
+    fn line(&mut self, text: &str) {
+        match self {
+            Printer::AbovePrompt(printer) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    println!("{text}");
+                }
+            }
+            Printer::Plain => println!("{text}"),
+        }
+    }
+}
+
+/// Where typed lines come from.
+enum Input {
+    /// A terminal: rustyline edits the line, with the usual keys and a history.
+    Editor(Box<DefaultEditor>),
+    /// A pipe or a file: plain lines.
+    Plain(io::Lines<io::StdinLock<'static>>),
+}
+
+impl Input {
+    /// The line editor when stdin and stdout are a terminal, plain lines otherwise;
+    /// and the printer that goes with it.
+    fn open() -> (Input, Printer) {
+        if io::stdin().is_terminal() && io::stdout().is_terminal() {
+            if let Ok(mut editor) = DefaultEditor::new() {
+                if let Ok(printer) = editor.create_external_printer() {
+                    save_terminal();
+                    return (
+                        Input::Editor(Box::new(editor)),
+                        Printer::AbovePrompt(Box::new(printer)),
+                    );
+                }
+            }
+        }
+        (Input::Plain(io::stdin().lines()), Printer::Plain)
+    }
+
+    /// The next line typed; `None` at the end of input, Ctrl-D or Ctrl-C.
+    fn next_line(&mut self) -> io::Result<Option<String>> {
+        match self {
+            Input::Editor(editor) => match editor.readline(PROMPT) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    Ok(Some(line))
+                }
+                Err(ReadlineError::Eof | ReadlineError::Interrupted) => Ok(None),
+                Err(ReadlineError::Io(e)) => Err(e),
+                Err(e) => Err(io::Error::other(e)),
+            },
+            Input::Plain(lines) => lines.next().transpose(),
+        }
+    }
+}
+
+/// The terminal's settings before the line editor changed them.
+static TERMINAL: OnceLock<libc::termios> = OnceLock::new();
+
+fn save_terminal() {
+    // SAFETY: tcgetattr writes a termios struct, which is plain data, into `settings`.
+    unsafe {
+        let mut settings = std::mem::zeroed::<libc::termios>();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) == 0 {
+            let _ = TERMINAL.set(settings);
+        }
+    }
+}
+
+/// Puts the terminal back as it was. The receiving thread ends the program while the
+/// editor may be waiting for a key in raw mode, and the editor's own restoring, on
+/// the main thread, would never run.
+fn restore_terminal() {
+    if let Some(settings) = TERMINAL.get() {
+        // SAFETY: `settings` is a termios that tcgetattr filled in.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, settings);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let options = match parse_options() {
-        Ok(options) => options,
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("chat_client: {message}");
-            eprintln!("usage: chat_client [--addr HOST:PORT] [--name NAME] [--udp]");
+            eprintln!("try chat_client --help");
             return ExitCode::from(2);
         }
     };
-    let mut link = match Link::open(&options) {
-        Ok(link) => link,
+    let addr = options.addr;
+    let (started, settled) = mpsc::channel();
+    let (link, receiver) = match Link::open(&options).and_then(|link| {
+        let receiver = link.try_clone().map_err(|e| e.to_string())?;
+        Ok((link, receiver))
+    }) {
+        Ok(pair) => pair,
         Err(message) => {
             eprintln!("chat_client: {message}");
             return ExitCode::FAILURE;
         }
     };
-    let receiver = match link.try_clone() {
-        Ok(receiver) => receiver,
-        Err(e) => {
-            eprintln!("chat_client: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = options.addr;
-    std::thread::spawn(move || receive(receiver, addr));
+    let chat = Arc::new(Mutex::new(Chat {
+        link,
+        name: None,
+        rooms: BTreeSet::new(),
+        current: None,
+        replaying: None,
+        started: Some(started),
+        flushed: None,
+    }));
+    let (mut input, printer) = Input::open();
     let transport = if options.udp { "UDP" } else { "TCP" };
-    println!("* connected to {addr} over {transport}; /quit to leave");
-    match talk(&mut link, &options.name) {
+    println!("* connected to {addr} over {transport}; type to talk, /help lists the commands, /quit leaves");
+    let shared = chat.clone();
+    std::thread::spawn(move || receive(receiver, shared, printer, addr));
+    match talk(&chat, &mut input, &options.name, settled) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat_client: lost the connection to {addr}: {e}");
@@ -143,7 +540,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_options() -> Result<Options, String> {
+/// The options, or `None` when help was asked for.
+fn parse_options() -> Result<Option<Options>, String> {
     let mut options = Options {
         addr: "127.0.0.1:9001".parse().expect("an address literal"),
         name: std::env::var("USER").unwrap_or_else(|_| "guest".into()),
@@ -152,6 +550,7 @@ fn parse_options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
             "--addr" => {
                 let value = args.next().ok_or("--addr needs HOST:PORT")?;
                 options.addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?;
@@ -161,101 +560,82 @@ fn parse_options() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(options)
+    Ok(Some(options))
 }
 
-/// Says hello, joins the lobby, then turns each line typed into a request until
-/// `/quit` or the end of input.
-fn talk(link: &mut Link, name: &str) -> io::Result<()> {
-    link.send(&json!({"type": "hello", "name": name}))?;
-    let mut room = Some("lobby".to_string());
-    link.send(&json!({"type": "join", "room": "lobby"}))?;
-    for line in io::stdin().lock().lines() {
-        let line = line?;
+/// Says hello (the lobby is joined once the name is confirmed), then turns each
+/// line typed into requests until `/quit` or the end of input.
+fn talk(
+    chat: &Mutex<Chat>,
+    input: &mut Input,
+    name: &str,
+    settled: mpsc::Receiver<()>,
+) -> io::Result<()> {
+    lock(chat)
+        .link
+        .send(&[json!({"type": "hello", "name": name})])?;
+    let _ = settled.recv_timeout(START_TIMEOUT);
+    while let Some(line) = input.next_line()? {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        match command(line, &mut room) {
-            Action::Send(request) => link.send(&request)?,
-            Action::Say(text) => match &room {
-                Some(current) => {
-                    link.send(&json!({"type": "say", "room": current, "text": text}))?
-                }
-                None => println!("* you are in no room: /join ROOM first"),
-            },
-            Action::Print(text) => println!("{text}"),
-            Action::Quit => break,
+        match lock(chat).typed(line)? {
+            Typed::Print(text) => println!("{text}"),
+            Typed::Nothing => {}
+            Typed::Quit => break,
         }
     }
+    let (flushed, pong) = mpsc::channel();
+    {
+        let mut chat = lock(chat);
+        chat.flushed = Some(flushed);
+        chat.link.send(&[json!({"type": "ping"})])?;
+    }
+    let _ = pong.recv_timeout(QUIT_TIMEOUT);
     // Frees the name at once (over UDP it would otherwise be held until expiry). The
     // server then closes a TCP connection: that is expected, not news to report.
     QUITTING.store(true, Ordering::SeqCst);
-    link.send(&json!({"type": "bye"}))
+    lock(chat).link.send(&[json!({"type": "bye"})])
 }
 
-/// What one typed line asks for.
-enum Action {
-    Send(Value),
-    Say(String),
-    Print(String),
-    Quit,
+fn lock(chat: &Mutex<Chat>) -> std::sync::MutexGuard<'_, Chat> {
+    chat.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-const HELP: &str =
-    "* commands: /nick NAME, /join ROOM, /leave [ROOM], /msg NAME TEXT, /list, /quit";
-
-/// Turns a typed line into an action, updating the current room.
-fn command(line: &str, room: &mut Option<String>) -> Action {
-    let Some(rest) = line.strip_prefix('/') else {
-        return Action::Say(line.to_string());
+/// The receiving thread: prints events until the connection ends; then, unless the
+/// user quit, ends the program with a message saying why.
+fn receive(link: Link, chat: Arc<Mutex<Chat>>, mut printer: Printer, addr: SocketAddr) {
+    // The lock is not held while printing: a line printed above the prompt waits for
+    // the editor to take it, and the editor's thread may be waiting for the lock.
+    let mut show = |payload: &[u8]| -> io::Result<()> {
+        let line = match serde_json::from_slice::<Value>(payload) {
+            Ok(event) => lock(&chat).event(&event)?,
+            Err(_) => Some(format!("? {}", String::from_utf8_lossy(payload))),
+        };
+        if let Some(line) = line {
+            printer.line(&line);
+        }
+        Ok(())
     };
-    let (verb, argument) = rest.split_once(' ').unwrap_or((rest, ""));
-    let argument = argument.trim();
-    match (verb, argument) {
-        ("quit", _) => Action::Quit,
-        ("list", _) => Action::Send(json!({"type": "list"})),
-        ("nick", name) if !name.is_empty() => Action::Send(json!({"type": "hello", "name": name})),
-        ("join", target) if !target.is_empty() => {
-            *room = Some(target.to_string());
-            Action::Send(json!({"type": "join", "room": target}))
-        }
-        ("leave", target) => {
-            let target = match (target, room.as_deref()) {
-                ("", Some(current)) => current.to_string(),
-                ("", None) => return Action::Print("* you are in no room".into()),
-                (named, _) => named.to_string(),
-            };
-            if room.as_deref() == Some(target.as_str()) {
-                *room = None;
-            }
-            Action::Send(json!({"type": "leave", "room": target}))
-        }
-        ("msg", rest) => match rest.split_once(' ') {
-            Some((to, text)) if !text.trim().is_empty() => {
-                Action::Send(json!({"type": "dm", "to": to, "text": text.trim()}))
-            }
-            _ => Action::Print("* usage: /msg NAME TEXT".into()),
-        },
-        _ => Action::Print(HELP.into()),
-    }
-}
-
-/// The receiving thread: prints events until the connection ends, then ends the
-/// program with a message saying why.
-fn receive(link: Link, addr: SocketAddr) {
     let reason = match link {
-        Link::Tcp(stream) => receive_frames(stream),
-        Link::Udp(socket) => receive_datagrams(socket),
+        Link::Tcp(stream) => receive_frames(stream, &mut show),
+        Link::Udp(socket) => receive_datagrams(socket, &chat, &mut show),
     };
     if QUITTING.load(Ordering::SeqCst) {
-        std::process::exit(0);
+        return;
     }
-    println!("* disconnected from {addr}: {reason}");
+    // Straight to the terminal, after putting it back: a line handed to the editor
+    // might not be drawn before the program ends.
+    restore_terminal();
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "\n* disconnected from {addr}: {reason}");
+    let _ = writeln!(out, "* run chat_client again to reconnect");
+    let _ = out.flush();
     std::process::exit(1);
 }
 
-fn receive_frames(stream: TcpStream) -> String {
+fn receive_frames(stream: TcpStream, show: &mut impl FnMut(&[u8]) -> io::Result<()>) -> String {
     let mut reader = BufReader::new(stream);
     loop {
         let mut header = [0u8; 4];
@@ -270,18 +650,24 @@ fn receive_frames(stream: TcpStream) -> String {
         if let Err(e) = reader.read_exact(&mut payload) {
             return format!("connection lost mid-message: {e}");
         }
-        show(&payload);
+        if let Err(e) = show(&payload) {
+            return e.to_string();
+        }
     }
 }
 
-fn receive_datagrams(socket: UdpSocket) -> String {
+fn receive_datagrams(
+    socket: UdpSocket,
+    chat: &Mutex<Chat>,
+    show: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> String {
     // Wake up now and then to ping, so that the server keeps this member.
     if let Err(e) = socket.set_read_timeout(Some(UDP_KEEPALIVE)) {
         return e.to_string();
     }
     let mut buf = vec![0u8; 65_536];
     loop {
-        match socket.recv(&mut buf) {
+        let result = match socket.recv(&mut buf) {
             Ok(n) => show(&buf[..n]),
             Err(e)
                 if matches!(
@@ -289,51 +675,17 @@ fn receive_datagrams(socket: UdpSocket) -> String {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if let Err(e) = socket.send(json!({"type": "ping"}).to_string().as_bytes()) {
-                    return e.to_string();
-                }
+                lock(chat).link.send(&[json!({"type": "ping"})])
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 return "no chat server answers there (connection refused)".into()
             }
-            Err(e) => return e.to_string(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            return e.to_string();
         }
     }
-}
-
-/// Prints one event as a line of the conversation.
-fn show(payload: &[u8]) {
-    let event: Value = match serde_json::from_slice(payload) {
-        Ok(event) => event,
-        Err(_) => {
-            println!("? {}", String::from_utf8_lossy(payload));
-            return;
-        }
-    };
-    let field = |key: &str| event[key].as_str().unwrap_or("").to_string();
-    let line = match event["type"].as_str().unwrap_or("") {
-        "msg" => format!("[{}] {}: {}", field("room"), field("from"), field("text")),
-        "dm" => format!(
-            "(dm {} -> {}) {}",
-            field("from"),
-            field("to"),
-            field("text")
-        ),
-        "joined" => format!("* {} joined {}", field("name"), field("room")),
-        "left" => format!("* {} left {}", field("name"), field("room")),
-        "renamed" => format!(
-            "* {} is now {} in {}",
-            field("old"),
-            field("name"),
-            field("room")
-        ),
-        "welcome" => format!("* you are {}", field("name")),
-        "error" => format!("! {}", field("reason")),
-        "rooms" => rooms_line(&event),
-        "pong" => return,
-        _ => format!("? {event}"),
-    };
-    println!("{line}");
 }
 
 /// `* rooms: lobby (2: alice, bob); dev (1: carol)`
