@@ -1,0 +1,494 @@
+//! End-to-end tests of the interactive clients, driven the way a person drives them:
+//! each client runs in a terminal of its own (a detached tmux session, 100x30), the
+//! test types into it with `tmux send-keys` and reads the screen with `tmux
+//! capture-pane`, against a real `switchboard chat` or `switchboard echo` that the
+//! test starts. Every wait is on what the screen shows, with a deadline.
+//!
+//! Skipped, with a message saying so, where tmux is not installed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_until, ChildServer, StderrLog, IO_TIMEOUT};
+
+/// The examples these tests run.
+const EXAMPLES: [&str; 2] = ["chat_client", "echo_client"];
+
+/// Where cargo puts the example binaries, built up to date for this test run once:
+/// `cargo test` builds every example, but `cargo test --test clients` does not.
+fn example_path(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // .../target/<profile>/ holds the binary these tests were built with.
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard"))
+        .parent()
+        .unwrap();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap());
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        for example in EXAMPLES {
+            build.args(["--example", example]);
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the examples failed");
+    });
+    profile_dir.join("examples").join(name)
+}
+
+/// Whether tmux can be run; says why the test is skipped when it cannot.
+fn have_tmux() -> bool {
+    let found = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        eprintln!("skipped: tmux is not installed, and these tests type into a terminal");
+    }
+    found
+}
+
+/// A terminal running one program: a tmux server of its own (its own socket, so tests
+/// running at the same time stay apart), with one 100x30 window, in which a shell
+/// runs the program, then prints its exit status as `[exited with status N]` and
+/// stays, so that the program's last words and status can be read. (tmux's own
+/// record of a dead pane is not relied on: it misses now and then that a program
+/// has ended.) Dropping the terminal ends the tmux server and the program.
+struct Terminal {
+    socket: String,
+}
+
+/// Runs the program (`$0`, with its arguments), says how it ended, and waits.
+const SHELL_WRAPPER: &str = r#""$0" "$@"; echo "[exited with status $?]"; exec sleep 3600"#;
+
+impl Terminal {
+    /// Starts `program` with `args` in a new terminal.
+    #[track_caller]
+    fn run(program: &Path, args: &[&str]) -> Terminal {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let socket = format!(
+            "switchboard-clients-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let terminal = Terminal { socket };
+        let out = Command::new("tmux")
+            .args(["-L", &terminal.socket, "-f", "/dev/null"])
+            .args(["new-session", "-d", "-x", "100", "-y", "30", "-s", "main"])
+            .args(["sh", "-c", SHELL_WRAPPER])
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux failed: {}", stderr(&out));
+        terminal
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", stderr(&out));
+        out
+    }
+
+    /// Types `text` without pressing Enter.
+    fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "main", "-l", text]);
+    }
+
+    /// Types `line` and presses Enter.
+    fn type_line(&self, line: &str) {
+        self.type_text(line);
+        self.tmux(&["send-keys", "-t", "main", "Enter"]);
+    }
+
+    /// Everything the terminal shows and has scrolled off, one string per line, with
+    /// long lines joined back together and trailing blank lines dropped.
+    fn lines(&self) -> Vec<String> {
+        let out = self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "main"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines: Vec<String> = text.lines().map(|l| l.trim_end().to_owned()).collect();
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines
+    }
+
+    /// Waits (at most `IO_TIMEOUT`) until the screen satisfies `condition`; panics
+    /// with the screen if it never does.
+    #[track_caller]
+    fn wait_for(&self, what: &str, condition: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        let seen = wait_until(IO_TIMEOUT, || {
+            lines = self.lines();
+            condition(&lines)
+        });
+        assert!(seen, "never on screen: {what}\n{}", lines.join("\n"));
+        lines
+    }
+
+    /// Waits until some line of the screen is exactly `line`.
+    #[track_caller]
+    fn wait_for_line(&self, line: &str) -> Vec<String> {
+        self.wait_for(line, |lines| lines.iter().any(|l| l == line))
+    }
+
+    /// Waits until the line editor waits for input with nothing typed: the last line
+    /// is the bare prompt.
+    #[track_caller]
+    fn wait_for_prompt(&self) {
+        self.wait_for("an empty prompt", |lines| {
+            lines.last().is_some_and(|l| l == ">")
+        });
+    }
+
+    /// Waits (at most `limit`) for the program to exit, and returns its exit status.
+    #[track_caller]
+    fn wait_for_exit(&self, limit: Duration) -> i32 {
+        let mut status = None;
+        let exited = wait_until(limit, || {
+            status = self.lines().iter().rev().find_map(|line| {
+                line.strip_prefix("[exited with status ")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            });
+            status.is_some()
+        });
+        assert!(
+            exited,
+            "still running after {limit:?}:\n{}",
+            self.lines().join("\n")
+        );
+        status.unwrap()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the terminal showed:\n{}", self.lines().join("\n"));
+        }
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `switchboard chat` on a free port, TCP only, and its log (drained, so that the
+/// server never blocks on a full pipe).
+struct Chat {
+    _log: StderrLog,
+    server: ChildServer,
+    addr: String,
+}
+
+impl Chat {
+    fn start() -> Chat {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let args = [
+            "chat",
+            "--tcp",
+            &addr,
+            "--udp",
+            "off",
+            "--log-level",
+            "warn",
+        ];
+        let mut server = ChildServer::start(&args, Some(port));
+        Chat {
+            _log: StderrLog::capture(&mut server),
+            server,
+            addr,
+        }
+    }
+
+    /// A chat client called `name` in a terminal of its own, connected and in the
+    /// lobby (or with its first name refused, when `name` is taken).
+    #[track_caller]
+    fn client(&self, name: &str) -> Terminal {
+        let client = example_path("chat_client");
+        Terminal::run(&client, &["--addr", &self.addr, "--name", name])
+    }
+
+    /// A client called `name`, in the lobby, waiting at an empty prompt.
+    #[track_caller]
+    fn member(&self, name: &str) -> Terminal {
+        let terminal = self.client(name);
+        terminal.wait_for_line("* you joined lobby; what you type now goes there");
+        terminal.wait_for_prompt();
+        terminal
+    }
+}
+
+#[test]
+fn chat_client_help_prints_the_usage_and_succeeds() {
+    if !have_tmux() {
+        return;
+    }
+    let terminal = Terminal::run(&example_path("chat_client"), &["--help"]);
+    assert_eq!(terminal.wait_for_exit(IO_TIMEOUT), 0);
+    let lines = terminal.lines();
+    assert!(lines[0].starts_with("usage: chat_client"), "{lines:?}");
+    for option in [
+        "--addr HOST:PORT",
+        "--name NAME",
+        "--udp",
+        "--help",
+        "/help",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(option)),
+            "{option} not in the help: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn chat_client_banner_names_help_which_lists_the_commands_and_unknown_ones_are_named() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let alice = chat.member("alice");
+    let lines = alice.lines();
+    assert!(
+        lines[0].starts_with(&format!("* connected to {}", chat.addr))
+            && lines[0].contains("/help"),
+        "the banner: {lines:?}"
+    );
+
+    alice.type_line("/help");
+    let lines = alice.wait_for_line("*   /help           this list");
+    for command in [
+        "/nick NAME",
+        "/join ROOM",
+        "/leave [ROOM]",
+        "/msg NAME TEXT",
+        "/list",
+        "/quit",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("*   {command} "))),
+            "{command} not in /help: {lines:?}"
+        );
+    }
+
+    alice.wait_for_prompt();
+    alice.type_line("/frobnicate now");
+    alice.wait_for_line("! unknown command /frobnicate; /help lists the commands");
+}
+
+#[test]
+fn a_message_arriving_while_typing_goes_above_the_half_typed_line() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let alice = chat.member("alice");
+    let bob = chat.member("bob");
+    alice.wait_for_line("* bob joined lobby");
+
+    bob.type_text("half a thought");
+    bob.wait_for("the typed text", |lines| {
+        lines.last().is_some_and(|l| l == "> half a thought")
+    });
+    alice.wait_for_prompt();
+    alice.type_line("hello from alice");
+    let lines = bob.wait_for_line("[lobby] alice: hello from alice");
+    // The message has a line of its own, above the prompt, which still holds exactly
+    // what was typed.
+    let prompt = lines.len() - 1;
+    assert_eq!(lines[prompt], "> half a thought", "{lines:?}");
+    assert_eq!(
+        lines[prompt - 1],
+        "[lobby] alice: hello from alice",
+        "{lines:?}"
+    );
+    assert!(
+        !lines[..prompt].iter().any(|l| l.contains("half a thought")),
+        "the typed text was printed before the message: {lines:?}"
+    );
+
+    // And the editor kept it whole: finishing the line sends all of it.
+    bob.type_line(", finished");
+    alice.wait_for_line("[lobby] bob: half a thought, finished");
+}
+
+#[test]
+fn a_taken_name_says_to_choose_another_with_nick_and_then_the_member_can_chat() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let alice = chat.member("alice");
+    let second = chat.client("alice");
+    second.wait_for_line("! the name alice is taken; choose another with /nick NAME");
+    second.wait_for_prompt();
+
+    second.type_line("anyone here?");
+    second.wait_for_line("! you have no name yet; choose one with /nick NAME");
+    second.wait_for_prompt();
+    second.type_line("/nick bob");
+    second.wait_for_line("* you are bob");
+    second.wait_for_line("* you joined lobby; what you type now goes there");
+    second.wait_for_prompt();
+    second.type_line("hello, I am bob");
+    alice.wait_for_line("[lobby] bob: hello, I am bob");
+
+    let lines = second.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("{\"type\"")),
+        "the wire format on screen: {lines:?}"
+    );
+}
+
+#[test]
+fn join_of_the_current_room_neither_switches_nor_says_it_did() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let carol = chat.member("carol");
+
+    carol.type_line("/join lobby");
+    carol.wait_for_line("* you are already in lobby, and talking there");
+    carol.wait_for_prompt();
+    let lines = carol.lines();
+    let joins = lines
+        .iter()
+        .filter(|l| l.starts_with("* you joined"))
+        .count();
+    assert_eq!(joins, 1, "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with('!') || l.contains("now talking")),
+        "{lines:?}"
+    );
+
+    // A room joined earlier that is not the current one: switching back to it is
+    // said, and nothing is asked of the server.
+    carol.type_line("/join dev");
+    carol.wait_for_line("* you joined dev; what you type now goes there");
+    carol.wait_for_prompt();
+    carol.type_line("/join lobby");
+    carol.wait_for_line("* now talking in lobby");
+    carol.wait_for_prompt();
+    carol.type_line("back in the lobby");
+    let lines = carol.wait_for_line("[lobby] carol: back in the lobby");
+    assert!(!lines.iter().any(|l| l.starts_with('!')), "{lines:?}");
+
+    carol.wait_for_prompt();
+    carol.type_line("/quit");
+    assert_eq!(carol.wait_for_exit(IO_TIMEOUT), 0);
+}
+
+#[test]
+fn replayed_history_is_marked_as_history() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let alice = chat.member("alice");
+    alice.type_line("said before bob came");
+    alice.wait_for_line("[lobby] alice: said before bob came");
+
+    let bob = chat.member("bob");
+    bob.wait_for_line("(history) [lobby] alice: said before bob came");
+    alice.wait_for_prompt();
+    alice.type_line("said after bob came");
+    let lines = bob.wait_for_line("[lobby] alice: said after bob came");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("(history)") && l.contains("after")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn chat_client_reports_a_server_that_goes_away() {
+    if !have_tmux() {
+        return;
+    }
+    let chat = Chat::start();
+    let alice = chat.member("alice");
+    alice.type_text("unsent");
+    chat.server.signal("TERM");
+    let started = Instant::now();
+    alice.wait_for_line("* run chat_client again to reconnect");
+    assert_eq!(alice.wait_for_exit(IO_TIMEOUT), 1);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let lines = alice.lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "* disconnected from {}: the server closed the connection",
+            chat.addr
+        ))),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn echo_client_reports_a_server_close_without_a_keypress() {
+    if !have_tmux() {
+        return;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "echo",
+        "--tcp",
+        &addr,
+        "--udp",
+        "off",
+        "--log-level",
+        "warn",
+    ];
+    let mut server = ChildServer::start(&args, Some(port));
+    let _log = StderrLog::capture(&mut server);
+    let client = Terminal::run(&example_path("echo_client"), &["--addr", &addr]);
+    client.wait_for(&format!("connected to {addr}"), |lines| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("connected to {addr}")))
+    });
+    client.type_line("are you there");
+    client.wait_for("the echo", |lines| {
+        lines.iter().filter(|l| *l == "are you there").count() == 2
+    });
+
+    server.signal("TERM");
+    let started = Instant::now();
+    client.wait_for_line(&format!(
+        "echo_client: {addr}: the server closed the connection"
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reported after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.wait_for_exit(IO_TIMEOUT), 1);
+}
