@@ -59,14 +59,14 @@ fn have_tmux() -> bool {
     found
 }
 
-/// A terminal running one program: a tmux server of its own (its own socket, so tests
-/// running at the same time stay apart), with one 100x30 window, in which a shell
+/// A terminal running one program: a tmux server of its own (its own socket, in the
+/// temporary directory, so that tests running at the same time stay apart), with one 100x30 window, in which a shell
 /// runs the program, then prints its exit status as `[exited with status N]` and
 /// stays, so that the program's last words and status can be read. (tmux's own
 /// record of a dead pane is not relied on: it misses now and then that a program
 /// has ended.) Dropping the terminal ends the tmux server and the program.
 struct Terminal {
-    socket: String,
+    socket: PathBuf,
 }
 
 /// Runs the program (`$0`, with its arguments), says how it ended, and waits.
@@ -77,14 +77,16 @@ impl Terminal {
     #[track_caller]
     fn run(program: &Path, args: &[&str]) -> Terminal {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let socket = format!(
-            "switchboard-clients-{}-{}",
+        let socket = std::env::temp_dir().join(format!(
+            "switchboard-clients-{}-{}.tmux",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        ));
         let terminal = Terminal { socket };
         let out = Command::new("tmux")
-            .args(["-L", &terminal.socket, "-f", "/dev/null"])
+            .arg("-S")
+            .arg(&terminal.socket)
+            .args(["-f", "/dev/null"])
             .args(["new-session", "-d", "-x", "100", "-y", "30", "-s", "main"])
             .args(["sh", "-c", SHELL_WRAPPER])
             .arg(program)
@@ -97,7 +99,8 @@ impl Terminal {
 
     fn tmux(&self, args: &[&str]) -> Output {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket])
+            .arg("-S")
+            .arg(&self.socket)
             .args(args)
             .output()
             .expect("run tmux");
@@ -184,8 +187,12 @@ impl Drop for Terminal {
             eprintln!("the terminal showed:\n{}", self.lines().join("\n"));
         }
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .output();
+        // tmux leaves its socket behind.
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
