@@ -145,15 +145,19 @@ fn startup_logs_each_endpoint_with_its_real_port() {
 fn port_in_use_exits_1_with_one_clear_line() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let server = ChildServer::start(&["echo", "--tcp", &addr(port), "--udp", "off"], None);
-    let (code, stderr) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot bind tcp 127.0.0.1:{port}")),
-        "{stderr}"
-    );
-    assert!(stderr.contains("in use"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for command in ["echo", "chat"] {
+        let server = ChildServer::start(&[command, "--tcp", &addr(port), "--udp", "off"], None);
+        let (code, stderr) = server.wait(IO_TIMEOUT);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot bind tcp 127.0.0.1:{port}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("in use"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // Nothing ran, so nothing is summed up.
+        assert!(!stderr.contains("served"), "{command}: {stderr}");
+    }
 }
 
 #[test]
