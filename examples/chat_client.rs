@@ -19,11 +19,8 @@
 //! what arrives never lands inside what is being typed. Without a terminal (input
 //! from a pipe), lines are read and printed plainly.
 //!
-//! A member who joins a room is sent the room's recent messages as ordinary `msg`
-//! events. To tell them from live ones, the client sends a `ping` in the same write
-//! as each `join`: the server handles the two frames in one turn of its loop, so
-//! whatever it sends for the room between this member's own `joined` and the `pong`
-//! is the replay, and is printed marked `(history)`.
+//! A member who joins a room is sent the room's recent messages as `msg` events
+//! with `"history": true`; the client prints them marked `(history)`.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
@@ -167,12 +164,9 @@ fn udp_handshake(socket: &UdpSocket) -> io::Result<()> {
     socket.recv(&mut buf).map(|_| ())
 }
 
-/// A `join` and the `ping` that marks where the room's history ends.
-fn join_requests(room: &str) -> [Value; 2] {
-    [
-        json!({"type": "join", "room": room}),
-        json!({"type": "ping"}),
-    ]
+/// The request that enters `room`.
+fn join_request(room: &str) -> [Value; 1] {
+    [json!({"type": "join", "room": room})]
 }
 
 /// What the client knows of its place in the chat, and the way to the server: shared
@@ -186,9 +180,6 @@ struct Chat {
     rooms: BTreeSet<String>,
     /// Where plain lines go.
     current: Option<String>,
-    /// The room whose history is being replayed: from this member's own `joined` to
-    /// the `pong` sent after the `join`.
-    replaying: Option<String>,
     /// Dropped once the start is settled (the first name taken and the lobby joined,
     /// or the first name refused), which lets the first typed line through: lines
     /// piped in are then said in the lobby, not refused for want of a name.
@@ -268,7 +259,7 @@ impl Chat {
             self.current = Some(room.to_string());
             return Ok(answer(format!("* now talking in {room}")));
         }
-        self.link.send(&join_requests(room))?;
+        self.link.send(&join_request(room))?;
         Ok(Typed::Nothing)
     }
 
@@ -298,7 +289,6 @@ impl Chat {
                 let room = field("room");
                 self.rooms.insert(room.clone());
                 self.current = Some(room.clone());
-                self.replaying = Some(room.clone());
                 self.started = None;
                 format!("* you joined {room}; what you type now goes there")
             }
@@ -307,7 +297,7 @@ impl Chat {
             "renamed" if mine(&field("name")) => return Ok(None),
             "msg" => {
                 let room = field("room");
-                let marker = if self.replaying.as_deref() == Some(room.as_str()) {
+                let marker = if event["history"].as_bool() == Some(true) {
                     "(history) "
                 } else {
                     ""
@@ -336,7 +326,6 @@ impl Chat {
             }
             "rooms" => rooms_line(event),
             "pong" => {
-                self.replaying = None;
                 self.flushed = None;
                 return Ok(None);
             }
@@ -350,7 +339,7 @@ impl Chat {
         if self.name.replace(name.clone()).is_some() {
             return Ok(format!("* you are now {name}"));
         }
-        self.link.send(&join_requests("lobby"))?;
+        self.link.send(&join_request("lobby"))?;
         Ok(format!("* you are {name}"))
     }
 
@@ -522,7 +511,6 @@ fn main() -> ExitCode {
         name: None,
         rooms: BTreeSet::new(),
         current: None,
-        replaying: None,
         started: Some(started),
         flushed: None,
     }));

@@ -16,7 +16,7 @@
 
 use log::warn;
 
-use super::protocol::{to_json, Event, LegacyReply, SERVER_NAME};
+use super::protocol::{mark_as_history, to_json, Event, LegacyReply, SERVER_NAME};
 use super::rooms::{Form, Link, Member};
 use super::Chat;
 use crate::{CloseMode, Context, SharedFrame};
@@ -51,6 +51,18 @@ impl Encoded {
             json,
             frame,
             legacy: legacy.map(|reply| to_json(&reply)),
+        }
+    }
+
+    /// A copy of this `msg` event marked as history, for replay to a newcomer. The
+    /// legacy form has no field for it and stays as it is.
+    pub fn as_history(&self, ctx: &Context<'_, Chat>) -> Self {
+        let json = mark_as_history(&self.json);
+        let frame = ctx.shared_frame(&json).ok();
+        Encoded {
+            json,
+            frame,
+            legacy: self.legacy.clone(),
         }
     }
 

@@ -207,6 +207,10 @@ pub enum Event<'a> {
         text: &'a str,
         /// When the server received it: milliseconds since the Unix epoch.
         ts: u64,
+        /// `true` when this is a replay of the room's history to a member who just
+        /// joined, absent for a message said now.
+        #[serde(skip_serializing_if = "is_false")]
+        history: bool,
     },
     /// A direct message, sent to its recipient and echoed to its sender.
     Dm {
@@ -272,6 +276,26 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
         log::error!("chat: cannot serialize a message: {e}");
         Vec::new()
     })
+}
+
+/// For `skip_serializing_if`: a flag that is off is left out of the JSON.
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
+/// The `msg` event `json` as replayed history: the same bytes with `"history":true`
+/// added as its last field, exactly as serializing it with `history: true` would
+/// give. A room keeps its messages encoded once, as they were said; this marks a copy
+/// only when a member joins, so saying a message costs nothing more.
+pub fn mark_as_history(json: &[u8]) -> Vec<u8> {
+    const MARK: &[u8] = br#","history":true}"#;
+    let Some(body) = json.strip_suffix(b"}") else {
+        return json.to_vec();
+    };
+    let mut marked = Vec::with_capacity(body.len() + MARK.len());
+    marked.extend_from_slice(body);
+    marked.extend_from_slice(MARK);
+    marked
 }
 
 #[cfg(test)]
@@ -371,12 +395,25 @@ mod tests {
             from: "alice",
             text: "hi \"you\"",
             ts: 7,
+            history: false,
         };
         assert_eq!(
             to_json(&msg),
             br#"{"type":"msg","room":"lobby","from":"alice","text":"hi \"you\"","ts":7}"#
         );
         assert_eq!(to_json(&Event::Pong), br#"{"type":"pong"}"#);
+        let replayed = Event::Msg {
+            room: "lobby",
+            from: "alice",
+            text: "hi \"you\"",
+            ts: 7,
+            history: true,
+        };
+        assert_eq!(
+            to_json(&replayed),
+            br#"{"type":"msg","room":"lobby","from":"alice","text":"hi \"you\"","ts":7,"history":true}"#
+        );
+        assert_eq!(mark_as_history(&to_json(&msg)), to_json(&replayed));
         let rooms = Event::Rooms {
             rooms: vec![RoomInfo {
                 room: "r",

@@ -94,7 +94,7 @@ impl Chat {
         };
         let mut sent = 0;
         for message in &history {
-            sent += self.send_event(ctx, id, message);
+            sent += self.send_event(ctx, id, &message.as_history(ctx));
         }
         self.stats.delivered(sent);
     }
@@ -130,6 +130,7 @@ impl Chat {
             from,
             text,
             ts: unix_millis(),
+            history: false,
         };
         let legacy = LegacyReply {
             name: from,
