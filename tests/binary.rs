@@ -179,6 +179,35 @@ fn bad_flags_are_usage_errors_with_exit_2() {
 }
 
 #[test]
+fn tcp_off_serves_udp_alone_and_both_off_is_refused() {
+    let mut server = ChildServer::start(&["echo", "--tcp", "off", "--udp", "127.0.0.1:0"], None);
+    let log = StderrLog::capture(&mut server);
+    log.wait_for("the udp endpoint", IO_TIMEOUT, |log| {
+        log.contains("listening on udp 127.0.0.1:")
+    });
+    let text = log.text();
+    assert!(!text.contains("listening on tcp"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening on udp 127.0.0.1:"))
+        .unwrap();
+    let udp: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    let client = udp_client();
+    client.send_to(b"alone", ("127.0.0.1", udp)).unwrap();
+    let mut reply = [0u8; 8];
+    let (n, _) = client.recv_from(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"alone");
+    server.signal("TERM");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", log.finish());
+
+    let server = ChildServer::start(&["echo", "--tcp", "off", "--udp", "off"], None);
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("nothing to serve"), "{stderr}");
+}
+
+#[test]
 fn restart_binds_at_once_while_old_connections_sit_in_time_wait() {
     let port = free_port();
     let args = [

@@ -17,13 +17,13 @@ use crate::{Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service, Stopped
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// TCP address to listen on (a bare port means 127.0.0.1:PORT); repeatable; IPv6 as
-    /// [::1]:9000
-    #[arg(long = "tcp", value_name = "ADDR", value_parser = parse_addr)]
-    pub tcp: Vec<SocketAddr>,
+    /// [::1]:9000; "off" disables TCP
+    #[arg(long = "tcp", value_name = "ADDR|off")]
+    pub tcp: Vec<AddrOrOff>,
     /// UDP address to serve (a bare port means 127.0.0.1:PORT); repeatable; "off"
     /// disables UDP
     #[arg(long = "udp", value_name = "ADDR|off")]
-    pub udp: Vec<UdpAddr>,
+    pub udp: Vec<AddrOrOff>,
     /// Also listen on a Unix-domain stream socket at this path; repeatable.
     #[arg(long = "unix", value_name = "PATH")]
     pub unix: Vec<PathBuf>,
@@ -60,25 +60,43 @@ pub struct ServerArgs {
     pub shutdown_grace: u64,
 }
 
-/// A `--udp` value: an address, or `off`.
+/// A `--tcp` or `--udp` value: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UdpAddr {
-    /// Serve UDP here.
+pub enum AddrOrOff {
+    /// Serve here.
     Addr(SocketAddr),
-    /// No UDP at all.
+    /// Not this transport at all.
     Off,
 }
 
-impl FromStr for UdpAddr {
+impl FromStr for AddrOrOff {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("off") {
-            return Ok(UdpAddr::Off);
+            return Ok(AddrOrOff::Off);
         }
         parse_addr(s)
-            .map(UdpAddr::Addr)
+            .map(AddrOrOff::Addr)
             .map_err(|e| format!("{e}, or \"off\""))
     }
+}
+
+/// The addresses one transport's flags ask for: `default` when none is given, none
+/// when any of them is `off`.
+fn addresses(flags: &[AddrOrOff], default: SocketAddr) -> Vec<SocketAddr> {
+    if flags.is_empty() {
+        return vec![default];
+    }
+    if flags.contains(&AddrOrOff::Off) {
+        return Vec::new();
+    }
+    flags
+        .iter()
+        .filter_map(|flag| match flag {
+            AddrOrOff::Addr(addr) => Some(*addr),
+            AddrOrOff::Off => None,
+        })
+        .collect()
 }
 
 /// An address flag: `IP:PORT`, `[IPv6]:PORT`, or a bare port on 127.0.0.1.
@@ -107,28 +125,10 @@ impl ServerArgs {
     /// 127.0.0.1 for TCP and UDP when no address is given.
     pub fn config(&self, default_port: u16) -> Config {
         let default = SocketAddr::from(([127, 0, 0, 1], default_port));
-        let tcp = if self.tcp.is_empty() {
-            vec![default]
-        } else {
-            self.tcp.clone()
-        };
-        let udp = if self.udp.is_empty() {
-            vec![default]
-        } else if self.udp.contains(&UdpAddr::Off) {
-            Vec::new()
-        } else {
-            self.udp
-                .iter()
-                .filter_map(|u| match u {
-                    UdpAddr::Addr(a) => Some(*a),
-                    UdpAddr::Off => None,
-                })
-                .collect()
-        };
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Config {
-            tcp,
-            udp,
+            tcp: addresses(&self.tcp, default),
+            udp: addresses(&self.udp, default),
             unix: self.unix.clone(),
             backlog: self.backlog,
             reuse_port: self.reuse_port,
@@ -189,7 +189,8 @@ where
 
 /// [`serve`], then `report` on what the run gave back (a service's own summary).
 /// Exit codes: 0 after a graceful shutdown, 130 after a second signal cut it short,
-/// 1 when the server cannot start or its loop fails.
+/// 1 when the server cannot start or its loop fails, 2 when the flags leave nothing
+/// to serve.
 pub fn serve_then<S>(
     config: Config,
     service: S,
@@ -200,6 +201,10 @@ where
     S: Service + 'static,
     S::Codec: Clone,
 {
+    if config.tcp.is_empty() && config.udp.is_empty() && config.unix.is_empty() {
+        eprintln!("switchboard: nothing to serve: --tcp off and --udp off, and no --unix path");
+        return ExitCode::from(2);
+    }
     raise_fd_limit();
     let mut reactor = match Reactor::bind(config, service, codec) {
         Ok(reactor) => reactor,
