@@ -11,41 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_until, ChildServer, StderrLog, IO_TIMEOUT};
-
-/// The examples these tests run.
-const EXAMPLES: [&str; 2] = ["chat_client", "echo_client"];
-
-/// Where cargo puts the example binaries, built up to date for this test run once:
-/// `cargo test` builds every example, but `cargo test --test clients` does not.
-fn example_path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    // .../target/<profile>/ holds the binary these tests were built with.
-    let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard"))
-        .parent()
-        .unwrap();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile_dir.parent().unwrap());
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        for example in EXAMPLES {
-            build.args(["--example", example]);
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the examples failed");
-    });
-    profile_dir.join("examples").join(name)
-}
+use common::{example_path, free_port, wait_until, ChildServer, StderrLog, IO_TIMEOUT};
 
 /// Whether tmux can be run; says why the test is skipped when it cannot.
 fn have_tmux() -> bool {

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    ask, connect, frame, is_closed, read_frame, read_line, udp_client, wait_until, ChildServer,
-    IO_TIMEOUT,
+    ask, connect, example_path, frame, is_closed, read_frame, read_line, udp_client, wait_until,
+    ChildServer, IO_TIMEOUT,
 };
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
@@ -38,13 +38,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-fn example_path(name: &str) -> PathBuf {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_switchboard"))
-        .parent()
-        .unwrap();
-    bin_dir.join("examples").join(name)
 }
 
 /// Starts example `name` with `args`, its log in `log`, and waits until `port` accepts.

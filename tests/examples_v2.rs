@@ -9,13 +9,14 @@ mod common;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{ask, connect, is_closed, wait_until, ChildServer, TestServer, IO_TIMEOUT};
+use common::{
+    ask, connect, example_path, is_closed, wait_until, ChildServer, TestServer, IO_TIMEOUT,
+};
 use switchboard::services::Echo;
 use switchboard::{Config, RawCodec};
 
@@ -48,37 +49,6 @@ impl Drop for Scratch {
         }
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// The examples these tests run.
-const EXAMPLES: [&str; 2] = ["proxy", "kv"];
-
-/// Where cargo puts the example binaries, built up to date for this test run once:
-/// `cargo test` builds every example, but `cargo test --test examples_v2` does not.
-fn example_path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    // .../target/<profile>/ holds the binary these tests were built with.
-    let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard"))
-        .parent()
-        .unwrap();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile_dir.parent().unwrap());
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        for example in EXAMPLES {
-            build.args(["--example", example]);
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the examples failed");
-    });
-    profile_dir.join("examples").join(name)
 }
 
 /// A running example, and the directory holding its log.

@@ -5,8 +5,9 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -651,4 +652,29 @@ pub fn read_line(stream: &mut TcpStream) -> String {
     }
     reply.pop();
     String::from_utf8(reply).unwrap()
+}
+
+/// The path of example `name`, with every example built up to date first (once per
+/// test binary): `cargo test` builds them all, but `cargo test --test NAME` does not.
+pub fn example_path(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // .../target/<profile>/ holds the binary these tests were built with.
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard"))
+        .parent()
+        .unwrap();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "--examples", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap());
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the examples failed");
+    });
+    profile_dir.join("examples").join(name)
 }
