@@ -30,11 +30,17 @@ pub enum CloseReason {
     ConnectFailed(std::io::ErrorKind),
     /// A dialled connection was not up within its connect timeout.
     ConnectTimeout,
+    /// Output was queued and none of it could be written for the send timeout: the
+    /// peer stopped reading.
+    WriteStalled,
+    /// The buffered bytes of all connections passed the memory budget, and this
+    /// connection held the most.
+    OverBudget,
 }
 
 impl CloseReason {
     /// All the kinds, in the order [`Stats::closed`] counts them.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 12] = [
         "peer_closed",
         "error",
         "protocol",
@@ -45,6 +51,8 @@ impl CloseReason {
         "connect_failed",
         "connect_timeout",
         "reset",
+        "write_stalled",
+        "over_budget",
     ];
 
     /// Index of this reason in [`Stats::closed`].
@@ -60,6 +68,8 @@ impl CloseReason {
             CloseReason::ConnectFailed(_) => 7,
             CloseReason::ConnectTimeout => 8,
             CloseReason::Reset => 9,
+            CloseReason::WriteStalled => 10,
+            CloseReason::OverBudget => 11,
         }
     }
 
@@ -96,7 +106,7 @@ pub struct Stats {
     /// Connections open now (dialled ones from the moment their connect starts).
     pub active: u64,
     /// Closed connections, by [`CloseReason::index`].
-    pub closed: [u64; 10],
+    pub closed: [u64; 12],
     /// Frames decoded from TCP and Unix connections.
     pub frames_in: u64,
     /// Frames queued for sending.
@@ -115,6 +125,9 @@ pub struct Stats {
     pub datagrams_dropped: u64,
     /// `accept` failures other than `WouldBlock` (e.g. out of file descriptors).
     pub accept_errors: u64,
+    /// Datagrams not sent because of where they were going: port 0, an unspecified
+    /// address, or the sending socket's own address (a loop or a reflection).
+    pub datagrams_refused: u64,
 }
 
 impl Stats {
@@ -162,6 +175,9 @@ impl fmt::Display for Stats {
         }
         if self.accept_errors > 0 {
             write!(f, "; accept errors {}", self.accept_errors)?;
+        }
+        if self.datagrams_refused > 0 {
+            write!(f, "; datagrams refused {}", self.datagrams_refused)?;
         }
         Ok(())
     }
