@@ -136,6 +136,21 @@ impl Buffer {
         &mut self.data[self.end..]
     }
 
+    /// Makes at least `min` bytes of spare room, growing the storage to exactly that
+    /// much if compacting is not enough (where [`Buffer::spare_mut`] at least doubles
+    /// it): for a buffer whose growth must follow what arrives, not run ahead of it.
+    pub fn reserve_exact(&mut self, min: usize) {
+        if self.data.len() - self.end >= min {
+            return;
+        }
+        self.compact();
+        let needed = self.end + min;
+        if self.data.len() < needed {
+            self.data.reserve_exact(needed - self.data.len());
+            self.data.resize(needed, 0);
+        }
+    }
+
     /// Bytes of spare room after the readable region, as it is (without compacting or
     /// growing).
     #[inline]
@@ -334,6 +349,19 @@ impl Default for BufferPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserve_exact_grows_to_exactly_the_room_asked_for() {
+        let mut buf = Buffer::new();
+        buf.extend_from_slice(&[7; 300]);
+        buf.consume(100);
+        buf.reserve_exact(1000);
+        assert_eq!(buf.readable(), &[7; 200][..], "kept, moved to the front");
+        assert_eq!(buf.spare_len(), 1000);
+        assert_eq!(buf.capacity(), 1200, "no doubling");
+        buf.reserve_exact(10);
+        assert_eq!(buf.capacity(), 1200, "enough room already: unchanged");
+    }
 
     #[test]
     fn a_zeroed_buffer_offers_its_whole_capacity_for_reads() {
