@@ -183,12 +183,23 @@ fn a_slow_reader_gets_everything_while_the_proxy_holds_the_upstream_back() {
     let echo = raw_echo();
     let args = ["--write-limit", "262144", "--log-level", "debug"];
     let proxy = start_proxy("proxy-slow-reader", echo.tcp(), &args);
-    let sent = pseudo_random(8 << 20, 2);
+    let sent = pseudo_random(more_than_the_kernel_holds(), 2);
     // At most 16 KiB a millisecond: far slower than the writer and the echo.
     let received = round_trip(proxy.addr, &sent, 16 << 10, Duration::from_millis(1));
     assert_same_bytes(&received, &sent);
     let log = proxy.scratch.read_log();
     assert!(log.contains("paused") && log.contains("resumed"), "{log}");
+}
+
+/// A byte count that the kernel's socket buffers on the way cannot absorb on their own,
+/// so a slow peer makes the proxy queue and pause: a send buffer grows up to
+/// `tcp_wmem`'s maximum, which differs between machines (4 MiB by default).
+fn more_than_the_kernel_holds() -> usize {
+    let largest_send_buffer = fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    (2 * largest_send_buffer + (4 << 20)).max(8 << 20)
 }
 
 /// A listener on 127.0.0.1 whose connections have small kernel buffers both ways, so
@@ -218,7 +229,7 @@ fn slow_echo_upstream() -> (SocketAddr, JoinHandle<u64>) {
         while echoed == 0 {
             let (mut stream, _) = listener.accept().unwrap();
             stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-            let mut buf = [0u8; 4096];
+            let mut buf = [0u8; 16 << 10];
             // (The probe's connection may end with EOF or, closed early, an error.)
             while let Ok(n @ 1..) = stream.read(&mut buf) {
                 stream.write_all(&buf[..n]).unwrap();
@@ -236,7 +247,7 @@ fn a_slow_upstream_gets_everything_while_the_proxy_holds_the_client_back() {
     let (upstream, echoed) = slow_echo_upstream();
     let args = ["--write-limit", "262144", "--log-level", "debug"];
     let proxy = start_proxy("proxy-slow-upstream", upstream, &args);
-    let sent = pseudo_random(4 << 20, 3);
+    let sent = pseudo_random(more_than_the_kernel_holds(), 3);
     let received = round_trip(proxy.addr, &sent, 64 << 10, Duration::ZERO);
     assert_same_bytes(&received, &sent);
     assert_eq!(echoed.join().unwrap(), sent.len() as u64);
