@@ -239,6 +239,12 @@ impl LazyBuffer {
         self.len() == 0
     }
 
+    /// The storage held, in bytes (0 while it holds no buffer).
+    #[inline(always)]
+    pub fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.capacity())
+    }
+
     /// The bytes held.
     #[inline(always)]
     pub fn readable(&self) -> &[u8] {

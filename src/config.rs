@@ -29,9 +29,22 @@ pub struct Config {
     pub backlog: i32,
     /// Set SO_REUSEPORT on TCP listeners, so several processes or loops can share a port.
     pub reuse_port: bool,
-    /// Close a connection after this long with no bytes moving either way (nothing
-    /// read, nothing written). `None`: never.
+    /// Close a connection whose peer has sent nothing for this long. Only the peer's
+    /// silence counts: what the server writes does not keep a connection alive, and
+    /// time while the connection is not read (paused by the service, or by
+    /// backpressure, when the peer may well be sending) does not count. `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Reset a connection whose queued output has made no progress for this long: its
+    /// peer stopped reading (reason `write_stalled`). It also bounds how long a peer
+    /// that half-closed and never reads holds its buffers. `None`: never.
+    pub send_timeout: Option<Duration>,
+    /// Buffer memory (input and output, over all connections) above which the
+    /// connections holding the most are reset (reason `over_budget`) until the total
+    /// is back under seven eighths of it. `None`: no budget.
+    pub memory_budget: Option<usize>,
+    /// Connections accepted per listener per turn of the loop; the rest wait for the
+    /// next turn, so a storm of connects cannot starve established connections.
+    pub accept_budget: usize,
     /// Close a connection that started a frame and did not finish it in this time,
     /// however steadily it trickles bytes. Time while the connection is not read
     /// (paused by the service, or by backpressure) does not count: its frame's time
@@ -73,6 +86,9 @@ impl Default for Config {
             backlog: 1024,
             reuse_port: false,
             idle_timeout: Some(Duration::from_secs(300)),
+            send_timeout: Some(Duration::from_secs(60)),
+            memory_budget: Some(256 * 1024 * 1024),
+            accept_budget: 256,
             frame_timeout: Some(Duration::from_secs(30)),
             max_conns: 100_000,
             write_limit: 4 * 1024 * 1024,
@@ -135,6 +151,7 @@ impl Config {
             ("max_conns", self.max_conns),
             ("write_limit", self.write_limit),
             ("read_budget", self.read_budget),
+            ("accept_budget", self.accept_budget),
             ("inbox_capacity", self.inbox_capacity),
         ];
         for (name, value) in positive {

@@ -139,6 +139,18 @@ impl Stream {
         };
     }
 
+    /// Makes the coming close a reset: with `SO_LINGER` at zero, `close` sends a RST and
+    /// the kernel drops at once whatever it still holds to send, instead of trickling
+    /// it out to a peer that is being cut off. (A Unix-domain socket's buffers go
+    /// with its close anyway.)
+    pub(crate) fn reset_on_close(&self) {
+        if let Stream::Tcp(s) = self {
+            if let Err(e) = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO)) {
+                log::debug!("SO_LINGER 0: {e}");
+            }
+        }
+    }
+
     /// The pending socket error, if any (how a failed non-blocking connect reports).
     pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
@@ -309,8 +321,17 @@ pub(crate) struct Connection {
     pub input: LazyBuffer,
     /// Output the socket has not taken yet.
     pub output: OutQueue,
-    /// When bytes last moved in either direction (for the idle timeout).
+    /// When the peer last sent bytes (for the idle timeout: idle means the peer is
+    /// quiet).
     pub last_active: Millis,
+    /// When queued output last made progress, or began to wait for the socket (for
+    /// the send timeout): the low 32 bits of the time in milliseconds, compared by
+    /// wrapping difference (4 bytes instead of 8; a send timeout is far below 49 days).
+    pub write_progress: u32,
+    /// The buffer memory this connection holds, as last counted in the reactor's
+    /// total for the memory budget, in KiB, rounded up (2 bytes: saturates at 64 MiB,
+    /// far above what the write limit and the frame size leave one connection).
+    pub accounted_kib: u16,
     /// When the frame now in `input` started arriving (for the frame deadline), or
     /// [`NO_FRAME`] when `input` holds no partial frame.
     pub frame_started: Millis,
@@ -363,9 +384,19 @@ pub(crate) enum Flag {
     /// The service shut our side while the connect was in flight: sending is refused,
     /// and the FIN follows the connect and whatever was queued before it.
     ShutOnceConnected = 1 << 12,
+    /// A send-deadline timer entry exists for this connection.
+    SendTimerArmed = 1 << 13,
+    /// Closed for cause (a protocol error, a stalled writer, the memory budget, the
+    /// service's [`crate::CloseMode::Abort`]): the close resets the connection, so the
+    /// kernel drops what it still holds for the peer at once.
+    ResetOnClose = 1 << 14,
+    /// Complete frames wait in `input` because handling them pushed the output past
+    /// the write limit: they are handled, before anything more is read, once the
+    /// output drains.
+    FramesHeld = 1 << 15,
 }
 
-/// A connection's [`Flag`]s in two bytes (thirteen `bool`s took thirteen, and every
+/// A connection's [`Flag`]s in two bytes (sixteen `bool`s would take sixteen, and every
 /// idle connection pays for each byte).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Flags(u16);
@@ -406,6 +437,8 @@ impl Connection {
             input: LazyBuffer::default(),
             output: OutQueue::default(),
             last_active: now,
+            write_progress: now as u32,
+            accounted_kib: 0,
             frame_started: NO_FRAME,
             idle: Links::default(),
             idle_rule: IdleRule::REACTOR,
@@ -426,6 +459,18 @@ impl Connection {
     /// half-closed).
     pub(crate) fn is_open(&self) -> bool {
         !matches!(self.state, ConnState::Draining(_) | ConnState::Lingering(_))
+    }
+
+    /// The bytes of buffer it holds now: its input buffer's whole storage and its
+    /// queued output (shared frames at their full size, as if each were its own).
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.input.capacity() + self.output.memory()
+    }
+
+    /// [`Connection::buffered_bytes`] in KiB, rounded up, as the budget counts it.
+    pub(crate) fn buffered_kib(&self) -> u16 {
+        let kib = self.buffered_bytes().div_ceil(1024);
+        u16::try_from(kib).unwrap_or(u16::MAX)
     }
 
     /// Reading resumes after a pause (the service's, or backpressure's) at `now`: the

@@ -52,8 +52,14 @@ use crate::udp::UdpId;
 pub enum CloseMode {
     /// Stop reading, write what is queued, then close.
     Flush,
-    /// Close now, discarding output the socket has not taken yet.
+    /// Close now, discarding output the socket has not taken yet; what the kernel
+    /// holds already still goes out, then a FIN.
     Now,
+    /// Reset the connection now (SO_LINGER 0, then close: a RST): our queued output
+    /// and whatever the kernel still holds for the peer are dropped at once. For a
+    /// peer cut off for cause, such as a consumer too slow to keep up, so that it
+    /// neither costs memory nor keeps receiving.
+    Abort,
 }
 
 /// Why a send did not happen.
@@ -299,6 +305,18 @@ impl<'a, S: Service> Context<'a, S> {
         }
     }
 
+    /// True when `conn`'s queued output is over the write limit, so that reading it
+    /// is paused until the output drains (false once the service chose
+    /// [`Context::keep_reading_when_congested`] for it, or for a connection that is
+    /// gone). The default [`crate::Service::on_frames`] stops handling a read's frames
+    /// at this point and leaves the rest for later.
+    pub fn over_write_limit(&self, conn: ConnId) -> bool {
+        self.hub.conn(conn).is_some_and(|c| {
+            c.output.len() > self.hub.limits.write_limit
+                && !c.flags.get(crate::connection::Flag::ReadsIgnoreCongestion)
+        })
+    }
+
     /// Closes `conn`; [`crate::Service::on_close`] follows once the callback returns
     /// (with [`CloseMode::Flush`], once the queued output is written). See
     /// [`CloseMode`] for an example.
@@ -311,6 +329,7 @@ impl<'a, S: Service> Context<'a, S> {
         match mode {
             CloseMode::Flush => self.hub.close_after_flush(conn, reason),
             CloseMode::Now => self.hub.request_close(conn, reason),
+            CloseMode::Abort => self.hub.reset(conn, reason),
         }
     }
 

@@ -55,6 +55,8 @@ pub(crate) enum TimerEvent<T> {
     /// A connection with its own idle timeout may be idle by now (the number is the
     /// connection's idle epoch when the check was armed; a later rule makes it stale).
     IdleCheck(ConnId, u8),
+    /// Check whether a connection's queued output is past its send deadline.
+    SendDeadline(ConnId),
 }
 
 /// A lingering connection closes once this long passes with no input from the peer.
@@ -75,6 +77,9 @@ pub(crate) struct Limits {
     pub idle_timeout_millis: Option<Millis>,
     pub frame_timeout: Option<Duration>,
     pub connect_timeout: Duration,
+    pub send_timeout: Option<Duration>,
+    /// In KiB, the unit the budget is counted in.
+    pub memory_budget_kib: Option<u64>,
 }
 
 /// See the module documentation.
@@ -133,6 +138,12 @@ pub(crate) struct Hub<S: Service> {
     pub idle_not_before: Millis,
     /// Limits.
     pub limits: Limits,
+    /// The buffer memory all connections hold, in KiB: the sum of their
+    /// [`Connection::accounted_kib`].
+    pub buffered_kib: u64,
+    /// `buffered_kib` passed the memory budget: the reactor resets the connections
+    /// holding the most before the loop blocks.
+    pub over_budget: bool,
 }
 
 impl<S: Service> std::fmt::Debug for Hub<S> {
@@ -169,6 +180,8 @@ impl<S: Service> Hub<S> {
             idle: IdleList::default(),
             idle_not_before: 0,
             limits,
+            buffered_kib: 0,
+            over_budget: false,
         }
     }
 
@@ -378,6 +391,37 @@ impl<S: Service> Hub<S> {
         self.to_close.push((id, reason));
     }
 
+    /// Closes a connection for cause: with a reset, so the kernel drops whatever it
+    /// still holds for the peer at once instead of trickling it out to a peer that
+    /// misbehaved (see [`Flag::ResetOnClose`]).
+    pub(crate) fn reset(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.flags.set(Flag::ResetOnClose, true);
+        }
+        self.request_close(id, reason);
+    }
+
+    /// Counts a connection's buffers again after they changed, into the total the
+    /// memory budget watches; notes when the total passes the budget.
+    #[inline]
+    pub(crate) fn account(&mut self, id: ConnId) {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        let now = conn.buffered_kib();
+        let before = std::mem::replace(&mut conn.accounted_kib, now);
+        self.buffered_kib = self.buffered_kib - u64::from(before) + u64::from(now);
+        self.stats.buffered_bytes = self.buffered_kib * 1024;
+        if now > before
+            && self
+                .limits
+                .memory_budget_kib
+                .is_some_and(|b| self.buffered_kib > b)
+        {
+            self.over_budget = true;
+        }
+    }
+
     /// Names a connection for a log line: its id and where it comes from (or goes to).
     pub(crate) fn who(&self, id: ConnId) -> Who {
         Who {
@@ -386,20 +430,25 @@ impl<S: Service> Hub<S> {
         }
     }
 
-    /// Logs a framing violation with the peer's address and closes the connection. A
+    /// Logs a framing violation with the peer's address and resets the connection. A
     /// peer that sent text (or an HTTP request) where frames were expected is told what
-    /// the port speaks: in the log, and, for HTTP, in a short HTTP answer.
+    /// the port speaks: in the log, and, for HTTP, in a short HTTP answer before a
+    /// plain close (a reset could destroy the answer before it is read).
     pub(crate) fn protocol_error(&mut self, id: ConnId, error: &crate::frame::FrameError) {
-        log::warn!("{}: {error}; closing", self.who(id));
+        self.stats.protocol_errors += 1;
         if let crate::frame::FrameError::NotFrames { http: true, .. } = error {
+            log::warn!("{}: {error}; closing", self.who(id));
             if let Some(conn) = self.conn_mut(id) {
                 // Best effort, and the close follows at once: a browser or curl gets a
                 // reason instead of a reset.
                 let _ = conn.stream.write(NOT_HTTP_ANSWER);
             }
+            return self.request_close(id, CloseReason::Protocol);
         }
-        self.stats.protocol_errors += 1;
-        self.request_close(id, CloseReason::Protocol);
+        // A peer that broke the framing gets nothing more: a reset drops what the
+        // kernel still holds for it.
+        log::warn!("{}: {error}; resetting", self.who(id));
+        self.reset(id, CloseReason::Protocol);
     }
 }
 
@@ -472,6 +521,8 @@ mod tests {
             idle_timeout_millis: None,
             frame_timeout: None,
             connect_timeout: Duration::from_secs(1),
+            send_timeout: None,
+            memory_budget_kib: None,
         };
         let registry = poll.registry().try_clone().unwrap();
         let mut hub: Hub<crate::services::Echo> = Hub::new(registry, limits);

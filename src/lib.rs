@@ -95,7 +95,7 @@ pub use frame::{
 };
 pub use outqueue::SharedFrame;
 pub use reactor::{Handle, Job, PostError, Reactor, Stopped};
-pub use service::{Frames, Origin, Service};
+pub use service::{Frames, Origin, Payloads, Service};
 pub use stats::{CloseReason, Stats};
 pub use timer::TimerId;
 pub use udp::UdpId;

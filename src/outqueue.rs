@@ -88,6 +88,12 @@ impl OutQueue {
         self.owned.len() + self.shared.as_ref().map_or(0, |s| s.bytes)
     }
 
+    /// The memory the queue holds: its owned buffer's storage and the bytes of its
+    /// shared frames still to write.
+    pub fn memory(&self) -> usize {
+        self.owned.capacity() + self.shared.as_ref().map_or(0, |s| s.bytes)
+    }
+
     /// True when nothing waits.
     #[inline(always)]
     pub fn is_empty(&self) -> bool {

@@ -38,6 +38,7 @@
 //! }
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -146,6 +147,12 @@ pub trait Service: Sized {
     /// hands each payload to [`Service::on_frame`] (and stops if the service closes
     /// the connection). A service that can treat a run of frames at once overrides it:
     /// echo sends the whole run back with one [`Context::forward`], one copy for all.
+    ///
+    /// The default also stops once the answers put `conn`'s queued output over the
+    /// write limit ([`Context::over_write_limit`]): the frames not handled yet wait in
+    /// the connection's read buffer ([`Payloads::hold_rest`]) and come again once the
+    /// output drains, so a client that pipelines many requests with large answers
+    /// cannot make the server queue all the answers at once.
     fn on_frames(
         &mut self,
         ctx: &mut Context<'_, Self>,
@@ -153,9 +160,14 @@ pub trait Service: Sized {
         state: &mut Self::Conn,
         frames: Frames<'_, Self::Codec>,
     ) {
-        for payload in frames.payloads() {
+        let mut payloads = frames.payloads();
+        while let Some(payload) = payloads.next() {
             self.on_frame(ctx, conn, state, payload);
             if !ctx.is_open(conn) {
+                break;
+            }
+            if ctx.over_write_limit(conn) {
+                payloads.hold_rest();
                 break;
             }
         }
@@ -280,6 +292,30 @@ pub struct Frames<'a, C: Codec> {
     /// The codec's state before the first of these frames: walking them again from
     /// it finds the same frames.
     start: C::State,
+    /// Where the reactor hears what the service left for later
+    /// ([`Payloads::hold_rest`]); `None` for frames made outside the reactor.
+    held_back: Option<&'a HeldBack<C::State>>,
+}
+
+/// What a service left unhandled of a run of frames ([`Payloads::hold_rest`]), for
+/// the reactor to keep: where the rest begins and the codec's state there.
+pub(crate) struct HeldBack<S> {
+    /// Bytes of the run left, from the end (0: everything was handled).
+    pub bytes: Cell<usize>,
+    /// Frames handled before the rest.
+    pub taken: Cell<usize>,
+    /// The codec's state at the first frame left.
+    pub state: Cell<Option<S>>,
+}
+
+impl<S> Default for HeldBack<S> {
+    fn default() -> Self {
+        HeldBack {
+            bytes: Cell::new(0),
+            taken: Cell::new(0),
+            state: Cell::new(None),
+        }
+    }
 }
 
 impl<C: Codec> Clone for Frames<'_, C> {
@@ -289,6 +325,7 @@ impl<C: Codec> Clone for Frames<'_, C> {
             count: self.count,
             codec: self.codec,
             start: self.start.clone(),
+            held_back: self.held_back,
         }
     }
 }
@@ -311,6 +348,22 @@ impl<'a, C: Codec> Frames<'a, C> {
             count,
             codec,
             start: state,
+            held_back: None,
+        }
+    }
+
+    /// [`Frames::new`], for the reactor: the service may leave frames for later, and
+    /// `held_back` says how many bytes it left.
+    pub(crate) fn holdable(
+        wire: &'a [u8],
+        count: usize,
+        codec: &'a C,
+        state: C::State,
+        held_back: &'a HeldBack<C::State>,
+    ) -> Self {
+        Frames {
+            held_back: Some(held_back),
+            ..Frames::new(wire, count, codec, state)
         }
     }
 
@@ -330,17 +383,69 @@ impl<'a, C: Codec> Frames<'a, C> {
     }
 
     /// The payloads, in order.
-    pub fn payloads(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let (wire, codec) = (self.wire, self.codec);
-        let mut state = self.start.clone();
-        let mut pos = 0;
-        std::iter::from_fn(move || match codec.decode(&mut state, &wire[pos..]) {
+    pub fn payloads(&self) -> Payloads<'a, C> {
+        Payloads {
+            wire: self.wire,
+            codec: self.codec,
+            state: self.start.clone(),
+            pos: 0,
+            taken: 0,
+            held_back: self.held_back,
+        }
+    }
+}
+
+/// The payloads of [`Frames`], in order; [`Payloads::hold_rest`] leaves the ones not
+/// taken yet for later.
+pub struct Payloads<'a, C: Codec> {
+    wire: &'a [u8],
+    codec: &'a C,
+    state: C::State,
+    /// Bytes of `wire` walked so far.
+    pos: usize,
+    /// Payloads yielded so far.
+    taken: usize,
+    held_back: Option<&'a HeldBack<C::State>>,
+}
+
+impl<C: Codec> Payloads<'_, C> {
+    /// Leaves the frames not taken yet unhandled: the reactor keeps them in the
+    /// connection's read buffer, reads nothing more from it meanwhile, and hands them
+    /// to [`Service::on_frames`] again once the connection's queued output has drained
+    /// to the low-water mark. For a service whose answers cannot keep up with its
+    /// requests ([`Context::over_write_limit`]). Does nothing for frames not made by
+    /// the reactor.
+    pub fn hold_rest(self) {
+        if let Some(held_back) = self.held_back {
+            held_back.bytes.set(self.wire.len() - self.pos);
+            held_back.taken.set(self.taken);
+            held_back.state.set(Some(self.state));
+        }
+    }
+}
+
+impl<'a, C: Codec> Iterator for Payloads<'a, C> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let wire = self.wire;
+        match self.codec.decode(&mut self.state, &wire[self.pos..]) {
             Ok(Decode::Frame { payload, consumed }) if consumed > 0 => {
-                let frame = &wire[pos + payload.start..pos + payload.end];
-                pos += consumed;
+                let frame = &wire[self.pos + payload.start..self.pos + payload.end];
+                self.pos += consumed;
+                self.taken += 1;
                 Some(frame)
             }
             _ => None,
-        })
+        }
+    }
+}
+
+impl<C: Codec> fmt::Debug for Payloads<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payloads")
+            .field("walked", &self.pos)
+            .field("bytes", &self.wire.len())
+            .finish()
     }
 }

@@ -128,6 +128,9 @@ pub struct Stats {
     /// Datagrams not sent because of where they were going: port 0, an unspecified
     /// address, or the sending socket's own address (a loop or a reflection).
     pub datagrams_refused: u64,
+    /// Buffer memory the connections hold now (input buffers and queued output),
+    /// counted in whole KiB per connection, as the memory budget sees it.
+    pub buffered_bytes: u64,
 }
 
 impl Stats {

@@ -258,6 +258,8 @@ fn stop_now_returns_with_forced_while_output_is_still_queued() {
 fn shutting_down_with_output_queued() -> (Driven<Desk>, std::net::TcpStream) {
     let mut config = local_config();
     config.shutdown_grace = Duration::from_secs(60);
+    // The hog's stalled output is left to the grace period, not to the send timeout.
+    config.send_timeout = Some(Duration::from_secs(600));
     let mut server = Driven::start(config, Desk::default(), codec());
     let mut hog = connect(server.tcp());
     server.turn_until("accepted", |r| r.stats().accepted == 1);

@@ -31,9 +31,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
     pub max_frame: u32,
-    /// Close connections that move no bytes either way for this long; 0 = never.
+    /// Close connections whose peer sends nothing for this long (time while a
+    /// connection is not read, because its output is backed up, does not count);
+    /// 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Reset connections whose queued output makes no progress for this long (the peer
+    /// stopped reading); 0 = never.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub send_timeout: u64,
+    /// Buffer memory of all connections together above which those holding the most
+    /// are reset: bytes, or with a suffix (KiB, MiB, GiB); 0 = no budget.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub memory_budget: u64,
     /// Close connections that start a frame and do not finish it in this time; 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub frame_timeout: u64,
@@ -109,6 +119,29 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A size flag: bytes, or a number with a binary suffix (`KiB`, `MiB`, `GiB`; also
+/// `K`, `M`, `G`, in either case).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match s[digits.len()..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}': use bytes, or KiB, MiB or GiB"
+            ))
+        }
+    };
+    let number: u64 = digits.trim().parse().map_err(|_| {
+        format!("'{s}' is not a size: expected bytes, or a number with KiB, MiB or GiB")
+    })?;
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
 /// Says in `--help` which address a server subcommand serves when given none: `arg`
 /// (each of the subcommand's flags in turn), with the real default for `--tcp` and
 /// `--udp`.
@@ -127,6 +160,9 @@ impl ServerArgs {
         let default = SocketAddr::from(([127, 0, 0, 1], default_port));
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Config {
+            send_timeout: seconds(self.send_timeout),
+            memory_budget: (self.memory_budget > 0)
+                .then(|| usize::try_from(self.memory_budget).unwrap_or(usize::MAX)),
             tcp: addresses(&self.tcp, default),
             udp: addresses(&self.udp, default),
             unix: self.unix.clone(),
@@ -238,5 +274,21 @@ fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => log::debug!("open-file limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_bytes_or_a_binary_suffix() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 }

@@ -6,16 +6,19 @@ use std::time::Instant;
 
 use mio::Token;
 
-use super::{Reactor, ACCEPT_BUDGET, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
+use super::{Reactor, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
 use crate::connection::Stream;
 use crate::endpoint::EndpointId;
 use crate::hub::TimerEvent;
 use crate::service::{Origin, Service};
 
 impl<S: Service> Reactor<S> {
-    /// Accepts until `WouldBlock` (or the budget), registering each new connection.
+    /// Accepts until `WouldBlock` or the accept budget, registering each new
+    /// connection. With the budget spent, the listener waits on the ready-again list
+    /// for the next turn: the connections that already have events are served first,
+    /// so a storm of connects slows new arrivals, not the established clients.
     pub(super) fn accept(&mut self, index: usize) {
-        for _ in 0..ACCEPT_BUDGET {
+        for _ in 0..self.config.accept_budget {
             let Some(slot) = self.listeners.get(index).filter(|slot| !slot.paused) else {
                 return;
             };
@@ -59,6 +62,10 @@ impl<S: Service> Reactor<S> {
                 }
             }
         }
+        log::trace!(
+            "listener {index}: accept budget of {} spent: the rest wait for the next turn",
+            self.config.accept_budget
+        );
         self.hub.ready_again.push(Token(LISTENER_BASE + index));
     }
 

@@ -24,8 +24,11 @@
 //!                                       | Lingering | -> closed: peer FIN, or a quiet
 //!                                       +-----------+    window, or 2.25 s at most
 //!
-//!   any state: a socket error, a protocol error, close(Now), the idle timeout, the
-//!   frame deadline -> closed.   closed: the slot is freed, on_close gets the state.
+//!   any state: a socket error, a protocol error, close(Now), close(Abort), the idle
+//!   timeout, the frame deadline, the send timeout, the memory budget -> closed.
+//!   closed: the slot is freed, on_close gets the state. Closes for cause (a protocol
+//!   error, close(Abort), the send timeout, the memory budget) are resets: SO_LINGER
+//!   0, so the kernel drops what it still holds for the peer.
 //! ```
 //!
 //! A dial whose side the service shuts while it is still connecting goes straight to
@@ -281,13 +284,17 @@ impl<S: Service> Reactor<S> {
         if let Err(e) = self.hub.registry.deregister(&mut closing.stream) {
             log::debug!("{id}: deregister: {e}");
         }
-        if matches!(closing.state, ConnState::Draining(_)) {
+        if closing.flags.get(Flag::ResetOnClose) {
+            closing.stream.reset_on_close();
+        } else if matches!(closing.state, ConnState::Draining(_)) {
             // Everything owed was written: say so with a FIN before the close.
             closing.stream.shutdown_write();
         }
         if let Some(input) = closing.input.take() {
             self.hub.pool.give_back(input);
         }
+        self.hub.buffered_kib -= u64::from(closing.accounted_kib);
+        self.hub.stats.buffered_bytes = self.hub.buffered_kib * 1024;
         drop(closing);
         self.hub.stats.active -= 1;
         self.hub.stats.closed[reason.index()] += 1;

@@ -51,6 +51,7 @@ use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
 
 mod accept;
+mod budget;
 mod handle;
 mod lifecycle;
 mod read;
@@ -70,8 +71,6 @@ const WATCH_BASE: usize = 1 << 15;
 const UDP_BASE: usize = 1 << 16;
 /// Events taken from the kernel per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
-/// Connections accepted per listener per turn before others get a turn.
-const ACCEPT_BUDGET: usize = 256;
 /// Datagrams received per UDP socket per turn before others get a turn.
 const DATAGRAM_BUDGET: usize = 64;
 /// Jobs from other threads run per turn before the sockets get a turn.
@@ -130,6 +129,9 @@ pub struct Reactor<S: Service> {
     /// When each rate-limited warning was last logged.
     last_reject_warning: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    last_budget_warning: budget::LastWarning,
+    /// Connections reset for the memory budget since the last warning about it.
+    budget_resets_unlogged: u64,
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -162,6 +164,8 @@ impl<S: Service> Reactor<S> {
                 .map(|d| d.as_millis().max(1) as Millis),
             frame_timeout: config.frame_timeout.filter(|d| !d.is_zero()),
             connect_timeout: config.connect_timeout,
+            send_timeout: config.send_timeout.filter(|d| !d.is_zero()),
+            memory_budget_kib: config.memory_budget.map(|b| (b as u64).div_ceil(1024)),
         };
         let (sender, receiver) = mpsc::sync_channel(config.inbox_capacity);
         let mut reactor = Reactor {
@@ -189,6 +193,8 @@ impl<S: Service> Reactor<S> {
             shutdown_deadline: None,
             last_reject_warning: None,
             last_accept_warning: None,
+            last_budget_warning: None,
+            budget_resets_unlogged: 0,
             poll,
             config,
         };
@@ -638,7 +644,11 @@ impl<S: Service> Reactor<S> {
     #[inline(always)]
     fn carry_out_requests(&mut self) {
         let hub = &self.hub;
-        if hub.to_close.is_empty() && hub.to_flush.is_empty() && hub.drained.is_empty() {
+        if hub.to_close.is_empty()
+            && hub.to_flush.is_empty()
+            && hub.drained.is_empty()
+            && !hub.over_budget
+        {
             return;
         }
         self.carry_out_pending();
@@ -647,6 +657,9 @@ impl<S: Service> Reactor<S> {
     #[inline(never)]
     fn carry_out_pending(&mut self) {
         loop {
+            if self.hub.over_budget {
+                self.enforce_memory_budget();
+            }
             if let Some((id, reason)) = self.hub.to_close.pop() {
                 self.close_connection(id, reason);
             } else if let Some(id) = self.hub.to_flush.pop() {

@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::endpoint::Endpoints;
 use crate::frame::{Codec, Decode, FrameError, Scan};
 use crate::hub::{connection_mut, Hub, TimerEvent};
-use crate::service::{Frames, Service};
+use crate::service::{Frames, HeldBack, Service};
 use crate::stats::CloseReason;
 
 /// What the read path borrows from a connection's slot while it lends the hub to the
@@ -50,7 +50,7 @@ impl<S: Service> Reactor<S> {
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
         for _ in 0..self.config.read_budget {
             match self.read_once(id, read_to_eof) {
-                ReadOutcome::Drained | ReadOutcome::Stopped => return,
+                ReadOutcome::Drained | ReadOutcome::Stopped | ReadOutcome::Held => return,
                 ReadOutcome::More => {}
             }
         }
@@ -154,8 +154,9 @@ impl<S: Service> Reactor<S> {
         };
         let (outcome, frames_completed) = match (reader.dispatch_frames(&mut self.scratch), drained)
         {
-            (Ok(count), true) => (ReadOutcome::Drained, count > 0),
-            (Ok(count), false) => (ReadOutcome::More, count > 0),
+            (Ok(done), _) if done.held => (ReadOutcome::Held, done.frames > 0),
+            (Ok(done), true) => (ReadOutcome::Drained, done.frames > 0),
+            (Ok(done), false) => (ReadOutcome::More, done.frames > 0),
             (Err(e), _) => {
                 self.hub.protocol_error(id, &e);
                 (ReadOutcome::Stopped, false)
@@ -264,6 +265,9 @@ impl<S: Service> Reactor<S> {
             }
             Reading::Stopped => return ReadOutcome::Stopped,
         }
+        if conn.flags.take(Flag::FramesHeld) {
+            return self.dispatch_held(id);
+        }
         let codec = self.endpoints.codec(conn.endpoint);
         let held_nothing = !conn.input.has_storage();
         let own_read = match conn.input.get() {
@@ -334,6 +338,43 @@ impl<S: Service> Reactor<S> {
     }
 }
 
+impl<S: Service> Reactor<S> {
+    /// The connection's output drained after its service left frames for later: hand
+    /// them over again, before anything more is read. More means reading may go on.
+    #[cold]
+    #[inline(never)]
+    fn dispatch_held(&mut self, id: ConnId) -> ReadOutcome {
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            return ReadOutcome::Stopped;
+        };
+        let Some(mut input) = slot.conn.input.take() else {
+            return ReadOutcome::More;
+        };
+        log::trace!("{id}: its output drained: handling the frames that waited");
+        let codec = self.endpoints.codec(slot.conn.endpoint);
+        let mut lent = Lent::take_from(slot);
+        let mut reader = Reader {
+            hub: &mut self.hub,
+            endpoints: &self.endpoints,
+            service: &mut self.service,
+            codec,
+            id,
+            lent: &mut lent,
+        };
+        let (outcome, frames_completed) = match reader.dispatch_frames(&mut input) {
+            Err(e) => {
+                self.hub.protocol_error(id, &e);
+                (ReadOutcome::Stopped, false)
+            }
+            Ok(done) if done.held => (ReadOutcome::Held, done.frames > 0),
+            Ok(done) => (ReadOutcome::More, done.frames > 0),
+        };
+        keep_own_tail(&mut self.hub, id, input, frames_completed);
+        give_back(&mut self.hub, id, lent);
+        outcome
+    }
+}
+
 /// Puts the states a read borrowed back into `id`'s slot (for `()` states, nothing).
 #[inline(always)]
 fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
@@ -397,11 +438,12 @@ impl<S: Service> Reader<'_, S> {
                         self.hub.protocol_error(id, &e);
                         ReadOutcome::Stopped
                     }
-                    Ok(count) => {
-                        *frames_completed |= count > 0;
-                        match drained {
-                            true => ReadOutcome::Drained,
-                            false => ReadOutcome::More,
+                    Ok(done) => {
+                        *frames_completed |= done.frames > 0;
+                        match (done.held, drained) {
+                            (true, _) => ReadOutcome::Held,
+                            (false, true) => ReadOutcome::Drained,
+                            (false, false) => ReadOutcome::More,
                         }
                     }
                 }
@@ -446,10 +488,15 @@ impl<S: Service> Reader<'_, S> {
 
     /// Finds every complete frame in `buf`, hands them to the service as one batch
     /// ([`Service::on_frames`]) and consumes them, leaving only the incomplete tail.
-    /// Returns how many frames there were. Frames before a framing error are still
-    /// delivered; the error is returned after.
+    /// Frames before a framing error are still delivered; the error is returned after.
+    ///
+    /// The service may leave some of the frames for later ([`Payloads::hold_rest`]:
+    /// its output passed the write limit). Those stay in `buf`, in front of the tail,
+    /// the codec's state goes back to where they begin, and the connection stops
+    /// reading until its output drains; then [`Reactor::dispatch_held`] hands them
+    /// over again. A framing error behind them is found again then.
     #[inline(always)]
-    fn dispatch_frames(&mut self, buf: &mut Buffer) -> Result<usize, FrameError> {
+    fn dispatch_frames(&mut self, buf: &mut Buffer) -> Result<Dispatched, FrameError> {
         let bytes = buf.readable();
         let before = self.lent.decode.clone();
         let Scan {
@@ -457,15 +504,71 @@ impl<S: Service> Reader<'_, S> {
             count,
             error,
         } = self.codec.scan(&mut self.lent.decode, bytes);
-        if count > 0 {
-            self.hub.stats.frames_in += count as u64;
-            let frames = Frames::new(&bytes[..complete], count, self.codec, before);
-            let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
-            self.service
-                .on_frames(ctx, self.id, &mut self.lent.service, frames);
+        if count == 0 {
+            buf.consume(complete);
+            return error.map_or(Ok(Dispatched::NONE), Err);
         }
-        buf.consume(complete);
-        error.map_or(Ok(count), Err)
+        self.hub.stats.frames_in += count as u64;
+        let held_back = HeldBack::default();
+        let frames = Frames::holdable(&bytes[..complete], count, self.codec, before, &held_back);
+        let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
+        self.service
+            .on_frames(ctx, self.id, &mut self.lent.service, frames);
+        let held = held_back.bytes.get();
+        if held == 0 {
+            buf.consume(complete);
+            return error.map_or(Ok(Dispatched::handled(count)), Err);
+        }
+        let taken = held_back.taken.get();
+        if let Some(state) = held_back.state.take() {
+            self.lent.decode = state;
+        }
+        buf.consume(complete - held);
+        self.hub.stats.frames_in -= (count - taken) as u64;
+        self.hold_frames(count - taken, held);
+        Ok(Dispatched {
+            frames: taken,
+            held: true,
+        })
+    }
+
+    /// The service left frames for later: stop reading until the output drains.
+    #[cold]
+    fn hold_frames(&mut self, frames: usize, bytes: usize) {
+        let id = self.id;
+        log::debug!(
+            "{id}: its answers put its output over the write limit: {frames} frames \
+             ({bytes} bytes) wait, unread, until it drains"
+        );
+        if let Some(conn) = self.hub.conn_mut(id) {
+            conn.flags.set(Flag::FramesHeld, true);
+            conn.flags.set(Flag::ReadPaused, true);
+            conn.flags.set(Flag::Congested, true);
+            conn.flags.set(Flag::ReadPending, true);
+        }
+    }
+}
+
+/// What handing a read's frames to the service did.
+#[derive(Debug, Clone, Copy)]
+struct Dispatched {
+    /// Frames the service handled.
+    frames: usize,
+    /// It left the rest for later ([`Payloads::hold_rest`]).
+    held: bool,
+}
+
+impl Dispatched {
+    const NONE: Dispatched = Dispatched {
+        frames: 0,
+        held: false,
+    };
+
+    fn handled(frames: usize) -> Dispatched {
+        Dispatched {
+            frames,
+            held: false,
+        }
     }
 }
 
@@ -598,6 +701,10 @@ enum ReadOutcome {
     More,
     /// The connection stopped reading (EOF, error, protocol error, service closed it).
     Stopped,
+    /// The service left complete frames for later (its output is over the write
+    /// limit): they stay in the connection's input, and reading stops until the
+    /// output drains.
+    Held,
 }
 
 /// Stores what is left of the input (`tail`, the loop's shared buffer, which is left
@@ -638,7 +745,7 @@ fn keep_own_tail<S: Service>(
 }
 
 /// After the held input changed: release an emptied buffer, or time a new partial
-/// frame.
+/// frame; count the buffer for the memory budget either way.
 fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed: bool) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
@@ -651,7 +758,10 @@ fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed
     if conn.input.is_empty() {
         conn.frame_started = NO_FRAME;
         conn.input.release_if_empty(&mut hub.pool);
-    } else if conn.frame_started == NO_FRAME {
+        hub.account(id);
+        return;
+    }
+    if conn.frame_started == NO_FRAME {
         conn.frame_started = now_millis;
         if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
             conn.flags.set(Flag::FrameTimerArmed, true);
@@ -659,4 +769,5 @@ fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed
                 .insert(now + timeout, TimerEvent::FrameDeadline(id));
         }
     }
+    hub.account(id);
 }

@@ -1,12 +1,12 @@
-//! What happens when time passes: idle connections close, frame deadlines, connect
-//! timeouts and lingering windows end, service timers fire (and repeating ones are
+//! What happens when time passes: idle connections close, frame deadlines, send
+//! deadlines, connect timeouts and lingering windows end, service timers fire (and repeating ones are
 //! re-armed), the counters are logged. Everything is measured against the turn's
 //! `now`, which the caller of [`Reactor::turn`] supplies.
 
 use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, Flag, Millis, NO_FRAME};
+use crate::connection::{ConnId, Connection, Flag, Millis, NO_FRAME};
 use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
@@ -59,6 +59,7 @@ impl<S: Service> Reactor<S> {
                 // Its only job was to end the wait in `poll`; `run` sees the deadline.
                 TimerEvent::ShutdownDeadline => {}
                 TimerEvent::LingerDeadline(id) => self.end_linger_window(id),
+                TimerEvent::SendDeadline(id) => self.check_send_deadline(id),
             }
             self.carry_out_requests();
         }
@@ -81,6 +82,12 @@ impl<S: Service> Reactor<S> {
                 return;
             }
             let id = ConnId::new(key, conn.generation);
+            if is_not_read(conn) {
+                // Its peer may be sending all along: we are the ones not reading. Its
+                // quiet time starts over (the send timeout watches a stalled peer).
+                self.hub.touch(id);
+                continue;
+            }
             log_idle_close(self.hub.who(id), timeout);
             // Out of the list now, so the loop moves on while the close is pending.
             self.hub.idle.unlink(&mut self.hub.conns, key);
@@ -125,6 +132,40 @@ impl<S: Service> Reactor<S> {
         self.give_back_state(id, state);
     }
 
+    /// A connection's send deadline came: reset it if its queued output has made no
+    /// progress for the send timeout (its peer stopped reading), else look again when
+    /// it would have.
+    fn check_send_deadline(&mut self, id: ConnId) {
+        let Some(timeout) = self.hub.limits.send_timeout else {
+            return;
+        };
+        let (now, now_millis) = (self.hub.now, self.hub.now_millis());
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        conn.flags.set(Flag::SendTimerArmed, false);
+        if conn.output.is_empty() || conn.state == crate::connection::ConnState::Connecting {
+            return; // nothing waits; the next wait arms a new deadline
+        }
+        let stalled = Duration::from_millis(u64::from(
+            (now_millis as u32).wrapping_sub(conn.write_progress),
+        ));
+        if stalled >= timeout {
+            let queued = conn.output.len();
+            log::warn!(
+                "{}: {queued} bytes queued and none written for {stalled:?}: the peer \
+                 stopped reading; resetting",
+                self.hub.who(id)
+            );
+            self.hub.reset(id, CloseReason::WriteStalled);
+        } else {
+            conn.flags.set(Flag::SendTimerArmed, true);
+            self.hub
+                .timers
+                .insert(now + (timeout - stalled), TimerEvent::SendDeadline(id));
+        }
+    }
+
     /// A connection with an idle timeout of its own may be idle now: close it if it
     /// is, else check again when it would be.
     fn check_own_idle_timeout(&mut self, id: ConnId, epoch: u8) {
@@ -139,7 +180,12 @@ impl<S: Service> Reactor<S> {
         }
         let timeout = Millis::from(timeout);
         let due = conn.last_active + timeout;
-        if due <= self.hub.now_millis() {
+        if due <= self.hub.now_millis() && is_not_read(conn) {
+            // Not idle: not read (see `close_idle_connections`). Look again later.
+            self.hub.touch(id);
+            let at = self.hub.now + Duration::from_millis(timeout);
+            self.hub.timers.insert(at, TimerEvent::IdleCheck(id, epoch));
+        } else if due <= self.hub.now_millis() {
             log_idle_close(self.hub.who(id), timeout);
             self.hub.request_close(id, CloseReason::IdleTimeout);
         } else {
@@ -186,6 +232,12 @@ impl<S: Service> Reactor<S> {
                 .insert(started + timeout, TimerEvent::FrameDeadline(id));
         }
     }
+}
+
+/// True while the reactor does not read a connection (paused by backpressure or by
+/// its service): its peer's silence cannot be seen then, so it is not idle.
+fn is_not_read(conn: &Connection) -> bool {
+    conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService)
 }
 
 /// The first round of a repeating timer after `now`: counted from its first deadline,

@@ -10,7 +10,10 @@
 //! Output past the write limit marks the connection congested and pauses its reading
 //! (backpressure: a peer that sends without reading cannot grow our memory without
 //! bound). When the queue drains to the low-water mark, reading resumes and the service
-//! hears `on_drained`. A connection that is closing or shutting its side takes the
+//! hears `on_drained`. Output that waits for the socket is watched by the send
+//! timeout: a queue that makes no progress for that long means the peer stopped
+//! reading, and the connection is reset (`timers.rs`). Every change of a queue is
+//! counted for the memory budget (`budget.rs`). A connection that is closing or shutting its side takes the
 //! next step of its life cycle (`lifecycle.rs`) once its queue is empty.
 
 use std::io::{self, IoSlice};
@@ -18,7 +21,7 @@ use std::io::{self, IoSlice};
 use mio::{Interest, Registry};
 
 use crate::connection::{ConnId, ConnState, Connection, Flag};
-use crate::hub::{connection_mut, Hub};
+use crate::hub::{connection_mut, Hub, TimerEvent};
 use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::service::Service;
 use crate::stats::CloseReason;
@@ -50,12 +53,12 @@ impl<S: Service> Hub<S> {
             log::trace!("{id}: write {written} of {}", bytes.len());
             self.stats.bytes_out += written as u64;
         }
-        let moved_in_idle_list = written > 0 && conn.mark_active(now);
         if written < bytes.len() {
+            if conn.output.is_empty() {
+                // Output begins to wait: the send timeout counts from here.
+                conn.write_progress = now as u32;
+            }
             self.queue_rest(id, &bytes[written..], write_at_once);
-        }
-        if moved_in_idle_list {
-            self.idle.touch(&mut self.conns, id.index());
         }
         true
     }
@@ -80,8 +83,26 @@ impl<S: Service> Hub<S> {
             // The write came up short: the socket is full. Wait for WRITABLE rather
             // than list a flush that would only hear WouldBlock.
             set_writable_interest(&self.registry, conn, id, true);
+            self.arm_send_deadline(id);
         } else {
             self.list_for_flush(id);
+        }
+        self.account(id);
+    }
+
+    /// Output waits for the peer to read: make sure a send deadline watches it.
+    fn arm_send_deadline(&mut self, id: ConnId) {
+        let Some(timeout) = self.limits.send_timeout else {
+            return;
+        };
+        let now = self.now;
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        if !conn.flags.get(Flag::SendTimerArmed) {
+            conn.flags.set(Flag::SendTimerArmed, true);
+            self.timers
+                .insert(now + timeout, TimerEvent::SendDeadline(id));
         }
     }
 
@@ -91,21 +112,27 @@ impl<S: Service> Hub<S> {
     /// per frame per member. Returns false if the connection is gone or closing.
     pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
         let write_limit = self.limits.write_limit;
+        let now = self.now_millis();
         let Some(conn) = self.conn_mut(id).filter(|c| c.may_send()) else {
             return false;
         };
+        if conn.output.is_empty() {
+            conn.write_progress = now as u32;
+        }
         conn.output.push_shared(frame.clone());
         if conn.output.len() > write_limit {
             conn.flags.set(Flag::Congested, true);
         }
         self.stats.frames_out += 1;
         self.list_for_flush(id);
+        self.account(id);
         true
     }
 
     /// Writes as much queued output as the socket takes, then adjusts WRITABLE interest,
     /// backpressure and the life cycle. Errors are turned into close requests.
     pub(crate) fn flush(&mut self, id: ConnId) {
+        let now = self.now_millis();
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
@@ -127,6 +154,7 @@ impl<S: Service> Hub<S> {
                     log::trace!("{id}: write {written} of {attempted}");
                     self.stats.bytes_out += written as u64;
                     progressed = true;
+                    conn.write_progress = now as u32;
                     conn.output.advance(written, &mut self.pool);
                     // A short write means the kernel's send buffer is full: no need to
                     // try again only to be told WouldBlock.
@@ -150,14 +178,17 @@ impl<S: Service> Hub<S> {
         }
         set_writable_interest(&self.registry, conn, id, socket_full);
         let queued = conn.output.len();
+        if progressed {
+            self.account(id);
+        }
+        if socket_full {
+            self.arm_send_deadline(id);
+        }
         if queued <= self.limits.low_water {
             self.recover_from_backpressure(id);
         }
         if queued == 0 {
             self.output_written(id);
-        }
-        if progressed {
-            self.touch(id);
         }
     }
 
