@@ -15,11 +15,21 @@
 //! Only when the kernel's send buffer is full is a datagram queued (bounded by the
 //! write limit, beyond which datagrams are dropped and counted, as UDP allows) and
 //! WRITABLE armed.
+//!
+//! Some destinations are refused whatever the service asks ([`refusal`]): port 0 and
+//! the unspecified addresses (`0.0.0.0`, `::`), which no peer can have, and the
+//! socket's own address, where a datagram would come straight back to the same socket.
+//! A source address on a datagram is only what its sender wrote there, so a service
+//! that answers its peers would otherwise answer forged sources like these: its own
+//! address makes a loop (each answer answered again), the others are never a real
+//! peer. Refused datagrams are counted in [`Stats::datagrams_refused`] and logged at
+//! most once a second, with the number refused since the last line.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
@@ -50,6 +60,52 @@ const MAX_SEGMENTS: usize = 64;
 /// The most bytes a burst gathers before it is sent: one segmented send must fit in
 /// one IP packet before the kernel cuts it.
 const MAX_BURST_BYTES: usize = 65_000;
+/// The least time between two warnings about refused destinations: a flood of forged
+/// sources must not become a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a datagram is not sent to an address ([`refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Port 0: no socket can receive there.
+    PortZero,
+    /// `0.0.0.0` or `::`: "any address" when binding, no one's address as a destination.
+    Unspecified,
+    /// The sending socket's own address: the datagram would come back to it.
+    OwnAddress,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::PortZero => "port 0",
+            Refusal::Unspecified => "an unspecified address",
+            Refusal::OwnAddress => "this socket's own address",
+        })
+    }
+}
+
+/// Whether a socket bound to `local` must not send to `peer`, and why.
+///
+/// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`, as a dual-stack socket sees
+/// IPv4 peers) is judged as the IPv4 address. A socket bound to an unspecified address
+/// receives on every local address; of those, only the loopback ones are known here
+/// without asking the system, so a loopback peer on the socket's own port counts as
+/// its own address (another socket on the same port and a loopback address would be
+/// another program bound in its place, which the bind on every address rules out).
+pub(crate) fn refusal(peer: SocketAddr, local: Option<SocketAddr>) -> Option<Refusal> {
+    let ip = peer.ip().to_canonical();
+    if peer.port() == 0 {
+        return Some(Refusal::PortZero);
+    }
+    if ip.is_unspecified() {
+        return Some(Refusal::Unspecified);
+    }
+    let local = local?;
+    let local_ip = local.ip().to_canonical();
+    let same_host = ip == local_ip || (local_ip.is_unspecified() && ip.is_loopback());
+    (peer.port() == local.port() && same_host).then_some(Refusal::OwnAddress)
+}
 
 /// One UDP socket, the datagrams of the current burst, and those it could not send yet.
 #[derive(Debug)]
@@ -68,12 +124,18 @@ pub(crate) struct UdpEndpoint {
     queued_bytes: usize,
     /// WRITABLE interest is registered.
     writable_armed: bool,
+    /// The address the socket is bound to (`None` if the system would not say), for
+    /// refusing datagrams to it.
+    local: Option<SocketAddr>,
+    /// When a refused destination was last logged.
+    refusal_logged: Option<Instant>,
+    /// Destinations refused since then, not logged yet.
+    refused_unlogged: u64,
 }
 
 impl UdpEndpoint {
     pub(crate) fn new(socket: UdpSocket, token: Token) -> Self {
         UdpEndpoint {
-            socket,
             token,
             burst: Vec::new(),
             burst_datagrams: Vec::new(),
@@ -81,11 +143,16 @@ impl UdpEndpoint {
             queue: VecDeque::new(),
             queued_bytes: 0,
             writable_armed: false,
+            local: socket.local_addr().ok(),
+            refusal_logged: None,
+            refused_unlogged: 0,
+            socket,
         }
     }
 
     /// Adds a datagram to the current burst, which [`UdpEndpoint::send_burst`] sends
-    /// before the loop waits again (at once if the burst is full).
+    /// before the loop waits again (at once if the burst is full). A datagram to a
+    /// refused destination ([`refusal`]) is dropped and counted instead.
     pub(crate) fn send_to(
         &mut self,
         peer: SocketAddr,
@@ -94,6 +161,11 @@ impl UdpEndpoint {
         registry: &Registry,
         stats: &mut Stats,
     ) {
+        if let Some(why) = refusal(peer, self.local) {
+            stats.datagrams_refused += 1;
+            self.log_refusal(peer, why);
+            return;
+        }
         if self.burst_datagrams.len() == MAX_SEGMENTS
             || self.burst.len() + datagram.len() > MAX_BURST_BYTES
         {
@@ -101,6 +173,28 @@ impl UdpEndpoint {
         }
         self.burst.extend_from_slice(datagram);
         self.burst_datagrams.push((peer, datagram.len()));
+    }
+
+    /// Warns of a refused destination, at most once per [`REFUSAL_LOG_INTERVAL`]; the
+    /// line counts the refusals it stands for. Refusals are rare unless someone forges
+    /// sources, so reading the clock here costs the common path nothing.
+    fn log_refusal(&mut self, peer: SocketAddr, why: Refusal) {
+        self.refused_unlogged += 1;
+        let now = Instant::now();
+        if self
+            .refusal_logged
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let local = self.local.map_or("?".to_string(), |a| a.to_string());
+        log::warn!(
+            "udp {local}: not sending to {peer}, {why} (a forged source address?); \
+             {} datagrams refused since the last warning",
+            self.refused_unlogged
+        );
+        self.refusal_logged = Some(now);
+        self.refused_unlogged = 0;
     }
 
     /// Whether datagrams of the current burst wait to be sent.
@@ -356,6 +450,48 @@ mod tests {
         assert_eq!(run_length(&[(a, 64), (a, 0)]), 1);
         assert_eq!(run_length(&[(a, 70_000), (a, 70_000)]), 1);
         assert_eq!(run_length(&[(b, 8)]), 1);
+    }
+
+    #[test]
+    fn port_zero_unspecified_and_own_addresses_are_refused() {
+        let v4 = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let bound = Some(v4("127.0.0.1:9001"));
+        assert_eq!(refusal(v4("127.0.0.1:0"), bound), Some(Refusal::PortZero));
+        assert_eq!(refusal(v4("0.0.0.0:53"), bound), Some(Refusal::Unspecified));
+        assert_eq!(refusal(v4("[::]:53"), bound), Some(Refusal::Unspecified));
+        assert_eq!(
+            refusal(v4("127.0.0.1:9001"), bound),
+            Some(Refusal::OwnAddress)
+        );
+        assert_eq!(
+            refusal(v4("[::ffff:127.0.0.1]:9001"), bound),
+            Some(Refusal::OwnAddress),
+            "an IPv4 address written as IPv6 is the same address"
+        );
+        assert_eq!(refusal(v4("127.0.0.1:9002"), bound), None);
+        assert_eq!(refusal(v4("127.0.0.2:9001"), bound), None);
+        assert_eq!(refusal(v4("10.0.0.1:9001"), bound), None);
+        // Bound to every address: the loopback ones on its port are its own.
+        let any = Some(v4("0.0.0.0:9001"));
+        assert_eq!(
+            refusal(v4("127.0.0.1:9001"), any),
+            Some(Refusal::OwnAddress)
+        );
+        assert_eq!(
+            refusal(v4("127.9.9.9:9001"), any),
+            Some(Refusal::OwnAddress)
+        );
+        assert_eq!(refusal(v4("127.0.0.1:9002"), any), None);
+        let any6 = Some(v4("[::]:9001"));
+        assert_eq!(refusal(v4("[::1]:9001"), any6), Some(Refusal::OwnAddress));
+        assert_eq!(
+            refusal(v4("[::1]:9001"), Some(v4("[::1]:9001"))),
+            Some(Refusal::OwnAddress)
+        );
+        assert_eq!(refusal(v4("[2001:db8::1]:9001"), any6), None);
+        // Without a known local address only the first two rules apply.
+        assert_eq!(refusal(v4("127.0.0.1:9001"), None), None);
+        assert_eq!(refusal(v4("127.0.0.1:0"), None), Some(Refusal::PortZero));
     }
 
     #[cfg(target_os = "linux")]

@@ -434,11 +434,17 @@ fn each_bad_input_is_answered_with_an_error_and_the_connection_continues() {
     member.say("r", "still here");
     member.expect_msg("r", "m", "still here");
 
+    // A UDP member is answered like a TCP one. A UDP source that holds no name is not
+    // answered at all (it may be a forged address: tests/chat_hostile.rs): the pong
+    // is the next datagram it gets.
     let udp = Peer::new(server.udp());
     udp.send_raw(b"not json");
-    assert_eq!(udp.next()["type"], "error");
     udp.send(json!({"type": "ping"}));
     udp.expect(json!({"type": "pong"}));
+    udp.send(json!({"type": "hello", "name": "u"}));
+    udp.expect(json!({"type": "welcome", "name": "u"}));
+    udp.send_raw(b"not json");
+    assert_eq!(udp.next()["type"], "error");
 }
 
 #[test]
@@ -479,7 +485,8 @@ fn legacy_and_typed_members_in_the_lobby_see_each_others_messages() {
     let seed = Peer::new(server.udp());
     seed.send(json!({"name": "clinet1", "msg": "hello all"}));
     seed.expect(json!({"name": "clinet1", "msg": "hello all"}));
-    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
+    // A legacy member's arrival is not announced (tests/chat_hostile.rs says why):
+    // its message is what the lobby sees.
     alice.expect_msg("lobby", "clinet1", "hello all");
 
     // Presence is not sent to a legacy member: the next datagram it gets is a message.
@@ -649,22 +656,33 @@ fn a_silent_udp_member_expires() {
     });
     let mut alice = Member::named(server.tcp(), "alice");
     alice.join("lobby");
-    let seed = Peer::new(server.udp());
-    seed.send(json!({"name": "clinet1", "msg": "hi"}));
-    seed.next();
-    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
-    alice.expect_msg("lobby", "clinet1", "hi");
+    let carol = Peer::new(server.udp());
+    carol.send(json!({"type": "hello", "name": "carol"}));
+    carol.expect(json!({"type": "welcome", "name": "carol"}));
+    carol.send(json!({"type": "join", "room": "lobby"}));
+    carol.expect(json!({"type": "joined", "room": "lobby", "name": "carol"}));
+    alice.expect(json!({"type": "joined", "room": "lobby", "name": "carol"}));
     // A datagram within the period keeps it: 300 ms on, it pings; its first expiry
     // check (at 500 ms) finds it heard from since and looks again 500 ms after the ping.
     server.advance(Duration::from_millis(300));
-    seed.send(json!({"type": "ping"}));
-    seed.expect(json!({"type": "pong"}));
+    carol.send(json!({"type": "ping"}));
+    carol.expect(json!({"type": "pong"}));
     server.advance(Duration::from_millis(200));
     server.advance(Duration::from_millis(299));
     assert_eq!(stats.get().members, 2, "expired before its time");
     server.advance(Duration::from_millis(1));
-    alice.expect(json!({"type": "left", "room": "lobby", "name": "clinet1"}));
+    alice.expect(json!({"type": "left", "room": "lobby", "name": "carol"}));
     assert_eq!(stats_when(&stats, |s| s.members == 1).members, 1);
+
+    // A legacy member expires the same way, as silently as it came.
+    let seed = Peer::new(server.udp());
+    seed.send(json!({"name": "clinet1", "msg": "hi"}));
+    seed.next();
+    alice.expect_msg("lobby", "clinet1", "hi");
+    assert_eq!(stats_when(&stats, |s| s.members == 2).members, 2);
+    server.advance(Duration::from_millis(500));
+    assert_eq!(stats_when(&stats, |s| s.members == 1).members, 1);
+    alice.expect_nothing_more();
 }
 
 #[test]
@@ -682,7 +700,6 @@ fn the_chat_command_serves_tcp_and_udp_with_its_limits() {
     let seed = Peer::new(addr.parse().unwrap());
     seed.send(json!({"name": "clinet1", "msg": "hey"}));
     seed.expect(json!({"name": "clinet1", "msg": "hey"}));
-    alice.expect(json!({"type": "joined", "room": "lobby", "name": "clinet1"}));
     alice.expect_msg("lobby", "clinet1", "hey");
     server.signal("TERM");
     let (code, stderr) = server.wait(IO_TIMEOUT);

@@ -30,6 +30,24 @@ pub struct ChatArgs {
     /// concerned (N joins would otherwise cost N²/2 deliveries).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub presence_limit: usize,
+    /// The most rooms one member may be in at once.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_rooms: usize,
+    /// Bytes a second one UDP source address may be sent in answer to its datagrams
+    /// (bursts of twice that); 0 = no limit. Bounds what a forged source reflects.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    pub udp_reply_rate: u64,
+    /// UDP sources the reply rate keeps track of at once; the oldest are forgotten
+    /// first.
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_reply_sources: u64,
+    /// New UDP members admitted per second (bursts of as many); 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub udp_join_rate: u32,
+    /// The most UDP members at once.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_udp_members: usize,
 }
 
 /// Runs the chat service until SIGINT/SIGTERM.
@@ -41,6 +59,11 @@ pub fn run(args: ChatArgs) -> ExitCode {
         udp_expiry: Duration::from_secs(args.udp_expiry),
         presence_limit: args.presence_limit,
         stats_interval: config.stats_interval,
+        max_rooms: args.max_rooms,
+        udp_reply_rate: args.udp_reply_rate,
+        udp_reply_sources: usize::try_from(args.udp_reply_sources).unwrap_or(usize::MAX),
+        udp_join_rate: args.udp_join_rate,
+        max_udp_members: args.max_udp_members,
     };
     let codec = LengthCodec::new(args.server.max_frame as usize);
     serve_then(config, Chat::new(settings), codec, |stopped| {

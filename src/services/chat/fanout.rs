@@ -13,9 +13,13 @@
 //! letting its queue grow without bound or slowing the room down (the way Redis drops
 //! pub/sub clients over their output limit). Members that keep up are unaffected, and
 //! still see every event of the room in order.
+//!
+//! Datagrams go out through the [`UdpGuard`], which holds back what must not answer a
+//! UDP source (see `guard`).
 
 use log::warn;
 
+use super::guard::UdpGuard;
 use super::protocol::{mark_as_history, to_json, Event, LegacyReply, SERVER_NAME};
 use super::rooms::{Form, Link, Member};
 use super::Chat;
@@ -66,6 +70,11 @@ impl Encoded {
         }
     }
 
+    /// The bytes legacy members are sent, if they are sent this event.
+    pub fn legacy_bytes(&self) -> Option<&[u8]> {
+        self.legacy.as_deref()
+    }
+
     /// The typed JSON bytes.
     #[cfg(test)]
     pub fn json(&self) -> &[u8] {
@@ -94,7 +103,12 @@ pub enum Delivery {
 }
 
 /// Sends one encoded event to one member: a shared frame for TCP, a datagram for UDP.
-pub fn deliver(ctx: &mut Context<'_, Chat>, member: &mut Member, event: &Encoded) -> Delivery {
+pub fn deliver(
+    ctx: &mut Context<'_, Chat>,
+    guard: &mut UdpGuard,
+    member: &mut Member,
+    event: &Encoded,
+) -> Delivery {
     match &member.link {
         Link::Tcp(conn) => {
             let conn = *conn;
@@ -115,7 +129,7 @@ pub fn deliver(ctx: &mut Context<'_, Chat>, member: &mut Member, event: &Encoded
                 ctx.write_limit()
             );
             member.cut_off = true;
-            ctx.close(conn, CloseMode::Now);
+            ctx.close(conn, CloseMode::Abort);
             Delivery::CutOff
         }
         Link::Udp(udp) => {
@@ -128,9 +142,9 @@ pub fn deliver(ctx: &mut Context<'_, Chat>, member: &mut Member, event: &Encoded
             };
             // A datagram the socket cannot take now is queued or dropped by the
             // reactor, as UDP allows; either way the room moves on.
-            match ctx.send_to(udp.socket, udp.peer, bytes) {
-                Ok(()) => Delivery::Sent,
-                Err(_) => Delivery::Skipped,
+            match guard.send(ctx, udp.socket, udp.peer, bytes) {
+                true => Delivery::Sent,
+                false => Delivery::Skipped,
             }
         }
     }
@@ -139,7 +153,12 @@ pub fn deliver(ctx: &mut Context<'_, Chat>, member: &mut Member, event: &Encoded
 /// Answers one member (welcome, error, rooms, pong...), copying the bytes into its
 /// queue: nothing to share with a single recipient. Legacy members get only errors,
 /// in their own form, so that a client waiting for one reply per message is answered.
-pub fn reply(ctx: &mut Context<'_, Chat>, member: &Member, event: &Event<'_>) {
+pub fn reply(
+    ctx: &mut Context<'_, Chat>,
+    guard: &mut UdpGuard,
+    member: &Member,
+    event: &Event<'_>,
+) {
     match &member.link {
         Link::Tcp(conn) => {
             let json = to_json(event);
@@ -148,29 +167,38 @@ pub fn reply(ctx: &mut Context<'_, Chat>, member: &Member, event: &Event<'_>) {
             }
         }
         Link::Udp(udp) => match (udp.form, event) {
-            (Form::Typed, _) => reply_to_peer(ctx, udp.socket, udp.peer, event),
+            (Form::Typed, _) => reply_to_peer(ctx, guard, udp.socket, udp.peer, event),
             (Form::Legacy, Event::Error { reason }) => {
-                let msg = format!("error: {reason}");
-                let json = to_json(&LegacyReply {
-                    name: SERVER_NAME,
-                    msg: &msg,
-                });
-                let _ = ctx.send_to(udp.socket, udp.peer, &json);
+                legacy_error(ctx, guard, udp.socket, udp.peer, reason)
             }
             (Form::Legacy, _) => {}
         },
     }
 }
 
-/// Answers a UDP peer that is not (yet) a member with a typed event.
+/// Answers a UDP peer, member or not, with a typed event.
 pub fn reply_to_peer(
     ctx: &mut Context<'_, Chat>,
+    guard: &mut UdpGuard,
     socket: crate::UdpId,
     peer: std::net::SocketAddr,
     event: &Event<'_>,
 ) {
-    let json = to_json(event);
-    if let Err(e) = ctx.send_to(socket, peer, &json) {
-        log::debug!("chat: cannot answer {peer}: {e}");
-    }
+    guard.send(ctx, socket, peer, &to_json(event));
+}
+
+/// Answers a UDP peer speaking the legacy form with an error, signed by the server.
+pub fn legacy_error(
+    ctx: &mut Context<'_, Chat>,
+    guard: &mut UdpGuard,
+    socket: crate::UdpId,
+    peer: std::net::SocketAddr,
+    reason: &str,
+) {
+    let msg = format!("error: {reason}");
+    let json = to_json(&LegacyReply {
+        name: SERVER_NAME,
+        msg: &msg,
+    });
+    guard.send(ctx, socket, peer, &json);
 }

@@ -8,11 +8,14 @@
 //! ```
 //!
 //! - [`protocol`]: the JSON messages and the name rules.
-//! - `rooms`: who is where (pure bookkeeping, no I/O).
+//! - `rooms`: who is where (pure bookkeeping, no I/O), with the room limit.
 //! - `fanout`: one event encoded once, delivered to TCP and UDP members alike; the
 //!   slow-consumer cut-off.
 //! - `requests`: what each request does.
-//! - `stats`: the counters.
+//! - `guard`: what may be sent back to a UDP source, whose address may be forged: at
+//!   most 3x to non-members, a reply rate per source, newcomers admitted at a rate,
+//!   the server's own output never answered; `bucket` holds its token buckets.
+//! - `stats`: the counters; `throttle`: log lines that a flood cannot multiply.
 //!
 //! Every event to a room is queued for all its members within one callback, on the
 //! loop's single thread, so every member sees a room's events in the same order.
@@ -28,20 +31,26 @@
 //! println!("chat served: {}", stopped.service.stats().get());
 //! ```
 
+mod bucket;
 mod fanout;
+mod guard;
 pub mod protocol;
 mod requests;
 mod rooms;
 mod stats;
+mod throttle;
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::{CloseReason, ConnId, Context, LengthCodec, Origin, Service, TimerId, UdpId};
-use fanout::{reply_to_peer, Delivery, Encoded};
-use protocol::LOBBY;
+use fanout::{legacy_error, reply_to_peer, Delivery, Encoded};
+use guard::{UdpGuard, REFLECTION_WINDOW};
+use protocol::{is_own_output, LOBBY};
 use rooms::{Directory, Form, Link, MemberId, UdpLink};
+use throttle::Throttle;
 
 pub use protocol::{parse, BadInput, Event, Incoming, Legacy, LegacyMessage, Request};
 pub use stats::{ChatStats, ChatStatsHandle};
@@ -61,6 +70,21 @@ pub struct ChatSettings {
     pub presence_limit: usize,
     /// Log the chat counters this often. `None`: only at shutdown.
     pub stats_interval: Option<Duration>,
+    /// The most rooms one member may be in at once: what one member can make the
+    /// directory hold stays bounded.
+    pub max_rooms: usize,
+    /// Bytes a second that one UDP source may be sent in answer to its datagrams,
+    /// with bursts of twice that; 0: no limit. Bounds what a forged source can
+    /// reflect onto the address it names.
+    pub udp_reply_rate: u64,
+    /// How many UDP sources the reply rate keeps track of; past that, the oldest are
+    /// forgotten (and start again with a full allowance).
+    pub udp_reply_sources: usize,
+    /// New UDP members admitted per second, with bursts of as many; 0: no limit. A
+    /// flood of new source ports is otherwise a flood of lobby messages.
+    pub udp_join_rate: u32,
+    /// The most UDP members at once (each one is sent all its rooms' traffic).
+    pub max_udp_members: usize,
 }
 
 impl Default for ChatSettings {
@@ -71,6 +95,11 @@ impl Default for ChatSettings {
             udp_expiry: Duration::from_secs(300),
             presence_limit: 1000,
             stats_interval: None,
+            max_rooms: 100,
+            udp_reply_rate: 64 * 1024,
+            udp_reply_sources: 16 * 1024,
+            udp_join_rate: 20,
+            max_udp_members: 1000,
         }
     }
 }
@@ -99,6 +128,10 @@ pub struct Chat {
     /// UDP members by the socket they use and their address (a TCP member's id is in
     /// its connection's [`Seat`]).
     by_peer: HashMap<(UdpId, SocketAddr), MemberId>,
+    /// What may be sent back to UDP sources.
+    guard: UdpGuard,
+    /// Joins refused at the room limit, for the log.
+    room_limit_log: Throttle,
     stats: ChatStatsHandle,
 }
 
@@ -112,9 +145,11 @@ impl Chat {
     /// from another thread while the service runs.
     pub fn with_stats(settings: ChatSettings, stats: ChatStatsHandle) -> Self {
         Chat {
+            guard: UdpGuard::new(&settings, stats.clone()),
             settings,
             directory: Directory::default(),
             by_peer: HashMap::new(),
+            room_limit_log: Throttle::default(),
             stats,
         }
     }
@@ -145,6 +180,7 @@ impl Chat {
             form,
             last_seen: ctx.now(),
             expiry_timer: None,
+            last_echo: None,
         }));
         let timer = ctx.set_timer(self.settings.udp_expiry, ChatTimer::Expiry(id));
         self.set_expiry_timer(id, timer);
@@ -158,19 +194,68 @@ impl Chat {
         }
     }
 
-    /// A seed-style datagram: `hello name`, join the lobby if not in it, `say` there.
-    fn legacy_message(
+    /// Makes a UDP newcomer a member, if the join rate and the member limit allow;
+    /// otherwise tells it so (briefly, in its own form) and returns `None`.
+    fn admit(
         &mut self,
         ctx: &mut Context<'_, Chat>,
         socket: UdpId,
         peer: SocketAddr,
-        known: Option<MemberId>,
+        form: Form,
+    ) -> Option<MemberId> {
+        if let Err(turned) = self.guard.admit(ctx.now(), peer, self.by_peer.len()) {
+            let reason = turned.reason();
+            match form {
+                Form::Typed => {
+                    reply_to_peer(ctx, &mut self.guard, socket, peer, &Event::Error { reason })
+                }
+                Form::Legacy => legacy_error(ctx, &mut self.guard, socket, peer, reason),
+            }
+            return None;
+        }
+        Some(self.add_udp_member(ctx, socket, peer, form))
+    }
+
+    /// Undoes [`Chat::admit`] for a newcomer whose `hello` failed: a UDP member
+    /// without a name would be a member that proved nothing, yet was treated as one.
+    fn forget_newcomer(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
+        let Some(member) = self.directory.remove(id) else {
+            return;
+        };
+        if let Link::Udp(udp) = &member.link {
+            self.by_peer.remove(&(udp.socket, udp.peer));
+            if let Some(timer) = udp.expiry_timer {
+                ctx.cancel_timer(timer);
+            }
+        }
+    }
+
+    /// A seed-style datagram from a new peer: it becomes a legacy member if admitted
+    /// and its name is free, then speaks.
+    fn legacy_newcomer(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        socket: UdpId,
+        peer: SocketAddr,
         message: LegacyMessage,
     ) {
-        let id = match known {
-            Some(id) => id,
-            None => self.add_udp_member(ctx, socket, peer, Form::Legacy),
+        let Some(id) = self.admit(ctx, socket, peer, Form::Legacy) else {
+            return;
         };
+        if !self.hello(ctx, id, &message.name) {
+            return self.forget_newcomer(ctx, id);
+        }
+        self.legacy_message(ctx, id, message);
+    }
+
+    /// A seed-style datagram from a member: `hello name` if the name is new to it,
+    /// join the lobby if not in it (silently: see [`Chat::announce`]), `say` there.
+    fn legacy_message(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        message: LegacyMessage,
+    ) {
         let has_name = self
             .directory
             .member(id)
@@ -181,11 +266,30 @@ impl Chat {
         if !self.directory.is_in(id, LOBBY) {
             self.join(ctx, id, LOBBY);
         }
-        self.say(ctx, id, LOBBY, &message.msg);
+        let echo = self.say(ctx, id, LOBBY, &message.msg);
+        let echo = echo.as_deref().and_then(Encoded::legacy_bytes).map(hash_of);
+        if let Some(Link::Udp(udp)) = self.directory.member_mut(id).map(|m| &mut m.link) {
+            udp.last_echo = echo.map(|hash| (hash, ctx.now()));
+        }
     }
 
-    /// A typed request from a UDP peer that is not a member: `hello` makes it one;
-    /// `list` and `ping` need no membership; the rest need a name first.
+    /// True if a legacy member's datagram is the echo of its own message that the
+    /// server just sent it, come back: an echo service, or a second chat server,
+    /// reflecting it. Answering would echo it again, for ever. A member repeating
+    /// itself sends its own bytes, which match only if it writes JSON exactly as the
+    /// server does and repeats itself within [`REFLECTION_WINDOW`].
+    fn is_reflected_echo(&self, ctx: &Context<'_, Chat>, id: MemberId, datagram: &[u8]) -> bool {
+        let Some(Link::Udp(udp)) = self.directory.member(id).map(|m| &m.link) else {
+            return false;
+        };
+        udp.last_echo.is_some_and(|(hash, at)| {
+            ctx.now().saturating_duration_since(at) < REFLECTION_WINDOW && hash == hash_of(datagram)
+        })
+    }
+
+    /// A typed request from a UDP peer that is not a member: `hello` makes it one (if
+    /// admitted); `ping` needs no membership; the rest, the room list included, need
+    /// a name first, which is said in as few bytes as possible (see `guard`).
     fn stranger_request(
         &mut self,
         ctx: &mut Context<'_, Chat>,
@@ -195,22 +299,19 @@ impl Chat {
     ) {
         match request {
             Request::Hello { .. } => {
-                let id = self.add_udp_member(ctx, socket, peer, Form::Typed);
+                let Some(id) = self.admit(ctx, socket, peer, Form::Typed) else {
+                    return;
+                };
                 self.handle(ctx, id, request);
+                if self.directory.member(id).is_some_and(|m| m.name.is_none()) {
+                    self.forget_newcomer(ctx, id);
+                }
             }
-            Request::Ping => reply_to_peer(ctx, socket, peer, &Event::Pong),
-            Request::List => {
-                let rooms = self.room_list();
-                reply_to_peer(ctx, socket, peer, &Event::Rooms { rooms });
+            Request::Ping => reply_to_peer(ctx, &mut self.guard, socket, peer, &Event::Pong),
+            _ => {
+                let reason = requests::HELLO_FIRST_SHORT;
+                reply_to_peer(ctx, &mut self.guard, socket, peer, &Event::Error { reason });
             }
-            _ => reply_to_peer(
-                ctx,
-                socket,
-                peer,
-                &Event::Error {
-                    reason: requests::HELLO_FIRST,
-                },
-            ),
         }
     }
 
@@ -222,7 +323,8 @@ impl Chat {
         if let Link::Udp(udp) = &member.link {
             self.by_peer.remove(&(udp.socket, udp.peer));
         }
-        if let Some(name) = &member.name {
+        // Legacy members cause no presence events (see `announce`).
+        if let Some(name) = member.name.as_ref().filter(|_| !member.is_legacy()) {
             for room in &member.rooms {
                 self.announce(ctx, room, None, &Event::Left { room, name });
             }
@@ -232,6 +334,11 @@ impl Chat {
     /// Sends a presence event to `room`: to everyone while the room is within the
     /// presence limit, otherwise only to `subject` (the member it is about, when it is
     /// still in the room).
+    ///
+    /// A legacy member's comings and goings are not announced: it receives no
+    /// presence events, and a seed-style datagram from a new port is a join, so
+    /// announcing them would let a flood of new ports send an event to every member
+    /// of the lobby for each datagram. Its messages carry its name.
     fn announce(
         &mut self,
         ctx: &mut Context<'_, Chat>,
@@ -239,6 +346,9 @@ impl Chat {
         subject: Option<MemberId>,
         event: &Event<'_>,
     ) {
+        if subject.is_some_and(|id| self.directory.member(id).is_some_and(|m| m.is_legacy())) {
+            return;
+        }
         let Some(entry) = self.directory.room(room) else {
             return;
         };
@@ -255,12 +365,14 @@ impl Chat {
     /// Delivers one encoded event to every member of `room`. Returns how many got it.
     fn broadcast(&mut self, ctx: &mut Context<'_, Chat>, room: &str, event: &Encoded) -> u64 {
         let (mut sent, mut cut) = (0, 0);
-        self.directory
-            .for_each_in(room, |member| match fanout::deliver(ctx, member, event) {
+        let guard = &mut self.guard;
+        self.directory.for_each_in(room, |member| {
+            match fanout::deliver(ctx, guard, member, event) {
                 Delivery::Sent => sent += 1,
                 Delivery::CutOff => cut += 1,
                 Delivery::Skipped => {}
-            });
+            }
+        });
         self.stats.slow_consumers_cut(cut);
         sent
     }
@@ -270,7 +382,7 @@ impl Chat {
         let Some(member) = self.directory.member_mut(id) else {
             return 0;
         };
-        match fanout::deliver(ctx, member, event) {
+        match fanout::deliver(ctx, &mut self.guard, member, event) {
             Delivery::Sent => 1,
             Delivery::CutOff => {
                 self.stats.slow_consumers_cut(1);
@@ -281,9 +393,9 @@ impl Chat {
     }
 
     /// Answers one member.
-    fn reply(&self, ctx: &mut Context<'_, Chat>, id: MemberId, event: &Event<'_>) {
+    fn reply(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, event: &Event<'_>) {
         if let Some(member) = self.directory.member(id) {
-            fanout::reply(ctx, member, event);
+            fanout::reply(ctx, &mut self.guard, member, event);
         }
     }
 
@@ -377,13 +489,23 @@ impl Service for Chat {
         peer: SocketAddr,
         datagram: &[u8],
     ) {
+        if is_own_output(datagram) {
+            return self.guard.reflected(ctx.now(), peer);
+        }
         let known = self.by_peer.get(&(socket, peer)).copied();
+        let named =
+            known.is_some_and(|id| self.directory.member(id).is_some_and(|m| m.name.is_some()));
+        self.guard.begin(socket, peer, datagram.len(), named);
         match (parse(datagram, Legacy::Accepted), known) {
-            (Ok(Incoming::Legacy(message)), _) => {
-                if let Some(id) = known {
-                    self.touch_udp(ctx, id, Form::Legacy);
-                }
-                self.legacy_message(ctx, socket, peer, known, message);
+            (Ok(Incoming::Legacy(_)), Some(id)) if self.is_reflected_echo(ctx, id, datagram) => {
+                self.guard.reflected(ctx.now(), peer);
+            }
+            (Ok(Incoming::Legacy(message)), Some(id)) => {
+                self.touch_udp(ctx, id, Form::Legacy);
+                self.legacy_message(ctx, id, message);
+            }
+            (Ok(Incoming::Legacy(message)), None) => {
+                self.legacy_newcomer(ctx, socket, peer, message)
             }
             (Ok(Incoming::Typed(request)), Some(id)) => {
                 self.touch_udp(ctx, id, Form::Typed);
@@ -393,11 +515,11 @@ impl Service for Chat {
                 self.stranger_request(ctx, socket, peer, request)
             }
             (Err(e), Some(id)) => self.refuse(ctx, id, &e.to_string()),
-            (Err(e), None) => {
-                let reason = e.to_string();
-                reply_to_peer(ctx, socket, peer, &Event::Error { reason: &reason });
-            }
+            // Not answered: an error for input that is not a request would answer
+            // another server's errors, which would answer ours.
+            (Err(_), None) => self.guard.unanswered(ctx.now(), peer),
         }
+        self.guard.end();
         self.count_population();
     }
 
@@ -425,4 +547,11 @@ impl Service for Chat {
             }
         }
     }
+}
+
+/// A hash of a datagram, to recognise it later without keeping it.
+fn hash_of(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }

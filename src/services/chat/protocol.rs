@@ -75,9 +75,16 @@ pub struct LegacyMessage {
     pub name: String,
     /// The text, said in the lobby.
     pub msg: String,
-    /// Present only to tell a malformed typed request from a legacy message.
-    #[serde(rename = "type", default)]
-    kind: Option<serde_json::Value>,
+    /// Whether the object has a `type` field at all (even `null`): such an object is a
+    /// malformed typed request, not a legacy message.
+    #[serde(rename = "type", default, deserialize_with = "field_present")]
+    has_type: bool,
+}
+
+/// Deserializes any value, `null` included, as "the field is there" (serde would take
+/// a `null` for a missing `Option`).
+fn field_present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
 }
 
 /// The room legacy members live in.
@@ -146,7 +153,7 @@ pub fn parse(bytes: &[u8], legacy: Legacy) -> Result<Incoming, BadInput> {
     };
     if legacy == Legacy::Accepted {
         if let Ok(message) = serde_json::from_str::<LegacyMessage>(text) {
-            if message.kind.is_none() {
+            if !message.has_type {
                 return Ok(Incoming::Legacy(message));
             }
         }
@@ -278,6 +285,40 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     })
 }
 
+/// How each [`Event`] the server encodes begins: serde writes the tag first, compact.
+/// `dm` is also a request, so its event is told by the `from` that only the server
+/// writes; the legacy errors are the ones signed [`SERVER_NAME`].
+const OWN_OUTPUT_PREFIXES: [&[u8]; 10] = [
+    br#"{"type":"welcome""#,
+    br#"{"type":"msg""#,
+    br#"{"type":"dm","from":"#,
+    br#"{"type":"joined""#,
+    br#"{"type":"left""#,
+    br#"{"type":"renamed""#,
+    br#"{"type":"rooms""#,
+    br#"{"type":"pong""#,
+    br#"{"type":"error""#,
+    br#"{"name":"switchboard","#,
+];
+
+/// True if `datagram` is something this server sends, not something a member would:
+/// an event, or a legacy error. Such a datagram arriving is the server's own output
+/// sent back, by an echo service or another chat server that was given a forged
+/// source; answering it would start a loop (its answer would come back too). A
+/// legacy member's echo of its own message cannot be told this way (it is a legacy
+/// message); the service recognises that one by its bytes.
+///
+/// ```
+/// use switchboard::services::chat::protocol::is_own_output;
+/// assert!(is_own_output(br#"{"type":"pong"}"#));
+/// assert!(!is_own_output(br#"{"type":"ping"}"#));
+/// ```
+pub fn is_own_output(datagram: &[u8]) -> bool {
+    OWN_OUTPUT_PREFIXES
+        .iter()
+        .any(|prefix| datagram.starts_with(prefix))
+}
+
 /// For `skip_serializing_if`: a flag that is off is left out of the JSON.
 fn is_false(flag: &bool) -> bool {
     !*flag
@@ -375,6 +416,80 @@ mod tests {
             parse(typed_but_broken, Legacy::Accepted),
             Err(BadInput::Request(_))
         ));
+        // Found by the chat_parse fuzz target: serde reads a `null` as a missing field.
+        let null_type = br#"{"name":"a","msg":"b","type":null}"#;
+        assert!(matches!(
+            parse(null_type, Legacy::Accepted),
+            Err(BadInput::Request(_))
+        ));
+    }
+
+    #[test]
+    fn every_event_and_legacy_error_is_own_output_and_no_request_is() {
+        let rooms = vec![RoomInfo {
+            room: "r",
+            members: vec!["a"],
+        }];
+        let events = [
+            Event::Welcome { name: "a" },
+            Event::Msg {
+                room: "r",
+                from: "a",
+                text: "t",
+                ts: 1,
+                history: true,
+            },
+            Event::Dm {
+                from: "a",
+                to: "b",
+                text: "t",
+                ts: 1,
+            },
+            Event::Joined {
+                room: "r",
+                name: "a",
+            },
+            Event::Left {
+                room: "r",
+                name: "a",
+            },
+            Event::Renamed {
+                room: "r",
+                old: "a",
+                name: "b",
+            },
+            Event::Rooms { rooms },
+            Event::Pong,
+            Event::Error { reason: "no" },
+        ];
+        for event in &events {
+            let json = to_json(event);
+            assert!(is_own_output(&json), "{}", String::from_utf8_lossy(&json));
+        }
+        let legacy_error = LegacyReply {
+            name: SERVER_NAME,
+            msg: "error: no",
+        };
+        assert!(is_own_output(&to_json(&legacy_error)));
+        let requests: [&[u8]; 10] = [
+            br#"{"type":"hello","name":"a"}"#,
+            br#"{"type":"join","room":"r"}"#,
+            br#"{"type":"leave","room":"r"}"#,
+            br#"{"type":"say","room":"r","text":"t"}"#,
+            br#"{"type":"dm","to":"b","text":"t"}"#,
+            br#"{"type":"list"}"#,
+            br#"{"type":"ping"}"#,
+            br#"{"type":"bye"}"#,
+            br#"{"name": "clinet1", "msg": "hello"}"#,
+            br#"{"name":"alice","msg":"a legacy message, compact"}"#,
+        ];
+        for request in requests {
+            assert!(
+                !is_own_output(request),
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
     }
 
     #[test]

@@ -5,14 +5,17 @@
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::fanout::Encoded;
-use super::protocol::{check_name, Event, LegacyReply, Request, RoomInfo, SERVER_NAME};
+use super::fanout::{self, Encoded};
+use super::protocol::{check_name, Event, LegacyReply, Request, SERVER_NAME};
 use super::rooms::{Link, MemberId, Refusal};
 use super::Chat;
 use crate::{CloseMode, Context};
 
 /// The answer to a request that needs a name before a `hello` gave one.
 pub const HELLO_FIRST: &str = "say hello first: send {\"type\":\"hello\",\"name\":...}";
+/// The same to a UDP source that holds no name, which gets at most three times its
+/// datagram's size back: as short as it can be said.
+pub const HELLO_FIRST_SHORT: &str = "say hello first";
 
 impl Chat {
     /// Carries out one typed request from member `id`.
@@ -23,11 +26,16 @@ impl Chat {
             }
             Request::Join { room } => self.join(ctx, id, &room),
             Request::Leave { room } => self.leave(ctx, id, &room),
-            Request::Say { room, text } => self.say(ctx, id, &room, &text),
+            Request::Say { room, text } => {
+                self.say(ctx, id, &room, &text);
+            }
             Request::Dm { to, text } => self.dm(ctx, id, &to, &text),
             Request::List => {
-                let rooms = self.room_list();
-                self.reply(ctx, id, &Event::Rooms { rooms });
+                // Borrowed from the directory while the guard sends it.
+                let rooms = self.directory.room_list();
+                if let Some(member) = self.directory.member(id) {
+                    fanout::reply(ctx, &mut self.guard, member, &Event::Rooms { rooms });
+                }
             }
             Request::Ping => self.reply(ctx, id, &Event::Pong),
             Request::Bye => self.bye(ctx, id),
@@ -35,7 +43,7 @@ impl Chat {
     }
 
     /// Answers member `id` with an `error`.
-    pub(super) fn refuse(&self, ctx: &mut Context<'_, Chat>, id: MemberId, reason: &str) {
+    pub(super) fn refuse(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, reason: &str) {
         self.reply(ctx, id, &Event::Error { reason });
     }
 
@@ -80,8 +88,10 @@ impl Chat {
         if let Err(reason) = check_name("room", room) {
             return self.refuse(ctx, id, &reason);
         }
-        if self.directory.join(id, room).is_err() {
-            return self.refuse(ctx, id, &format!("already in room {room}"));
+        match self.directory.join(id, room, self.settings.max_rooms) {
+            Ok(()) => {}
+            Err(Refusal::RoomLimit) => return self.refuse_room(ctx, id, room),
+            Err(_) => return self.refuse(ctx, id, &format!("already in room {room}")),
         }
         self.announce(ctx, room, Some(id), &Event::Joined { room, name: &name });
         // Legacy clients expect exactly one reply per message they send: no replay.
@@ -99,6 +109,23 @@ impl Chat {
         self.stats.delivered(sent);
     }
 
+    /// Refuses a join at the room limit: counted, logged now and then (one member
+    /// could ask thousands of times), and answered with what to do instead.
+    fn refuse_room(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, room: &str) {
+        let max = self.settings.max_rooms;
+        self.stats.count_room_limit();
+        if let Some(count) = self.room_limit_log.note(ctx.now()) {
+            log::info!(
+                "chat: {} may not join {room}: in {max} rooms already (--max-rooms); \
+                 {count} joins refused at the room limit since the last such line",
+                self.name_of(id)
+            );
+        }
+        let reason =
+            format!("in {max} rooms already, the most one member may be in: leave one first");
+        self.refuse(ctx, id, &reason);
+    }
+
     /// Leaves a room, after telling it (the leaver included).
     pub(super) fn leave(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, room: &str) {
         if !self.directory.is_in(id, room) {
@@ -110,18 +137,21 @@ impl Chat {
     }
 
     /// Says `text` in `room`: one `msg` event, encoded once, to every member.
+    /// Returns the event as sent, if it was.
     pub(super) fn say(
         &mut self,
         ctx: &mut Context<'_, Chat>,
         id: MemberId,
         room: &str,
         text: &str,
-    ) {
+    ) -> Option<Rc<Encoded>> {
         if !self.directory.is_in(id, room) {
-            return self.refuse(ctx, id, &format!("not in room {room}: join it first"));
+            self.refuse(ctx, id, &format!("not in room {room}: join it first"));
+            return None;
         }
         if let Err(reason) = self.check_text(text) {
-            return self.refuse(ctx, id, &reason);
+            self.refuse(ctx, id, &reason);
+            return None;
         }
         self.stats.message_in();
         let from = self.name_of(id);
@@ -140,8 +170,9 @@ impl Chat {
         let sent = self.broadcast(ctx, room, &encoded);
         self.stats.delivered(sent);
         if let Some(entry) = self.directory.room_mut(room) {
-            entry.remember(encoded, self.settings.history);
+            entry.remember(Rc::clone(&encoded), self.settings.history);
         }
+        Some(encoded)
     }
 
     /// Sends `text` to the member called `to`, and a copy to the sender.
@@ -191,23 +222,8 @@ impl Chat {
         self.count_population();
     }
 
-    /// Every room with its members' names.
-    pub(super) fn room_list(&self) -> Vec<RoomInfo<'_>> {
-        self.directory
-            .rooms()
-            .map(|(room, entry)| RoomInfo {
-                room,
-                members: entry
-                    .members()
-                    .iter()
-                    .filter_map(|&m| self.directory.member(m)?.name.as_deref())
-                    .collect(),
-            })
-            .collect()
-    }
-
     /// The member's name, or an `error` saying to send `hello` first.
-    fn name_required(&self, ctx: &mut Context<'_, Chat>, id: MemberId) -> Option<String> {
+    fn name_required(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) -> Option<String> {
         let name = self.directory.member(id).and_then(|m| m.name.clone());
         if name.is_none() {
             self.refuse(ctx, id, HELLO_FIRST);

@@ -6,7 +6,10 @@
 //! - a name belongs to at most one member, and is freed when the member goes;
 //! - a member is in a room exactly when the room lists it (both sides are updated
 //!   together);
-//! - a room exists only while it has members (its history goes with it).
+//! - a room exists only while it has members (its history goes with it);
+//! - a member is in at most the room limit's number of rooms, so what one member can
+//!   make the directory hold is bounded (names and room names are bounded by
+//!   [`check_name`](super::protocol::check_name), texts by `--max-text`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +19,7 @@ use std::time::Instant;
 use slab::Slab;
 
 use super::fanout::Encoded;
+use super::protocol::RoomInfo;
 use crate::{ConnId, TimerId, UdpId};
 
 /// A member's key in the [`Directory`]; reused after the member goes.
@@ -43,6 +47,9 @@ pub struct UdpLink {
     pub last_seen: Instant,
     /// The timer that checks for its expiry.
     pub expiry_timer: Option<TimerId>,
+    /// A legacy member's last echo of its own message: a hash of the datagram, and
+    /// when it was sent. The same bytes back soon after are a reflection.
+    pub last_echo: Option<(u64, Instant)>,
 }
 
 /// The message form a UDP member speaks.
@@ -134,6 +141,8 @@ pub enum Refusal {
     NotIn,
     /// No such member.
     NoMember,
+    /// The member is in as many rooms as it may be.
+    RoomLimit,
 }
 
 /// Members, names and rooms. See the module docs for its invariants.
@@ -201,11 +210,15 @@ impl Directory {
         Ok(old)
     }
 
-    /// Puts `id` in `room`, creating the room if needed.
-    pub fn join(&mut self, id: MemberId, room: &str) -> Result<(), Refusal> {
+    /// Puts `id` in `room`, creating the room if needed, unless it is in `max_rooms`
+    /// rooms already.
+    pub fn join(&mut self, id: MemberId, room: &str, max_rooms: usize) -> Result<(), Refusal> {
         let member = self.members.get_mut(id).ok_or(Refusal::NoMember)?;
         if member.rooms.iter().any(|r| r == room) {
             return Err(Refusal::AlreadyIn);
+        }
+        if member.rooms.len() >= max_rooms {
+            return Err(Refusal::RoomLimit);
         }
         member.rooms.push(room.to_owned());
         self.rooms.entry(room.to_owned()).or_default().add(id);
@@ -254,6 +267,20 @@ impl Directory {
     /// Every room, by name.
     pub fn rooms(&self) -> impl Iterator<Item = (&str, &Room)> {
         self.rooms.iter().map(|(name, room)| (name.as_str(), room))
+    }
+
+    /// Every room with its members' names: the answer to `list`.
+    pub fn room_list(&self) -> Vec<RoomInfo<'_>> {
+        self.rooms()
+            .map(|(room, entry)| RoomInfo {
+                room,
+                members: entry
+                    .members()
+                    .iter()
+                    .filter_map(|&m| self.member(m)?.name.as_deref())
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Calls `visit` for every member of `room`: the fan-out loop.
@@ -312,9 +339,9 @@ mod tests {
         let mut dir = Directory::default();
         let a = named(&mut dir, "a");
         let b = named(&mut dir, "b");
-        dir.join(a, "r").unwrap();
-        dir.join(b, "r").unwrap();
-        assert_eq!(dir.join(a, "r"), Err(Refusal::AlreadyIn));
+        dir.join(a, "r", 10).unwrap();
+        dir.join(b, "r", 10).unwrap();
+        assert_eq!(dir.join(a, "r", 10), Err(Refusal::AlreadyIn));
         assert_eq!(dir.room("r").unwrap().members(), &[a, b]);
         dir.leave(a, "r").unwrap();
         assert_eq!(dir.leave(a, "r"), Err(Refusal::NotIn));
@@ -329,7 +356,7 @@ mod tests {
         let mut dir = Directory::default();
         let ids: Vec<_> = (0..4).map(|i| named(&mut dir, &i.to_string())).collect();
         for &id in &ids {
-            dir.join(id, "r").unwrap();
+            dir.join(id, "r", 10).unwrap();
         }
         dir.leave(ids[1], "r").unwrap();
         dir.leave(ids[3], "r").unwrap();
@@ -338,6 +365,21 @@ mod tests {
         let mut seen = Vec::new();
         dir.for_each_in("r", |m| seen.push(m.name.clone().unwrap()));
         assert_eq!(seen, vec!["2".to_string()]);
+    }
+
+    #[test]
+    fn a_member_is_in_at_most_the_room_limit() {
+        let mut dir = Directory::default();
+        let a = named(&mut dir, "a");
+        for i in 0..3 {
+            dir.join(a, &i.to_string(), 3).unwrap();
+        }
+        assert_eq!(dir.join(a, "3", 3), Err(Refusal::RoomLimit));
+        assert_eq!(dir.join(a, "0", 3), Err(Refusal::AlreadyIn), "said first");
+        assert!(dir.room("3").is_none(), "a refused join creates no room");
+        dir.leave(a, "1").unwrap();
+        dir.join(a, "3", 3).unwrap();
+        assert_eq!(dir.member(a).unwrap().rooms, vec!["0", "2", "3"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The chat service's counters: members, rooms, messages in, deliveries out and
-//! slow-consumer disconnects.
+//! The chat service's counters: members, rooms, messages in, deliveries out,
+//! slow-consumer disconnects, and what the defences against hostile input held back
+//! (joins over the room limit, and the UDP rules of `guard`).
 //!
 //! The loop's own counters ([`crate::Stats`]) are plain integers read on the loop's
 //! thread. These are relaxed atomics instead, behind a cloneable [`ChatStatsHandle`],
@@ -24,6 +25,18 @@ pub struct ChatStats {
     pub deliveries_out: u64,
     /// Members disconnected because their queued output passed the write limit.
     pub slow_consumers: u64,
+    /// Joins refused because the member was in `--max-rooms` rooms already.
+    pub room_limit_refusals: u64,
+    /// Datagrams from UDP sources that hold no name left unanswered: not a request,
+    /// or an answer over three times the datagram's size.
+    pub udp_unanswered: u64,
+    /// Answers not sent because their source was over `--udp-reply-rate`.
+    pub udp_rate_limited: u64,
+    /// New UDP peers not made members: over `--udp-join-rate`, or at
+    /// `--max-udp-members`.
+    pub udp_turned_away: u64,
+    /// Datagrams dropped because they were the server's own output sent back.
+    pub udp_reflections: u64,
 }
 
 impl fmt::Display for ChatStats {
@@ -32,7 +45,21 @@ impl fmt::Display for ChatStats {
             f,
             "{} members, {} rooms, messages in {}, deliveries out {}, slow consumers cut off {}",
             self.members, self.rooms, self.messages_in, self.deliveries_out, self.slow_consumers
-        )
+        )?;
+        // The defences' counts only when they acted, so a quiet run's line stays short.
+        let defences = [
+            (self.room_limit_refusals, "joins over the room limit"),
+            (self.udp_unanswered, "UDP non-members unanswered"),
+            (self.udp_rate_limited, "UDP answers over the reply rate"),
+            (self.udp_turned_away, "UDP newcomers turned away"),
+            (self.udp_reflections, "UDP reflections dropped"),
+        ];
+        for (count, what) in defences {
+            if count > 0 {
+                write!(f, ", {what} {count}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -43,6 +70,11 @@ struct Counters {
     messages_in: AtomicU64,
     deliveries_out: AtomicU64,
     slow_consumers: AtomicU64,
+    room_limit_refusals: AtomicU64,
+    udp_unanswered: AtomicU64,
+    udp_rate_limited: AtomicU64,
+    udp_turned_away: AtomicU64,
+    udp_reflections: AtomicU64,
 }
 
 /// Shared access to a chat service's counters.
@@ -65,6 +97,11 @@ impl ChatStatsHandle {
             messages_in: c.messages_in.load(Ordering::Relaxed),
             deliveries_out: c.deliveries_out.load(Ordering::Relaxed),
             slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
+            room_limit_refusals: c.room_limit_refusals.load(Ordering::Relaxed),
+            udp_unanswered: c.udp_unanswered.load(Ordering::Relaxed),
+            udp_rate_limited: c.udp_rate_limited.load(Ordering::Relaxed),
+            udp_turned_away: c.udp_turned_away.load(Ordering::Relaxed),
+            udp_reflections: c.udp_reflections.load(Ordering::Relaxed),
         }
     }
 
@@ -83,5 +120,49 @@ impl ChatStatsHandle {
 
     pub(crate) fn slow_consumers_cut(&self, count: u64) {
         self.0.slow_consumers.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_room_limit(&self) {
+        self.0.room_limit_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_unanswered(&self) {
+        self.0.udp_unanswered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rate_limited(&self) {
+        self.0.udp_rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_turned_away(&self) {
+        self.0.udp_turned_away.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_reflection(&self) {
+        self.0.udp_reflections.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_names_the_defences_only_when_they_acted() {
+        let quiet = ChatStats::default().to_string();
+        assert_eq!(
+            quiet,
+            "0 members, 0 rooms, messages in 0, deliveries out 0, slow consumers cut off 0"
+        );
+        let stats = ChatStats {
+            udp_turned_away: 4980,
+            room_limit_refusals: 1,
+            ..ChatStats::default()
+        };
+        assert_eq!(
+            stats.to_string(),
+            "0 members, 0 rooms, messages in 0, deliveries out 0, slow consumers cut off 0, \
+             joins over the room limit 1, UDP newcomers turned away 4980"
+        );
     }
 }
