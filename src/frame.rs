@@ -262,6 +262,32 @@ impl LinesCodec {
     pub fn new(max_line: usize) -> Self {
         LinesCodec { max_line }
     }
+
+    /// Whether `partial`, a line without its newline yet, can still end within the
+    /// maximum: it is no longer than that, or one byte longer with that byte a `\r`
+    /// (the first half of a `\r\n`).
+    fn may_still_fit(&self, partial: &[u8]) -> bool {
+        partial.len() <= self.max_line
+            || (partial.len() - 1 == self.max_line && partial.last() == Some(&b'\r'))
+    }
+
+    /// The shortest prefix of `partial` (a line without its newline that cannot fit)
+    /// that already could not: one byte over the maximum, or two when that byte is a
+    /// `\r`.
+    fn known_too_long(&self, partial: &[u8]) -> usize {
+        match partial.get(self.max_line) {
+            Some(b'\r') => self.max_line.saturating_add(2),
+            _ => self.max_line.saturating_add(1),
+        }
+    }
+
+    /// The error for a line that reached `len` bytes.
+    fn too_large(&self, len: usize) -> FrameError {
+        FrameError::TooLarge {
+            len: len as u64,
+            max: self.max_line,
+        }
+    }
 }
 
 /// How far [`LinesCodec`] has searched the partial line at the front of a connection's
@@ -276,28 +302,31 @@ impl Codec for LinesCodec {
     type State = LinesState;
 
     fn decode(&self, state: &mut LinesState, buf: &[u8]) -> Result<Decode, FrameError> {
-        // Only look as far as a maximal line could reach: a peer that never sends a
-        // newline is caught as soon as it passes the limit.
-        let window = &buf[..buf.len().min(self.max_line + 1)];
+        // Only look as far as a maximal line and its "\r\n" could reach: a peer that
+        // never sends a newline is caught as soon as its line can no longer fit.
+        // (Saturating: `usize::MAX` is a way to say "no limit".)
+        let window = &buf[..buf.len().min(self.max_line.saturating_add(2))];
         let from = state.scanned.min(window.len());
         match window[from..].iter().position(|&b| b == b'\n') {
             Some(found) => {
                 let newline = from + found;
-                state.scanned = 0;
                 let end = if newline > 0 && window[newline - 1] == b'\r' {
                     newline - 1
                 } else {
                     newline
                 };
+                if end > self.max_line {
+                    return Err(self.too_large(end));
+                }
+                state.scanned = 0;
                 Ok(Decode::Frame {
                     payload: 0..end,
                     consumed: newline + 1,
                 })
             }
-            None if buf.len() > self.max_line => Err(FrameError::TooLarge {
-                len: buf.len() as u64,
-                max: self.max_line,
-            }),
+            // Reported as the length at which the line became too long, not as what
+            // happens to be buffered, so the error does not depend on how reads fell.
+            None if !self.may_still_fit(buf) => Err(self.too_large(self.known_too_long(buf))),
             None => {
                 state.scanned = window.len();
                 Ok(Decode::Incomplete { frame_len: None })
@@ -531,6 +560,50 @@ mod tests {
             }
         );
         assert_eq!(state, LinesState::default(), "a frame resets the scan");
+    }
+
+    #[test]
+    fn lines_without_a_limit_decode() {
+        // Found by the lines_codec fuzz target: `max_line + 1` overflowed, a panic in
+        // debug builds and, wrapped to 0 in release, a window that never held a line.
+        let codec = LinesCodec::new(usize::MAX);
+        let (frames, used) = decode_all(&codec, b"no limit\nat all\n").unwrap();
+        assert_eq!(frames, vec![b"no limit".to_vec(), b"at all".to_vec()]);
+        assert_eq!(used, 16);
+    }
+
+    #[test]
+    fn a_maximal_line_may_end_in_crlf() {
+        // Found by the lines_codec fuzz target: a line of exactly the maximum followed
+        // by "\r\n" was refused, the '\r' counted against the limit.
+        let codec = LinesCodec::new(5);
+        let (frames, used) = decode_all(&codec, b"abcde\r\nabcde\n").unwrap();
+        assert_eq!(frames, vec![b"abcde".to_vec(), b"abcde".to_vec()]);
+        assert_eq!(used, 13);
+        // Until the '\n' comes, the '\r' may still be the first half of "\r\n" ...
+        let mut state = LinesState::default();
+        assert_eq!(
+            codec.decode(&mut state, b"abcde\r"),
+            Ok(Decode::Incomplete { frame_len: None })
+        );
+        assert_eq!(
+            codec.decode(&mut state, b"abcde\r\n"),
+            Ok(Decode::Frame {
+                payload: 0..5,
+                consumed: 7
+            })
+        );
+        // ... and anything else after the maximum is too long.
+        let too_large = |len| Err(FrameError::TooLarge { len, max: 5 });
+        let decode = |bytes: &[u8]| codec.decode(&mut LinesState::default(), bytes);
+        assert_eq!(decode(b"abcdef"), too_large(6));
+        assert_eq!(decode(b"abcde\rx"), too_large(7));
+        assert_eq!(decode(b"abcdef\n"), too_large(6));
+        assert_eq!(decode(b"abcdef\r\n"), too_large(6));
+        assert_eq!(decode(b"abcde\r\r\n"), too_large(7));
+        // The length reported is where the line became too long, however much is
+        // buffered: the same for every split of the stream.
+        assert_eq!(decode(b"abcdefghijklmnop"), too_large(6));
     }
 
     #[test]
