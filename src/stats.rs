@@ -18,7 +18,8 @@ pub enum CloseReason {
     Error(std::io::ErrorKind),
     /// The peer broke the framing (oversized or malformed frame).
     Protocol,
-    /// No bytes moved either way for the idle timeout.
+    /// The peer sent nothing for the idle timeout (time its connection was not read
+    /// does not count).
     IdleTimeout,
     /// A frame was started and not completed before the frame deadline.
     FrameTimeout,

@@ -431,9 +431,12 @@ impl<S: Service> Reactor<S> {
         if !self.started {
             self.start();
         }
+        // Taken before this turn's events, so that what a budget leaves over now waits
+        // for the next turn instead of being served again in this one.
+        let left_over = std::mem::take(&mut self.hub.ready_again);
         self.dispatch_events(events);
-        if !self.hub.ready_again.is_empty() {
-            self.serve_ready_again();
+        if !left_over.is_empty() {
+            self.serve_ready_again(left_over);
         }
         self.fire_timers();
         if self.hub.udp_burst_pending {
@@ -696,9 +699,8 @@ impl<S: Service> Reactor<S> {
         self.give_back_state(id, state);
     }
 
-    /// Serves sockets whose readiness a budget left unused in an earlier turn.
-    fn serve_ready_again(&mut self) {
-        let tokens = std::mem::take(&mut self.hub.ready_again);
+    /// Serves sockets whose readiness a budget left unused in the last turn.
+    fn serve_ready_again(&mut self, tokens: Vec<Token>) {
         for token in tokens {
             if let Some(id) = ConnId::from_token(token) {
                 let Some(conn) = self.hub.conn_mut(id) else {
