@@ -35,9 +35,11 @@ use rustyline::{DefaultEditor, ExternalPrinter};
 use serde_json::{json, Value};
 use switchboard::frame::wire;
 
-/// How often a UDP client pings when idle, well within the server's expiry (300 s by
-/// default), so that it stays a member while its user only reads.
-const UDP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How often the client pings, well within the server's UDP expiry and its idle
+/// timeout (300 s each by default), so that it stays a member while its user only
+/// reads: the server closes a connection whose peer sends nothing, however much it is
+/// sent.
+const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// How long the start (the first name, the lobby) may take before typed lines are
 /// taken anyway.
@@ -519,6 +521,11 @@ fn main() -> ExitCode {
     println!("* connected to {addr} over {transport}; type to talk, /help lists the commands, /quit leaves");
     let shared = chat.clone();
     std::thread::spawn(move || receive(receiver, shared, printer, addr));
+    if !options.udp {
+        // (Over UDP the receiving thread pings when a read times out.)
+        let pinger = chat.clone();
+        std::thread::spawn(move || keep_alive(&pinger));
+    }
     match talk(&chat, &mut input, &options.name, settled) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -587,6 +594,20 @@ fn talk(
     lock(chat).link.send(&[json!({"type": "bye"})])
 }
 
+/// Pings every [`KEEPALIVE`] until the client quits or the connection fails (the
+/// receiving thread reports that).
+fn keep_alive(chat: &Mutex<Chat>) {
+    loop {
+        std::thread::sleep(KEEPALIVE);
+        if QUITTING.load(Ordering::SeqCst) {
+            return;
+        }
+        if lock(chat).link.send(&[json!({"type": "ping"})]).is_err() {
+            return;
+        }
+    }
+}
+
 fn lock(chat: &Mutex<Chat>) -> std::sync::MutexGuard<'_, Chat> {
     chat.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -650,7 +671,7 @@ fn receive_datagrams(
     show: &mut impl FnMut(&[u8]) -> io::Result<()>,
 ) -> String {
     // Wake up now and then to ping, so that the server keeps this member.
-    if let Err(e) = socket.set_read_timeout(Some(UDP_KEEPALIVE)) {
+    if let Err(e) = socket.set_read_timeout(Some(KEEPALIVE)) {
         return e.to_string();
     }
     let mut buf = vec![0u8; 65_536];
