@@ -379,11 +379,15 @@ fn a_pipelining_member_keeps_the_servers_output_bounded_and_others_fast() {
     for i in 0..20 {
         host.send(json!({"type": "join", "room": format!("a-rather-long-room-name-{i:03}")}));
     }
-    assert_eq!(host.ping().len(), 20);
+    host.send(json!({"type": "join", "room": "talk"}));
+    assert_eq!(host.ping().len(), 21);
 
     // About 128 KiB of requests in one write: nine `list`s, then a `leave` that is
     // answered with an error naming its number, so the order can be checked.
     let mut pipe = Member::hello_over(small_receive_buffer_client(server.tcp()), "pipe");
+    pipe.send(json!({"type": "join", "room": "talk"}));
+    assert_eq!(pipe.next()["type"], "joined");
+    assert_eq!(host.next()["type"], "joined");
     let list = frame(br#"{"type":"list"}"#);
     let mut requests = Vec::new();
     let mut groups = 0;
@@ -409,7 +413,12 @@ fn a_pipelining_member_keeps_the_servers_output_bounded_and_others_fast() {
     };
     let mut other = Member::named(server.tcp(), "other");
     let (mut most, mut slowest) = (0, Duration::ZERO);
-    for _ in 0..50 {
+    for i in 0..50 {
+        if i == 25 {
+            // A room event for `pipe` while its output rests at the write limit.
+            host.send(json!({"type": "say", "room": "talk", "text": "while held"}));
+            assert_eq!(host.next()["text"], "while held");
+        }
         let sent = Instant::now();
         assert!(other.ping().is_empty());
         slowest = slowest.max(sent.elapsed());
@@ -426,19 +435,30 @@ fn a_pipelining_member_keeps_the_servers_output_bounded_and_others_fast() {
     assert!(most <= bound, "{most} bytes buffered, over {bound}");
     assert!(most > 0);
 
-    // Every answer arrives, in order, once it reads.
+    // Every answer arrives, in order, once it reads, and the room's message among them:
+    // a member held by its own requests is not a slow consumer.
     pipe.stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    let mut room_messages = 0;
+    let mut next_answer = || loop {
+        let event = pipe.next();
+        if event["type"] != "msg" {
+            return event;
+        }
+        assert_eq!(event["text"], "while held");
+        room_messages += 1;
+    };
     for group in 0..groups {
         for _ in 0..9 {
-            let rooms = pipe.next();
+            let rooms = next_answer();
             assert_eq!(rooms["type"], "rooms", "group {group}: {rooms}");
         }
-        let error = pipe.next();
+        let error = next_answer();
         let want = format!("not in room q{group:05}");
         assert_eq!(error["reason"], want.as_str(), "group {group}");
     }
+    assert_eq!(room_messages, 1);
     assert!(pipe.ping().is_empty());
     assert_eq!(stats.get().slow_consumers, 0);
 }

@@ -8,10 +8,10 @@
 //!   (msg, dm only) --------> legacy {"name","msg"} --> UDP legacy members
 //! ```
 //!
-//! A TCP member whose queued output passes the write limit after an event is queued has
-//! stopped keeping up: it is disconnected at once, with a logged reason, rather than
-//! letting its queue grow without bound or slowing the room down (the way Redis drops
-//! pub/sub clients over their output limit). Members that keep up are unaffected, and
+//! A TCP member whose queued output passes the write limit and a quarter
+//! ([`cut_off_at`]) after an event is queued has stopped keeping up: it is reset at
+//! once, with a logged reason, rather than letting its queue grow without bound or
+//! slowing the room down (the way Redis drops pub/sub clients over their output limit). Members that keep up are unaffected, and
 //! still see every event of the room in order.
 //!
 //! Datagrams go out through the [`UdpGuard`], which holds back what must not answer a
@@ -119,14 +119,14 @@ pub fn deliver(
                 return Delivery::Skipped;
             }
             let queued = ctx.queued_output(conn).unwrap_or(0);
-            if queued <= ctx.write_limit() {
+            let limit = cut_off_at(ctx.write_limit());
+            if queued <= limit {
                 return Delivery::Sent;
             }
             warn!(
-                "chat: {conn} ({}) has {queued} bytes queued, over the write limit of {}: \
-                 disconnecting a slow consumer",
+                "chat: {conn} ({}) has {queued} bytes queued, over the slow-consumer \
+                 limit of {limit} (the write limit and a quarter): disconnecting it",
                 member.name.as_deref().unwrap_or("no name"),
-                ctx.write_limit()
             );
             member.cut_off = true;
             ctx.close(conn, CloseMode::Abort);
@@ -148,6 +148,17 @@ pub fn deliver(
             }
         }
     }
+}
+
+/// The queued output past which a room event cuts a TCP member off: the write limit
+/// and a quarter more. The reactor stops handing a member its own requests once their
+/// answers put its output over the write limit, so the output of a member that
+/// pipelines requests and reads later rests just above the write limit; were that the
+/// cut-off, any room event would cut such a member off, though everything it asked
+/// for would arrive once it read. The quarter is room traffic's share above it: a
+/// member that reads nothing is still cut off once that fills.
+pub fn cut_off_at(write_limit: usize) -> usize {
+    write_limit.saturating_add(write_limit / 4)
 }
 
 /// Answers one member (welcome, error, rooms, pong...), copying the bytes into its
@@ -201,4 +212,21 @@ pub fn legacy_error(
         msg: &msg,
     });
     guard.send(ctx, socket, peer, &json);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_off_leaves_room_traffic_a_quarter_above_the_write_limit() {
+        assert_eq!(cut_off_at(4 << 20), 5 << 20);
+        assert_eq!(cut_off_at(64 * 1024), 80 * 1024);
+        assert_eq!(cut_off_at(0), 0);
+        assert_eq!(cut_off_at(usize::MAX), usize::MAX, "no overflow");
+        // A member held at the write limit by its own answers, plus one more answer,
+        // is not cut off by the next room event.
+        let held = 64 * 1024 + 2 * 1024;
+        assert!(held + 200 <= cut_off_at(64 * 1024));
+    }
 }
