@@ -433,9 +433,11 @@ impl<S: Service> Reactor<S> {
         }
         // Taken before this turn's events, so that what a budget leaves over now waits
         // for the next turn instead of being served again in this one.
-        let left_over = std::mem::take(&mut self.hub.ready_again);
+        // (Checked first: the list is nearly always empty, and taking it costs more.)
+        let left_over =
+            (!self.hub.ready_again.is_empty()).then(|| std::mem::take(&mut self.hub.ready_again));
         self.dispatch_events(events);
-        if !left_over.is_empty() {
+        if let Some(left_over) = left_over {
             self.serve_ready_again(left_over);
         }
         self.fire_timers();
