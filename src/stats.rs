@@ -129,6 +129,10 @@ pub struct Stats {
     /// Datagrams not sent because of where they were going: port 0, an unspecified
     /// address, or the sending socket's own address (a loop or a reflection).
     pub datagrams_refused: u64,
+    /// Times a connection's remaining frames were left in its read buffer, unhandled,
+    /// because its queued output had passed the write limit (pipelined requests with
+    /// large answers); they are handled once the output drains.
+    pub frames_held: u64,
     /// Buffer memory the connections hold now (input buffers and queued output),
     /// counted in whole KiB per connection, as the memory budget sees it.
     pub buffered_bytes: u64,
@@ -182,6 +186,9 @@ impl fmt::Display for Stats {
         }
         if self.datagrams_refused > 0 {
             write!(f, "; datagrams refused {}", self.datagrams_refused)?;
+        }
+        if self.frames_held > 0 {
+            write!(f, "; frames held back {} times", self.frames_held)?;
         }
         Ok(())
     }
