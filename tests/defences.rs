@@ -351,7 +351,10 @@ fn pipelined_requests_with_large_answers_wait_while_the_output_is_over_the_limit
     }
     let stopped = server.stop();
     assert!(stopped.stats.frames_held > 0, "the holds are counted");
-    assert_eq!(stopped.stats.frames_in, REQUESTS, "each frame counted once, when handled");
+    assert_eq!(
+        stopped.stats.frames_in, REQUESTS,
+        "each frame counted once, when handled"
+    );
     assert_eq!(stopped.service.handled, REQUESTS as usize);
     assert!(stopped.service.most_queued <= WRITE_LIMIT + ANSWER + 4);
 }
