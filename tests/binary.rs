@@ -167,6 +167,9 @@ fn bad_flags_are_usage_errors_with_exit_2() {
         &["echo", "--tcp", "not-an-address"],
         &["echo", "--udp", "127.0.0.1"],
         &["echo", "--max-conns", "0"],
+        &["echo", "--accept-budget", "0"],
+        &["echo", "--memory-budget", "lots"],
+        &["echo", "--send-timeout", "-1"],
         &["echo", "--framing", "morse"],
         &["echo", "--no-such-flag"],
     ] {

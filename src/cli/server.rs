@@ -51,6 +51,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,
+    /// Connections accepted per listener per turn of the loop; the rest wait a turn, so
+    /// a storm of connects cannot starve established connections.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub accept_budget: u32,
     /// Output queued per connection above which its reading pauses, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -171,6 +176,7 @@ impl ServerArgs {
             idle_timeout: seconds(self.idle_timeout),
             frame_timeout: seconds(self.frame_timeout),
             max_conns: self.max_conns as usize,
+            accept_budget: self.accept_budget as usize,
             write_limit: self.write_limit as usize,
             stats_interval: seconds(self.stats_interval),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
