@@ -154,9 +154,9 @@ impl<S: Service> Reactor<S> {
         };
         let (outcome, frames_completed) = match (reader.dispatch_frames(&mut self.scratch), drained)
         {
-            (Ok(done), _) if done.held => (ReadOutcome::Held, done.frames > 0),
-            (Ok(done), true) => (ReadOutcome::Drained, done.frames > 0),
-            (Ok(done), false) => (ReadOutcome::More, done.frames > 0),
+            (Ok(done), _) if done.held() => (ReadOutcome::Held, done.frames() > 0),
+            (Ok(done), true) => (ReadOutcome::Drained, done.frames() > 0),
+            (Ok(done), false) => (ReadOutcome::More, done.frames() > 0),
             (Err(e), _) => {
                 self.hub.protocol_error(id, &e);
                 (ReadOutcome::Stopped, false)
@@ -366,8 +366,8 @@ impl<S: Service> Reactor<S> {
                 self.hub.protocol_error(id, &e);
                 (ReadOutcome::Stopped, false)
             }
-            Ok(done) if done.held => (ReadOutcome::Held, done.frames > 0),
-            Ok(done) => (ReadOutcome::More, done.frames > 0),
+            Ok(done) if done.held() => (ReadOutcome::Held, done.frames() > 0),
+            Ok(done) => (ReadOutcome::More, done.frames() > 0),
         };
         keep_own_tail(&mut self.hub, id, input, frames_completed);
         give_back(&mut self.hub, id, lent);
@@ -439,8 +439,8 @@ impl<S: Service> Reader<'_, S> {
                         ReadOutcome::Stopped
                     }
                     Ok(done) => {
-                        *frames_completed |= done.frames > 0;
-                        match (done.held, drained) {
+                        *frames_completed |= done.frames() > 0;
+                        match (done.held(), drained) {
                             (true, _) => ReadOutcome::Held,
                             (false, true) => ReadOutcome::Drained,
                             (false, false) => ReadOutcome::More,
@@ -526,10 +526,7 @@ impl<S: Service> Reader<'_, S> {
         buf.consume(complete - held);
         self.hub.stats.frames_in -= (count - taken) as u64;
         self.hold_frames(count - taken, held);
-        Ok(Dispatched {
-            frames: taken,
-            held: true,
-        })
+        Ok(Dispatched::held_after(taken))
     }
 
     /// The service left frames for later: stop reading until the output drains.
@@ -550,26 +547,36 @@ impl<S: Service> Reader<'_, S> {
     }
 }
 
-/// What handing a read's frames to the service did.
+/// What handing a read's frames to the service did: how many frames it handled, and
+/// whether it left the rest for later ([`Payloads::hold_rest`]). One word (the flag in
+/// the top bit), so that the read path's result stays as small as a plain count.
 #[derive(Debug, Clone, Copy)]
-struct Dispatched {
-    /// Frames the service handled.
-    frames: usize,
-    /// It left the rest for later ([`Payloads::hold_rest`]).
-    held: bool,
-}
+struct Dispatched(usize);
 
 impl Dispatched {
-    const NONE: Dispatched = Dispatched {
-        frames: 0,
-        held: false,
-    };
+    const HELD: usize = 1 << (usize::BITS - 1);
+    const NONE: Dispatched = Dispatched(0);
 
+    #[inline(always)]
     fn handled(frames: usize) -> Dispatched {
-        Dispatched {
-            frames,
-            held: false,
-        }
+        Dispatched(frames)
+    }
+
+    #[inline(always)]
+    fn held_after(frames: usize) -> Dispatched {
+        Dispatched(frames | Self::HELD)
+    }
+
+    /// Frames the service handled.
+    #[inline(always)]
+    fn frames(self) -> usize {
+        self.0 & !Self::HELD
+    }
+
+    /// The service left frames for later.
+    #[inline(always)]
+    fn held(self) -> bool {
+        self.0 & Self::HELD != 0
     }
 }
 
