@@ -408,18 +408,16 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        let now = conn.buffered_kib();
-        let before = std::mem::replace(&mut conn.accounted_kib, now);
-        self.buffered_kib = self.buffered_kib - u64::from(before) + u64::from(now);
+        let passed = recount(conn, &mut self.buffered_kib, self.limits.memory_budget_kib);
+        self.counted(passed);
+    }
+
+    /// After [`recount`]: the gauge follows the total, and a total that passed the
+    /// budget is noted for the reactor.
+    #[inline(always)]
+    pub(crate) fn counted(&mut self, passed_budget: bool) {
         self.stats.buffered_bytes = self.buffered_kib * 1024;
-        if now > before
-            && self
-                .limits
-                .memory_budget_kib
-                .is_some_and(|b| self.buffered_kib > b)
-        {
-            self.over_budget = true;
-        }
+        self.over_budget |= passed_budget;
     }
 
     /// Names a connection for a log line: its id and where it comes from (or goes to).
@@ -450,6 +448,17 @@ impl<S: Service> Hub<S> {
         log::warn!("{}: {error}; resetting", self.who(id));
         self.reset(id, CloseReason::Protocol);
     }
+}
+
+/// Counts `conn`'s buffers again into `total` (KiB over all connections), for a caller
+/// that holds the connection already; says whether the total grew past `budget_kib`.
+/// The caller then calls [`Hub::counted`].
+#[inline(always)]
+pub(crate) fn recount(conn: &mut Connection, total: &mut u64, budget_kib: Option<u64>) -> bool {
+    let now = conn.buffered_kib();
+    let before = std::mem::replace(&mut conn.accounted_kib, now);
+    *total = *total - u64::from(before) + u64::from(now);
+    now > before && budget_kib.is_some_and(|budget| *total > budget)
 }
 
 /// What an HTTP client that reaches a length-framed port is told.

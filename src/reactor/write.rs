@@ -21,7 +21,7 @@ use std::io::{self, IoSlice};
 use mio::{Interest, Registry};
 
 use crate::connection::{ConnId, ConnState, Connection, Flag};
-use crate::hub::{connection_mut, Hub, TimerEvent};
+use crate::hub::{connection_mut, recount, Hub, TimerEvent};
 use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::service::Service;
 use crate::stats::CloseReason;
@@ -113,7 +113,8 @@ impl<S: Service> Hub<S> {
     pub(crate) fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
         let write_limit = self.limits.write_limit;
         let now = self.now_millis();
-        let Some(conn) = self.conn_mut(id).filter(|c| c.may_send()) else {
+        // One lookup for all of it: a room event comes here once per member.
+        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
             return false;
         };
         if conn.output.is_empty() {
@@ -123,9 +124,13 @@ impl<S: Service> Hub<S> {
         if conn.output.len() > write_limit {
             conn.flags.set(Flag::Congested, true);
         }
+        if !conn.flags.get(Flag::QueuedFlush) {
+            conn.flags.set(Flag::QueuedFlush, true);
+            self.to_flush.push(id);
+        }
+        let passed = recount(conn, &mut self.buffered_kib, self.limits.memory_budget_kib);
+        self.counted(passed);
         self.stats.frames_out += 1;
-        self.list_for_flush(id);
-        self.account(id);
         true
     }
 
