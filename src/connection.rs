@@ -461,6 +461,14 @@ impl Connection {
         !matches!(self.state, ConnState::Draining(_) | ConnState::Lingering(_))
     }
 
+    /// True while the reactor does not read the connection, paused by backpressure or
+    /// by its service. Its peer may be sending all along: its silence cannot be seen
+    /// (so it is not idle), and it cannot finish a frame (so the frame's clock stops).
+    #[inline(always)]
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.flags.get(Flag::ReadPaused) || self.flags.get(Flag::PausedByService)
+    }
+
     /// The bytes of buffer it holds now: its input buffer's whole storage and its
     /// queued output (shared frames at their full size, as if each were its own).
     pub(crate) fn buffered_bytes(&self) -> usize {

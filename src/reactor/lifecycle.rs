@@ -389,7 +389,7 @@ pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) ->
             return Reading::Stopped
         }
     }
-    if conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService) {
+    if conn.reading_paused() {
         conn.flags.set(Flag::ReadPending, true);
         return Reading::Stopped;
     }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, Connection, Flag, Millis, NO_FRAME};
+use crate::connection::{ConnId, Flag, Millis, NO_FRAME};
 use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
@@ -82,7 +82,7 @@ impl<S: Service> Reactor<S> {
                 return;
             }
             let id = ConnId::new(key, conn.generation);
-            if is_not_read(conn) {
+            if conn.reading_paused() {
                 // Its peer may be sending all along: we are the ones not reading. Its
                 // quiet time starts over (the send timeout watches a stalled peer).
                 self.hub.touch(id);
@@ -180,7 +180,7 @@ impl<S: Service> Reactor<S> {
         }
         let timeout = Millis::from(timeout);
         let due = conn.last_active + timeout;
-        if due <= self.hub.now_millis() && is_not_read(conn) {
+        if due <= self.hub.now_millis() && conn.reading_paused() {
             // Not idle: not read (see `close_idle_connections`). Look again later.
             self.hub.touch(id);
             let at = self.hub.now + Duration::from_millis(timeout);
@@ -210,7 +210,7 @@ impl<S: Service> Reactor<S> {
         if conn.frame_started == NO_FRAME {
             return;
         }
-        if conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService) {
+        if conn.reading_paused() {
             // We are not reading, so the peer cannot finish its frame: look again
             // later. The frame's time starts over when reading resumes.
             conn.flags.set(Flag::FrameTimerArmed, true);
@@ -232,12 +232,6 @@ impl<S: Service> Reactor<S> {
                 .insert(started + timeout, TimerEvent::FrameDeadline(id));
         }
     }
-}
-
-/// True while the reactor does not read a connection (paused by backpressure or by
-/// its service): its peer's silence cannot be seen then, so it is not idle.
-fn is_not_read(conn: &Connection) -> bool {
-    conn.flags.get(Flag::ReadPaused) || conn.flags.get(Flag::PausedByService)
 }
 
 /// The first round of a repeating timer after `now`: counted from its first deadline,
