@@ -40,6 +40,7 @@
 //! - `endpoint`: endpoints and their codecs, opening listeners, sockets and
 //!   outbound connections ([`Dial`]).
 //! - `udp`: UDP endpoints.
+//! - `throttle`: log lines a flood cannot multiply (one per interval, with a count).
 //! - [`timer`]: the deadline queue behind every timer.
 //! - `idle`: connections ordered by last activity, for the idle timeout.
 //! - [`config`]: endpoints and limits, validated. [`stats`]: counters.
@@ -80,6 +81,7 @@ pub mod services;
 #[cfg(feature = "signals")]
 mod signals;
 pub mod stats;
+mod throttle;
 pub mod timer;
 mod udp;
 

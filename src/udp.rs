@@ -35,6 +35,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
 use crate::stats::Stats;
+use crate::throttle::Throttle;
 
 /// Names one of the reactor's UDP sockets, numbered in the order they were bound:
 /// those of [`crate::Config::udp`] first, then any added with
@@ -127,10 +128,8 @@ pub(crate) struct UdpEndpoint {
     /// The address the socket is bound to (`None` if the system would not say), for
     /// refusing datagrams to it.
     local: Option<SocketAddr>,
-    /// When a refused destination was last logged.
-    refusal_logged: Option<Instant>,
-    /// Destinations refused since then, not logged yet.
-    refused_unlogged: u64,
+    /// Warnings about refused destinations, one per [`REFUSAL_LOG_INTERVAL`].
+    refusal_log: Throttle,
 }
 
 impl UdpEndpoint {
@@ -144,8 +143,7 @@ impl UdpEndpoint {
             queued_bytes: 0,
             writable_armed: false,
             local: socket.local_addr().ok(),
-            refusal_logged: None,
-            refused_unlogged: 0,
+            refusal_log: Throttle::new(REFUSAL_LOG_INTERVAL),
             socket,
         }
     }
@@ -179,22 +177,14 @@ impl UdpEndpoint {
     /// line counts the refusals it stands for. Refusals are rare unless someone forges
     /// sources, so reading the clock here costs the common path nothing.
     fn log_refusal(&mut self, peer: SocketAddr, why: Refusal) {
-        self.refused_unlogged += 1;
-        let now = Instant::now();
-        if self
-            .refusal_logged
-            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
-        {
+        let Some(count) = self.refusal_log.note(Instant::now()) else {
             return;
-        }
+        };
         let local = self.local.map_or("?".to_string(), |a| a.to_string());
         log::warn!(
             "udp {local}: not sending to {peer}, {why} (a forged source address?); \
-             {} datagrams refused since the last warning",
-            self.refused_unlogged
+             {count} datagrams refused since the last warning"
         );
-        self.refusal_logged = Some(now);
-        self.refused_unlogged = 0;
     }
 
     /// Whether datagrams of the current burst wait to be sent.

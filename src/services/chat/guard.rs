@@ -23,7 +23,7 @@
 //!   second chat server makes with a forged source.
 //!
 //! Each rule counts what it withholds in the chat stats and says so in the log, at
-//! most one line per rule every [`LOG_INTERVAL`](super::throttle::LOG_INTERVAL).
+//! most one line per rule every [`LOG_INTERVAL`](super::LOG_INTERVAL).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use super::bucket::{SourceBuckets, TokenBucket};
 use super::stats::ChatStatsHandle;
-use super::throttle::Throttle;
-use super::{Chat, ChatSettings};
+use super::{Chat, ChatSettings, LOG_INTERVAL};
+use crate::throttle::Throttle;
 use crate::{Context, UdpId};
 
 /// A datagram from a non-member gets at most this many times its size back.
@@ -108,10 +108,10 @@ impl UdpGuard {
             join_rate: settings.udp_join_rate,
             max_members: settings.max_udp_members,
             stats,
-            withheld_log: Throttle::default(),
-            limited_log: Throttle::default(),
-            turned_log: Throttle::default(),
-            reflected_log: Throttle::default(),
+            withheld_log: Throttle::new(LOG_INTERVAL),
+            limited_log: Throttle::new(LOG_INTERVAL),
+            turned_log: Throttle::new(LOG_INTERVAL),
+            reflected_log: Throttle::new(LOG_INTERVAL),
         }
     }
 

@@ -15,7 +15,8 @@
 //! - `guard`: what may be sent back to a UDP source, whose address may be forged: at
 //!   most 3x to non-members, a reply rate per source, newcomers admitted at a rate,
 //!   the server's own output never answered; `bucket` holds its token buckets.
-//! - `stats`: the counters; `throttle`: log lines that a flood cannot multiply.
+//! - `stats`: the counters. What a flood could repeat is logged through
+//!   `crate::throttle`, one line per `LOG_INTERVAL` and kind.
 //!
 //! Every event to a room is queued for all its members within one callback, on the
 //! loop's single thread, so every member sees a room's events in the same order.
@@ -38,22 +39,25 @@ pub mod protocol;
 mod requests;
 mod rooms;
 mod stats;
-mod throttle;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::throttle::Throttle;
 use crate::{CloseReason, ConnId, Context, LengthCodec, Origin, Service, TimerId, UdpId};
 use fanout::{legacy_error, reply_to_peer, Delivery, Encoded};
 use guard::{UdpGuard, REFLECTION_WINDOW};
 use protocol::{is_own_output, LOBBY};
 use rooms::{Directory, Form, Link, MemberId, UdpLink};
-use throttle::Throttle;
 
 pub use protocol::{parse, BadInput, Event, Incoming, Legacy, LegacyMessage, Request};
 pub use stats::{ChatStats, ChatStatsHandle};
+
+/// The least time between two log lines about one kind of event that hostile input
+/// can repeat at will (a refused join, a withheld answer, a turned-away newcomer).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The chat limits, from `switchboard chat`'s flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +153,7 @@ impl Chat {
             settings,
             directory: Directory::default(),
             by_peer: HashMap::new(),
-            room_limit_log: Throttle::default(),
+            room_limit_log: Throttle::new(LOG_INTERVAL),
             stats,
         }
     }
