@@ -306,6 +306,30 @@ fn over_the_memory_budget_the_biggest_holders_are_reset_and_small_ones_stay() {
 }
 
 #[test]
+fn a_withheld_large_frame_holds_what_arrived_not_what_its_header_announced() {
+    let mut config = local_config();
+    config.memory_budget = None;
+    let mut server = Driven::start(config, Echo::default(), LengthCodec::new(MAX_FRAME));
+    let mut client = driven_client(&mut server);
+    // A 1 MiB frame announced, then a few bytes in reads of their own.
+    client.write_all(&(MAX_FRAME as u32).to_be_bytes()).unwrap();
+    client.write_all(&[1u8; 100]).unwrap();
+    let mut expected_in = 104;
+    for _ in 0..3 {
+        server.turn_until("the bytes were read", |r| r.stats().bytes_in == expected_in);
+        client.write_all(&[2u8; 100]).unwrap();
+        expected_in += 100;
+    }
+    server.turn_until("the bytes were read", |r| r.stats().bytes_in == expected_in);
+    let held = server.reactor.stats().buffered_bytes;
+    assert!(held > 0, "the partial frame is held");
+    assert!(
+        held <= 128 << 10,
+        "{held} bytes held for 404 bytes of an announced 1 MiB frame"
+    );
+}
+
+#[test]
 fn pipelined_requests_with_large_answers_wait_while_the_output_is_over_the_limit() {
     const WRITE_LIMIT: usize = 256 << 10;
     const ANSWER: usize = 64 << 10;
