@@ -3,6 +3,7 @@
 //! slow-consumer cut-off, and a room of 1,000 members.
 #![cfg(feature = "chat")]
 
+mod chat_support;
 mod common;
 
 use std::io::{BufReader, Read};
@@ -10,38 +11,13 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard::services::chat::{Chat, ChatSettings, ChatStats, ChatStatsHandle};
-use switchboard::{Config, LengthCodec};
+use switchboard::services::chat::{Chat, ChatSettings, ChatStatsHandle};
 
+use chat_support::{start, start_clocked, stats_when, MAX_FRAME};
 use common::{
     connect, header, is_closed, local_config, read_frame, udp_client, wait_until, write_frame,
-    ChildServer, ClockedServer, TestServer, IO_TIMEOUT,
+    ChildServer, TestServer, IO_TIMEOUT,
 };
-
-/// Largest frame the test servers accept.
-const MAX_FRAME: usize = 64 * 1024;
-
-/// A chat server with `settings` on 127.0.0.1, and a handle on its counters.
-fn start(config: Config, settings: ChatSettings) -> (TestServer<Chat>, ChatStatsHandle) {
-    let stats = ChatStatsHandle::default();
-    let counters = stats.clone();
-    let server = TestServer::start(config, move || {
-        (
-            Chat::with_stats(settings, counters),
-            LengthCodec::new(MAX_FRAME),
-        )
-    });
-    (server, stats)
-}
-
-/// The service updates its counters after it has sent what it counts, so a member can
-/// hold a message a moment before the count includes it: wait for the counters (at
-/// most `IO_TIMEOUT`) and return them as last read.
-#[track_caller]
-fn stats_when(stats: &ChatStatsHandle, condition: impl Fn(&ChatStats) -> bool) -> ChatStats {
-    wait_until(IO_TIMEOUT, || condition(&stats.get()));
-    stats.get()
-}
 
 fn start_default() -> (TestServer<Chat>, ChatStatsHandle) {
     start(local_config(), ChatSettings::default())
@@ -648,12 +624,7 @@ fn a_silent_udp_member_expires() {
         ..ChatSettings::default()
     };
     // On a virtual clock: the silence is measured to the millisecond, without sleeping.
-    let stats = ChatStatsHandle::default();
-    let counters = stats.clone();
-    let server = ClockedServer::start(local_config(), move || {
-        let chat = Chat::with_stats(settings, counters);
-        (chat, LengthCodec::new(MAX_FRAME))
-    });
+    let (server, stats) = start_clocked(settings);
     let mut alice = Member::named(server.tcp(), "alice");
     alice.join("lobby");
     let carol = Peer::new(server.udp());

@@ -8,6 +8,7 @@
 //! stands still unless the test moves it, so their figures are exact.
 #![cfg(feature = "chat")]
 
+mod chat_support;
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -16,46 +17,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use switchboard::services::chat::{Chat, ChatSettings, ChatStats, ChatStatsHandle};
-use switchboard::{Config, LengthCodec};
+use switchboard::services::chat::ChatSettings;
 
+use chat_support::{start, start_clocked, stats_when};
 use common::{
-    connect, frame, local_config, read_frame, udp_client, wait_until, write_frame, ClockedServer,
-    TestServer, IO_TIMEOUT,
+    connect, frame, local_config, read_frame, udp_client, wait_until, write_frame, IO_TIMEOUT,
 };
-
-/// Largest frame the test servers accept.
-const MAX_FRAME: usize = 64 * 1024;
-
-/// A chat server with `settings` on a thread of this process, and its counters.
-fn start(config: Config, settings: ChatSettings) -> (TestServer<Chat>, ChatStatsHandle) {
-    let stats = ChatStatsHandle::default();
-    let counters = stats.clone();
-    let server = TestServer::start(config, move || {
-        let chat = Chat::with_stats(settings, counters);
-        (chat, LengthCodec::new(MAX_FRAME))
-    });
-    (server, stats)
-}
-
-/// The same on a clock that only the test moves.
-fn start_clocked(settings: ChatSettings) -> (ClockedServer<Chat>, ChatStatsHandle) {
-    let stats = ChatStatsHandle::default();
-    let counters = stats.clone();
-    let server = ClockedServer::start(local_config(), move || {
-        let chat = Chat::with_stats(settings, counters);
-        (chat, LengthCodec::new(MAX_FRAME))
-    });
-    (server, stats)
-}
-
-/// Waits (at most `IO_TIMEOUT`) for the counters to satisfy `condition`; returns them.
-#[track_caller]
-fn stats_when(stats: &ChatStatsHandle, condition: impl Fn(&ChatStats) -> bool) -> ChatStats {
-    let met = wait_until(IO_TIMEOUT, || condition(&stats.get()));
-    assert!(met, "the chat counters never got there: {:?}", stats.get());
-    stats.get()
-}
 
 /// A TCP member speaking framed JSON.
 struct Member {
