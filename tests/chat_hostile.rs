@@ -1,7 +1,7 @@
 //! End-to-end tests of the chat's defences against hostile clients, over real loopback
 //! sockets: what a UDP source that holds no name gets back, the reply rate per source,
-//! a flood of new seed-style peers, the room limit, the slow-consumer reset, and a
-//! member pipelining far more requests than it reads. Each test asserts a figure that
+//! a flood of new seed-style peers, the server's own output sent back, the room limit,
+//! the slow-consumer reset, and a member pipelining far more requests than it reads. Each test asserts a figure that
 //! the undefended server did not meet (docs/chat.md, "Hostile clients").
 //!
 //! The timed rules (reply rate, join rate) run on a [`ClockedServer`], whose clock
@@ -428,4 +428,49 @@ fn a_pipelining_member_keeps_the_servers_output_bounded_and_others_fast() {
     assert_eq!(room_messages, 1);
     assert!(pipe.ping().is_empty());
     assert_eq!(stats.get().slow_consumers, 0);
+}
+
+#[test]
+fn the_servers_own_output_sent_back_is_not_answered() {
+    let (server, stats) = start_clocked(ChatSettings::default());
+    let mut alice = Member::named(server.tcp(), "alice");
+    alice.send(json!({"type": "join", "room": "lobby"}));
+    assert_eq!(alice.next()["type"], "joined");
+
+    // Events and a legacy error, as an echo service given a forged source would send
+    // them back: dropped, so the next thing the sender gets is the pong it asks for.
+    let stranger = udp_client();
+    for output in [
+        &br#"{"type":"pong"}"#[..],
+        br#"{"type":"error","reason":"say hello first"}"#,
+        br#"{"name":"switchboard","msg":"error: server busy: try again later"}"#,
+    ] {
+        stranger.send_to(output, server.udp()).unwrap();
+    }
+    stats_when(&stats, |s| s.udp_reflections == 3);
+    let pong = ask(&stranger, server.udp(), br#"{"type":"ping"}"#, IO_TIMEOUT);
+    assert_eq!(pong, br#"{"type":"pong"}"#);
+    assert!(drain(&stranger).is_empty());
+    assert_eq!(stats.get().udp_unanswered, 0, "counted as reflections only");
+
+    // A legacy member's echo of its own message, come straight back, is not said again.
+    let seed = udp_client();
+    let said = br#"{"name":"seed","msg":"hi"}"#;
+    let echo = ask(&seed, server.udp(), said, IO_TIMEOUT);
+    assert_eq!(echo, said, "compact JSON: the echo is the same bytes");
+    seed.send_to(&echo, server.udp()).unwrap();
+    let counted = stats_when(&stats, |s| s.udp_reflections == 4);
+    assert_eq!(counted.messages_in, 1);
+    assert!(receive(&seed, Duration::from_millis(100)).is_none());
+    assert_eq!(alice.ping().len(), 1, "the lobby heard it once");
+
+    // Past the window (2 s) the same bytes are the member speaking again.
+    server.advance(Duration::from_secs(2));
+    assert_eq!(ask(&seed, server.udp(), said, IO_TIMEOUT), said);
+    assert_eq!(
+        stats_when(&stats, |s| s.messages_in == 2).udp_reflections,
+        4
+    );
+    assert_eq!(alice.ping().len(), 1);
+    server.stop();
 }
