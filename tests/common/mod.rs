@@ -124,23 +124,17 @@ impl<S: Service + 'static, Out: Send + 'static> TestServer<S, Out> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        first_tcp(&self.endpoints)
+        first(&self.endpoints, Transport::Tcp)
     }
 
     /// Every TCP listener's address, in the order they were bound.
     pub fn tcp_all(&self) -> Vec<SocketAddr> {
-        self.endpoints
-            .iter()
-            .filter_map(|e| match e {
-                BoundAddr::Tcp(a) => Some(*a),
-                _ => None,
-            })
-            .collect()
+        addrs(&self.endpoints, Transport::Tcp).collect()
     }
 
     /// The first UDP socket's address.
     pub fn udp(&self) -> SocketAddr {
-        first_udp(&self.endpoints)
+        first(&self.endpoints, Transport::Udp)
     }
 
     /// A handle that reaches the server from any thread.
@@ -399,7 +393,7 @@ impl<S: Service> Driven<S> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        first_tcp(self.reactor.endpoints())
+        first(self.reactor.endpoints(), Transport::Tcp)
     }
 
     /// One turn at the current virtual time, waiting at most a few milliseconds (real
@@ -539,12 +533,12 @@ impl<S: Service + 'static> ClockedServer<S> {
 
     /// The first TCP listener's address.
     pub fn tcp(&self) -> SocketAddr {
-        first_tcp(&self.endpoints)
+        first(&self.endpoints, Transport::Tcp)
     }
 
     /// The first UDP socket's address.
     pub fn udp(&self) -> SocketAddr {
-        first_udp(&self.endpoints)
+        first(&self.endpoints, Transport::Udp)
     }
 
     /// The virtual time now.
@@ -611,28 +605,33 @@ impl<S: Service> Drop for ClockedServer<S> {
     }
 }
 
-/// The first TCP listener among `endpoints`.
-#[track_caller]
-pub fn first_tcp(endpoints: &[BoundAddr]) -> SocketAddr {
-    endpoints
-        .iter()
-        .find_map(|e| match e {
-            BoundAddr::Tcp(a) => Some(*a),
-            _ => None,
-        })
-        .expect("a TCP endpoint")
+/// Which kind of socket an endpoint lookup wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP listeners.
+    Tcp,
+    /// UDP sockets.
+    Udp,
 }
 
-/// The first UDP socket among `endpoints`.
+/// The addresses of the `transport` endpoints among `endpoints`, in the order they
+/// were bound.
+pub fn addrs(
+    endpoints: &[BoundAddr],
+    transport: Transport,
+) -> impl Iterator<Item = SocketAddr> + '_ {
+    endpoints.iter().filter_map(move |e| match (transport, e) {
+        (Transport::Tcp, BoundAddr::Tcp(a)) | (Transport::Udp, BoundAddr::Udp(a)) => Some(*a),
+        _ => None,
+    })
+}
+
+/// The first `transport` endpoint among `endpoints`.
 #[track_caller]
-pub fn first_udp(endpoints: &[BoundAddr]) -> SocketAddr {
-    endpoints
-        .iter()
-        .find_map(|e| match e {
-            BoundAddr::Udp(a) => Some(*a),
-            _ => None,
-        })
-        .expect("a UDP endpoint")
+pub fn first(endpoints: &[BoundAddr], transport: Transport) -> SocketAddr {
+    addrs(endpoints, transport)
+        .next()
+        .unwrap_or_else(|| panic!("no {transport:?} endpoint among {endpoints:?}"))
 }
 
 /// Sends `line` (a newline is added) and returns the one-line reply.
