@@ -484,6 +484,23 @@ mod tests {
         assert_eq!(refusal(v4("127.0.0.1:0"), None), Some(Refusal::PortZero));
     }
 
+    #[test]
+    fn a_datagram_to_a_refused_destination_is_counted_not_sent() {
+        let poll = mio::Poll::new().unwrap();
+        let socket = UdpSocket::bind(peer(0)).unwrap();
+        let own = socket.local_addr().unwrap();
+        let mut endpoint = UdpEndpoint::new(socket, Token(0));
+        let mut stats = Stats::default();
+        for to in [own, peer(0), SocketAddr::from(([0, 0, 0, 0], 53))] {
+            endpoint.send_to(to, b"x", 1 << 20, poll.registry(), &mut stats);
+        }
+        assert_eq!(stats.datagrams_refused, 3);
+        assert!(!endpoint.has_burst(), "nothing was queued to send");
+        endpoint.send_to(peer(9), b"x", 1 << 20, poll.registry(), &mut stats);
+        assert!(endpoint.has_burst(), "another address is sent to");
+        assert_eq!(stats.datagrams_refused, 3);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn the_segment_control_message_has_the_cmsghdr_layout() {

@@ -1,8 +1,9 @@
 //! End-to-end tests of the chat's defences against hostile clients, over real loopback
 //! sockets: what a UDP source that holds no name gets back, the reply rate per source,
 //! a flood of new seed-style peers, the server's own output sent back, the room limit,
-//! the slow-consumer reset, and a member pipelining far more requests than it reads. Each test asserts a figure that
-//! the undefended server did not meet (docs/chat.md, "Hostile clients").
+//! the slow-consumer reset, and a member pipelining far more requests than it reads.
+//! Each test asserts a figure that the undefended server did not meet (docs/chat.md,
+//! "Hostile clients").
 //!
 //! The timed rules (reply rate, join rate) run on a [`ClockedServer`], whose clock
 //! stands still unless the test moves it, so their figures are exact.
