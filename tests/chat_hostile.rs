@@ -475,3 +475,53 @@ fn the_servers_own_output_sent_back_is_not_answered() {
     assert_eq!(alice.ping().len(), 1);
     server.stop();
 }
+
+#[test]
+fn room_traffic_to_other_members_is_not_held_by_the_reply_rate() {
+    // 300 bytes a second, bursts of 600, on a clock standing still. Every loopback
+    // client is 127.0.0.1, one source: the speaker's own echoes soon go over the rate,
+    // but the same messages to another member are room traffic, not answers.
+    let settings = ChatSettings {
+        udp_reply_rate: 300,
+        ..ChatSettings::default()
+    };
+    let (server, stats) = start_clocked(settings);
+    let member = |name: &str| {
+        let peer = udp_client();
+        for request in [
+            json!({"type": "hello", "name": name}),
+            json!({"type": "join", "room": "r"}),
+        ] {
+            let answer = ask(
+                &peer,
+                server.udp(),
+                request.to_string().as_bytes(),
+                IO_TIMEOUT,
+            );
+            assert!(!answer.is_empty(), "no answer to {request}");
+        }
+        peer
+    };
+    let listener = member("listener");
+    let speaker = member("speaker");
+    assert_eq!(drain(&listener).len(), 1, "the speaker's arrival");
+
+    const SAID: usize = 40;
+    let say = json!({"type": "say", "room": "r", "text": "x".repeat(20)}).to_string();
+    for _ in 0..SAID {
+        speaker.send_to(say.as_bytes(), server.udp()).unwrap();
+    }
+    let mut heard = 0;
+    let all_heard = wait_until(IO_TIMEOUT, || {
+        heard += drain(&listener).len();
+        heard == SAID
+    });
+    assert!(all_heard, "the listener heard {heard} of {SAID}");
+    let echoes = drain(&speaker).len();
+    assert!(echoes < SAID / 2, "{echoes} echoes: the rate did not hold");
+    assert_eq!(
+        stats_when(&stats, |s| s.messages_in == SAID as u64).udp_rate_limited,
+        (SAID - echoes) as u64
+    );
+    server.stop();
+}
