@@ -99,6 +99,13 @@ impl Terminal {
         lines
     }
 
+    /// Waits for an empty prompt, then types `line` and presses Enter.
+    #[track_caller]
+    fn enter(&self, line: &str) {
+        self.wait_for_prompt();
+        self.type_line(line);
+    }
+
     /// Waits (at most `IO_TIMEOUT`) until the screen satisfies `condition`; panics
     /// with the screen if it never does.
     #[track_caller]
@@ -168,20 +175,25 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A `switchboard chat` on a free port, TCP only, and its log (drained, so that the
-/// server never blocks on a full pipe).
-struct Chat {
+/// A `switchboard chat` or `switchboard echo` on a free port, TCP only, and its log
+/// (drained, so that the server never blocks on a full pipe).
+struct Server {
     _log: StderrLog,
     server: ChildServer,
     addr: String,
 }
 
-impl Chat {
-    fn start() -> Chat {
+impl Server {
+    /// Starts `switchboard SERVICE` for a test, or says the test is skipped and
+    /// returns `None` where tmux is not installed.
+    fn start(service: &str) -> Option<Server> {
+        if !have_tmux() {
+            return None;
+        }
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let args = [
-            "chat",
+            service,
             "--tcp",
             &addr,
             "--udp",
@@ -190,11 +202,11 @@ impl Chat {
             "warn",
         ];
         let mut server = ChildServer::start(&args, Some(port));
-        Chat {
+        Some(Server {
             _log: StderrLog::capture(&mut server),
             server,
             addr,
-        }
+        })
     }
 
     /// A chat client called `name` in a terminal of its own, connected and in the
@@ -240,10 +252,9 @@ fn chat_client_help_prints_the_usage_and_succeeds() {
 
 #[test]
 fn chat_client_banner_names_help_which_lists_the_commands_and_unknown_ones_are_named() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let alice = chat.member("alice");
     let lines = alice.lines();
     assert!(
@@ -270,17 +281,15 @@ fn chat_client_banner_names_help_which_lists_the_commands_and_unknown_ones_are_n
         );
     }
 
-    alice.wait_for_prompt();
-    alice.type_line("/frobnicate now");
+    alice.enter("/frobnicate now");
     alice.wait_for_line("! unknown command /frobnicate; /help lists the commands");
 }
 
 #[test]
 fn a_message_arriving_while_typing_goes_above_the_half_typed_line() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let alice = chat.member("alice");
     let bob = chat.member("bob");
     alice.wait_for_line("* bob joined lobby");
@@ -289,8 +298,7 @@ fn a_message_arriving_while_typing_goes_above_the_half_typed_line() {
     bob.wait_for("the typed text", |lines| {
         lines.last().is_some_and(|l| l == "> half a thought")
     });
-    alice.wait_for_prompt();
-    alice.type_line("hello from alice");
+    alice.enter("hello from alice");
     let lines = bob.wait_for_line("[lobby] alice: hello from alice");
     // The message has a line of its own, above the prompt, which still holds exactly
     // what was typed.
@@ -313,23 +321,19 @@ fn a_message_arriving_while_typing_goes_above_the_half_typed_line() {
 
 #[test]
 fn a_taken_name_says_to_choose_another_with_nick_and_then_the_member_can_chat() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let alice = chat.member("alice");
     let second = chat.client("alice");
     second.wait_for_line("! the name alice is taken; choose another with /nick NAME");
-    second.wait_for_prompt();
 
-    second.type_line("anyone here?");
+    second.enter("anyone here?");
     second.wait_for_line("! you have no name yet; choose one with /nick NAME");
-    second.wait_for_prompt();
-    second.type_line("/nick bob");
+    second.enter("/nick bob");
     second.wait_for_line("* you are bob");
     second.wait_for_line("* you joined lobby; what you type now goes there");
-    second.wait_for_prompt();
-    second.type_line("hello, I am bob");
+    second.enter("hello, I am bob");
     alice.wait_for_line("[lobby] bob: hello, I am bob");
 
     let lines = second.lines();
@@ -341,10 +345,9 @@ fn a_taken_name_says_to_choose_another_with_nick_and_then_the_member_can_chat() 
 
 #[test]
 fn join_of_the_current_room_neither_switches_nor_says_it_did() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let carol = chat.member("carol");
 
     carol.type_line("/join lobby");
@@ -367,33 +370,28 @@ fn join_of_the_current_room_neither_switches_nor_says_it_did() {
     // said, and nothing is asked of the server.
     carol.type_line("/join dev");
     carol.wait_for_line("* you joined dev; what you type now goes there");
-    carol.wait_for_prompt();
-    carol.type_line("/join lobby");
+    carol.enter("/join lobby");
     carol.wait_for_line("* now talking in lobby");
-    carol.wait_for_prompt();
-    carol.type_line("back in the lobby");
+    carol.enter("back in the lobby");
     let lines = carol.wait_for_line("[lobby] carol: back in the lobby");
     assert!(!lines.iter().any(|l| l.starts_with('!')), "{lines:?}");
 
-    carol.wait_for_prompt();
-    carol.type_line("/quit");
+    carol.enter("/quit");
     assert_eq!(carol.wait_for_exit(IO_TIMEOUT), 0);
 }
 
 #[test]
 fn replayed_history_is_marked_as_history() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let alice = chat.member("alice");
     alice.type_line("said before bob came");
     alice.wait_for_line("[lobby] alice: said before bob came");
 
     let bob = chat.member("bob");
     bob.wait_for_line("(history) [lobby] alice: said before bob came");
-    alice.wait_for_prompt();
-    alice.type_line("said after bob came");
+    alice.enter("said after bob came");
     let lines = bob.wait_for_line("[lobby] alice: said after bob came");
     assert!(
         !lines
@@ -405,10 +403,9 @@ fn replayed_history_is_marked_as_history() {
 
 #[test]
 fn chat_client_reports_a_server_that_goes_away() {
-    if !have_tmux() {
+    let Some(chat) = Server::start("chat") else {
         return;
-    }
-    let chat = Chat::start();
+    };
     let alice = chat.member("alice");
     alice.type_text("unsent");
     chat.server.signal("TERM");
@@ -428,23 +425,11 @@ fn chat_client_reports_a_server_that_goes_away() {
 
 #[test]
 fn echo_client_reports_a_server_close_without_a_keypress() {
-    if !have_tmux() {
+    let Some(echo) = Server::start("echo") else {
         return;
-    }
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let args = [
-        "echo",
-        "--tcp",
-        &addr,
-        "--udp",
-        "off",
-        "--log-level",
-        "warn",
-    ];
-    let mut server = ChildServer::start(&args, Some(port));
-    let _log = StderrLog::capture(&mut server);
-    let client = Terminal::run(&example_path("echo_client"), &["--addr", &addr]);
+    };
+    let addr = &echo.addr;
+    let client = Terminal::run(&example_path("echo_client"), &["--addr", addr]);
     client.wait_for(&format!("connected to {addr}"), |lines| {
         lines
             .iter()
@@ -455,7 +440,7 @@ fn echo_client_reports_a_server_close_without_a_keypress() {
         lines.iter().filter(|l| *l == "are you there").count() == 2
     });
 
-    server.signal("TERM");
+    echo.server.signal("TERM");
     let started = Instant::now();
     client.wait_for_line(&format!(
         "echo_client: {addr}: the server closed the connection"
