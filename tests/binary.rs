@@ -32,6 +32,33 @@ fn wait_until_served(port: u16) {
     assert_eq!(read_frame(&mut client).unwrap(), b"ready?");
 }
 
+/// The port that the log's `listening on TRANSPORT 127.0.0.1:PORT` line names, once
+/// it is there.
+fn logged_port(log: &str, transport: &str) -> Option<u16> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("listening on {transport} 127.0.0.1:")))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+/// Sends `payload` to the UDP echo on `port` and checks that it comes back.
+#[track_caller]
+fn assert_udp_echo(port: u16, payload: &[u8]) {
+    let client = udp_client();
+    client.send_to(payload, ("127.0.0.1", port)).unwrap();
+    let mut reply = vec![0u8; payload.len() + 1];
+    let (n, _) = client.recv_from(&mut reply).unwrap();
+    assert_eq!(&reply[..n], payload);
+}
+
+/// SIGTERM, then the exit status must be 0 (the log is shown if not).
+#[track_caller]
+fn term_exits_zero(server: ChildServer, log: StderrLog) {
+    server.signal("TERM");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", log.finish());
+}
+
 #[test]
 fn sigterm_exits_zero_after_logging_a_summary() {
     let port = free_port();
@@ -113,32 +140,20 @@ fn startup_logs_each_endpoint_with_its_real_port() {
         None,
     );
     let log = StderrLog::capture(&mut server);
-    let port_of = |log: &str, kind: &str| -> Option<u16> {
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("listening on {kind} 127.0.0.1:")))?;
-        line.rsplit(':').next()?.trim().parse().ok()
-    };
     log.wait_for("both endpoints", IO_TIMEOUT, |log| {
-        port_of(log, "tcp").is_some() && port_of(log, "udp").is_some()
+        logged_port(log, "tcp").is_some() && logged_port(log, "udp").is_some()
     });
     let text = log.text();
     let (tcp, udp) = (
-        port_of(&text, "tcp").unwrap(),
-        port_of(&text, "udp").unwrap(),
+        logged_port(&text, "tcp").unwrap(),
+        logged_port(&text, "udp").unwrap(),
     );
     assert_ne!(tcp, 0, "{text}");
     assert_ne!(udp, 0, "{text}");
     // The real ports are the ones served.
     wait_until_served(tcp);
-    let client = udp_client();
-    client.send_to(b"ping", ("127.0.0.1", udp)).unwrap();
-    let mut reply = [0u8; 8];
-    let (n, _) = client.recv_from(&mut reply).unwrap();
-    assert_eq!(&reply[..n], b"ping");
-    server.signal("TERM");
-    let (code, _) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0), "{}", log.finish());
+    assert_udp_echo(udp, b"ping");
+    term_exits_zero(server, log);
 }
 
 #[test]
@@ -190,19 +205,8 @@ fn tcp_off_serves_udp_alone_and_both_off_is_refused() {
     });
     let text = log.text();
     assert!(!text.contains("listening on tcp"), "{text}");
-    let line = text
-        .lines()
-        .find(|l| l.contains("listening on udp 127.0.0.1:"))
-        .unwrap();
-    let udp: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-    let client = udp_client();
-    client.send_to(b"alone", ("127.0.0.1", udp)).unwrap();
-    let mut reply = [0u8; 8];
-    let (n, _) = client.recv_from(&mut reply).unwrap();
-    assert_eq!(&reply[..n], b"alone");
-    server.signal("TERM");
-    let (code, _) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0), "{}", log.finish());
+    assert_udp_echo(logged_port(&text, "udp").unwrap(), b"alone");
+    term_exits_zero(server, log);
 
     let server = ChildServer::start(&["echo", "--tcp", "off", "--udp", "off"], None);
     let (code, stderr) = server.wait(IO_TIMEOUT);
@@ -311,9 +315,7 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
         }),
         "the server serves again once descriptors are free"
     );
-    server.signal("TERM");
-    let (code, _) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0), "{}", log.finish());
+    term_exits_zero(server, log);
 }
 
 #[test]
@@ -362,9 +364,7 @@ fn stats_interval_logs_the_counters_periodically() {
         "two reports took {:?}",
         started.elapsed()
     );
-    server.signal("TERM");
-    let (code, _) = server.wait(IO_TIMEOUT);
-    assert_eq!(code, Some(0), "{}", log.finish());
+    term_exits_zero(server, log);
 }
 
 /// `--trace` tells a learner why each read stopped: a short read that drained the
