@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use switchboard::frame::wire;
 
 use crate::common::{free_port, wait_until};
+/// The wire format's own frame and header builders, for the cases.
+pub use switchboard::frame::wire::{frame, header};
 
 /// How big a run is: `SWITCHBOARD_ADVERSARIAL=long` for the sizes, anything
 /// else (or nothing) for the short run `cargo test` does.
@@ -313,7 +315,7 @@ pub fn reset(stream: TcpStream) {
 /// Sends `payload` as one frame and returns the reply and the round trip.
 pub fn round_trip(stream: &mut TcpStream, payload: &[u8]) -> io::Result<(Vec<u8>, Duration)> {
     let start = Instant::now();
-    stream.write_all(&wire::frame(payload))?;
+    stream.write_all(&frame(payload))?;
     let reply = wire::read_frame(stream)?;
     Ok((reply, start.elapsed()))
 }
@@ -426,16 +428,6 @@ pub fn ping_clients(
             .flat_map(|w| w.join().expect("ping worker"))
             .collect()
     })
-}
-
-/// `wire::header` of `len`, re-exported for the cases.
-pub fn header(len: u32) -> [u8; 4] {
-    wire::header(len)
-}
-
-/// One frame with `payload`.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    wire::frame(payload)
 }
 
 /// Writes `chunk` over and over (resuming a partial write where it stopped, so the
