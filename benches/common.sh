@@ -4,7 +4,8 @@
 # Gives: SB and PEER (the two release binaries), server_command (how each kind of
 # server is started), SERVER_PID (the server a script has running, killed if the
 # script exits or is interrupted), port_free, next_port (from $port upwards, the next
-# port nothing listens on) and build_binaries.
+# port nothing listens on), wait_listening (until the server just started listens)
+# and build_binaries.
 
 SB=target/release/switchboard
 PEER=target/release/examples/tokio_peer
@@ -45,6 +46,21 @@ port_free() {
 next_port() {
     port=$((port + 1))
     while ! port_free "$port"; do port=$((port + 1)); done
+}
+
+# wait_listening PORT: returns once something listens on 127.0.0.1:PORT; if the
+# server ($SERVER_PID) exits first, or 10 s pass, says so, kills it and exits 1, rather
+# than wait for ever.
+wait_listening() {
+    local tries=0
+    while port_free "$1"; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null || ((++tries > 200)); then
+            echo "the server (pid $SERVER_PID) is not listening on port $1" >&2
+            cleanup
+            exit 1
+        fi
+        sleep 0.05
+    done
 }
 
 # build_binaries: switchboard and the tokio peer, release.

@@ -30,7 +30,7 @@ round() {
         c) "$C_ECHO" "$port" & ;;
     esac
     SERVER_PID=$!
-    while port_free "$port"; do sleep 0.05; done
+    wait_listening "$port"
     # shellcheck disable=SC2086
     "$SB" bench --addr "127.0.0.1:$port" $SHAPE --duration "$DURATION" --warmup 1 \
         --server-pid "$SERVER_PID" --quiet --json | jq -r '.server.msgs_per_cpu_sec | floor'

@@ -49,7 +49,7 @@ for shape in $SHAPES; do
     [[ $mode == chat ]] && kind=chat
     "$SB" "$kind" --tcp "127.0.0.1:$port" --udp "127.0.0.1:$port" --log-level warn &
     SERVER_PID=$!
-    while port_free "$port"; do sleep 0.1; done
+    wait_listening "$port"
     for round in $(seq "$ROUNDS"); do
         for gen in new old; do
             binary=$SB
