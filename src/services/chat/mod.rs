@@ -220,20 +220,6 @@ impl Chat {
         Some(self.add_udp_member(ctx, socket, peer, form))
     }
 
-    /// Undoes [`Chat::admit`] for a newcomer whose `hello` failed: a UDP member
-    /// without a name would be a member that proved nothing, yet was treated as one.
-    fn forget_newcomer(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
-        let Some(member) = self.directory.remove(id) else {
-            return;
-        };
-        if let Link::Udp(udp) = &member.link {
-            self.by_peer.remove(&(udp.socket, udp.peer));
-            if let Some(timer) = udp.expiry_timer {
-                ctx.cancel_timer(timer);
-            }
-        }
-    }
-
     /// A seed-style datagram from a new peer: it becomes a legacy member if admitted
     /// and its name is free, then speaks.
     fn legacy_newcomer(
@@ -247,7 +233,8 @@ impl Chat {
             return;
         };
         if !self.hello(ctx, id, &message.name) {
-            return self.forget_newcomer(ctx, id);
+            // A UDP member without a name would have proved nothing: undo the admission.
+            return self.remove_member(ctx, id);
         }
         self.legacy_message(ctx, id, message);
     }
@@ -308,7 +295,7 @@ impl Chat {
                 };
                 self.handle(ctx, id, request);
                 if self.directory.member(id).is_some_and(|m| m.name.is_none()) {
-                    self.forget_newcomer(ctx, id);
+                    self.remove_member(ctx, id); // as for a legacy newcomer
                 }
             }
             Request::Ping => reply_to_peer(ctx, &mut self.guard, socket, peer, &Event::Pong),
@@ -319,13 +306,18 @@ impl Chat {
         }
     }
 
-    /// Removes a member and tells its rooms it left.
+    /// Removes a member (with its expiry timer, if a UDP one) and tells its rooms it left.
     pub(super) fn remove_member(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
         let Some(member) = self.directory.remove(id) else {
             return;
         };
         if let Link::Udp(udp) = &member.link {
             self.by_peer.remove(&(udp.socket, udp.peer));
+            // Not left to fire for nothing: a flood of refused `hello`s would otherwise
+            // leave one timer per datagram for the whole expiry period.
+            if let Some(timer) = udp.expiry_timer {
+                ctx.cancel_timer(timer);
+            }
         }
         // Legacy members cause no presence events (see `announce`).
         if let Some(name) = member.name.as_ref().filter(|_| !member.is_legacy()) {
