@@ -461,6 +461,13 @@ impl Connection {
         !matches!(self.state, ConnState::Draining(_) | ConnState::Lingering(_))
     }
 
+    /// True when its queued output is over `write_limit` and it is not exempt from
+    /// backpressure: reading it stops, and the frames it sent and not yet handled wait.
+    #[inline(always)]
+    pub(crate) fn over_write_limit(&self, write_limit: usize) -> bool {
+        self.output.len() > write_limit && !self.flags.get(Flag::ReadsIgnoreCongestion)
+    }
+
     /// True while the reactor does not read the connection, paused by backpressure or
     /// by its service. Its peer may be sending all along: its silence cannot be seen
     /// (so it is not idle), and it cannot finish a frame (so the frame's clock stops).

@@ -62,6 +62,17 @@ pub enum CloseMode {
     Abort,
 }
 
+/// See [`Context::after_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFrame {
+    /// Hand over the next frame.
+    Next,
+    /// The connection is closing or gone: no more frames.
+    Stop,
+    /// Its output is over the write limit: leave the rest for later.
+    Hold,
+}
+
 /// Why a send did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
@@ -311,10 +322,23 @@ impl<'a, S: Service> Context<'a, S> {
     /// gone). The default [`crate::Service::on_frames`] stops handling a read's frames
     /// at this point and leaves the rest for later.
     pub fn over_write_limit(&self, conn: ConnId) -> bool {
-        self.hub.conn(conn).is_some_and(|c| {
-            c.output.len() > self.hub.limits.write_limit
-                && !c.flags.get(crate::connection::Flag::ReadsIgnoreCongestion)
-        })
+        let limit = self.hub.limits.write_limit;
+        self.hub
+            .conn(conn)
+            .is_some_and(|c| c.over_write_limit(limit))
+    }
+
+    /// What the default [`crate::Service::on_frames`] does after a frame, from one
+    /// look at the connection: go on, stop (closing or gone), or hold the rest
+    /// ([`Context::over_write_limit`]).
+    #[inline]
+    pub(crate) fn after_frame(&self, conn: ConnId) -> AfterFrame {
+        match self.hub.conn(conn) {
+            Some(c) if !c.is_open() => AfterFrame::Stop,
+            Some(c) if c.over_write_limit(self.hub.limits.write_limit) => AfterFrame::Hold,
+            Some(_) => AfterFrame::Next,
+            None => AfterFrame::Stop,
+        }
     }
 
     /// Closes `conn`; [`crate::Service::on_close`] follows once the callback returns

@@ -43,7 +43,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::connection::ConnId;
-use crate::context::{CloseMode, Context};
+use crate::context::{AfterFrame, CloseMode, Context};
 use crate::endpoint::EndpointId;
 use crate::frame::{Codec, Decode};
 use crate::stats::CloseReason;
@@ -163,12 +163,13 @@ pub trait Service: Sized {
         let mut payloads = frames.payloads();
         while let Some(payload) = payloads.next() {
             self.on_frame(ctx, conn, state, payload);
-            if !ctx.is_open(conn) {
-                break;
-            }
-            if ctx.over_write_limit(conn) {
-                payloads.hold_rest();
-                break;
+            match ctx.after_frame(conn) {
+                AfterFrame::Next => {}
+                AfterFrame::Stop => break,
+                AfterFrame::Hold => {
+                    payloads.hold_rest();
+                    break;
+                }
             }
         }
     }

@@ -393,7 +393,7 @@ pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) ->
         conn.flags.set(Flag::ReadPending, true);
         return Reading::Stopped;
     }
-    if conn.output.len() > write_limit && !conn.flags.get(Flag::ReadsIgnoreCongestion) {
+    if conn.over_write_limit(write_limit) {
         log::debug!(
             "{id}: {} bytes queued, over the write limit: pausing reads",
             conn.output.len()
