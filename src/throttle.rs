@@ -29,7 +29,12 @@ impl Throttle {
     /// Notes one event; returns how many events a line written now stands for, or
     /// `None` if no line is due yet.
     pub(crate) fn note(&mut self, now: Instant) -> Option<u64> {
-        self.pending += 1;
+        self.note_many(now, 1)
+    }
+
+    /// Notes `events` events at once (one pass that acted several times).
+    pub(crate) fn note_many(&mut self, now: Instant, events: u64) -> Option<u64> {
+        self.pending += events;
         if self
             .last
             .is_some_and(|at| now.saturating_duration_since(at) < self.interval)

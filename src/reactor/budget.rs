@@ -9,7 +9,7 @@
 //! are reset until it is back under seven eighths of the budget: the peers costing the
 //! most go first, and well-behaved ones, holding little, stay.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Reactor;
 use crate::connection::{ConnId, Flag};
@@ -18,7 +18,7 @@ use crate::stats::CloseReason;
 
 /// At most one warning per this long about evictions (each eviction is counted, and
 /// logged at debug level).
-const WARN_EVERY: Duration = Duration::from_secs(1);
+pub(super) const WARN_EVERY: Duration = Duration::from_secs(1);
 
 impl<S: Service> Reactor<S> {
     /// Resets the connections holding the most buffer memory until the total is back
@@ -62,23 +62,13 @@ impl<S: Service> Reactor<S> {
             left -= u64::from(kib);
             reset += 1;
         }
-        self.budget_resets_unlogged += reset;
-        if self
-            .last_budget_warning
-            .is_none_or(|at| self.hub.now >= at + WARN_EVERY)
-        {
+        if let Some(resets) = self.budget_warning.note_many(self.hub.now, reset) {
             log::warn!(
                 "memory budget: connections hold {before} KiB of buffers, over the budget of \
-                 {budget} KiB: resetting those holding the most ({} so far since the last \
+                 {budget} KiB: resetting those holding the most ({resets} since the last \
                  warning, the largest holding {} KiB)",
-                self.budget_resets_unlogged,
                 holders.first().map_or(0, |h| h.0)
             );
-            self.last_budget_warning = Some(self.hub.now);
-            self.budget_resets_unlogged = 0;
         }
     }
 }
-
-/// When the budget was last warned about, for [`WARN_EVERY`].
-pub(super) type LastWarning = Option<Instant>;

@@ -129,9 +129,8 @@ pub struct Reactor<S: Service> {
     /// When each rate-limited warning was last logged.
     last_reject_warning: Option<Instant>,
     last_accept_warning: Option<Instant>,
-    last_budget_warning: budget::LastWarning,
-    /// Connections reset for the memory budget since the last warning about it.
-    budget_resets_unlogged: u64,
+    /// Warnings about resets for the memory budget.
+    budget_warning: crate::throttle::Throttle,
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -193,8 +192,7 @@ impl<S: Service> Reactor<S> {
             shutdown_deadline: None,
             last_reject_warning: None,
             last_accept_warning: None,
-            last_budget_warning: None,
-            budget_resets_unlogged: 0,
+            budget_warning: crate::throttle::Throttle::new(budget::WARN_EVERY),
             poll,
             config,
         };
