@@ -282,9 +282,15 @@ pub(crate) fn bind_tcp(
 }
 
 /// Opens a UDP socket. No SO_REUSEADDR here: for UDP on Linux it would let a second
-/// server silently share the port instead of reporting it in use.
-pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// server silently share the port instead of reporting it in use. SO_REUSEPORT only
+/// when asked for (the loops of a pool share a port that way, and the kernel spreads
+/// datagrams over them by a hash of the source address).
+pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

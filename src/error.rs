@@ -19,6 +19,15 @@ pub enum Error {
     },
     /// The poller itself failed.
     Poll(io::Error),
+    /// A loop of a [`crate::Pool`] panicked; the others were stopped.
+    LoopPanicked {
+        /// Which loop, from 0.
+        index: usize,
+        /// What the panic said.
+        message: String,
+    },
+    /// A thread for a loop of a [`crate::Pool`] could not be started.
+    Thread(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -27,6 +36,13 @@ impl fmt::Display for Error {
             Error::Config(e) => write!(f, "invalid configuration: {e}"),
             Error::Bind { endpoint, source } => write!(f, "cannot bind {endpoint}: {source}"),
             Error::Poll(e) => write!(f, "event loop failure: {e}"),
+            Error::LoopPanicked { index, message } => {
+                write!(
+                    f,
+                    "loop {index} panicked ({message}); every loop was stopped"
+                )
+            }
+            Error::Thread(e) => write!(f, "cannot start a loop's thread: {e}"),
         }
     }
 }
@@ -36,7 +52,8 @@ impl std::error::Error for Error {
         match self {
             Error::Config(e) => Some(e),
             Error::Bind { source, .. } => Some(source),
-            Error::Poll(e) => Some(e),
+            Error::Poll(e) | Error::Thread(e) => Some(e),
+            Error::LoopPanicked { .. } => None,
         }
     }
 }

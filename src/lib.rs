@@ -96,7 +96,9 @@ pub use frame::{
     RawCodec,
 };
 pub use outqueue::SharedFrame;
-pub use reactor::{Handle, Job, PostError, Reactor, Stopped};
+pub use reactor::{
+    Handle, Job, LoopInfo, Peers, Pool, PostError, Reactor, Running, Spread, Stopped,
+};
 pub use service::{Frames, Origin, Payloads, Service};
 pub use stats::{CloseReason, Stats};
 pub use timer::TimerId;

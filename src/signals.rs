@@ -25,8 +25,17 @@ impl<S: Service + 'static> Reactor<S> {
     /// let stopped = reactor.run().unwrap(); // returns after Ctrl-C
     /// ```
     pub fn stop_on_signals(&mut self) -> Result<(), Error> {
-        let signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Poll)?;
         let handle = self.handle();
+        self.stop_loops_on_signals(vec![handle])
+    }
+
+    /// [`Reactor::stop_on_signals`] for every loop of a pool: this loop watches the
+    /// signals, and shuts down (or stops) each of `loops`, itself included.
+    pub(crate) fn stop_loops_on_signals(
+        &mut self,
+        loops: Vec<crate::Handle<S>>,
+    ) -> Result<(), Error> {
+        let signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Poll)?;
         let mut received = 0;
         self.watch(signals, move |signals| {
             for signal in signals.pending() {
@@ -34,10 +43,10 @@ impl<S: Service + 'static> Reactor<S> {
                 if received == 1 {
                     // Shut down first: if logging fails (stderr a closed pipe), the
                     // server must still stop.
-                    handle.shutdown();
+                    loops.iter().for_each(|handle| handle.shutdown());
                     log::info!("signal {signal}: shutting down (again to stop at once)");
                 } else {
-                    handle.stop_now();
+                    loops.iter().for_each(|handle| handle.stop_now());
                     log::warn!("signal {signal} again: stopping now");
                 }
             }

@@ -136,9 +136,65 @@ pub struct Stats {
     /// Buffer memory the connections hold now (input buffers and queued output),
     /// counted in whole KiB per connection, as the memory budget sees it.
     pub buffered_bytes: u64,
+    /// Accepted connections handed to another loop of a pool
+    /// ([`crate::reactor::Spread::Handoff`]).
+    pub handed_over: u64,
+    /// Accepted connections kept by the accepting loop because the loop whose turn it
+    /// was had a full handover queue.
+    pub handover_full: u64,
 }
 
 impl Stats {
+    /// Adds another loop's counters to these: the totals of a pool.
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            accepted,
+            dialled,
+            rejected,
+            active,
+            closed,
+            frames_in,
+            frames_out,
+            bytes_in,
+            bytes_out,
+            protocol_errors,
+            datagrams_in,
+            datagrams_out,
+            datagrams_dropped,
+            accept_errors,
+            datagrams_refused,
+            frames_held,
+            buffered_bytes,
+            handed_over,
+            handover_full,
+        } = other;
+        for (total, count) in self.closed.iter_mut().zip(closed) {
+            *total += count;
+        }
+        for (total, count) in [
+            (&mut self.accepted, accepted),
+            (&mut self.dialled, dialled),
+            (&mut self.rejected, rejected),
+            (&mut self.active, active),
+            (&mut self.frames_in, frames_in),
+            (&mut self.frames_out, frames_out),
+            (&mut self.bytes_in, bytes_in),
+            (&mut self.bytes_out, bytes_out),
+            (&mut self.protocol_errors, protocol_errors),
+            (&mut self.datagrams_in, datagrams_in),
+            (&mut self.datagrams_out, datagrams_out),
+            (&mut self.datagrams_dropped, datagrams_dropped),
+            (&mut self.accept_errors, accept_errors),
+            (&mut self.datagrams_refused, datagrams_refused),
+            (&mut self.frames_held, frames_held),
+            (&mut self.buffered_bytes, buffered_bytes),
+            (&mut self.handed_over, handed_over),
+            (&mut self.handover_full, handover_full),
+        ] {
+            *total += count;
+        }
+    }
+
     /// Total connections closed, for any reason.
     pub fn closed_total(&self) -> u64 {
         self.closed.iter().sum()
@@ -189,6 +245,13 @@ impl fmt::Display for Stats {
         }
         if self.frames_held > 0 {
             write!(f, "; frames held back {} times", self.frames_held)?;
+        }
+        if self.handed_over > 0 || self.handover_full > 0 {
+            write!(
+                f,
+                "; handed to other loops {} (kept, their queue full: {})",
+                self.handed_over, self.handover_full
+            )?;
         }
         Ok(())
     }

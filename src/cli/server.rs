@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::services::Echo;
-use crate::{Config, LengthCodec, LinesCodec, RawCodec, Reactor, Service, Stopped};
+use crate::{
+    Config, LengthCodec, LinesCodec, LoopInfo, Peers, Pool, RawCodec, Reactor, Service, Spread,
+    Stats, Stopped,
+};
 
 /// Endpoints and limits, for any server subcommand.
 #[derive(Debug, Clone, Args)]
@@ -67,6 +70,15 @@ pub struct ServerArgs {
     /// Set SO_REUSEPORT on TCP listeners (several servers share a port).
     #[arg(long)]
     pub reuse_port: bool,
+    /// Event loops, one thread each (1: the single loop on the main thread).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// How connections are spread over several loops: reuseport (one SO_REUSEPORT
+    /// listener per loop, the kernel picks) or handoff (loop 0 accepts and deals them
+    /// round robin).
+    #[arg(long, value_name = "HOW", default_value = "reuseport")]
+    pub spread: Spread,
     /// Log the counters this often; 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
@@ -212,11 +224,78 @@ pub struct EchoArgs {
 pub fn run_echo(args: EchoArgs) -> ExitCode {
     let config = args.server.config(9000);
     let max = args.server.max_frame as usize;
+    let server = &args.server;
     match args.framing {
-        Framing::Length => serve(config, Echo::default(), LengthCodec::new(max)),
-        Framing::Raw => serve(config, Echo::default(), RawCodec),
-        Framing::Lines => serve(config, Echo::default(), LinesCodec::new(max)),
+        Framing::Length => serve_loops(server, config, LengthCodec::new(max), echo, |_| {}),
+        Framing::Raw => serve_loops(server, config, RawCodec, echo, |_| {}),
+        Framing::Lines => serve_loops(server, config, LinesCodec::new(max), echo, |_| {}),
     }
+}
+
+/// Each loop's echo service.
+fn echo<C: crate::Codec>(_: LoopInfo<Echo<C>>) -> Echo<C> {
+    Echo::default()
+}
+
+/// Serves `config` with `--threads` loops: the single loop on this thread when there
+/// is one ([`serve_then`]), else a [`Pool`] spread as `--spread` says, stopped by
+/// SIGINT/SIGTERM. `make` makes each loop's service; `report` runs on each loop's
+/// thread with what the loop gave back.
+pub fn serve_loops<S>(
+    server: &ServerArgs,
+    config: Config,
+    codec: S::Codec,
+    make: impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static,
+    report: impl Fn(&Stopped<S>) + Send + Sync + 'static,
+) -> ExitCode
+where
+    S: Service + 'static,
+    S::Codec: Clone + Send + 'static,
+{
+    if server.threads <= 1 {
+        let service = make(LoopInfo {
+            index: 0,
+            count: 1,
+            peers: Peers::none(),
+        });
+        return serve_then(config, service, codec, report);
+    }
+    if nothing_to_serve(&config) {
+        return ExitCode::from(2);
+    }
+    raise_fd_limit();
+    let pool = Pool::new(config, usize::from(server.threads))
+        .spread(server.spread)
+        .stop_on_signals();
+    let finish = move |stopped: Stopped<S>| {
+        report(&stopped);
+        (stopped.stats, stopped.forced)
+    };
+    match pool.run(codec, make, finish) {
+        Ok(loops) => {
+            let mut total = Stats::default();
+            loops.iter().for_each(|(stats, _)| total.add(stats));
+            log::info!("served by {} loops: {total}", loops.len());
+            if loops.iter().any(|(_, forced)| *forced) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// True (after saying so) when the flags leave no endpoint at all.
+fn nothing_to_serve(config: &Config) -> bool {
+    let nothing = config.tcp.is_empty() && config.udp.is_empty() && config.unix.is_empty();
+    if nothing {
+        eprintln!("switchboard: nothing to serve: --tcp off and --udp off, and no --unix path");
+    }
+    nothing
 }
 
 /// Binds, installs the signal handlers, runs until SIGINT/SIGTERM, and maps the
@@ -243,8 +322,7 @@ where
     S: Service + 'static,
     S::Codec: Clone,
 {
-    if config.tcp.is_empty() && config.udp.is_empty() && config.unix.is_empty() {
-        eprintln!("switchboard: nothing to serve: --tcp off and --udp off, and no --unix path");
+    if nothing_to_serve(&config) {
         return ExitCode::from(2);
     }
     raise_fd_limit();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use super::{Reactor, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
+use super::{Dealt, KeptBecause, Reactor, ACCEPT_RETRY, LISTENER_BASE, WARN_INTERVAL};
 use crate::connection::Stream;
 use crate::endpoint::EndpointId;
 use crate::hub::TimerEvent;
@@ -40,7 +40,15 @@ impl<S: Service> Reactor<S> {
                     }
                     log::debug!("accepted {peer}");
                     let endpoint = slot.endpoint;
-                    self.register_connection(stream, endpoint);
+                    match self.handover.deal(stream, endpoint) {
+                        Dealt::Passed => self.hub.stats.handed_over += 1,
+                        Dealt::Kept(stream, why) => {
+                            if why == KeptBecause::Full {
+                                self.hub.stats.handover_full += 1;
+                            }
+                            self.register_connection(stream, endpoint);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -69,7 +77,7 @@ impl<S: Service> Reactor<S> {
         self.hub.ready_again.push(Token(LISTENER_BASE + index));
     }
 
-    fn register_connection(&mut self, stream: Stream, endpoint: EndpointId) {
+    pub(super) fn register_connection(&mut self, stream: Stream, endpoint: EndpointId) {
         match self
             .hub
             .insert_connection(stream, endpoint, S::Conn::default(), false)

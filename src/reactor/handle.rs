@@ -48,6 +48,8 @@ pub(crate) struct Shared {
 pub struct Handle<S: Service> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) inbox: SyncSender<Job<S>>,
+    /// Where another loop of a pool hands it accepted connections.
+    pub(crate) handover: SyncSender<super::handover::Arrival>,
 }
 
 impl<S: Service> Clone for Handle<S> {
@@ -55,6 +57,7 @@ impl<S: Service> Clone for Handle<S> {
         Handle {
             shared: Arc::clone(&self.shared),
             inbox: self.inbox.clone(),
+            handover: self.handover.clone(),
         }
     }
 }

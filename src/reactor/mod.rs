@@ -53,13 +53,17 @@ use crate::udp::{UdpEndpoint, UdpId};
 mod accept;
 mod budget;
 mod handle;
+mod handover;
 mod lifecycle;
+mod pool;
 mod read;
 mod timers;
 mod write;
 
 pub use handle::{Handle, Job, PostError};
 use handle::{Inbox, Shared};
+use handover::{Dealt, Handover, KeptBecause};
+pub use pool::{LoopInfo, Peers, Pool, Running, Spread};
 
 /// Wakes the loop from another thread (jobs, shutdown).
 const WAKER: Token = Token(0);
@@ -122,6 +126,9 @@ pub struct Reactor<S: Service> {
     bound: Vec<BoundAddr>,
     shared: Arc<Shared>,
     inbox: Inbox<S>,
+    /// Connections handed over by another loop of a pool, and, on a pool's accepting
+    /// loop, the loops to deal accepted connections to.
+    handover: Handover,
     /// `on_start` has run.
     started: bool,
     /// Set once shutdown has begun: the time by which everything must be closed.
@@ -147,6 +154,20 @@ impl<S: Service> Reactor<S> {
     /// registers it with a new `Poll`. `codec` also frames dialled connections unless a
     /// dial names another endpoint. Logs one line per endpoint with its real address.
     pub fn bind(config: Config, service: S, codec: S::Codec) -> Result<Self, Error>
+    where
+        S::Codec: Clone,
+    {
+        Reactor::bind_as(config, service, codec, Listen::Bind)
+    }
+
+    /// [`Reactor::bind`], with the stream listeners either bound, or (on a loop of a
+    /// pool that is handed its connections) only mirrored as endpoints.
+    pub(crate) fn bind_as(
+        config: Config,
+        service: S,
+        codec: S::Codec,
+        listen: Listen<'_>,
+    ) -> Result<Self, Error>
     where
         S::Codec: Clone,
     {
@@ -188,6 +209,7 @@ impl<S: Service> Reactor<S> {
                 waker,
             }),
             inbox: Inbox { receiver, sender },
+            handover: Handover::new(config.backlog.max(1) as usize),
             started: false,
             shutdown_deadline: None,
             last_reject_warning: None,
@@ -196,7 +218,10 @@ impl<S: Service> Reactor<S> {
             poll,
             config,
         };
-        reactor.bind_endpoints(&codec)?;
+        match listen {
+            Listen::Bind => reactor.bind_endpoints(&codec)?,
+            Listen::Mirror(listeners) => reactor.mirror_endpoints(listeners, &codec)?,
+        }
         reactor.endpoints.default_outbound = reactor.outbound(codec);
         if let Some(interval) = reactor.config.stats_interval.filter(|d| !d.is_zero()) {
             reactor
@@ -216,6 +241,23 @@ impl<S: Service> Reactor<S> {
         }
         for path in self.config.unix.clone() {
             self.listen(ListenAddr::Unix(path), codec.clone())?;
+        }
+        for addr in self.config.udp.clone() {
+            self.bind_udp(addr)?;
+        }
+        Ok(())
+    }
+
+    /// Numbers the stream endpoints as the accepting loop of a pool numbers its
+    /// listeners, without opening them: the connections it hands over arrive with its
+    /// endpoint ids. Binds the UDP sockets of the configuration.
+    fn mirror_endpoints(&mut self, listeners: &[BoundAddr], codec: &S::Codec) -> Result<(), Error>
+    where
+        S::Codec: Clone,
+    {
+        for bound in listeners {
+            self.endpoints
+                .add(EndpointKind::Listener(bound.clone()), codec.clone());
         }
         for addr in self.config.udp.clone() {
             self.bind_udp(addr)?;
@@ -270,7 +312,7 @@ impl<S: Service> Reactor<S> {
             endpoint: format!("udp {addr}"),
             source,
         };
-        let mut socket = bind_udp(addr).map_err(bind_error)?;
+        let mut socket = bind_udp(addr, self.config.reuse_port).map_err(bind_error)?;
         let local = socket.local_addr().map_err(bind_error)?;
         let index = self.hub.udp.len();
         let token = Token(UDP_BASE + index);
@@ -361,6 +403,7 @@ impl<S: Service> Reactor<S> {
         Handle {
             shared: Arc::clone(&self.shared),
             inbox: self.inbox.sender.clone(),
+            handover: self.handover.sender.clone(),
         }
     }
 
@@ -530,6 +573,7 @@ impl<S: Service> Reactor<S> {
     /// stop flag is only looked at here, not every turn: a handle always sets it before
     /// it wakes the loop.
     fn woken(&mut self) {
+        self.take_handed_over();
         self.run_jobs();
         if self.shared.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
             self.begin_shutdown();
@@ -538,6 +582,21 @@ impl<S: Service> Reactor<S> {
             // Let `is_finished` see the grace period as over.
             self.shutdown_deadline = Some(self.hub.now);
         }
+    }
+
+    /// Registers the connections another loop of the pool handed over, up to the accept
+    /// budget (the rest next turn).
+    fn take_handed_over(&mut self) {
+        for _ in 0..self.config.accept_budget {
+            let Ok(arrival) = self.handover.receiver.try_recv() else {
+                return;
+            };
+            if self.shutdown_deadline.is_some() {
+                continue; // shutting down: closed, like a connection not yet accepted
+            }
+            self.register_connection(arrival.stream, arrival.endpoint);
+        }
+        self.hub.ready_again.push(WAKER);
     }
 
     /// Runs the jobs other threads posted, up to the budget (the rest next turn).
@@ -765,6 +824,16 @@ impl<S: Service> Reactor<S> {
         }
         log::info!("served: {}", self.hub.stats);
     }
+}
+
+/// How a reactor comes by its stream listeners.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Listen<'a> {
+    /// Binds those of its configuration.
+    Bind,
+    /// Binds none: numbers endpoints after these listeners of another loop, which
+    /// hands it their connections.
+    Mirror(&'a [BoundAddr]),
 }
 
 /// A poll timeout as the trace shows it.
