@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::server::{serve_then, ServerArgs};
-use crate::services::chat::{Chat, ChatSettings};
+use super::server::{serve_loops, ServerArgs};
+use crate::services::chat::{Chat, ChatLoops, ChatSettings};
 use crate::LengthCodec;
 
 /// `switchboard chat`.
@@ -52,7 +52,12 @@ pub struct ChatArgs {
 
 /// Runs the chat service until SIGINT/SIGTERM.
 pub fn run(args: ChatArgs) -> ExitCode {
-    let config = args.server.config(9001);
+    let mut config = args.server.config(9001);
+    if args.server.threads > 1 {
+        // Every room event for members on another loop is one job in its inbox: room
+        // for bursts of them while that loop is busy.
+        config.inbox_capacity = config.inbox_capacity.max(CROSS_LOOP_INBOX);
+    }
     let settings = ChatSettings {
         max_text: args.max_text,
         history: args.history,
@@ -66,7 +71,12 @@ pub fn run(args: ChatArgs) -> ExitCode {
         max_udp_members: args.max_udp_members,
     };
     let codec = LengthCodec::new(args.server.max_frame as usize);
-    serve_then(config, Chat::new(settings), codec, |stopped| {
+    let shared = ChatLoops::default();
+    let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
+    serve_loops(&args.server, config, codec, make, |stopped| {
         log::info!("chat served: {}", stopped.service.stats().get())
     })
 }
+
+/// The inbox of each loop of a chat pool, in jobs.
+const CROSS_LOOP_INBOX: usize = 64 * 1024;

@@ -2,6 +2,8 @@
 //! `tests/chat_hostile.rs` (each includes this with `mod chat_support;`, after
 //! `mod common;`).
 
+pub mod members;
+
 use switchboard::services::chat::{Chat, ChatSettings, ChatStats, ChatStatsHandle};
 use switchboard::{Config, LengthCodec};
 

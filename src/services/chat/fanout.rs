@@ -70,6 +70,23 @@ impl Encoded {
         }
     }
 
+    /// The event's bytes, to hand to another loop.
+    pub(super) fn to_wire(&self) -> super::loops::Wire {
+        super::loops::Wire {
+            json: self.json.clone(),
+            legacy: self.legacy.clone(),
+        }
+    }
+
+    /// An event another loop serialized, framed for this loop's TCP members.
+    pub(super) fn from_wire(ctx: &Context<'_, Chat>, wire: &super::loops::Wire) -> Self {
+        Encoded {
+            json: wire.json.clone(),
+            frame: ctx.shared_frame(&wire.json).ok(),
+            legacy: wire.legacy.clone(),
+        }
+    }
+
     /// The bytes legacy members are sent, if they are sent this event.
     pub fn legacy_bytes(&self) -> Option<&[u8]> {
         self.legacy.as_deref()

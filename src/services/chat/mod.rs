@@ -35,6 +35,7 @@
 mod bucket;
 mod fanout;
 mod guard;
+mod loops;
 pub mod protocol;
 mod requests;
 mod rooms;
@@ -46,12 +47,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::throttle::Throttle;
-use crate::{CloseReason, ConnId, Context, LengthCodec, Origin, Service, TimerId, UdpId};
+use crate::{CloseReason, ConnId, Context, LengthCodec, LoopInfo, Origin, Service, TimerId, UdpId};
 use fanout::{legacy_error, reply_to_peer, Delivery, Encoded};
 use guard::{UdpGuard, REFLECTION_WINDOW};
+use loops::LoopLink;
 use protocol::{is_own_output, LOBBY};
 use rooms::{Directory, Form, Link, MemberId, UdpLink};
 
+pub use loops::{ChatLoops, LoopRegistry};
 pub use protocol::{parse, BadInput, Event, Incoming, Legacy, LegacyMessage, Request};
 pub use stats::{ChatStats, ChatStatsHandle};
 
@@ -137,6 +140,8 @@ pub struct Chat {
     /// Joins refused at the room limit, for the log.
     room_limit_log: Throttle,
     stats: ChatStatsHandle,
+    /// The other loops of the pool, when there are any.
+    loops: Option<LoopLink>,
 }
 
 impl Chat {
@@ -155,7 +160,19 @@ impl Chat {
             by_peer: HashMap::new(),
             room_limit_log: Throttle::new(LOG_INTERVAL),
             stats,
+            loops: None,
         }
+    }
+
+    /// The chat service of one loop of a [`crate::Pool`]: its rooms span every loop
+    /// that was given a clone of the same `shared` (see `loops`). With one loop, the
+    /// same as [`Chat::new`].
+    pub fn on_loop(settings: ChatSettings, info: LoopInfo<Chat>, shared: &ChatLoops) -> Self {
+        let mut chat = Chat::new(settings);
+        if info.count > 1 {
+            chat.loops = Some(LoopLink::new(info.index, info.peers, shared.clone()));
+        }
+        chat
     }
 
     /// The counters, shareable with other threads.
@@ -325,6 +342,14 @@ impl Chat {
                 self.announce(ctx, room, None, &Event::Left { room, name });
             }
         }
+        if let Some(link) = &mut self.loops {
+            link.forget(member.name.as_deref(), &member.rooms, true);
+            for room in &member.rooms {
+                if self.directory.room(room).is_none() {
+                    link.room_changed(room, false, &self.stats);
+                }
+            }
+        }
     }
 
     /// Sends a presence event to `room`: to everyone while the room is within the
@@ -345,14 +370,21 @@ impl Chat {
         if subject.is_some_and(|id| self.directory.member(id).is_some_and(|m| m.is_legacy())) {
             return;
         }
-        let Some(entry) = self.directory.room(room) else {
-            return;
-        };
-        // A subject that has gone already still counts toward the room's size.
-        let size = entry.members().len() + usize::from(subject.is_none());
+        // A subject that has gone already still counts toward the room's size (and the
+        // room may be gone here, with members left on other loops).
+        let local = self
+            .directory
+            .room(room)
+            .map_or(0, |entry| entry.members().len());
+        let size = local + usize::from(subject.is_none());
         if size <= self.settings.presence_limit {
             let encoded = Encoded::new(ctx, event, None);
-            self.broadcast(ctx, room, &encoded);
+            if local > 0 {
+                self.broadcast(ctx, room, &encoded);
+            }
+            if let Some(link) = &mut self.loops {
+                link.publish(room, &encoded, false, &self.stats);
+            }
         } else if let Some(id) = subject {
             self.reply(ctx, id, event);
         }

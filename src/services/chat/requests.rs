@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::fanout::{self, Encoded};
-use super::protocol::{check_name, Event, LegacyReply, Request, SERVER_NAME};
+use super::protocol::{check_name, Event, LegacyReply, Request, RoomInfo, SERVER_NAME};
 use super::rooms::{Link, MemberId, Refusal};
 use super::Chat;
 use crate::{CloseMode, Context};
@@ -30,13 +30,7 @@ impl Chat {
                 self.say(ctx, id, &room, &text);
             }
             Request::Dm { to, text } => self.dm(ctx, id, &to, &text),
-            Request::List => {
-                // Borrowed from the directory while the guard sends it.
-                let rooms = self.directory.room_list();
-                if let Some(member) = self.directory.member(id) {
-                    fanout::reply(ctx, &mut self.guard, member, &Event::Rooms { rooms });
-                }
-            }
+            Request::List => self.list(ctx, id),
             Request::Ping => self.reply(ctx, id, &Event::Pong),
             Request::Bye => self.bye(ctx, id),
         }
@@ -55,6 +49,10 @@ impl Chat {
         }
         if name == SERVER_NAME {
             self.refuse(ctx, id, &format!("name {name} is reserved"));
+            return false;
+        }
+        if !self.claim_across_loops(id, name) {
+            self.refuse(ctx, id, &format!("name {name} is taken"));
             return false;
         }
         let old = match self.directory.rename(id, name) {
@@ -92,6 +90,16 @@ impl Chat {
             Ok(()) => {}
             Err(Refusal::RoomLimit) => return self.refuse_room(ctx, id, room),
             Err(_) => return self.refuse(ctx, id, &format!("already in room {room}")),
+        }
+        if let Some(link) = &mut self.loops {
+            link.entered(&name, room);
+            if self
+                .directory
+                .room(room)
+                .is_some_and(|r| r.members().len() == 1)
+            {
+                link.room_changed(room, true, &self.stats);
+            }
         }
         self.announce(ctx, room, Some(id), &Event::Joined { room, name: &name });
         // Legacy clients expect exactly one reply per message they send: no replay.
@@ -134,6 +142,12 @@ impl Chat {
         let name = self.name_of(id).to_owned();
         self.announce(ctx, room, Some(id), &Event::Left { room, name: &name });
         let _ = self.directory.leave(id, room);
+        if let Some(link) = &mut self.loops {
+            link.forget(Some(&name), &[room.to_owned()], false);
+            if self.directory.room(room).is_none() {
+                link.room_changed(room, false, &self.stats);
+            }
+        }
     }
 
     /// Says `text` in `room`: one `msg` event, encoded once, to every member.
@@ -169,6 +183,9 @@ impl Chat {
         let encoded = Rc::new(Encoded::new(ctx, &event, Some(legacy)));
         let sent = self.broadcast(ctx, room, &encoded);
         self.stats.delivered(sent);
+        if let Some(link) = &mut self.loops {
+            link.publish(room, &encoded, true, &self.stats);
+        }
         if let Some(entry) = self.directory.room_mut(room) {
             entry.remember(Rc::clone(&encoded), self.settings.history);
         }
@@ -183,9 +200,14 @@ impl Chat {
         if let Err(reason) = self.check_text(text) {
             return self.refuse(ctx, id, &reason);
         }
-        let Some(recipient) = self.directory.by_name(to) else {
-            return self.refuse(ctx, id, &format!("no member named {to}"));
+        let recipient = self.directory.by_name(to);
+        let remote = match recipient {
+            Some(_) => None,
+            None => self.loops.as_ref().and_then(|link| link.loop_of(to)),
         };
+        if recipient.is_none() && remote.is_none() {
+            return self.refuse(ctx, id, &format!("no member named {to}"));
+        }
         self.stats.message_in();
         let event = Event::Dm {
             from: &from,
@@ -198,11 +220,53 @@ impl Chat {
             msg: text,
         };
         let encoded = Encoded::new(ctx, &event, Some(legacy));
-        let mut sent = self.send_event(ctx, recipient, &encoded);
-        if recipient != id {
+        let mut sent = 0;
+        match (recipient, remote, &mut self.loops) {
+            (Some(recipient), _, _) => {
+                sent += self.send_event(ctx, recipient, &encoded);
+            }
+            (None, Some(at), Some(link)) => link.direct(at, to, &encoded, &self.stats),
+            _ => {}
+        }
+        if recipient != Some(id) {
             sent += self.send_event(ctx, id, &encoded);
         }
         self.stats.delivered(sent);
+    }
+
+    /// Answers `list`: every room with its members, on every loop.
+    fn list(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
+        let Some(member) = self.directory.member(id) else {
+            return;
+        };
+        let Some(link) = &self.loops else {
+            // Borrowed from the directory while the guard sends it.
+            let rooms = self.directory.room_list();
+            return fanout::reply(ctx, &mut self.guard, member, &Event::Rooms { rooms });
+        };
+        let everywhere = link.room_list();
+        let rooms = everywhere
+            .iter()
+            .map(|(room, members)| RoomInfo {
+                room,
+                members: members.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        fanout::reply(ctx, &mut self.guard, member, &Event::Rooms { rooms });
+    }
+
+    /// Takes `name` across the loops of the pool for member `id` (true at once with no
+    /// other loops, or when the member holds it already); false if a member of another
+    /// loop holds it. A name held by another member of this loop is left for the
+    /// directory to refuse.
+    fn claim_across_loops(&mut self, id: MemberId, name: &str) -> bool {
+        let (Some(link), Some(member)) = (&self.loops, self.directory.member(id)) else {
+            return true;
+        };
+        if self.directory.by_name(name).is_some() {
+            return true;
+        }
+        link.claim(name, member.name.as_deref(), &member.rooms)
     }
 
     /// Leaves the chat at once: rooms are told, the name is free. A TCP member's

@@ -37,6 +37,8 @@ pub struct ChatStats {
     pub udp_turned_away: u64,
     /// Datagrams dropped because they were the server's own output sent back.
     pub udp_reflections: u64,
+    /// Events for another loop of the pool dropped because its inbox was full.
+    pub cross_loop_dropped: u64,
 }
 
 impl fmt::Display for ChatStats {
@@ -53,6 +55,10 @@ impl fmt::Display for ChatStats {
             (self.udp_rate_limited, "UDP answers over the reply rate"),
             (self.udp_turned_away, "UDP newcomers turned away"),
             (self.udp_reflections, "UDP reflections dropped"),
+            (
+                self.cross_loop_dropped,
+                "events for other loops dropped, inbox full",
+            ),
         ];
         for (count, what) in defences {
             if count > 0 {
@@ -75,6 +81,7 @@ struct Counters {
     udp_rate_limited: AtomicU64,
     udp_turned_away: AtomicU64,
     udp_reflections: AtomicU64,
+    cross_loop_dropped: AtomicU64,
 }
 
 /// Shared access to a chat service's counters.
@@ -102,6 +109,7 @@ impl ChatStatsHandle {
             udp_rate_limited: c.udp_rate_limited.load(Ordering::Relaxed),
             udp_turned_away: c.udp_turned_away.load(Ordering::Relaxed),
             udp_reflections: c.udp_reflections.load(Ordering::Relaxed),
+            cross_loop_dropped: c.cross_loop_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -136,6 +144,10 @@ impl ChatStatsHandle {
 
     pub(crate) fn count_turned_away(&self) {
         self.0.udp_turned_away.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_cross_loop_dropped(&self) {
+        self.0.cross_loop_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_reflection(&self) {

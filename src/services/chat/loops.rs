@@ -1,0 +1,310 @@
+//! Chat across the loops of one process (`switchboard chat --threads N`): a room spans
+//! loops, names are unique across them, and direct messages and `list` reach members
+//! on every loop.
+//!
+//! ```text
+//!   loop A: say in "r" --encode once--> A's members of "r"
+//!                          |  Arc of the JSON, posted (bounded inbox + waker) to each
+//!                          |  loop that has members in "r" (and only those)
+//!                          v
+//!   loop B: job --frame once--> B's members of "r"  (and B's history of "r")
+//! ```
+//!
+//! - Each loop knows which other loops have members in which rooms: a loop tells every
+//!   other when its first member enters a room and when its last one leaves
+//!   ([`Notice::RoomOpened`], [`Notice::RoomClosed`]). A room event is sent to exactly
+//!   those loops, serialized once by the sender and framed once by each receiving loop.
+//! - Posts from one loop to another arrive in the order they were made, so members on
+//!   every loop see one sender's events in that sender's order. A full inbox is not
+//!   waited on: the event is dropped for that loop and counted
+//!   (`cross_loop_dropped`).
+//! - Names and room memberships across loops live in one [`LoopRegistry`] behind a
+//!   mutex. It is taken when a member names itself, joins, leaves or goes, for `list`,
+//!   and for a direct message to a member of another loop: never for a room message.
+//!
+//! A member who joins a room gets the history its own loop has of it: the messages its
+//! loop saw while it had members in the room.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::fanout::Encoded;
+use super::Chat;
+use crate::throttle::Throttle;
+use crate::{Context, Peers};
+
+/// Names and room members across every loop of a process.
+#[derive(Debug, Default)]
+pub struct LoopRegistry {
+    /// Every name held, and the loop of its holder.
+    names: HashMap<String, usize>,
+    /// Every room with members on any loop, and their names (sorted, for `list`).
+    rooms: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What the chat loops of one pool share: give a clone to each loop's
+/// [`Chat::on_loop`].
+#[derive(Debug, Clone, Default)]
+pub struct ChatLoops {
+    registry: Arc<Mutex<LoopRegistry>>,
+}
+
+/// What one loop posts to another.
+#[derive(Debug)]
+pub(super) enum Notice {
+    /// `from` now has members in `room`.
+    RoomOpened { room: String, from: usize },
+    /// `from` has no members left in `room`.
+    RoomClosed { room: String, from: usize },
+    /// An event of `room`, for the receiving loop's members of it; a `msg` is also kept
+    /// in the room's history there.
+    Room {
+        room: String,
+        event: Arc<Wire>,
+        remember: bool,
+    },
+    /// A direct message for the member called `to`.
+    Direct { to: String, event: Arc<Wire> },
+}
+
+/// An event as it crosses loops: its typed JSON and its legacy form, serialized once.
+#[derive(Debug)]
+pub(super) struct Wire {
+    pub json: Vec<u8>,
+    pub legacy: Option<Vec<u8>>,
+}
+
+/// One loop's link to the others.
+#[derive(Debug)]
+pub(super) struct LoopLink {
+    /// This loop.
+    index: usize,
+    peers: Peers<Chat>,
+    shared: ChatLoops,
+    /// The other loops with members in each room.
+    remote_rooms: HashMap<String, Vec<usize>>,
+    /// Log lines about full inboxes.
+    full_log: Throttle,
+}
+
+impl LoopLink {
+    pub fn new(index: usize, peers: Peers<Chat>, shared: ChatLoops) -> Self {
+        LoopLink {
+            index,
+            peers,
+            shared,
+            remote_rooms: HashMap::new(),
+            full_log: Throttle::new(super::LOG_INTERVAL),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, LoopRegistry> {
+        // A loop that panicked while holding the lock stops the whole pool; the data is
+        // still consistent enough for the others to finish their shutdown.
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes `name` for a member of this loop, giving up `old`; false if a member of
+    /// another loop holds it. `rooms` are the member's rooms, whose lists change name.
+    pub fn claim(&self, name: &str, old: Option<&str>, rooms: &[String]) -> bool {
+        let mut registry = self.registry();
+        if registry.names.contains_key(name) {
+            return false;
+        }
+        registry.names.insert(name.to_owned(), self.index);
+        if let Some(old) = old {
+            registry.names.remove(old);
+        }
+        for room in rooms {
+            if let Some(members) = registry.rooms.get_mut(room) {
+                if let Some(old) = old {
+                    members.remove(old);
+                }
+                members.insert(name.to_owned());
+            }
+        }
+        true
+    }
+
+    /// A member of this loop called `name` (if named) has gone from `rooms`, and from
+    /// the chat when `gone`.
+    pub fn forget(&self, name: Option<&str>, rooms: &[String], gone: bool) {
+        let mut registry = self.registry();
+        let Some(name) = name else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = registry.rooms.get_mut(room) {
+                members.remove(name);
+                if members.is_empty() {
+                    registry.rooms.remove(room);
+                }
+            }
+        }
+        if gone {
+            registry.names.remove(name);
+        }
+    }
+
+    /// A member of this loop called `name` entered `room`.
+    pub fn entered(&self, name: &str, room: &str) {
+        self.registry()
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+    }
+
+    /// The loop of the member called `name`, if any holds it.
+    pub fn loop_of(&self, name: &str) -> Option<usize> {
+        self.registry().names.get(name).copied()
+    }
+
+    /// Every room and its members' names, across loops: `list`.
+    pub fn room_list(&self) -> Vec<(String, Vec<String>)> {
+        self.registry()
+            .rooms
+            .iter()
+            .map(|(room, members)| (room.clone(), members.iter().cloned().collect()))
+            .collect()
+    }
+
+    /// Tells every other loop that this one opened or closed `room`.
+    pub fn room_changed(&mut self, room: &str, open: bool, stats: &super::ChatStatsHandle) {
+        for to in 0..self.peers.all().len() {
+            if to == self.index {
+                continue;
+            }
+            let (room, from) = (room.to_owned(), self.index);
+            let notice = match open {
+                true => Notice::RoomOpened { room, from },
+                false => Notice::RoomClosed { room, from },
+            };
+            self.post(to, notice, stats);
+        }
+    }
+
+    /// Sends a room event to every other loop with members in `room`.
+    pub fn publish(
+        &mut self,
+        room: &str,
+        event: &Encoded,
+        remember: bool,
+        stats: &super::ChatStatsHandle,
+    ) {
+        let Some(loops) = self.remote_rooms.get(room).filter(|l| !l.is_empty()) else {
+            return;
+        };
+        let wire = Arc::new(event.to_wire());
+        for to in loops.clone() {
+            let notice = Notice::Room {
+                room: room.to_owned(),
+                event: Arc::clone(&wire),
+                remember,
+            };
+            self.post(to, notice, stats);
+        }
+    }
+
+    /// Sends a direct message to loop `to`, for its member `name`.
+    pub fn direct(
+        &mut self,
+        to: usize,
+        name: &str,
+        event: &Encoded,
+        stats: &super::ChatStatsHandle,
+    ) {
+        let notice = Notice::Direct {
+            to: name.to_owned(),
+            event: Arc::new(event.to_wire()),
+        };
+        self.post(to, notice, stats);
+    }
+
+    /// Records what another loop said of its rooms.
+    pub fn note_room(&mut self, room: String, from: usize, open: bool) {
+        let loops = self.remote_rooms.entry(room.clone()).or_default();
+        loops.retain(|&l| l != from);
+        if open {
+            loops.push(from);
+        } else if loops.is_empty() {
+            self.remote_rooms.remove(&room);
+        }
+    }
+
+    fn post(&mut self, to: usize, notice: Notice, stats: &super::ChatStatsHandle) {
+        let Some(handle) = self.peers.all().get(to) else {
+            return;
+        };
+        if let Err(e) = handle.post(move |chat, ctx| chat.from_other_loop(ctx, notice)) {
+            stats.count_cross_loop_dropped();
+            if let Some(count) = self.full_log.note(std::time::Instant::now()) {
+                log::warn!(
+                    "chat: an event for loop {to} was dropped: {e} \
+                     ({count} dropped since the last such line)"
+                );
+            }
+        }
+    }
+}
+
+impl Chat {
+    /// Carries out what another loop posted.
+    fn from_other_loop(&mut self, ctx: &mut Context<'_, Chat>, notice: Notice) {
+        match notice {
+            Notice::RoomOpened { room, from } => {
+                if let Some(link) = &mut self.loops {
+                    link.note_room(room, from, true);
+                }
+            }
+            Notice::RoomClosed { room, from } => {
+                if let Some(link) = &mut self.loops {
+                    link.note_room(room, from, false);
+                }
+            }
+            Notice::Room {
+                room,
+                event,
+                remember,
+            } => self.deliver_from_loop(ctx, &room, &event, remember),
+            Notice::Direct { to, event } => self.direct_from_loop(ctx, &to, &event),
+        }
+        self.count_population();
+    }
+
+    /// Delivers another loop's room event to this loop's members of the room.
+    fn deliver_from_loop(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        room: &str,
+        wire: &Wire,
+        remember: bool,
+    ) {
+        if self.directory.room(room).is_none() {
+            return; // its last member here left while the event was on its way
+        }
+        let encoded = Rc::new(Encoded::from_wire(ctx, wire));
+        let sent = self.broadcast(ctx, room, &encoded);
+        if remember {
+            self.stats.delivered(sent);
+            let keep = self.settings.history;
+            if let Some(entry) = self.directory.room_mut(room) {
+                entry.remember(encoded, keep);
+            }
+        }
+    }
+
+    /// Delivers another loop's direct message to this loop's member called `to`.
+    fn direct_from_loop(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: &Wire) {
+        let Some(recipient) = self.directory.by_name(to) else {
+            return; // gone while the message was on its way
+        };
+        let encoded = Encoded::from_wire(ctx, wire);
+        let sent = self.send_event(ctx, recipient, &encoded);
+        self.stats.delivered(sent);
+    }
+}
