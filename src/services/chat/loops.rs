@@ -240,7 +240,7 @@ impl LoopLink {
         let Some(handle) = self.peers.all().get(to) else {
             return;
         };
-        if let Err(e) = handle.post(move |chat, ctx| chat.from_other_loop(ctx, notice)) {
+        if let Err(e) = handle.post(move |chat, ctx| chat.heard_from_loop(ctx, notice)) {
             stats.count_cross_loop_dropped();
             if let Some(count) = self.full_log.note(std::time::Instant::now()) {
                 log::warn!(
@@ -254,7 +254,7 @@ impl LoopLink {
 
 impl Chat {
     /// Carries out what another loop posted.
-    fn from_other_loop(&mut self, ctx: &mut Context<'_, Chat>, notice: Notice) {
+    fn heard_from_loop(&mut self, ctx: &mut Context<'_, Chat>, notice: Notice) {
         match notice {
             Notice::RoomOpened { room, from } => {
                 if let Some(link) = &mut self.loops {
