@@ -22,6 +22,9 @@ pub type Job<S> = Box<dyn FnOnce(&mut S, &mut Context<'_, S>) + Send>;
 /// What the loop and its handles share.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// A post has woken the loop and the loop has not read its inbox since: further
+    /// posts need not wake it again (one `eventfd` write saved per post in a burst).
+    pub wake_pending: AtomicBool,
     /// A graceful shutdown was asked for.
     pub stop: AtomicBool,
     /// Stop at once: close everything without waiting for output to drain.
@@ -115,7 +118,12 @@ impl<S: Service> Handle<S> {
     ) -> Result<(), PostError> {
         match self.inbox.try_send(Box::new(job)) {
             Ok(()) => {
-                self.wake();
+                // The job is in the inbox before the flag is looked at: either the
+                // loop has not yet cleared it (and will read the inbox after
+                // clearing it), or it has and this post wakes it.
+                if !self.shared.wake_pending.swap(true, Ordering::SeqCst) {
+                    self.wake();
+                }
                 Ok(())
             }
             Err(TrySendError::Full(_)) => Err(PostError::Full),

@@ -79,6 +79,8 @@ const EVENTS_CAPACITY: usize = 1024;
 const DATAGRAM_BUDGET: usize = 64;
 /// Jobs from other threads run per turn before the sockets get a turn.
 const JOB_BUDGET: usize = 256;
+/// Jobs run between two flushes of what they queued.
+const JOBS_PER_FLUSH: usize = 32;
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Rate limit for repeated warnings (max-conns rejections, accept failures).
@@ -204,6 +206,7 @@ impl<S: Service> Reactor<S> {
             )),
             bound: Vec::new(),
             shared: Arc::new(Shared {
+                wake_pending: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
                 stop_now: AtomicBool::new(false),
                 waker,
@@ -600,17 +603,28 @@ impl<S: Service> Reactor<S> {
     }
 
     /// Runs the jobs other threads posted, up to the budget (the rest next turn).
+    ///
+    /// What the jobs queue is carried out after every [`JOBS_PER_FLUSH`] of them rather
+    /// than after each: jobs that each send to the same connections (another loop's
+    /// room events, say) then leave in one write per connection, as the frames of one
+    /// read do.
     fn run_jobs(&mut self) {
-        for _ in 0..JOB_BUDGET {
+        // Cleared before the inbox is read: a post from now on wakes the loop again.
+        self.shared.wake_pending.store(false, Ordering::SeqCst);
+        for done in 1..=JOB_BUDGET {
             let Ok(job) = self.inbox.receiver.try_recv() else {
+                self.carry_out_requests();
                 return;
             };
             job(
                 &mut self.service,
                 &mut Context::new(&mut self.hub, &self.endpoints),
             );
-            self.carry_out_requests();
+            if done % JOBS_PER_FLUSH == 0 {
+                self.carry_out_requests();
+            }
         }
+        self.carry_out_requests();
         self.hub.ready_again.push(WAKER);
     }
 
