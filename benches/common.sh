@@ -27,7 +27,10 @@ trap 'cleanup; exit 130' INT TERM
 server_command() {
     case "$1" in
         switchboard)
-            SERVER_COMMAND=("$SB" echo --tcp "127.0.0.1:$2" --udp "127.0.0.1:$2" --log-level warn)
+            # SERVER_EXTRA: more flags for the switchboard server (say "--threads 2").
+            # shellcheck disable=SC2206
+            SERVER_COMMAND=("$SB" echo --tcp "127.0.0.1:$2" --udp "127.0.0.1:$2" --log-level warn
+                ${SERVER_EXTRA:-})
             ;;
         tokio) SERVER_COMMAND=("$PEER" --tcp "127.0.0.1:$2" --udp "127.0.0.1:$2") ;;
         *)

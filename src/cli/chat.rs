@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::server::{serve_loops, ServerArgs};
+use super::server::{no_setup, serve_loops, ServerArgs};
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
 use crate::LengthCodec;
 
@@ -73,7 +73,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
     let codec = LengthCodec::new(args.server.max_frame as usize);
     let shared = ChatLoops::default();
     let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
-    serve_loops(&args.server, config, codec, make, |stopped| {
+    serve_loops(&args.server, config, codec, make, no_setup, |stopped| {
         log::info!("chat served: {}", stopped.service.stats().get())
     })
 }

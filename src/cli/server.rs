@@ -226,10 +226,22 @@ pub fn run_echo(args: EchoArgs) -> ExitCode {
     let max = args.server.max_frame as usize;
     let server = &args.server;
     match args.framing {
-        Framing::Length => serve_loops(server, config, LengthCodec::new(max), echo, |_| {}),
-        Framing::Raw => serve_loops(server, config, RawCodec, echo, |_| {}),
-        Framing::Lines => serve_loops(server, config, LinesCodec::new(max), echo, |_| {}),
+        Framing::Length => serve_loops(
+            server,
+            config,
+            LengthCodec::new(max),
+            echo,
+            no_setup,
+            |_| {},
+        ),
+        Framing::Raw => serve_loops(server, config, RawCodec, echo, no_setup, |_| {}),
+        Framing::Lines => serve_loops(server, config, LinesCodec::new(max), echo, no_setup, |_| {}),
     }
+}
+
+/// For services whose reactors need nothing besides their configuration.
+pub fn no_setup<S: Service>(_: &mut Reactor<S>) -> Result<(), crate::Error> {
+    Ok(())
 }
 
 /// Each loop's echo service.
@@ -239,13 +251,15 @@ fn echo<C: crate::Codec>(_: LoopInfo<Echo<C>>) -> Echo<C> {
 
 /// Serves `config` with `--threads` loops: the single loop on this thread when there
 /// is one ([`serve_then`]), else a [`Pool`] spread as `--spread` says, stopped by
-/// SIGINT/SIGTERM. `make` makes each loop's service; `report` runs on each loop's
+/// SIGINT/SIGTERM. `make` makes each loop's service; `setup` runs on each loop's
+/// reactor once it has bound (see [`Pool::start_with`]); `report` runs on each loop's
 /// thread with what the loop gave back.
 pub fn serve_loops<S>(
     server: &ServerArgs,
     config: Config,
     codec: S::Codec,
     make: impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static,
+    setup: impl Fn(&mut Reactor<S>) -> Result<(), crate::Error> + Send + Sync + 'static,
     report: impl Fn(&Stopped<S>) + Send + Sync + 'static,
 ) -> ExitCode
 where
@@ -258,7 +272,7 @@ where
             count: 1,
             peers: Peers::none(),
         });
-        return serve_then(config, service, codec, report);
+        return serve_prepared(config, service, codec, setup, report);
     }
     if nothing_to_serve(&config) {
         return ExitCode::from(2);
@@ -271,7 +285,10 @@ where
         report(&stopped);
         (stopped.stats, stopped.forced)
     };
-    match pool.run(codec, make, finish) {
+    match pool
+        .start_with(codec, make, setup, finish)
+        .and_then(|running| running.wait())
+    {
         Ok(loops) => {
             let mut total = Stats::default();
             loops.iter().for_each(|(stats, _)| total.add(stats));
@@ -322,11 +339,28 @@ where
     S: Service + 'static,
     S::Codec: Clone,
 {
+    serve_prepared(config, service, codec, no_setup, report)
+}
+
+/// [`serve_then`], with `setup` run on the reactor once it has bound.
+fn serve_prepared<S>(
+    config: Config,
+    service: S,
+    codec: S::Codec,
+    setup: impl FnOnce(&mut Reactor<S>) -> Result<(), crate::Error>,
+    report: impl FnOnce(&Stopped<S>),
+) -> ExitCode
+where
+    S: Service + 'static,
+    S::Codec: Clone,
+{
     if nothing_to_serve(&config) {
         return ExitCode::from(2);
     }
     raise_fd_limit();
-    let mut reactor = match Reactor::bind(config, service, codec) {
+    let bound = Reactor::bind(config, service, codec)
+        .and_then(|mut reactor| setup(&mut reactor).map(|()| reactor));
+    let mut reactor = match bound {
         Ok(reactor) => reactor,
         Err(e) => {
             eprintln!("switchboard: {e}");

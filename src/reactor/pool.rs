@@ -212,8 +212,28 @@ impl Pool {
         S::Codec: Clone + Send + 'static,
         R: Send + 'static,
     {
+        self.start_with(codec, make, |_| Ok(()), finish)
+    }
+
+    /// [`Pool::start`], with `setup` run on each loop's reactor once it has bound and
+    /// before it runs: to add endpoints ([`Reactor::outbound`], [`Reactor::listen`])
+    /// and tell the service about them. An error from it stops the pool like a bind
+    /// failure.
+    pub fn start_with<S, R>(
+        self,
+        codec: S::Codec,
+        make: impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static,
+        setup: impl Fn(&mut Reactor<S>) -> Result<(), Error> + Send + Sync + 'static,
+        finish: impl Fn(Stopped<S>) -> R + Send + Sync + 'static,
+    ) -> Result<Running<S, R>, Error>
+    where
+        S: Service + 'static,
+        S::Codec: Clone + Send + 'static,
+        R: Send + 'static,
+    {
         self.config.validate()?;
         let make = Arc::new(make);
+        let setup = Arc::new(setup);
         let finish = Arc::new(finish);
         let peers = Peers::<S>::none();
         let (bound_tx, bound_rx) = mpsc::channel();
@@ -227,8 +247,7 @@ impl Pool {
             leader_config,
             Vec::new(),
             &codec,
-            &make,
-            &finish,
+            (&make, &setup, &finish),
             &peers,
             &bound_tx,
         );
@@ -251,7 +270,13 @@ impl Pool {
                 Spread::ReusePort => Vec::new(),
             };
             match self.spawn_loop(
-                index, config, mirrored, &codec, &make, &finish, &peers, &bound_tx,
+                index,
+                config,
+                mirrored,
+                &codec,
+                (&make, &setup, &finish),
+                &peers,
+                &bound_tx,
             ) {
                 Ok((thread, go_tx)) => {
                     threads.push(thread);
@@ -331,8 +356,11 @@ impl Pool {
         config: Config,
         mirrored: Vec<BoundAddr>,
         codec: &S::Codec,
-        make: &Arc<impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static>,
-        finish: &Arc<impl Fn(Stopped<S>) -> R + Send + Sync + 'static>,
+        (make, setup, finish): (
+            &Arc<impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static>,
+            &Arc<impl Fn(&mut Reactor<S>) -> Result<(), Error> + Send + Sync + 'static>,
+            &Arc<impl Fn(Stopped<S>) -> R + Send + Sync + 'static>,
+        ),
         peers: &Peers<S>,
         bound_tx: &Sender<Result<Bound<S>, Error>>,
     ) -> Result<(JoinHandle<Result<R, Error>>, Sender<Go<S>>), Error>
@@ -343,6 +371,7 @@ impl Pool {
     {
         let (go_tx, go_rx) = mpsc::channel();
         let (codec, make, finish) = (codec.clone(), Arc::clone(make), Arc::clone(finish));
+        let setup = Arc::clone(setup);
         let (peers, bound_tx, count) = (peers.clone(), bound_tx.clone(), self.threads);
         let thread = thread::Builder::new()
             .name(format!("loop-{index}"))
@@ -358,7 +387,9 @@ impl Pool {
                     _ if mirrored.is_empty() => Listen::Bind,
                     _ => Listen::Mirror(&mirrored),
                 };
-                let reactor = match Reactor::bind_as(config, service, codec, listen) {
+                let bound = Reactor::bind_as(config, service, codec, listen)
+                    .and_then(|mut reactor| setup(&mut reactor).map(|()| reactor));
+                let reactor = match bound {
                     Ok(reactor) => reactor,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));
