@@ -59,6 +59,17 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+echo "== echo paced: 100 connections, 200,000 msgs/s in all, 64 B, 5 s (neither side saturated)"
+for round in $(seq "$ROUNDS"); do
+    for threads in 1 2; do
+        start_server echo --threads "$threads"
+        "$SB" bench --addr "127.0.0.1:$port" --conns 100 --rate 2000 --size 64 --duration 5 \
+            --warmup 1 --server-pid "$SERVER_PID" --json --log-level warn \
+            | summary "echo paced threads $threads (round $round)"
+        cleanup
+    done
+done
+
 echo "== spread: 4 clients over 2 loops, accepted per loop, 10 runs each"
 for spread in reuseport handoff; do
     splits=()

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::server::{no_setup, serve_loops, ServerArgs};
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
-use crate::LengthCodec;
+use crate::{AnyCodec, LengthCodec};
 
 /// `switchboard chat`.
 #[derive(Debug, Clone, Args)]
@@ -70,7 +70,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         udp_join_rate: args.udp_join_rate,
         max_udp_members: args.max_udp_members,
     };
-    let codec = LengthCodec::new(args.server.max_frame as usize);
+    let codec = AnyCodec::Length(LengthCodec::new(args.server.max_frame as usize));
     let shared = ChatLoops::default();
     let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
     serve_loops(&args.server, config, codec, make, no_setup, |stopped| {

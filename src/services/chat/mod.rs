@@ -23,12 +23,13 @@
 //!
 //! ```no_run
 //! use switchboard::services::chat::{Chat, ChatSettings};
-//! use switchboard::{Config, LengthCodec, Reactor};
+//! use switchboard::{AnyCodec, Config, LengthCodec, Reactor};
 //! let mut config = Config::default();
 //! config.tcp.push("127.0.0.1:9001".parse().unwrap());
 //! config.udp.push("127.0.0.1:9001".parse().unwrap());
 //! let chat = Chat::new(ChatSettings::default());
-//! let stopped = Reactor::bind(config, chat, LengthCodec::new(1 << 20)).unwrap().run().unwrap();
+//! let codec = AnyCodec::Length(LengthCodec::new(1 << 20));
+//! let stopped = Reactor::bind(config, chat, codec).unwrap().run().unwrap();
 //! println!("chat served: {}", stopped.service.stats().get());
 //! ```
 
@@ -47,7 +48,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::throttle::Throttle;
-use crate::{CloseReason, ConnId, Context, LengthCodec, LoopInfo, Origin, Service, TimerId, UdpId};
+use crate::{AnyCodec, CloseReason, ConnId, Context, LoopInfo, Origin, Service, TimerId, UdpId};
 use fanout::{legacy_error, reply_to_peer, Delivery, Encoded};
 use guard::{UdpGuard, REFLECTION_WINDOW};
 use loops::LoopLink;
@@ -469,7 +470,8 @@ impl Chat {
 impl Service for Chat {
     type Conn = Seat;
     type Timer = ChatTimer;
-    type Codec = LengthCodec;
+    /// Length frames for members; the Redis link (feature `redis`) is unframed.
+    type Codec = AnyCodec;
 
     fn on_start(&mut self, ctx: &mut Context<'_, Chat>) {
         if let Some(interval) = self.settings.stats_interval.filter(|d| !d.is_zero()) {
