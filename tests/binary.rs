@@ -477,3 +477,55 @@ fn addresses_take_a_bare_port_and_help_shows_the_real_defaults() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expected IP:PORT"), "{stderr}");
 }
+
+/// `--threads 3`: three loop threads besides the main one, connections over all of
+/// them, and SIGTERM drains every loop and sums their counters.
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_runs_that_many_loops_and_sigterm_drains_them_all() {
+    let port = free_port();
+    let server = tcp_echo(port, &["--threads", "3", "--spread", "handoff"]);
+    let mut clients: Vec<TcpStream> = (0..5)
+        .map(|_| connect(SocketAddr::from(([127, 0, 0, 1], port))))
+        .collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        write_frame(client, format!("on a loop {i}").as_bytes()).unwrap();
+        assert_eq!(
+            read_frame(client).unwrap(),
+            format!("on a loop {i}").as_bytes()
+        );
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 4, "the main thread and three loops");
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("3 loops running"), "{stderr}");
+    // Two readiness probes and five clients, dealt round robin (3/2/2), summed.
+    assert!(
+        stderr.contains("served by 3 loops: conns: 0 active, 7 accepted"),
+        "{stderr}"
+    );
+    let per_loop: Vec<u64> = stderr
+        .lines()
+        .filter_map(|line| line.split("served: conns: 0 active, ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    per_loop_is_round_robin(per_loop, &stderr);
+}
+
+#[track_caller]
+fn per_loop_is_round_robin(mut per_loop: Vec<u64>, log: &str) {
+    per_loop.sort();
+    assert_eq!(per_loop, vec![2, 2, 3], "{log}");
+}
+
+#[test]
+fn threads_zero_is_a_usage_error() {
+    let server = ChildServer::start(&["echo", "--threads", "0"], None);
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+}
