@@ -36,6 +36,8 @@ mod bucket;
 mod fanout;
 mod guard;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod requests;
 mod rooms;
 mod stats;
