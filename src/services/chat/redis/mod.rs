@@ -15,5 +15,9 @@
 //!
 //! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
 //!   [`resp::Reply`], pushes classified.
+//! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
+//!   subscriptions kept across reconnects, and which reply answers which command. Pure:
+//!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
 
+pub mod link;
 pub mod resp;
