@@ -38,6 +38,8 @@ mod fanout;
 mod guard;
 mod loops;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod requests;
 mod rooms;
 mod stats;

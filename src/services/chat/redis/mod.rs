@@ -1,0 +1,23 @@
+//! Chat across machines through Redis (feature `redis`): the parts of the one
+//! connection a chat node keeps to Redis that need neither sockets nor the chat
+//! service.
+//!
+//! Each chat node (one reactor loop) will dial Redis with `Context::connect`, the same
+//! kind of connection as any other, and speak RESP3 on it: after `HELLO 3`, pub/sub
+//! messages arrive as push frames beside ordinary replies, so one connection both
+//! subscribes to rooms and runs commands.
+//!
+//! ```text
+//!   bytes from Redis --ReplyReader--> Reply --Link--+--> LinkEvent::Reply { tag, reply }
+//!                                                   +--> LinkEvent::Message { channel, payload }
+//!   Link::command / subscribe --resp::command--> bytes to Redis
+//! ```
+//!
+//! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
+//!   [`resp::Reply`], pushes classified.
+//! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
+//!   subscriptions kept across reconnects, and which reply answers which command. Pure:
+//!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
+
+pub mod link;
+pub mod resp;

@@ -1,0 +1,124 @@
+//! A real `redis-server` for the tests that speak to Redis: started on a free loopback
+//! port, ready once it answers `PING`, killed when dropped. `stop` and `restart` (on the
+//! same port) let a test take Redis away in the middle of a run.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to answer `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause between two `PING` attempts while a server starts.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A `redis-server` child process on 127.0.0.1, with nothing saved to disk.
+pub struct RedisServer {
+    /// Where it listens; the same across `restart`.
+    addr: SocketAddr,
+    /// The running process, `None` while stopped.
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a port no one else is using, and waits until it answers.
+    #[track_caller]
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            addr: free_port(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Kills the server (as a crash would: no clean shutdown) and waits for it to exit,
+    /// so its port is closed when this returns.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (stopping it first if it runs), and
+    /// waits until it answers.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.addr.port().to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+                "redis-server is not installed: the Redis tests need it on the PATH \
+                 (.ci/run installs it: apt-get install -y redis-server)"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls with `PING` until the server answers, failing the test if it exits or
+    /// does not answer within `START_TIMEOUT`.
+    #[track_caller]
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ping(self.addr) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("redis-server on {} exited at start: {status}", self.addr);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} did not answer PING within {START_TIMEOUT:?}",
+                self.addr
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port free a moment ago: bound, read, and let go for the server to take.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr")
+}
+
+/// Whether a server on `addr` answers `PING` with `+PONG`.
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
