@@ -48,27 +48,25 @@ print("%-30s %12s/s  p99 %9s us  server CPU %.2f s  per CPU-s %12s  RSS +%d KiB 
 ' "$1"
 }
 
-echo "== echo: 100 connections x depth 16, 64 B, 5 s (server and load generator share both cores)"
-for round in $(seq "$ROUNDS"); do
-    for threads in 1 2; do
-        start_server echo --threads "$threads"
-        "$SB" bench --addr "127.0.0.1:$port" --conns 100 --depth 16 --size 64 --duration 5 \
-            --warmup 1 --server-pid "$SERVER_PID" --json --log-level warn \
-            | summary "echo threads $threads (round $round)"
-        cleanup
+# echo_rounds LABEL BENCH_FLAGS...: ROUNDS rounds of echo with one loop, then two.
+echo_rounds() {
+    local label=$1
+    shift
+    for round in $(seq "$ROUNDS"); do
+        for threads in 1 2; do
+            start_server echo --threads "$threads"
+            "$SB" bench --addr "127.0.0.1:$port" "$@" --size 64 --duration 5 --warmup 1 \
+                --server-pid "$SERVER_PID" --json --log-level warn \
+                | summary "$label threads $threads (round $round)"
+            cleanup
+        done
     done
-done
+}
 
-echo "== echo paced: 100 connections, 200,000 msgs/s in all, 64 B, 5 s (neither side saturated)"
-for round in $(seq "$ROUNDS"); do
-    for threads in 1 2; do
-        start_server echo --threads "$threads"
-        "$SB" bench --addr "127.0.0.1:$port" --conns 100 --rate 2000 --size 64 --duration 5 \
-            --warmup 1 --server-pid "$SERVER_PID" --json --log-level warn \
-            | summary "echo paced threads $threads (round $round)"
-        cleanup
-    done
-done
+echo "== echo: 100 connections x depth 16, 64 B, 5 s (server and load generator share both cores)"
+echo_rounds echo --conns 100 --depth 16
+echo "== echo paced: 100 connections, 2,000 msgs/s each, 64 B, 5 s (neither side saturated)"
+echo_rounds "echo paced" --conns 100 --rate 2000
 
 echo "== spread: 4 clients over 2 loops, accepted per loop, 10 runs each"
 for spread in reuseport handoff; do

@@ -293,17 +293,11 @@ where
             let mut total = Stats::default();
             loops.iter().for_each(|(stats, _)| total.add(stats));
             log::info!("served by {} loops: {total}", loops.len());
-            if loops.iter().any(|(_, forced)| *forced) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            }
+            Ok(loops.iter().any(|(_, forced)| *forced))
         }
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => Err(e),
     }
+    .map_or_else(failed, stop_code)
 }
 
 /// True (after saying so) when the flags leave no endpoint at all.
@@ -374,17 +368,25 @@ where
     match reactor.run() {
         Ok(stopped) => {
             report(&stopped);
-            if stopped.forced {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            }
+            stop_code(stopped.forced)
         }
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(e),
     }
+}
+
+/// The exit code after a shutdown: 130 when a second signal cut it short, else 0.
+fn stop_code(forced: bool) -> ExitCode {
+    if forced {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Says why the server could not run, and exits 1.
+fn failed(e: crate::Error) -> ExitCode {
+    eprintln!("switchboard: {e}");
+    ExitCode::FAILURE
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
