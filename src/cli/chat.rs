@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::server::{no_setup, serve_loops, ServerArgs};
+use crate::services::chat::redis::node::{prepare, RedisSettings};
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
-use crate::{AnyCodec, LengthCodec};
+use crate::{AnyCodec, LengthCodec, Reactor};
 
 /// `switchboard chat`.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +49,15 @@ pub struct ChatArgs {
     /// The most UDP members at once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_udp_members: usize,
+    /// Join a cluster of chat servers through this Redis: redis://HOST:PORT. Rooms,
+    /// names, direct messages and `list` then span every server (each loop is a node).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// How long a node's names live in Redis without a refresh: a server that dies
+    /// loses its members from the cluster after this.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_ttl: u64,
 }
 
 /// Runs the chat service until SIGINT/SIGTERM.
@@ -69,11 +79,33 @@ pub fn run(args: ChatArgs) -> ExitCode {
         udp_reply_sources: usize::try_from(args.udp_reply_sources).unwrap_or(usize::MAX),
         udp_join_rate: args.udp_join_rate,
         max_udp_members: args.max_udp_members,
+        redis: None,
+    };
+    let ttl = Duration::from_secs(args.redis_ttl);
+    let settings = match args
+        .redis
+        .as_deref()
+        .map(|url| RedisSettings::parse(url, ttl))
+    {
+        None => settings,
+        Some(Ok(redis)) => ChatSettings {
+            redis: Some(redis),
+            ..settings
+        },
+        Some(Err(e)) => {
+            eprintln!("switchboard: --redis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    type Setup = fn(&mut Reactor<Chat>) -> Result<(), crate::Error>;
+    let setup: Setup = match settings.redis {
+        Some(_) => prepare,
+        None => no_setup,
     };
     let codec = AnyCodec::Length(LengthCodec::new(args.server.max_frame as usize));
     let shared = ChatLoops::default();
     let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
-    serve_loops(&args.server, config, codec, make, no_setup, |stopped| {
+    serve_loops(&args.server, config, codec, make, setup, |stopped| {
         log::info!("chat served: {}", stopped.service.stats().get())
     })
 }

@@ -270,14 +270,15 @@ impl Chat {
                 room,
                 event,
                 remember,
-            } => self.deliver_from_loop(ctx, &room, &event, remember),
-            Notice::Direct { to, event } => self.direct_from_loop(ctx, &to, &event),
+            } => self.deliver_remote(ctx, &room, &event, remember),
+            Notice::Direct { to, event } => self.direct_remote(ctx, &to, &event),
         }
         self.count_population();
     }
 
-    /// Delivers another loop's room event to this loop's members of the room.
-    fn deliver_from_loop(
+    /// Delivers another loop's (or node's) room event to this loop's members of the
+    /// room.
+    pub(super) fn deliver_remote(
         &mut self,
         ctx: &mut Context<'_, Chat>,
         room: &str,
@@ -298,8 +299,9 @@ impl Chat {
         }
     }
 
-    /// Delivers another loop's direct message to this loop's member called `to`.
-    fn direct_from_loop(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: &Wire) {
+    /// Delivers another loop's (or node's) direct message to this loop's member called
+    /// `to`.
+    pub(super) fn direct_remote(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: &Wire) {
         let Some(recipient) = self.directory.by_name(to) else {
             return; // gone while the message was on its way
         };

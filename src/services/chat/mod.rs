@@ -80,6 +80,9 @@ pub struct ChatSettings {
     pub presence_limit: usize,
     /// Log the chat counters this often. `None`: only at shutdown.
     pub stats_interval: Option<Duration>,
+    /// Join a cluster of chat servers through this Redis (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub redis: Option<redis::node::RedisSettings>,
     /// The most rooms one member may be in at once: what one member can make the
     /// directory hold stays bounded.
     pub max_rooms: usize,
@@ -105,6 +108,8 @@ impl Default for ChatSettings {
             udp_expiry: Duration::from_secs(300),
             presence_limit: 1000,
             stats_interval: None,
+            #[cfg(feature = "redis")]
+            redis: None,
             max_rooms: 100,
             udp_reply_rate: 64 * 1024,
             udp_reply_sources: 16 * 1024,
@@ -121,12 +126,27 @@ pub enum ChatTimer {
     Stats,
     /// Time to check whether this UDP member has gone quiet.
     Expiry(MemberId),
+    /// Time to look at the link to the cluster (feature `redis`): redial, refresh.
+    Cluster,
 }
 
 /// The chat's state for one TCP connection: the member it carries.
 #[derive(Debug, Default)]
 pub struct Seat {
     member: Option<MemberId>,
+    /// The connection is the node's link to Redis, not a member's.
+    redis: bool,
+}
+
+impl Seat {
+    /// The seat of the Redis connection.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis() -> Seat {
+        Seat {
+            member: None,
+            redis: true,
+        }
+    }
 }
 
 /// The chat service. See the module docs.
@@ -145,6 +165,9 @@ pub struct Chat {
     stats: ChatStatsHandle,
     /// The other loops of the pool, when there are any.
     loops: Option<LoopLink>,
+    /// The link to the other nodes of a cluster through Redis.
+    #[cfg(feature = "redis")]
+    redis: Option<redis::node::Node>,
 }
 
 impl Chat {
@@ -164,18 +187,45 @@ impl Chat {
             room_limit_log: Throttle::new(LOG_INTERVAL),
             stats,
             loops: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
     /// The chat service of one loop of a [`crate::Pool`]: its rooms span every loop
     /// that was given a clone of the same `shared` (see `loops`). With one loop, the
     /// same as [`Chat::new`].
+    ///
+    /// With a Redis cluster in the settings, each loop is a node of its own: its rooms
+    /// span the cluster through Redis, and so the other loops too.
     pub fn on_loop(settings: ChatSettings, info: LoopInfo<Chat>, shared: &ChatLoops) -> Self {
+        #[cfg(feature = "redis")]
+        let cluster = settings.redis.clone();
         let mut chat = Chat::new(settings);
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = cluster {
+            chat.redis = Some(redis::node::Node::new(cluster, info.index));
+            return chat;
+        }
         if info.count > 1 {
             chat.loops = Some(LoopLink::new(info.index, info.peers, shared.clone()));
         }
         chat
+    }
+
+    /// Tells every member something that is not about a room.
+    #[cfg(feature = "redis")]
+    fn notify_all(&mut self, ctx: &mut Context<'_, Chat>, text: &str) {
+        let ids: Vec<MemberId> = self.directory.member_ids().collect();
+        for id in ids {
+            self.notify(ctx, id, text);
+        }
+    }
+
+    /// Tells one member something that is not about a room.
+    #[cfg(feature = "redis")]
+    fn notify(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, text: &str) {
+        self.reply(ctx, id, &Event::Notice { text });
     }
 
     /// The counters, shareable with other threads.
@@ -353,6 +403,18 @@ impl Chat {
                 }
             }
         }
+        #[cfg(feature = "redis")]
+        {
+            if let Some(node) = &mut self.redis {
+                node.waiting.remove(&id);
+            }
+            for room in &member.rooms {
+                self.rooms_changed_in_cluster(ctx, None, room);
+            }
+            if let Some(name) = &member.name {
+                self.release_in_cluster(ctx, name);
+            }
+        }
     }
 
     /// Sends a presence event to `room`: to everyone while the room is within the
@@ -388,6 +450,8 @@ impl Chat {
             if let Some(link) = &mut self.loops {
                 link.publish(room, &encoded, false, &self.stats);
             }
+            #[cfg(feature = "redis")]
+            self.publish_to_cluster(ctx, room, &encoded, false);
         } else if let Some(id) = subject {
             self.reply(ctx, id, event);
         }
@@ -479,6 +543,8 @@ impl Service for Chat {
         if let Some(interval) = self.settings.stats_interval.filter(|d| !d.is_zero()) {
             ctx.set_repeating(interval, ChatTimer::Stats);
         }
+        #[cfg(feature = "redis")]
+        self.start_cluster(ctx);
     }
 
     fn on_connect(
@@ -488,6 +554,11 @@ impl Service for Chat {
         seat: &mut Seat,
         _: Origin,
     ) {
+        if seat.redis {
+            #[cfg(feature = "redis")]
+            self.cluster_connected(_ctx);
+            return;
+        }
         seat.member = Some(self.directory.add(Link::Tcp(conn)));
     }
 
@@ -498,6 +569,11 @@ impl Service for Chat {
         seat: &mut Seat,
         payload: &[u8],
     ) {
+        if seat.redis {
+            #[cfg(feature = "redis")]
+            self.cluster_input(ctx, _conn, payload);
+            return;
+        }
         let Some(id) = seat.member else {
             return;
         };
@@ -562,6 +638,11 @@ impl Service for Chat {
         seat: Seat,
         reason: CloseReason,
     ) {
+        if seat.redis {
+            #[cfg(feature = "redis")]
+            self.cluster_closed(ctx, reason);
+            return;
+        }
         let Some(id) = seat.member else {
             return;
         };
@@ -576,6 +657,10 @@ impl Service for Chat {
             ChatTimer::Expiry(id) => {
                 self.check_expiry(ctx, timer, id);
                 self.count_population();
+            }
+            ChatTimer::Cluster => {
+                #[cfg(feature = "redis")]
+                self.cluster_tick(ctx);
             }
         }
     }

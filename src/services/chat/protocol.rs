@@ -260,6 +260,12 @@ pub enum Event<'a> {
     },
     /// Answer to `ping`.
     Pong,
+    /// Something the member should know that is not about a room: the link to the
+    /// other chat servers went down or came back, say.
+    Notice {
+        /// For a person to read.
+        text: &'a str,
+    },
     /// A request was refused; the connection stays usable.
     Error {
         /// Why, for a person to read.

@@ -20,6 +20,11 @@ pub const HELLO_FIRST_SHORT: &str = "say hello first";
 impl Chat {
     /// Carries out one typed request from member `id`.
     pub(super) fn handle(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId, request: Request) {
+        // A member whose `hello` waits for the cluster's answer: its requests wait too.
+        #[cfg(feature = "redis")]
+        let Some(request) = self.wait_for_name(ctx, id, request) else {
+            return;
+        };
         match request {
             Request::Hello { name } => {
                 self.hello(ctx, id, &name);
@@ -55,6 +60,21 @@ impl Chat {
             self.refuse(ctx, id, &format!("name {name} is taken"));
             return false;
         }
+        #[cfg(feature = "redis")]
+        if self.claim_in_cluster(ctx, id, name) {
+            return false; // settled when Redis answers
+        }
+        self.take_name(ctx, id, name)
+    }
+
+    /// Gives member `id` the name (free as far as the caller knows), welcomes it, and
+    /// tells its rooms of a rename. Returns true if it now holds `name`.
+    pub(super) fn take_name(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        name: &str,
+    ) -> bool {
         let old = match self.directory.rename(id, name) {
             Ok(old) => old,
             Err(Refusal::NameTaken) => {
@@ -64,6 +84,13 @@ impl Chat {
             Err(_) => return false,
         };
         self.reply(ctx, id, &Event::Welcome { name });
+        #[cfg(feature = "redis")]
+        if old.as_deref() != Some(name) {
+            if let Some(old) = &old {
+                self.release_in_cluster(ctx, old);
+            }
+            self.named_in_cluster(ctx, id);
+        }
         if let Some(old) = old.filter(|old| old != name) {
             let rooms = self.rooms_of(id);
             for room in &rooms {
@@ -101,6 +128,8 @@ impl Chat {
                 link.room_changed(room, true, &self.stats);
             }
         }
+        #[cfg(feature = "redis")]
+        self.rooms_changed_in_cluster(ctx, Some(id), room);
         self.announce(ctx, room, Some(id), &Event::Joined { room, name: &name });
         // Legacy clients expect exactly one reply per message they send: no replay.
         if self.directory.member(id).is_some_and(|m| m.is_legacy()) {
@@ -148,6 +177,8 @@ impl Chat {
                 link.room_changed(room, false, &self.stats);
             }
         }
+        #[cfg(feature = "redis")]
+        self.rooms_changed_in_cluster(ctx, Some(id), room);
     }
 
     /// Says `text` in `room`: one `msg` event, encoded once, to every member.
@@ -186,6 +217,8 @@ impl Chat {
         if let Some(link) = &mut self.loops {
             link.publish(room, &encoded, true, &self.stats);
         }
+        #[cfg(feature = "redis")]
+        self.publish_to_cluster(ctx, room, &encoded, true);
         if let Some(entry) = self.directory.room_mut(room) {
             entry.remember(Rc::clone(&encoded), self.settings.history);
         }
@@ -205,7 +238,11 @@ impl Chat {
             Some(_) => None,
             None => self.loops.as_ref().and_then(|link| link.loop_of(to)),
         };
-        if recipient.is_none() && remote.is_none() {
+        #[cfg(feature = "redis")]
+        let in_cluster = recipient.is_none() && remote.is_none() && self.cluster_is_up();
+        #[cfg(not(feature = "redis"))]
+        let in_cluster = false;
+        if recipient.is_none() && remote.is_none() && !in_cluster {
             return self.refuse(ctx, id, &format!("no member named {to}"));
         }
         self.stats.message_in();
@@ -220,6 +257,14 @@ impl Chat {
             msg: text,
         };
         let encoded = Encoded::new(ctx, &event, Some(legacy));
+        #[cfg(feature = "redis")]
+        if in_cluster {
+            // The sender's copy follows once a node has taken it.
+            if !self.direct_to_cluster(ctx, id, to, &encoded) {
+                self.refuse(ctx, id, &format!("no member named {to}"));
+            }
+            return;
+        }
         let mut sent = 0;
         match (recipient, remote, &mut self.loops) {
             (Some(recipient), _, _) => {
@@ -234,8 +279,17 @@ impl Chat {
         self.stats.delivered(sent);
     }
 
-    /// Answers `list`: every room with its members, on every loop.
+    /// Answers `list`: every room with its members, on every loop (and node).
     fn list(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
+        #[cfg(feature = "redis")]
+        if self.list_in_cluster(ctx, id) {
+            return; // answered when Redis has
+        }
+        self.list_local(ctx, id);
+    }
+
+    /// Answers `list` with the rooms of this process.
+    pub(super) fn list_local(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
         let Some(member) = self.directory.member(id) else {
             return;
         };
@@ -245,6 +299,19 @@ impl Chat {
             return fanout::reply(ctx, &mut self.guard, member, &Event::Rooms { rooms });
         };
         let everywhere = link.room_list();
+        self.answer_list(ctx, id, everywhere);
+    }
+
+    /// Sends member `id` the answer to `list`: rooms and their members' names.
+    pub(super) fn answer_list(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        everywhere: Vec<(String, Vec<String>)>,
+    ) {
+        let Some(member) = self.directory.member(id) else {
+            return;
+        };
         let rooms = everywhere
             .iter()
             .map(|(room, members)| RoomInfo {

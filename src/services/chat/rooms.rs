@@ -178,6 +178,12 @@ impl Directory {
         Some(member)
     }
 
+    /// Every member's id.
+    #[cfg(feature = "redis")]
+    pub fn member_ids(&self) -> impl Iterator<Item = MemberId> + '_ {
+        self.members.iter().map(|(id, _)| id)
+    }
+
     /// The member `id`, if present.
     pub fn member(&self, id: MemberId) -> Option<&Member> {
         self.members.get(id)
@@ -293,6 +299,21 @@ impl Directory {
                 visit(member);
             }
         }
+    }
+
+    /// Every name held.
+    #[cfg(feature = "redis")]
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+
+    /// Every name held, with its holder's rooms.
+    #[cfg(feature = "redis")]
+    pub fn named_with_rooms(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.names.iter().filter_map(|(name, &id)| {
+            let member = self.members.get(id)?;
+            Some((name.as_str(), member.rooms.as_slice()))
+        })
     }
 
     /// Members holding a name.

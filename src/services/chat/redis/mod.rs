@@ -2,7 +2,7 @@
 //! connection a chat node keeps to Redis that need neither sockets nor the chat
 //! service.
 //!
-//! Each chat node (one reactor loop) will dial Redis with `Context::connect`, the same
+//! Each chat node (one reactor loop) dials Redis with `Context::connect`, the same
 //! kind of connection as any other, and speak RESP3 on it: after `HELLO 3`, pub/sub
 //! messages arrive as push frames beside ordinary replies, so one connection both
 //! subscribes to rooms and runs commands.
@@ -15,9 +15,12 @@
 //!
 //! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
 //!   [`resp::Reply`], pushes classified.
+//! - [`node`]: what the chat service does with the link: rooms as channels, names and
+//!   presence as keys with a TTL, DMs, `list`, and riding out a Redis restart.
 //! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
 //!   subscriptions kept across reconnects, and which reply answers which command. Pure:
 //!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
 
 pub mod link;
+pub mod node;
 pub mod resp;

@@ -1,0 +1,852 @@
+//! A chat node in a cluster through Redis (`switchboard chat --redis redis://HOST:PORT`):
+//! what the chat service does with its one connection to Redis.
+//!
+//! ```text
+//!   member says in "r" -> this node's members of "r"
+//!                      -> PUBLISH sb:room:r  <node id> 0 m 0 <json> 0 <legacy>
+//!   every node subscribed to sb:room:r (those with members in "r") -> its members,
+//!   but the message's own node, which drops its echo by the node id
+//! ```
+//!
+//! - Room events: each node publishes its members' room events to `sb:room:ROOM` and
+//!   subscribes to the rooms its members are in (from the first member's join to the
+//!   last one's leave). Every event carries the node id; a node drops its own.
+//! - Names and presence: `sb:name:NAME` holds the node and the member's rooms, with a
+//!   TTL (`--redis-ttl`) that the node refreshes a third of the way through: a name is
+//!   taken with `SET NX`, so it is unique across the cluster, and a dead node's members
+//!   vanish when their keys expire. `list` reads every such key (`SCAN` then `MGET`).
+//! - Direct messages: each node subscribes to `sb:dm:NAME` for each of its named
+//!   members; a DM to a member of another node is a `PUBLISH` there, whose receiver
+//!   count says whether anyone holds the name.
+//! - Redis down or restarting: the node logs it and tells its members; rooms go on
+//!   among its own members, names are checked among them only; the link redials with
+//!   backoff (`link`), resubscribes, and takes its members' names again (a name taken
+//!   elsewhere meanwhile is reported to its holder here). No member is disconnected.
+//!
+//! A TCP member's `hello` waits for Redis's answer: its requests after it wait too
+//! (queued, in order) and are carried out once the name is settled.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::link::{Link, LinkEvent, LinkState};
+use super::resp::Reply;
+use crate::services::chat::fanout::Encoded;
+use crate::services::chat::loops::Wire;
+use crate::services::chat::protocol::Request;
+use crate::services::chat::rooms::{Link as MemberLink, MemberId};
+use crate::services::chat::{Chat, ChatTimer, Seat};
+use crate::{AnyCodec, CloseMode, ConnId, Context, Dial, EndpointId, RawCodec, Reactor};
+
+/// Largest reply accepted from Redis (a `list` of a large cluster is the largest).
+const MAX_REPLY: usize = 16 << 20;
+/// How often the node looks at its link: to redial when the backoff says, to refresh
+/// its keys when a third of their TTL has passed.
+const TICK: Duration = Duration::from_millis(250);
+/// Requests a member may send while its `hello` waits for Redis.
+const MAX_WAITING_REQUESTS: usize = 64;
+
+/// Where the cluster is, and how long a node's keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The Redis server.
+    pub addr: SocketAddr,
+    /// How long names and presence keys live without a refresh: a dead node's members
+    /// vanish after it.
+    pub ttl: Duration,
+}
+
+impl RedisSettings {
+    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST.
+    pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
+        use std::net::ToSocketAddrs;
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("'{url}' is not a redis:// address"))?;
+        let rest = rest.trim_end_matches('/');
+        let with_port = match rest.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => rest.to_string(),
+            _ => format!("{rest}:6379"),
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve '{url}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{url}' resolves to no address"))?;
+        Ok(RedisSettings { addr, ttl })
+    }
+}
+
+/// Opens the unframed outbound endpoint the node's Redis connection goes through: the
+/// setup step of a chat reactor with Redis ([`crate::Pool::start_with`]).
+pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
+    let endpoint = reactor.outbound(AnyCodec::Raw(RawCodec));
+    reactor.service_mut().use_redis_endpoint(endpoint);
+    Ok(())
+}
+
+/// What a reply from Redis answers.
+#[derive(Debug)]
+pub(in crate::services::chat) enum Tag {
+    /// A TCP member's `hello`: `SET NX` of its new name.
+    Claim { member: MemberId, name: String },
+    /// A name this node holds, taken again after a reconnect or an expiry.
+    Reclaim { name: String },
+    /// The TTL refresh of a name (0: the key had gone).
+    Refresh { name: String },
+    /// A DM to a member of another node: how many nodes received it.
+    Direct {
+        member: MemberId,
+        to: String,
+        event: Wire,
+    },
+    /// A step of `list`: the keys found so far.
+    Scan {
+        member: MemberId,
+        keys: Vec<Vec<u8>>,
+    },
+    /// The last step of `list`: the values of these keys.
+    Values {
+        member: MemberId,
+        keys: Vec<Vec<u8>>,
+    },
+    /// Nothing waits for the answer.
+    Ignore,
+}
+
+/// One node's link to the cluster.
+#[derive(Debug)]
+pub(in crate::services::chat) struct Node {
+    /// This node, in every event it publishes.
+    pub id: String,
+    settings: RedisSettings,
+    endpoint: Option<EndpointId>,
+    conn: Option<ConnId>,
+    link: Link<Tag>,
+    /// When the names were last refreshed.
+    refreshed: Instant,
+    /// The link has been up since it last went down (for the notices).
+    was_up: bool,
+    /// Requests of TCP members whose `hello` waits for Redis.
+    pub waiting: BTreeMap<MemberId, VecDeque<Request>>,
+}
+
+impl Node {
+    pub fn new(settings: RedisSettings, loop_index: usize) -> Node {
+        let now = Instant::now();
+        let nonce = std::collections::hash_map::RandomState::new();
+        let nonce = std::hash::BuildHasher::hash_one(&nonce, now) as u32;
+        Node {
+            id: format!("{}-{loop_index}-{nonce:08x}", std::process::id()),
+            settings,
+            endpoint: None,
+            conn: None,
+            link: Link::new(now, MAX_REPLY),
+            refreshed: now,
+            was_up: false,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    pub fn set_endpoint(&mut self, endpoint: EndpointId) {
+        self.endpoint = Some(endpoint);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.link.state() == LinkState::Up
+    }
+
+    /// Sends `bytes` (from the link) on the connection.
+    fn send(&self, ctx: &mut Context<'_, Chat>, bytes: Option<Vec<u8>>) {
+        if let (Some(conn), Some(bytes)) = (self.conn, bytes) {
+            if let Err(e) = ctx.send(conn, &bytes) {
+                log::debug!("chat: cannot write to Redis: {e}");
+            }
+        }
+    }
+
+    /// Runs a command, if the link is up; false if it is not.
+    pub fn command(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, args: &[&[u8]]) -> bool {
+        let bytes = self.link.command(tag, args);
+        let sent = bytes.is_some();
+        self.send(ctx, bytes);
+        sent
+    }
+
+    pub fn subscribe(&mut self, ctx: &mut Context<'_, Chat>, channel: &str) {
+        let bytes = self.link.subscribe(channel.as_bytes());
+        self.send(ctx, bytes);
+    }
+
+    pub fn unsubscribe(&mut self, ctx: &mut Context<'_, Chat>, channel: &str) {
+        let bytes = self.link.unsubscribe(channel.as_bytes());
+        self.send(ctx, bytes);
+    }
+
+    /// Dials Redis if the link is down and its backoff is over.
+    fn dial_if_due(&mut self, ctx: &mut Context<'_, Chat>) {
+        if !self.link.due(ctx.now()) {
+            return;
+        }
+        let mut dial = Dial::tcp(self.settings.addr).timeout(Duration::from_secs(2));
+        if let Some(endpoint) = self.endpoint {
+            dial = dial.endpoint(endpoint);
+        }
+        match ctx.connect(dial, Seat::redis()) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.link.connecting();
+            }
+            Err(e) => {
+                log::warn!("chat: cannot dial Redis at {}: {e}", self.settings.addr);
+                self.link.closed(ctx.now());
+            }
+        }
+    }
+
+    /// The key of a name.
+    pub fn name_key(name: &str) -> String {
+        format!("sb:name:{name}")
+    }
+
+    /// What a name's key holds: the node, then the member's rooms, a line each.
+    pub fn name_value(&self, rooms: &[String]) -> String {
+        let mut value = self.id.clone();
+        for room in rooms {
+            value.push('\n');
+            value.push_str(room);
+        }
+        value
+    }
+
+    fn ttl_secs(&self) -> String {
+        self.settings.ttl.as_secs().max(1).to_string()
+    }
+
+    /// `SET key value NX|XX EX ttl`.
+    pub fn set_name(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        tag: Tag,
+        name: &str,
+        rooms: &[String],
+        condition: &str,
+    ) -> bool {
+        let (key, value, ttl) = (
+            Node::name_key(name),
+            self.name_value(rooms),
+            self.ttl_secs(),
+        );
+        let args: [&[u8]; 6] = [
+            b"SET",
+            key.as_bytes(),
+            value.as_bytes(),
+            condition.as_bytes(),
+            b"EX",
+            ttl.as_bytes(),
+        ];
+        self.command(ctx, tag, &args)
+    }
+}
+
+/// A room event or a DM as it travels through Redis: the node, the kind, the typed
+/// JSON and the legacy form, joined by NUL bytes (which JSON text never contains).
+fn envelope(node: &str, remember: bool, wire: &Wire) -> Vec<u8> {
+    let mut out = Vec::with_capacity(node.len() + wire.json.len() + 8);
+    out.extend_from_slice(node.as_bytes());
+    out.push(0);
+    out.push(if remember { b'm' } else { b'p' });
+    out.push(0);
+    out.extend_from_slice(&wire.json);
+    out.push(0);
+    if let Some(legacy) = &wire.legacy {
+        out.extend_from_slice(legacy);
+    }
+    out
+}
+
+/// The parts of an [`envelope`]: node, remember, the event.
+fn open_envelope(payload: &[u8]) -> Option<(&[u8], bool, Wire)> {
+    let mut parts = payload.splitn(4, |&b| b == 0);
+    let node = parts.next()?;
+    let remember = parts.next()? == b"m";
+    let json = parts.next()?.to_vec();
+    let legacy = parts.next().filter(|l| !l.is_empty()).map(<[u8]>::to_vec);
+    Some((node, remember, Wire { json, legacy }))
+}
+
+impl Chat {
+    /// The outbound endpoint the Redis connection goes through (see [`prepare`]).
+    pub fn use_redis_endpoint(&mut self, endpoint: EndpointId) {
+        if let Some(node) = &mut self.redis {
+            node.set_endpoint(endpoint);
+        }
+    }
+
+    /// On start: dial Redis and start the link's tick.
+    pub(in crate::services::chat) fn start_cluster(&mut self, ctx: &mut Context<'_, Chat>) {
+        if let Some(node) = &mut self.redis {
+            log::info!(
+                "chat: node {} joining the cluster through Redis at {}",
+                node.id,
+                node.settings.addr
+            );
+            node.dial_if_due(ctx);
+            ctx.set_repeating(TICK, ChatTimer::Cluster);
+        }
+    }
+
+    /// The link's tick: redial when due; refresh this node's names a third of the way
+    /// through their TTL.
+    pub(in crate::services::chat) fn cluster_tick(&mut self, ctx: &mut Context<'_, Chat>) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        node.dial_if_due(ctx);
+        if !node.is_up() || ctx.now() < node.refreshed + node.settings.ttl / 3 {
+            return;
+        }
+        node.refreshed = ctx.now();
+        let ttl = node.ttl_secs();
+        let names: Vec<String> = self.directory.names().map(str::to_owned).collect();
+        for name in names {
+            let key = Node::name_key(&name);
+            let args: [&[u8]; 3] = [b"EXPIRE", key.as_bytes(), ttl.as_bytes()];
+            node.command(ctx, Tag::Refresh { name }, &args);
+        }
+    }
+
+    /// The Redis connection came up: say so, and take this node's names (again).
+    pub(in crate::services::chat) fn cluster_connected(&mut self, ctx: &mut Context<'_, Chat>) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let hello = node.link.connected();
+        node.send(ctx, Some(hello));
+        node.refreshed = ctx.now();
+        log::info!(
+            "chat: node {}: connected to Redis at {}",
+            node.id,
+            node.settings.addr
+        );
+        if !node.was_up {
+            node.was_up = true;
+            self.notify_all(ctx, "the link to the other chat nodes is up");
+        }
+        let held: Vec<(String, Vec<String>)> = self
+            .directory
+            .named_with_rooms()
+            .map(|(name, rooms)| (name.to_owned(), rooms.to_vec()))
+            .collect();
+        if let Some(node) = &mut self.redis {
+            for (name, rooms) in held {
+                let tag = Tag::Reclaim { name: name.clone() };
+                node.set_name(ctx, tag, &name, &rooms, "NX");
+            }
+        }
+    }
+
+    /// Bytes from Redis.
+    pub(in crate::services::chat) fn cluster_input(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        conn: ConnId,
+        bytes: &[u8],
+    ) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        match node.link.input(bytes) {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        LinkEvent::Reply { tag, reply } => self.cluster_reply(ctx, tag, reply),
+                        LinkEvent::Message { channel, payload } => {
+                            self.cluster_message(ctx, &channel, &payload)
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("chat: Redis sent what cannot be read ({e}): reconnecting");
+                ctx.close(conn, CloseMode::Abort);
+            }
+        }
+    }
+
+    /// The Redis connection closed or never came up: say so once, and settle what
+    /// waited for it as a node on its own would.
+    pub(in crate::services::chat) fn cluster_closed(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        reason: crate::CloseReason,
+    ) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        node.conn = None;
+        let (retry_at, tags) = node.link.closed(ctx.now());
+        let wait = retry_at.saturating_duration_since(ctx.now());
+        let was_up = std::mem::replace(&mut node.was_up, false);
+        if was_up {
+            log::warn!(
+                "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
+                 members only until it is back (retrying in {wait:?})",
+                node.id,
+                node.settings.addr
+            );
+            self.notify_all(
+                ctx,
+                "the link to the other chat nodes is down: rooms reach this server's \
+                 members only until it is back",
+            );
+        } else {
+            log::debug!(
+                "chat: Redis at {} unreachable ({reason}); retrying in {wait:?}",
+                { node.settings.addr }
+            );
+        }
+        for tag in tags {
+            self.unanswered(ctx, tag);
+        }
+    }
+
+    /// A command whose answer will not come: settle it locally.
+    fn unanswered(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag) {
+        match tag {
+            Tag::Claim { member, name } => self.name_settled(ctx, member, &name, true),
+            Tag::Direct { member, to, .. } => {
+                let reason =
+                    format!("no member named {to} on this server (the cluster is unreachable)");
+                self.refuse(ctx, member, &reason);
+            }
+            Tag::Scan { member, .. } | Tag::Values { member, .. } => self.list_local(ctx, member),
+            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => {}
+        }
+    }
+
+    fn cluster_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, reply: Reply) {
+        if let Reply::Error(e) = &reply {
+            log::warn!(
+                "chat: Redis refused a command: {}",
+                String::from_utf8_lossy(e)
+            );
+            return self.unanswered(ctx, tag);
+        }
+        match tag {
+            Tag::Claim { member, name } => {
+                let granted = reply != Reply::Null;
+                self.name_settled(ctx, member, &name, granted);
+            }
+            Tag::Reclaim { name } => {
+                if reply == Reply::Null {
+                    if let Some(id) = self.directory.by_name(&name) {
+                        let text = format!(
+                            "your name {name} is also held by a member of another chat \
+                             server: choose another with hello"
+                        );
+                        self.notify(ctx, id, &text);
+                    }
+                }
+            }
+            Tag::Refresh { name } => {
+                if reply == Reply::Number(0) {
+                    self.reclaim(ctx, &name);
+                }
+            }
+            Tag::Direct { member, to, event } => match reply {
+                Reply::Number(n) if n > 0 => {
+                    let encoded = Encoded::from_wire(ctx, &event);
+                    let sent = self.send_event(ctx, member, &encoded);
+                    self.stats.delivered(sent);
+                }
+                _ => self.refuse(ctx, member, &format!("no member named {to}")),
+            },
+            Tag::Scan { member, mut keys } => self.list_scanned(ctx, member, &mut keys, reply),
+            Tag::Values { member, keys } => self.list_answer(ctx, member, &keys, reply),
+            Tag::Ignore => {}
+        }
+    }
+
+    /// Takes `name` again for its holder here (its key had expired or gone).
+    fn reclaim(&mut self, ctx: &mut Context<'_, Chat>, name: &str) {
+        let Some(id) = self.directory.by_name(name) else {
+            return;
+        };
+        let rooms = self
+            .directory
+            .member(id)
+            .map(|m| m.rooms.clone())
+            .unwrap_or_default();
+        if let Some(node) = &mut self.redis {
+            let tag = Tag::Reclaim {
+                name: name.to_owned(),
+            };
+            node.set_name(ctx, tag, name, &rooms, "NX");
+        }
+    }
+
+    /// A published event from another node.
+    fn cluster_message(&mut self, ctx: &mut Context<'_, Chat>, channel: &[u8], payload: &[u8]) {
+        let Some(node) = &self.redis else {
+            return;
+        };
+        let Some((from, remember, wire)) = open_envelope(payload) else {
+            return log::debug!("chat: a message from Redis that is not an event: dropped");
+        };
+        if from == node.id.as_bytes() {
+            return; // our own, echoed by Redis
+        }
+        let channel = String::from_utf8_lossy(channel);
+        if let Some(room) = channel.strip_prefix("sb:room:") {
+            let room = room.to_owned();
+            self.deliver_remote(ctx, &room, &wire, remember);
+        } else if let Some(to) = channel.strip_prefix("sb:dm:") {
+            let to = to.to_owned();
+            self.direct_remote(ctx, &to, &wire);
+        }
+        self.count_population();
+    }
+
+    /// Publishes a room event of this node's members to the other nodes.
+    pub(in crate::services::chat) fn publish_to_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        room: &str,
+        event: &Encoded,
+        remember: bool,
+    ) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let payload = envelope(&node.id, remember, &event.to_wire());
+        let channel = format!("sb:room:{room}");
+        node.command(
+            ctx,
+            Tag::Ignore,
+            &[b"PUBLISH", channel.as_bytes(), &payload],
+        );
+    }
+
+    /// True while the link to the cluster is up.
+    pub(in crate::services::chat) fn cluster_is_up(&self) -> bool {
+        self.redis.as_ref().is_some_and(Node::is_up)
+    }
+
+    /// A DM to a name no member of this node holds: published to whichever node holds
+    /// it. Returns false when there is no cluster to ask (the caller refuses it).
+    pub(in crate::services::chat) fn direct_to_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+        to: &str,
+        event: &Encoded,
+    ) -> bool {
+        let Some(node) = &mut self.redis else {
+            return false;
+        };
+        let wire = event.to_wire();
+        let payload = envelope(&node.id, false, &wire);
+        let channel = format!("sb:dm:{to}");
+        let tag = Tag::Direct {
+            member,
+            to: to.to_owned(),
+            event: wire,
+        };
+        node.command(ctx, tag, &[b"PUBLISH", channel.as_bytes(), &payload])
+    }
+
+    /// A TCP member asked for `name`: ask Redis first. True if the answer is awaited
+    /// (the member's next requests wait for it).
+    pub(in crate::services::chat) fn claim_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        name: &str,
+    ) -> bool {
+        let Some(member) = self.directory.member(id) else {
+            return false;
+        };
+        let tcp = matches!(member.link, MemberLink::Tcp(_));
+        let rooms = member.rooms.clone();
+        let Some(node) = self.redis.as_mut().filter(|n| n.is_up() && tcp) else {
+            return false;
+        };
+        if self.directory.by_name(name).is_some() {
+            return false; // held here: the directory answers at once
+        }
+        let tag = Tag::Claim {
+            member: id,
+            name: name.to_owned(),
+        };
+        if !node.set_name(ctx, tag, name, &rooms, "NX") {
+            return false;
+        }
+        node.waiting.entry(id).or_default();
+        true
+    }
+
+    /// Redis answered a member's `hello`: take the name or refuse it, then carry out
+    /// the requests that waited.
+    fn name_settled(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        name: &str,
+        granted: bool,
+    ) {
+        let waiting = self
+            .redis
+            .as_mut()
+            .and_then(|node| node.waiting.remove(&id))
+            .unwrap_or_default();
+        if self.directory.member(id).is_none() {
+            // Gone meanwhile: give the name back.
+            return self.release_in_cluster(ctx, name);
+        }
+        if granted {
+            self.take_name(ctx, id, name);
+        } else {
+            self.refuse(ctx, id, &format!("name {name} is taken"));
+        }
+        for request in waiting {
+            if self.directory.member(id).is_none() {
+                break;
+            }
+            self.handle(ctx, id, request);
+        }
+        self.count_population();
+    }
+
+    /// Queues a request of a member whose `hello` waits for Redis. True if it was
+    /// queued (or refused for too many), false if the member waits for nothing.
+    pub(in crate::services::chat) fn wait_for_name(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+        request: Request,
+    ) -> Option<Request> {
+        let Some(queue) = self.redis.as_mut().and_then(|n| n.waiting.get_mut(&id)) else {
+            return Some(request);
+        };
+        if queue.len() >= MAX_WAITING_REQUESTS {
+            let reason = "too many requests while the name is being checked: wait for welcome";
+            self.refuse(ctx, id, reason);
+        } else {
+            queue.push_back(request);
+        }
+        None
+    }
+
+    /// A name of this node was given up: delete its key, stop its DMs.
+    pub(in crate::services::chat) fn release_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        name: &str,
+    ) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let key = Node::name_key(name);
+        node.command(ctx, Tag::Ignore, &[b"DEL", key.as_bytes()]);
+        node.unsubscribe(ctx, &format!("sb:dm:{name}"));
+    }
+
+    /// A member of this node now holds `name`: its DMs come here; its key says where
+    /// it is. (A UDP member's name, checked here only, is claimed too.)
+    pub(in crate::services::chat) fn named_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: MemberId,
+    ) {
+        let Some(member) = self.directory.member(id) else {
+            return;
+        };
+        let (Some(name), rooms) = (member.name.clone(), member.rooms.clone()) else {
+            return;
+        };
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        node.subscribe(ctx, &format!("sb:dm:{name}"));
+        node.set_name(ctx, Tag::Ignore, &name, &rooms, "NX");
+        node.set_name(ctx, Tag::Ignore, &name, &rooms, "XX");
+    }
+
+    /// A member of this node entered or left a room: its key lists its rooms; the node
+    /// listens to a room while it has members in it.
+    pub(in crate::services::chat) fn rooms_changed_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        id: Option<MemberId>,
+        room: &str,
+    ) {
+        let open = self.directory.room(room).is_some();
+        let member = id.and_then(|id| self.directory.member(id));
+        let named = member.and_then(|m| Some((m.name.clone()?, m.rooms.clone())));
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let channel = format!("sb:room:{room}");
+        if open {
+            node.subscribe(ctx, &channel);
+        } else {
+            node.unsubscribe(ctx, &channel);
+        }
+        if let Some((name, rooms)) = named {
+            node.set_name(ctx, Tag::Ignore, &name, &rooms, "XX");
+        }
+    }
+
+    /// `list` with a cluster: every name key, then their values. False if there is
+    /// no cluster to ask now.
+    pub(in crate::services::chat) fn list_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+    ) -> bool {
+        let Some(node) = self.redis.as_mut().filter(|n| n.is_up()) else {
+            return false;
+        };
+        scan(node, ctx, member, Vec::new(), b"0")
+    }
+
+    fn list_scanned(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+        keys: &mut Vec<Vec<u8>>,
+        reply: Reply,
+    ) {
+        let Reply::Array(parts) = reply else {
+            return self.list_local(ctx, member);
+        };
+        let mut parts = parts.into_iter();
+        let cursor = parts.next().and_then(|c| c.as_bytes().map(<[u8]>::to_vec));
+        if let Some(Reply::Array(found)) = parts.next() {
+            keys.extend(
+                found
+                    .iter()
+                    .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
+            );
+        }
+        let keys = std::mem::take(keys);
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let sent = match cursor.as_deref() {
+            Some(b"0") | None if keys.is_empty() => {
+                return self.list_answer(ctx, member, &[], Reply::Array(Vec::new()));
+            }
+            Some(b"0") | None => {
+                let mut args: Vec<&[u8]> = vec![b"MGET"];
+                args.extend(keys.iter().map(Vec::as_slice));
+                let tag = Tag::Values {
+                    member,
+                    keys: keys.clone(),
+                };
+                node.command(ctx, tag, &args)
+            }
+            Some(cursor) => {
+                let cursor = cursor.to_vec();
+                scan(node, ctx, member, keys, &cursor)
+            }
+        };
+        if !sent {
+            self.list_local(ctx, member);
+        }
+    }
+
+    fn list_answer(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+        keys: &[Vec<u8>],
+        reply: Reply,
+    ) {
+        let values = match reply {
+            Reply::Array(values) => values,
+            _ => Vec::new(),
+        };
+        let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, value) in keys.iter().zip(values) {
+            let (Some(name), Some(value)) = (
+                key.strip_prefix(b"sb:name:").map(String::from_utf8_lossy),
+                value.as_bytes().map(String::from_utf8_lossy),
+            ) else {
+                continue; // expired between the scan and the read
+            };
+            for room in value.lines().skip(1) {
+                rooms
+                    .entry(room.to_owned())
+                    .or_default()
+                    .push(name.to_string());
+            }
+        }
+        for members in rooms.values_mut() {
+            members.sort();
+        }
+        self.answer_list(ctx, member, rooms.into_iter().collect());
+    }
+}
+
+/// One `SCAN` step of `list`.
+fn scan(
+    node: &mut Node,
+    ctx: &mut Context<'_, Chat>,
+    member: MemberId,
+    keys: Vec<Vec<u8>>,
+    cursor: &[u8],
+) -> bool {
+    let tag = Tag::Scan { member, keys };
+    let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
+    node.command(ctx, tag, &args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_opens_to_what_was_put_in() {
+        let wire = Wire {
+            json: br#"{"type":"msg"}"#.to_vec(),
+            legacy: Some(br#"{"name":"a","msg":"b"}"#.to_vec()),
+        };
+        let payload = envelope("node-1", true, &wire);
+        let (node, remember, back) = open_envelope(&payload).unwrap();
+        assert_eq!((node, remember), (&b"node-1"[..], true));
+        assert_eq!((back.json, back.legacy), (wire.json, wire.legacy));
+        let plain = envelope(
+            "n",
+            false,
+            &Wire {
+                json: b"{}".to_vec(),
+                legacy: None,
+            },
+        );
+        let (_, remember, back) = open_envelope(&plain).unwrap();
+        assert!(!remember && back.legacy.is_none());
+        assert!(open_envelope(b"no separators").is_none());
+    }
+
+    #[test]
+    fn redis_urls_take_a_host_and_an_optional_port() {
+        let ttl = Duration::from_secs(30);
+        assert_eq!(
+            RedisSettings::parse("redis://127.0.0.1:6380", ttl)
+                .unwrap()
+                .addr,
+            "127.0.0.1:6380".parse().unwrap()
+        );
+        assert_eq!(
+            RedisSettings::parse("redis://127.0.0.1", ttl)
+                .unwrap()
+                .addr
+                .port(),
+            6379
+        );
+        assert!(RedisSettings::parse("http://127.0.0.1", ttl).is_err());
+    }
+}
