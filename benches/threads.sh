@@ -95,4 +95,21 @@ for round in $(seq "$ROUNDS"); do
         cleanup
     done
 done
+echo "== chat through Redis: the same room, each loop a node of a cluster through a local redis-server"
+redis_port=$((port + 100))
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+REDIS_PID=$!
+trap 'cleanup; kill "$REDIS_PID" 2>/dev/null || true' EXIT
+sleep 0.5
+for round in $(seq "$ROUNDS"); do
+    for threads in 1 2; do
+        start_server chat --threads "$threads" --spread handoff \
+            --redis "redis://127.0.0.1:$redis_port"
+        "$SB" bench --addr "127.0.0.1:$port" --mode chat --conns 1000 --senders 1 --depth 4 \
+            --size 64 --duration 3 --server-pid "$SERVER_PID" --json --log-level warn \
+            | summary "chat redis, $threads node(s) (round $round)"
+        cleanup
+    done
+done
+kill "$REDIS_PID"
 rm -f "$LOG"

@@ -389,7 +389,9 @@ impl Chat {
         let (retry_at, tags) = node.link.closed(ctx.now());
         let wait = retry_at.saturating_duration_since(ctx.now());
         let was_up = std::mem::replace(&mut node.was_up, false);
-        if was_up {
+        if reason == crate::CloseReason::Shutdown {
+            log::info!("chat: node {}: link to Redis closed for the shutdown", node.id);
+        } else if was_up {
             log::warn!(
                 "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
                  members only until it is back (retrying in {wait:?})",
