@@ -29,12 +29,16 @@ struct ChatPool {
 
 impl ChatPool {
     fn start(config: Config, threads: usize) -> ChatPool {
+        ChatPool::start_with(config, threads, ChatSettings::default())
+    }
+
+    fn start_with(config: Config, threads: usize, settings: ChatSettings) -> ChatPool {
         let shared = ChatLoops::default();
         let (stats_tx, stats_rx) = mpsc::channel();
         let stats_tx = Arc::new(Mutex::new(stats_tx));
         let make = move |info: LoopInfo<Chat>| {
             let index = info.index;
-            let chat = Chat::on_loop(ChatSettings::default(), info, &shared);
+            let chat = Chat::on_loop(settings.clone(), info, &shared);
             let _ = stats_tx.lock().unwrap().send((index, chat.stats().clone()));
             chat
         };
@@ -225,4 +229,54 @@ fn a_member_too_slow_for_another_loops_traffic_is_cut_off_alone() {
         (&event["type"], &event["text"]),
         (&json!("msg"), &json!("after"))
     );
+}
+
+#[test]
+fn a_full_inbox_drops_and_counts_what_another_loop_sends_and_blocks_no_one() {
+    let mut config = local_config();
+    config.inbox_capacity = 4;
+    let settings = ChatSettings {
+        history: 0,
+        ..ChatSettings::default()
+    };
+    let pool = ChatPool::start_with(config, 2, settings);
+    let mut talker = Member::named(pool.tcp, "talker"); // loop 0
+    let mut listener = Member::named(pool.tcp, "listener"); // loop 1
+    listener.join("r");
+    talker.join("r");
+    // Loop 0 knows loop 1 has a member in "r": it sent it the join.
+    listener.expect(json!({"type": "joined", "room": "r", "name": "talker"}));
+    // 500 messages in one write: loop 0 posts them to loop 1 far faster than loop 1 is
+    // woken to take them from an inbox of four.
+    let mut burst = Vec::new();
+    for i in 0..500 {
+        let say = json!({"type": "say", "room": "r", "text": format!("{i}")});
+        burst.extend(common::frame(say.to_string().as_bytes()));
+    }
+    std::io::Write::write_all(&mut talker.writer, &burst).unwrap();
+    for i in 0..500 {
+        let event = talker.next();
+        assert_eq!(
+            event["text"],
+            format!("{i}"),
+            "the sender's own loop misses nothing"
+        );
+    }
+    let dropped = stats_when(&pool.stats[0], |s| s.cross_loop_dropped > 0).cross_loop_dropped;
+    // What reached loop 1 arrives in order, and loop 1 still answers at once.
+    listener.send(json!({"type": "ping"}));
+    let mut last = -1i64;
+    loop {
+        let event = listener.next();
+        if event["type"] == "pong" {
+            break;
+        }
+        if event["type"] == "joined" {
+            continue;
+        }
+        let n: i64 = event["text"].as_str().unwrap().parse().unwrap();
+        assert!(n > last, "in order: {n} after {last}");
+        last = n;
+    }
+    assert!(dropped < 500, "some got through: dropped {dropped}");
 }

@@ -17,7 +17,8 @@
 //! - Posts from one loop to another arrive in the order they were made, so members on
 //!   every loop see one sender's events in that sender's order. A full inbox is not
 //!   waited on: the event is dropped for that loop and counted
-//!   (`cross_loop_dropped`).
+//!   (`cross_loop_dropped`). A room notice is not dropped: it is posted again, in
+//!   order, a moment later ([`LOOP_RETRY`]).
 //! - Names and room memberships across loops live in one [`LoopRegistry`] behind a
 //!   mutex. It is taken when a member names itself, joins, leaves or goes, for `list`,
 //!   and for a direct message to a member of another loop: never for a room message.
@@ -25,7 +26,7 @@
 //! A member who joins a room gets the history its own loop has of it: the messages its
 //! loop saw while it had members in the room.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,6 +34,9 @@ use super::fanout::Encoded;
 use super::Chat;
 use crate::throttle::Throttle;
 use crate::{Context, Peers};
+
+/// How long refused room notices wait before they are posted again.
+pub(super) const LOOP_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Names and room members across every loop of a process.
 #[derive(Debug, Default)]
@@ -51,7 +55,7 @@ pub struct ChatLoops {
 }
 
 /// What one loop posts to another.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Notice {
     /// `from` now has members in `room`.
     RoomOpened { room: String, from: usize },
@@ -86,6 +90,11 @@ pub(super) struct LoopLink {
     remote_rooms: HashMap<String, Vec<usize>>,
     /// Log lines about full inboxes.
     full_log: Throttle,
+    /// Room notices a full inbox refused, in order, to post again: unlike a room event,
+    /// a lost notice would leave another loop wrong about where a room's members are.
+    unsent: VecDeque<(usize, Notice)>,
+    /// A timer to post them again is set.
+    retry_armed: bool,
 }
 
 impl LoopLink {
@@ -96,6 +105,8 @@ impl LoopLink {
             shared,
             remote_rooms: HashMap::new(),
             full_log: Throttle::new(super::LOG_INTERVAL),
+            unsent: VecDeque::new(),
+            retry_armed: false,
         }
     }
 
@@ -174,7 +185,7 @@ impl LoopLink {
     }
 
     /// Tells every other loop that this one opened or closed `room`.
-    pub fn room_changed(&mut self, room: &str, open: bool, stats: &super::ChatStatsHandle) {
+    pub fn room_changed(&mut self, room: &str, open: bool) {
         for to in 0..self.peers.all().len() {
             if to == self.index {
                 continue;
@@ -184,8 +195,40 @@ impl LoopLink {
                 true => Notice::RoomOpened { room, from },
                 false => Notice::RoomClosed { room, from },
             };
-            self.post(to, notice, stats);
+            self.unsent.push_back((to, notice));
         }
+        self.post_unsent();
+    }
+
+    /// Posts the room notices not yet taken, in order, until an inbox is full.
+    pub fn post_unsent(&mut self) {
+        while let Some((to, notice)) = self.unsent.pop_front() {
+            let Some(handle) = self.peers.all().get(to) else {
+                continue;
+            };
+            let retry = notice.clone();
+            if handle
+                .post(move |chat, ctx| chat.heard_from_loop(ctx, notice))
+                .is_err()
+            {
+                self.unsent.push_front((to, retry));
+                return;
+            }
+        }
+    }
+
+    /// True once when room notices wait for another try and no retry is set: the
+    /// caller sets one ([`super::ChatTimer::LoopRetry`]).
+    pub fn needs_retry(&mut self) -> bool {
+        let needs = !self.unsent.is_empty() && !self.retry_armed;
+        self.retry_armed |= needs;
+        needs
+    }
+
+    /// The retry timer fired.
+    pub fn retried(&mut self) {
+        self.retry_armed = false;
+        self.post_unsent();
     }
 
     /// Sends a room event to every other loop with members in `room`.

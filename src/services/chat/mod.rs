@@ -128,6 +128,8 @@ pub enum ChatTimer {
     Expiry(MemberId),
     /// Time to look at the link to the cluster (feature `redis`): redial, refresh.
     Cluster,
+    /// Time to post again the room notices another loop's full inbox refused.
+    LoopRetry,
 }
 
 /// The chat's state for one TCP connection: the member it carries.
@@ -211,6 +213,13 @@ impl Chat {
             chat.loops = Some(LoopLink::new(info.index, info.peers, shared.clone()));
         }
         chat
+    }
+
+    /// Sets the timer that posts refused room notices again, if some wait for it.
+    fn arm_loop_retry(&mut self, ctx: &mut Context<'_, Chat>) {
+        if self.loops.as_mut().is_some_and(LoopLink::needs_retry) {
+            ctx.set_timer(loops::LOOP_RETRY, ChatTimer::LoopRetry);
+        }
     }
 
     /// Tells every member something that is not about a room.
@@ -399,10 +408,11 @@ impl Chat {
             link.forget(member.name.as_deref(), &member.rooms, true);
             for room in &member.rooms {
                 if self.directory.room(room).is_none() {
-                    link.room_changed(room, false, &self.stats);
+                    link.room_changed(room, false);
                 }
             }
         }
+        self.arm_loop_retry(ctx);
         #[cfg(feature = "redis")]
         {
             if let Some(node) = &mut self.redis {
@@ -661,6 +671,12 @@ impl Service for Chat {
             ChatTimer::Cluster => {
                 #[cfg(feature = "redis")]
                 self.cluster_tick(ctx);
+            }
+            ChatTimer::LoopRetry => {
+                if let Some(link) = &mut self.loops {
+                    link.retried();
+                }
+                self.arm_loop_retry(ctx);
             }
         }
     }

@@ -125,9 +125,10 @@ impl Chat {
                 .room(room)
                 .is_some_and(|r| r.members().len() == 1)
             {
-                link.room_changed(room, true, &self.stats);
+                link.room_changed(room, true);
             }
         }
+        self.arm_loop_retry(ctx);
         #[cfg(feature = "redis")]
         self.rooms_changed_in_cluster(ctx, Some(id), room);
         self.announce(ctx, room, Some(id), &Event::Joined { room, name: &name });
@@ -174,9 +175,10 @@ impl Chat {
         if let Some(link) = &mut self.loops {
             link.forget(Some(&name), &[room.to_owned()], false);
             if self.directory.room(room).is_none() {
-                link.room_changed(room, false, &self.stats);
+                link.room_changed(room, false);
             }
         }
+        self.arm_loop_retry(ctx);
         #[cfg(feature = "redis")]
         self.rooms_changed_in_cluster(ctx, Some(id), room);
     }

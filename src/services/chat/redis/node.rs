@@ -390,7 +390,10 @@ impl Chat {
         let wait = retry_at.saturating_duration_since(ctx.now());
         let was_up = std::mem::replace(&mut node.was_up, false);
         if reason == crate::CloseReason::Shutdown {
-            log::info!("chat: node {}: link to Redis closed for the shutdown", node.id);
+            log::info!(
+                "chat: node {}: link to Redis closed for the shutdown",
+                node.id
+            );
         } else if was_up {
             log::warn!(
                 "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
