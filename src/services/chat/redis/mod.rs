@@ -17,10 +17,13 @@
 //!   [`resp::Reply`], pushes classified.
 //! - [`node`]: what the chat service does with the link: rooms as channels, names and
 //!   presence as keys with a TTL, DMs, `list`, and riding out a Redis restart.
+//! - `names`: names unique across the cluster; `list`: `list` across it.
 //! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
 //!   subscriptions kept across reconnects, and which reply answers which command. Pure:
 //!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
 
 pub mod link;
+mod list;
+mod names;
 pub mod node;
 pub mod resp;

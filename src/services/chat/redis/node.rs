@@ -35,7 +35,7 @@ use super::resp::Reply;
 use crate::services::chat::fanout::Encoded;
 use crate::services::chat::loops::Wire;
 use crate::services::chat::protocol::Request;
-use crate::services::chat::rooms::{Link as MemberLink, MemberId};
+use crate::services::chat::rooms::MemberId;
 use crate::services::chat::{Chat, ChatTimer, Seat};
 use crate::{AnyCodec, CloseMode, ConnId, Context, Dial, EndpointId, RawCodec, Reactor};
 
@@ -44,8 +44,6 @@ const MAX_REPLY: usize = 16 << 20;
 /// How often the node looks at its link: to redial when the backoff says, to refresh
 /// its keys when a third of their TTL has passed.
 const TICK: Duration = Duration::from_millis(250);
-/// Requests a member may send while its `hello` waits for Redis.
-const MAX_WAITING_REQUESTS: usize = 64;
 
 /// Where the cluster is, and how long a node's keys live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,24 +472,6 @@ impl Chat {
         }
     }
 
-    /// Takes `name` again for its holder here (its key had expired or gone).
-    fn reclaim(&mut self, ctx: &mut Context<'_, Chat>, name: &str) {
-        let Some(id) = self.directory.by_name(name) else {
-            return;
-        };
-        let rooms = self
-            .directory
-            .member(id)
-            .map(|m| m.rooms.clone())
-            .unwrap_or_default();
-        if let Some(node) = &mut self.redis {
-            let tag = Tag::Reclaim {
-                name: name.to_owned(),
-            };
-            node.set_name(ctx, tag, name, &rooms, "NX");
-        }
-    }
-
     /// A published event from another node.
     fn cluster_message(&mut self, ctx: &mut Context<'_, Chat>, channel: &[u8], payload: &[u8]) {
         let Some(node) = &self.redis else {
@@ -562,123 +542,6 @@ impl Chat {
         node.command(ctx, tag, &[b"PUBLISH", channel.as_bytes(), &payload])
     }
 
-    /// A TCP member asked for `name`: ask Redis first. True if the answer is awaited
-    /// (the member's next requests wait for it).
-    pub(in crate::services::chat) fn claim_in_cluster(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        id: MemberId,
-        name: &str,
-    ) -> bool {
-        let Some(member) = self.directory.member(id) else {
-            return false;
-        };
-        let tcp = matches!(member.link, MemberLink::Tcp(_));
-        let rooms = member.rooms.clone();
-        let Some(node) = self.redis.as_mut().filter(|n| n.is_up() && tcp) else {
-            return false;
-        };
-        if self.directory.by_name(name).is_some() {
-            return false; // held here: the directory answers at once
-        }
-        let tag = Tag::Claim {
-            member: id,
-            name: name.to_owned(),
-        };
-        if !node.set_name(ctx, tag, name, &rooms, "NX") {
-            return false;
-        }
-        node.waiting.entry(id).or_default();
-        true
-    }
-
-    /// Redis answered a member's `hello`: take the name or refuse it, then carry out
-    /// the requests that waited.
-    fn name_settled(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        id: MemberId,
-        name: &str,
-        granted: bool,
-    ) {
-        let waiting = self
-            .redis
-            .as_mut()
-            .and_then(|node| node.waiting.remove(&id))
-            .unwrap_or_default();
-        if self.directory.member(id).is_none() {
-            // Gone meanwhile: give the name back.
-            return self.release_in_cluster(ctx, name);
-        }
-        if granted {
-            self.take_name(ctx, id, name);
-        } else {
-            self.refuse(ctx, id, &format!("name {name} is taken"));
-        }
-        for request in waiting {
-            if self.directory.member(id).is_none() {
-                break;
-            }
-            self.handle(ctx, id, request);
-        }
-        self.count_population();
-    }
-
-    /// Queues a request of a member whose `hello` waits for Redis. True if it was
-    /// queued (or refused for too many), false if the member waits for nothing.
-    pub(in crate::services::chat) fn wait_for_name(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        id: MemberId,
-        request: Request,
-    ) -> Option<Request> {
-        let Some(queue) = self.redis.as_mut().and_then(|n| n.waiting.get_mut(&id)) else {
-            return Some(request);
-        };
-        if queue.len() >= MAX_WAITING_REQUESTS {
-            let reason = "too many requests while the name is being checked: wait for welcome";
-            self.refuse(ctx, id, reason);
-        } else {
-            queue.push_back(request);
-        }
-        None
-    }
-
-    /// A name of this node was given up: delete its key, stop its DMs.
-    pub(in crate::services::chat) fn release_in_cluster(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        name: &str,
-    ) {
-        let Some(node) = &mut self.redis else {
-            return;
-        };
-        let key = Node::name_key(name);
-        node.command(ctx, Tag::Ignore, &[b"DEL", key.as_bytes()]);
-        node.unsubscribe(ctx, &format!("sb:dm:{name}"));
-    }
-
-    /// A member of this node now holds `name`: its DMs come here; its key says where
-    /// it is. (A UDP member's name, checked here only, is claimed too.)
-    pub(in crate::services::chat) fn named_in_cluster(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        id: MemberId,
-    ) {
-        let Some(member) = self.directory.member(id) else {
-            return;
-        };
-        let (Some(name), rooms) = (member.name.clone(), member.rooms.clone()) else {
-            return;
-        };
-        let Some(node) = &mut self.redis else {
-            return;
-        };
-        node.subscribe(ctx, &format!("sb:dm:{name}"));
-        node.set_name(ctx, Tag::Ignore, &name, &rooms, "NX");
-        node.set_name(ctx, Tag::Ignore, &name, &rooms, "XX");
-    }
-
     /// A member of this node entered or left a room: its key lists its rooms; the node
     /// listens to a room while it has members in it.
     pub(in crate::services::chat) fn rooms_changed_in_cluster(
@@ -703,110 +566,6 @@ impl Chat {
             node.set_name(ctx, Tag::Ignore, &name, &rooms, "XX");
         }
     }
-
-    /// `list` with a cluster: every name key, then their values. False if there is
-    /// no cluster to ask now.
-    pub(in crate::services::chat) fn list_in_cluster(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        member: MemberId,
-    ) -> bool {
-        let Some(node) = self.redis.as_mut().filter(|n| n.is_up()) else {
-            return false;
-        };
-        scan(node, ctx, member, Vec::new(), b"0")
-    }
-
-    fn list_scanned(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        member: MemberId,
-        keys: &mut Vec<Vec<u8>>,
-        reply: Reply,
-    ) {
-        let Reply::Array(parts) = reply else {
-            return self.list_local(ctx, member);
-        };
-        let mut parts = parts.into_iter();
-        let cursor = parts.next().and_then(|c| c.as_bytes().map(<[u8]>::to_vec));
-        if let Some(Reply::Array(found)) = parts.next() {
-            keys.extend(
-                found
-                    .iter()
-                    .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
-            );
-        }
-        let keys = std::mem::take(keys);
-        let Some(node) = &mut self.redis else {
-            return;
-        };
-        let sent = match cursor.as_deref() {
-            Some(b"0") | None if keys.is_empty() => {
-                return self.list_answer(ctx, member, &[], Reply::Array(Vec::new()));
-            }
-            Some(b"0") | None => {
-                let mut args: Vec<&[u8]> = vec![b"MGET"];
-                args.extend(keys.iter().map(Vec::as_slice));
-                let tag = Tag::Values {
-                    member,
-                    keys: keys.clone(),
-                };
-                node.command(ctx, tag, &args)
-            }
-            Some(cursor) => {
-                let cursor = cursor.to_vec();
-                scan(node, ctx, member, keys, &cursor)
-            }
-        };
-        if !sent {
-            self.list_local(ctx, member);
-        }
-    }
-
-    fn list_answer(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        member: MemberId,
-        keys: &[Vec<u8>],
-        reply: Reply,
-    ) {
-        let values = match reply {
-            Reply::Array(values) => values,
-            _ => Vec::new(),
-        };
-        let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, value) in keys.iter().zip(values) {
-            let (Some(name), Some(value)) = (
-                key.strip_prefix(b"sb:name:").map(String::from_utf8_lossy),
-                value.as_bytes().map(String::from_utf8_lossy),
-            ) else {
-                continue; // expired between the scan and the read
-            };
-            for room in value.lines().skip(1) {
-                rooms
-                    .entry(room.to_owned())
-                    .or_default()
-                    .push(name.to_string());
-            }
-        }
-        for members in rooms.values_mut() {
-            members.sort();
-        }
-        self.answer_list(ctx, member, rooms.into_iter().collect());
-    }
-}
-
-/// One `SCAN` step of `list`.
-fn scan(
-    node: &mut Node,
-    ctx: &mut Context<'_, Chat>,
-    member: MemberId,
-    keys: Vec<Vec<u8>>,
-    cursor: &[u8],
-) -> bool {
-    let tag = Tag::Scan { member, keys };
-    let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
-    node.command(ctx, tag, &args)
 }
 
 #[cfg(test)]

@@ -1,0 +1,116 @@
+//! `list` across the cluster: every name key (`SCAN MATCH sb:name:*`, as many steps as
+//! Redis takes), then their values (`MGET`), each the node and the member's rooms.
+
+use std::collections::BTreeMap;
+
+use super::node::{Node, Tag};
+use super::resp::Reply;
+use crate::services::chat::rooms::MemberId;
+use crate::services::chat::Chat;
+use crate::Context;
+
+impl Chat {
+    /// `list` with a cluster: every name key, then their values. False if there is
+    /// no cluster to ask now.
+    pub(in crate::services::chat) fn list_in_cluster(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+    ) -> bool {
+        let Some(node) = self.redis.as_mut().filter(|n| n.is_up()) else {
+            return false;
+        };
+        scan(node, ctx, member, Vec::new(), b"0")
+    }
+
+    pub(super) fn list_scanned(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+        keys: &mut Vec<Vec<u8>>,
+        reply: Reply,
+    ) {
+        let Reply::Array(parts) = reply else {
+            return self.list_local(ctx, member);
+        };
+        let mut parts = parts.into_iter();
+        let cursor = parts.next().and_then(|c| c.as_bytes().map(<[u8]>::to_vec));
+        if let Some(Reply::Array(found)) = parts.next() {
+            keys.extend(
+                found
+                    .iter()
+                    .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
+            );
+        }
+        let keys = std::mem::take(keys);
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        let sent = match cursor.as_deref() {
+            Some(b"0") | None if keys.is_empty() => {
+                return self.list_answer(ctx, member, &[], Reply::Array(Vec::new()));
+            }
+            Some(b"0") | None => {
+                let mut args: Vec<&[u8]> = vec![b"MGET"];
+                args.extend(keys.iter().map(Vec::as_slice));
+                let tag = Tag::Values {
+                    member,
+                    keys: keys.clone(),
+                };
+                node.command(ctx, tag, &args)
+            }
+            Some(cursor) => {
+                let cursor = cursor.to_vec();
+                scan(node, ctx, member, keys, &cursor)
+            }
+        };
+        if !sent {
+            self.list_local(ctx, member);
+        }
+    }
+
+    pub(super) fn list_answer(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        member: MemberId,
+        keys: &[Vec<u8>],
+        reply: Reply,
+    ) {
+        let values = match reply {
+            Reply::Array(values) => values,
+            _ => Vec::new(),
+        };
+        let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, value) in keys.iter().zip(values) {
+            let (Some(name), Some(value)) = (
+                key.strip_prefix(b"sb:name:").map(String::from_utf8_lossy),
+                value.as_bytes().map(String::from_utf8_lossy),
+            ) else {
+                continue; // expired between the scan and the read
+            };
+            for room in value.lines().skip(1) {
+                rooms
+                    .entry(room.to_owned())
+                    .or_default()
+                    .push(name.to_string());
+            }
+        }
+        for members in rooms.values_mut() {
+            members.sort();
+        }
+        self.answer_list(ctx, member, rooms.into_iter().collect());
+    }
+}
+
+/// One `SCAN` step of `list`.
+fn scan(
+    node: &mut Node,
+    ctx: &mut Context<'_, Chat>,
+    member: MemberId,
+    keys: Vec<Vec<u8>>,
+    cursor: &[u8],
+) -> bool {
+    let tag = Tag::Scan { member, keys };
+    let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
+    node.command(ctx, tag, &args)
+}
