@@ -29,7 +29,8 @@
 //! ## Module map
 //! - [`reactor`]: the event loop: poll, dispatch, shutdown; the read and write paths
 //!   (`reactor/read.rs`, `write.rs`), a connection's life cycle (`lifecycle.rs`),
-//!   accepting, timers, and the [`Handle`] into the loop from other threads.
+//!   accepting, timers, and the [`Handle`] into the loop from other threads; [`Pool`]:
+//!   N such loops on N threads sharing nothing (`reactor/pool.rs`, docs/scaling.md).
 //! - `hub`: the loop's state that services act on: connections, timers, work lists.
 //! - `connection`: one stream connection: socket, buffers, state; [`ConnId`].
 //! - [`buffer`]: the byte buffer with read/write regions, and the buffer pool.
@@ -45,7 +46,8 @@
 //! - `idle`: connections ordered by last activity, for the idle timeout.
 //! - [`config`]: endpoints and limits, validated. [`stats`]: counters.
 //! - `signals` (feature `signals`): graceful shutdown on SIGINT/SIGTERM.
-//! - [`services`]: the services the binary runs.
+//! - [`services`]: the services the binary runs (echo; chat, whose rooms span the loops
+//!   of a pool, and with feature `redis` the servers of a cluster).
 //!
 //! A whole server:
 //!
