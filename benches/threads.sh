@@ -85,31 +85,30 @@ for spread in reuseport handoff; do
     echo "$spread: ${splits[*]}"
 done
 
-echo "== chat: a 1,000-member room, 1 sender x depth 4, 64 B, 3 s"
-for round in $(seq "$ROUNDS"); do
-    for threads in 1 2; do
-        start_server chat --threads "$threads" --spread handoff
-        "$SB" bench --addr "127.0.0.1:$port" --mode chat --conns 1000 --senders 1 --depth 4 \
-            --size 64 --duration 3 --server-pid "$SERVER_PID" --json --log-level warn \
-            | summary "chat threads $threads (round $round)"
-        cleanup
+# chat_rounds LABEL SERVER_FLAGS...: ROUNDS rounds of the 1,000-member room with one
+# loop, then two (members dealt 500/500).
+chat_rounds() {
+    local label=$1
+    shift
+    for round in $(seq "$ROUNDS"); do
+        for threads in 1 2; do
+            start_server chat --threads "$threads" --spread handoff "$@"
+            "$SB" bench --addr "127.0.0.1:$port" --mode chat --conns 1000 --senders 1 \
+                --depth 4 --size 64 --duration 3 --server-pid "$SERVER_PID" --json \
+                --log-level warn | summary "$label, $threads loop(s) (round $round)"
+            cleanup
+        done
     done
-done
+}
+
+echo "== chat: a 1,000-member room, 1 sender x depth 4, 64 B, 3 s"
+chat_rounds chat
 echo "== chat through Redis: the same room, each loop a node of a cluster through a local redis-server"
 redis_port=$((port + 100))
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
 REDIS_PID=$!
 trap 'cleanup; kill "$REDIS_PID" 2>/dev/null || true' EXIT
 sleep 0.5
-for round in $(seq "$ROUNDS"); do
-    for threads in 1 2; do
-        start_server chat --threads "$threads" --spread handoff \
-            --redis "redis://127.0.0.1:$redis_port"
-        "$SB" bench --addr "127.0.0.1:$port" --mode chat --conns 1000 --senders 1 --depth 4 \
-            --size 64 --duration 3 --server-pid "$SERVER_PID" --json --log-level warn \
-            | summary "chat redis, $threads node(s) (round $round)"
-        cleanup
-    done
-done
+chat_rounds "chat redis (a loop is a node)" --redis "redis://127.0.0.1:$redis_port"
 kill "$REDIS_PID"
 rm -f "$LOG"
