@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::server::{no_setup, serve_loops, ServerArgs};
+use super::server::{serve_loops, ServerArgs};
 use crate::services::chat::redis::node::{prepare, RedisSettings};
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
 use crate::{AnyCodec, LengthCodec, Reactor};
@@ -49,6 +49,10 @@ pub struct ChatArgs {
     /// The most UDP members at once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_udp_members: usize,
+    /// Serve WebSocket members at ws://ADDR/ws and the chat page at http://ADDR/ (a bare
+    /// port means 127.0.0.1:PORT); messages up to --max-frame bytes.
+    #[arg(long, value_name = "ADDR", value_parser = super::server::parse_addr)]
+    pub ws: Option<std::net::SocketAddr>,
     /// Join a cluster of chat servers through this Redis: redis://HOST:PORT. Rooms,
     /// names, direct messages and `list` then span every server (each loop is a node).
     #[arg(long, value_name = "URL")]
@@ -97,10 +101,19 @@ pub fn run(args: ChatArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    type Setup = fn(&mut Reactor<Chat>) -> Result<(), crate::Error>;
-    let setup: Setup = match settings.redis {
-        Some(_) => prepare,
-        None => no_setup,
+    let (redis, ws, max_message) = (
+        settings.redis.is_some(),
+        args.ws,
+        args.server.max_frame as usize,
+    );
+    let setup = move |reactor: &mut Reactor<Chat>| {
+        if redis {
+            prepare(reactor)?;
+        }
+        if let Some(addr) = ws {
+            crate::services::chat::ws::listen(reactor, addr, max_message)?;
+        }
+        Ok(())
     };
     let codec = AnyCodec::Length(LengthCodec::new(args.server.max_frame as usize));
     let shared = ChatLoops::default();

@@ -34,6 +34,10 @@ pub struct Encoded {
     frame: Option<SharedFrame>,
     /// The `{"name","msg"}` form for legacy members; `None` for events they never get.
     legacy: Option<Vec<u8>>,
+    /// `json` as a WebSocket text frame, made for the first WebSocket member it goes
+    /// to and shared by the rest.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    ws: std::cell::OnceCell<Option<SharedFrame>>,
 }
 
 impl Encoded {
@@ -55,6 +59,7 @@ impl Encoded {
             json,
             frame,
             legacy: legacy.map(|reply| to_json(&reply)),
+            ws: std::cell::OnceCell::new(),
         }
     }
 
@@ -67,6 +72,7 @@ impl Encoded {
             json,
             frame,
             legacy: self.legacy.clone(),
+            ws: std::cell::OnceCell::new(),
         }
     }
 
@@ -84,7 +90,20 @@ impl Encoded {
             json: wire.json.clone(),
             frame: ctx.shared_frame(&wire.json).ok(),
             legacy: wire.legacy.clone(),
+            ws: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The event as a WebSocket text frame for `conn`'s (unframed) endpoint.
+    #[cfg(feature = "ws")]
+    fn ws_frame(&self, ctx: &Context<'_, Chat>, conn: crate::ConnId) -> Option<&SharedFrame> {
+        self.ws
+            .get_or_init(|| {
+                let endpoint = ctx.endpoint(conn)?;
+                let frame = super::ws::text_frame(&self.json);
+                ctx.shared_frame_for(endpoint, &frame).ok()
+            })
+            .as_ref()
     }
 
     /// The bytes legacy members are sent, if they are sent this event.
@@ -104,6 +123,7 @@ impl Encoded {
             json: json.to_vec(),
             frame: None,
             legacy: None,
+            ws: std::cell::OnceCell::new(),
         }
     }
 }
@@ -127,9 +147,14 @@ pub fn deliver(
     event: &Encoded,
 ) -> Delivery {
     match &member.link {
-        Link::Tcp(conn) => {
+        Link::Tcp(conn) | Link::Ws(conn) => {
             let conn = *conn;
-            let Some(frame) = &event.frame else {
+            let frame = match &member.link {
+                #[cfg(feature = "ws")]
+                Link::Ws(_) => event.ws_frame(ctx, conn),
+                _ => event.frame.as_ref(),
+            };
+            let Some(frame) = frame else {
                 return Delivery::Skipped;
             };
             if member.cut_off || ctx.send_shared(conn, frame).is_err() {
@@ -192,6 +217,12 @@ pub fn reply(
             let json = to_json(event);
             if let Err(e) = ctx.send(*conn, &json) {
                 log::debug!("chat: cannot answer {conn}: {e}");
+            }
+        }
+        Link::Ws(_conn) => {
+            #[cfg(feature = "ws")]
+            if let Err(e) = ctx.send(*_conn, &super::ws::text_frame(&to_json(event))) {
+                log::debug!("chat: cannot answer {_conn}: {e}");
             }
         }
         Link::Udp(udp) => match (udp.form, event) {

@@ -43,6 +43,8 @@ pub mod redis;
 mod requests;
 mod rooms;
 mod stats;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -138,6 +140,9 @@ pub struct Seat {
     member: Option<MemberId>,
     /// The connection is the node's link to Redis, not a member's.
     redis: bool,
+    /// A WebSocket connection's state (feature `ws`): the upgrade, then frames.
+    #[cfg(feature = "ws")]
+    ws: Option<Box<ws::WsConn>>,
 }
 
 impl Seat {
@@ -147,6 +152,7 @@ impl Seat {
         Seat {
             member: None,
             redis: true,
+            ..Seat::default()
         }
     }
 }
@@ -170,6 +176,9 @@ pub struct Chat {
     /// The link to the other nodes of a cluster through Redis.
     #[cfg(feature = "redis")]
     redis: Option<redis::node::Node>,
+    /// The WebSocket listener and the largest message it takes (feature `ws`).
+    #[cfg(feature = "ws")]
+    ws: Option<(crate::EndpointId, usize)>,
 }
 
 impl Chat {
@@ -191,6 +200,8 @@ impl Chat {
             loops: None,
             #[cfg(feature = "redis")]
             redis: None,
+            #[cfg(feature = "ws")]
+            ws: None,
         }
     }
 
@@ -562,8 +573,14 @@ impl Service for Chat {
         _ctx: &mut Context<'_, Chat>,
         conn: ConnId,
         seat: &mut Seat,
-        _: Origin,
+        _origin: Origin,
     ) {
+        #[cfg(feature = "ws")]
+        if let Some((endpoint, max)) = self.ws.filter(|(e, _)| _origin == Origin::Accepted(*e)) {
+            let _ = endpoint;
+            seat.ws = Some(Box::new(ws::WsConn::new(max)));
+            return;
+        }
         if seat.redis {
             #[cfg(feature = "redis")]
             self.cluster_connected(_ctx);
@@ -583,6 +600,10 @@ impl Service for Chat {
             #[cfg(feature = "redis")]
             self.cluster_input(ctx, _conn, payload);
             return;
+        }
+        #[cfg(feature = "ws")]
+        if seat.ws.is_some() {
+            return self.ws_input(ctx, _conn, seat, payload);
         }
         let Some(id) = seat.member else {
             return;

@@ -342,7 +342,7 @@ impl Chat {
     /// connection then closes once its queued output is written.
     fn bye(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
         let tcp = match self.directory.member(id).map(|m| &m.link) {
-            Some(Link::Tcp(conn)) => Some(*conn),
+            Some(Link::Tcp(conn) | Link::Ws(conn)) => Some(*conn),
             Some(Link::Udp(_)) => None,
             None => return,
         };

@@ -32,6 +32,9 @@ pub enum Link {
     Tcp(ConnId),
     /// A UDP peer: events are datagrams.
     Udp(UdpLink),
+    /// A WebSocket connection: events are text messages (feature `ws`).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    Ws(ConnId),
 }
 
 /// A UDP member's address and liveness.

@@ -41,7 +41,7 @@ impl Chat {
         let Some(member) = self.directory.member(id) else {
             return false;
         };
-        let tcp = matches!(member.link, MemberLink::Tcp(_));
+        let tcp = matches!(member.link, MemberLink::Tcp(_) | MemberLink::Ws(_));
         let rooms = member.rooms.clone();
         let Some(node) = self.redis.as_mut().filter(|n| n.is_up() && tcp) else {
             return false;
