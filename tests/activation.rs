@@ -20,7 +20,7 @@ use common::*;
 /// `switchboard ARGS...` with `listener` as its descriptor 3, announced by
 /// `LISTEN_FDS=1` and `LISTEN_PID`. The pid is set by a shell that then `exec`s the
 /// server, so `$$` is the server's own pid.
-fn activated(listener: &TcpListener, args: &[&str]) -> Command {
+fn activated(listener: &impl AsRawFd, args: &[&str]) -> Command {
     let fd = listener.as_raw_fd();
     let mut command = Command::new("sh");
     command
@@ -55,7 +55,7 @@ fn activated(listener: &TcpListener, args: &[&str]) -> Command {
 
 /// Starts the server [`activated`] describes, and waits until it has logged its
 /// inherited listener.
-fn start_activated(listener: &TcpListener, args: &[&str]) -> (ChildServer, StderrLog) {
+fn start_activated(listener: &impl AsRawFd, args: &[&str]) -> (ChildServer, StderrLog) {
     let child = activated(listener, args)
         .spawn()
         .expect("spawn switchboard");
@@ -290,4 +290,27 @@ fn inherited_sockets_need_a_single_loop() {
         stderr.contains("inherited sockets need --threads 1"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_inherited_unix_listener_is_served_and_its_file_left_in_place() {
+    let dir = std::env::temp_dir().join(format!("switchboard-activation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (server, log) = start_activated(&listener, &["echo", "--udp", "off"]);
+    let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write_frame(&mut client, b"over unix").unwrap();
+    assert_eq!(read_frame(&mut client).unwrap(), b"over unix");
+    server.signal("TERM");
+    assert_eq!(server.wait(IO_TIMEOUT).0, Some(0));
+    let text = log.finish();
+    let line = format!("listening on unix {} (inherited)", path.display());
+    assert!(text.contains(&line), "{text}");
+    // The socket file belongs to whoever made the socket.
+    assert!(path.exists());
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
 }
