@@ -318,7 +318,10 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// With the socket file this reactor created, removed when the listener closes;
+    /// `None` for an inherited listener, whose file belongs to whoever made it (a
+    /// service manager keeps it across restarts).
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl Listener {
@@ -350,7 +353,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, Some(path)) = self {
             // The socket file outlives the socket; leave no stale file behind.
             let _ = std::fs::remove_file(path);
         }

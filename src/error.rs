@@ -17,6 +17,14 @@ pub enum Error {
         /// What the operating system said.
         source: io::Error,
     },
+    /// A listener handed over already open (inherited from a service manager) cannot
+    /// be used: it could not be made non-blocking or has no address.
+    Inherited {
+        /// The listener, as `tcp listener` or `unix listener`.
+        endpoint: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// The poller itself failed.
     Poll(io::Error),
     /// A loop of a [`crate::Pool`] panicked; the others were stopped.
@@ -35,6 +43,9 @@ impl fmt::Display for Error {
         match self {
             Error::Config(e) => write!(f, "invalid configuration: {e}"),
             Error::Bind { endpoint, source } => write!(f, "cannot bind {endpoint}: {source}"),
+            Error::Inherited { endpoint, source } => {
+                write!(f, "cannot use the inherited {endpoint}: {source}")
+            }
             Error::Poll(e) => write!(f, "event loop failure: {e}"),
             Error::LoopPanicked { index, message } => {
                 write!(
@@ -51,7 +62,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Config(e) => Some(e),
-            Error::Bind { source, .. } => Some(source),
+            Error::Bind { source, .. } | Error::Inherited { source, .. } => Some(source),
             Error::Poll(e) | Error::Thread(e) => Some(e),
             Error::LoopPanicked { .. } => None,
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::server::{serve_loops, ServerArgs};
+use super::server::{serve_loops, take_inherited, ServerArgs};
 use crate::services::chat::redis::node::{prepare, RedisSettings};
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
 use crate::{AnyCodec, LengthCodec, Reactor};
@@ -66,7 +66,11 @@ pub struct ChatArgs {
 
 /// Runs the chat service until SIGINT/SIGTERM.
 pub fn run(args: ChatArgs) -> ExitCode {
-    let mut config = args.server.config(9001);
+    let inherited = match take_inherited(&args.server) {
+        Ok(inherited) => inherited,
+        Err(code) => return code,
+    };
+    let mut config = args.server.config_with(9001, &inherited);
     if args.server.threads > 1 {
         // Every room event for members on another loop is one job in its inbox: room
         // for bursts of them while that loop is busy.
@@ -118,9 +122,15 @@ pub fn run(args: ChatArgs) -> ExitCode {
     let codec = AnyCodec::Length(LengthCodec::new(args.server.max_frame as usize));
     let shared = ChatLoops::default();
     let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
-    serve_loops(&args.server, config, codec, make, setup, |stopped| {
-        log::info!("chat served: {}", stopped.service.stats().get())
-    })
+    serve_loops(
+        &args.server,
+        config,
+        inherited,
+        codec,
+        make,
+        setup,
+        |stopped| log::info!("chat served: {}", stopped.service.stats().get()),
+    )
 }
 
 /// The inbox of each loop of a chat pool, in jobs.

@@ -7,6 +7,7 @@
 
 mod bench;
 mod chat;
+mod inherit;
 mod server;
 
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use log::LevelFilter;
 
 pub use chat::ChatArgs;
+pub use inherit::{Inherited, NotAListener};
 pub use server::{EchoArgs, Framing, ServerArgs};
 // For servers built on the library (the protocol examples): flags, signals, exit codes.
 pub use server::{serve, serve_then};

@@ -1,6 +1,7 @@
 //! Flags shared by every server subcommand, and running a reactor with them: raising
 //! the file-descriptor limit, turning SIGINT/SIGTERM into a graceful shutdown, and
-//! reporting bind failures as one clear line.
+//! reporting bind failures as one clear line; listeners inherited from a service
+//! manager take the place of the default TCP listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::inherit::Inherited;
 use crate::services::Echo;
 use crate::{
     Config, LengthCodec, LinesCodec, LoopInfo, Peers, Pool, RawCodec, Reactor, Service, Spread,
@@ -174,13 +176,26 @@ impl ServerArgs {
     /// The reactor configuration these flags describe, with `default_port` on
     /// 127.0.0.1 for TCP and UDP when no address is given.
     pub fn config(&self, default_port: u16) -> Config {
+        self.config_with(default_port, &Inherited::default())
+    }
+
+    /// [`ServerArgs::config`] for a process that inherited `inherited`: inherited
+    /// listeners take the place of the default TCP listener, so without `--tcp` the
+    /// configuration has no TCP address; an explicit `--tcp` adds to them. UDP is
+    /// unaffected.
+    pub fn config_with(&self, default_port: u16, inherited: &Inherited) -> Config {
         let default = SocketAddr::from(([127, 0, 0, 1], default_port));
+        let tcp = if self.tcp.is_empty() && !inherited.is_empty() {
+            Vec::new()
+        } else {
+            addresses(&self.tcp, default)
+        };
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Config {
             send_timeout: seconds(self.send_timeout),
             memory_budget: (self.memory_budget > 0)
                 .then(|| usize::try_from(self.memory_budget).unwrap_or(usize::MAX)),
-            tcp: addresses(&self.tcp, default),
+            tcp,
             udp: addresses(&self.udp, default),
             unix: self.unix.clone(),
             backlog: self.backlog,
@@ -222,21 +237,40 @@ pub struct EchoArgs {
 
 /// Runs the echo service with the framing chosen.
 pub fn run_echo(args: EchoArgs) -> ExitCode {
-    let config = args.server.config(9000);
+    let inherited = match take_inherited(&args.server) {
+        Ok(inherited) => inherited,
+        Err(code) => return code,
+    };
+    let config = args.server.config_with(9000, &inherited);
     let max = args.server.max_frame as usize;
-    let server = &args.server;
+    let (server, fds) = (&args.server, inherited);
     match args.framing {
-        Framing::Length => serve_loops(
-            server,
-            config,
-            LengthCodec::new(max),
-            echo,
-            no_setup,
-            |_| {},
-        ),
-        Framing::Raw => serve_loops(server, config, RawCodec, echo, no_setup, |_| {}),
-        Framing::Lines => serve_loops(server, config, LinesCodec::new(max), echo, no_setup, |_| {}),
+        Framing::Length => {
+            let codec = LengthCodec::new(max);
+            serve_loops(server, config, fds, codec, echo, no_setup, |_| {})
+        }
+        Framing::Raw => serve_loops(server, config, fds, RawCodec, echo, no_setup, |_| {}),
+        Framing::Lines => {
+            let codec = LinesCodec::new(max);
+            serve_loops(server, config, fds, codec, echo, no_setup, |_| {})
+        }
     }
+}
+
+/// The listeners inherited from a service manager (none without `LISTEN_FDS`), or the
+/// exit code when they cannot be served: 1 for a descriptor that is not a stream
+/// listener, 2 (a usage error) for `--threads` above 1, since the loops of a pool
+/// each open listeners of their own.
+pub fn take_inherited(server: &ServerArgs) -> Result<Inherited, ExitCode> {
+    let inherited = Inherited::from_env().map_err(|e| {
+        eprintln!("switchboard: {e}");
+        ExitCode::FAILURE
+    })?;
+    if !inherited.is_empty() && server.threads > 1 {
+        eprintln!("switchboard: inherited sockets need --threads 1");
+        return Err(ExitCode::from(2));
+    }
+    Ok(inherited)
 }
 
 /// For services whose reactors need nothing besides their configuration.
@@ -251,12 +285,14 @@ fn echo<C: crate::Codec>(_: LoopInfo<Echo<C>>) -> Echo<C> {
 
 /// Serves `config` with `--threads` loops: the single loop on this thread when there
 /// is one ([`serve_then`]), else a [`Pool`] spread as `--spread` says, stopped by
-/// SIGINT/SIGTERM. `make` makes each loop's service; `setup` runs on each loop's
+/// SIGINT/SIGTERM. `inherited` listeners are served by the single loop (see
+/// [`take_inherited`]). `make` makes each loop's service; `setup` runs on each loop's
 /// reactor once it has bound (see [`Pool::start_with`]); `report` runs on each loop's
 /// thread with what the loop gave back.
 pub fn serve_loops<S>(
     server: &ServerArgs,
     config: Config,
+    inherited: Inherited,
     codec: S::Codec,
     make: impl Fn(LoopInfo<S>) -> S + Send + Sync + 'static,
     setup: impl Fn(&mut Reactor<S>) -> Result<(), crate::Error> + Send + Sync + 'static,
@@ -272,9 +308,9 @@ where
             count: 1,
             peers: Peers::none(),
         });
-        return serve_prepared(config, service, codec, setup, report);
+        return serve_prepared(config, inherited, service, codec, setup, report);
     }
-    if nothing_to_serve(&config) {
+    if nothing_to_serve(&config, &inherited) {
         return ExitCode::from(2);
     }
     raise_fd_limit();
@@ -300,11 +336,17 @@ where
     .map_or_else(failed, stop_code)
 }
 
-/// True (after saying so) when the flags leave no endpoint at all.
-fn nothing_to_serve(config: &Config) -> bool {
-    let nothing = config.tcp.is_empty() && config.udp.is_empty() && config.unix.is_empty();
+/// True (after saying so) when the flags leave no endpoint at all and none was
+/// inherited.
+fn nothing_to_serve(config: &Config, inherited: &Inherited) -> bool {
+    let nothing = config.tcp.is_empty()
+        && config.udp.is_empty()
+        && config.unix.is_empty()
+        && inherited.is_empty();
     if nothing {
-        eprintln!("switchboard: nothing to serve: --tcp off and --udp off, and no --unix path");
+        eprintln!(
+            "switchboard: nothing to serve: --tcp off and --udp off, no --unix path, and no inherited socket"
+        );
     }
     nothing
 }
@@ -333,12 +375,21 @@ where
     S: Service + 'static,
     S::Codec: Clone,
 {
-    serve_prepared(config, service, codec, no_setup, report)
+    serve_prepared(
+        config,
+        Inherited::default(),
+        service,
+        codec,
+        no_setup,
+        report,
+    )
 }
 
-/// [`serve_then`], with `setup` run on the reactor once it has bound.
+/// [`serve_then`], with the `inherited` listeners adopted and then `setup` run on the
+/// reactor once it has bound.
 fn serve_prepared<S>(
     config: Config,
+    inherited: Inherited,
     service: S,
     codec: S::Codec,
     setup: impl FnOnce(&mut Reactor<S>) -> Result<(), crate::Error>,
@@ -348,11 +399,13 @@ where
     S: Service + 'static,
     S::Codec: Clone,
 {
-    if nothing_to_serve(&config) {
+    if nothing_to_serve(&config, &inherited) {
         return ExitCode::from(2);
     }
     raise_fd_limit();
+    let adopted = codec.clone();
     let bound = Reactor::bind(config, service, codec)
+        .and_then(|mut reactor| inherited.adopt(&mut reactor, &adopted).map(|()| reactor))
         .and_then(|mut reactor| setup(&mut reactor).map(|()| reactor));
     let mut reactor = match bound {
         Ok(reactor) => reactor,

@@ -27,7 +27,7 @@
 //!
 //! The parts: `read.rs` and `write.rs` (the two data paths), `lifecycle.rs` (every
 //! state a connection goes through), `accept.rs`, `timers.rs`, `handle.rs` (the way in
-//! from other threads).
+//! from other threads), `inherit.rs` (listeners handed over already open).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +54,7 @@ mod accept;
 mod budget;
 mod handle;
 mod handover;
+mod inherit;
 mod lifecycle;
 mod pool;
 mod read;
@@ -286,7 +287,7 @@ impl<S: Service> Reactor<S> {
                 let listener =
                     bind_unix(&path).map_err(bind_error(format!("unix {}", path.display())))?;
                 let bound = BoundAddr::Unix(path.clone());
-                (Listener::Unix(listener, path), bound)
+                (Listener::Unix(listener, Some(path)), bound)
             }
         };
         let endpoint = self
