@@ -1,0 +1,272 @@
+//! WebSocket chat members over real sockets, driven by a well-kept client library
+//! (tungstenite): they share rooms with TCP members; fragmented messages, ping, the
+//! close handshake, an oversized message, a binary message and bad handshakes are each
+//! answered per RFC 6455, and the server goes on serving.
+#![cfg(feature = "ws")]
+
+#[allow(dead_code)]
+mod chat_support;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::{Message, WebSocket};
+
+use chat_support::members::Member;
+use common::{free_port, ChildServer, IO_TIMEOUT};
+
+/// The largest WebSocket message the test server takes (`--max-frame`).
+const MAX_MESSAGE: usize = 2048;
+
+struct Server {
+    _server: ChildServer,
+    tcp: SocketAddr,
+    ws: SocketAddr,
+}
+
+fn start() -> Server {
+    let (tcp, ws) = (free_port(), free_port());
+    let max = MAX_MESSAGE.to_string();
+    let args = [
+        "chat",
+        "--tcp",
+        &tcp.to_string(),
+        "--udp",
+        "off",
+        "--ws",
+        &ws.to_string(),
+        "--max-frame",
+        &max,
+    ];
+    let server = ChildServer::start(&args, Some(tcp));
+    let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    assert!(common::wait_until(IO_TIMEOUT, || TcpStream::connect(
+        ws_addr
+    )
+    .is_ok()));
+    Server {
+        _server: server,
+        tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
+        ws: ws_addr,
+    }
+}
+
+type Ws = WebSocket<TcpStream>;
+
+fn ws_connect(addr: SocketAddr) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (socket, response) = tungstenite::client(format!("ws://{addr}/ws"), stream).unwrap();
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+fn send(socket: &mut Ws, request: Value) {
+    socket.send(Message::text(request.to_string())).unwrap();
+}
+
+/// The next chat event (text message), parsed.
+fn next(socket: &mut Ws) -> Value {
+    loop {
+        match socket.read().unwrap() {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+fn named(addr: SocketAddr, name: &str) -> Ws {
+    let mut socket = ws_connect(addr);
+    send(&mut socket, json!({"type": "hello", "name": name}));
+    assert_eq!(next(&mut socket), json!({"type": "welcome", "name": name}));
+    socket
+}
+
+/// The close frame the server sent, after which it closes the connection.
+fn close_code(socket: &mut Ws) -> u16 {
+    loop {
+        match socket.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code.into(),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(_) => {}
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn websocket_and_tcp_members_share_a_room() {
+    let server = start();
+    let mut alice = named(server.ws, "alice");
+    let mut bob = Member::named(server.tcp, "bob");
+    send(&mut alice, json!({"type": "join", "room": "r"}));
+    assert_eq!(
+        next(&mut alice),
+        json!({"type": "joined", "room": "r", "name": "alice"})
+    );
+    bob.join("r");
+    assert_eq!(
+        next(&mut alice),
+        json!({"type": "joined", "room": "r", "name": "bob"})
+    );
+    send(
+        &mut alice,
+        json!({"type": "say", "room": "r", "text": "from a browser"}),
+    );
+    bob.expect_msg("r", "alice", "from a browser");
+    bob.say("r", "from a terminal");
+    let mut seen = next(&mut alice);
+    seen.as_object_mut().unwrap().remove("ts");
+    assert_eq!(seen["text"], "from a browser");
+    let mut seen = next(&mut alice);
+    seen.as_object_mut().unwrap().remove("ts");
+    assert_eq!(
+        seen,
+        json!({"type": "msg", "room": "r", "from": "bob", "text": "from a terminal"})
+    );
+    bob.expect_msg("r", "bob", "from a terminal");
+    send(
+        &mut alice,
+        json!({"type": "dm", "to": "bob", "text": "psst"}),
+    );
+    assert_eq!(next(&mut alice)["type"], "dm");
+    assert_eq!(bob.next()["text"], "psst");
+}
+
+#[test]
+fn a_fragmented_message_is_one_request_and_pings_are_answered_between_fragments() {
+    let server = start();
+    let mut socket = ws_connect(server.ws);
+    let parts: [&[u8]; 3] = [br#"{"type":"hel"#, br#"lo","name":"#, br#""frag"}"#];
+    let text = OpCode::Data(Data::Text);
+    let more = OpCode::Data(Data::Continue);
+    socket
+        .send(Message::Frame(Frame::message(
+            parts[0].to_vec(),
+            text,
+            false,
+        )))
+        .unwrap();
+    socket
+        .send(Message::Frame(Frame::message(
+            parts[1].to_vec(),
+            more,
+            false,
+        )))
+        .unwrap();
+    socket
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    socket
+        .send(Message::Frame(Frame::message(
+            parts[2].to_vec(),
+            more,
+            true,
+        )))
+        .unwrap();
+    // The pong comes first (it answers a frame before the last fragment).
+    match socket.read().unwrap() {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    assert_eq!(
+        next(&mut socket),
+        json!({"type": "welcome", "name": "frag"})
+    );
+}
+
+#[test]
+fn the_close_handshake_is_echoed_then_the_connection_ends() {
+    let server = start();
+    let mut socket = named(server.ws, "leaving");
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    assert_eq!(close_code(&mut socket), 1000);
+    // The name is free again once the member has gone.
+    let mut other = Member::anonymous(server.tcp);
+    let freed = common::wait_until(IO_TIMEOUT, || {
+        other.send(json!({"type": "hello", "name": "leaving"}));
+        other.next()["type"] == "welcome"
+    });
+    assert!(freed);
+}
+
+#[test]
+fn oversized_and_binary_messages_close_with_their_codes_and_the_server_goes_on() {
+    let server = start();
+    let mut big = named(server.ws, "big");
+    send(
+        &mut big,
+        json!({"type": "say", "room": "r", "text": "x".repeat(MAX_MESSAGE)}),
+    );
+    assert_eq!(close_code(&mut big), 1009, "message too big");
+    let mut binary = named(server.ws, "binary");
+    binary.send(Message::binary(b"\x00\x01".to_vec())).unwrap();
+    assert_eq!(close_code(&mut binary), 1003, "unsupported data");
+    let mut fine = named(server.ws, "fine");
+    send(&mut fine, json!({"type": "ping"}));
+    assert_eq!(next(&mut fine), json!({"type": "pong"}));
+}
+
+/// Sends a raw HTTP request and returns the status line of the answer.
+fn status_of(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn bad_handshakes_get_http_errors_and_the_page_is_served() {
+    let server = start();
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    assert_eq!(
+        status_of(
+            server.ws,
+            &format!("GET /ws HTTP/1.1\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n")
+        ),
+        "HTTP/1.1 400 Bad Request",
+        "no key"
+    );
+    assert_eq!(
+        status_of(
+            server.ws,
+            &format!("GET /ws HTTP/1.1\r\n{upgrade}Sec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 8\r\n\r\n")
+        ),
+        "HTTP/1.1 426 Upgrade Required"
+    );
+    assert_eq!(
+        status_of(server.ws, "GET /ws HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        status_of(server.ws, "GET /other HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(
+        status_of(server.ws, "PUT / HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    let mut page = TcpStream::connect(server.ws).unwrap();
+    page.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    page.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"));
+    assert!(answer.contains("new WebSocket(`ws://${location.host}/ws`)"));
+    // Unharmed.
+    let mut after = named(server.ws, "after");
+    send(&mut after, json!({"type": "ping"}));
+    assert_eq!(next(&mut after), json!({"type": "pong"}));
+}
