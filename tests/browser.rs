@@ -1,0 +1,78 @@
+//! The chat page in a real browser: Debian's Chromium, headless, driven through
+//! Playwright (`tests/browser/chat_page.mjs`; `.ci/run` installs Chromium and
+//! `playwright-core` when missing). Two browser pages and a TCP member share the lobby,
+//! and each sees the others' messages; the test saves a screenshot of the page
+//! (`target/browser/chat.png`).
+#![cfg(feature = "ws")]
+
+#[allow(dead_code)]
+mod chat_support;
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_support::members::Member;
+use common::{free_port, ChildServer, IO_TIMEOUT};
+
+#[test]
+fn two_browser_pages_and_a_tcp_member_chat_in_one_room() {
+    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        driver.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: .ci/run installs them \
+         (apt-get install -y chromium chromium-driver; npm install --prefix tests/browser)"
+    );
+    let (tcp, ws) = (free_port(), free_port());
+    let (tcp_flag, ws_flag) = (tcp.to_string(), ws.to_string());
+    let args = ["chat", "--tcp", &tcp_flag, "--udp", "off", "--ws", &ws_flag];
+    let _server = ChildServer::start(&args, Some(tcp));
+    assert!(common::wait_until(IO_TIMEOUT, || {
+        std::net::TcpStream::connect(("127.0.0.1", ws)).is_ok()
+    }));
+    let mut bob = Member::named(SocketAddr::from(([127, 0, 0, 1], tcp)), "tcpbob");
+    bob.join("lobby");
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    let screenshot = shots.join("chat.png");
+    let mut browser = Command::new("node")
+        .arg(driver.join("chat_page.mjs"))
+        .arg(format!("http://127.0.0.1:{ws}/"))
+        .arg(&screenshot)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(
+        ready.as_deref(),
+        Some("ready"),
+        "both pages joined the lobby"
+    );
+    bob.say("lobby", "hello from tcpbob");
+    // The TCP member sees both pages' messages (and its own), whatever the order.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = bob.next();
+        if event["type"] == "msg" {
+            seen.push(event["from"].as_str().unwrap().to_string());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["alice", "carol", "tcpbob"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = browser.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the browser run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the pages did not see every message");
+    assert!(screenshot.exists(), "the screenshot was saved");
+}
