@@ -257,7 +257,12 @@ impl<S: Service> Reactor<S> {
             return ReadOutcome::Stopped;
         }
         let conn = &mut slot.conn;
-        match may_read(conn, id, self.config.write_limit) {
+        match may_read(
+            conn,
+            id,
+            self.config.write_limit,
+            &mut self.hub.stats.write_pauses,
+        ) {
             Reading::Allowed => {}
             Reading::Discard(reason) => {
                 self.discard_input(id, reason);
