@@ -72,6 +72,7 @@ struct AdminConn {
 
 /// What the bytes of a request say so far.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 enum Request {
     Incomplete,
     Malformed,
