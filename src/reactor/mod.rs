@@ -375,6 +375,9 @@ impl<S: Service> Reactor<S> {
     where
         Src: mio::event::Source + 'static,
     {
+        if WATCH_BASE + self.watched.len() >= admin::ADMIN_BASE {
+            return Err(Error::Poll(io::Error::other("too many watched sources")));
+        }
         let token = Token(WATCH_BASE + self.watched.len());
         self.poll
             .registry()
