@@ -134,7 +134,8 @@ pub struct Stats {
     /// large answers); they are handled once the output drains.
     pub frames_held: u64,
     /// Times a connection's reading paused because its queued output had passed the
-    /// write limit (backpressure); it reads again once the output drains.
+    /// write limit (backpressure); it reads again once the output drains. Counts the
+    /// pauses that hold frames back (`frames_held`) too.
     pub write_pauses: u64,
     /// Buffer memory the connections hold now (input buffers and queued output),
     /// counted in whole KiB per connection, as the memory budget sees it.

@@ -2,7 +2,8 @@
 //! 127.0.0.1:0, some traffic (frames, a protocol error, a datagram), then plain HTTP
 //! requests. `/metrics` must parse with Python's `prometheus_client` (the reference
 //! parser; `.ci/run` installs it) and its values must match the traffic; `/healthz`,
-//! a 404, a 405 and a malformed request get their answers; a slow admin client holds
+//! a 404, a 405 and a malformed request get their answers; backpressure shows as write
+//! pauses; a slow admin client holds
 //! nothing up and is cut off at its deadline.
 
 mod common;
@@ -192,6 +193,37 @@ fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
     slow.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     assert!(started.elapsed() < DEADLINE * 4, "{:?}", started.elapsed());
+    server.stop();
+}
+
+#[test]
+fn backpressure_counts_as_write_pauses() {
+    let mut config = local_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.write_limit = 64 * 1024;
+    let (server, admin) = TestServer::start_with(
+        config,
+        || (Echo::default(), LengthCodec::new(1 << 16)),
+        |reactor| reactor.admin_addr().expect("admin endpoint on"),
+    );
+    let client = connect(server.tcp());
+    let mut writer = client.try_clone().unwrap();
+    const FRAMES: usize = 1024;
+    // Pipelined frames the client does not read yet: the echoes pile up past the limit.
+    let sender = std::thread::spawn(move || {
+        for _ in 0..FRAMES {
+            write_frame(&mut writer, &[7u8; 32 * 1024]).unwrap();
+        }
+    });
+    let pauses = || {
+        parse_with_prometheus_client(&get(admin, "/metrics").2)["switchboard_write_pauses_total"]
+    };
+    assert!(common::wait_until(Duration::from_secs(5), || pauses() > 0.0));
+    let mut reader = client;
+    for _ in 0..FRAMES {
+        assert_eq!(read_frame(&mut reader).unwrap().len(), 32 * 1024);
+    }
+    sender.join().unwrap();
     server.stop();
 }
 

@@ -539,6 +539,7 @@ impl<S: Service> Reader<'_, S> {
     fn hold_frames(&mut self, frames: usize, bytes: usize) {
         let id = self.id;
         self.hub.stats.frames_held += 1;
+        self.hub.stats.write_pauses += 1;
         log::debug!(
             "{id}: its answers put its output over the write limit: {frames} frames \
              ({bytes} bytes) wait, unread, until it drains"
