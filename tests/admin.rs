@@ -3,8 +3,7 @@
 //! requests. `/metrics` must parse with Python's `prometheus_client` (the reference
 //! parser; `.ci/run` installs it) and its values must match the traffic; `/healthz`,
 //! a 404, a 405 and a malformed request get their answers; backpressure shows as write
-//! pauses; a slow admin client holds
-//! nothing up and is cut off at its deadline.
+//! pauses; a slow admin client holds nothing up and is cut off at its deadline.
 
 mod common;
 
