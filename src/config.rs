@@ -75,6 +75,10 @@ pub struct Config {
     /// The default, 256 KiB, takes a pipeline of four 64 KiB frames in one read, so
     /// their echo leaves in one write; the memory costs only what reads fill.
     pub read_buffer_size: usize,
+    /// The admin endpoint: a TCP address where the reactor itself answers HTTP
+    /// `GET /metrics` (Prometheus) and `GET /healthz`, for any service (feature
+    /// `admin`). Its connections never reach the service. `None`: off.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             read_budget: 8,
             read_buffer_size: 256 * 1024,
+            admin: None,
         }
     }
 }
@@ -117,6 +122,11 @@ pub enum ConfigError {
         /// The write limit.
         write_limit: usize,
     },
+    /// The admin endpoint was asked for, but the library was built without the
+    /// `admin` feature.
+    AdminUnsupported,
+    /// The admin endpoint's address is also a service listener's.
+    AdminClash(SocketAddr),
 }
 
 impl fmt::Display for ConfigError {
@@ -134,6 +144,12 @@ impl fmt::Display for ConfigError {
                 f,
                 "low-water mark of {low_water} bytes is above the write limit of {write_limit}"
             ),
+            ConfigError::AdminUnsupported => {
+                f.write_str("the admin endpoint needs the `admin` feature")
+            }
+            ConfigError::AdminClash(addr) => {
+                write!(f, "the admin endpoint {addr} is also a TCP listener")
+            }
         }
     }
 }
@@ -168,6 +184,14 @@ impl Config {
                 write_limit: self.write_limit,
             });
         }
+        if let Some(admin) = self.admin {
+            if !cfg!(feature = "admin") {
+                return Err(ConfigError::AdminUnsupported);
+            }
+            if admin.port() != 0 && self.tcp.contains(&admin) {
+                return Err(ConfigError::AdminClash(admin));
+            }
+        }
         Ok(())
     }
 
@@ -190,6 +214,21 @@ mod tests {
     #[test]
     fn defaults_with_an_endpoint_are_valid() {
         assert_eq!(with_tcp().validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_admin_endpoint_on_a_service_port_is_refused() {
+        let mut config = with_tcp();
+        config.tcp = vec!["127.0.0.1:9000".parse().unwrap()];
+        config.admin = Some("127.0.0.1:9000".parse().unwrap());
+        let expected = if cfg!(feature = "admin") {
+            ConfigError::AdminClash("127.0.0.1:9000".parse().unwrap())
+        } else {
+            ConfigError::AdminUnsupported
+        };
+        assert_eq!(config.validate(), Err(expected));
+        config.admin = Some("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.validate().is_ok(), cfg!(feature = "admin"));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub(crate) enum TimerEvent<T> {
     IdleCheck(ConnId, u8),
     /// Check whether a connection's queued output is past its send deadline.
     SendDeadline(ConnId),
+    /// An admin connection's request is due by now (its slab key and serial).
+    AdminDeadline(usize, u64),
 }
 
 /// A lingering connection closes once this long passes with no input from the peer.

@@ -45,6 +45,8 @@
 //! - [`timer`]: the deadline queue behind every timer.
 //! - `idle`: connections ordered by last activity, for the idle timeout.
 //! - [`config`]: endpoints and limits, validated. [`stats`]: counters.
+//! - [`metrics`]: the counters in the Prometheus text format, as the admin endpoint
+//!   (`Config::admin`, `reactor/admin.rs`) serves them.
 //! - `signals` (feature `signals`): graceful shutdown on SIGINT/SIGTERM.
 //! - [`services`]: the services the binary runs (echo; chat, whose rooms span the loops
 //!   of a pool, and with feature `redis` the servers of a cluster).
@@ -76,6 +78,7 @@ mod hub;
 mod idle;
 #[cfg(feature = "loadgen")]
 pub mod loadgen;
+pub mod metrics;
 mod outqueue;
 pub mod reactor;
 pub mod service;

@@ -241,6 +241,14 @@ pub trait Service: Sized {
     fn on_stop(&mut self, ctx: &mut Context<'_, Self>) {
         let _ = ctx;
     }
+
+    /// The admin endpoint is answering `GET /metrics`: append the service's own
+    /// metrics to `out`, in the Prometheus text format (`# HELP`, `# TYPE`, then the
+    /// samples; names prefixed `switchboard_`, counters ending in `_total`), after the
+    /// reactor's. [`crate::metrics::sample`] writes one. By default, nothing.
+    fn metrics(&self, out: &mut String) {
+        let _ = out;
+    }
 }
 
 /// How a connection came to be: accepted on a listener, or dialled by the service.

@@ -133,6 +133,10 @@ pub struct Stats {
     /// because its queued output had passed the write limit (pipelined requests with
     /// large answers); they are handled once the output drains.
     pub frames_held: u64,
+    /// Times a connection's reading paused because its queued output had passed the
+    /// write limit (backpressure); it reads again once the output drains. Counts the
+    /// pauses that hold frames back (`frames_held`) too.
+    pub write_pauses: u64,
     /// Buffer memory the connections hold now (input buffers and queued output),
     /// counted in whole KiB per connection, as the memory budget sees it.
     pub buffered_bytes: u64,
@@ -164,6 +168,7 @@ impl Stats {
             accept_errors,
             datagrams_refused,
             frames_held,
+            write_pauses,
             buffered_bytes,
             handed_over,
             handover_full,
@@ -187,6 +192,7 @@ impl Stats {
             (&mut self.accept_errors, accept_errors),
             (&mut self.datagrams_refused, datagrams_refused),
             (&mut self.frames_held, frames_held),
+            (&mut self.write_pauses, write_pauses),
             (&mut self.buffered_bytes, buffered_bytes),
             (&mut self.handed_over, handed_over),
             (&mut self.handover_full, handover_full),

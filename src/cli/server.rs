@@ -32,6 +32,10 @@ pub struct ServerArgs {
     /// Also listen on a Unix-domain stream socket at this path; repeatable.
     #[arg(long = "unix", value_name = "PATH")]
     pub unix: Vec<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) over
+    /// HTTP on this address (a bare port means 127.0.0.1:PORT); off by default
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub admin: Option<SocketAddr>,
     /// Largest frame payload accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
@@ -207,6 +211,7 @@ impl ServerArgs {
             write_limit: self.write_limit as usize,
             stats_interval: seconds(self.stats_interval),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            admin: self.admin,
             ..Config::default()
         }
     }

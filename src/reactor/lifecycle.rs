@@ -379,9 +379,14 @@ pub(super) enum Reading {
 }
 
 /// Whether `conn` may read now; pauses it (and notes the missed readiness) when its
-/// queued output is over the write limit.
+/// queued output is over the write limit, and counts the pause in `write_pauses`.
 #[inline(always)]
-pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) -> Reading {
+pub(super) fn may_read(
+    conn: &mut Connection,
+    id: ConnId,
+    write_limit: usize,
+    write_pauses: &mut u64,
+) -> Reading {
     match conn.state {
         ConnState::Open | ConnState::WriteShut { .. } => {}
         ConnState::Lingering(reason) => return Reading::Discard(reason),
@@ -398,6 +403,7 @@ pub(super) fn may_read(conn: &mut Connection, id: ConnId, write_limit: usize) ->
             "{id}: {} bytes queued, over the write limit: pausing reads",
             conn.output.len()
         );
+        *write_pauses += 1;
         conn.flags.set(Flag::ReadPaused, true);
         conn.flags.set(Flag::Congested, true);
         conn.flags.set(Flag::ReadPending, true);

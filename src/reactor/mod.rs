@@ -51,6 +51,7 @@ use crate::stats::{CloseReason, Stats};
 use crate::udp::{UdpEndpoint, UdpId};
 
 mod accept;
+mod admin;
 mod budget;
 mod handle;
 mod handover;
@@ -141,6 +142,8 @@ pub struct Reactor<S: Service> {
     last_accept_warning: Option<Instant>,
     /// Warnings about resets for the memory budget.
     budget_warning: crate::throttle::Throttle,
+    /// The admin endpoint (`Config::admin`), when it is on.
+    admin: Option<Box<admin::Admin>>,
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -219,6 +222,7 @@ impl<S: Service> Reactor<S> {
             last_reject_warning: None,
             last_accept_warning: None,
             budget_warning: crate::throttle::Throttle::new(budget::WARN_EVERY),
+            admin: None,
             poll,
             config,
         };
@@ -227,6 +231,7 @@ impl<S: Service> Reactor<S> {
             Listen::Mirror(listeners) => reactor.mirror_endpoints(listeners, &codec)?,
         }
         reactor.endpoints.default_outbound = reactor.outbound(codec);
+        reactor.open_admin()?;
         if let Some(interval) = reactor.config.stats_interval.filter(|d| !d.is_zero()) {
             reactor
                 .hub
@@ -371,6 +376,9 @@ impl<S: Service> Reactor<S> {
     where
         Src: mio::event::Source + 'static,
     {
+        if WATCH_BASE + self.watched.len() >= admin::ADMIN_BASE {
+            return Err(Error::Poll(io::Error::other("too many watched sources")));
+        }
         let token = Token(WATCH_BASE + self.watched.len());
         self.poll
             .registry()
@@ -492,6 +500,9 @@ impl<S: Service> Reactor<S> {
         if self.hub.stop_requested && self.shutdown_deadline.is_none() {
             self.begin_shutdown();
         }
+        if self.admin.is_some() {
+            self.record_turn(events);
+        }
         Ok(())
     }
 
@@ -560,6 +571,8 @@ impl<S: Service> Reactor<S> {
                 self.connection_event(id, event.readable, event.writable, event.read_closed);
             } else if event.token.0 >= UDP_BASE {
                 self.udp_event(event.token.0 - UDP_BASE, event.readable, event.writable);
+            } else if event.token.0 >= admin::ADMIN_BASE {
+                self.admin_event(event.token.0, event.writable);
             } else if event.token.0 >= WATCH_BASE {
                 if let Some(on_ready) = self.watched.get_mut(event.token.0 - WATCH_BASE) {
                     on_ready();
@@ -787,6 +800,8 @@ impl<S: Service> Reactor<S> {
                 self.woken();
             } else if token.0 >= UDP_BASE {
                 self.receive_datagrams(token.0 - UDP_BASE);
+            } else if token.0 >= admin::ADMIN_BASE {
+                self.admin_event(token.0, false);
             } else if token.0 >= LISTENER_BASE {
                 self.accept(token.0 - LISTENER_BASE);
             }
@@ -806,6 +821,7 @@ impl<S: Service> Reactor<S> {
             let _ = self.poll.registry().deregister(slot.listener.source());
         }
         self.listeners.clear();
+        self.close_admin();
         let deadline = self.hub.now + self.config.shutdown_grace;
         self.shutdown_deadline = Some(deadline);
         self.hub
@@ -890,6 +906,9 @@ impl std::fmt::Display for Readiness {
             Some(id) => id.to_string(),
             None if self.token == WAKER => "waker".to_string(),
             None if self.token.0 >= UDP_BASE => format!("udp {}", self.token.0 - UDP_BASE),
+            None if self.token.0 >= admin::ADMIN_BASE => {
+                format!("admin {}", self.token.0 - admin::ADMIN_BASE)
+            }
             None if self.token.0 >= WATCH_BASE => format!("watched {}", self.token.0 - WATCH_BASE),
             None => format!("listener {}", self.token.0 - LISTENER_BASE),
         };

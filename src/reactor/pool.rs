@@ -344,6 +344,8 @@ impl Pool {
             };
             config.udp = udp;
             config.unix = Vec::new();
+            // Only loop 0 serves the admin endpoint (its own loop's counters).
+            config.admin = None;
         }
         config
     }

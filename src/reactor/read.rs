@@ -257,7 +257,12 @@ impl<S: Service> Reactor<S> {
             return ReadOutcome::Stopped;
         }
         let conn = &mut slot.conn;
-        match may_read(conn, id, self.config.write_limit) {
+        match may_read(
+            conn,
+            id,
+            self.config.write_limit,
+            &mut self.hub.stats.write_pauses,
+        ) {
             Reading::Allowed => {}
             Reading::Discard(reason) => {
                 self.discard_input(id, reason);
@@ -534,6 +539,7 @@ impl<S: Service> Reader<'_, S> {
     fn hold_frames(&mut self, frames: usize, bytes: usize) {
         let id = self.id;
         self.hub.stats.frames_held += 1;
+        self.hub.stats.write_pauses += 1;
         log::debug!(
             "{id}: its answers put its output over the write limit: {frames} frames \
              ({bytes} bytes) wait, unread, until it drains"

@@ -60,6 +60,7 @@ impl<S: Service> Reactor<S> {
                 TimerEvent::ShutdownDeadline => {}
                 TimerEvent::LingerDeadline(id) => self.end_linger_window(id),
                 TimerEvent::SendDeadline(id) => self.check_send_deadline(id),
+                TimerEvent::AdminDeadline(key, serial) => self.admin_deadline(key, serial),
             }
             self.carry_out_requests();
         }

@@ -555,6 +555,10 @@ impl Chat {
 }
 
 impl Service for Chat {
+    fn metrics(&self, out: &mut String) {
+        self.stats.get().write_metrics(out);
+    }
+
     type Conn = Seat;
     type Timer = ChatTimer;
     /// Length frames for members; the Redis link (feature `redis`) is unframed.

@@ -41,6 +41,79 @@ pub struct ChatStats {
     pub cross_loop_dropped: u64,
 }
 
+impl ChatStats {
+    /// Writes the counters as Prometheus metrics (`switchboard_chat_*`), for the admin
+    /// endpoint's `GET /metrics`.
+    pub fn write_metrics(&self, out: &mut String) {
+        use crate::metrics::sample;
+        let p = "switchboard_chat_";
+        sample(
+            out,
+            &format!("{p}members"),
+            "gauge",
+            "Chat members holding a name now.",
+            self.members,
+        );
+        sample(
+            out,
+            &format!("{p}rooms"),
+            "gauge",
+            "Chat rooms with at least one member now.",
+            self.rooms,
+        );
+        let counters = [
+            (
+                "messages_in_total",
+                "Chat messages accepted (say, dm, legacy).",
+                self.messages_in,
+            ),
+            (
+                "deliveries_out_total",
+                "Chat msg and dm events handed to members.",
+                self.deliveries_out,
+            ),
+            (
+                "slow_consumers_total",
+                "Chat members cut off because their output passed the write limit.",
+                self.slow_consumers,
+            ),
+            (
+                "room_limit_refusals_total",
+                "Chat joins refused at the room limit.",
+                self.room_limit_refusals,
+            ),
+            (
+                "udp_unanswered_total",
+                "Datagrams from UDP non-members left unanswered.",
+                self.udp_unanswered,
+            ),
+            (
+                "udp_rate_limited_total",
+                "UDP answers not sent over the reply rate.",
+                self.udp_rate_limited,
+            ),
+            (
+                "udp_turned_away_total",
+                "New UDP peers not made members.",
+                self.udp_turned_away,
+            ),
+            (
+                "udp_reflections_total",
+                "Datagrams dropped as the server's own output sent back.",
+                self.udp_reflections,
+            ),
+            (
+                "cross_loop_dropped_total",
+                "Events for another loop dropped, its inbox full.",
+                self.cross_loop_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            sample(out, &format!("{p}{name}"), "counter", help, value);
+        }
+    }
+}
+
 impl fmt::Display for ChatStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

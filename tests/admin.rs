@@ -1,0 +1,263 @@
+//! The admin endpoint end to end: a real echo server with `Config::admin` on
+//! 127.0.0.1:0, some traffic (frames, a protocol error, a datagram), then plain HTTP
+//! requests. `/metrics` must parse with Python's `prometheus_client` (the reference
+//! parser; `.ci/run` installs it) and its values must match the traffic; `/healthz`,
+//! a 404, a 405 and a malformed request get their answers; backpressure shows as write
+//! pauses; a slow admin client holds nothing up and is cut off at its deadline.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, header, local_config, read_frame, udp_client, write_frame, TestServer};
+use switchboard::{services::Echo, LengthCodec};
+
+/// The read deadline of admin requests in these tests (the frame timeout).
+const DEADLINE: Duration = Duration::from_millis(500);
+
+/// An echo server with the admin endpoint on; returns it and the admin address.
+fn start() -> (TestServer<Echo>, SocketAddr) {
+    let mut config = local_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.frame_timeout = Some(DEADLINE);
+    TestServer::start_with(
+        config,
+        || (Echo::default(), LengthCodec::new(1 << 16)),
+        |reactor| reactor.admin_addr().expect("admin endpoint on"),
+    )
+}
+
+/// Sends `request` as is and reads the whole response (the server closes after it).
+#[track_caller]
+fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut stream = connect(addr);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a blank line");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+}
+
+/// Parses `text` with `prometheus_client` and returns every sample, keyed as
+/// `name{label="value",...}` (labels sorted) or `name`.
+#[track_caller]
+fn parse_with_prometheus_client(text: &str) -> HashMap<String, f64> {
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families as parse
+for family in parse(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        key = f"{s.name}{{{labels}}}" if labels else s.name
+        print(key, repr(float(s.value)))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prometheus_client refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (key, value) = line.rsplit_once(' ').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_parse_and_count_the_traffic() {
+    let (server, admin) = start();
+    let mut client = connect(server.tcp());
+    for i in 0..5u8 {
+        write_frame(&mut client, &[i; 10]).unwrap();
+        assert_eq!(read_frame(&mut client).unwrap(), [i; 10]);
+    }
+    // A frame over the limit: a protocol error.
+    let mut bad = connect(server.tcp());
+    bad.write_all(&header(1 << 20)).unwrap();
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        common::is_closed(&mut bad)
+    }));
+    let udp = udp_client();
+    udp.send_to(b"ping", server.udp()).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+
+    let (status, head, body) = get(admin, "/metrics");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let samples = parse_with_prometheus_client(&body);
+    let value = |key: &str| {
+        *samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in\n{body}"))
+    };
+    assert_eq!(value("switchboard_frames_in_total"), 5.0);
+    assert_eq!(value("switchboard_frames_out_total"), 5.0);
+    assert_eq!(value("switchboard_connections_accepted_total"), 2.0);
+    assert_eq!(
+        value("switchboard_connections"),
+        1.0,
+        "admin conns count apart"
+    );
+    assert_eq!(value("switchboard_decode_errors_total"), 1.0);
+    assert_eq!(
+        value("switchboard_connections_closed_total{reason=\"protocol\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("switchboard_connections_closed_total{reason=\"peer_closed\"}"),
+        0.0
+    );
+    assert_eq!(value("switchboard_datagrams_in_total"), 1.0);
+    assert_eq!(value("switchboard_datagrams_out_total"), 1.0);
+    assert_eq!(value("switchboard_bytes_in_total"), 5.0 * 14.0 + 4.0);
+    assert_eq!(value("switchboard_write_pauses_total"), 0.0);
+    assert!(value("switchboard_loop_turn_seconds_count") > 0.0);
+    assert!(value("switchboard_loop_turn_seconds_bucket{le=\"+Inf\"}") > 0.0);
+    assert!(value("switchboard_loop_events_count") > 0.0);
+    assert!(value("switchboard_loop_events_sum") > 0.0);
+    assert_eq!(value("switchboard_admin_connections"), 1.0);
+
+    // The scrape itself is no service connection: still one open, two accepted.
+    let (_, _, body) = get(admin, "/metrics");
+    let again = parse_with_prometheus_client(&body);
+    assert_eq!(again["switchboard_connections_accepted_total"], 2.0);
+    assert_eq!(again["switchboard_admin_requests_total{code=\"200\"}"], 1.0);
+    drop(client);
+    server.stop();
+}
+
+#[test]
+fn health_not_found_bad_request_and_other_methods() {
+    let (server, admin) = start();
+    let (status, _, body) = get(admin, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(get(admin, "/nothing-here").0, 404);
+    let (status, head, _) = http(admin, "POST /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: GET"), "{head}");
+    assert_eq!(http(admin, "\x01\x02 what\r\n\r\n").0, 400);
+    // Longer than any request accepted, and never finished: 400 too.
+    let endless = format!("GET /{} HTTP/1.1\r\n", "x".repeat(9000));
+    assert_eq!(http(admin, &endless).0, 400);
+    server.stop();
+}
+
+#[test]
+fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
+    let (server, admin) = start();
+    let mut slow = connect(admin);
+    slow.write_all(b"GET /metr").unwrap();
+    // Echo traffic goes on while the request hangs.
+    let mut client = connect(server.tcp());
+    for i in 0..20u8 {
+        write_frame(&mut client, &[i; 100]).unwrap();
+        assert_eq!(read_frame(&mut client).unwrap(), [i; 100]);
+    }
+    // So does another admin request.
+    assert_eq!(get(admin, "/healthz").0, 200);
+    // At the deadline the slow one is closed without an answer.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(started.elapsed() < DEADLINE * 4, "{:?}", started.elapsed());
+    server.stop();
+}
+
+#[test]
+fn backpressure_counts_as_write_pauses() {
+    let mut config = local_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.write_limit = 64 * 1024;
+    let (server, admin) = TestServer::start_with(
+        config,
+        || (Echo::default(), LengthCodec::new(1 << 16)),
+        |reactor| reactor.admin_addr().expect("admin endpoint on"),
+    );
+    let client = connect(server.tcp());
+    let mut writer = client.try_clone().unwrap();
+    const FRAMES: usize = 1024;
+    // Pipelined frames the client does not read yet: the echoes pile up past the limit.
+    let sender = std::thread::spawn(move || {
+        for _ in 0..FRAMES {
+            write_frame(&mut writer, &[7u8; 32 * 1024]).unwrap();
+        }
+    });
+    let pauses = || {
+        parse_with_prometheus_client(&get(admin, "/metrics").2)["switchboard_write_pauses_total"]
+    };
+    assert!(common::wait_until(Duration::from_secs(5), || pauses() > 0.0));
+    let mut reader = client;
+    for _ in 0..FRAMES {
+        assert_eq!(read_frame(&mut reader).unwrap().len(), 32 * 1024);
+    }
+    sender.join().unwrap();
+    server.stop();
+}
+
+/// The binary's flag: `--admin PORT` serves the chat service's own metrics too.
+#[test]
+fn the_binary_serves_chat_metrics() {
+    let (tcp, admin) = (common::free_port(), common::free_port());
+    let server = common::ChildServer::start(
+        &[
+            "chat",
+            "--tcp",
+            &tcp.to_string(),
+            "--udp",
+            "off",
+            "--admin",
+            &admin.to_string(),
+        ],
+        Some(admin),
+    );
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let (status, _, body) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let samples = parse_with_prometheus_client(&body);
+    for key in [
+        "switchboard_chat_members",
+        "switchboard_chat_rooms",
+        "switchboard_chat_messages_in_total",
+        "switchboard_chat_deliveries_out_total",
+        "switchboard_chat_slow_consumers_total",
+    ] {
+        assert!(samples.contains_key(key), "no {key} in\n{body}");
+    }
+    let _ = TcpStream::connect(("127.0.0.1", tcp));
+    server.signal("TERM");
+    let (code, log) = server.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("admin on http://127.0.0.1:"), "{log}");
+}
