@@ -143,32 +143,16 @@ fn a_fragmented_message_is_one_request_and_pings_are_answered_between_fragments(
     let server = start();
     let mut socket = ws_connect(server.ws);
     let parts: [&[u8]; 3] = [br#"{"type":"hel"#, br#"lo","name":"#, br#""frag"}"#];
-    let text = OpCode::Data(Data::Text);
-    let more = OpCode::Data(Data::Continue);
-    socket
-        .send(Message::Frame(Frame::message(
-            parts[0].to_vec(),
-            text,
-            false,
-        )))
-        .unwrap();
-    socket
-        .send(Message::Frame(Frame::message(
-            parts[1].to_vec(),
-            more,
-            false,
-        )))
-        .unwrap();
+    let fragment = |socket: &mut Ws, part: &[u8], opcode: Data, last: bool| {
+        let frame = Frame::message(part.to_vec(), OpCode::Data(opcode), last);
+        socket.send(Message::Frame(frame)).unwrap();
+    };
+    fragment(&mut socket, parts[0], Data::Text, false);
+    fragment(&mut socket, parts[1], Data::Continue, false);
     socket
         .send(Message::Ping(b"are you there".to_vec().into()))
         .unwrap();
-    socket
-        .send(Message::Frame(Frame::message(
-            parts[2].to_vec(),
-            more,
-            true,
-        )))
-        .unwrap();
+    fragment(&mut socket, parts[2], Data::Continue, true);
     // The pong comes first (it answers a frame before the last fragment).
     match socket.read().unwrap() {
         Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
