@@ -261,3 +261,44 @@ fn the_binary_serves_chat_metrics() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("admin on http://127.0.0.1:"), "{log}");
 }
+
+#[test]
+fn with_several_loops_metrics_add_up_every_loop() {
+    let (tcp, admin) = (common::free_port(), common::free_port());
+    let (tcp_flag, admin_flag) = (tcp.to_string(), admin.to_string());
+    let args = [
+        "echo",
+        "--tcp",
+        &tcp_flag,
+        "--udp",
+        "off",
+        "--threads",
+        "2",
+        "--spread",
+        "handoff",
+        "--admin",
+        &admin_flag,
+    ];
+    let server = common::ChildServer::start(&args, Some(admin));
+    let tcp = SocketAddr::from(([127, 0, 0, 1], tcp));
+    // Dealt round robin: two connections on each loop, a frame echoed on each.
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| common::connect(tcp)).collect();
+    for client in &mut clients {
+        common::write_frame(client, b"count me").unwrap();
+        assert_eq!(common::read_frame(client).unwrap(), b"count me");
+    }
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    // The other loop publishes its counters after its turns: they show at once.
+    let mut samples = HashMap::new();
+    let added_up = common::wait_until(Duration::from_secs(5), || {
+        samples = parse_with_prometheus_client(&get(admin, "/metrics").2);
+        samples.get("switchboard_frames_in_total") == Some(&4.0)
+    });
+    assert!(added_up, "{samples:?}");
+    assert_eq!(samples["switchboard_connections_accepted_total"], 4.0);
+    assert_eq!(samples["switchboard_connections"], 4.0);
+    drop(clients);
+    server.signal("TERM");
+    let (code, log) = server.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -277,11 +278,26 @@ impl<S: Service> Reactor<S> {
         }
     }
 
+    /// This loop's counters, or in a pool every loop's added up (the others' as of
+    /// their last turn).
+    fn pool_totals(&self) -> crate::stats::Stats {
+        let mut total = self.hub.stats.clone();
+        for shared in &self.pool_counters {
+            if Arc::ptr_eq(shared, &self.shared) {
+                continue;
+            }
+            if let Ok(counters) = shared.counters.lock() {
+                total.add(&counters);
+            }
+        }
+        total
+    }
+
     /// The body of `GET /metrics`: the reactor's counters, the loop histograms, the
     /// admin endpoint's own counts, then the service's metrics.
     fn render_metrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        metrics::write_stats(&mut out, &self.hub.stats);
+        metrics::write_stats(&mut out, &self.pool_totals());
         if let Some(admin) = self.admin.as_deref() {
             metrics::write_loop(&mut out, &admin.loop_metrics);
             let name = "switchboard_admin_requests_total";

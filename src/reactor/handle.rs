@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     pub stop_now: AtomicBool,
     /// Wakes the loop out of `poll`.
     pub waker: Waker,
+    /// The loop's counters as of its last turn, for the admin endpoint of a pool's
+    /// loop 0 (published only when a pool has one).
+    pub counters: std::sync::Mutex<crate::stats::Stats>,
 }
 
 /// Reaches a running reactor from any thread: post work into its loop, or stop it.

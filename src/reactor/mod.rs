@@ -144,6 +144,10 @@ pub struct Reactor<S: Service> {
     budget_warning: crate::throttle::Throttle,
     /// The admin endpoint (`Config::admin`), when it is on.
     admin: Option<Box<admin::Admin>>,
+    /// A pool with an admin endpoint: publish the counters after every turn.
+    publish_counters: bool,
+    /// On a pool's loop 0 with an admin endpoint: every loop's published counters.
+    pool_counters: Vec<Arc<Shared>>,
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -213,6 +217,7 @@ impl<S: Service> Reactor<S> {
                 wake_pending: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
                 stop_now: AtomicBool::new(false),
+                counters: std::sync::Mutex::new(Stats::default()),
                 waker,
             }),
             inbox: Inbox { receiver, sender },
@@ -223,6 +228,8 @@ impl<S: Service> Reactor<S> {
             last_accept_warning: None,
             budget_warning: crate::throttle::Throttle::new(budget::WARN_EVERY),
             admin: None,
+            publish_counters: false,
+            pool_counters: Vec::new(),
             poll,
             config,
         };
@@ -494,6 +501,9 @@ impl<S: Service> Reactor<S> {
             self.serve_ready_again(left_over);
         }
         self.fire_timers();
+        if self.publish_counters {
+            self.publish_counters();
+        }
         if self.hub.udp_burst_pending {
             self.send_udp_bursts();
         }
@@ -806,6 +816,14 @@ impl<S: Service> Reactor<S> {
                 self.accept(token.0 - LISTENER_BASE);
             }
             self.carry_out_requests();
+        }
+    }
+
+    /// Copies the counters where a pool's loop 0 reads them for its admin endpoint.
+    #[cold]
+    fn publish_counters(&self) {
+        if let Ok(mut published) = self.shared.counters.lock() {
+            published.clone_from(&self.hub.stats);
         }
     }
 

@@ -151,6 +151,9 @@ enum Go<S: Service> {
     Run {
         deal_to: Option<Vec<Option<Recipient>>>,
         signals_for: Option<Vec<Handle<S>>>,
+        /// With an admin endpoint: every loop publishes its counters, and loop 0 is
+        /// given the loops whose counters its `/metrics` adds up.
+        counters: Option<Vec<Handle<S>>>,
     },
     /// Another loop failed to bind: stop.
     Abort,
@@ -300,9 +303,14 @@ impl Pool {
             let deal_to =
                 (index == 0 && self.spread == Spread::Handoff).then(|| recipients(&handles));
             let signals_for = (index == 0 && self.signals).then(|| handles.clone());
+            let counters = self.config.admin.is_some().then(|| match index {
+                0 => handles.clone(),
+                _ => Vec::new(),
+            });
             let _ = go_tx.send(Go::Run {
                 deal_to,
                 signals_for,
+                counters,
             });
         }
         log::info!(
@@ -344,7 +352,7 @@ impl Pool {
             };
             config.udp = udp;
             config.unix = Vec::new();
-            // Only loop 0 serves the admin endpoint (its own loop's counters).
+            // Only loop 0 serves the admin endpoint (every loop's counters added up).
             config.admin = None;
         }
         config
@@ -426,13 +434,18 @@ fn run_loop<S: Service + 'static, R>(
     peers: &Peers<S>,
     finish: &dyn Fn(Stopped<S>) -> R,
 ) -> Result<R, Error> {
-    let (deal_to, signals_for) = match go.recv() {
+    let (deal_to, signals_for, counters) = match go.recv() {
         Ok(Go::Run {
             deal_to,
             signals_for,
-        }) => (deal_to, signals_for),
+            counters,
+        }) => (deal_to, signals_for, counters),
         Ok(Go::Abort) | Err(_) => return Err(Error::Thread(lost_thread())),
     };
+    if let Some(loops) = counters {
+        reactor.publish_counters = true;
+        reactor.pool_counters = loops.iter().map(|h| Arc::clone(&h.shared)).collect();
+    }
     if let Some(recipients) = deal_to {
         reactor.handover.deal_to(recipients);
     }
