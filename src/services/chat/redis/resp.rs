@@ -52,10 +52,14 @@ pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     let start = out.len();
     out.resize(start + frame.encode_len(false), 0);
     // The encoder's only failure is a buffer too small, and the buffer was just sized by
-    // the encoder's own `encode_len`.
-    let written = encode_borrowed(&mut out[start..], &frame, false)
-        .expect("a buffer sized by encode_len holds the frame");
-    out.truncate(start + written);
+    // the encoder's own `encode_len`; should it fail anyway, nothing is sent.
+    match encode_borrowed(&mut out[start..], &frame, false) {
+        Ok(written) => out.truncate(start + written),
+        Err(e) => {
+            log::error!("chat: a Redis command could not be encoded: {e:?}");
+            out.truncate(start);
+        }
+    }
 }
 
 /// One reply (or push) from Redis, owned, in the few shapes our code matches on.
