@@ -85,11 +85,11 @@ impl Encoded {
     }
 
     /// An event another loop serialized, framed for this loop's TCP members.
-    pub(super) fn from_wire(ctx: &Context<'_, Chat>, wire: &super::loops::Wire) -> Self {
+    pub(super) fn from_wire(ctx: &Context<'_, Chat>, wire: super::loops::Wire) -> Self {
         Encoded {
-            json: wire.json.clone(),
             frame: ctx.shared_frame(&wire.json).ok(),
-            legacy: wire.legacy.clone(),
+            json: wire.json,
+            legacy: wire.legacy,
             ws: std::cell::OnceCell::new(),
         }
     }

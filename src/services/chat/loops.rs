@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::fanout::Encoded;
 use super::Chat;
 use crate::throttle::Throttle;
-use crate::{Context, Peers};
+use crate::{Context, Peers, PostError};
 
 /// How long refused room notices wait before they are posted again.
 pub(super) const LOOP_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -61,19 +61,23 @@ pub(super) enum Notice {
     RoomOpened { room: String, from: usize },
     /// `from` has no members left in `room`.
     RoomClosed { room: String, from: usize },
-    /// An event of `room`, for the receiving loop's members of it; a `msg` is also kept
-    /// in the room's history there.
-    Room {
-        room: String,
-        event: Arc<Wire>,
-        remember: bool,
-    },
+    /// An event of a room, one copy shared by every loop it is posted to.
+    Room(Arc<RoomEvent>),
     /// A direct message for the member called `to`.
-    Direct { to: String, event: Arc<Wire> },
+    Direct { to: String, event: Wire },
+}
+
+/// A room event on its way to the loops with members in the room.
+#[derive(Debug)]
+pub(super) struct RoomEvent {
+    pub room: String,
+    pub wire: Wire,
+    /// A `msg`: the receiving loop keeps it in the room's history.
+    pub remember: bool,
 }
 
 /// An event as it crosses loops: its typed JSON and its legacy form, serialized once.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Wire {
     pub json: Vec<u8>,
     pub legacy: Option<Vec<u8>>,
@@ -203,14 +207,8 @@ impl LoopLink {
     /// Posts the room notices not yet taken, in order, until an inbox is full.
     pub fn post_unsent(&mut self) {
         while let Some((to, notice)) = self.unsent.pop_front() {
-            let Some(handle) = self.peers.all().get(to) else {
-                continue;
-            };
             let retry = notice.clone();
-            if handle
-                .post(move |chat, ctx| chat.heard_from_loop(ctx, notice))
-                .is_err()
-            {
+            if send(&self.peers, to, notice).is_err() {
                 self.unsent.push_front((to, retry));
                 return;
             }
@@ -242,14 +240,20 @@ impl LoopLink {
         let Some(loops) = self.remote_rooms.get(room).filter(|l| !l.is_empty()) else {
             return;
         };
-        let wire = Arc::new(event.to_wire());
-        for to in loops.clone() {
-            let notice = Notice::Room {
-                room: room.to_owned(),
-                event: Arc::clone(&wire),
-                remember,
-            };
-            self.post(to, notice, stats);
+        let event = Arc::new(RoomEvent {
+            room: room.to_owned(),
+            wire: event.to_wire(),
+            remember,
+        });
+        let mut refused = None;
+        for &to in loops {
+            if let Err(e) = send(&self.peers, to, Notice::Room(Arc::clone(&event))) {
+                refused = Some((to, e));
+                stats.count_cross_loop_dropped();
+            }
+        }
+        if let Some((to, e)) = refused {
+            self.log_dropped(to, e);
         }
     }
 
@@ -263,9 +267,12 @@ impl LoopLink {
     ) {
         let notice = Notice::Direct {
             to: name.to_owned(),
-            event: Arc::new(event.to_wire()),
+            event: event.to_wire(),
         };
-        self.post(to, notice, stats);
+        if let Err(e) = send(&self.peers, to, notice) {
+            stats.count_cross_loop_dropped();
+            self.log_dropped(to, e);
+        }
     }
 
     /// Records what another loop said of its rooms.
@@ -279,19 +286,22 @@ impl LoopLink {
         }
     }
 
-    fn post(&mut self, to: usize, notice: Notice, stats: &super::ChatStatsHandle) {
-        let Some(handle) = self.peers.all().get(to) else {
-            return;
-        };
-        if let Err(e) = handle.post(move |chat, ctx| chat.heard_from_loop(ctx, notice)) {
-            stats.count_cross_loop_dropped();
-            if let Some(count) = self.full_log.note(std::time::Instant::now()) {
-                log::warn!(
-                    "chat: an event for loop {to} was dropped: {e} \
-                     ({count} dropped since the last such line)"
-                );
-            }
+    /// Logs (now and then) that an event for loop `to` was dropped.
+    fn log_dropped(&mut self, to: usize, e: PostError) {
+        if let Some(count) = self.full_log.note(std::time::Instant::now()) {
+            log::warn!(
+                "chat: an event for loop {to} was dropped: {e} \
+                 ({count} dropped since the last such line)"
+            );
         }
+    }
+}
+
+/// Posts `notice` into loop `to`'s inbox: every message between chat loops goes this way.
+fn send(peers: &Peers<Chat>, to: usize, notice: Notice) -> Result<(), PostError> {
+    match peers.all().get(to) {
+        Some(handle) => handle.post(move |chat, ctx| chat.heard_from_loop(ctx, notice)),
+        None => Ok(()),
     }
 }
 
@@ -309,12 +319,16 @@ impl Chat {
                     link.note_room(room, from, false);
                 }
             }
-            Notice::Room {
-                room,
-                event,
-                remember,
-            } => self.deliver_remote(ctx, &room, &event, remember),
-            Notice::Direct { to, event } => self.direct_remote(ctx, &to, &event),
+            Notice::Room(event) => {
+                // The last loop to take it (with two loops, the only one) takes the bytes
+                // rather than copying them.
+                let (room, wire, remember) = match Arc::try_unwrap(event) {
+                    Ok(own) => (own.room, own.wire, own.remember),
+                    Err(shared) => (shared.room.clone(), shared.wire.clone(), shared.remember),
+                };
+                self.deliver_remote(ctx, &room, wire, remember);
+            }
+            Notice::Direct { to, event } => self.direct_remote(ctx, &to, event),
         }
         self.count_population();
     }
@@ -325,7 +339,7 @@ impl Chat {
         &mut self,
         ctx: &mut Context<'_, Chat>,
         room: &str,
-        wire: &Wire,
+        wire: Wire,
         remember: bool,
     ) {
         if self.directory.room(room).is_none() {
@@ -344,7 +358,7 @@ impl Chat {
 
     /// Delivers another loop's (or node's) direct message to this loop's member called
     /// `to`.
-    pub(super) fn direct_remote(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: &Wire) {
+    pub(super) fn direct_remote(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: Wire) {
         let Some(recipient) = self.directory.by_name(to) else {
             return; // gone while the message was on its way
         };

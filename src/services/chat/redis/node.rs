@@ -460,7 +460,7 @@ impl Chat {
             }
             Tag::Direct { member, to, event } => match reply {
                 Reply::Number(n) if n > 0 => {
-                    let encoded = Encoded::from_wire(ctx, &event);
+                    let encoded = Encoded::from_wire(ctx, event);
                     let sent = self.send_event(ctx, member, &encoded);
                     self.stats.delivered(sent);
                 }
@@ -486,10 +486,10 @@ impl Chat {
         let channel = String::from_utf8_lossy(channel);
         if let Some(room) = channel.strip_prefix("sb:room:") {
             let room = room.to_owned();
-            self.deliver_remote(ctx, &room, &wire, remember);
+            self.deliver_remote(ctx, &room, wire, remember);
         } else if let Some(to) = channel.strip_prefix("sb:dm:") {
             let to = to.to_owned();
-            self.direct_remote(ctx, &to, &wire);
+            self.direct_remote(ctx, &to, wire);
         }
         self.count_population();
     }
