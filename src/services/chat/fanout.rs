@@ -112,7 +112,6 @@ impl Encoded {
     }
 
     /// The typed JSON bytes.
-    #[cfg(test)]
     pub fn json(&self) -> &[u8] {
         &self.json
     }

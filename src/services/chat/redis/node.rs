@@ -250,17 +250,16 @@ impl Node {
 
 /// A room event or a DM as it travels through Redis: the node, the kind, the typed
 /// JSON and the legacy form, joined by NUL bytes (which JSON text never contains).
-fn envelope(node: &str, remember: bool, wire: &Wire) -> Vec<u8> {
-    let mut out = Vec::with_capacity(node.len() + wire.json.len() + 8);
+fn envelope(node: &str, remember: bool, json: &[u8], legacy: Option<&[u8]>) -> Vec<u8> {
+    let legacy = legacy.unwrap_or_default();
+    let mut out = Vec::with_capacity(node.len() + json.len() + legacy.len() + 4);
     out.extend_from_slice(node.as_bytes());
     out.push(0);
     out.push(if remember { b'm' } else { b'p' });
     out.push(0);
-    out.extend_from_slice(&wire.json);
+    out.extend_from_slice(json);
     out.push(0);
-    if let Some(legacy) = &wire.legacy {
-        out.extend_from_slice(legacy);
-    }
+    out.extend_from_slice(legacy);
     out
 }
 
@@ -483,13 +482,16 @@ impl Chat {
         if from == node.id.as_bytes() {
             return; // our own, echoed by Redis
         }
-        let channel = String::from_utf8_lossy(channel);
-        if let Some(room) = channel.strip_prefix("sb:room:") {
-            let room = room.to_owned();
-            self.deliver_remote(ctx, &room, wire, remember);
-        } else if let Some(to) = channel.strip_prefix("sb:dm:") {
-            let to = to.to_owned();
-            self.direct_remote(ctx, &to, wire);
+        // (Our own channels: their names are UTF-8, as room and member names are.)
+        let named = |prefix: &[u8]| {
+            channel
+                .strip_prefix(prefix)
+                .and_then(|n| std::str::from_utf8(n).ok())
+        };
+        if let Some(room) = named(b"sb:room:") {
+            self.deliver_remote(ctx, room, wire, remember);
+        } else if let Some(to) = named(b"sb:dm:") {
+            self.direct_remote(ctx, to, wire);
         }
         self.count_population();
     }
@@ -505,7 +507,7 @@ impl Chat {
         let Some(node) = &mut self.redis else {
             return;
         };
-        let payload = envelope(&node.id, remember, &event.to_wire());
+        let payload = envelope(&node.id, remember, event.json(), event.legacy_bytes());
         let channel = format!("sb:room:{room}");
         node.command(
             ctx,
@@ -532,7 +534,7 @@ impl Chat {
             return false;
         };
         let wire = event.to_wire();
-        let payload = envelope(&node.id, false, &wire);
+        let payload = envelope(&node.id, false, &wire.json, wire.legacy.as_deref());
         let channel = format!("sb:dm:{to}");
         let tag = Tag::Direct {
             member,
@@ -578,18 +580,11 @@ mod tests {
             json: br#"{"type":"msg"}"#.to_vec(),
             legacy: Some(br#"{"name":"a","msg":"b"}"#.to_vec()),
         };
-        let payload = envelope("node-1", true, &wire);
+        let payload = envelope("node-1", true, &wire.json, wire.legacy.as_deref());
         let (node, remember, back) = open_envelope(&payload).unwrap();
         assert_eq!((node, remember), (&b"node-1"[..], true));
         assert_eq!((back.json, back.legacy), (wire.json, wire.legacy));
-        let plain = envelope(
-            "n",
-            false,
-            &Wire {
-                json: b"{}".to_vec(),
-                legacy: None,
-            },
-        );
+        let plain = envelope("n", false, b"{}", None);
         let (_, remember, back) = open_envelope(&plain).unwrap();
         assert!(!remember && back.legacy.is_none());
         assert!(open_envelope(b"no separators").is_none());
