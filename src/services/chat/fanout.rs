@@ -112,6 +112,7 @@ impl Encoded {
     }
 
     /// The typed JSON bytes.
+    #[cfg(any(test, feature = "redis"))]
     pub fn json(&self) -> &[u8] {
         &self.json
     }
