@@ -39,8 +39,11 @@ const MAX_REQUEST: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct WsConn {
     phase: Phase,
-    /// Bytes read and not yet understood: a partial request or frame.
+    /// Bytes read and not yet understood: a partial request or frame (after `done`).
     input: Vec<u8>,
+    /// How much of `input` the frames handled in this read used: dropped once, when
+    /// the read's frames are all handled, rather than once per frame.
+    done: usize,
     /// The text message being reassembled from fragments.
     message: Vec<u8>,
     /// A fragmented message has begun and awaits continuations.
@@ -78,6 +81,7 @@ impl WsConn {
         WsConn {
             phase: Phase::Request,
             input: Vec::new(),
+            done: 0,
             message: Vec::new(),
             fragmented: false,
             max_message,
@@ -99,6 +103,8 @@ impl WsConn {
             self.request(actions);
         }
         while self.phase == Phase::Open && self.frame(actions) {}
+        self.input.drain(..self.done.min(self.input.len()));
+        self.done = 0;
     }
 
     /// Reads the HTTP request, if it is all there.
@@ -175,13 +181,13 @@ impl WsConn {
     /// Handles one frame, if it is all there. False when more bytes are needed (or the
     /// connection is closing).
     fn frame(&mut self, actions: &mut Vec<WsAction>) -> bool {
-        let mut cursor = Cursor::new(&self.input[..]);
+        let mut cursor = Cursor::new(&self.input[self.done..]);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return false,
             Err(_) => return self.fail(actions, CloseCode::Protocol, "malformed frame"),
         };
-        let start = cursor.position() as usize;
+        let start = self.done + cursor.position() as usize;
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return self.fail(actions, CloseCode::Protocol, "reserved bits set");
         }
@@ -200,7 +206,7 @@ impl WsConn {
             return false;
         }
         let mut payload = self.input[start..end].to_vec();
-        self.input.drain(..end);
+        self.done = end;
         unmask(&mut payload, mask);
         self.payload(actions, header, payload)
     }
