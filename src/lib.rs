@@ -41,6 +41,7 @@
 //! - `endpoint`: endpoints and their codecs, opening listeners, sockets and
 //!   outbound connections ([`Dial`]).
 //! - `udp`: UDP endpoints.
+//! - `http`: the whole HTTP responses the admin endpoint and the chat page write.
 //! - `throttle`: log lines a flood cannot multiply (one per interval, with a count).
 //! - [`timer`]: the deadline queue behind every timer.
 //! - `idle`: connections ordered by last activity, for the idle timeout.
@@ -74,6 +75,7 @@ mod context;
 mod endpoint;
 mod error;
 pub mod frame;
+mod http;
 mod hub;
 mod idle;
 #[cfg(feature = "loadgen")]

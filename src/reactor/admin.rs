@@ -380,21 +380,14 @@ fn status_index(status: u16) -> usize {
 
 /// A whole HTTP/1.1 response; the connection closes after it.
 fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
+    let status_line = match status {
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        404 => "404 Not Found",
+        _ => "405 Method Not Allowed",
     };
     let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    out
+    crate::http::response(status_line, content_type, body.as_bytes(), allow)
 }
 
 #[cfg(all(test, feature = "admin"))]

@@ -25,6 +25,7 @@ use tungstenite::handshake::derive_accept_key;
 use super::protocol::{parse, Incoming, Legacy};
 use super::rooms::Link;
 use super::{Chat, Seat};
+use crate::http::response;
 use crate::{AnyCodec, CloseMode, ConnId, Context, ListenAddr, RawCodec, Reactor};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -315,17 +316,6 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     for (i, byte) in payload.iter_mut().enumerate() {
         *byte ^= mask[i % 4];
     }
-}
-
-fn response(status: &str, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n{extra}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
 }
 
 /// Opens the WebSocket listener at `addr` on `reactor` (unframed: the chat reads the
