@@ -60,6 +60,8 @@ pub(crate) enum KeptBecause {
 }
 
 impl Handover {
+    /// A handover queue of `capacity` connections; 0 for a loop that is never dealt
+    /// any (a lone reactor, loop 0, or a loop with a listener of its own).
     pub fn new(capacity: usize) -> Self {
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
         Handover {

@@ -221,7 +221,12 @@ impl<S: Service> Reactor<S> {
                 waker,
             }),
             inbox: Inbox { receiver, sender },
-            handover: Handover::new(config.backlog.max(1) as usize),
+            // Only a loop that is dealt connections needs room for them (a bounded
+            // channel allocates its capacity up front).
+            handover: Handover::new(match listen {
+                Listen::Mirror(_) => config.backlog.max(1) as usize,
+                Listen::Bind => 0,
+            }),
             started: false,
             shutdown_deadline: None,
             last_reject_warning: None,
