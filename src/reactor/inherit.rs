@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use mio::net::{TcpListener, UnixListener};
 
 use super::Reactor;
-use crate::endpoint::{BoundAddr, EndpointId, EndpointKind, Listener};
+use crate::endpoint::{BoundAddr, EndpointId, Listener};
 use crate::error::Error;
 use crate::service::Service;
 
@@ -45,7 +45,7 @@ impl<S: Service> Reactor<S> {
         listener.set_nonblocking(true).map_err(unusable)?;
         let local = listener.local_addr().map_err(unusable)?;
         let listener = Listener::Tcp(TcpListener::from_std(listener));
-        self.adopt(listener, BoundAddr::Tcp(local), codec)
+        self.serve_listener(listener, BoundAddr::Tcp(local), codec, " (inherited)")
     }
 
     /// Serves a Unix-domain stream listener that is already bound and listening, as
@@ -66,21 +66,6 @@ impl<S: Service> Reactor<S> {
             .as_pathname()
             .map_or_else(|| PathBuf::from("(unnamed)"), PathBuf::from);
         let listener = Listener::Unix(UnixListener::from_std(listener), None);
-        self.adopt(listener, BoundAddr::Unix(path), codec)
-    }
-
-    fn adopt(
-        &mut self,
-        listener: Listener,
-        bound: BoundAddr,
-        codec: S::Codec,
-    ) -> Result<EndpointId, Error> {
-        let endpoint = self
-            .endpoints
-            .add(EndpointKind::Listener(bound.clone()), codec);
-        self.add_listener(listener, endpoint)?;
-        log::info!("listening on {bound} (inherited)");
-        self.bound.push(bound);
-        Ok(endpoint)
+        self.serve_listener(listener, BoundAddr::Unix(path), codec, " (inherited)")
     }
 }

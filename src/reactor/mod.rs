@@ -307,11 +307,24 @@ impl<S: Service> Reactor<S> {
                 (Listener::Unix(listener, Some(path)), bound)
             }
         };
+        self.serve_listener(listener, bound, codec, "")
+    }
+
+    /// Makes an open listener a new endpoint framed by `codec`, registers it, and logs
+    /// `listening on ADDR` followed by `note`.
+    fn serve_listener(
+        &mut self,
+        listener: Listener,
+        bound: BoundAddr,
+        codec: S::Codec,
+        note: &str,
+    ) -> Result<EndpointId, Error> {
         let endpoint = self
             .endpoints
             .add(EndpointKind::Listener(bound.clone()), codec);
         self.add_listener(listener, endpoint)?;
-        self.announce(bound);
+        log::info!("listening on {bound}{note}");
+        self.bound.push(bound);
         Ok(endpoint)
     }
 
