@@ -580,8 +580,7 @@ impl Service for Chat {
         _origin: Origin,
     ) {
         #[cfg(feature = "ws")]
-        if let Some((endpoint, max)) = self.ws.filter(|(e, _)| _origin == Origin::Accepted(*e)) {
-            let _ = endpoint;
+        if let Some((_, max)) = self.ws.filter(|(e, _)| _origin == Origin::Accepted(*e)) {
             seat.ws = Some(Box::new(ws::WsConn::new(max)));
             return;
         }
