@@ -326,19 +326,15 @@ where
         report(&stopped);
         (stopped.stats, stopped.forced)
     };
-    match pool
-        .start_with(codec, make, setup, finish)
+    pool.start_with(codec, make, setup, finish)
         .and_then(|running| running.wait())
-    {
-        Ok(loops) => {
+        .map(|loops| {
             let mut total = Stats::default();
             loops.iter().for_each(|(stats, _)| total.add(stats));
             log::info!("served by {} loops: {total}", loops.len());
-            Ok(loops.iter().any(|(_, forced)| *forced))
-        }
-        Err(e) => Err(e),
-    }
-    .map_or_else(failed, stop_code)
+            loops.iter().any(|(_, forced)| *forced)
+        })
+        .map_or_else(failed, stop_code)
 }
 
 /// True (after saying so) when the flags leave no endpoint at all and none was
@@ -414,10 +410,7 @@ where
         .and_then(|mut reactor| setup(&mut reactor).map(|()| reactor));
     let mut reactor = match bound {
         Ok(reactor) => reactor,
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return failed(e),
     };
     if let Err(e) = reactor.stop_on_signals() {
         eprintln!("switchboard: cannot install signal handlers: {e}");
