@@ -97,6 +97,7 @@ impl<S: Service> Reactor<S> {
             .register(&mut listener, Token(ADMIN_BASE), Interest::READABLE)
             .map_err(Error::Poll)?;
         log::info!("admin on http://{addr} (/metrics, /healthz)");
+        self.observe_turns = true;
         self.admin = Some(Box::new(Admin {
             listener,
             addr,

@@ -146,6 +146,10 @@ pub struct Reactor<S: Service> {
     admin: Option<Box<admin::Admin>>,
     /// A pool with an admin endpoint: publish the counters after every turn.
     publish_counters: bool,
+    /// Something looks at every turn when it ends (the admin endpoint's histograms, the
+    /// counters a pool's loop 0 adds up): one test per turn for both, off the common
+    /// path.
+    observe_turns: bool,
     /// On a pool's loop 0 with an admin endpoint: every loop's published counters.
     pool_counters: Vec<Arc<Shared>>,
 }
@@ -234,6 +238,7 @@ impl<S: Service> Reactor<S> {
             budget_warning: crate::throttle::Throttle::new(budget::WARN_EVERY),
             admin: None,
             publish_counters: false,
+            observe_turns: false,
             pool_counters: Vec::new(),
             poll,
             config,
@@ -519,17 +524,14 @@ impl<S: Service> Reactor<S> {
             self.serve_ready_again(left_over);
         }
         self.fire_timers();
-        if self.publish_counters {
-            self.publish_counters();
-        }
         if self.hub.udp_burst_pending {
             self.send_udp_bursts();
         }
         if self.hub.stop_requested && self.shutdown_deadline.is_none() {
             self.begin_shutdown();
         }
-        if self.admin.is_some() {
-            self.record_turn(events);
+        if self.observe_turns {
+            self.observe_turn(events);
         }
         Ok(())
     }
@@ -837,11 +839,19 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    /// Copies the counters where a pool's loop 0 reads them for its admin endpoint.
+    /// The end of a turn, for those who watch turns: the admin endpoint counts it in its
+    /// histograms; in a pool with an admin endpoint, the counters are copied where
+    /// loop 0 reads them.
     #[cold]
-    fn publish_counters(&self) {
-        if let Ok(mut published) = self.shared.counters.lock() {
-            published.clone_from(&self.hub.stats);
+    #[inline(never)]
+    fn observe_turn(&mut self, events: &Events) {
+        if self.publish_counters {
+            if let Ok(mut published) = self.shared.counters.lock() {
+                published.clone_from(&self.hub.stats);
+            }
+        }
+        if self.admin.is_some() {
+            self.record_turn(events);
         }
     }
 

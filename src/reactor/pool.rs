@@ -444,6 +444,7 @@ fn run_loop<S: Service + 'static, R>(
     };
     if let Some(loops) = counters {
         reactor.publish_counters = true;
+        reactor.observe_turns = true;
         reactor.pool_counters = loops.iter().map(|h| Arc::clone(&h.shared)).collect();
     }
     if let Some(recipients) = deal_to {
