@@ -25,7 +25,7 @@ use crate::connection::{ConnId, Connection, Flag, IdleRule, Millis, Slot};
 use crate::idle::IdleList;
 use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
-use crate::timer::{TimerId, TimerQueue};
+use crate::timer::{deadline_after, TimerId, TimerQueue};
 use crate::udp::UdpEndpoint;
 
 /// What a timer entry is for.
@@ -234,7 +234,7 @@ impl<S: Service> Hub<S> {
         // resolution anyway.
         let every = every.map(|d| d.max(Duration::from_millis(1)));
         let event = TimerEvent::Service { value, conn, every };
-        self.timers.insert(self.now + delay, event)
+        self.timers.insert(deadline_after(self.now, delay), event)
     }
 
     /// Gives a connection its own idle timeout (`None`: never idle). It leaves the
@@ -251,7 +251,7 @@ impl<S: Service> Hub<S> {
         let (epoch, due) = (conn.idle_epoch, conn.last_active);
         self.idle.unlink(&mut self.conns, id.index());
         if let Some(d) = timeout {
-            let at = self.instant(due) + d;
+            let at = deadline_after(self.instant(due), d);
             self.timers.insert(at, TimerEvent::IdleCheck(id, epoch));
         }
     }

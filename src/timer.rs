@@ -16,6 +16,34 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+/// The longest delay a timer takes: longer ones (up to `Duration::MAX`) wait this
+/// long, which is as good as never. Delays often come from the wire (a client's
+/// `EXPIRE`, a member's chosen timeout), and `Instant + Duration` panics when the sum
+/// cannot be represented, so no deadline is computed without [`deadline_after`].
+pub const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// When a timer of `delay` set at `now` is due: `now + delay`, with `delay` capped at
+/// [`MAX_DELAY`], so it never panics however large `delay` is.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchboard::timer::{deadline_after, MAX_DELAY};
+/// let now = Instant::now();
+/// assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+/// assert_eq!(deadline_after(now, Duration::MAX), now + MAX_DELAY);
+/// ```
+pub fn deadline_after(now: Instant, delay: Duration) -> Instant {
+    let mut delay = delay.min(MAX_DELAY);
+    // An `Instant` near the end of its platform's range could overflow even with the
+    // capped delay: then the furthest deadline that fits (halving ends at zero).
+    loop {
+        if let Some(deadline) = now.checked_add(delay) {
+            return deadline;
+        }
+        delay /= 2;
+    }
+}
+
 /// Names one scheduled timer, so it can be cancelled; a repeating timer keeps its id
 /// for every round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

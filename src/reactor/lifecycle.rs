@@ -50,6 +50,7 @@ use crate::endpoint::{start_connect, Dial, DialError, EndpointId, Endpoints};
 use crate::hub::{connection_mut, Hub, TimerEvent, LINGER_QUIET, LINGER_ROUNDS};
 use crate::service::{Origin, Service};
 use crate::stats::CloseReason;
+use crate::timer::deadline_after;
 
 impl<S: Service> Hub<S> {
     /// Puts a new connection in the slab and registers its socket; `Connecting` ones
@@ -114,8 +115,10 @@ impl<S: Service> Hub<S> {
             .map_err(|(error, state)| DialError { error, state })?;
         self.stats.dialled += 1;
         let timeout = dial.timeout.unwrap_or(self.limits.connect_timeout);
-        self.timers
-            .insert(self.now + timeout, TimerEvent::ConnectDeadline(id));
+        self.timers.insert(
+            deadline_after(self.now, timeout),
+            TimerEvent::ConnectDeadline(id),
+        );
         log::debug!("{id}: dialling {}", dial.target);
         Ok(id)
     }

@@ -779,8 +779,10 @@ fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed
         conn.frame_started = now_millis;
         if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
             conn.flags.set(Flag::FrameTimerArmed, true);
-            hub.timers
-                .insert(now + timeout, TimerEvent::FrameDeadline(id));
+            hub.timers.insert(
+                crate::timer::deadline_after(now, timeout),
+                TimerEvent::FrameDeadline(id),
+            );
         }
     }
     hub.account(id);

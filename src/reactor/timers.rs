@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
 use crate::stats::CloseReason;
-use crate::timer::TimerId;
+use crate::timer::{deadline_after, TimerId, MAX_DELAY};
 
 impl<S: Service> Reactor<S> {
     /// Closes idle connections and fires due timers. The common turn has neither, and
@@ -161,9 +161,10 @@ impl<S: Service> Reactor<S> {
             self.hub.reset(id, CloseReason::WriteStalled);
         } else {
             conn.flags.set(Flag::SendTimerArmed, true);
-            self.hub
-                .timers
-                .insert(now + (timeout - stalled), TimerEvent::SendDeadline(id));
+            self.hub.timers.insert(
+                deadline_after(now, timeout - stalled),
+                TimerEvent::SendDeadline(id),
+            );
         }
     }
 
@@ -217,8 +218,8 @@ impl<S: Service> Reactor<S> {
             conn.flags.set(Flag::FrameTimerArmed, true);
             self.hub
                 .timers
-                .insert(now + timeout, TimerEvent::FrameDeadline(id));
-        } else if started + timeout <= now {
+                .insert(deadline_after(now, timeout), TimerEvent::FrameDeadline(id));
+        } else if deadline_after(started, timeout) <= now {
             let received = conn.input.len();
             log::warn!(
                 "{}: frame not completed within {timeout:?} ({received} bytes received); \
@@ -228,9 +229,10 @@ impl<S: Service> Reactor<S> {
             self.hub.request_close(id, CloseReason::FrameTimeout);
         } else {
             conn.flags.set(Flag::FrameTimerArmed, true);
-            self.hub
-                .timers
-                .insert(started + timeout, TimerEvent::FrameDeadline(id));
+            self.hub.timers.insert(
+                deadline_after(started, timeout),
+                TimerEvent::FrameDeadline(id),
+            );
         }
     }
 }
@@ -239,9 +241,15 @@ impl<S: Service> Reactor<S> {
 /// so rounds do not drift; rounds already missed are skipped.
 fn next_round(first: Instant, interval: Duration, now: Instant) -> Instant {
     let behind = now.saturating_duration_since(first);
-    let rounds = behind.as_nanos() / interval.as_nanos().max(1) + 1;
-    let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
-    first + interval * rounds
+    let interval = interval.as_nanos().max(1);
+    let rounds = behind.as_nanos() / interval + 1;
+    // In nanoseconds, wide enough for any interval a service may give (as long as
+    // `Duration::MAX`) times any count of rounds; past `MAX_DELAY` it saturates.
+    let delay = match u64::try_from(interval.saturating_mul(rounds)) {
+        Ok(nanos) => Duration::from_nanos(nanos),
+        Err(_) => MAX_DELAY,
+    };
+    deadline_after(first, delay)
 }
 
 /// Logs an idle close. Out of line and cold: the loop checks for idle connections
@@ -268,5 +276,16 @@ mod tests {
         assert_eq!(next_round(t0, second, t0 + second * 3 / 10), t0 + second);
         // Three and a half rounds late: the next round after now, not three at once.
         assert_eq!(next_round(t0, second, t0 + second * 7 / 2), t0 + 4 * second);
+    }
+
+    #[test]
+    fn rounds_of_any_interval_saturate_instead_of_overflowing() {
+        let t0 = Instant::now();
+        assert_eq!(next_round(t0, Duration::MAX, t0), t0 + MAX_DELAY);
+        // A millisecond interval a thousand days behind: more rounds than a `u32`
+        // holds, still exactly the next round after now.
+        let late = t0 + Duration::from_secs(1000 * 24 * 3600);
+        let millisecond = Duration::from_millis(1);
+        assert_eq!(next_round(t0, millisecond, late), late + millisecond);
     }
 }

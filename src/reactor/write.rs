@@ -101,8 +101,10 @@ impl<S: Service> Hub<S> {
         };
         if !conn.flags.get(Flag::SendTimerArmed) {
             conn.flags.set(Flag::SendTimerArmed, true);
-            self.timers
-                .insert(now + timeout, TimerEvent::SendDeadline(id));
+            self.timers.insert(
+                crate::timer::deadline_after(now, timeout),
+                TimerEvent::SendDeadline(id),
+            );
         }
     }
 
