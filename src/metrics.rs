@@ -218,8 +218,9 @@ pub fn write_stats(out: &mut String, stats: &Stats) {
         out,
         &format!("{p}buffered_bytes"),
         gauge,
-        "Buffer memory the connections hold, in whole KiB per connection, in bytes.",
-        stats.buffered_bytes * 1024,
+        "Buffer memory the connections hold, in bytes (each connection's rounded up to \
+         whole KiB, as the memory budget counts it).",
+        stats.buffered_bytes,
     );
     let name = format!("{p}connections_closed_total");
     header(out, &name, counter, "Connections closed, by reason.");

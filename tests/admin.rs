@@ -158,6 +158,28 @@ fn metrics_parse_and_count_the_traffic() {
 }
 
 #[test]
+fn buffered_bytes_are_the_bytes_held() {
+    let (server, admin) = start();
+    // A partial frame: the connection keeps a buffer for it until the rest comes.
+    let mut partial = connect(server.tcp());
+    partial.write_all(&header(1000)).unwrap();
+    partial.write_all(&[7; 10]).unwrap();
+    let buffered = || {
+        let (_, _, body) = get(admin, "/metrics");
+        parse_with_prometheus_client(&body)["switchboard_buffered_bytes"]
+    };
+    let mut held = 0.0;
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        held = buffered();
+        held > 0.0
+    }));
+    // A buffer of a few KiB (the pool's size), not a thousand times that.
+    assert!(held >= 14.0 && held <= 256.0 * 1024.0, "{held}");
+    let stats = server.stop();
+    assert_eq!(stats.buffered_bytes, 0);
+}
+
+#[test]
 fn health_not_found_bad_request_and_other_methods() {
     let (server, admin) = start();
     let (status, _, body) = get(admin, "/healthz");
