@@ -305,6 +305,42 @@ impl IdleRule {
     }
 }
 
+/// A connection's buffer memory as the memory budget counts it, in two bytes (every
+/// idle connection carries one): KiB, rounded up, below 32 MiB; whole MiB, rounded up,
+/// from there to 32 GiB; saturated above. One connection may hold far more than the
+/// write limit (a service that queues without looking, a link to a server that stopped
+/// reading), and the budget must see all of it to act on it; rounding a large holding
+/// up to the MiB errs on the safe side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Accounted(u16);
+
+impl Accounted {
+    /// Nothing held.
+    pub(crate) const ZERO: Accounted = Accounted(0);
+    /// Set when the count is in MiB.
+    const IN_MIB: u16 = 1 << 15;
+
+    /// `bytes`, rounded up to the unit its size takes.
+    pub(crate) fn of_bytes(bytes: usize) -> Accounted {
+        let kib = bytes.div_ceil(1 << 10);
+        match u16::try_from(kib) {
+            Ok(kib) if kib < Self::IN_MIB => Accounted(kib),
+            _ => {
+                let mib = bytes.div_ceil(1 << 20).min(usize::from(Self::IN_MIB - 1));
+                Accounted(Self::IN_MIB | mib as u16)
+            }
+        }
+    }
+
+    /// The count in KiB.
+    pub(crate) fn kib(self) -> u64 {
+        match self.0 & Self::IN_MIB {
+            0 => u64::from(self.0),
+            _ => u64::from(self.0 & !Self::IN_MIB) << 10,
+        }
+    }
+}
+
 /// One connection's socket, buffers and bookkeeping, stored in the reactor's slab.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -329,9 +365,8 @@ pub(crate) struct Connection {
     /// wrapping difference (4 bytes instead of 8; a send timeout is far below 49 days).
     pub write_progress: u32,
     /// The buffer memory this connection holds, as last counted in the reactor's
-    /// total for the memory budget, in KiB, rounded up (2 bytes: saturates at 64 MiB,
-    /// far above what the write limit and the frame size leave one connection).
-    pub accounted_kib: u16,
+    /// total for the memory budget (see [`Accounted`]).
+    pub accounted: Accounted,
     /// When the frame now in `input` started arriving (for the frame deadline), or
     /// [`NO_FRAME`] when `input` holds no partial frame.
     pub frame_started: Millis,
@@ -438,7 +473,7 @@ impl Connection {
             output: OutQueue::default(),
             last_active: now,
             write_progress: now as u32,
-            accounted_kib: 0,
+            accounted: Accounted::ZERO,
             frame_started: NO_FRAME,
             idle: Links::default(),
             idle_rule: IdleRule::REACTOR,
@@ -482,10 +517,9 @@ impl Connection {
         self.input.capacity() + self.output.memory()
     }
 
-    /// [`Connection::buffered_bytes`] in KiB, rounded up, as the budget counts it.
-    pub(crate) fn buffered_kib(&self) -> u16 {
-        let kib = self.buffered_bytes().div_ceil(1024);
-        u16::try_from(kib).unwrap_or(u16::MAX)
+    /// [`Connection::buffered_bytes`] as the budget counts it.
+    pub(crate) fn buffered(&self) -> Accounted {
+        Accounted::of_bytes(self.buffered_bytes())
     }
 
     /// Reading resumes after a pause (the service's, or backpressure's) at `now`: the
@@ -537,6 +571,26 @@ impl<S: Service> Linked for Slot<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accounting_counts_kib_then_mib_and_never_less_than_held() {
+        assert_eq!(Accounted::of_bytes(0).kib(), 0);
+        assert_eq!(Accounted::of_bytes(1).kib(), 1);
+        assert_eq!(Accounted::of_bytes(1024).kib(), 1);
+        assert_eq!(Accounted::of_bytes(1025).kib(), 2);
+        let just_below = (32 << 20) - 1024;
+        assert_eq!(Accounted::of_bytes(just_below).kib(), (32 << 10) - 1);
+        // Past 64 MiB (where a KiB count in two bytes used to stop), in full.
+        assert_eq!(Accounted::of_bytes(512 << 20).kib(), 512 << 10);
+        assert_eq!(Accounted::of_bytes((100 << 20) + 1).kib(), 101 << 10);
+        for bytes in [1usize, 999, 40 << 20, (3 << 30) + 7] {
+            assert!(Accounted::of_bytes(bytes).kib() * 1024 >= bytes as u64);
+        }
+        assert_eq!(
+            Accounted::of_bytes(usize::MAX).kib(),
+            ((32 << 10) - 1) << 10
+        );
+    }
 
     #[test]
     fn an_idle_connection_is_small() {

@@ -141,7 +141,7 @@ pub(crate) struct Hub<S: Service> {
     /// Limits.
     pub limits: Limits,
     /// The buffer memory all connections hold, in KiB: the sum of their
-    /// [`Connection::accounted_kib`].
+    /// [`Connection::accounted`].
     pub buffered_kib: u64,
     /// `buffered_kib` passed the memory budget: the reactor resets the connections
     /// holding the most before the loop blocks.
@@ -457,9 +457,10 @@ impl<S: Service> Hub<S> {
 /// The caller then calls [`Hub::counted`].
 #[inline(always)]
 pub(crate) fn recount(conn: &mut Connection, total: &mut u64, budget_kib: Option<u64>) -> bool {
-    let now = conn.buffered_kib();
-    let before = std::mem::replace(&mut conn.accounted_kib, now);
-    *total = *total - u64::from(before) + u64::from(now);
+    let (before, now) = (conn.accounted.kib(), conn.buffered());
+    conn.accounted = now;
+    let now = now.kib();
+    *total = *total - before + now;
     now > before && budget_kib.is_some_and(|budget| *total > budget)
 }
 

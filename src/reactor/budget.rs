@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::Reactor;
-use crate::connection::{ConnId, Flag};
+use crate::connection::{Accounted, ConnId, Flag};
 use crate::service::Service;
 use crate::stats::CloseReason;
 
@@ -35,16 +35,16 @@ impl<S: Service> Reactor<S> {
         }
         let before = self.hub.buffered_kib;
         let target = budget - budget / 8;
-        let mut holders: Vec<(u16, ConnId)> = self
+        let mut holders: Vec<(u64, ConnId)> = self
             .hub
             .conns
             .iter()
             .filter(|(_, slot)| {
-                slot.conn.accounted_kib > 0 && !slot.conn.flags.get(Flag::ResetOnClose)
+                slot.conn.accounted != Accounted::ZERO && !slot.conn.flags.get(Flag::ResetOnClose)
             })
             .map(|(key, slot)| {
                 let id = ConnId::new(key, slot.conn.generation);
-                (slot.conn.accounted_kib, id)
+                (slot.conn.accounted.kib(), id)
             })
             .collect();
         holders.sort_unstable_by_key(|&(kib, _)| std::cmp::Reverse(kib));
@@ -59,7 +59,7 @@ impl<S: Service> Reactor<S> {
                 self.hub.who(id)
             );
             self.hub.reset(id, CloseReason::OverBudget);
-            left -= u64::from(kib);
+            left -= kib;
             reset += 1;
         }
         if let Some(resets) = self.budget_warning.note_many(self.hub.now, reset) {

@@ -296,7 +296,7 @@ impl<S: Service> Reactor<S> {
         if let Some(input) = closing.input.take() {
             self.hub.pool.give_back(input);
         }
-        self.hub.buffered_kib -= u64::from(closing.accounted_kib);
+        self.hub.buffered_kib -= closing.accounted.kib();
         self.hub.stats.buffered_bytes = self.hub.buffered_kib * 1024;
         drop(closing);
         self.hub.stats.active -= 1;
