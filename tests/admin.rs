@@ -174,7 +174,7 @@ fn buffered_bytes_are_the_bytes_held() {
         held > 0.0
     }));
     // A buffer of a few KiB (the pool's size), not a thousand times that.
-    assert!(held >= 14.0 && held <= 256.0 * 1024.0, "{held}");
+    assert!((14.0..=256.0 * 1024.0).contains(&held), "{held}");
     let stats = server.stop();
     assert_eq!(stats.buffered_bytes, 0);
 }
