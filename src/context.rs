@@ -17,6 +17,7 @@ use crate::endpoint::{Dial, DialError, EndpointId, EndpointKind, Endpoints};
 use crate::frame::{Codec, FrameError};
 use crate::hub::{Hub, TimerEvent};
 use crate::outqueue::SharedFrame;
+use crate::reactor::WriteTiming;
 use crate::service::{Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerId;
@@ -154,7 +155,8 @@ impl<'a, S: Service> Context<'a, S> {
         let encoded = self.endpoints.codec(endpoint).encode(payload, &mut framed);
         let result = match encoded {
             Ok(()) => {
-                self.hub.write_or_queue(conn, framed.readable(), 1);
+                self.hub
+                    .write_or_queue(conn, framed.readable(), 1, WriteTiming::Gathered);
                 Ok(())
             }
             Err(e) => Err(SendError::Frame(e)),
@@ -198,7 +200,10 @@ impl<'a, S: Service> Context<'a, S> {
         wire: &[u8],
         frames: u64,
     ) -> Result<(), SendError> {
-        match self.hub.write_or_queue(conn, wire, frames) {
+        match self
+            .hub
+            .write_or_queue(conn, wire, frames, WriteTiming::Gathered)
+        {
             true => Ok(()),
             false => Err(SendError::Closed),
         }
@@ -249,10 +254,12 @@ impl<'a, S: Service> Context<'a, S> {
         conn: ConnId,
         frames: &Frames<'_, C>,
     ) -> Result<(), SendError> {
-        match self
-            .hub
-            .write_or_queue(conn, frames.wire(), frames.len() as u64)
-        {
+        match self.hub.write_or_queue(
+            conn,
+            frames.wire(),
+            frames.len() as u64,
+            WriteTiming::AtOnce,
+        ) {
             true => Ok(()),
             false => Err(SendError::Closed),
         }

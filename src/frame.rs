@@ -185,6 +185,18 @@ pub trait Codec {
     fn scan(&self, state: &mut Self::State, buf: &[u8]) -> Scan {
         scan_by_decode(self, state, buf)
     }
+
+    /// A peer broke the format (`decode` returned `error`): the last words it gets, in
+    /// the protocol, appended to `out` (RESP's `-ERR Protocol error`, an HTTP `400`, a
+    /// WebSocket close with 1002). They are written after whatever was queued before,
+    /// then the connection closes gracefully (a FIN, the peer's last bytes read and
+    /// dropped), so the peer reads them rather than losing them to a reset. By default
+    /// nothing: the connection is reset, as a peer that broke the framing is owed
+    /// nothing more. The length codec answers an HTTP request on a framed port with a
+    /// `400` saying what the port speaks.
+    fn error_reply(&self, error: &FrameError, out: &mut Buffer) {
+        let _ = (error, out);
+    }
 }
 
 /// The complete frames at the start of a buffer, as [`Codec::scan`] finds them.
@@ -415,6 +427,14 @@ impl Codec for AnyCodec {
             AnyCodec::Length(codec) => codec.encode(payload, out),
             AnyCodec::Lines(codec) => codec.encode(payload, out),
             AnyCodec::Raw(codec) => codec.encode(payload, out),
+        }
+    }
+
+    fn error_reply(&self, error: &FrameError, out: &mut Buffer) {
+        match self {
+            AnyCodec::Length(codec) => codec.error_reply(error, out),
+            AnyCodec::Lines(codec) => codec.error_reply(error, out),
+            AnyCodec::Raw(codec) => codec.error_reply(error, out),
         }
     }
 

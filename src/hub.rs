@@ -22,7 +22,9 @@ use slab::Slab;
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::connection::{ConnId, Connection, Flag, IdleRule, Millis, Slot};
+use crate::frame::{Codec, FrameError};
 use crate::idle::IdleList;
+use crate::reactor::WriteTiming;
 use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
 use crate::timer::{deadline_after, TimerId, TimerQueue};
@@ -107,6 +109,12 @@ pub(crate) struct Hub<S: Service> {
     /// Where `Context::send` frames a payload before writing it (kept between calls
     /// so framing never allocates).
     pub encode_buf: Buffer,
+    /// The connection whose frames are being handed to the service, if any: what the
+    /// service sends it meanwhile is queued, not written, and the read path writes it
+    /// all with one `write` once the frames are handled (`reactor/write.rs`).
+    pub gathering: Option<ConnId>,
+    /// Output was queued for `gathering` during the dispatch: write it after.
+    pub gathered: bool,
     /// A callback sent a datagram: some UDP socket has a burst to send before the
     /// loop blocks.
     pub udp_burst_pending: bool,
@@ -170,6 +178,8 @@ impl<S: Service> Hub<S> {
             pool: BufferPool::default(),
             to_flush: Vec::new(),
             encode_buf: Buffer::new(),
+            gathering: None,
+            gathered: false,
             udp_burst_pending: false,
             to_close: Vec::new(),
             ready_again: Vec::new(),
@@ -430,25 +440,26 @@ impl<S: Service> Hub<S> {
         }
     }
 
-    /// Logs a framing violation with the peer's address and resets the connection. A
-    /// peer that sent text (or an HTTP request) where frames were expected is told what
-    /// the port speaks: in the log, and, for HTTP, in a short HTTP answer before a
-    /// plain close (a reset could destroy the answer before it is read).
-    pub(crate) fn protocol_error(&mut self, id: ConnId, error: &crate::frame::FrameError) {
+    /// Logs a framing violation with the peer's address and ends the connection: with
+    /// the codec's last words ([`Codec::error_reply`]) written after its queued output
+    /// and a graceful close when the codec has any (a reset could destroy them before
+    /// they are read), else with a reset.
+    pub(crate) fn protocol_error<C: Codec>(&mut self, id: ConnId, error: &FrameError, codec: &C) {
         self.stats.protocol_errors += 1;
-        if let crate::frame::FrameError::NotFrames { http: true, .. } = error {
-            log::warn!("{}: {error}; closing", self.who(id));
-            if let Some(conn) = self.conn_mut(id) {
-                // Best effort, and the close follows at once: a browser or curl gets a
-                // reason instead of a reset.
-                let _ = conn.stream.write(NOT_HTTP_ANSWER);
-            }
-            return self.request_close(id, CloseReason::Protocol);
+        let mut last_words = std::mem::take(&mut self.encode_buf);
+        last_words.clear();
+        codec.error_reply(error, &mut last_words);
+        if last_words.is_empty() {
+            // A peer that broke the framing gets nothing more: a reset drops what the
+            // kernel still holds for it.
+            log::warn!("{}: {error}; resetting", self.who(id));
+            self.reset(id, CloseReason::Protocol);
+        } else {
+            log::warn!("{}: {error}; answering it and closing", self.who(id));
+            self.write_or_queue(id, last_words.readable(), 0, WriteTiming::AtOnce);
+            self.close_after_flush(id, CloseReason::Protocol);
         }
-        // A peer that broke the framing gets nothing more: a reset drops what the
-        // kernel still holds for it.
-        log::warn!("{}: {error}; resetting", self.who(id));
-        self.reset(id, CloseReason::Protocol);
+        self.encode_buf = last_words;
     }
 }
 
@@ -463,15 +474,6 @@ pub(crate) fn recount(conn: &mut Connection, total: &mut u64, budget_kib: Option
     *total = *total - before + now;
     now > before && budget_kib.is_some_and(|budget| *total > budget)
 }
-
-/// What an HTTP client that reaches a length-framed port is told.
-const NOT_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\
-Connection: close\r\n\
-Content-Length: 112\r\n\
-\r\n\
-This port speaks switchboard's length-prefixed frames (a 4-byte big-endian length, \
-then the payload), not HTTP.\n";
 
 /// A connection named for a log line: `conn 3.7 from 127.0.0.1:50312`.
 #[derive(Debug)]
@@ -506,21 +508,6 @@ pub(crate) fn connection_mut<S: Service>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The HTTP answer is well formed: its Content-Length is its body's length.
-    #[test]
-    fn the_answer_to_an_http_client_is_a_whole_http_response() {
-        let text = std::str::from_utf8(NOT_HTTP_ANSWER).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 400 "));
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(length, body.len());
-    }
 
     /// The shortcut in `set_now` (skip the subtraction within a millisecond) must give
     /// exactly what the subtraction gives, at every step of the clock.

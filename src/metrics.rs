@@ -166,6 +166,11 @@ pub fn write_stats(out: &mut String, stats: &Stats) {
             stats.bytes_out,
         ),
         (
+            "writes_total",
+            "write and writev calls on stream sockets.",
+            stats.writes,
+        ),
+        (
             "frames_in_total",
             "Frames decoded from stream connections.",
             stats.frames_in,

@@ -116,6 +116,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to stream sockets.
     pub bytes_out: u64,
+    /// `write` and `writev` calls on stream sockets: with `frames_out`, how well output
+    /// is gathered (a pipelined batch of answers should cost one).
+    pub writes: u64,
     /// Connections closed for a framing violation (also counted in `closed`).
     pub protocol_errors: u64,
     /// Datagrams received.
@@ -161,6 +164,7 @@ impl Stats {
             frames_out,
             bytes_in,
             bytes_out,
+            writes,
             protocol_errors,
             datagrams_in,
             datagrams_out,
@@ -185,6 +189,7 @@ impl Stats {
             (&mut self.frames_out, frames_out),
             (&mut self.bytes_in, bytes_in),
             (&mut self.bytes_out, bytes_out),
+            (&mut self.writes, writes),
             (&mut self.protocol_errors, protocol_errors),
             (&mut self.datagrams_in, datagrams_in),
             (&mut self.datagrams_out, datagrams_out),

@@ -367,6 +367,15 @@ fn scan_standard(buf: &[u8], max_payload: usize) -> Scan {
     }
 }
 
+/// What an HTTP client that reaches a length-framed port is told.
+const NOT_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Connection: close\r\n\
+Content-Length: 112\r\n\
+\r\n\
+This port speaks switchboard's length-prefixed frames (a 4-byte big-endian length, \
+then the payload), not HTTP.\n";
+
 impl Codec for LengthCodec {
     type State = ();
 
@@ -413,6 +422,14 @@ impl Codec for LengthCodec {
             payload: start..frame_len,
             consumed: frame_len,
         })
+    }
+
+    /// An HTTP request on a framed port (a browser, curl) is told in HTTP what the
+    /// port speaks; other framing errors get nothing (a reset).
+    fn error_reply(&self, error: &FrameError, out: &mut Buffer) {
+        if let FrameError::NotFrames { http: true, .. } = error {
+            out.extend_from_slice(NOT_HTTP_ANSWER);
+        }
     }
 
     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {

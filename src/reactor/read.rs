@@ -158,7 +158,7 @@ impl<S: Service> Reactor<S> {
             (Ok(done), true) => (ReadOutcome::Drained, done.frames() > 0),
             (Ok(done), false) => (ReadOutcome::More, done.frames() > 0),
             (Err(e), _) => {
-                self.hub.protocol_error(id, &e);
+                self.hub.protocol_error(id, &e, codec);
                 (ReadOutcome::Stopped, false)
             }
         };
@@ -368,7 +368,7 @@ impl<S: Service> Reactor<S> {
         };
         let (outcome, frames_completed) = match reader.dispatch_frames(&mut input) {
             Err(e) => {
-                self.hub.protocol_error(id, &e);
+                self.hub.protocol_error(id, &e, codec);
                 (ReadOutcome::Stopped, false)
             }
             Ok(done) if done.held() => (ReadOutcome::Held, done.frames() > 0),
@@ -440,7 +440,7 @@ impl<S: Service> Reader<'_, S> {
                 trace_read(id, n, requested, drained);
                 match self.dispatch_frames(buf) {
                     Err(e) => {
-                        self.hub.protocol_error(id, &e);
+                        self.hub.protocol_error(id, &e, self.codec);
                         ReadOutcome::Stopped
                     }
                     Ok(done) => {
@@ -516,9 +516,11 @@ impl<S: Service> Reader<'_, S> {
         self.hub.stats.frames_in += count as u64;
         let held_back = HeldBack::default();
         let frames = Frames::holdable(&bytes[..complete], count, self.codec, before, &held_back);
+        self.hub.gathering = Some(self.id);
         let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
         self.service
             .on_frames(ctx, self.id, &mut self.lent.service, frames);
+        self.hub.write_gathered(self.id);
         let held = held_back.bytes.get();
         if held == 0 {
             buf.consume(complete);

@@ -1,7 +1,14 @@
 //! The write path: from a service's send to bytes in the socket.
 //!
 //! A send to a connection with nothing queued is written at once, straight from the
-//! caller's bytes: the common case costs one `write` and no copy. Whatever the socket
+//! caller's bytes: the common case costs one `write` and no copy. Except while that
+//! connection's own frames are being handed to the service: a request/response
+//! protocol answers each pipelined request with its own send, and one `write` per
+//! answer would cost a system call per request. Those sends are gathered in the
+//! connection's queue and written with one `write` once the frames of the read are
+//! handled, in the same turn ([`Hub::write_gathered`]). (A [`crate::Context::forward`]
+//! of the frames as they came, echo's way, is still written at once: it already is
+//! one write for the whole read.) Whatever the socket
 //! does not take is queued, in order, and WRITABLE interest is registered only while
 //! something waits (so an idle connection is never woken for writability). When the
 //! socket has room again the queue is written with `write` or, when shared frames are
@@ -28,10 +35,20 @@ use crate::stats::CloseReason;
 
 impl<S: Service> Hub<S> {
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
-    /// nothing is queued ahead of them, else queued behind what is. Returns false if
-    /// the connection is gone, closing, or its side is shut.
+    /// nothing is queued ahead of them, else queued behind what is. While `id`'s own
+    /// frames are being handled, small sends are [`WriteTiming::Gathered`] unless they are
+    /// [`WriteTiming::AtOnce`]. Returns false if the connection is gone, closing, or its side
+    /// is shut.
     #[inline]
-    pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
+    pub(crate) fn write_or_queue(
+        &mut self,
+        id: ConnId,
+        bytes: &[u8],
+        frames: u64,
+        timing: WriteTiming,
+    ) -> bool {
+        let gather =
+            timing == WriteTiming::Gathered && self.gathering == Some(id) && bytes.len() < GATHER;
         let now = self.now_millis();
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
         let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
@@ -40,7 +57,7 @@ impl<S: Service> Hub<S> {
         self.stats.frames_out += frames;
         let mut written = 0;
         let write_at_once =
-            conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
+            conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now() && !gather;
         if write_at_once {
             match write_now(conn, bytes) {
                 Ok(n) => written = n,
@@ -52,6 +69,7 @@ impl<S: Service> Hub<S> {
             }
             log::trace!("{id}: write {written} of {}", bytes.len());
             self.stats.bytes_out += written as u64;
+            self.stats.writes += 1;
         }
         if written < bytes.len() {
             if conn.output.is_empty() {
@@ -61,6 +79,26 @@ impl<S: Service> Hub<S> {
             self.queue_rest(id, &bytes[written..], write_at_once);
         }
         true
+    }
+
+    /// The frames of one read have been handled: writes what the service sent the
+    /// connection meanwhile, with one `write` (see the module docs).
+    #[inline(always)]
+    pub(crate) fn write_gathered(&mut self, id: ConnId) {
+        self.gathering = None;
+        if std::mem::take(&mut self.gathered) {
+            self.flush_gathered(id);
+        }
+    }
+
+    #[inline(never)]
+    fn flush_gathered(&mut self, id: ConnId) {
+        if self
+            .conn(id)
+            .is_some_and(|conn| !conn.output.is_empty() && !conn.flags.get(Flag::WritableArmed))
+        {
+            self.flush(id);
+        }
     }
 
     /// Queues what a send could not write at once. Out of line: the common case
@@ -77,6 +115,8 @@ impl<S: Service> Hub<S> {
         if conn.output.len() > write_limit {
             conn.flags.set(Flag::Congested, true);
         }
+        // (With WRITABLE armed the socket is full: its event writes the queue.)
+        let gathering = self.gathering == Some(id) && !conn.flags.get(Flag::WritableArmed);
         if conn.state == ConnState::Connecting {
             // Written once the connect completes.
         } else if socket_full {
@@ -84,6 +124,12 @@ impl<S: Service> Hub<S> {
             // than list a flush that would only hear WouldBlock.
             set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
+        } else if gathering && conn.output.len() < GATHER {
+            // Written once the frames of this read are handled.
+            self.gathered = true;
+        } else if gathering {
+            // As much as one good write takes: write it now, gather what follows.
+            self.flush(id);
         } else {
             self.list_for_flush(id);
         }
@@ -151,6 +197,7 @@ impl<S: Service> Hub<S> {
         let mut progressed = false;
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn);
+            self.stats.writes += 1;
             match result {
                 Ok(0) => {
                     self.to_close
@@ -222,6 +269,20 @@ impl<S: Service> Hub<S> {
         }
     }
 }
+
+/// How a send may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteTiming {
+    /// At once when nothing is queued ahead of it.
+    AtOnce,
+    /// Gathered with the other sends of the dispatch when it goes to the connection
+    /// whose frames are being handled.
+    Gathered,
+}
+
+/// Output gathered during a dispatch is written once it reaches this much: a larger
+/// write gains nothing, and the queue stays small.
+const GATHER: usize = 64 * 1024;
 
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
 /// (0 when it is full).

@@ -447,3 +447,30 @@ fn a_header_encoded_alone_is_the_header_encode_writes() {
         .encode_header(5, &mut Buffer::new())
         .is_err());
 }
+
+/// The HTTP answer is well formed: its Content-Length is its body's length.
+#[test]
+fn the_answer_to_an_http_client_is_a_whole_http_response() {
+    let mut out = Buffer::new();
+    let not_http = FrameError::NotFrames {
+        len: 0x4745_5420,
+        max: 1 << 20,
+        http: true,
+    };
+    LengthCodec::new(1 << 20).error_reply(&not_http, &mut out);
+    let text = std::str::from_utf8(out.readable()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 400 "));
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len());
+    // Any other framing error: no last words, a reset.
+    let mut out = Buffer::new();
+    let too_large = FrameError::TooLarge { len: 9, max: 8 };
+    LengthCodec::new(8).error_reply(&too_large, &mut out);
+    assert!(out.is_empty());
+}
