@@ -1,8 +1,9 @@
 //! Socket activation: the test plays the service manager. It binds a listener, passes
 //! it to `switchboard echo` as descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` set to
 //! the child's own pid (as systemd and `systemfd` do), and restarts the server on the
-//! same socket while clients keep connecting: no connect is refused, and every
-//! connection is either served or closed cleanly.
+//! same socket while clients keep connecting: no connect is refused, and no request is
+//! lost: every request that reached a server before it began to shut down is answered
+//! by it, and one that crossed its close gets a clean EOF and is answered by the next.
 
 mod common;
 
@@ -214,8 +215,9 @@ fn one_connection(
 const BURST: usize = 16;
 
 /// Starts [`BURST`] clients at once, each making one connection (and another if a
-/// shutdown refuses its request), and returns when half of them have written their
-/// first request: the moment to send the signal.
+/// shutdown refuses its request), and returns once half as many requests as it has
+/// clients have been written since (by it, or by the steady clients): the moment to
+/// send the signal.
 fn connect_burst(addr: SocketAddr, tally: &Arc<Tally>) -> Vec<std::thread::JoinHandle<()>> {
     static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
     let written = tally.written.load(Ordering::SeqCst);
