@@ -231,6 +231,33 @@ impl<S: Service> Reactor<S> {
         self.carry_out_requests();
     }
 
+    /// A shutdown has begun: reads what the peer has sent so far and hands its complete
+    /// frames to the service, whose answers are written before the connection closes.
+    ///
+    /// What is read is what the socket holds now: until `WouldBlock` (or a short read),
+    /// within the read budget. The read is made here, not left to a readiness event:
+    /// mio is edge-triggered, and the event of input that arrived before the shutdown
+    /// may still be on its way (a connection accepted in this turn or the last is
+    /// reported after the waker that started the shutdown); by then the connection is
+    /// lingering, and what it reads is thrown away. What arrives after this read,
+    /// crossing our FIN, is thrown away, and the peer sees EOF with no answer to it.
+    ///
+    /// Only connections that are reading are read: not one that is connecting,
+    /// closing already, or paused (by the service, or by its own output over the write
+    /// limit: that output drains within the grace period, its unread input is not
+    /// read).
+    pub(super) fn read_before_closing(&mut self, id: ConnId) {
+        let Some(conn) = self.hub.conn(id) else {
+            return;
+        };
+        if !matches!(conn.state, ConnState::Open | ConnState::WriteShut { .. }) {
+            return;
+        }
+        let read_to_eof = conn.flags.get(Flag::FinReported);
+        self.read_connection(id, read_to_eof);
+        self.carry_out_requests();
+    }
+
     /// A `Connecting` connection's socket reported readiness: the connect has
     /// succeeded, failed, or (a spurious event) is still in flight.
     pub(super) fn complete_connect(&mut self, id: ConnId) {

@@ -857,8 +857,15 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    /// Stops accepting, lets the service say goodbye, and has every connection drain
-    /// its output and close.
+    /// Stops accepting, answers what the connections have already sent, lets the
+    /// service say goodbye, and has every connection drain its output and close.
+    ///
+    /// The listeners close first: on a socket inherited from a service manager, the
+    /// connections still in its backlog then wait there for the next server instead of
+    /// being accepted only to be closed. Then every connection is read once (see
+    /// [`Reactor::read_before_closing`]): a request that reached the server before it
+    /// began to shut down is answered, not thrown away. `on_stop` comes after that
+    /// read, so no frame reaches the service after its goodbye.
     fn begin_shutdown(&mut self) {
         log::info!(
             "shutting down: {} connections to drain (at most {:?})",
@@ -875,6 +882,9 @@ impl<S: Service> Reactor<S> {
         self.hub
             .timers
             .insert(deadline, TimerEvent::ShutdownDeadline);
+        for id in self.hub.conn_ids() {
+            self.read_before_closing(id);
+        }
         self.service
             .on_stop(&mut Context::new(&mut self.hub, &self.endpoints));
         self.carry_out_requests();
