@@ -10,6 +10,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -29,19 +30,25 @@ struct Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+/// [`start`] with more flags.
+fn start_with(extra: &[&str]) -> Server {
     let (tcp, ws) = (free_port(), free_port());
-    let max = MAX_MESSAGE.to_string();
-    let args = [
+    let (max, tcp_port, ws_port) = (MAX_MESSAGE.to_string(), tcp.to_string(), ws.to_string());
+    let mut args = vec![
         "chat",
         "--tcp",
-        &tcp.to_string(),
+        &tcp_port,
         "--udp",
         "off",
         "--ws",
-        &ws.to_string(),
+        &ws_port,
         "--max-frame",
         &max,
     ];
+    args.extend_from_slice(extra);
     let server = ChildServer::start(&args, Some(tcp));
     let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
     assert!(common::wait_until(IO_TIMEOUT, || TcpStream::connect(
@@ -253,4 +260,128 @@ fn bad_handshakes_get_http_errors_and_the_page_is_served() {
     let mut after = named(server.ws, "after");
     send(&mut after, json!({"type": "ping"}));
     assert_eq!(next(&mut after), json!({"type": "pong"}));
+}
+
+/// A client frame as a browser sends it: FIN set, masked (with a fixed key).
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Sends a close frame with `payload` on a fresh member's socket and returns the
+/// close payload the server answers with.
+fn answer_to_close(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut socket = ws_connect(addr);
+    let stream = socket.get_mut();
+    stream.write_all(&masked_frame(0x8, payload)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert_eq!(answer[0], 0x88, "a close frame: {answer:?}");
+    let len = usize::from(answer[1]);
+    answer[2..2 + len].to_vec()
+}
+
+#[test]
+fn close_codes_are_checked_and_only_valid_ones_are_sent_back() {
+    let server = start();
+    let code = |payload: &[u8]| {
+        let answer = answer_to_close(server.ws, payload);
+        (answer.len() >= 2).then(|| u16::from_be_bytes([answer[0], answer[1]]))
+    };
+    assert_eq!(code(&1000u16.to_be_bytes()), Some(1000));
+    assert_eq!(code(&4000u16.to_be_bytes()), Some(4000));
+    assert_eq!(code(b""), None, "an empty close gets an empty close");
+    // Never sent: reserved for reporting, reserved, or no code at all.
+    for invalid in [999u16, 1005, 1006, 1015, 5000] {
+        assert_eq!(code(&invalid.to_be_bytes()), Some(1002), "{invalid}");
+    }
+    assert_eq!(code(&[0x03]), Some(1002), "a one-byte payload");
+    assert_eq!(
+        code(&[0x03, 0xe8, 0xc3, 0x28]),
+        Some(1007),
+        "a reason not UTF-8"
+    );
+}
+
+#[test]
+fn an_upgrade_request_over_the_limit_is_refused_even_in_one_write() {
+    let server = start();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\n\
+         X-Padding: {}\r\n\r\n",
+        "p".repeat(64 * 1024)
+    );
+    assert_eq!(
+        status_of(server.ws, &request),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+}
+
+/// Reads until the server closes; panics if it does not within `limit`.
+#[track_caller]
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_trickled_upgrade_and_a_partial_frame_meet_the_frame_deadline() {
+    let server = start_with(&["--frame-timeout", "1"]);
+    // The upgrade request a byte every 100 ms: it would take 15 s.
+    let mut slow = TcpStream::connect(server.ws).unwrap();
+    let request = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\n\r\n";
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in request.as_bytes() {
+        if slow.write_all(&[*byte]).is_err() || started.elapsed() > Duration::from_secs(4) {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        slow.set_nonblocking(true).unwrap();
+        let mut probe = [0u8; 1];
+        let closed = matches!(slow.read(&mut probe), Ok(0));
+        slow.set_nonblocking(false).unwrap();
+        if closed {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the trickled upgrade was never cut off");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "cut too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "cut too late: {elapsed:?}"
+    );
+    // A member that starts a frame and never finishes it.
+    let mut member = ws_connect(server.ws);
+    let stream = member.get_mut();
+    let mut partial = masked_frame(0x1, &[b'x'; 100]);
+    partial.truncate(20);
+    stream.write_all(&partial).unwrap();
+    let took = closed_within(stream, Duration::from_secs(4));
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // Others are served meanwhile and after.
+    let mut fine = named(server.ws, "fine");
+    send(&mut fine, json!({"type": "ping"}));
+    assert_eq!(next(&mut fine), json!({"type": "pong"}));
 }

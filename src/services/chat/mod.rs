@@ -132,6 +132,9 @@ pub enum ChatTimer {
     Cluster,
     /// Time to post again the room notices another loop's full inbox refused.
     LoopRetry,
+    /// Time to check that a WebSocket connection's pending unit (its upgrade
+    /// request, a frame) is complete (feature `ws`).
+    WsDeadline,
 }
 
 /// The chat's state for one TCP connection: the member it carries.
@@ -702,7 +705,24 @@ impl Service for Chat {
                 }
                 self.arm_loop_retry(ctx);
             }
+            // A connection's timer: see `on_conn_timer`.
+            ChatTimer::WsDeadline => {}
         }
+    }
+
+    fn on_conn_timer(
+        &mut self,
+        _ctx: &mut Context<'_, Chat>,
+        _conn: ConnId,
+        _seat: &mut Seat,
+        _: TimerId,
+        value: ChatTimer,
+    ) {
+        #[cfg(feature = "ws")]
+        if value == ChatTimer::WsDeadline {
+            self.ws_deadline(_ctx, _conn, _seat);
+        }
+        let _ = value;
     }
 }
 

@@ -19,13 +19,15 @@
 //! I/O here, so our own buffers and the reactor's backpressure stay in charge.
 
 use std::io::Cursor;
+use std::time::Instant;
 
 use tungstenite::handshake::derive_accept_key;
 
 use super::protocol::{parse, Incoming, Legacy};
 use super::rooms::Link;
-use super::{Chat, Seat};
+use super::{Chat, ChatTimer, Seat};
 use crate::http::response;
+use crate::timer::deadline_after;
 use crate::{AnyCodec, CloseMode, ConnId, Context, ListenAddr, RawCodec, Reactor};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -51,6 +53,13 @@ pub struct WsConn {
     fragmented: bool,
     /// The largest message accepted (all fragments together).
     max_message: usize,
+    /// Units (the request head, frames) completed so far: a change says the unit
+    /// now pending, if any, is a new one.
+    units: u64,
+    /// When the unit now pending began to arrive (for the deadline).
+    unit_started: Option<Instant>,
+    /// A timer watches the pending unit's deadline.
+    deadline_armed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +77,10 @@ enum Phase {
 pub enum WsAction {
     /// Write these bytes.
     Send(Vec<u8>),
+    /// Write this pong, unless the connection's output is over the write limit: a
+    /// peer that pings without reading gets no more (RFC 6455 5.5.3 lets a pong
+    /// answer only the latest ping), so a ping flood cannot grow our output.
+    Pong(Vec<u8>),
     /// The upgrade is done: a member from now on.
     Opened,
     /// A complete text message: one chat request.
@@ -86,7 +99,16 @@ impl WsConn {
             message: Vec::new(),
             fragmented: false,
             max_message,
+            units: 0,
+            unit_started: None,
+            deadline_armed: false,
         }
+    }
+
+    /// True while part of a unit has arrived and not the rest: a request head, a
+    /// frame, or a fragmented message.
+    fn pending(&self) -> bool {
+        self.phase != Phase::Closed && (!self.input.is_empty() || self.fragmented)
     }
 
     /// True once the upgrade is done (the connection is a chat member).
@@ -113,6 +135,10 @@ impl WsConn {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
         let head = match request.parse(&self.input) {
+            // The limit holds however the bytes came: in one write too.
+            Ok(httparse::Status::Complete(head)) if head > MAX_REQUEST => {
+                return self.refuse(actions, "431 Request Header Fields Too Large", "")
+            }
             Ok(httparse::Status::Complete(head)) => head,
             Ok(httparse::Status::Partial) if self.input.len() <= MAX_REQUEST => return,
             Ok(httparse::Status::Partial) => {
@@ -160,6 +186,7 @@ impl WsConn {
                 actions.push(WsAction::Opened);
                 self.input.drain(..head);
                 self.phase = Phase::Open;
+                self.units += 1;
             }
             _ => self.refuse(actions, "404 Not Found", ""),
         }
@@ -208,6 +235,7 @@ impl WsConn {
         }
         let mut payload = self.input[start..end].to_vec();
         self.done = end;
+        self.units += 1;
         unmask(&mut payload, mask);
         self.payload(actions, header, payload)
     }
@@ -244,26 +272,46 @@ impl WsConn {
                 self.fail(actions, CloseCode::Unsupported, "chat messages are text")
             }
             OpCode::Control(Control::Ping) => {
-                actions.push(WsAction::Send(server_frame(
+                actions.push(WsAction::Pong(server_frame(
                     OpCode::Control(Control::Pong),
                     &payload,
                 )));
                 true
             }
             OpCode::Control(Control::Pong) => true,
-            OpCode::Control(Control::Close) => {
-                // Echo the code (RFC 6455 5.5.1), then close.
-                let code = payload.get(..2).map(<[u8]>::to_vec).unwrap_or_default();
-                actions.push(WsAction::Send(server_frame(
-                    OpCode::Control(Control::Close),
-                    &code,
-                )));
-                actions.push(WsAction::Close);
-                self.phase = Phase::Closed;
-                false
-            }
+            OpCode::Control(Control::Close) => self.peer_closes(actions, &payload),
             _ => self.fail(actions, CloseCode::Protocol, "reserved opcode"),
         }
+    }
+
+    /// The peer's close frame: answered with a close echoing its code (RFC 6455
+    /// 5.5.1), or with no code when it gave none, then closed. A close that breaks the
+    /// rules of section 7.4 is a protocol error instead: a 1-byte payload, or a code
+    /// that may not be sent (1005, 1006 and 1015 are for reporting only, others are
+    /// reserved or undefined) gets 1002, a reason that is not UTF-8 gets 1007; so an
+    /// invalid code is never sent back.
+    fn peer_closes(&mut self, actions: &mut Vec<WsAction>, payload: &[u8]) -> bool {
+        let answer = match payload {
+            [] => Vec::new(),
+            [_] => return self.fail(actions, CloseCode::Protocol, "a close code of one byte"),
+            [high, low, reason @ ..] => {
+                let code = u16::from_be_bytes([*high, *low]);
+                if !CloseCode::from(code).is_allowed() {
+                    return self.fail(actions, CloseCode::Protocol, "a close code not allowed");
+                }
+                if std::str::from_utf8(reason).is_err() {
+                    return self.fail(actions, CloseCode::Invalid, "a close reason not UTF-8");
+                }
+                code.to_be_bytes().to_vec()
+            }
+        };
+        actions.push(WsAction::Send(server_frame(
+            OpCode::Control(Control::Close),
+            &answer,
+        )));
+        actions.push(WsAction::Close);
+        self.phase = Phase::Closed;
+        false
     }
 
     /// A whole text message arrived: hand it over if it is UTF-8.
@@ -345,13 +393,30 @@ impl Chat {
             return;
         };
         let mut actions = Vec::new();
+        let units = ws.units;
         ws.feed(bytes, &mut actions);
+        if ws.units != units || !ws.pending() {
+            ws.unit_started = ws.pending().then(|| ctx.now());
+        } else if ws.unit_started.is_none() {
+            ws.unit_started = Some(ctx.now());
+        }
+        if let (Some(timeout), true, false) = (ctx.frame_timeout(), ws.pending(), ws.deadline_armed)
+        {
+            ws.deadline_armed = true;
+            ctx.set_conn_timer(conn, timeout, ChatTimer::WsDeadline);
+        }
         for action in actions {
             match action {
                 WsAction::Send(bytes) => {
                     if let Err(e) = ctx.send(conn, &bytes) {
                         log::debug!("chat: cannot answer {conn}: {e}");
                     }
+                }
+                WsAction::Pong(_) if ctx.over_write_limit(conn) => {
+                    log::debug!("chat: {conn} pings faster than it reads: no pong");
+                }
+                WsAction::Pong(bytes) => {
+                    let _ = ctx.send(conn, &bytes);
                 }
                 WsAction::Opened => seat.member = Some(self.directory.add(Link::Ws(conn))),
                 WsAction::Message(text) => {
@@ -373,6 +438,41 @@ impl Chat {
             }
         }
         self.count_population();
+    }
+}
+
+impl Chat {
+    /// The deadline of a WebSocket connection's pending unit (the upgrade request, a
+    /// frame, a fragmented message) may have passed: the frame timeout holds for them
+    /// as for a length-framed member's frames. Closed when it has; else watched again
+    /// until the unit's own deadline.
+    pub(super) fn ws_deadline(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        conn: ConnId,
+        seat: &mut Seat,
+    ) {
+        let (Some(ws), Some(timeout)) = (seat.ws.as_mut(), ctx.frame_timeout()) else {
+            return;
+        };
+        ws.deadline_armed = false;
+        let Some(started) = ws.unit_started.filter(|_| ws.pending()) else {
+            return;
+        };
+        let due = deadline_after(started, timeout);
+        if due <= ctx.now() {
+            let what = if ws.phase == Phase::Request {
+                "upgrade request"
+            } else {
+                "frame"
+            };
+            log::warn!("chat: {conn}: WebSocket {what} not completed within {timeout:?}; closing");
+            ws.phase = Phase::Closed;
+            ctx.close(conn, CloseMode::Now);
+        } else {
+            ws.deadline_armed = true;
+            ctx.set_conn_timer(conn, due - ctx.now(), ChatTimer::WsDeadline);
+        }
     }
 }
 
@@ -450,6 +550,62 @@ mod tests {
             assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), code);
             assert_eq!(actions[1], WsAction::Close);
         }
+    }
+
+    /// The close code a close frame carries, or `None` for an empty close.
+    fn close_code(frame: &[u8]) -> Option<u16> {
+        assert_eq!(frame[0], 0x88, "a close frame");
+        (frame[1] >= 2).then(|| u16::from_be_bytes([frame[2], frame[3]]))
+    }
+
+    #[test]
+    fn close_codes_are_checked_as_rfc_6455_section_7_4_says() {
+        let close = |payload: &[u8]| {
+            let mut ws = open();
+            let mut actions = Vec::new();
+            ws.feed(&client_frame(true, 0x8, payload), &mut actions);
+            let WsAction::Send(frame) = &actions[0] else {
+                panic!("{actions:?}")
+            };
+            assert_eq!(actions[1], WsAction::Close);
+            close_code(frame)
+        };
+        // Codes that may be sent are echoed; an empty close gets an empty close.
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1013, 3000, 4999] {
+            assert_eq!(close(&code.to_be_bytes()), Some(code), "{code}");
+        }
+        assert_eq!(close(b""), None);
+        let mut with_reason = 1000u16.to_be_bytes().to_vec();
+        with_reason.extend_from_slice("au revoir, ça va".as_bytes());
+        assert_eq!(close(&with_reason), Some(1000));
+        // Codes that must never be sent, reserved or undefined ones: 1002.
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+        ] {
+            assert_eq!(close(&code.to_be_bytes()), Some(1002), "{code}");
+        }
+        // A code of one byte: 1002. A reason that is not UTF-8: 1007.
+        assert_eq!(close(&[0x03]), Some(1002));
+        assert_eq!(close(&[0x03, 0xe8, 0xff, 0xfe]), Some(1007));
+    }
+
+    #[test]
+    fn a_request_head_over_the_limit_is_refused_even_in_one_piece() {
+        let padding = "x".repeat(64 * 1024);
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             X-Padding: {padding}\r\n\r\n"
+        );
+        let mut ws = WsConn::new(64);
+        let mut actions = Vec::new();
+        ws.feed(request.as_bytes(), &mut actions);
+        let WsAction::Send(answer) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert!(answer.starts_with(b"HTTP/1.1 431"));
+        assert_eq!(actions[1], WsAction::Close);
+        assert!(!ws.is_open());
     }
 
     #[test]
