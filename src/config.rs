@@ -79,6 +79,11 @@ pub struct Config {
     /// `GET /metrics` (Prometheus) and `GET /healthz`, for any service (feature
     /// `admin`). Its connections never reach the service. `None`: off.
     pub admin: Option<SocketAddr>,
+    /// How long an admin request may take to arrive whole. Short (a scrape sends its
+    /// request at once), so that silent connections give way quickly; when all admin
+    /// connections are taken, the oldest still waiting for its request is closed for
+    /// a newcomer anyway.
+    pub admin_timeout: Duration,
 }
 
 impl Default for Config {
@@ -104,6 +109,7 @@ impl Default for Config {
             read_budget: 8,
             read_buffer_size: 256 * 1024,
             admin: None,
+            admin_timeout: Duration::from_secs(5),
         }
     }
 }

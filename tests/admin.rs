@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use common::{connect, header, local_config, read_frame, udp_client, write_frame, TestServer};
 use switchboard::{services::Echo, LengthCodec};
 
-/// The read deadline of admin requests in these tests (the frame timeout).
+/// The read deadline of admin requests in these tests (`Config::admin_timeout`).
 const DEADLINE: Duration = Duration::from_millis(500);
 
 /// An echo server with the admin endpoint on; returns it and the admin address.
 fn start() -> (TestServer<Echo>, SocketAddr) {
     let mut config = local_config();
     config.admin = Some("127.0.0.1:0".parse().unwrap());
-    config.frame_timeout = Some(DEADLINE);
+    config.admin_timeout = DEADLINE;
     TestServer::start_with(
         config,
         || (Echo::default(), LengthCodec::new(1 << 16)),
@@ -214,6 +214,51 @@ fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
     slow.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     assert!(started.elapsed() < DEADLINE * 4, "{:?}", started.elapsed());
+    server.stop();
+}
+
+#[test]
+fn silent_sockets_cannot_shut_out_a_scrape() {
+    // A long deadline, so that only making room can let the scrapes in.
+    let mut config = local_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.admin_timeout = Duration::from_secs(60);
+    let (server, admin) = TestServer::start_with(
+        config,
+        || (Echo::default(), LengthCodec::new(1 << 16)),
+        |reactor| reactor.admin_addr().expect("admin endpoint on"),
+    );
+    // Every admin connection taken by a socket that says nothing (half a request).
+    let mut silent: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut stream = connect(admin);
+            stream.write_all(b"GET /me").unwrap();
+            stream
+        })
+        .collect();
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        let (_, _, body) = get(admin, "/metrics");
+        // The scrape itself took the place of the oldest silent socket.
+        parse_with_prometheus_client(&body)["switchboard_admin_connections"] == 16.0
+    }));
+    // The oldest silent socket was closed without an answer, for that one scrape; the
+    // slot it freed serves the next ones.
+    let (_, _, body) = get(admin, "/metrics");
+    assert_eq!(
+        parse_with_prometheus_client(&body)["switchboard_admin_evicted_total"],
+        1.0
+    );
+    // (A reset when the server had not read its bytes yet: closed either way.)
+    let mut rest = Vec::new();
+    match silent[0].read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty()),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    // The silent ones fill every slot again: the next scrape still gets in.
+    silent.push(connect(admin));
+    silent[16].write_all(b"GET /me").unwrap();
+    assert_eq!(get(admin, "/healthz").0, 200);
+    drop(silent);
     server.stop();
 }
 

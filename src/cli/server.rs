@@ -36,6 +36,11 @@ pub struct ServerArgs {
     /// HTTP on this address (a bare port means 127.0.0.1:PORT); off by default
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub admin: Option<SocketAddr>,
+    /// How long an admin request may take to arrive whole; an admin connection
+    /// silent for longer is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub admin_timeout: u64,
     /// Largest frame payload accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
@@ -212,6 +217,7 @@ impl ServerArgs {
             stats_interval: seconds(self.stats_interval),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             admin: self.admin,
+            admin_timeout: Duration::from_secs(self.admin_timeout),
             ..Config::default()
         }
     }

@@ -9,8 +9,10 @@
 //! apart by token before any connection lookup, they never reach the service's
 //! callbacks, and they count in none of the [`crate::Stats`] connection counters. The
 //! per-message path does not look at them at all. A request must arrive whole within
-//! the frame timeout (5 s without one), so a slow client cannot hold a slot; at most
-//! `MAX_CONNS` are open at once, and newcomers beyond that are closed at once.
+//! its own deadline (`Config::admin_timeout`, 5 s by default), so a slow client
+//! cannot hold a slot for long; at most `MAX_CONNS` are open at once, and when they
+//! are all taken a newcomer takes the place of the oldest one still waiting for its
+//! request, so no set of silent sockets can shut a scrape out.
 //!
 //! A closed admin connection's key can be reused within one batch of events; the
 //! stale event then finds a newcomer, whose read hears `WouldBlock`: harmless, so
@@ -38,8 +40,6 @@ pub(super) const ADMIN_BASE: usize = WATCH_BASE + (1 << 14);
 const MAX_CONNS: usize = 16;
 /// The longest request accepted (request line and headers; a body is not read).
 const MAX_REQUEST: usize = 8 * 1024;
-/// The read deadline when the configuration has no frame timeout.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections accepted per readiness event of the listener.
 const ACCEPT_BUDGET: usize = 64;
 
@@ -58,6 +58,9 @@ pub(super) struct Admin {
     pub(super) loop_metrics: LoopMetrics,
     /// Requests answered, by status: 200, 400, 404, 405.
     answered: [u64; 4],
+    /// Connections closed, still waiting for their request, to make room for a
+    /// newcomer.
+    evicted: u64,
 }
 
 /// One admin connection: the request read so far, then the response being written.
@@ -69,6 +72,30 @@ struct AdminConn {
     /// The response, once the request is complete; `written` of it already sent.
     output: Vec<u8>,
     written: usize,
+}
+
+impl Admin {
+    /// Closes the oldest connection still waiting for its request, for a newcomer;
+    /// false when every connection is being answered.
+    fn make_room(&mut self, registry: &mio::Registry) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.output.is_empty())
+            .min_by_key(|(_, conn)| conn.serial)
+            .map(|(key, _)| key);
+        let Some(mut conn) = oldest.and_then(|key| self.conns.try_remove(key)) else {
+            return false;
+        };
+        log::debug!(
+            "admin: all {MAX_CONNS} connections taken: closing the oldest waiting one \
+             ({} bytes of request) for a newcomer",
+            conn.input.len()
+        );
+        let _ = registry.deregister(&mut conn.stream);
+        self.evicted += 1;
+        true
+    }
 }
 
 /// What the bytes of a request say so far.
@@ -103,9 +130,10 @@ impl<S: Service> Reactor<S> {
             addr,
             conns: Slab::new(),
             serial: 0,
-            deadline: self.config.frame_timeout.unwrap_or(DEFAULT_DEADLINE),
+            deadline: self.config.admin_timeout,
             loop_metrics: LoopMetrics::default(),
             answered: [0; 4],
+            evicted: 0,
         }));
         Ok(())
     }
@@ -139,8 +167,8 @@ impl<S: Service> Reactor<S> {
                     return;
                 }
             };
-            if admin.conns.len() >= MAX_CONNS {
-                continue; // dropped: closed at once
+            if admin.conns.len() >= MAX_CONNS && !admin.make_room(&self.hub.registry) {
+                continue; // every one is being answered: the newcomer is closed at once
             }
             let entry = admin.conns.vacant_entry();
             let token = Token(ADMIN_BASE + 1 + entry.key());
@@ -162,9 +190,10 @@ impl<S: Service> Reactor<S> {
                 output: Vec::new(),
                 written: 0,
             });
-            self.hub
-                .timers
-                .insert(now + admin.deadline, TimerEvent::AdminDeadline(key, serial));
+            self.hub.timers.insert(
+                crate::timer::deadline_after(now, admin.deadline),
+                TimerEvent::AdminDeadline(key, serial),
+            );
         }
         // Budget spent: an edge-triggered listener would not report the rest, so the
         // next turn polls it again.
@@ -311,6 +340,14 @@ impl<S: Service> Reactor<S> {
             for (code, count) in ["200", "400", "404", "405"].iter().zip(admin.answered) {
                 out.push_str(&format!("{name}{{code=\"{code}\"}} {count}\n"));
             }
+            metrics::sample(
+                &mut out,
+                "switchboard_admin_evicted_total",
+                "counter",
+                "Admin connections closed while waiting for their request, to make room \
+                 for a newcomer (all were taken).",
+                admin.evicted,
+            );
             metrics::sample(
                 &mut out,
                 "switchboard_admin_connections",
