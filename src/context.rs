@@ -138,6 +138,17 @@ impl<'a, S: Service> Context<'a, S> {
         self
     }
 
+    /// Sends to the connection the callback is about are gathered and written
+    /// together when it returns: the answers to a read's pipelined requests, one
+    /// send each, cost one `write` (see `reactor/write.rs`).
+    #[inline(always)]
+    fn timing_for(&self, conn: ConnId) -> WriteTiming {
+        match self.lent == Some(conn) {
+            true => WriteTiming::Gathered,
+            false => WriteTiming::AtOnce,
+        }
+    }
+
     /// Frames `payload` with `conn`'s codec and sends it. Frames sent to one
     /// connection arrive in the order they were sent. A connection still connecting
     /// keeps what it is sent until it is up.
@@ -155,8 +166,8 @@ impl<'a, S: Service> Context<'a, S> {
         let encoded = self.endpoints.codec(endpoint).encode(payload, &mut framed);
         let result = match encoded {
             Ok(()) => {
-                self.hub
-                    .write_or_queue(conn, framed.readable(), 1, WriteTiming::Gathered);
+                let timing = self.timing_for(conn);
+                self.hub.write_or_queue(conn, framed.readable(), 1, timing);
                 Ok(())
             }
             Err(e) => Err(SendError::Frame(e)),
@@ -200,10 +211,8 @@ impl<'a, S: Service> Context<'a, S> {
         wire: &[u8],
         frames: u64,
     ) -> Result<(), SendError> {
-        match self
-            .hub
-            .write_or_queue(conn, wire, frames, WriteTiming::Gathered)
-        {
+        let timing = self.timing_for(conn);
+        match self.hub.write_or_queue(conn, wire, frames, timing) {
             true => Ok(()),
             false => Err(SendError::Closed),
         }

@@ -109,12 +109,6 @@ pub(crate) struct Hub<S: Service> {
     /// Where `Context::send` frames a payload before writing it (kept between calls
     /// so framing never allocates).
     pub encode_buf: Buffer,
-    /// The connection whose frames are being handed to the service, if any: what the
-    /// service sends it meanwhile is queued, not written, and the read path writes it
-    /// all with one `write` once the frames are handled (`reactor/write.rs`).
-    pub gathering: Option<ConnId>,
-    /// Output was queued for `gathering` during the dispatch: write it after.
-    pub gathered: bool,
     /// A callback sent a datagram: some UDP socket has a burst to send before the
     /// loop blocks.
     pub udp_burst_pending: bool,
@@ -178,8 +172,6 @@ impl<S: Service> Hub<S> {
             pool: BufferPool::default(),
             to_flush: Vec::new(),
             encode_buf: Buffer::new(),
-            gathering: None,
-            gathered: false,
             udp_burst_pending: false,
             to_close: Vec::new(),
             ready_again: Vec::new(),

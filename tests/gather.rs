@@ -1,6 +1,7 @@
-//! Writes gathered per read: a service that answers each pipelined request with its
-//! own `ctx.send`, the plain way, costs one `write` per read, not one per answer
-//! (`Stats::writes` counts the calls). The answers still arrive whole and in order,
+//! Writes gathered per callback: a service that answers each pipelined request with
+//! its own `ctx.send`, the plain way, costs one `write` per read, not one per answer
+//! (`Stats::writes` counts the calls): sends to the connection a callback is about are
+//! written together when it returns. The answers still arrive whole and in order,
 //! large ones among small ones, and a `forward` mixed with sends keeps its place.
 //!
 //! The reactor runs on the test's thread ([`Driven`]): one turn takes in what one

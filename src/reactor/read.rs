@@ -516,11 +516,9 @@ impl<S: Service> Reader<'_, S> {
         self.hub.stats.frames_in += count as u64;
         let held_back = HeldBack::default();
         let frames = Frames::holdable(&bytes[..complete], count, self.codec, before, &held_back);
-        self.hub.gathering = Some(self.id);
         let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
         self.service
             .on_frames(ctx, self.id, &mut self.lent.service, frames);
-        self.hub.write_gathered(self.id);
         let held = held_back.bytes.get();
         if held == 0 {
             buf.consume(complete);

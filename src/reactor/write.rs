@@ -1,14 +1,15 @@
 //! The write path: from a service's send to bytes in the socket.
 //!
 //! A send to a connection with nothing queued is written at once, straight from the
-//! caller's bytes: the common case costs one `write` and no copy. Except while that
-//! connection's own frames are being handed to the service: a request/response
+//! caller's bytes: the common case costs one `write` and no copy. Except for sends to
+//! the connection a callback is about (its frames, its timer): a request/response
 //! protocol answers each pipelined request with its own send, and one `write` per
-//! answer would cost a system call per request. Those sends are gathered in the
-//! connection's queue and written with one `write` once the frames of the read are
-//! handled, in the same turn ([`Hub::write_gathered`]). (A [`crate::Context::forward`]
-//! of the frames as they came, echo's way, is still written at once: it already is
-//! one write for the whole read.) Whatever the socket
+//! answer would cost a system call per request. Those are gathered in the connection's
+//! queue and written with one `write` when the callback returns, as the loop carries
+//! out what callbacks queued after every event, in the same turn
+//! ([`WriteTiming::Gathered`]; a gathering that reaches [`GATHER`] is written at once).
+//! A [`crate::Context::forward`] of frames as they came, echo's way, is written at
+//! once: it already is one write for a whole read. Whatever the socket
 //! does not take is queued, in order, and WRITABLE interest is registered only while
 //! something waits (so an idle connection is never woken for writability). When the
 //! socket has room again the queue is written with `write` or, when shared frames are
@@ -35,9 +36,8 @@ use crate::stats::CloseReason;
 
 impl<S: Service> Hub<S> {
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
-    /// nothing is queued ahead of them, else queued behind what is. While `id`'s own
-    /// frames are being handled, small sends are [`WriteTiming::Gathered`] unless they are
-    /// [`WriteTiming::AtOnce`]. Returns false if the connection is gone, closing, or its side
+    /// nothing is queued ahead of them and they are not to be gathered, else queued
+    /// behind what is. Returns false if the connection is gone, closing, or its side
     /// is shut.
     #[inline]
     pub(crate) fn write_or_queue(
@@ -47,8 +47,7 @@ impl<S: Service> Hub<S> {
         frames: u64,
         timing: WriteTiming,
     ) -> bool {
-        let gather =
-            timing == WriteTiming::Gathered && self.gathering == Some(id) && bytes.len() < GATHER;
+        let gather = timing == WriteTiming::Gathered && bytes.len() < GATHER;
         let now = self.now_millis();
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
         let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
@@ -76,35 +75,15 @@ impl<S: Service> Hub<S> {
                 // Output begins to wait: the send timeout counts from here.
                 conn.write_progress = now as u32;
             }
-            self.queue_rest(id, &bytes[written..], write_at_once);
+            self.queue_rest(id, &bytes[written..], write_at_once, timing);
         }
         true
-    }
-
-    /// The frames of one read have been handled: writes what the service sent the
-    /// connection meanwhile, with one `write` (see the module docs).
-    #[inline(always)]
-    pub(crate) fn write_gathered(&mut self, id: ConnId) {
-        self.gathering = None;
-        if std::mem::take(&mut self.gathered) {
-            self.flush_gathered(id);
-        }
-    }
-
-    #[inline(never)]
-    fn flush_gathered(&mut self, id: ConnId) {
-        if self
-            .conn(id)
-            .is_some_and(|conn| !conn.output.is_empty() && !conn.flags.get(Flag::WritableArmed))
-        {
-            self.flush(id);
-        }
     }
 
     /// Queues what a send could not write at once. Out of line: the common case
     /// writes everything and never comes here.
     #[inline(never)]
-    fn queue_rest(&mut self, id: ConnId, rest: &[u8], socket_full: bool) {
+    fn queue_rest(&mut self, id: ConnId, rest: &[u8], socket_full: bool, timing: WriteTiming) {
         let write_limit = self.limits.write_limit;
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
@@ -115,8 +94,11 @@ impl<S: Service> Hub<S> {
         if conn.output.len() > write_limit {
             conn.flags.set(Flag::Congested, true);
         }
-        // (With WRITABLE armed the socket is full: its event writes the queue.)
-        let gathering = self.gathering == Some(id) && !conn.flags.get(Flag::WritableArmed);
+        // A gathering as large as one good write is written now; what follows is
+        // gathered anew. (With WRITABLE armed the socket is full: its event writes.)
+        let write_now = timing == WriteTiming::Gathered
+            && conn.output.len() >= GATHER
+            && !conn.flags.get(Flag::WritableArmed);
         if conn.state == ConnState::Connecting {
             // Written once the connect completes.
         } else if socket_full {
@@ -124,13 +106,10 @@ impl<S: Service> Hub<S> {
             // than list a flush that would only hear WouldBlock.
             set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
-        } else if gathering && conn.output.len() < GATHER {
-            // Written once the frames of this read are handled.
-            self.gathered = true;
-        } else if gathering {
-            // As much as one good write takes: write it now, gather what follows.
+        } else if write_now {
             self.flush(id);
         } else {
+            // Written when the callback returns (or the event's work is done).
             self.list_for_flush(id);
         }
         self.account(id);
@@ -270,18 +249,18 @@ impl<S: Service> Hub<S> {
     }
 }
 
-/// How a send may go out.
+/// When a send goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteTiming {
     /// At once when nothing is queued ahead of it.
     AtOnce,
-    /// Gathered with the other sends of the dispatch when it goes to the connection
-    /// whose frames are being handled.
+    /// Gathered with whatever else the callback sends the connection (a send to the
+    /// connection a callback is about), written when the callback returns.
     Gathered,
 }
 
-/// Output gathered during a dispatch is written once it reaches this much: a larger
-/// write gains nothing, and the queue stays small.
+/// Gathered output is written as soon as it reaches this much: a larger write gains
+/// nothing, and the queue stays small.
 const GATHER: usize = 64 * 1024;
 
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
