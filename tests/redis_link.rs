@@ -37,7 +37,7 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect to redis-server");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         self.stream = Some(stream);
-        let hello = self.link.connected();
+        let hello = self.link.connected(Instant::now());
         self.send(&hello);
     }
 
@@ -49,7 +49,10 @@ impl Client {
     /// Sends a command tagged `tag`; the link must be up.
     #[track_caller]
     fn command(&mut self, tag: u32, args: &[&[u8]]) {
-        let bytes = self.link.command(tag, args).expect("the link is up");
+        let bytes = self
+            .link
+            .command(Instant::now(), tag, args)
+            .expect("the link is up");
         self.send(&bytes);
     }
 
@@ -201,7 +204,10 @@ fn a_restarted_server_gets_the_subscriptions_back() {
     assert_eq!(tags, vec![2, 3], "the unanswered commands, oldest first");
     assert_eq!(retry_at, now + MIN_BACKOFF);
     assert!(!subscriber.link.due(now));
-    assert!(subscriber.link.command(4, &[b"PING"]).is_none(), "down");
+    assert!(
+        subscriber.link.command(now, 4, &[b"PING"]).is_none(),
+        "down"
+    );
 
     redis.restart();
     assert!(subscriber.link.due(retry_at));
