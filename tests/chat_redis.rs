@@ -19,7 +19,8 @@ mod redis_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -297,17 +298,26 @@ fn common_without_ts(mut event: Value) -> Value {
     event
 }
 
-/// Reads `member`'s events until a `msg` with text `last`, on a thread of its own (a
-/// flooded member must keep reading, or it is cut off as a slow consumer). Answers the
-/// texts of the notices it saw. Room messages are recognised without being parsed.
-fn collect_notices(member: &Member, last: &'static str) -> thread::JoinHandle<Vec<String>> {
+/// A member's events read on a thread of its own until a `msg` with text `last` (a
+/// flooded member must keep reading, or it is cut off as a slow consumer).
+struct Reader {
+    /// Room messages read so far (recognised without being parsed).
+    messages: Arc<AtomicUsize>,
+    /// The texts of the notices read, once `last` came.
+    thread: thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts a [`Reader`] of `member`'s events.
+fn collect_notices(member: &Member, last: &'static str) -> Reader {
     assert!(
         member.reader.buffer().is_empty(),
         "events already read ahead"
     );
     let mut reader = member.reader.get_ref().try_clone().unwrap();
     let last = format!("\"text\":\"{last}\"");
-    thread::spawn(move || {
+    let messages = Arc::new(AtomicUsize::new(0));
+    let counted = messages.clone();
+    let thread = thread::spawn(move || {
         let mut notices = Vec::new();
         loop {
             let payload = read_frame(&mut reader).expect("an event within the timeout");
@@ -315,12 +325,15 @@ fn collect_notices(member: &Member, last: &'static str) -> thread::JoinHandle<Ve
             if text.contains(&last) {
                 return notices;
             }
-            if text.contains("\"type\":\"notice\"") {
+            if text.contains("\"type\":\"msg\"") {
+                counted.fetch_add(1, Ordering::Relaxed);
+            } else if text.contains("\"type\":\"notice\"") {
                 let event: Value = serde_json::from_slice(&payload).unwrap();
                 notices.push(event["text"].as_str().unwrap_or_default().to_string());
             }
         }
-    })
+    });
+    Reader { messages, thread }
 }
 
 #[test]
@@ -335,19 +348,30 @@ fn a_frozen_redis_under_a_flood_bounds_the_queue_drops_publishes_and_tells_membe
 
     redis.pause();
     let before = node.rss();
-    let (alice_notices, bob_notices) = (
+    let readers = [
         collect_notices(&alice, "last"),
         collect_notices(&bob, "last"),
-    );
-    // 80 MB of room messages, each one published to the frozen Redis.
+    ];
+    // 80 MB of room messages, each one published to the frozen Redis; in batches of
+    // 2 MB that both members have read before the next, so that neither falls behind
+    // by the write limit and is cut off as a slow consumer.
     let text = "x".repeat(4000);
     let say = json!({"type": "say", "room": "r", "text": text}).to_string();
     let started = Instant::now();
-    for _ in 0..20_000 {
-        write_frame(&mut alice.writer, say.as_bytes()).unwrap();
+    let (batches, batch) = (40, 500);
+    for sent in (1..=batches).map(|n| n * batch) {
+        for _ in 0..batch {
+            write_frame(&mut alice.writer, say.as_bytes()).unwrap();
+        }
+        let read = wait_until(IO_TIMEOUT, || {
+            readers
+                .iter()
+                .all(|r| r.messages.load(Ordering::Relaxed) >= sent)
+        });
+        assert!(read, "the members did not read {sent} messages");
     }
     alice.say("r", "last");
-    let (alice_notices, bob_notices) = (alice_notices.join().unwrap(), bob_notices.join().unwrap());
+    let [alice_notices, bob_notices] = readers.map(|r| r.thread.join().unwrap());
     let grown = node.rss().saturating_sub(before);
     eprintln!(
         "80 MB flooded in {:?} with Redis frozen: the node grew by {} KiB",
@@ -395,6 +419,7 @@ fn a_hello_that_redis_does_not_answer_is_refused_within_the_reply_timeout() {
     member.send(json!({"type": "ping"}));
     member.expect_error("the cluster did not answer within 1s");
     let waited = asked.elapsed();
+    eprintln!("a hello with Redis frozen was refused after {waited:?}");
     assert!(
         waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
         "answered after {waited:?}"
