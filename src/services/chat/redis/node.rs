@@ -162,7 +162,7 @@ pub(in crate::services::chat) struct Node {
     /// The loop is shutting down: no more dials.
     stopped: bool,
     /// Failures to reach Redis, for the log.
-    pub(super) unreachable_log: Throttle,
+    unreachable_log: Throttle,
     /// Replies overdue, for the log.
     pub(super) overdue_log: Throttle,
 }
