@@ -249,6 +249,13 @@ pub trait Service: Sized {
     fn metrics(&self, out: &mut String) {
         let _ = out;
     }
+
+    /// The admin endpoint is answering `GET /healthz`: `Ok` for `200 ok`, or why the
+    /// service cannot do its work now (a link it depends on is down, say), for a `503`
+    /// with the reason as the body. By default, healthy.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How a connection came to be: accepted on a listener, or dialled by the service.

@@ -195,6 +195,43 @@ fn health_not_found_bad_request_and_other_methods() {
     server.stop();
 }
 
+/// A service that cannot work: its backend is away.
+struct Unwell;
+
+impl switchboard::Service for Unwell {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn health(&self) -> Result<(), String> {
+        Err("the backend is away".to_string())
+    }
+}
+
+#[test]
+fn healthz_says_503_and_why_when_the_service_is_unwell() {
+    let mut config = local_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    let (server, admin) = TestServer::start_with(
+        config,
+        || (Unwell, LengthCodec::new(1024)),
+        |reactor| reactor.admin_addr().expect("admin endpoint on"),
+    );
+    let (status, head, body) = get(admin, "/healthz");
+    assert_eq!((status, body.as_str()), (503, "the backend is away\n"));
+    assert!(
+        head.starts_with("HTTP/1.1 503 Service Unavailable"),
+        "{head}"
+    );
+    let (_, _, metrics) = get(admin, "/metrics");
+    let samples = parse_with_prometheus_client(&metrics);
+    assert_eq!(
+        samples["switchboard_admin_requests_total{code=\"503\"}"],
+        1.0
+    );
+    server.stop();
+}
+
 #[test]
 fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
     let (server, admin) = start();

@@ -4,6 +4,12 @@
 //! `list` cross nodes; Redis killed and restarted mid-test: local rooms go on, members
 //! are told, and traffic flows across nodes again after the restart; a node killed
 //! outright loses its members from the cluster when their keys expire.
+//!
+//! Then the node's defences against a Redis that misbehaves: frozen (SIGSTOP) under a
+//! flooding member, the node's memory stays bounded and its members are told once;
+//! frozen under a `hello`, the member is answered within the reply timeout; hostile
+//! (replies nested without end), the node cuts the link and serves on; absent at the
+//! start, `/healthz` and the link gauge say so until it comes.
 #![cfg(feature = "redis")]
 
 #[allow(dead_code)]
@@ -11,13 +17,17 @@ mod chat_support;
 mod common;
 mod redis_support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use chat_support::members::Member;
-use common::{free_port, wait_until, ChildServer, StderrLog, IO_TIMEOUT};
+use common::{free_port, read_frame, wait_until, write_frame, ChildServer, StderrLog, IO_TIMEOUT};
 use redis_support::RedisServer;
 
 /// One chat node: a `switchboard chat` process joined to `redis`.
@@ -25,38 +35,103 @@ struct Node {
     server: ChildServer,
     log: StderrLog,
     tcp: SocketAddr,
+    /// Its admin endpoint (`/metrics`, `/healthz`).
+    admin: SocketAddr,
 }
 
 impl Node {
+    /// A node joined to `redis`, once its link is up.
     fn start(redis: &RedisServer) -> Node {
-        let port = free_port();
+        Node::start_with(redis.addr(), &[])
+    }
+
+    /// A node on Redis at `redis` with flags `extra`, once its link is up.
+    fn start_with(redis: SocketAddr, extra: &[&str]) -> Node {
+        let node = Node::launch(redis, extra);
+        node.log.wait_for("the link to Redis", IO_TIMEOUT, |log| {
+            log.contains("connected to Redis")
+        });
+        node
+    }
+
+    /// A node on Redis at `redis` with flags `extra`, once it listens.
+    fn launch(redis: SocketAddr, extra: &[&str]) -> Node {
+        let (port, admin) = (free_port(), free_port());
         let tcp = format!("127.0.0.1:{port}");
-        let url = format!("redis://{}", redis.addr());
-        let args = [
+        let admin = format!("127.0.0.1:{admin}");
+        let url = format!("redis://{redis}");
+        let mut args = vec![
             "chat",
             "--tcp",
             &tcp,
             "--udp",
             "off",
+            "--admin",
+            &admin,
             "--redis",
             &url,
             "--redis-ttl",
             "2",
         ];
+        args.extend_from_slice(extra);
         let mut server = ChildServer::start(&args, Some(port));
         let log = StderrLog::capture(&mut server);
-        log.wait_for("the link to Redis", IO_TIMEOUT, |log| {
-            log.contains("connected to Redis")
-        });
         Node {
             server,
             log,
             tcp: tcp.parse().unwrap(),
+            admin: admin.parse().unwrap(),
         }
     }
 
     fn member(&self, name: &str) -> Member {
         Member::named(self.tcp, name)
+    }
+
+    /// `GET path` on the admin endpoint: the status and the body.
+    #[track_caller]
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.admin).expect("connect to the admin endpoint");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a blank line");
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+        (status.expect("a status code"), body.to_string())
+    }
+
+    /// The value of the unlabelled metric `name` in `/metrics`.
+    #[track_caller]
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    }
+
+    /// The node's resident memory, in bytes (`VmRSS` in `/proc/PID/status`).
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.server.child.id()))
+            .expect("the node is running");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
+    /// Asserts the node still runs.
+    #[track_caller]
+    fn assert_alive(&mut self) {
+        let exited = self.server.child.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "the node exited: {exited:?}\n{}",
+            self.log.text()
+        );
     }
 }
 
@@ -221,4 +296,237 @@ fn common_without_ts(mut event: Value) -> Value {
         object.remove("ts");
     }
     event
+}
+
+/// A member's events read on a thread of its own until a `msg` with text `last` (a
+/// flooded member must keep reading, or it is cut off as a slow consumer).
+struct Reader {
+    /// Room messages read so far (recognised without being parsed).
+    messages: Arc<AtomicUsize>,
+    /// The texts of the notices read, once `last` came.
+    thread: thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts a [`Reader`] of `member`'s events.
+fn collect_notices(member: &Member, last: &'static str) -> Reader {
+    assert!(
+        member.reader.buffer().is_empty(),
+        "events already read ahead"
+    );
+    let mut reader = member.reader.get_ref().try_clone().unwrap();
+    let last = format!("\"text\":\"{last}\"");
+    let messages = Arc::new(AtomicUsize::new(0));
+    let counted = messages.clone();
+    let thread = thread::spawn(move || {
+        let mut notices = Vec::new();
+        loop {
+            let payload = read_frame(&mut reader).expect("an event within the timeout");
+            let text = String::from_utf8_lossy(&payload);
+            if text.contains(&last) {
+                return notices;
+            }
+            if text.contains("\"type\":\"msg\"") {
+                counted.fetch_add(1, Ordering::Relaxed);
+            } else if text.contains("\"type\":\"notice\"") {
+                let event: Value = serde_json::from_slice(&payload).unwrap();
+                notices.push(event["text"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    });
+    Reader { messages, thread }
+}
+
+#[test]
+fn a_frozen_redis_under_a_flood_bounds_the_queue_drops_publishes_and_tells_members_once() {
+    let redis = RedisServer::start();
+    let node = Node::start(&redis);
+    let mut alice = node.member("alice");
+    let mut bob = node.member("bob");
+    join_settled(&mut alice, "r");
+    join_settled(&mut bob, "r");
+    next_such(&mut alice, |e| e["type"] == "joined" && e["name"] == "bob");
+
+    redis.pause();
+    let before = node.rss();
+    let readers = [
+        collect_notices(&alice, "last"),
+        collect_notices(&bob, "last"),
+    ];
+    // 80 MB of room messages, each one published to the frozen Redis; in batches of
+    // 2 MB that both members have read before the next, so that neither falls behind
+    // by the write limit and is cut off as a slow consumer.
+    let text = "x".repeat(4000);
+    let say = json!({"type": "say", "room": "r", "text": text}).to_string();
+    let started = Instant::now();
+    let (batches, batch) = (40, 500);
+    for sent in (1..=batches).map(|n| n * batch) {
+        for _ in 0..batch {
+            write_frame(&mut alice.writer, say.as_bytes()).unwrap();
+        }
+        let read = wait_until(IO_TIMEOUT, || {
+            readers
+                .iter()
+                .all(|r| r.messages.load(Ordering::Relaxed) >= sent)
+        });
+        assert!(read, "the members did not read {sent} messages");
+    }
+    alice.say("r", "last");
+    let [alice_notices, bob_notices] = readers.map(|r| r.thread.join().unwrap());
+    let grown = node.rss().saturating_sub(before);
+    eprintln!(
+        "80 MB flooded in {:?} with Redis frozen: the node grew by {} KiB",
+        started.elapsed(),
+        grown / 1024
+    );
+    assert!(grown < 48 << 20, "the node grew by {} MiB", grown >> 20);
+    assert!(node.metric("switchboard_redis_dropped_total") > 0.0);
+    for notices in [&alice_notices, &bob_notices] {
+        let backed_up = notices.iter().filter(|n| n.contains("backed up")).count();
+        assert_eq!(backed_up, 1, "{notices:?}");
+    }
+    assert!(
+        node.log.text().contains("--redis-max-queued"),
+        "{}",
+        node.log.text()
+    );
+
+    // Redis takes the queue again: the members hear that it drained, once.
+    redis.resume();
+    for member in [&mut alice, &mut bob] {
+        let notice = next_such(member, |e| e["type"] == "notice");
+        assert!(
+            notice["text"].as_str().unwrap().contains("drained"),
+            "{notice}"
+        );
+    }
+    let dropped = node.metric("switchboard_redis_dropped_total");
+    alice.say("r", "after");
+    bob.expect_msg("r", "alice", "after");
+    list(&mut bob);
+    assert_eq!(node.metric("switchboard_redis_dropped_total"), dropped);
+}
+
+#[test]
+fn a_hello_that_redis_does_not_answer_is_refused_within_the_reply_timeout() {
+    let redis = RedisServer::start();
+    let node = Node::start_with(redis.addr(), &["--redis-reply-timeout", "1"]);
+    let mut member = Member::anonymous(node.tcp);
+    member.expect_nothing_more();
+
+    redis.pause();
+    let asked = Instant::now();
+    member.send(json!({"type": "hello", "name": "bob"}));
+    member.send(json!({"type": "ping"}));
+    member.expect_error("the cluster did not answer within 1s");
+    let waited = asked.elapsed();
+    eprintln!("a hello with Redis frozen was refused after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    // The request queued behind the `hello` is carried out right after it.
+    member.expect(json!({"type": "pong"}));
+
+    // Redis answers at last: the late grant of "bob" is given back, so the name is
+    // free once Redis has answered what followed it (a `list`).
+    redis.resume();
+    list(&mut member);
+    member.hello("bob");
+    member.expect_nothing_more();
+    let log = node.log.text();
+    assert!(log.contains("did not answer within 1s"), "{log}");
+}
+
+/// A fake Redis: accepts one connection from the node and reads its `HELLO`.
+#[track_caller]
+fn accept_the_node(listener: &TcpListener) -> TcpStream {
+    let (mut stream, _) = listener.accept().expect("the node dials");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let hello = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+    let mut got = vec![0u8; hello.len()];
+    stream.read_exact(&mut got).expect("HELLO from the node");
+    assert_eq!(got, hello);
+    stream
+}
+
+#[test]
+fn a_redis_replying_with_endless_nesting_is_cut_off_and_the_node_serves_on() {
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut node = Node::launch(fake.local_addr().unwrap(), &[]);
+    let mut early = Member::anonymous(node.tcp);
+    let mut first = accept_the_node(&fake);
+
+    // 800 KB of arrays in arrays: a decoder that recursed on it would overflow its stack.
+    let (done, hostile_sent) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = first.write_all(&b"*1\r\n".repeat(200_000));
+        let _ = done.send(());
+        // Held open until the node hangs up: its reconnect is its own decision.
+        let _ = first.read_to_end(&mut Vec::new());
+    });
+    hostile_sent.recv_timeout(IO_TIMEOUT).unwrap();
+    node.log.wait_for("the refused reply", IO_TIMEOUT, |log| {
+        log.contains("a reply nested deeper than 32 levels")
+    });
+    node.assert_alive();
+    // The link is dialled again; then Redis is gone for good.
+    drop(accept_the_node(&fake));
+    drop(fake);
+
+    // The member connected all along is served (past the notices of the link's ups
+    // and downs), and so is a newcomer.
+    early.send(json!({"type": "ping"}));
+    next_such(&mut early, |e| e["type"] == "pong");
+    early.send(json!({"type": "hello", "name": "early"}));
+    next_such(&mut early, |e| e["type"] == "welcome");
+    early.name = "early".to_string();
+    let mut late = node.member("late");
+    for member in [&mut early, &mut late] {
+        member.send(json!({"type": "join", "room": "r"}));
+        let name = member.name.clone();
+        next_such(member, |e| e["type"] == "joined" && e["name"] == name);
+    }
+    early.say("r", "still here");
+    let said = next_such(&mut late, |e| e["type"] == "msg");
+    assert_eq!(said["text"], "still here");
+    node.assert_alive();
+}
+
+#[test]
+fn healthz_and_the_link_gauge_follow_redis_from_an_unreachable_start() {
+    let mut redis = RedisServer::not_started();
+    let node = Node::launch(redis.addr(), &[]);
+    node.log
+        .wait_for("the unreachable Redis", IO_TIMEOUT, |log| {
+            log.contains("WARN") && log.contains("cannot reach Redis")
+        });
+    let (status, body) = node.get("/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("link down"), "{body}");
+    assert_eq!(node.metric("switchboard_redis_link_up"), 0.0);
+
+    // A member arriving meanwhile is told its rooms are this server's only.
+    let mut alice = Member::anonymous(node.tcp);
+    alice.hello("alice");
+    let notice = next_such(&mut alice, |e| e["type"] == "notice");
+    assert!(
+        notice["text"].as_str().unwrap().contains("down"),
+        "{notice}"
+    );
+
+    redis.restart();
+    let up = wait_until(IO_TIMEOUT, || {
+        node.get("/healthz") == (200, "ok\n".to_string())
+    });
+    assert!(up, "/healthz: {:?}", node.get("/healthz"));
+    assert_eq!(node.metric("switchboard_redis_link_up"), 1.0);
+    assert!(node.metric("switchboard_redis_reconnects_total") >= 1.0);
+    let notice = next_such(&mut alice, |e| e["type"] == "notice");
+    assert!(notice["text"].as_str().unwrap().contains("up"), "{notice}");
+
+    // And it follows Redis down again.
+    redis.stop();
+    let down = wait_until(IO_TIMEOUT, || node.get("/healthz").0 == 503);
+    assert!(down, "/healthz: {:?}", node.get("/healthz"));
+    assert_eq!(node.metric("switchboard_redis_link_up"), 0.0);
 }

@@ -1,16 +1,18 @@
 //! `Link` against a real `redis-server` (see `redis_support`), over blocking sockets:
-//! the handshake, replies matched to their tags, pub/sub between two links, and a
-//! server killed and restarted under a link that resubscribes.
+//! the handshake, replies matched to their tags, pub/sub between two links, a server
+//! killed and restarted under a link that resubscribes, and one frozen past the reply
+//! timeout whose late replies still match their commands. Then a fake server over a
+//! real socket whose reply nests without end: an error, not a crash.
 
 mod redis_support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use redis_support::RedisServer;
-use switchboard::services::chat::redis::link::{Link, LinkEvent, LinkState, MIN_BACKOFF};
-use switchboard::services::chat::redis::resp::Reply;
+use switchboard::services::chat::redis::link::{self, Link, LinkEvent, LinkState, MIN_BACKOFF};
+use switchboard::services::chat::redis::resp::{Reply, RespError, MAX_DEPTH};
 
 /// How long a test waits for what it expects from Redis.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +39,7 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect to redis-server");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         self.stream = Some(stream);
-        let hello = self.link.connected();
+        let hello = self.link.connected(Instant::now());
         self.send(&hello);
     }
 
@@ -49,7 +51,10 @@ impl Client {
     /// Sends a command tagged `tag`; the link must be up.
     #[track_caller]
     fn command(&mut self, tag: u32, args: &[&[u8]]) {
-        let bytes = self.link.command(tag, args).expect("the link is up");
+        let bytes = self
+            .link
+            .command(Instant::now(), tag, args)
+            .expect("the link is up");
         self.send(&bytes);
     }
 
@@ -60,6 +65,15 @@ impl Client {
             .subscribe(channel)
             .expect("a new channel, link up");
         self.send(&bytes);
+    }
+
+    /// Reads once and gives the bytes to the link: what it made of them.
+    #[track_caller]
+    fn read_once(&mut self) -> Result<Vec<LinkEvent<u32>>, RespError> {
+        let mut buf = vec![0u8; 1 << 20];
+        let len = self.stream.as_mut().unwrap().read(&mut buf).expect("read");
+        assert!(len > 0, "the server closed the connection");
+        self.link.input(&buf[..len])
     }
 
     /// Reads until the link has made `n` events of the input, failing after `TIMEOUT`.
@@ -201,7 +215,10 @@ fn a_restarted_server_gets_the_subscriptions_back() {
     assert_eq!(tags, vec![2, 3], "the unanswered commands, oldest first");
     assert_eq!(retry_at, now + MIN_BACKOFF);
     assert!(!subscriber.link.due(now));
-    assert!(subscriber.link.command(4, &[b"PING"]).is_none(), "down");
+    assert!(
+        subscriber.link.command(now, 4, &[b"PING"]).is_none(),
+        "down"
+    );
 
     redis.restart();
     assert!(subscriber.link.due(retry_at));
@@ -224,4 +241,66 @@ fn a_restarted_server_gets_the_subscriptions_back() {
             message(b"room:a", b"and here"),
         ]
     );
+}
+
+#[test]
+fn late_replies_from_a_frozen_server_still_match_their_commands() {
+    let redis = RedisServer::start();
+    let mut client = Client::new();
+    client.connect(redis.addr());
+    client.command(1, &[b"SET", b"k", b"v"]);
+    assert_eq!(client.events(1), vec![reply(1, simple(b"OK"))]);
+    assert!(client.link.is_answering());
+
+    redis.pause();
+    client.command(2, &[b"GET", b"k"]);
+    client.command(3, &[b"INCR", b"n"]);
+    // Past the timeout, both tags are given back, once, and the link is not answering.
+    let overdue = Instant::now() + link::DEFAULT_REPLY_TIMEOUT;
+    assert_eq!(client.link.expire(overdue), vec![2, 3]);
+    assert_eq!(client.link.expire(overdue), Vec::<u32>::new());
+    assert!(!client.link.is_answering());
+
+    redis.resume();
+    client.command(4, &[b"INCR", b"n"]);
+    assert_eq!(
+        client.events(3),
+        vec![
+            LinkEvent::Late {
+                tag: 2,
+                reply: Reply::Blob(b"v".to_vec())
+            },
+            LinkEvent::Late {
+                tag: 3,
+                reply: Reply::Number(1)
+            },
+            reply(4, Reply::Number(2)),
+        ]
+    );
+    assert!(client.link.is_answering());
+    assert_eq!(client.link.pending(), 0);
+}
+
+#[test]
+fn a_reply_nested_without_end_is_refused_not_a_crash() {
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = Client::new();
+    client.connect(fake.local_addr().unwrap());
+    let (mut server, _) = fake.accept().unwrap();
+    server.write_all(b"%0\r\n").unwrap(); // HELLO's answer
+    server.write_all(&b"*1\r\n".repeat(200_000)).unwrap();
+    client.command(1, &[b"PING"]);
+    let deadline = Instant::now() + TIMEOUT;
+    let err = loop {
+        assert!(Instant::now() < deadline, "no error within {TIMEOUT:?}");
+        match client.read_once() {
+            Ok(events) => assert_eq!(events, vec![]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, RespError::TooDeep { limit: MAX_DEPTH });
+    // The caller closes the connection; the link redials later, with a clean reader.
+    let (retry_at, tags) = client.link.closed(Instant::now());
+    assert_eq!(tags, vec![1]);
+    assert!(client.link.due(retry_at));
 }

@@ -62,6 +62,17 @@ pub struct ChatArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_ttl: u64,
+    /// The most bytes queued for Redis: past it, room events to the other servers are
+    /// dropped (and counted) until Redis takes them again, and the members told. Bytes,
+    /// or with a suffix (KiB, MiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB",
+          value_parser = super::server::parse_size)]
+    pub redis_max_queued: u64,
+    /// How long a member waits for an answer that needs Redis (`hello`, a DM to
+    /// another server, `list`) before it is told the cluster did not answer.
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_reply_timeout: u64,
 }
 
 /// Runs the chat service until SIGINT/SIGTERM.
@@ -97,7 +108,11 @@ pub fn run(args: ChatArgs) -> ExitCode {
     {
         None => settings,
         Some(Ok(redis)) => ChatSettings {
-            redis: Some(redis),
+            redis: Some(RedisSettings {
+                max_queued: usize::try_from(args.redis_max_queued).unwrap_or(usize::MAX),
+                reply_timeout: Duration::from_secs(args.redis_reply_timeout),
+                ..redis
+            }),
             ..settings
         },
         Some(Err(e)) => {

@@ -1,8 +1,9 @@
 //! The admin endpoint (`Config::admin`): a TCP listener the reactor serves itself, on
 //! the same loop, whatever the service. It answers one HTTP/1.1 request per
 //! connection and closes it: `GET /metrics` (the Prometheus text format, see
-//! `crate::metrics`), `GET /healthz` (`200 ok`), anything else 404, another method
-//! 405, a malformed or oversized request 400.
+//! `crate::metrics`), `GET /healthz` (`200 ok`, or `503` with the reason when
+//! [`Service::health`] says the service cannot work now), anything else 404, another
+//! method 405, a malformed or oversized request 400.
 //!
 //! Its connections are not the service's: they live in a small slab of their own,
 //! with tokens in a range of their own (`ADMIN_BASE ..`), so the dispatch tells them
@@ -56,8 +57,8 @@ pub(super) struct Admin {
     deadline: Duration,
     /// Turn durations and events per turn, recorded only while the endpoint is on.
     pub(super) loop_metrics: LoopMetrics,
-    /// Requests answered, by status: 200, 400, 404, 405.
-    answered: [u64; 4],
+    /// Requests answered, by status: 200, 400, 404, 405, 503.
+    answered: [u64; 5],
     /// Connections closed, still waiting for their request, to make room for a
     /// newcomer.
     evicted: u64,
@@ -132,7 +133,7 @@ impl<S: Service> Reactor<S> {
             serial: 0,
             deadline: self.config.admin_timeout,
             loop_metrics: LoopMetrics::default(),
-            answered: [0; 4],
+            answered: [0; 5],
             evicted: 0,
         }));
         Ok(())
@@ -219,7 +220,10 @@ impl<S: Service> Reactor<S> {
                 }
                 Request::Complete { path, .. } => match path.split('?').next() {
                     Some("/metrics") => (200, metrics::CONTENT_TYPE, self.render_metrics()),
-                    Some("/healthz") => (200, "text/plain", "ok\n".to_string()),
+                    Some("/healthz") => match self.service.health() {
+                        Ok(()) => (200, "text/plain", "ok\n".to_string()),
+                        Err(reason) => (503, "text/plain", format!("{reason}\n")),
+                    },
                     _ => (404, "text/plain", "not found\n".to_string()),
                 },
             };
@@ -337,7 +341,8 @@ impl<S: Service> Reactor<S> {
                 "counter",
                 "Admin requests answered, by status code.",
             );
-            for (code, count) in ["200", "400", "404", "405"].iter().zip(admin.answered) {
+            let codes = ["200", "400", "404", "405", "503"];
+            for (code, count) in codes.iter().zip(admin.answered) {
                 out.push_str(&format!("{name}{{code=\"{code}\"}} {count}\n"));
             }
             metrics::sample(
@@ -412,7 +417,8 @@ fn status_index(status: u16) -> usize {
         200 => 0,
         400 => 1,
         404 => 2,
-        _ => 3,
+        405 => 3,
+        _ => 4,
     }
 }
 
@@ -422,7 +428,8 @@ fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         200 => "200 OK",
         400 => "400 Bad Request",
         404 => "404 Not Found",
-        _ => "405 Method Not Allowed",
+        405 => "405 Method Not Allowed",
+        _ => "503 Service Unavailable",
     };
     let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
     crate::http::response(status_line, content_type, body.as_bytes(), allow)

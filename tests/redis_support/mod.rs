@@ -1,6 +1,8 @@
 //! A real `redis-server` for the tests that speak to Redis: started on a free loopback
 //! port, ready once it answers `PING`, killed when dropped. `stop` and `restart` (on the
-//! same port) let a test take Redis away in the middle of a run.
+//! same port) let a test take Redis away in the middle of a run, `pause` and `resume`
+//! freeze it (SIGSTOP, SIGCONT) with its connections open, and `not_started` gives a
+//! port where Redis will be.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -33,6 +35,37 @@ impl RedisServer {
         };
         server.restart();
         server
+    }
+
+    /// A port for a server not started yet: nothing listens there until `restart`.
+    pub fn not_started() -> RedisServer {
+        RedisServer {
+            addr: free_port(),
+            child: None,
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): its connections stay open, and nothing is read
+    /// or answered on them until `resume`.
+    #[track_caller]
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    #[track_caller]
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    #[track_caller]
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} redis-server");
     }
 
     /// Where the server listens.

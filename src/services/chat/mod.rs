@@ -560,6 +560,19 @@ impl Chat {
 impl Service for Chat {
     fn metrics(&self, out: &mut String) {
         self.stats.get().write_metrics(out);
+        #[cfg(feature = "redis")]
+        if let Some(node) = &self.redis {
+            node.write_metrics(out);
+        }
+    }
+
+    /// Unhealthy while a node's link to Redis is down or not answering.
+    fn health(&self) -> Result<(), String> {
+        #[cfg(feature = "redis")]
+        if let Some(node) = &self.redis {
+            return node.health();
+        }
+        Ok(())
     }
 
     type Conn = Seat;

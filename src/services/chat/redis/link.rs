@@ -4,7 +4,7 @@
 //! hands back.
 //!
 //! ```text
-//!             connecting()            connected(): HELLO 3, SUBSCRIBE <every channel>
+//!             connecting()          connected(now): HELLO 3, SUBSCRIBE <every channel>
 //!   Down ------------------> Connecting ------------------> Up
 //!    ^  due(now) says when       |                           |
 //!    |                           | closed(now)               | closed(now)
@@ -17,6 +17,13 @@
 //! what the reply answers (a member waiting for history, say). Redis answers commands
 //! in the order it receives them, so the tags wait in a FIFO queue. Pushes (pub/sub
 //! messages, subscription confirmations) answer no command: they never take a tag.
+//!
+//! A command whose reply has not come within the reply timeout is given back by
+//! [`Link::expire`], so whoever waits for it can be answered; its tag stays in the
+//! queue all the same, because Redis will still answer it, in order, when it can. That
+//! reply then comes out as [`LinkEvent::Late`], and the replies after it keep matching
+//! their own commands. A link with a reply overdue is up but not answering
+//! ([`Link::is_answering`]).
 //!
 //! Commands are not queued while the link is down: [`Link::command`] answers `None`
 //! and the caller decides (tell the member, or drop a best-effort publish). The
@@ -32,14 +39,15 @@
 //! let mut link: Link<u32> = Link::new(now, 1 << 20);
 //! assert!(link.due(now));
 //! link.connecting();
-//! let hello = link.connected(); // write these first
+//! let hello = link.connected(now); // write these first
 //! assert_eq!(hello, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
-//! let get = link.command(7, &[b"GET", b"topic"]).unwrap(); // and then these
+//! let get = link.command(now, 7, &[b"GET", b"topic"]).unwrap(); // and then these
 //! assert_eq!(get, b"*2\r\n$3\r\nGET\r\n$5\r\ntopic\r\n");
 //!
 //! // The server answers HELLO (consumed by the link), then the GET.
 //! let events = link.input(b"%0\r\n$3\r\nfun\r\n").unwrap();
 //! assert_eq!(events, vec![LinkEvent::Reply { tag: 7, reply: Reply::Blob(b"fun".to_vec()) }]);
+//! assert!(link.is_answering());
 //! ```
 
 use std::collections::{BTreeSet, VecDeque};
@@ -54,6 +62,11 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two reconnects: Redis back after an outage is noticed
 /// within this, while a node does not hammer a server that stays away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a reply may take before [`Link::expire`] gives its tag back, unless
+/// [`Link::with_reply_timeout`] says otherwise. Redis answers our commands in well under
+/// a millisecond; one that has not answered in seconds is stopped or swamped.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +103,15 @@ pub enum LinkEvent<T> {
         /// failure of the link).
         reply: Reply,
     },
+    /// The reply to a command that [`Link::expire`] already gave back: whoever waited
+    /// was answered without it, but what the command did (a key set, say) may need
+    /// undoing.
+    Late {
+        /// The tag given to [`Link::command`].
+        tag: T,
+        /// What Redis answered.
+        reply: Reply,
+    },
     /// A message published on a subscribed channel.
     Message {
         /// The channel it was published on.
@@ -99,9 +121,18 @@ pub enum LinkEvent<T> {
     },
 }
 
-/// Who is waiting for the next reply.
+/// A reply still to come: who waits for it, and until when.
 #[derive(Debug)]
-enum Waiting<T> {
+struct Waiting<T> {
+    /// Who the reply answers.
+    answers: Answers<T>,
+    /// When the reply is overdue (see [`Link::expire`]).
+    deadline: Instant,
+}
+
+/// Who is waiting for a reply.
+#[derive(Debug)]
+enum Answers<T> {
     /// The link itself: the reply to `HELLO 3`.
     Hello,
     /// The caller, with the tag of its command.
@@ -124,7 +155,21 @@ pub struct Link<T> {
     channels: BTreeSet<Vec<u8>>,
     /// Who each reply still to come answers, oldest first. Emptied when the link goes
     /// down.
+    ///
+    /// ```text
+    ///   waiting: | overdue, given back by expire | within their deadline |
+    ///            0                               late                   len
+    /// ```
+    ///
+    /// Deadlines grow along the queue (one timeout, later commands), so the overdue
+    /// ones are always its front.
     waiting: VecDeque<Waiting<T>>,
+    /// How many replies at the front of `waiting` are overdue.
+    late: usize,
+    /// How long a reply may take.
+    reply_timeout: Duration,
+    /// The server answered `HELLO` on this connection: it is there and speaks RESP3.
+    greeted: bool,
     /// The bytes read, turned into replies; holds a partial reply between reads.
     reader: ReplyReader,
 }
@@ -138,8 +183,18 @@ impl<T> Link<T> {
             backoff: MIN_BACKOFF,
             channels: BTreeSet::new(),
             waiting: VecDeque::new(),
+            late: 0,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            greeted: false,
             reader: ReplyReader::new(max_reply),
         }
+    }
+
+    /// The same link, giving back the tags of replies that take longer than `timeout`
+    /// (see [`Link::expire`]).
+    pub fn with_reply_timeout(mut self, timeout: Duration) -> Link<T> {
+        self.reply_timeout = timeout;
+        self
     }
 
     /// Where the connection is in its life.
@@ -152,12 +207,19 @@ impl<T> Link<T> {
         matches!(self.state, LinkState::Down { retry_at } if now >= retry_at)
     }
 
-    /// When the link next needs the caller (the time to dial again), for the loop's
-    /// deadline; `None` while connecting or up.
+    /// Up, `HELLO` answered, and no reply overdue: the server is there and keeping up.
+    pub fn is_answering(&self) -> bool {
+        self.state == LinkState::Up && self.greeted && self.late == 0
+    }
+
+    /// When the link next needs the caller, for the loop's deadline: the time to dial
+    /// again while down, the deadline of the oldest reply not yet overdue while up
+    /// ([`Link::expire`]); `None` when nothing is due.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             LinkState::Down { retry_at } => Some(retry_at),
-            LinkState::Connecting | LinkState::Up => None,
+            LinkState::Connecting => None,
+            LinkState::Up => self.waiting.get(self.late).map(|w| w.deadline),
         }
     }
 
@@ -166,16 +228,18 @@ impl<T> Link<T> {
         self.state = LinkState::Connecting;
     }
 
-    /// The connection is established: the bytes to send before anything else, `HELLO 3`
-    /// and then one `SUBSCRIBE` for every channel in the set. The reply to `HELLO` is
-    /// the link's own; it is not given to the caller.
-    pub fn connected(&mut self) -> Vec<u8> {
+    /// The connection is established at `now`: the bytes to send before anything else,
+    /// `HELLO 3` and then one `SUBSCRIBE` for every channel in the set. The reply to
+    /// `HELLO` is the link's own; it is not given to the caller.
+    pub fn connected(&mut self, now: Instant) -> Vec<u8> {
         self.state = LinkState::Up;
         self.waiting.clear();
+        self.late = 0;
+        self.greeted = false;
         self.reader.clear();
         let mut out = Vec::new();
         command(&mut out, &[b"HELLO", b"3"]);
-        self.waiting.push_back(Waiting::Hello);
+        self.wait_for(now, Answers::Hello);
         if !self.channels.is_empty() {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(self.channels.iter().map(Vec::as_slice));
@@ -187,33 +251,42 @@ impl<T> Link<T> {
     /// The connection failed or ended (refused, reset, end of stream, or the caller
     /// closed it after an error from [`Link::input`]). Answers when to dial again and
     /// the tags of the commands that will now get no reply, oldest first, so the caller
-    /// can answer whoever waits for them. Whether those commands ran is unknown.
+    /// can answer whoever waits for them (those [`Link::expire`] gave back already are
+    /// not given again). Whether those commands ran is unknown.
     pub fn closed(&mut self, now: Instant) -> (Instant, Vec<T>) {
         let retry_at = now + self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.state = LinkState::Down { retry_at };
+        self.greeted = false;
         self.reader.clear();
+        let late = std::mem::take(&mut self.late);
         let tags = self
             .waiting
             .drain(..)
-            .filter_map(|waiting| match waiting {
-                Waiting::Hello => None,
-                Waiting::Command(tag) => Some(tag),
+            .skip(late)
+            .filter_map(|waiting| match waiting.answers {
+                Answers::Hello => None,
+                Answers::Command(tag) => Some(tag),
             })
             .collect();
         (retry_at, tags)
     }
 
-    /// The bytes of a command to send, its tag queued for the reply; `None` when the
-    /// link is not up (the command is not kept for later).
-    pub fn command(&mut self, tag: T, args: &[&[u8]]) -> Option<Vec<u8>> {
+    /// The bytes of a command sent at `now`, its tag queued for the reply; `None` when
+    /// the link is not up (the command is not kept for later).
+    pub fn command(&mut self, now: Instant, tag: T, args: &[&[u8]]) -> Option<Vec<u8>> {
         if self.state != LinkState::Up {
             return None;
         }
         let mut out = Vec::new();
         command(&mut out, args);
-        self.waiting.push_back(Waiting::Command(tag));
+        self.wait_for(now, Answers::Command(tag));
         Some(out)
+    }
+
+    fn wait_for(&mut self, now: Instant, answers: Answers<T>) {
+        let deadline = now.checked_add(self.reply_timeout).unwrap_or(now);
+        self.waiting.push_back(Waiting { answers, deadline });
     }
 
     /// Adds `channel` to the subscriptions. The bytes of its `SUBSCRIBE` when the link
@@ -236,12 +309,18 @@ impl<T> Link<T> {
         self.channels.iter().map(Vec::as_slice)
     }
 
-    /// How many commands wait for a reply.
+    /// How many commands wait for a reply (overdue ones included: their replies are
+    /// still to come).
     pub fn pending(&self) -> usize {
         self.waiting
             .iter()
-            .filter(|waiting| matches!(waiting, Waiting::Command(_)))
+            .filter(|waiting| matches!(waiting.answers, Answers::Command(_)))
             .count()
+    }
+
+    /// How many replies are overdue: given back by [`Link::expire`], not yet arrived.
+    pub fn overdue(&self) -> usize {
+        self.late
     }
 
     /// Bytes read from the connection: the replies and messages they complete. An error
@@ -258,11 +337,22 @@ impl<T> Link<T> {
                     }
                     Push::Subscribed { .. } | Push::Unsubscribed { .. } | Push::Other => {}
                 },
-                reply => match self.waiting.pop_front() {
-                    None => return Err(RespError::Unsolicited),
-                    Some(Waiting::Hello) => self.hello(reply)?,
-                    Some(Waiting::Command(tag)) => events.push(LinkEvent::Reply { tag, reply }),
-                },
+                reply => {
+                    let Some(waiting) = self.waiting.pop_front() else {
+                        return Err(RespError::Unsolicited);
+                    };
+                    let late = self.late > 0;
+                    self.late = self.late.saturating_sub(1);
+                    match (waiting.answers, late) {
+                        (Answers::Hello, _) => self.hello(reply)?,
+                        (Answers::Command(tag), false) => {
+                            events.push(LinkEvent::Reply { tag, reply })
+                        }
+                        (Answers::Command(tag), true) => {
+                            events.push(LinkEvent::Late { tag, reply })
+                        }
+                    }
+                }
             }
         }
         Ok(events)
@@ -277,6 +367,7 @@ impl<T> Link<T> {
             )),
             _ => {
                 self.backoff = MIN_BACKOFF;
+                self.greeted = true;
                 Ok(())
             }
         }
@@ -289,6 +380,26 @@ impl<T> Link<T> {
         let mut out = Vec::new();
         command(&mut out, &[verb, channel]);
         Some(out)
+    }
+}
+
+impl<T: Clone> Link<T> {
+    /// The tags of the commands whose replies are overdue at `now` (oldest first), each
+    /// given once, so the caller can answer whoever waits for them. Their replies, when
+    /// they come, are [`LinkEvent::Late`]. A `HELLO` overdue is counted
+    /// ([`Link::overdue`]) but gives no tag.
+    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+        let mut tags = Vec::new();
+        for waiting in self.waiting.iter().skip(self.late) {
+            if waiting.deadline > now {
+                break;
+            }
+            self.late += 1;
+            if let Answers::Command(tag) = &waiting.answers {
+                tags.push(tag.clone());
+            }
+        }
+        tags
     }
 }
 
@@ -309,7 +420,7 @@ mod tests {
     fn up(now: Instant) -> Link<u32> {
         let mut link = Link::new(now, 1024);
         link.connecting();
-        assert_eq!(link.connected(), HELLO);
+        assert_eq!(link.connected(Instant::now()), HELLO);
         assert_eq!(link.input(HELLO_REPLY).unwrap(), vec![]);
         link
     }
@@ -325,12 +436,12 @@ mod tests {
         assert_eq!(link.state(), LinkState::Down { retry_at: now });
         assert!(link.due(now));
         assert_eq!(link.deadline(), Some(now));
-        assert_eq!(link.command(1, &[b"PING"]), None);
+        assert_eq!(link.command(Instant::now(), 1, &[b"PING"]), None);
         link.connecting();
         assert_eq!(link.state(), LinkState::Connecting);
         assert!(!link.due(now));
         assert_eq!(link.deadline(), None);
-        assert_eq!(link.command(1, &[b"PING"]), None);
+        assert_eq!(link.command(Instant::now(), 1, &[b"PING"]), None);
         assert_eq!(link.state().to_string(), "connecting");
     }
 
@@ -338,11 +449,13 @@ mod tests {
     fn tags_are_matched_in_order() {
         let mut link = up(Instant::now());
         assert_eq!(
-            link.command(1, &[b"SET", b"k", b"v"]),
+            link.command(Instant::now(), 1, &[b"SET", b"k", b"v"]),
             Some(encoded(&[b"SET", b"k", b"v"]))
         );
-        assert!(link.command(2, &[b"GET", b"k"]).is_some());
-        assert!(link.command(3, &[b"GET", b"nothing"]).is_some());
+        assert!(link.command(Instant::now(), 2, &[b"GET", b"k"]).is_some());
+        assert!(link
+            .command(Instant::now(), 3, &[b"GET", b"nothing"])
+            .is_some());
         assert_eq!(link.pending(), 3);
         let events = link.input(b"+OK\r\n$1\r\nv\r\n_\r\n").unwrap();
         assert_eq!(
@@ -359,7 +472,7 @@ mod tests {
     #[test]
     fn an_error_reply_is_a_reply() {
         let mut link = up(Instant::now());
-        link.command(1, &[b"NOPE"]);
+        link.command(Instant::now(), 1, &[b"NOPE"]);
         let events = link.input(b"-ERR unknown command 'NOPE'\r\n").unwrap();
         assert_eq!(
             events,
@@ -373,9 +486,9 @@ mod tests {
     #[test]
     fn the_hello_reply_is_not_given_to_the_caller() {
         let mut link: Link<u32> = Link::new(Instant::now(), 1024);
-        link.connected();
+        link.connected(Instant::now());
         // A command sent before the HELLO reply arrives: the first reply is HELLO's.
-        link.command(9, &[b"PING"]);
+        link.command(Instant::now(), 9, &[b"PING"]);
         let events = link.input(b"%1\r\n$5\r\nproto\r\n:3\r\n+PONG\r\n").unwrap();
         assert_eq!(events, vec![reply(9, Reply::Simple(b"PONG".to_vec()))]);
     }
@@ -383,7 +496,7 @@ mod tests {
     #[test]
     fn a_refused_hello_is_an_error() {
         let mut link: Link<u32> = Link::new(Instant::now(), 1024);
-        link.connected();
+        link.connected(Instant::now());
         let err = link.input(b"-ERR unknown command 'HELLO'\r\n").unwrap_err();
         assert_eq!(
             err,
@@ -404,7 +517,7 @@ mod tests {
             link.subscribe(b"room"),
             Some(encoded(&[b"SUBSCRIBE", b"room"]))
         );
-        link.command(1, &[b"PING"]);
+        link.command(Instant::now(), 1, &[b"PING"]);
         let bytes = b">3\r\n$9\r\nsubscribe\r\n$4\r\nroom\r\n:1\r\n\
             >3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$2\r\nhi\r\n\
             +PONG\r\n\
@@ -439,7 +552,7 @@ mod tests {
         let bytes = b">3\r\n$7\r\nmessage\r\n$1\r\nr\r\n$1\r\nx\r\n$5\r\nvalue\r\n";
         for cut in 0..=bytes.len() {
             let mut link = up(Instant::now());
-            link.command(1, &[b"GET", b"k"]);
+            link.command(Instant::now(), 1, &[b"GET", b"k"]);
             let mut events = link.input(&bytes[..cut]).unwrap();
             events.extend(link.input(&bytes[cut..]).unwrap());
             assert_eq!(events.len(), 2, "split at {cut}");
@@ -458,7 +571,7 @@ mod tests {
         assert_eq!(link.channels().collect::<Vec<_>>(), vec![b"a", b"b"]);
         let mut expected = HELLO.to_vec();
         expected.extend(encoded(&[b"SUBSCRIBE", b"a", b"b"]));
-        assert_eq!(link.connected(), expected);
+        assert_eq!(link.connected(Instant::now()), expected);
         // Up: a channel already subscribed sends nothing, nor does an unknown one.
         assert_eq!(link.subscribe(b"a"), None);
         assert_eq!(link.unsubscribe(b"zzz"), None);
@@ -475,16 +588,16 @@ mod tests {
         link.connecting();
         let mut expected = HELLO.to_vec();
         expected.extend(encoded(&[b"SUBSCRIBE", b"lobby", b"room"]));
-        assert_eq!(link.connected(), expected);
+        assert_eq!(link.connected(Instant::now()), expected);
     }
 
     #[test]
     fn closed_gives_back_the_waiting_tags() {
         let now = Instant::now();
         let mut link = up(now);
-        link.command(1, &[b"GET", b"a"]);
-        link.command(2, &[b"GET", b"b"]);
-        link.command(3, &[b"GET", b"c"]);
+        link.command(Instant::now(), 1, &[b"GET", b"a"]);
+        link.command(Instant::now(), 2, &[b"GET", b"b"]);
+        link.command(Instant::now(), 3, &[b"GET", b"c"]);
         // One reply, and half of the next, arrive before the connection breaks.
         assert_eq!(
             link.input(b"$1\r\nA\r\n$1\r\n").unwrap(),
@@ -495,11 +608,11 @@ mod tests {
         assert_eq!(retry_at, now + MIN_BACKOFF);
         assert_eq!(link.state(), LinkState::Down { retry_at });
         assert_eq!(link.pending(), 0);
-        assert_eq!(link.command(4, &[b"PING"]), None);
+        assert_eq!(link.command(Instant::now(), 4, &[b"PING"]), None);
 
         // The half reply is gone with its connection: the next one starts clean.
-        link.connected();
-        link.command(5, &[b"PING"]);
+        link.connected(Instant::now());
+        link.command(Instant::now(), 5, &[b"PING"]);
         let events = link.input(b"%0\r\n+PONG\r\n").unwrap();
         assert_eq!(events, vec![reply(5, Reply::Simple(b"PONG".to_vec()))]);
     }
@@ -508,8 +621,8 @@ mod tests {
     fn closed_before_the_hello_reply_gives_back_only_tags() {
         let now = Instant::now();
         let mut link: Link<u32> = Link::new(now, 1024);
-        link.connected();
-        link.command(1, &[b"PING"]);
+        link.connected(Instant::now());
+        link.command(Instant::now(), 1, &[b"PING"]);
         assert_eq!(link.closed(now).1, vec![1]);
     }
 
@@ -552,21 +665,89 @@ mod tests {
             link.closed(now);
         }
         // Connected, but the server hangs up before answering: still backing off.
-        link.connected();
+        link.connected(Instant::now());
         assert_eq!(link.closed(now).0, now + Duration::from_millis(1600));
         // Connected and answered: the next failure waits the least again.
-        link.connected();
+        link.connected(Instant::now());
         link.input(HELLO_REPLY).unwrap();
         assert_eq!(link.state(), LinkState::Up);
         assert_eq!(link.closed(now).0, now + MIN_BACKOFF);
     }
 
     #[test]
+    fn an_overdue_reply_gives_its_tag_back_once_and_comes_late() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(3);
+        let mut link: Link<u32> = Link::new(t0, 1024).with_reply_timeout(timeout);
+        link.connected(t0);
+        link.input(HELLO_REPLY).unwrap();
+        let second = Duration::from_secs(1);
+        link.command(t0, 1, &[b"SET", b"name", b"me", b"NX"]);
+        link.command(t0 + second, 2, &[b"GET", b"k"]);
+        assert_eq!(link.deadline(), Some(t0 + timeout));
+        assert!(link.is_answering());
+
+        assert_eq!(
+            link.expire(t0 + timeout - Duration::from_millis(1)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(link.expire(t0 + timeout), vec![1]);
+        assert_eq!(link.expire(t0 + timeout), Vec::<u32>::new(), "given once");
+        assert_eq!(link.overdue(), 1);
+        assert!(!link.is_answering());
+        assert_eq!(link.deadline(), Some(t0 + second + timeout));
+        assert_eq!(link.pending(), 2, "its reply is still to come");
+
+        // Redis answers at last, in order: the first reply is late, the second on time.
+        link.command(t0 + timeout, 3, &[b"PING"]);
+        let events = link.input(b"+OK\r\n$1\r\nv\r\n+PONG\r\n").unwrap();
+        assert_eq!(
+            events,
+            vec![
+                LinkEvent::Late {
+                    tag: 1,
+                    reply: Reply::Simple(b"OK".to_vec())
+                },
+                reply(2, Reply::Blob(b"v".to_vec())),
+                reply(3, Reply::Simple(b"PONG".to_vec())),
+            ]
+        );
+        assert_eq!((link.overdue(), link.pending()), (0, 0));
+        assert!(link.is_answering());
+    }
+
+    #[test]
+    fn a_closed_link_does_not_give_back_tags_expire_gave() {
+        let t0 = Instant::now();
+        let mut link = up(t0);
+        link.command(t0, 1, &[b"GET", b"a"]);
+        link.command(t0 + Duration::from_secs(10), 2, &[b"GET", b"b"]);
+        assert_eq!(link.expire(t0 + DEFAULT_REPLY_TIMEOUT), vec![1]);
+        assert_eq!(link.closed(t0).1, vec![2]);
+        assert_eq!(link.overdue(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_hello_leaves_the_link_up_but_not_answering() {
+        let t0 = Instant::now();
+        let mut link: Link<u32> = Link::new(t0, 1024);
+        link.connected(t0);
+        assert_eq!(link.state(), LinkState::Up);
+        assert!(!link.is_answering(), "HELLO not answered yet");
+        assert_eq!(link.expire(t0 + DEFAULT_REPLY_TIMEOUT), Vec::<u32>::new());
+        assert_eq!(link.overdue(), 1);
+        link.input(HELLO_REPLY).unwrap();
+        assert!(link.is_answering());
+        link.closed(t0);
+        assert!(!link.is_answering());
+    }
+
+    #[test]
     fn an_oversized_reply_is_an_error() {
         let mut link: Link<u32> = Link::new(Instant::now(), 16);
-        link.connected();
+        link.connected(Instant::now());
         link.input(b"%0\r\n").unwrap();
-        link.command(1, &[b"GET", b"big"]);
+        link.command(Instant::now(), 1, &[b"GET", b"big"]);
         let err = link.input(b"$100\r\n0123456789012345").unwrap_err();
         assert_eq!(err, RespError::TooLarge { limit: 16 });
     }

@@ -18,10 +18,13 @@
 //! - [`node`]: what the chat service does with the link: rooms as channels, names and
 //!   presence as keys with a TTL, DMs, `list`, and riding out a Redis restart.
 //! - `names`: names unique across the cluster; `list`: `list` across it.
+//! - `limits`: the bound on what waits for Redis, the deadline on its replies, and
+//!   what the node says of the link (warnings, notices, `/healthz`, `/metrics`).
 //! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
 //!   subscriptions kept across reconnects, and which reply answers which command. Pure:
 //!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
 
+mod limits;
 pub mod link;
 mod list;
 mod names;

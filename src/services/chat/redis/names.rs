@@ -11,6 +11,19 @@ use crate::Context;
 /// Requests a member may send while its `hello` waits for Redis.
 const MAX_WAITING_REQUESTS: usize = 64;
 
+/// How a member's `hello` came out in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claimed<'a> {
+    /// Redis set the name's key for this node.
+    Granted,
+    /// Another member holds the name.
+    Taken,
+    /// The link went down before Redis answered: checked here only, as while down.
+    Unchecked,
+    /// Redis did not answer in time; the reason the member is given.
+    TimedOut(&'a str),
+}
+
 impl Chat {
     /// Takes `name` again for its holder here (its key had expired or gone).
     pub(super) fn reclaim(&mut self, ctx: &mut Context<'_, Chat>, name: &str) {
@@ -60,14 +73,14 @@ impl Chat {
         true
     }
 
-    /// Redis answered a member's `hello`: take the name or refuse it, then carry out
-    /// the requests that waited.
+    /// A member's `hello` is settled: take the name or refuse it, then carry out the
+    /// requests that waited.
     pub(super) fn name_settled(
         &mut self,
         ctx: &mut Context<'_, Chat>,
         id: MemberId,
         name: &str,
-        granted: bool,
+        claimed: Claimed<'_>,
     ) {
         let waiting = self
             .redis
@@ -75,13 +88,18 @@ impl Chat {
             .and_then(|node| node.waiting.remove(&id))
             .unwrap_or_default();
         if self.directory.member(id).is_none() {
-            // Gone meanwhile: give the name back.
-            return self.release_in_cluster(ctx, name);
+            // Gone meanwhile: give the name back (a late reply gives back its own).
+            if matches!(claimed, Claimed::Granted | Claimed::Unchecked) {
+                self.release_in_cluster(ctx, name);
+            }
+            return;
         }
-        if granted {
-            self.take_name(ctx, id, name);
-        } else {
-            self.refuse(ctx, id, &format!("name {name} is taken"));
+        match claimed {
+            Claimed::Granted | Claimed::Unchecked => {
+                self.take_name(ctx, id, name);
+            }
+            Claimed::Taken => self.refuse(ctx, id, &format!("name {name} is taken")),
+            Claimed::TimedOut(reason) => self.refuse(ctx, id, reason),
         }
         for request in waiting {
             if self.directory.member(id).is_none() {
@@ -145,5 +163,6 @@ impl Chat {
         node.subscribe(ctx, &format!("sb:dm:{name}"));
         node.set_name(ctx, Tag::Ignore, &name, &rooms, "NX");
         node.set_name(ctx, Tag::Ignore, &name, &rooms, "XX");
+        self.tell_if_down(ctx, id);
     }
 }

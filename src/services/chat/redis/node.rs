@@ -22,6 +22,9 @@
 //!   among its own members, names are checked among them only; the link redials with
 //!   backoff (`link`), resubscribes, and takes its members' names again (a name taken
 //!   elsewhere meanwhile is reported to its holder here). No member is disconnected.
+//! - Redis stopped or swamped (`limits`): what is queued for it stops at
+//!   `--redis-max-queued`, a member waits for a reply at most `--redis-reply-timeout`,
+//!   and `/healthz` and `/metrics` say how the link is.
 //!
 //! A TCP member's `hello` waits for Redis's answer: its requests after it wait too
 //! (queued, in order) and are carried out once the name is settled.
@@ -30,13 +33,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::link::{Link, LinkEvent, LinkState};
+use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
+use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
+use super::names::Claimed;
 use super::resp::Reply;
 use crate::services::chat::fanout::Encoded;
 use crate::services::chat::loops::Wire;
 use crate::services::chat::protocol::Request;
 use crate::services::chat::rooms::MemberId;
-use crate::services::chat::{Chat, ChatTimer, Seat};
+use crate::services::chat::{Chat, ChatTimer, Seat, LOG_INTERVAL};
+use crate::throttle::Throttle;
 use crate::{AnyCodec, CloseMode, ConnId, Context, Dial, EndpointId, RawCodec, Reactor};
 
 /// Largest reply accepted from Redis (a `list` of a large cluster is the largest).
@@ -45,7 +51,8 @@ const MAX_REPLY: usize = 16 << 20;
 /// its keys when a third of their TTL has passed.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Where the cluster is, and how long a node's keys live.
+/// Where the cluster is, how long a node's keys live, and how much a node lets wait
+/// for Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     /// The Redis server.
@@ -53,10 +60,17 @@ pub struct RedisSettings {
     /// How long names and presence keys live without a refresh: a dead node's members
     /// vanish after it.
     pub ttl: Duration,
+    /// The most bytes queued for Redis: past it, commands (room events, mostly) are
+    /// dropped and counted, and the members told, until the queue drains.
+    pub max_queued: usize,
+    /// How long a member waits for an answer that needs Redis (`hello`, a DM to
+    /// another node, `list`) before it is told the cluster did not answer.
+    pub reply_timeout: Duration,
 }
 
 impl RedisSettings {
-    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST.
+    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST; the
+    /// limits take their defaults.
     pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
         use std::net::ToSocketAddrs;
         let rest = url
@@ -72,7 +86,12 @@ impl RedisSettings {
             .map_err(|e| format!("cannot resolve '{url}': {e}"))?
             .next()
             .ok_or_else(|| format!("'{url}' resolves to no address"))?;
-        Ok(RedisSettings { addr, ttl })
+        Ok(RedisSettings {
+            addr,
+            ttl,
+            max_queued: DEFAULT_MAX_QUEUED,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        })
     }
 }
 
@@ -85,7 +104,7 @@ pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
 }
 
 /// What a reply from Redis answers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(in crate::services::chat) enum Tag {
     /// A TCP member's `hello`: `SET NX` of its new name.
     Claim { member: MemberId, name: String },
@@ -118,16 +137,34 @@ pub(in crate::services::chat) enum Tag {
 pub(in crate::services::chat) struct Node {
     /// This node, in every event it publishes.
     pub id: String,
-    settings: RedisSettings,
+    pub(super) settings: RedisSettings,
     endpoint: Option<EndpointId>,
-    conn: Option<ConnId>,
-    link: Link<Tag>,
+    pub(super) conn: Option<ConnId>,
+    pub(super) link: Link<Tag>,
     /// When the names were last refreshed.
     refreshed: Instant,
     /// The link has been up since it last went down (for the notices).
     was_up: bool,
+    /// The link failed since it was last up: Redis is unreachable or gone.
+    pub(super) down: bool,
+    /// Why the link last failed, for `/healthz`.
+    pub(super) last_failure: Option<String>,
     /// Requests of TCP members whose `hello` waits for Redis.
     pub waiting: BTreeMap<MemberId, VecDeque<Request>>,
+    /// Whether commands are dropped at `max_queued`, and whether the members know.
+    pub(super) backlog: Backlog,
+    /// Commands dropped at `max_queued`, since the start.
+    pub(super) dropped: u64,
+    /// Dials after the first, since the start.
+    pub(super) reconnects: u64,
+    /// The link has been dialled once (the next dials are reconnects).
+    dialled: bool,
+    /// The loop is shutting down: no more dials.
+    stopped: bool,
+    /// Failures to reach Redis, for the log.
+    unreachable_log: Throttle,
+    /// Replies overdue, for the log.
+    pub(super) overdue_log: Throttle,
 }
 
 impl Node {
@@ -137,13 +174,22 @@ impl Node {
         let nonce = std::hash::BuildHasher::hash_one(&nonce, now) as u32;
         Node {
             id: format!("{}-{loop_index}-{nonce:08x}", std::process::id()),
-            settings,
             endpoint: None,
             conn: None,
-            link: Link::new(now, MAX_REPLY),
+            link: Link::new(now, MAX_REPLY).with_reply_timeout(settings.reply_timeout),
+            settings,
             refreshed: now,
             was_up: false,
+            down: false,
+            last_failure: None,
             waiting: BTreeMap::new(),
+            backlog: Backlog::default(),
+            dropped: 0,
+            reconnects: 0,
+            dialled: false,
+            stopped: false,
+            unreachable_log: Throttle::new(LOG_INTERVAL),
+            overdue_log: Throttle::new(LOG_INTERVAL),
         }
     }
 
@@ -164,9 +210,13 @@ impl Node {
         }
     }
 
-    /// Runs a command, if the link is up; false if it is not.
+    /// Runs a command, if the link is up and what is queued for Redis is within its
+    /// bound; false if not (a command refused at the bound is counted as dropped).
     pub fn command(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, args: &[&[u8]]) -> bool {
-        let bytes = self.link.command(tag, args);
+        if !self.is_up() || !self.within_bound(ctx) {
+            return false;
+        }
+        let bytes = self.link.command(ctx.now(), tag, args);
         let sent = bytes.is_some();
         self.send(ctx, bytes);
         sent
@@ -174,22 +224,25 @@ impl Node {
 
     pub fn subscribe(&mut self, ctx: &mut Context<'_, Chat>, channel: &str) {
         let bytes = self.link.subscribe(channel.as_bytes());
-        self.send(ctx, bytes);
+        self.send_state(ctx, bytes);
     }
 
     pub fn unsubscribe(&mut self, ctx: &mut Context<'_, Chat>, channel: &str) {
         let bytes = self.link.unsubscribe(channel.as_bytes());
-        self.send(ctx, bytes);
+        self.send_state(ctx, bytes);
     }
 
     /// Dials Redis if the link is down and its backoff is over.
     fn dial_if_due(&mut self, ctx: &mut Context<'_, Chat>) {
-        if !self.link.due(ctx.now()) {
+        if self.stopped || !self.link.due(ctx.now()) {
             return;
         }
         let mut dial = Dial::tcp(self.settings.addr).timeout(Duration::from_secs(2));
         if let Some(endpoint) = self.endpoint {
             dial = dial.endpoint(endpoint);
+        }
+        if std::mem::replace(&mut self.dialled, true) {
+            self.reconnects += 1;
         }
         match ctx.connect(dial, Seat::redis()) {
             Ok(conn) => {
@@ -197,7 +250,15 @@ impl Node {
                 self.link.connecting();
             }
             Err(e) => {
-                log::warn!("chat: cannot dial Redis at {}: {e}", self.settings.addr);
+                if let Some(times) = self.unreachable_log.note(ctx.now()) {
+                    log::warn!(
+                        "chat: cannot dial Redis at {}{}: {e}",
+                        self.settings.addr,
+                        attempts(times)
+                    );
+                }
+                self.down = true;
+                self.last_failure = Some(format!("cannot dial: {e}"));
                 self.link.closed(ctx.now());
             }
         }
@@ -245,6 +306,18 @@ impl Node {
             ttl.as_bytes(),
         ];
         self.command(ctx, tag, &args)
+    }
+}
+
+/// What members are told when the link goes down, or is down when they arrive.
+pub(super) const LINK_DOWN: &str = "the link to the other chat nodes is down: rooms reach this \
+     server's members only until it is back";
+
+/// How many failed attempts a throttled log line stands for, when more than one.
+fn attempts(times: u64) -> String {
+    match times {
+        0 | 1 => String::new(),
+        _ => format!(" ({times} failed attempts since the last line)"),
     }
 }
 
@@ -301,6 +374,11 @@ impl Chat {
             return;
         };
         node.dial_if_due(ctx);
+        self.expire_replies(ctx);
+        self.watch_backlog(ctx);
+        let Some(node) = &mut self.redis else {
+            return;
+        };
         if !node.is_up() || ctx.now() < node.refreshed + node.settings.ttl / 3 {
             return;
         }
@@ -319,9 +397,11 @@ impl Chat {
         let Some(node) = &mut self.redis else {
             return;
         };
-        let hello = node.link.connected();
+        let hello = node.link.connected(ctx.now());
         node.send(ctx, Some(hello));
         node.refreshed = ctx.now();
+        node.down = false;
+        node.backlog = Backlog::default();
         log::info!(
             "chat: node {}: connected to Redis at {}",
             node.id,
@@ -359,6 +439,7 @@ impl Chat {
                 for event in events {
                     match event {
                         LinkEvent::Reply { tag, reply } => self.cluster_reply(ctx, tag, reply),
+                        LinkEvent::Late { tag, reply } => self.late_reply(ctx, tag, reply),
                         LinkEvent::Message { channel, payload } => {
                             self.cluster_message(ctx, &channel, &payload)
                         }
@@ -386,7 +467,13 @@ impl Chat {
         let (retry_at, tags) = node.link.closed(ctx.now());
         let wait = retry_at.saturating_duration_since(ctx.now());
         let was_up = std::mem::replace(&mut node.was_up, false);
+        node.down = reason != crate::CloseReason::Shutdown;
+        node.last_failure = Some(reason.to_string());
+        // The queue went with the connection; the notice below says more than a
+        // backlog's would.
+        node.backlog = Backlog::default();
         if reason == crate::CloseReason::Shutdown {
+            node.stopped = true;
             log::info!(
                 "chat: node {}: link to Redis closed for the shutdown",
                 node.id
@@ -398,15 +485,14 @@ impl Chat {
                 node.id,
                 node.settings.addr
             );
-            self.notify_all(
-                ctx,
-                "the link to the other chat nodes is down: rooms reach this server's \
-                 members only until it is back",
-            );
-        } else {
-            log::debug!(
-                "chat: Redis at {} unreachable ({reason}); retrying in {wait:?}",
-                { node.settings.addr }
+            self.notify_all(ctx, LINK_DOWN);
+        } else if let Some(times) = node.unreachable_log.note(ctx.now()) {
+            log::warn!(
+                "chat: node {}: cannot reach Redis at {} ({reason}){}; rooms reach this \
+                 node's members only until it can (retrying in {wait:?})",
+                node.id,
+                node.settings.addr,
+                attempts(times)
             );
         }
         for tag in tags {
@@ -417,7 +503,9 @@ impl Chat {
     /// A command whose answer will not come: settle it locally.
     fn unanswered(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag) {
         match tag {
-            Tag::Claim { member, name } => self.name_settled(ctx, member, &name, true),
+            Tag::Claim { member, name } => {
+                self.name_settled(ctx, member, &name, Claimed::Unchecked)
+            }
             Tag::Direct { member, to, .. } => {
                 let reason =
                     format!("no member named {to} on this server (the cluster is unreachable)");
@@ -428,7 +516,7 @@ impl Chat {
         }
     }
 
-    fn cluster_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, reply: Reply) {
+    pub(super) fn cluster_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, reply: Reply) {
         if let Reply::Error(e) = &reply {
             log::warn!(
                 "chat: Redis refused a command: {}",
@@ -438,8 +526,11 @@ impl Chat {
         }
         match tag {
             Tag::Claim { member, name } => {
-                let granted = reply != Reply::Null;
-                self.name_settled(ctx, member, &name, granted);
+                let claimed = match reply {
+                    Reply::Null => Claimed::Taken,
+                    _ => Claimed::Granted,
+                };
+                self.name_settled(ctx, member, &name, claimed);
             }
             Tag::Reclaim { name } => {
                 if reply == Reply::Null {
@@ -514,6 +605,7 @@ impl Chat {
             Tag::Ignore,
             &[b"PUBLISH", channel.as_bytes(), &payload],
         );
+        self.tell_backlog(ctx);
     }
 
     /// True while the link to the cluster is up.

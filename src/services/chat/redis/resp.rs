@@ -5,7 +5,9 @@
 //!
 //! Only the client side is here: commands go out as arrays of blob strings (what every
 //! Redis client sends), and what comes back is decoded by `redis-protocol`'s RESP3
-//! decoder. Not supported: streamed strings and aggregates (`$?`, `*?`), which Redis
+//! decoder. That decoder recurses once per level of nesting, so a reply is first
+//! scanned for its depth without recursion ([`MAX_DEPTH`]): a server that sends
+//! `*1\r\n` a million times gets an error, not the loop's stack. Not supported: streamed strings and aggregates (`$?`, `*?`), which Redis
 //! does not send; the decoder reads RESP2's nulls `$-1` and `*-1` as the start of one,
 //! so they are refused too (after `HELLO 3` Redis writes a null as `_`).
 //!
@@ -27,6 +29,12 @@ use std::fmt;
 use redis_protocol::resp3::decode::complete::decode;
 use redis_protocol::resp3::encode::complete::encode_borrowed;
 use redis_protocol::resp3::types::{BorrowedFrame, OwnedFrame};
+
+/// The deepest nesting of aggregates (arrays, maps, sets, pushes, attributes) accepted
+/// in a reply. Redis's answers to our commands nest two or three levels (`SCAN`'s
+/// cursor and keys, `HELLO`'s map of modules); the limit only has to keep the
+/// decoder's recursion, and the drop of what it built, well within a thread's stack.
+pub const MAX_DEPTH: usize = 32;
 
 /// Appends one command to `out`: `args` (the command's name first) as a RESP array of
 /// blob strings, the form Redis accepts for every command whatever the bytes.
@@ -149,6 +157,12 @@ pub enum RespError {
         /// The most a reply may take, in bytes.
         limit: usize,
     },
+    /// A reply nests aggregates more than `limit` levels deep ([`MAX_DEPTH`]): refused
+    /// before it is decoded.
+    TooDeep {
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
     /// The bytes are not RESP3; the decoder's description.
     Malformed(String),
     /// A reply arrived while no command was waiting for one: the stream is out of step.
@@ -162,6 +176,9 @@ impl fmt::Display for RespError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RespError::TooLarge { limit } => write!(f, "a reply larger than {limit} bytes"),
+            RespError::TooDeep { limit } => {
+                write!(f, "a reply nested deeper than {limit} levels")
+            }
             RespError::Malformed(why) => write!(f, "malformed RESP3: {why}"),
             RespError::Unsolicited => f.write_str("a reply to no command"),
             RespError::Handshake(why) => write!(f, "HELLO 3 refused: {why}"),
@@ -186,6 +203,8 @@ impl std::error::Error for RespError {}
 /// The decoder cannot resume inside a reply, so a partial reply is decoded again from
 /// its first byte each time more arrives. Its first pass only measures ranges (nothing
 /// is copied until the reply is whole), and the limit bounds how much is scanned again.
+/// Before each decode, [`check_depth`] walks the same bytes without recursion, so the
+/// decoder never sees a reply nested deeper than [`MAX_DEPTH`].
 #[derive(Debug)]
 pub struct ReplyReader {
     /// The bytes received and not yet returned as replies, from `start`.
@@ -226,6 +245,7 @@ impl ReplyReader {
         if unread.is_empty() {
             return Ok(None);
         }
+        check_depth(unread, MAX_DEPTH)?;
         match decode(unread) {
             Ok(Some((_, used))) if used > self.limit => Err(self.too_large()),
             Ok(Some((frame, used))) => {
@@ -256,6 +276,101 @@ impl ReplyReader {
     fn too_large(&self) -> RespError {
         RespError::TooLarge { limit: self.limit }
     }
+}
+
+/// One aggregate open around the scan's position in [`check_depth`].
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    /// Items still to come in it (twice the pairs of a map or an attribute).
+    items: u64,
+    /// An attribute: side information before an item, not an item of its parent.
+    attribute: bool,
+}
+
+/// Refuses the first reply in `bytes` if it nests aggregates more than `limit` levels
+/// deep; `Ok` when it does not, when its bytes end before it does (incomplete: the
+/// depth so far is within the limit), or when the bytes are not RESP3 (the decoder
+/// says what is wrong with them).
+///
+/// A walk over frame headers with a stack of open aggregates and no recursion: each
+/// header is one line (`*3`, `$5`, `:1`, ...), a blob's bytes are skipped by their
+/// length, and an aggregate holds as many items as its header says. It allocates
+/// nothing past `limit` levels, and stops at the end of the first reply.
+///
+/// ```
+/// use switchboard::services::chat::redis::resp::{check_depth, RespError};
+/// assert_eq!(check_depth(b"*1\r\n*1\r\n:7\r\n", 2), Ok(()));
+/// assert_eq!(check_depth(b"*1\r\n*1\r\n*1\r\n", 2), Err(RespError::TooDeep { limit: 2 }));
+/// ```
+pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), RespError> {
+    let mut open: Vec<Open> = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(kind) = bytes.get(at).copied() else {
+            return Ok(()); // incomplete
+        };
+        let Some(line_end) = find_crlf(bytes, at + 1) else {
+            return Ok(()); // incomplete
+        };
+        let header = &bytes[at + 1..line_end];
+        at = line_end + 2;
+        let aggregate = match kind {
+            b'*' | b'~' | b'>' => Some((1, false)),
+            b'%' => Some((2, false)),
+            b'|' => Some((2, true)),
+            _ => None,
+        };
+        if let Some((per_entry, attribute)) = aggregate {
+            let Some(count) = parse_len(header) else {
+                return Ok(()); // streamed or malformed: the decoder's to refuse
+            };
+            if count > 0 {
+                if open.len() >= limit {
+                    return Err(RespError::TooDeep { limit });
+                }
+                let items = count.saturating_mul(per_entry);
+                open.push(Open { items, attribute });
+                continue;
+            }
+            if attribute {
+                continue; // an empty attribute: the item is still to come
+            }
+        } else if matches!(kind, b'$' | b'!' | b'=') {
+            let Some(len) = parse_len(header) else {
+                return Ok(()); // streamed or malformed: the decoder's to refuse
+            };
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            at = at.saturating_add(len).saturating_add(2);
+        }
+        // An item is complete: count it in the aggregates it completes.
+        loop {
+            let Some(top) = open.last_mut() else {
+                return Ok(()); // the first reply is whole
+            };
+            top.items -= 1;
+            if top.items > 0 {
+                break;
+            }
+            let closed = open.pop();
+            if closed.is_some_and(|closed| closed.attribute) {
+                break; // the item it describes is still to come
+            }
+        }
+    }
+}
+
+/// Where the next `\r\n` at or after `from` starts.
+fn find_crlf(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    rest.windows(2)
+        .position(|pair| pair == b"\r\n")
+        .map(|i| from + i)
+}
+
+/// The length or count in a header (`3` of `*3`); `None` for `?` (streamed), a
+/// negative number (RESP2's null) or anything else.
+fn parse_len(header: &[u8]) -> Option<u64> {
+    std::str::from_utf8(header).ok()?.parse().ok()
 }
 
 /// What a [`Reply::Push`] says. Redis sends pub/sub traffic on a RESP3 connection as
@@ -498,6 +613,70 @@ mod tests {
     }
 
     #[test]
+    fn nesting_up_to_the_limit_is_decoded() {
+        let mut deepest = b"*1\r\n".repeat(MAX_DEPTH);
+        deepest.extend_from_slice(b":1\r\n");
+        let mut reader = ReplyReader::new(1024);
+        reader.push(&deepest);
+        let mut reply = reader.next().unwrap().unwrap();
+        for _ in 0..MAX_DEPTH {
+            let Reply::Array(mut items) = reply else {
+                panic!("not an array");
+            };
+            reply = items.remove(0);
+        }
+        assert_eq!(reply, Reply::Number(1));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_before_decoding() {
+        // Far deeper than a thread's stack would survive in the decoder: refused from
+        // its first bytes, whole or not.
+        let hostile = b"*1\r\n".repeat(200_000);
+        let mut reader = ReplyReader::new(1 << 20);
+        reader.push(&hostile);
+        assert_eq!(reader.next(), Err(RespError::TooDeep { limit: MAX_DEPTH }));
+        let mut too_deep = b"*1\r\n".repeat(MAX_DEPTH + 1);
+        too_deep.extend_from_slice(b":1\r\n");
+        let mut reader = ReplyReader::new(1024);
+        reader.push(&too_deep);
+        assert_eq!(reader.next(), Err(RespError::TooDeep { limit: MAX_DEPTH }));
+        // Maps, sets, pushes and attributes nest too.
+        for open in [&b"%1\r\n+k\r\n"[..], b"~1\r\n", b">1\r\n", b"|1\r\n+k\r\n"] {
+            let hostile = open.repeat(MAX_DEPTH + 1);
+            assert_eq!(
+                check_depth(&hostile, MAX_DEPTH),
+                Err(RespError::TooDeep { limit: MAX_DEPTH }),
+                "{:?}",
+                String::from_utf8_lossy(open)
+            );
+        }
+    }
+
+    #[test]
+    fn the_depth_scan_stops_at_the_end_of_the_first_reply() {
+        // Wide, shallow, with blobs whose bytes look like headers: within a limit of 2.
+        let reply = b"*3\r\n$4\r\n*9\r\n\r\n*2\r\n:1\r\n#t\r\n%1\r\n+k\r\n_\r\n";
+        assert_eq!(check_depth(reply, 2), Ok(()));
+        assert_eq!(check_depth(reply, 1), Err(RespError::TooDeep { limit: 1 }));
+        // What follows the first reply is not scanned yet.
+        let mut two = reply.to_vec();
+        two.extend_from_slice(&b"*1\r\n".repeat(10));
+        assert_eq!(check_depth(&two, 2), Ok(()));
+        // An attribute is not an item of its parent: the item after it still counts.
+        let attributed = b"*1\r\n|1\r\n+ttl\r\n:9\r\n*1\r\n:1\r\n";
+        assert_eq!(check_depth(attributed, 2), Ok(()));
+        assert_eq!(
+            check_depth(attributed, 1),
+            Err(RespError::TooDeep { limit: 1 })
+        );
+        // Incomplete, streamed or malformed: left to the decoder.
+        for bytes in [&b"*2\r\n:1"[..], b"*?\r\n", b"$-1\r\n", b"*x\r\n", b""] {
+            assert_eq!(check_depth(bytes, 2), Ok(()));
+        }
+    }
+
+    #[test]
     fn pushes_are_classified() {
         let blob = |b: &[u8]| Reply::Blob(b.to_vec());
         assert_eq!(
@@ -537,6 +716,10 @@ mod tests {
         assert_eq!(
             RespError::TooLarge { limit: 16 }.to_string(),
             "a reply larger than 16 bytes"
+        );
+        assert_eq!(
+            RespError::TooDeep { limit: 32 }.to_string(),
+            "a reply nested deeper than 32 levels"
         );
         assert_eq!(
             RespError::Handshake("ERR unknown command".into()).to_string(),
