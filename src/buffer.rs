@@ -99,6 +99,12 @@ impl Buffer {
         self.start == self.end
     }
 
+    /// The readable region, to change in place (a protocol unmasking a payload).
+    #[inline(always)]
+    pub fn readable_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
     /// Bytes of heap storage held (readable, consumed and spare).
     pub fn capacity(&self) -> usize {
         self.data.len()

@@ -197,6 +197,38 @@ pub trait Codec {
     fn error_reply(&self, error: &FrameError, out: &mut Buffer) {
         let _ = (error, out);
     }
+
+    /// True when some values of this type are protocols ([`Codec::is_protocol`]):
+    /// false for framing codecs, so their connections take the reactor's fastest read
+    /// path without asking.
+    const PROTOCOL: bool = false;
+
+    /// Whether this codec is a protocol (see [`crate::protocol`]): its units are
+    /// decoded once, in place, by [`Codec::process`], and may answer the peer
+    /// themselves.
+    #[inline(always)]
+    fn is_protocol(&self) -> bool {
+        false
+    }
+
+    /// For a protocol ([`Codec::is_protocol`]): processes the unit at the start of
+    /// `buf` (a request head, a frame, a message in fragments), which it may change in
+    /// place (unmask it, move fragments together), as [`Codec::decode`] says where a
+    /// frame is. It may answer the peer, name the unit's kind and parts, or keep the
+    /// unit for itself through `io`. Called once per unit: the reactor hands the
+    /// service what it found, and never decodes those bytes again. A unit that is not
+    /// complete yet is `Incomplete`, with everything from its start kept for the next
+    /// call (the state remembers how far it got). Replies written before an `Err` are
+    /// the peer's last words, with [`Codec::error_reply`]'s.
+    fn process(
+        &self,
+        state: &mut Self::State,
+        buf: &mut [u8],
+        io: &mut crate::protocol::ProtocolIo<'_>,
+    ) -> Result<Decode, FrameError> {
+        let _ = io;
+        self.decode(state, buf)
+    }
 }
 
 /// The complete frames at the start of a buffer, as [`Codec::scan`] finds them.

@@ -109,6 +109,10 @@ pub(crate) struct Hub<S: Service> {
     /// Where `Context::send` frames a payload before writing it (kept between calls
     /// so framing never allocates).
     pub encode_buf: Buffer,
+    /// A protocol connection's read, as processed (`reactor/protocol.rs`): the units
+    /// found, their parts, and what the protocol answered. Kept between reads so that
+    /// processing never allocates.
+    pub protocol: ProtocolScratch,
     /// A callback sent a datagram: some UDP socket has a burst to send before the
     /// loop blocks.
     pub udp_burst_pending: bool,
@@ -172,6 +176,7 @@ impl<S: Service> Hub<S> {
             pool: BufferPool::default(),
             to_flush: Vec::new(),
             encode_buf: Buffer::new(),
+            protocol: ProtocolScratch::default(),
             udp_burst_pending: false,
             to_close: Vec::new(),
             ready_again: Vec::new(),
@@ -434,14 +439,21 @@ impl<S: Service> Hub<S> {
 
     /// Logs a framing violation with the peer's address and ends the connection: with
     /// the codec's last words ([`Codec::error_reply`]) written after its queued output
-    /// and a graceful close when the codec has any (a reset could destroy them before
-    /// they are read), else with a reset.
-    pub(crate) fn protocol_error<C: Codec>(&mut self, id: ConnId, error: &FrameError, codec: &C) {
+    /// and a graceful close when the codec has any, or `answered` already (a protocol
+    /// replied before it failed; a reset could destroy those before they are read),
+    /// else with a reset.
+    pub(crate) fn protocol_error<C: Codec>(
+        &mut self,
+        id: ConnId,
+        error: &FrameError,
+        codec: &C,
+        answered: bool,
+    ) {
         self.stats.protocol_errors += 1;
         let mut last_words = std::mem::take(&mut self.encode_buf);
         last_words.clear();
         codec.error_reply(error, &mut last_words);
-        if last_words.is_empty() {
+        if last_words.is_empty() && !answered {
             // A peer that broke the framing gets nothing more: a reset drops what the
             // kernel still holds for it.
             log::warn!("{}: {error}; resetting", self.who(id));
@@ -453,6 +465,15 @@ impl<S: Service> Hub<S> {
         }
         self.encode_buf = last_words;
     }
+}
+
+/// What one read of a protocol connection found, kept between reads (its vectors and
+/// buffer are reused).
+#[derive(Debug, Default)]
+pub(crate) struct ProtocolScratch {
+    pub units: Vec<crate::protocol::UnitRecord>,
+    pub parts: Vec<std::ops::Range<usize>>,
+    pub replies: Buffer,
 }
 
 /// Counts `conn`'s buffers again into `total` (KiB over all connections), for a caller

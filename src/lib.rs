@@ -37,6 +37,9 @@
 //! - `outqueue`: a connection's pending output, owned bytes and [`SharedFrame`]s.
 //! - [`frame`]: framing codecs: [`LengthCodec`] (our wire format, or any length-prefixed
 //!   one), lines, raw, and [`frame::AnyCodec`] to pick one per endpoint.
+//! - [`protocol`]: the protocol layer: a codec that processes its units in place,
+//!   answers the peer itself and hands the service decoded units ([`Unit`]), inside
+//!   the reactor's buffers and limits (`reactor/protocol.rs` reads for it).
 //! - [`service`]: the [`Service`] trait; `context`: the [`Context`] it acts through.
 //! - `endpoint`: endpoints and their codecs, opening listeners, sockets and
 //!   outbound connections ([`Dial`]).
@@ -82,6 +85,7 @@ mod idle;
 pub mod loadgen;
 pub mod metrics;
 mod outqueue;
+pub mod protocol;
 pub mod reactor;
 pub mod service;
 pub mod services;
@@ -103,6 +107,7 @@ pub use frame::{
     RawCodec,
 };
 pub use outqueue::SharedFrame;
+pub use protocol::{ProtocolIo, Unit};
 pub use reactor::{
     Handle, Job, LoopInfo, Peers, Pool, PostError, Reactor, Running, Spread, Stopped,
 };

@@ -46,6 +46,7 @@ use crate::connection::ConnId;
 use crate::context::{AfterFrame, CloseMode, Context};
 use crate::endpoint::EndpointId;
 use crate::frame::{Codec, Decode};
+use crate::protocol::{Unit, Units};
 use crate::stats::CloseReason;
 use crate::timer::TimerId;
 use crate::udp::UdpId;
@@ -166,10 +167,12 @@ pub trait Service: Sized {
             match ctx.after_frame(conn) {
                 AfterFrame::Next => {}
                 AfterFrame::Stop => break,
-                AfterFrame::Hold => {
+                AfterFrame::Hold if payloads.can_hold() => {
                     payloads.hold_rest();
                     break;
                 }
+                // A protocol's units are handed over whole (see `crate::protocol`).
+                AfterFrame::Hold => {}
             }
         }
     }
@@ -311,6 +314,9 @@ pub struct Frames<'a, C: Codec> {
     /// Where the reactor hears what the service left for later
     /// ([`Payloads::hold_rest`]); `None` for frames made outside the reactor.
     held_back: Option<&'a HeldBack<C::State>>,
+    /// A protocol's units, recorded as they were processed (see `crate::protocol`):
+    /// walked instead of decoding the bytes again.
+    units: Option<Units<'a>>,
 }
 
 /// What a service left unhandled of a run of frames ([`Payloads::hold_rest`]), for
@@ -342,6 +348,7 @@ impl<C: Codec> Clone for Frames<'_, C> {
             codec: self.codec,
             start: self.start.clone(),
             held_back: self.held_back,
+            units: self.units,
         }
     }
 }
@@ -365,7 +372,36 @@ impl<'a, C: Codec> Frames<'a, C> {
             codec,
             start: state,
             held_back: None,
+            units: None,
         }
+    }
+
+    /// A protocol's units of one read, recorded by the reactor as it processed them.
+    pub(crate) fn from_units(wire: &'a [u8], units: Units<'a>, codec: &'a C) -> Self {
+        Frames {
+            units: Some(units),
+            ..Frames::new(wire, units.records.len(), codec, C::State::default())
+        }
+    }
+
+    /// The units, in order, with their kinds and parts: a protocol's as it decoded
+    /// them (see [`crate::protocol`]), or a framing codec's frames (kind 0, no parts).
+    pub fn units(&self) -> impl Iterator<Item = Unit<'a>> + 'a {
+        let wire = self.wire;
+        let recorded = self.units.map(|units| {
+            units
+                .records
+                .iter()
+                .map(move |record| Unit::recorded(wire, record, units.parts))
+        });
+        let framed = match recorded {
+            Some(_) => None,
+            None => Some(self.payloads().map(Unit::plain)),
+        };
+        recorded
+            .into_iter()
+            .flatten()
+            .chain(framed.into_iter().flatten())
     }
 
     /// [`Frames::new`], for the reactor: the service may leave frames for later, and
@@ -407,6 +443,7 @@ impl<'a, C: Codec> Frames<'a, C> {
             pos: 0,
             taken: 0,
             held_back: self.held_back,
+            units: self.units,
         }
     }
 }
@@ -422,15 +459,24 @@ pub struct Payloads<'a, C: Codec> {
     /// Payloads yielded so far.
     taken: usize,
     held_back: Option<&'a HeldBack<C::State>>,
+    /// A protocol's recorded units, walked instead of decoding.
+    units: Option<Units<'a>>,
 }
 
 impl<C: Codec> Payloads<'_, C> {
+    /// Whether [`Payloads::hold_rest`] can leave frames for later: true for a framing
+    /// codec's frames from the reactor, false for a protocol's units (handed over
+    /// whole) and for frames made outside the reactor.
+    pub fn can_hold(&self) -> bool {
+        self.held_back.is_some() && self.units.is_none()
+    }
+
     /// Leaves the frames not taken yet unhandled: the reactor keeps them in the
     /// connection's read buffer, reads nothing more from it meanwhile, and hands them
     /// to [`Service::on_frames`] again once the connection's queued output has drained
     /// to the low-water mark. For a service whose answers cannot keep up with its
     /// requests ([`Context::over_write_limit`]). Does nothing for frames not made by
-    /// the reactor.
+    /// the reactor, nor for a protocol's units ([`Payloads::can_hold`]).
     pub fn hold_rest(self) {
         if let Some(held_back) = self.held_back {
             held_back.bytes.set(self.wire.len() - self.pos);
@@ -445,6 +491,11 @@ impl<'a, C: Codec> Iterator for Payloads<'a, C> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let wire = self.wire;
+        if let Some(units) = self.units {
+            let record = units.records.get(self.taken)?;
+            self.taken += 1;
+            return Some(&wire[record.payload.clone()]);
+        }
         match self.codec.decode(&mut self.state, &wire[self.pos..]) {
             Ok(Decode::Frame { payload, consumed }) if consumed > 0 => {
                 let frame = &wire[self.pos + payload.start..self.pos + payload.end];

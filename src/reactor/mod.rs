@@ -58,6 +58,7 @@ mod handover;
 mod inherit;
 mod lifecycle;
 mod pool;
+mod protocol;
 mod read;
 mod timers;
 mod write;

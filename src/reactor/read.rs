@@ -28,15 +28,15 @@ use crate::stats::CloseReason;
 
 /// What the read path borrows from a connection's slot while it lends the hub to the
 /// service: the codec's state and the service's state (put back once the read is done).
-struct Lent<S: Service> {
-    decode: <S::Codec as Codec>::State,
-    service: S::Conn,
+pub(super) struct Lent<S: Service> {
+    pub(super) decode: <S::Codec as Codec>::State,
+    pub(super) service: S::Conn,
 }
 
 impl<S: Service> Lent<S> {
     /// Takes both states out of `slot` (defaults stay behind; for `()`, nothing moves).
     #[inline(always)]
-    fn take_from(slot: &mut Slot<S>) -> Self {
+    pub(super) fn take_from(slot: &mut Slot<S>) -> Self {
         Lent {
             decode: std::mem::take(&mut slot.decode),
             service: std::mem::take(&mut slot.state),
@@ -48,6 +48,9 @@ impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
     /// connection stops reading (closing, or paused).
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
+        if S::Codec::PROTOCOL && self.is_protocol(id) {
+            return self.read_protocol_connection(id, read_to_eof);
+        }
         for _ in 0..self.config.read_budget {
             match self.read_once(id, read_to_eof) {
                 ReadOutcome::Drained | ReadOutcome::Stopped | ReadOutcome::Held => return,
@@ -68,7 +71,7 @@ impl<S: Service> Reactor<S> {
     /// peer closes (EOF or an error: then the socket closes), the socket is drained, or
     /// the read budget is spent (then again from the ready-again list, until the linger
     /// deadline).
-    fn discard_input(&mut self, id: ConnId, reason: CloseReason) {
+    pub(super) fn discard_input(&mut self, id: ConnId, reason: CloseReason) {
         let size = self.scratch.capacity();
         for _ in 0..self.config.read_budget {
             let Some(conn) = self.hub.conn_mut(id) else {
@@ -158,7 +161,7 @@ impl<S: Service> Reactor<S> {
             (Ok(done), true) => (ReadOutcome::Drained, done.frames() > 0),
             (Ok(done), false) => (ReadOutcome::More, done.frames() > 0),
             (Err(e), _) => {
-                self.hub.protocol_error(id, &e, codec);
+                self.hub.protocol_error(id, &e, codec, false);
                 (ReadOutcome::Stopped, false)
             }
         };
@@ -368,7 +371,7 @@ impl<S: Service> Reactor<S> {
         };
         let (outcome, frames_completed) = match reader.dispatch_frames(&mut input) {
             Err(e) => {
-                self.hub.protocol_error(id, &e, codec);
+                self.hub.protocol_error(id, &e, codec, false);
                 (ReadOutcome::Stopped, false)
             }
             Ok(done) if done.held() => (ReadOutcome::Held, done.frames() > 0),
@@ -382,7 +385,7 @@ impl<S: Service> Reactor<S> {
 
 /// Puts the states a read borrowed back into `id`'s slot (for `()` states, nothing).
 #[inline(always)]
-fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
+pub(super) fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
     if let Some(slot) = slot_mut(&mut hub.conns, id) {
         slot.decode = lent.decode;
         slot.state = lent.service;
@@ -391,7 +394,10 @@ fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
 
 /// The slot `id` names in the slab, if it is still there (same generation).
 #[inline(always)]
-fn slot_mut<S: Service>(conns: &mut slab::Slab<Slot<S>>, id: ConnId) -> Option<&mut Slot<S>> {
+pub(super) fn slot_mut<S: Service>(
+    conns: &mut slab::Slab<Slot<S>>,
+    id: ConnId,
+) -> Option<&mut Slot<S>> {
     conns
         .get_mut(id.index())
         .filter(|slot| slot.conn.generation == id.generation())
@@ -440,7 +446,7 @@ impl<S: Service> Reader<'_, S> {
                 trace_read(id, n, requested, drained);
                 match self.dispatch_frames(buf) {
                     Err(e) => {
-                        self.hub.protocol_error(id, &e, self.codec);
+                        self.hub.protocol_error(id, &e, self.codec, false);
                         ReadOutcome::Stopped
                     }
                     Ok(done) => {
@@ -588,7 +594,7 @@ impl Dispatched {
 
 /// Says in the trace why a read did or did not drain the socket.
 #[inline(always)]
-fn trace_read(id: ConnId, n: usize, requested: usize, drained: bool) {
+pub(super) fn trace_read(id: ConnId, n: usize, requested: usize, drained: bool) {
     if drained {
         log::trace!(
             "{id}: read {n} of {requested} bytes: a short read, so the socket is drained \
@@ -600,7 +606,7 @@ fn trace_read(id: ConnId, n: usize, requested: usize, drained: bool) {
 }
 
 /// The least room a read into the shared buffer offers.
-const MIN_READ: usize = 16 * 1024;
+pub(super) const MIN_READ: usize = 16 * 1024;
 
 /// Frames longer than this are large: their remainder is read straight into the
 /// buffer that holds their start (see [`own_buffer_read`], [`missing_in_place`]).
@@ -708,7 +714,7 @@ fn missing_in_place<C: Codec>(codec: &C, state: &C::State, scratch: &Buffer) -> 
 
 /// What one read did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadOutcome {
+pub(super) enum ReadOutcome {
     /// The socket has nothing more for now (WouldBlock, or a short read).
     Drained,
     /// The read filled the buffer: there may be more.
@@ -760,7 +766,7 @@ fn keep_own_tail<S: Service>(
 
 /// After the held input changed: release an emptied buffer, or time a new partial
 /// frame; count the buffer for the memory budget either way.
-fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed: bool) {
+pub(super) fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frames_completed: bool) {
     let (now, now_millis) = (hub.now, hub.now_millis());
     let frame_timeout = hub.limits.frame_timeout;
     let Some(conn) = connection_mut(&mut hub.conns, id) else {

@@ -524,7 +524,7 @@ mod tests {
             assert_eq!(
                 actions,
                 vec![
-                    WsAction::Send(server_frame(OpCode::Control(Control::Pong), b"hi")),
+                    WsAction::Pong(server_frame(OpCode::Control(Control::Pong), b"hi")),
                     WsAction::Message(br#"{"type":"ping"}"#.to_vec()),
                 ]
             );
