@@ -17,7 +17,6 @@ use crate::endpoint::{Dial, DialError, EndpointId, EndpointKind, Endpoints};
 use crate::frame::{Codec, FrameError};
 use crate::hub::{Hub, TimerEvent};
 use crate::outqueue::SharedFrame;
-use crate::reactor::WriteTiming;
 use crate::service::{Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerId;
@@ -138,14 +137,14 @@ impl<'a, S: Service> Context<'a, S> {
         self
     }
 
-    /// Sends to the connection the callback is about are gathered and written
-    /// together when it returns: the answers to a read's pipelined requests, one
-    /// send each, cost one `write` (see `reactor/write.rs`).
+    /// Sends framed bytes. Sends to the connection the callback is about are gathered
+    /// and written together when it returns: the answers to a read's pipelined
+    /// requests, one send each, cost one `write` (see `reactor/write.rs`).
     #[inline(always)]
-    fn timing_for(&self, conn: ConnId) -> WriteTiming {
+    fn send_framed(&mut self, conn: ConnId, bytes: &[u8], frames: u64) -> bool {
         match self.lent == Some(conn) {
-            true => WriteTiming::Gathered,
-            false => WriteTiming::AtOnce,
+            true => self.hub.gather(conn, bytes, frames),
+            false => self.hub.write_or_queue(conn, bytes, frames),
         }
     }
 
@@ -166,8 +165,7 @@ impl<'a, S: Service> Context<'a, S> {
         let encoded = self.endpoints.codec(endpoint).encode(payload, &mut framed);
         let result = match encoded {
             Ok(()) => {
-                let timing = self.timing_for(conn);
-                self.hub.write_or_queue(conn, framed.readable(), 1, timing);
+                self.send_framed(conn, framed.readable(), 1);
                 Ok(())
             }
             Err(e) => Err(SendError::Frame(e)),
@@ -211,8 +209,7 @@ impl<'a, S: Service> Context<'a, S> {
         wire: &[u8],
         frames: u64,
     ) -> Result<(), SendError> {
-        let timing = self.timing_for(conn);
-        match self.hub.write_or_queue(conn, wire, frames, timing) {
+        match self.send_framed(conn, wire, frames) {
             true => Ok(()),
             false => Err(SendError::Closed),
         }
@@ -263,12 +260,10 @@ impl<'a, S: Service> Context<'a, S> {
         conn: ConnId,
         frames: &Frames<'_, C>,
     ) -> Result<(), SendError> {
-        match self.hub.write_or_queue(
-            conn,
-            frames.wire(),
-            frames.len() as u64,
-            WriteTiming::AtOnce,
-        ) {
+        match self
+            .hub
+            .write_or_queue(conn, frames.wire(), frames.len() as u64)
+        {
             true => Ok(()),
             false => Err(SendError::Closed),
         }

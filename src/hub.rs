@@ -24,7 +24,6 @@ use crate::buffer::{Buffer, BufferPool};
 use crate::connection::{ConnId, Connection, Flag, IdleRule, Millis, Slot};
 use crate::frame::{Codec, FrameError};
 use crate::idle::IdleList;
-use crate::reactor::WriteTiming;
 use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
 use crate::timer::{deadline_after, TimerId, TimerQueue};
@@ -460,7 +459,7 @@ impl<S: Service> Hub<S> {
             self.reset(id, CloseReason::Protocol);
         } else {
             log::warn!("{}: {error}; answering it and closing", self.who(id));
-            self.write_or_queue(id, last_words.readable(), 0, WriteTiming::AtOnce);
+            self.write_or_queue(id, last_words.readable(), 0);
             self.close_after_flush(id, CloseReason::Protocol);
         }
         self.encode_buf = last_words;

@@ -63,8 +63,6 @@ mod read;
 mod timers;
 mod write;
 
-pub(crate) use write::WriteTiming;
-
 pub use handle::{Handle, Job, PostError};
 use handle::{Inbox, Shared};
 use handover::{Dealt, Handover, KeptBecause};

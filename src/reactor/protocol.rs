@@ -15,7 +15,7 @@ use super::lifecycle::{may_read, peer_closed, Reading};
 use super::read::{
     give_back, held_input_changed, slot_mut, trace_read, Lent, ReadOutcome, MIN_READ,
 };
-use super::{Reactor, WriteTiming};
+use super::Reactor;
 use crate::buffer::Buffer;
 use crate::connection::{ConnId, ConnState};
 use crate::context::Context;
@@ -163,7 +163,7 @@ fn hand_over<S: Service>(
         std::mem::take(&mut scratch.parts),
     );
     if !replies.is_empty() {
-        hub.write_or_queue(id, replies.readable(), 0, WriteTiming::Gathered);
+        hub.gather(id, replies.readable(), 0);
     }
     if !units.is_empty() {
         hub.stats.frames_in += units.len() as u64;

@@ -7,7 +7,7 @@
 //! answer would cost a system call per request. Those are gathered in the connection's
 //! queue and written with one `write` when the callback returns, as the loop carries
 //! out what callbacks queued after every event, in the same turn
-//! ([`WriteTiming::Gathered`]; a gathering that reaches [`GATHER`] is written at once).
+//! ([`Hub::gather`]; a gathering that reaches [`GATHER`] is written at once).
 //! A [`crate::Context::forward`] of frames as they came, echo's way, is written at
 //! once: it already is one write for a whole read. Whatever the socket
 //! does not take is queued, in order, and WRITABLE interest is registered only while
@@ -36,18 +36,10 @@ use crate::stats::CloseReason;
 
 impl<S: Service> Hub<S> {
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
-    /// nothing is queued ahead of them and they are not to be gathered, else queued
-    /// behind what is. Returns false if the connection is gone, closing, or its side
-    /// is shut.
+    /// nothing is queued ahead of them, else queued behind what is. Returns false if
+    /// the connection is gone, closing, or its side is shut.
     #[inline]
-    pub(crate) fn write_or_queue(
-        &mut self,
-        id: ConnId,
-        bytes: &[u8],
-        frames: u64,
-        timing: WriteTiming,
-    ) -> bool {
-        let gather = timing == WriteTiming::Gathered && bytes.len() < GATHER;
+    pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
         let now = self.now_millis();
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
         let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
@@ -56,7 +48,7 @@ impl<S: Service> Hub<S> {
         self.stats.frames_out += frames;
         let mut written = 0;
         let write_at_once =
-            conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now() && !gather;
+            conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
         if write_at_once {
             match write_now(conn, bytes) {
                 Ok(n) => written = n,
@@ -75,15 +67,55 @@ impl<S: Service> Hub<S> {
                 // Output begins to wait: the send timeout counts from here.
                 conn.write_progress = now as u32;
             }
-            self.queue_rest(id, &bytes[written..], write_at_once, timing);
+            self.queue_rest(id, &bytes[written..], write_at_once);
         }
+        true
+    }
+
+    /// Sends `bytes` (already framed) on the connection a callback is about: queued
+    /// behind what is queued, and written with everything else the callback sends it
+    /// when the callback returns (see the module docs). A gathering that reaches
+    /// [`GATHER`] is written at once, and so is a send that large. Returns false if
+    /// the connection is gone, closing, or its side is shut.
+    pub(crate) fn gather(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
+        if bytes.len() >= GATHER {
+            return self.write_or_queue(id, bytes, frames);
+        }
+        let now = self.now_millis();
+        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
+            return false;
+        };
+        self.stats.frames_out += frames;
+        if bytes.is_empty() {
+            return true;
+        }
+        if conn.output.is_empty() {
+            conn.write_progress = now as u32;
+        }
+        conn.output
+            .owned_for_append(&mut self.pool)
+            .extend_from_slice(bytes);
+        if conn.output.len() > self.limits.write_limit {
+            conn.flags.set(Flag::Congested, true);
+        }
+        let write_now = conn.output.len() >= GATHER && !conn.flags.get(Flag::WritableArmed);
+        if conn.state == ConnState::Connecting {
+            // Written once the connect completes.
+        } else if write_now {
+            self.flush(id);
+        } else {
+            // Written when the callback returns. (With WRITABLE armed the socket is
+            // full, and its event writes the queue.)
+            self.list_for_flush(id);
+        }
+        self.account(id);
         true
     }
 
     /// Queues what a send could not write at once. Out of line: the common case
     /// writes everything and never comes here.
     #[inline(never)]
-    fn queue_rest(&mut self, id: ConnId, rest: &[u8], socket_full: bool, timing: WriteTiming) {
+    fn queue_rest(&mut self, id: ConnId, rest: &[u8], socket_full: bool) {
         let write_limit = self.limits.write_limit;
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
@@ -94,11 +126,6 @@ impl<S: Service> Hub<S> {
         if conn.output.len() > write_limit {
             conn.flags.set(Flag::Congested, true);
         }
-        // A gathering as large as one good write is written now; what follows is
-        // gathered anew. (With WRITABLE armed the socket is full: its event writes.)
-        let write_now = timing == WriteTiming::Gathered
-            && conn.output.len() >= GATHER
-            && !conn.flags.get(Flag::WritableArmed);
         if conn.state == ConnState::Connecting {
             // Written once the connect completes.
         } else if socket_full {
@@ -106,10 +133,7 @@ impl<S: Service> Hub<S> {
             // than list a flush that would only hear WouldBlock.
             set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
-        } else if write_now {
-            self.flush(id);
         } else {
-            // Written when the callback returns (or the event's work is done).
             self.list_for_flush(id);
         }
         self.account(id);
@@ -247,16 +271,6 @@ impl<S: Service> Hub<S> {
             self.drained.push(id);
         }
     }
-}
-
-/// When a send goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteTiming {
-    /// At once when nothing is queued ahead of it.
-    AtOnce,
-    /// Gathered with whatever else the callback sends the connection (a send to the
-    /// connection a callback is about), written when the callback returns.
-    Gathered,
 }
 
 /// Gathered output is written as soon as it reaches this much: a larger write gains
