@@ -555,13 +555,6 @@ impl<'a, S: Service> Context<'a, S> {
         self.hub.conn(conn).map(|c| c.output.len())
     }
 
-    /// The reactor's frame timeout (`Config::frame_timeout`): how long a partial unit
-    /// may take to arrive. For a service that assembles units of its own on an
-    /// unframed endpoint, so that they have the same deadline.
-    pub fn frame_timeout(&self) -> Option<Duration> {
-        self.hub.limits.frame_timeout
-    }
-
     /// The configured per-connection write limit (the high-water mark).
     pub fn write_limit(&self) -> usize {
         self.hub.limits.write_limit

@@ -161,20 +161,7 @@ pub trait Service: Sized {
         state: &mut Self::Conn,
         frames: Frames<'_, Self::Codec>,
     ) {
-        let mut payloads = frames.payloads();
-        while let Some(payload) = payloads.next() {
-            self.on_frame(ctx, conn, state, payload);
-            match ctx.after_frame(conn) {
-                AfterFrame::Next => {}
-                AfterFrame::Stop => break,
-                AfterFrame::Hold if payloads.can_hold() => {
-                    payloads.hold_rest();
-                    break;
-                }
-                // A protocol's units are handed over whole (see `crate::protocol`).
-                AfterFrame::Hold => {}
-            }
-        }
+        each_frame(self, ctx, conn, state, frames);
     }
 
     /// A datagram arrived on a UDP socket.
@@ -258,6 +245,33 @@ pub trait Service: Sized {
     /// with the reason as the body. By default, healthy.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// What [`Service::on_frames`] does by default, for a service that overrides it for
+/// some connections only: each payload to [`Service::on_frame`], stopping if the
+/// service closes the connection, and leaving the rest for later once the answers put
+/// the output over the write limit (see [`Service::on_frames`]).
+pub fn each_frame<S: Service>(
+    service: &mut S,
+    ctx: &mut Context<'_, S>,
+    conn: ConnId,
+    state: &mut S::Conn,
+    frames: Frames<'_, S::Codec>,
+) {
+    let mut payloads = frames.payloads();
+    while let Some(payload) = payloads.next() {
+        service.on_frame(ctx, conn, state, payload);
+        match ctx.after_frame(conn) {
+            AfterFrame::Next => {}
+            AfterFrame::Stop => break,
+            AfterFrame::Hold if payloads.can_hold() => {
+                payloads.hold_rest();
+                break;
+            }
+            // A protocol's units are handed over whole (see `crate::protocol`).
+            AfterFrame::Hold => {}
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
 
 use serde_json::json;
-use switchboard::services::chat::{Chat, ChatLoops, ChatSettings, ChatStatsHandle};
-use switchboard::{AnyCodec, BoundAddr, Config, LengthCodec, LoopInfo, Pool, Running, Spread};
+use switchboard::services::chat::{Chat, ChatCodec, ChatLoops, ChatSettings, ChatStatsHandle};
+use switchboard::{BoundAddr, Config, LoopInfo, Pool, Running, Spread};
 
 use chat_support::members::{drains_to_eof, small_receive_buffer_client, Member};
 use chat_support::{stats_when, MAX_FRAME};
@@ -44,7 +44,7 @@ impl ChatPool {
         };
         let running = Pool::new(config, threads)
             .spread(Spread::Handoff)
-            .start(AnyCodec::Length(LengthCodec::new(MAX_FRAME)), make, |_| ())
+            .start(ChatCodec::length(MAX_FRAME), make, |_| ())
             .expect("the pool starts");
         let mut stats: Vec<(usize, ChatStatsHandle)> =
             (0..threads).map(|_| stats_rx.recv().unwrap()).collect();

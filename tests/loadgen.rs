@@ -308,7 +308,7 @@ fn chat_server() -> TestServer<Chat> {
     TestServer::start(config, || {
         (
             Chat::new(ChatSettings::default()),
-            switchboard::AnyCodec::Length(LengthCodec::new(MAX_FRAME)),
+            switchboard::services::chat::ChatCodec::length(MAX_FRAME),
         )
     })
 }

@@ -8,8 +8,9 @@ use clap::Args;
 
 use super::server::{serve_loops, take_inherited, ServerArgs};
 use crate::services::chat::redis::node::{prepare, RedisSettings};
+use crate::services::chat::ChatCodec;
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
-use crate::{AnyCodec, LengthCodec, Reactor};
+use crate::Reactor;
 
 /// `switchboard chat`.
 #[derive(Debug, Clone, Args)]
@@ -134,7 +135,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         }
         Ok(())
     };
-    let codec = AnyCodec::Length(LengthCodec::new(args.server.max_frame as usize));
+    let codec = ChatCodec::length(args.server.max_frame as usize);
     let shared = ChatLoops::default();
     let make = move |info| Chat::on_loop(settings.clone(), info, &shared);
     serve_loops(

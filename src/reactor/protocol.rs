@@ -93,8 +93,13 @@ impl<S: Service> Reactor<S> {
             return ReadOutcome::Stopped;
         };
         let codec = self.endpoints.codec(slot.conn.endpoint);
+        let room = self
+            .config
+            .write_limit
+            .saturating_sub(slot.conn.output.len());
         let mut lent = Lent::take_from(slot);
-        let done = process_units(codec, &mut lent.decode, &mut input, &mut self.hub.protocol);
+        let scratch = &mut self.hub.protocol;
+        let done = process_units(codec, &mut lent.decode, &mut input, scratch, room);
         hand_over(
             (&mut self.hub, &self.endpoints, &mut self.service),
             (id, codec, &mut lent),
@@ -203,12 +208,13 @@ enum End {
 }
 
 /// Processes every complete unit at the start of `input`, in place, recording what
-/// the service is to be handed in `scratch`.
+/// the service is to be handed in `scratch`; the replies may take `room` bytes.
 fn process_units<C: Codec>(
     codec: &C,
     state: &mut C::State,
     input: &mut Buffer,
     scratch: &mut ProtocolScratch,
+    room: usize,
 ) -> Processed {
     scratch.units.clear();
     scratch.parts.clear();
@@ -221,7 +227,7 @@ fn process_units<C: Codec>(
         }
         let rest = &mut bytes[pos..];
         let available = rest.len();
-        let mut io = ProtocolIo::new(&mut scratch.replies, &mut scratch.parts);
+        let mut io = ProtocolIo::new(&mut scratch.replies, &mut scratch.parts).with_room(room);
         match codec.process(state, rest, &mut io) {
             Ok(Decode::Frame { payload, consumed })
                 if consumed > 0

@@ -4,8 +4,8 @@
 
 pub mod members;
 
-use switchboard::services::chat::{Chat, ChatSettings, ChatStats, ChatStatsHandle};
-use switchboard::{AnyCodec, Config, LengthCodec};
+use switchboard::services::chat::{Chat, ChatCodec, ChatSettings, ChatStats, ChatStatsHandle};
+use switchboard::Config;
 
 use crate::common::{local_config, wait_until, ClockedServer, TestServer, IO_TIMEOUT};
 
@@ -20,7 +20,7 @@ pub fn start(config: Config, settings: ChatSettings) -> (TestServer<Chat>, ChatS
     let server = TestServer::start(config, move || {
         (
             Chat::with_stats(settings, counters),
-            AnyCodec::Length(LengthCodec::new(MAX_FRAME)),
+            ChatCodec::length(MAX_FRAME),
         )
     });
     (server, stats)
@@ -34,7 +34,7 @@ pub fn start_clocked(settings: ChatSettings) -> (ClockedServer<Chat>, ChatStatsH
     let server = ClockedServer::start(local_config(), move || {
         (
             Chat::with_stats(settings, counters),
-            AnyCodec::Length(LengthCodec::new(MAX_FRAME)),
+            ChatCodec::length(MAX_FRAME),
         )
     });
     (server, stats)

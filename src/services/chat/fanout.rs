@@ -99,9 +99,9 @@ impl Encoded {
     fn ws_frame(&self, ctx: &Context<'_, Chat>, conn: crate::ConnId) -> Option<&SharedFrame> {
         self.ws
             .get_or_init(|| {
+                // Framed by the endpoint's codec: a text message.
                 let endpoint = ctx.endpoint(conn)?;
-                let frame = super::ws::text_frame(&self.json);
-                ctx.shared_frame_for(endpoint, &frame).ok()
+                ctx.shared_frame_for(endpoint, &self.json).ok()
             })
             .as_ref()
     }
@@ -213,16 +213,11 @@ pub fn reply(
     event: &Event<'_>,
 ) {
     match &member.link {
-        Link::Tcp(conn) => {
+        // Framed by the connection's codec: a length frame, or a WebSocket message.
+        Link::Tcp(conn) | Link::Ws(conn) => {
             let json = to_json(event);
             if let Err(e) = ctx.send(*conn, &json) {
                 log::debug!("chat: cannot answer {conn}: {e}");
-            }
-        }
-        Link::Ws(_conn) => {
-            #[cfg(feature = "ws")]
-            if let Err(e) = ctx.send(*_conn, &super::ws::text_frame(&to_json(event))) {
-                log::debug!("chat: cannot answer {_conn}: {e}");
             }
         }
         Link::Udp(udp) => match (udp.form, event) {

@@ -22,18 +22,19 @@
 //! loop's single thread, so every member sees a room's events in the same order.
 //!
 //! ```no_run
-//! use switchboard::services::chat::{Chat, ChatSettings};
-//! use switchboard::{AnyCodec, Config, LengthCodec, Reactor};
+//! use switchboard::services::chat::{Chat, ChatCodec, ChatSettings};
+//! use switchboard::{Config, Reactor};
 //! let mut config = Config::default();
 //! config.tcp.push("127.0.0.1:9001".parse().unwrap());
 //! config.udp.push("127.0.0.1:9001".parse().unwrap());
 //! let chat = Chat::new(ChatSettings::default());
-//! let codec = AnyCodec::Length(LengthCodec::new(1 << 20));
+//! let codec = ChatCodec::length(1 << 20);
 //! let stopped = Reactor::bind(config, chat, codec).unwrap().run().unwrap();
 //! println!("chat served: {}", stopped.service.stats().get());
 //! ```
 
 mod bucket;
+mod codec;
 mod fanout;
 mod guard;
 mod loops;
@@ -52,7 +53,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::throttle::Throttle;
-use crate::{AnyCodec, CloseReason, ConnId, Context, LoopInfo, Origin, Service, TimerId, UdpId};
+pub use codec::{ChatCodec, ChatCodecState};
+
+use crate::{CloseReason, ConnId, Context, Frames, LoopInfo, Origin, Service, TimerId, UdpId};
 use fanout::{legacy_error, reply_to_peer, Delivery, Encoded};
 use guard::{UdpGuard, REFLECTION_WINDOW};
 use loops::LoopLink;
@@ -132,9 +135,6 @@ pub enum ChatTimer {
     Cluster,
     /// Time to post again the room notices another loop's full inbox refused.
     LoopRetry,
-    /// Time to check that a WebSocket connection's pending unit (its upgrade
-    /// request, a frame) is complete (feature `ws`).
-    WsDeadline,
 }
 
 /// The chat's state for one TCP connection: the member it carries.
@@ -143,9 +143,9 @@ pub struct Seat {
     member: Option<MemberId>,
     /// The connection is the node's link to Redis, not a member's.
     redis: bool,
-    /// A WebSocket connection's state (feature `ws`): the upgrade, then frames.
-    #[cfg(feature = "ws")]
-    ws: Option<Box<ws::WsConn>>,
+    /// The connection is a WebSocket (feature `ws`): its units are the upgrade, then
+    /// messages.
+    ws: bool,
 }
 
 impl Seat {
@@ -179,9 +179,8 @@ pub struct Chat {
     /// The link to the other nodes of a cluster through Redis.
     #[cfg(feature = "redis")]
     redis: Option<redis::node::Node>,
-    /// The WebSocket listener and the largest message it takes (feature `ws`).
-    #[cfg(feature = "ws")]
-    ws: Option<(crate::EndpointId, usize)>,
+    /// The WebSocket listener (feature `ws`).
+    ws: Option<crate::EndpointId>,
 }
 
 impl Chat {
@@ -203,7 +202,6 @@ impl Chat {
             loops: None,
             #[cfg(feature = "redis")]
             redis: None,
-            #[cfg(feature = "ws")]
             ws: None,
         }
     }
@@ -578,7 +576,7 @@ impl Service for Chat {
     type Conn = Seat;
     type Timer = ChatTimer;
     /// Length frames for members; the Redis link (feature `redis`) is unframed.
-    type Codec = AnyCodec;
+    type Codec = ChatCodec;
 
     fn on_start(&mut self, ctx: &mut Context<'_, Chat>) {
         if let Some(interval) = self.settings.stats_interval.filter(|d| !d.is_zero()) {
@@ -595,9 +593,12 @@ impl Service for Chat {
         seat: &mut Seat,
         _origin: Origin,
     ) {
-        #[cfg(feature = "ws")]
-        if let Some((_, max)) = self.ws.filter(|(e, _)| _origin == Origin::Accepted(*e)) {
-            seat.ws = Some(Box::new(ws::WsConn::new(max)));
+        if self
+            .ws
+            .is_some_and(|endpoint| _origin == Origin::Accepted(endpoint))
+        {
+            // A member once its upgrade is done.
+            seat.ws = true;
             return;
         }
         if seat.redis {
@@ -606,6 +607,23 @@ impl Service for Chat {
             return;
         }
         seat.member = Some(self.directory.add(Link::Tcp(conn)));
+    }
+
+    fn on_frames(
+        &mut self,
+        ctx: &mut Context<'_, Chat>,
+        conn: ConnId,
+        seat: &mut Seat,
+        frames: Frames<'_, ChatCodec>,
+    ) {
+        if seat.ws {
+            #[cfg(feature = "ws")]
+            for unit in frames.units() {
+                self.ws_unit(ctx, conn, seat, unit);
+            }
+        } else {
+            crate::service::each_frame(self, ctx, conn, seat, frames);
+        }
     }
 
     fn on_frame(
@@ -619,10 +637,6 @@ impl Service for Chat {
             #[cfg(feature = "redis")]
             self.cluster_input(ctx, _conn, payload);
             return;
-        }
-        #[cfg(feature = "ws")]
-        if seat.ws.is_some() {
-            return self.ws_input(ctx, _conn, seat, payload);
         }
         let Some(id) = seat.member else {
             return;
@@ -718,24 +732,7 @@ impl Service for Chat {
                 }
                 self.arm_loop_retry(ctx);
             }
-            // A connection's timer: see `on_conn_timer`.
-            ChatTimer::WsDeadline => {}
         }
-    }
-
-    fn on_conn_timer(
-        &mut self,
-        _ctx: &mut Context<'_, Chat>,
-        _conn: ConnId,
-        _seat: &mut Seat,
-        _: TimerId,
-        value: ChatTimer,
-    ) {
-        #[cfg(feature = "ws")]
-        if value == ChatTimer::WsDeadline {
-            self.ws_deadline(_ctx, _conn, _seat);
-        }
-        let _ = value;
     }
 }
 

@@ -41,9 +41,10 @@ use crate::services::chat::fanout::Encoded;
 use crate::services::chat::loops::Wire;
 use crate::services::chat::protocol::Request;
 use crate::services::chat::rooms::MemberId;
+use crate::services::chat::ChatCodec;
 use crate::services::chat::{Chat, ChatTimer, Seat, LOG_INTERVAL};
 use crate::throttle::Throttle;
-use crate::{AnyCodec, CloseMode, ConnId, Context, Dial, EndpointId, RawCodec, Reactor};
+use crate::{CloseMode, ConnId, Context, Dial, EndpointId, RawCodec, Reactor};
 
 /// Largest reply accepted from Redis (a `list` of a large cluster is the largest).
 const MAX_REPLY: usize = 16 << 20;
@@ -98,7 +99,7 @@ impl RedisSettings {
 /// Opens the unframed outbound endpoint the node's Redis connection goes through: the
 /// setup step of a chat reactor with Redis ([`crate::Pool::start_with`]).
 pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
-    let endpoint = reactor.outbound(AnyCodec::Raw(RawCodec));
+    let endpoint = reactor.outbound(ChatCodec::Raw(RawCodec));
     reactor.service_mut().use_redis_endpoint(endpoint);
     Ok(())
 }

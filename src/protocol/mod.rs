@@ -37,6 +37,9 @@ use std::ops::Range;
 
 use crate::buffer::Buffer;
 
+#[cfg(feature = "websocket")]
+pub mod websocket;
+
 /// What a protocol codec may do while it processes one unit ([`crate::Codec::process`]):
 /// answer the peer, say what the unit is, or keep it for itself.
 #[derive(Debug)]
@@ -51,6 +54,9 @@ pub struct ProtocolIo<'a> {
     kind: u32,
     skip: bool,
     close: bool,
+    /// Reply bytes that still fit under the connection's write limit, counted from
+    /// before this read's replies.
+    room: usize,
 }
 
 impl<'a> ProtocolIo<'a> {
@@ -64,7 +70,22 @@ impl<'a> ProtocolIo<'a> {
             kind: 0,
             skip: false,
             close: false,
+            room: usize::MAX,
         }
+    }
+
+    /// Limits the replies to `room` bytes (what the connection's output may still
+    /// take under the write limit).
+    pub(crate) fn with_room(mut self, room: usize) -> Self {
+        self.room = room;
+        self
+    }
+
+    /// How many more reply bytes fit under the connection's write limit: a protocol
+    /// that answers on its own (a pong per ping) stops answering a peer that sends
+    /// faster than it reads, so its output cannot grow past the limit.
+    pub fn room(&self) -> usize {
+        self.room.saturating_sub(self.replies.len())
     }
 
     /// Queues `bytes` for the peer (a handshake answer, a pong): they go out before
