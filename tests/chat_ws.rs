@@ -24,7 +24,7 @@ use common::{free_port, ChildServer, IO_TIMEOUT};
 const MAX_MESSAGE: usize = 2048;
 
 struct Server {
-    _server: ChildServer,
+    server: ChildServer,
     tcp: SocketAddr,
     ws: SocketAddr,
 }
@@ -35,8 +35,13 @@ fn start() -> Server {
 
 /// [`start`] with more flags.
 fn start_with(extra: &[&str]) -> Server {
+    start_taking(MAX_MESSAGE, extra)
+}
+
+/// [`start_with`], for messages of up to `max_message` bytes.
+fn start_taking(max_message: usize, extra: &[&str]) -> Server {
     let (tcp, ws) = (free_port(), free_port());
-    let (max, tcp_port, ws_port) = (MAX_MESSAGE.to_string(), tcp.to_string(), ws.to_string());
+    let (max, tcp_port, ws_port) = (max_message.to_string(), tcp.to_string(), ws.to_string());
     let mut args = vec![
         "chat",
         "--tcp",
@@ -56,7 +61,7 @@ fn start_with(extra: &[&str]) -> Server {
     )
     .is_ok()));
     Server {
-        _server: server,
+        server,
         tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
         ws: ws_addr,
     }
@@ -381,6 +386,64 @@ fn a_trickled_upgrade_and_a_partial_frame_meet_the_frame_deadline() {
     let took = closed_within(stream, Duration::from_secs(4));
     assert!(took >= Duration::from_millis(900), "{took:?}");
     // Others are served meanwhile and after.
+    let mut fine = named(server.ws, "fine");
+    send(&mut fine, json!({"type": "ping"}));
+    assert_eq!(next(&mut fine), json!({"type": "pong"}));
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn messages_held_unfinished_stay_within_the_memory_budget() {
+    // 200 members each send all but the last 16 bytes of a 1 MiB message: 200 MiB
+    // announced, against a budget of 32 MiB.
+    const MESSAGE: usize = 1 << 20;
+    let server = start_taking(MESSAGE, &["--memory-budget", "32MiB"]);
+    let pid = server.server.child.id();
+    let before = rss_kib(pid);
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(MESSAGE as u64).to_be_bytes());
+    header.extend_from_slice(&[0; 4]); // mask: all zero, the payload as it is
+    let body = vec![b'x'; MESSAGE - 16];
+    let mut members = Vec::new();
+    let mut cut = 0;
+    for _ in 0..200 {
+        let mut member = ws_connect(server.ws);
+        let stream = member.get_mut();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        // A member reset for the budget may fail its write: that is the defence.
+        if stream
+            .write_all(&header)
+            .and_then(|_| stream.write_all(&body))
+            .is_err()
+        {
+            cut += 1;
+        }
+        members.push(member);
+    }
+    // The budget resets the biggest holders: memory stays near the budget, not 200 MiB.
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(grown_mib < 96, "the server grew by {grown_mib} MiB");
+    let mut closed = cut;
+    for member in &mut members {
+        let stream = member.get_mut();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => {} // still open (a read timeout)
+        }
+    }
+    assert!(closed >= 150, "only {closed} of 200 members were cut off");
+    // The node still serves.
     let mut fine = named(server.ws, "fine");
     send(&mut fine, json!({"type": "ping"}));
     assert_eq!(next(&mut fine), json!({"type": "pong"}));
