@@ -451,6 +451,24 @@ struct Expiry {
     timer: TimerId,
 }
 
+/// The loop's time, for the expiry of one request's keys.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// This turn's time ([`Context::now`]).
+    now: Instant,
+    /// When the server started: expiry times count from here.
+    epoch: Instant,
+}
+
+impl Clock {
+    /// Milliseconds since the server started. Worked out only when a key has an
+    /// expiry to compare it with: most requests never need it.
+    fn ms(&self) -> i64 {
+        let elapsed = self.now.saturating_duration_since(self.epoch);
+        i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// What a timer is for: the key it expires.
 #[derive(Debug, Clone)]
 struct Expire(Vec<u8>);
@@ -633,21 +651,24 @@ impl Resp {
             reply::error(&mut self.out, &message);
             return Then::Next;
         }
-        let now_ms = self.now_ms(ctx);
+        let now = Clock {
+            now: ctx.now(),
+            epoch: self.epoch,
+        };
         let subscribed = !client.channels.is_empty();
         let out = &mut self.out;
         match (name, args.len()) {
-            (b"GET", 2) => self.get(args.get(1), now_ms),
-            (b"SET", 3..) => self.set(ctx, args, now_ms),
+            (b"GET", 2) => self.get(args.get(1), now),
+            (b"SET", 3..) => self.set(ctx, args, now),
             (b"DEL", 2..) => {
                 let removed = (1..args.len())
-                    .filter(|&i| self.remove(ctx, args.get(i), now_ms))
+                    .filter(|&i| self.remove(ctx, args.get(i), now))
                     .count();
                 reply::integer(&mut self.out, removed as i64);
             }
-            (b"INCR", 2) => self.incr(args.get(1), now_ms),
-            (b"EXPIRE", 3) => self.expire(ctx, args, now_ms),
-            (b"TTL", 2) => self.ttl(args.get(1), now_ms),
+            (b"INCR", 2) => self.incr(args.get(1), now),
+            (b"EXPIRE", 3) => self.expire(ctx, args, now),
+            (b"TTL", 2) => self.ttl(args.get(1), now),
             (b"PUBLISH", 3) => self.publish(ctx, args.get(1), args.get(2)),
             (b"SUBSCRIBE", 2..) => {
                 for i in 1..args.len() {
@@ -690,15 +711,9 @@ impl Resp {
         Then::Next
     }
 
-    /// Milliseconds since the server started, on the loop's clock.
-    fn now_ms(&self, ctx: &Context<'_, Self>) -> i64 {
-        let elapsed = ctx.now().saturating_duration_since(self.epoch);
-        i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-    }
-
     /// `GET key`: its value, or nil.
-    fn get(&mut self, key: &[u8], now_ms: i64) {
-        match live(&self.store, key, now_ms) {
+    fn get(&mut self, key: &[u8], now: Clock) {
+        match live(&self.store, key, now) {
             Some(entry) => reply::bulk(&mut self.out, &entry.value),
             None => reply::nil(&mut self.out),
         }
@@ -706,23 +721,23 @@ impl Resp {
 
     /// `TTL key`: seconds left (rounded, as Redis does), -1 if it never expires, -2 if
     /// there is no such key.
-    fn ttl(&mut self, key: &[u8], now_ms: i64) {
-        let ttl = match live(&self.store, key, now_ms).map(|entry| entry.expiry) {
+    fn ttl(&mut self, key: &[u8], now: Clock) {
+        let ttl = match live(&self.store, key, now).map(|entry| entry.expiry) {
             None => -2,
             Some(None) => -1,
-            Some(Some(expiry)) => (expiry.at_ms - now_ms).saturating_add(500) / 1000,
+            Some(Some(expiry)) => (expiry.at_ms - now.ms()).saturating_add(500) / 1000,
         };
         reply::integer(&mut self.out, ttl);
     }
 
     /// `SET key value [EX seconds | PX milliseconds] [NX | XX]`.
-    fn set(&mut self, ctx: &mut Context<'_, Self>, args: Words<'_>, now_ms: i64) {
+    fn set(&mut self, ctx: &mut Context<'_, Self>, args: Words<'_>, now: Clock) {
         let options = match set_options(args) {
             Ok(options) => options,
             Err(message) => return reply::error(&mut self.out, message),
         };
         let key = args.get(1);
-        let at_ms = match options.ttl_ms.map(|ttl| expiry_time(ttl, now_ms)) {
+        let at_ms = match options.ttl_ms.map(|ttl| ttl.checked_add(now.ms())) {
             None => None,
             Some(Some(at_ms)) => Some(at_ms),
             Some(None) => {
@@ -730,11 +745,11 @@ impl Resp {
             }
         };
         if let Some(only_if_present) = options.only_if {
-            if live(&self.store, key, now_ms).is_some() != only_if_present {
+            if live(&self.store, key, now).is_some() != only_if_present {
                 return reply::nil(&mut self.out);
             }
         }
-        let expiry = at_ms.map(|at_ms| self.arm(ctx, key, at_ms, now_ms));
+        let expiry = at_ms.map(|at_ms| self.arm(ctx, key, at_ms, now));
         let value = args.get(2);
         match self.store.get_mut(key) {
             Some(entry) => {
@@ -755,8 +770,8 @@ impl Resp {
     }
 
     /// `INCR key`: the value as an `i64`, plus one; its time to live is kept.
-    fn incr(&mut self, key: &[u8], now_ms: i64) {
-        let current = match live(&self.store, key, now_ms) {
+    fn incr(&mut self, key: &[u8], now: Clock) {
+        let current = match live(&self.store, key, now) {
             None => Some(0),
             Some(entry) => number(&entry.value),
         };
@@ -776,25 +791,25 @@ impl Resp {
     }
 
     /// `EXPIRE key seconds`: 1 if the key exists (a time in the past removes it).
-    fn expire(&mut self, ctx: &mut Context<'_, Self>, args: Words<'_>, now_ms: i64) {
+    fn expire(&mut self, ctx: &mut Context<'_, Self>, args: Words<'_>, now: Clock) {
         let key = args.get(1);
         let Some(seconds) = number(args.get(2)) else {
             return reply::error(&mut self.out, "ERR value is not an integer or out of range");
         };
         let Some(at_ms) = seconds
             .checked_mul(1000)
-            .and_then(|ms| ms.checked_add(now_ms))
+            .and_then(|ms| ms.checked_add(now.ms()))
         else {
             return reply::error(&mut self.out, "ERR invalid expire time in 'expire' command");
         };
-        if live(&self.store, key, now_ms).is_none() {
+        if live(&self.store, key, now).is_none() {
             return reply::integer(&mut self.out, 0);
         }
-        if at_ms <= now_ms {
-            self.remove(ctx, key, now_ms);
+        if at_ms <= now.ms() {
+            self.remove(ctx, key, now);
             return reply::integer(&mut self.out, 1);
         }
-        let expiry = self.arm(ctx, key, at_ms, now_ms);
+        let expiry = self.arm(ctx, key, at_ms, now);
         if let Some(entry) = self.store.get_mut(key) {
             cancel(ctx, entry.expiry.replace(expiry));
         }
@@ -803,15 +818,15 @@ impl Resp {
 
     /// A timer that expires `key` at `at_ms`. However far off: the reactor caps the
     /// delay (at a century) rather than panic.
-    fn arm(&self, ctx: &mut Context<'_, Self>, key: &[u8], at_ms: i64, now_ms: i64) -> Expiry {
-        let delay_ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
+    fn arm(&self, ctx: &mut Context<'_, Self>, key: &[u8], at_ms: i64, now: Clock) -> Expiry {
+        let delay_ms = u64::try_from(at_ms.saturating_sub(now.ms())).unwrap_or(0);
         let timer = ctx.set_timer(Duration::from_millis(delay_ms), Expire(key.to_vec()));
         Expiry { at_ms, timer }
     }
 
     /// Removes `key`; true if it was there (and not expired).
-    fn remove(&mut self, ctx: &mut Context<'_, Self>, key: &[u8], now_ms: i64) -> bool {
-        let was_live = live(&self.store, key, now_ms).is_some();
+    fn remove(&mut self, ctx: &mut Context<'_, Self>, key: &[u8], now: Clock) -> bool {
+        let was_live = live(&self.store, key, now).is_some();
         if let Some(entry) = self.store.remove(key) {
             cancel(ctx, entry.expiry);
         }
@@ -966,15 +981,10 @@ fn set_options(args: Words<'_>) -> Result<SetOptions, &'static str> {
 
 /// The entry of `key` unless it is missing or its time is up (its timer may not have
 /// fired yet in this turn).
-fn live<'a>(store: &'a HashMap<Vec<u8>, Entry>, key: &[u8], now_ms: i64) -> Option<&'a Entry> {
+fn live<'a>(store: &'a HashMap<Vec<u8>, Entry>, key: &[u8], now: Clock) -> Option<&'a Entry> {
     store
         .get(key)
-        .filter(|entry| entry.expiry.is_none_or(|expiry| expiry.at_ms >= now_ms))
-}
-
-/// When a time to live of `ttl_ms` set at `now_ms` ends; `None` if that overflows.
-fn expiry_time(ttl_ms: i64, now_ms: i64) -> Option<i64> {
-    ttl_ms.checked_add(now_ms)
+        .filter(|entry| entry.expiry.is_none_or(|expiry| expiry.at_ms >= now.ms()))
 }
 
 /// Cancels an expiry's timer.
@@ -1104,11 +1114,13 @@ fn main() -> ExitCode {
     };
     let resp = &stopped.service;
     eprintln!(
-        "resp: stopped: keys: {}, requests: {}, expired: {}, subscribers cut off: {}; {}",
+        "resp: stopped: keys: {}, requests: {}, expired: {}, subscribers cut off: {}, \
+         writes: {}; {}",
         resp.store.len(),
         resp.requests,
         resp.expired,
         resp.cut_off,
+        stopped.stats.writes,
         stopped.stats
     );
     match stopped.forced {

@@ -564,5 +564,5 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_still_receive() {
     let (_, _) = read_to_end(&mut slow);
     let (code, log) = server.stop();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("subscribers cut off: 1;"), "{log}");
+    assert!(log.contains("subscribers cut off: 1,"), "{log}");
 }
