@@ -1133,12 +1133,12 @@ fn main() -> ExitCode {
     let resp = &stopped.service;
     eprintln!(
         "resp: stopped: keys: {}, requests: {}, expired: {}, subscribers cut off: {}, \
-         writes: {}; {}",
+         queued writes: {}; {}",
         resp.store.len(),
         resp.requests,
         resp.expired,
         resp.cut_off,
-        stopped.stats.writes,
+        stopped.stats.queued_writes,
         stopped.stats
     );
     match stopped.forced {

@@ -166,9 +166,10 @@ pub fn write_stats(out: &mut String, stats: &Stats) {
             stats.bytes_out,
         ),
         (
-            "writes_total",
-            "write and writev calls on stream sockets.",
-            stats.writes,
+            "queued_writes_total",
+            "write and writev calls that wrote queued output (gathered answers, output a \
+             full socket held back).",
+            stats.queued_writes,
         ),
         (
             "frames_in_total",

@@ -116,9 +116,11 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to stream sockets.
     pub bytes_out: u64,
-    /// `write` and `writev` calls on stream sockets: with `frames_out`, how well output
-    /// is gathered (a pipelined batch of answers should cost one).
-    pub writes: u64,
+    /// `write` and `writev` calls that wrote queued output: gathered answers (a
+    /// pipelined batch of them should cost one), and what a full socket held back.
+    /// (A send written at once, echo's way, is not counted: that path is kept to the
+    /// fewest instructions.)
+    pub queued_writes: u64,
     /// Connections closed for a framing violation (also counted in `closed`).
     pub protocol_errors: u64,
     /// Datagrams received.
@@ -164,7 +166,7 @@ impl Stats {
             frames_out,
             bytes_in,
             bytes_out,
-            writes,
+            queued_writes,
             protocol_errors,
             datagrams_in,
             datagrams_out,
@@ -189,7 +191,7 @@ impl Stats {
             (&mut self.frames_out, frames_out),
             (&mut self.bytes_in, bytes_in),
             (&mut self.bytes_out, bytes_out),
-            (&mut self.writes, writes),
+            (&mut self.queued_writes, queued_writes),
             (&mut self.protocol_errors, protocol_errors),
             (&mut self.datagrams_in, datagrams_in),
             (&mut self.datagrams_out, datagrams_out),

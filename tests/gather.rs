@@ -1,6 +1,6 @@
 //! Writes gathered per callback: a service that answers each pipelined request with
 //! its own `ctx.send`, the plain way, costs one `write` per read, not one per answer
-//! (`Stats::writes` counts the calls): sends to the connection a callback is about are
+//! (`Stats::queued_writes` counts the calls): sends to the connection a callback is about are
 //! written together when it returns. The answers still arrive whole and in order,
 //! large ones among small ones, and a `forward` mixed with sends keeps its place.
 //!
@@ -67,7 +67,7 @@ fn batch(
     for request in requests {
         wire::write_frame(&mut bytes, request).unwrap();
     }
-    let writes_before = server.reactor.stats().writes;
+    let writes_before = server.reactor.stats().queued_writes;
     let frames_before = server.reactor.stats().frames_in;
     client.write_all(&bytes).unwrap();
     server.turn_until("the batch is handled", |r| {
@@ -82,7 +82,7 @@ fn batch(
         }
         got.push(wire::read_frame(client).unwrap());
     }
-    (got, server.reactor.stats().writes - writes_before)
+    (got, server.reactor.stats().queued_writes - writes_before)
 }
 
 #[test]

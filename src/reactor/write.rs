@@ -60,7 +60,6 @@ impl<S: Service> Hub<S> {
             }
             log::trace!("{id}: write {written} of {}", bytes.len());
             self.stats.bytes_out += written as u64;
-            self.stats.writes += 1;
         }
         if written < bytes.len() {
             if conn.output.is_empty() {
@@ -200,7 +199,7 @@ impl<S: Service> Hub<S> {
         let mut progressed = false;
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn);
-            self.stats.writes += 1;
+            self.stats.queued_writes += 1;
             match result {
                 Ok(0) => {
                     self.to_close
