@@ -26,11 +26,12 @@
 //!   scanned again from its start; numbers from the wire are parsed with checked
 //!   arithmetic; a broken request is answered `-ERR Protocol error: ...` (its
 //!   [`Codec::error_reply`]), then the reactor closes the connection gracefully.
-//! - The service gets the whole request and splits it into arguments itself: a request
-//!   is parsed once to find its end and again for its arguments (and the reactor runs
-//!   the codec twice per request: once to find a read's frames, once to hand them
-//!   out). That is the known cost of this design: a codec layer that hands over the
-//!   argument ranges it found, decoded once, would save the rest.
+//! - A protocol on the core's protocol layer (`switchboard::protocol`): the codec
+//!   processes each request once ([`Codec::process`]) and records its arguments as
+//!   the unit's parts; the service reads them from [`Unit::part`], never parsing the
+//!   request again, and the reactor never runs the codec twice. (Inside the codec a
+//!   request is still walked twice, to find its end, then to record its arguments:
+//!   one walk could do both for a request that comes whole.)
 //! - Replies the plain way: one `ctx.send` per reply. The reactor gathers the replies
 //!   to one read's requests and writes them with one `write`. `--batch` answers a whole
 //!   run of requests with one send instead, to measure what the plain way costs.
@@ -57,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::{
     Buffer, CloseMode, CloseReason, Codec, Config, ConnId, Context, Decode, FrameError, Frames,
-    Reactor, Service, TimerId,
+    ProtocolIo, Reactor, Service, TimerId, Unit,
 };
 
 const USAGE: &str = "usage: resp [--addr ADDR] [--max-bulk BYTES] [--max-request BYTES] \
@@ -174,6 +175,30 @@ impl Codec for RespCodec {
     fn encode(&self, reply: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
         out.extend_from_slice(reply);
         Ok(())
+    }
+
+    /// A protocol on the core's protocol layer: each request is processed once, and
+    /// handed to the service with its arguments as parts.
+    const PROTOCOL: bool = true;
+
+    fn is_protocol(&self) -> bool {
+        true
+    }
+
+    /// Finds where the request ends ([`Codec::decode`], resuming where it stopped),
+    /// then records its arguments as the unit's parts, so the service reads them
+    /// without parsing the request again.
+    fn process(
+        &self,
+        state: &mut RespState,
+        buf: &mut [u8],
+        io: &mut ProtocolIo<'_>,
+    ) -> Result<Decode, FrameError> {
+        let found = self.decode(state, buf)?;
+        if let Decode::Frame { consumed, .. } = found {
+            split_args(&buf[..consumed], |arg| io.part(arg));
+        }
+        Ok(found)
     }
 
     /// Redis's answer to a broken request; the reactor then closes the connection
@@ -354,11 +379,10 @@ fn number(digits: &[u8]) -> Option<i64> {
 
 // ---- the service: a request's arguments, commands, replies ----
 
-/// Splits a request the codec found whole into its arguments, as ranges of `request`
-/// (the second parse: see the module docs). The codec has checked the format, so a
-/// mismatch only ends the list early; nothing here can panic.
-fn split_args(request: &[u8], args: &mut Vec<Range<usize>>) {
-    args.clear();
+/// Splits a request the codec found whole into its arguments, as ranges of `request`,
+/// each given to `arg` (the codec's second walk: see the module docs). The codec has
+/// checked the format, so a mismatch only ends the list early; nothing here can panic.
+fn split_args(request: &[u8], mut arg: impl FnMut(Range<usize>)) {
     if request.first() != Some(&b'*') {
         // Inline: words separated by spaces or tabs, the line's end dropped.
         let mut start = None;
@@ -366,7 +390,7 @@ fn split_args(request: &[u8], args: &mut Vec<Range<usize>>) {
             match (start, matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
                 (None, false) => start = Some(i),
                 (Some(s), true) => {
-                    args.push(s..i);
+                    arg(s..i);
                     start = None;
                 }
                 _ => {}
@@ -387,7 +411,7 @@ fn split_args(request: &[u8], args: &mut Vec<Range<usize>>) {
         if end > request.len() {
             return;
         }
-        args.push(data..end);
+        arg(data..end);
         pos = end + 2;
     }
 }
@@ -515,8 +539,6 @@ struct Resp {
     epoch: Instant,
     /// `--batch`: a whole run of requests answered with one send.
     batch: bool,
-    /// The arguments of the request at hand (kept to reuse its allocation).
-    args: Vec<Range<usize>>,
     /// The reply being built (kept to reuse its allocation).
     out: Vec<u8>,
     requests: u64,
@@ -529,27 +551,6 @@ impl Service for Resp {
     type Timer = Expire;
     type Codec = RespCodec;
 
-    /// The plain way: one send per reply (the reactor writes one read's replies with
-    /// one `write`).
-    fn on_frame(
-        &mut self,
-        ctx: &mut Context<'_, Self>,
-        conn: ConnId,
-        client: &mut Client,
-        request: &[u8],
-    ) {
-        self.out.clear();
-        let then = self.request(ctx, conn, client, request);
-        if !self.out.is_empty() {
-            if let Err(e) = ctx.send(conn, &self.out) {
-                log_unsent(conn, e);
-            }
-        }
-        if then == Then::Close {
-            ctx.close(conn, CloseMode::Flush);
-        }
-    }
-
     fn on_frames(
         &mut self,
         ctx: &mut Context<'_, Self>,
@@ -557,24 +558,26 @@ impl Service for Resp {
         client: &mut Client,
         frames: Frames<'_, RespCodec>,
     ) {
-        let mut requests = frames.payloads();
         if !self.batch {
-            // What the default does: on_frame for each request, and the rest held
-            // back while the replies queued are over the write limit.
-            while let Some(request) = requests.next() {
-                self.on_frame(ctx, conn, client, request);
-                if !ctx.is_open(conn) {
-                    return;
+            // The plain way: one send per reply (the reactor writes the replies to
+            // one read's requests with one `write`).
+            for request in frames.units() {
+                self.out.clear();
+                let then = self.request(ctx, conn, client, request);
+                if !self.out.is_empty() {
+                    if let Err(e) = ctx.send(conn, &self.out) {
+                        log_unsent(conn, e);
+                    }
                 }
-                if ctx.over_write_limit(conn) {
-                    return requests.hold_rest();
+                if then == Then::Close {
+                    return ctx.close(conn, CloseMode::Flush);
                 }
             }
             return;
         }
         self.out.clear();
         let mut answered = 0;
-        while let Some(request) = requests.next() {
+        for request in frames.units() {
             let then = self.request(ctx, conn, client, request);
             answered += 1;
             if then == Then::Close {
@@ -583,9 +586,6 @@ impl Service for Resp {
             }
             if self.out.len() >= BATCH_FLUSH {
                 self.send_batch(ctx, conn, std::mem::take(&mut answered));
-                if ctx.over_write_limit(conn) {
-                    return requests.hold_rest();
-                }
             }
         }
         self.send_batch(ctx, conn, answered);
@@ -629,23 +629,16 @@ impl Resp {
         ctx: &mut Context<'_, Self>,
         conn: ConnId,
         client: &mut Client,
-        request: &[u8],
+        request: Unit<'_>,
     ) -> Then {
-        let mut args = std::mem::take(&mut self.args);
-        split_args(request, &mut args);
-        let words = Words {
-            request,
-            args: &args,
-        };
-        let then = match words.len() {
+        let words = Words(request);
+        match words.len() {
             0 => Then::Next, // an empty line, or `*0`: nothing asked
             _ => {
                 self.requests += 1;
                 self.command(ctx, client, conn, words)
             }
-        };
-        self.args = args;
-        then
+        }
     }
 
     /// Answers one command into `self.out`.
@@ -939,24 +932,18 @@ enum Then {
     Close,
 }
 
-/// A request's arguments: ranges of the request's bytes.
+/// A request's arguments: the parts the codec recorded.
 #[derive(Clone, Copy)]
-struct Words<'a> {
-    request: &'a [u8],
-    args: &'a [Range<usize>],
-}
+struct Words<'a>(Unit<'a>);
 
 impl<'a> Words<'a> {
     fn len(&self) -> usize {
-        self.args.len()
+        self.0.part_count()
     }
 
     /// Argument `i` (the command is 0); empty past the end.
     fn get(&self, i: usize) -> &'a [u8] {
-        self.args
-            .get(i)
-            .and_then(|range| self.request.get(range.clone()))
-            .unwrap_or_default()
+        self.0.part(i).unwrap_or_default()
     }
 }
 
@@ -1103,7 +1090,6 @@ fn main() -> ExitCode {
         channels: HashMap::new(),
         epoch: Instant::now(),
         batch: args.batch,
-        args: Vec::new(),
         out: Vec::new(),
         requests: 0,
         expired: 0,
