@@ -11,13 +11,13 @@
 
 use std::io;
 
-use super::lifecycle::{may_read, peer_closed, Reading};
+use super::lifecycle::peer_closed;
 use super::read::{
     give_back, held_input_changed, slot_mut, trace_read, Lent, ReadOutcome, MIN_READ,
 };
 use super::Reactor;
 use crate::buffer::Buffer;
-use crate::connection::{ConnId, ConnState};
+use crate::connection::ConnId;
 use crate::context::Context;
 use crate::endpoint::Endpoints;
 use crate::frame::{Codec, Decode, FrameError};
@@ -49,27 +49,13 @@ impl<S: Service> Reactor<S> {
     /// One `read` into the connection's own buffer, then its units.
     fn read_protocol_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
         let now = self.hub.now_millis();
+        if let Some(outcome) = self.before_reading(id) {
+            return outcome;
+        }
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        if slot.conn.state == ConnState::Connecting {
-            self.complete_connect(id);
-            return ReadOutcome::Stopped;
-        }
         let conn = &mut slot.conn;
-        match may_read(
-            conn,
-            id,
-            self.config.write_limit,
-            &mut self.hub.stats.write_pauses,
-        ) {
-            Reading::Allowed => {}
-            Reading::Discard(reason) => {
-                self.discard_input(id, reason);
-                return ReadOutcome::Stopped;
-            }
-            Reading::Stopped => return ReadOutcome::Stopped,
-        }
         let mut input = conn.input.take().unwrap_or_else(|| self.hub.pool.take());
         let spare = input.spare_mut(MIN_READ);
         let requested = spare.len().min(self.config.read_buffer_size);

@@ -251,28 +251,13 @@ impl<S: Service> Reactor<S> {
     #[inline(never)]
     fn read_general(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
         let now = self.hub.now_millis();
+        if let Some(outcome) = self.before_reading(id) {
+            return outcome;
+        }
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        if slot.conn.state == ConnState::Connecting {
-            // Readiness on a dial still in flight: it says how the connect went.
-            self.complete_connect(id);
-            return ReadOutcome::Stopped;
-        }
         let conn = &mut slot.conn;
-        match may_read(
-            conn,
-            id,
-            self.config.write_limit,
-            &mut self.hub.stats.write_pauses,
-        ) {
-            Reading::Allowed => {}
-            Reading::Discard(reason) => {
-                self.discard_input(id, reason);
-                return ReadOutcome::Stopped;
-            }
-            Reading::Stopped => return ReadOutcome::Stopped,
-        }
         if conn.flags.take(Flag::FramesHeld) {
             return self.dispatch_held(id);
         }
@@ -347,6 +332,28 @@ impl<S: Service> Reactor<S> {
 }
 
 impl<S: Service> Reactor<S> {
+    /// What comes before a read off the plain path: readiness on a dial still in
+    /// flight says how the connect went; a lingering connection's input is read and
+    /// thrown away; a closing or paused one is not read. `None`: read on.
+    pub(super) fn before_reading(&mut self, id: ConnId) -> Option<ReadOutcome> {
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            return Some(ReadOutcome::Stopped);
+        };
+        if slot.conn.state == ConnState::Connecting {
+            self.complete_connect(id);
+            return Some(ReadOutcome::Stopped);
+        }
+        let write_pauses = &mut self.hub.stats.write_pauses;
+        match may_read(&mut slot.conn, id, self.config.write_limit, write_pauses) {
+            Reading::Allowed => None,
+            Reading::Discard(reason) => {
+                self.discard_input(id, reason);
+                Some(ReadOutcome::Stopped)
+            }
+            Reading::Stopped => Some(ReadOutcome::Stopped),
+        }
+    }
+
     /// The connection's output drained after its service left frames for later: hand
     /// them over again, before anything more is read. More means reading may go on.
     #[cold]
