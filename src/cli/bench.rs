@@ -23,6 +23,15 @@ pub struct BenchArgs {
     /// chat, 127.0.0.1:9001 (`switchboard chat`)]
     #[arg(long, value_name = "ADDR")]
     pub addr: Option<SocketAddr>,
+    /// Several servers: connections are dealt to them round robin (the nodes of a chat
+    /// cluster, or servers sharing a port with --reuse-port on other addresses).
+    #[arg(
+        long,
+        value_name = "ADDR,ADDR,...",
+        value_delimiter = ',',
+        conflicts_with = "addr"
+    )]
+    pub addrs: Vec<SocketAddr>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = BenchMode::Framed)]
     pub mode: BenchMode,
@@ -53,9 +62,27 @@ pub struct BenchArgs {
     /// Stop once this many messages are answered (no warm-up; for instruction counts).
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
-    /// Chat: how many members publish.
+    /// Chat: how many members publish; the others only listen (0: all of them, with
+    /// --room).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub senders: usize,
+    /// Chat: join this room, which other runs may share [default: a room of the
+    /// run's own].
+    #[arg(long, value_name = "NAME")]
+    pub room: Option<String>,
+    /// Chat: how many runs (processes) share --room. Each waits until all have their
+    /// members in before it sends, and until every sender's last message has come
+    /// before it leaves.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub runs: usize,
+    /// Chat: the run's id, in its member names and sender ids [default: from the
+    /// process id and the time].
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// With --json: the latency histogram's buckets too ([ns, count] pairs), to merge
+    /// the latencies of several runs.
+    #[arg(long)]
+    pub histogram: bool,
     /// The server's process id: report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -92,8 +119,13 @@ impl BenchArgs {
             BenchMode::Udp => Mode::Udp,
             BenchMode::Chat => Mode::Chat,
         };
+        let (addr, more_addrs) = match self.addrs.split_first() {
+            Some((first, rest)) => (*first, rest.to_vec()),
+            None => (self.addr.unwrap_or_else(|| mode.default_addr()), Vec::new()),
+        };
         Ok(Options {
-            addr: self.addr.unwrap_or_else(|| mode.default_addr()),
+            addr,
+            more_addrs,
             mode,
             conns: self.conns,
             depth: self.depth,
@@ -105,6 +137,10 @@ impl BenchArgs {
             rate: self.rate,
             messages: self.messages,
             senders: self.senders,
+            room: self.room.clone(),
+            runs: self.runs,
+            run_id: self.run_id.clone(),
+            histogram: self.histogram,
             server_pid: self.server_pid,
             progress: !self.quiet,
             ..Options::default()

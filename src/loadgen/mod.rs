@@ -33,6 +33,8 @@
 //! - `stream`: the `framed` and `raw` TCP workloads.
 //! - `udp`: the `udp` workload.
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
+//! - `sequence`: what a chat text carries (sender, number, wall-clock stamp) and the
+//!   per-sender order check every member makes.
 //! - `check`: before the load, does the server speak the mode's protocol?
 //! - `report`: counters, the latency histogram, progress lines, the [`Summary`].
 //! - `interrupt`: SIGINT and SIGTERM end the run early (feature `signals`).
@@ -48,6 +50,7 @@ mod options;
 mod pace;
 mod procstat;
 mod report;
+mod sequence;
 mod stream;
 mod udp;
 mod wire;
@@ -59,7 +62,7 @@ use std::time::Duration;
 
 use bench::Bench;
 pub use options::{Mode, Options};
-pub use report::{Latency, ServerUsage, Summary};
+pub use report::{ConnectErrors, Latency, ServerUsage, Summary};
 
 /// Why a run could not be carried out (as opposed to a run that found errors, which
 /// returns a [`Summary`] whose [`Summary::failed`] is true).
