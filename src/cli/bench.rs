@@ -83,6 +83,9 @@ pub struct BenchArgs {
     /// the latencies of several runs.
     #[arg(long)]
     pub histogram: bool,
+    /// Seconds a connection may take to open before it counts as a connect failure.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub connect_timeout: f64,
     /// The server's process id: report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -141,6 +144,7 @@ impl BenchArgs {
             runs: self.runs,
             run_id: self.run_id.clone(),
             histogram: self.histogram,
+            connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
             server_pid: self.server_pid,
             progress: !self.quiet,
             ..Options::default()

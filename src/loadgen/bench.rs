@@ -36,7 +36,9 @@ use super::stream::{StreamLine, StreamWork};
 use super::udp::UdpWork;
 use super::wire::LoadCodec;
 use super::{LoadError, Mode, Options};
-use crate::{CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId, UdpId};
+use crate::{
+    CloseMode, CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId, UdpId,
+};
 
 /// Longest silence while waiting for replies still in flight when the window ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -162,8 +164,10 @@ pub struct Bench {
     /// The pacing timer, while one is set, and when it is due.
     pace_timer: Option<(TimerId, Instant)>,
     dialer: Dialer,
-    /// Every connection that came up, to close them in order at the end.
+    /// Every workload connection that came up, to close them in order at the end.
     conns: Vec<ConnId>,
+    /// Every idle connection that came up.
+    idle_conns: Vec<ConnId>,
     /// Connections open now (idle and workload).
     open_conns: usize,
     /// When the drain began.
@@ -221,6 +225,7 @@ impl Bench {
             server,
             work,
             conns: Vec::new(),
+            idle_conns: Vec::new(),
             open_conns: 0,
             drain_start: None,
             rec: Recorder::new(),
@@ -617,10 +622,11 @@ impl Bench {
         }
     }
 
-    /// The run is over: every connection shuts its side (chat members say `bye`
-    /// first) and reads until the server closes it. Closing first would leave the
-    /// server writing to a closed socket (a reset), and our own unread input would
-    /// make the kernel send one.
+    /// The run is over: every workload connection shuts its side (chat members say
+    /// `bye` first) and reads until the server closes it. Closing first would leave
+    /// the server writing to a closed socket (a reset), and our own unread input would
+    /// make the kernel send one. Idle connections, to which nothing is sent, close at
+    /// once (a FIN, and the reactor's short linger for the server's).
     fn close_all(&mut self, ctx: &mut Context<'_, Self>) {
         self.enter(ctx, Phase::Closing, Some(CLOSE_LIMIT));
         if let Work::Chat(chat) = &mut self.work {
@@ -628,6 +634,9 @@ impl Bench {
         }
         for conn in std::mem::take(&mut self.conns) {
             ctx.shutdown_write(conn);
+        }
+        for conn in std::mem::take(&mut self.idle_conns) {
+            ctx.close(conn, CloseMode::Flush);
         }
         self.check_closed(ctx);
     }
@@ -802,8 +811,11 @@ impl Service for Bench {
     ) {
         self.dialer.pending -= 1;
         self.dialer.dialling.remove(&conn);
-        self.conns.push(conn);
         self.open_conns += 1;
+        match line {
+            Line::Idle => self.idle_conns.push(conn),
+            _ => self.conns.push(conn),
+        }
         match line {
             Line::Idle => self.dialer.idle_open += 1,
             Line::Stream(line) => {
