@@ -903,3 +903,49 @@ fn connect_failures_keep_their_first_reason() {
     );
     drop(listener);
 }
+
+#[test]
+fn procs_spread_one_run_over_workers_and_merge_their_summaries() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let args = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--procs",
+        "2",
+        "--conns",
+        "9",
+        "--senders",
+        "3",
+        "--depth",
+        "2",
+        "--messages",
+        "90",
+        "--json",
+        "--quiet",
+    ]);
+    let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // Two workers, one room: 5 + 4 members, 2 + 1 senders, 45 + 45 messages.
+    assert_eq!(json["conns"], 9, "{json}");
+    assert_eq!(json["members_joined"], 9, "{json}");
+    assert_eq!(json["runs_ready"], 2, "{json}");
+    assert_eq!(json["senders_heard"], 3, "{json}");
+    assert_eq!(json["published"], 90, "{json}");
+    assert_eq!(json["deliveries"], 9 * 90, "{json}");
+    assert_eq!(json["gaps"], 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    let (p50, p99) = (
+        json["latency_p50_ms"].as_f64(),
+        json["latency_p99_ms"].as_f64(),
+    );
+    assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+    assert!(json.get("latency_buckets").is_none(), "{json}");
+    let stats = server.stop();
+    // Each worker's probe, then its members.
+    assert_eq!(stats.accepted, 2 + 9, "{stats}");
+    assert_eq!(closed_by_reset(&stats), 0, "{stats}");
+}

@@ -615,7 +615,7 @@ fn judge(i: usize, sender: &str, seq: u64, verdict: Verdict, rec: &mut Recorder)
 
 /// A run id unique enough among runs started on one machine or several: the process
 /// id and the clock's microseconds, in hex.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let micros = sequence::unix_micros() & 0xff_ffff;
     format!("{:x}{micros:06x}", std::process::id())
 }

@@ -18,7 +18,7 @@ use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Options;
 
@@ -218,7 +218,7 @@ fn format_us(ns: u64) -> String {
 }
 
 /// Latency percentiles of the measured window, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -247,7 +247,7 @@ impl Latency {
 }
 
 /// The server's resource use, read from `/proc/PID`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerUsage {
     /// CPU seconds (user + system, all threads) the server used in the measured window.
     pub cpu_secs: f64,
@@ -266,7 +266,7 @@ pub struct ServerUsage {
 }
 
 /// Connect failures of one kind.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectErrors {
     /// The first of them: the server, and what the system said.
     pub error: String,
@@ -275,7 +275,7 @@ pub struct ConnectErrors {
 }
 
 /// The result of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The workload.
     pub mode: String,
@@ -335,7 +335,7 @@ pub struct Summary {
     pub latency_p99_ms: f64,
     /// The latency histogram's buckets, `[ns, count]` (with `--histogram`), to merge
     /// the latencies of several runs.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_buckets: Vec<[u64; 2]>,
     /// Faults: mismatched replies + disconnects + gaps + reorders + unanswered
     /// messages.
@@ -408,6 +408,69 @@ impl Summary {
             server: None,
             interrupted: false,
         }
+    }
+
+    /// One summary for a run carried out by several workers (`--procs`): counts are
+    /// summed, rates too (the workers measure the same window), join time and window
+    /// are the longest, latency comes from the workers' histograms merged (their
+    /// `latency_buckets`), and the server's usage from the worker that measured it.
+    pub fn merge(parts: &[Summary]) -> Summary {
+        let Some(first) = parts.first() else {
+            return Summary::new(&Options::default(), &Recorder::new(), Duration::ZERO);
+        };
+        let mut all = first.clone();
+        for part in &parts[1..] {
+            all.add(part);
+        }
+        let buckets = parts.iter().flat_map(|p| p.latency_buckets.iter());
+        all.latency = Latency::from_buckets(buckets).unwrap_or_default();
+        all.latency_p50_ms = all.latency.p50_us / 1000.0;
+        all.latency_p99_ms = all.latency.p99_us / 1000.0;
+        all.latency_buckets = Vec::new();
+        all.first_connect_error = parts.iter().find_map(|p| p.first_connect_error.clone());
+        all.server = parts.iter().find_map(|p| p.server).map(|mut usage| {
+            usage.msgs_per_cpu_sec = all.messages as f64 / usage.cpu_secs.max(1e-9);
+            usage
+        });
+        all
+    }
+
+    /// Adds another worker's figures to these.
+    fn add(&mut self, other: &Summary) {
+        self.conns += other.conns;
+        self.connected += other.connected;
+        self.idle += other.idle;
+        self.connect_failures += other.connect_failures;
+        for kind in &other.connect_errors {
+            match self
+                .connect_errors
+                .iter_mut()
+                .find(|k| k.error == kind.error)
+            {
+                Some(seen) => seen.count += kind.count,
+                None => self.connect_errors.push(kind.clone()),
+            }
+        }
+        self.seconds = self.seconds.max(other.seconds);
+        self.messages += other.messages;
+        self.msgs_per_sec += other.msgs_per_sec;
+        self.mb_per_sec += other.mb_per_sec;
+        self.published += other.published;
+        self.members_joined += other.members_joined;
+        self.join_seconds = self.join_seconds.max(other.join_seconds);
+        self.runs_ready = self.runs_ready.max(other.runs_ready);
+        self.senders_heard = self.senders_heard.max(other.senders_heard);
+        self.deliveries += other.deliveries;
+        self.gaps += other.gaps;
+        self.reorders += other.reorders;
+        self.errors += other.errors;
+        self.mismatches += other.mismatches;
+        self.disconnects += other.disconnects;
+        self.unanswered += other.unanswered;
+        self.lost += other.lost;
+        let room = KEEP_ERRORS.saturating_sub(self.first_errors.len());
+        (self.first_errors).extend(other.first_errors.iter().take(room).cloned());
+        self.interrupted |= other.interrupted;
     }
 
     /// True when the run found any fault or could not open every connection.
@@ -637,6 +700,53 @@ mod tests {
         let summary = Summary::new(&options, &fast, Duration::from_secs(1));
         let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
         assert_eq!(json["latency_buckets"][0][1], 98, "{json}");
+    }
+
+    #[test]
+    fn workers_summaries_merge_into_one() {
+        let mut fast = Recorder::new();
+        let mut slow = Recorder::new();
+        fast.set_measuring(true);
+        slow.set_measuring(true);
+        for _ in 0..98 {
+            fast.reply(8, Duration::from_micros(100));
+        }
+        for _ in 0..2 {
+            slow.reply(8, Duration::from_millis(50));
+        }
+        slow.gap(2, || "lost".into());
+        let options = Options {
+            mode: super::super::Mode::Chat,
+            conns: 10,
+            histogram: true,
+            ..Options::default()
+        };
+        let mut a = Summary::new(&options, &fast, Duration::from_secs(1));
+        let mut b = Summary::new(&options, &slow, Duration::from_secs(2));
+        a.connect_failures = 1;
+        a.connect_errors.push(ConnectErrors {
+            error: "x: refused".into(),
+            count: 1,
+        });
+        b.connect_failures = 3;
+        b.first_connect_error = Some("x: refused".into());
+        b.connect_errors.push(ConnectErrors {
+            error: "x: refused".into(),
+            count: 3,
+        });
+        // Through JSON, as the workers report.
+        let read = |s: &Summary| serde_json::from_str::<Summary>(&s.to_json()).unwrap();
+        let all = Summary::merge(&[read(&a), read(&b)]);
+        assert_eq!((all.conns, all.deliveries, all.messages), (20, 100, 100));
+        assert_eq!((all.gaps, all.errors), (2, 2));
+        assert_eq!(all.seconds, 2.0);
+        assert_eq!(all.connect_failures, 4);
+        assert_eq!(all.connect_errors[0].count, 4);
+        assert_eq!(all.first_connect_error.as_deref(), Some("x: refused"));
+        assert!((all.latency.p50_us - 100.0).abs() < 0.1, "{all:?}");
+        assert!((all.latency_p99_ms - 50.0).abs() < 0.05, "{all:?}");
+        assert!(all.latency_buckets.is_empty());
+        assert_eq!(all.first_errors, ["lost"]);
     }
 
     #[test]
