@@ -153,7 +153,6 @@ impl BenchArgs {
             connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
             server_pid: self.server_pid,
             progress: !self.quiet,
-            ..Options::default()
         })
     }
 }

@@ -124,7 +124,8 @@ impl Phase {
 #[derive(Debug)]
 pub enum Work {
     Stream(StreamWork),
-    Chat(ChatWork),
+    /// Boxed: a chat run's bookkeeping is the largest by far.
+    Chat(Box<ChatWork>),
     Udp(UdpWork),
 }
 
@@ -210,7 +211,7 @@ impl Bench {
     pub fn new(options: Options) -> Self {
         let work = match options.mode {
             Mode::Framed | Mode::Raw => Work::Stream(StreamWork::new(&options)),
-            Mode::Chat => Work::Chat(ChatWork::new(&options)),
+            Mode::Chat => Work::Chat(Box::new(ChatWork::new(&options))),
             Mode::Udp => Work::Udp(UdpWork::new(&options)),
         };
         let server = options.server_pid.map(ServerProcess::new);
