@@ -164,7 +164,8 @@ impl Dial {
         self
     }
 
-    /// Connects from this local address (TCP; port 0 lets the system pick): a load
+    /// Connects from this local address (TCP; port 0 lets the system pick, on Linux at
+    /// connect time, so a port is shared by connections to different peers): a load
     /// generator spreads its connections over 127.0.0.x this way, beyond the ephemeral
     /// ports of one address.
     pub fn bind(mut self, local: SocketAddr) -> Dial {
@@ -216,6 +217,9 @@ pub(crate) fn start_connect(dial: &Dial) -> io::Result<Stream> {
             // Frames are whole messages written in one call: Nagle would only delay them.
             socket.set_tcp_nodelay(true)?;
             if let Some(local) = dial.local {
+                if local.port() == 0 {
+                    defer_port_choice(&socket);
+                }
                 socket.bind(&local.into())?;
             }
             match socket.connect(&SockAddr::from(*addr)) {
@@ -228,6 +232,22 @@ pub(crate) fn start_connect(dial: &Dial) -> io::Result<Stream> {
         Target::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
     }
 }
+
+/// Lets `connect` pick the port of a socket bound to a source address with port 0
+/// (IP_BIND_ADDRESS_NO_PORT): a port picked at `bind` must be free on that address
+/// for every peer, so tens of thousands of dials (and the TIME_WAIT sockets of a
+/// previous run) exhaust the ephemeral range; at `connect`, only the 4-tuple must be
+/// unique. Where the option is missing, the bind picks the port as before.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
+    if let Err(e) = setsockopt(socket, IpBindAddressNoPort, &true) {
+        log::debug!("IP_BIND_ADDRESS_NO_PORT not set: {e}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_: &Socket) {}
 
 /// EINPROGRESS (a TCP connect under way) or EAGAIN/WouldBlock (a Unix listener's
 /// backlog is full for now).

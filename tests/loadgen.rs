@@ -619,3 +619,333 @@ fn progress_lines_say_the_same_thing_in_every_mode() {
         );
     }
 }
+
+/// `switchboard bench ARGS` as a child process; waits (at most `limit`) for it to end
+/// and returns its exit code, its stdout and its stderr.
+fn bench_to_end(args: &[String], limit: Duration) -> (Option<i32>, String, String) {
+    let mut all = vec!["bench"];
+    all.extend(args.iter().map(String::as_str));
+    let mut child = ChildServer::start(&all, None);
+    let log = StderrLog::capture(&mut child);
+    let mut pipe = child.child.stdout.take().expect("stdout is piped");
+    let (code, _) = child.wait(limit);
+    let mut stdout = String::new();
+    pipe.read_to_string(&mut stdout).unwrap();
+    (code, stdout, log.finish())
+}
+
+/// Flags as owned strings.
+fn flags(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn closed_by_reset(stats: &switchboard::Stats) -> u64 {
+    stats.closed[switchboard::CloseReason::Reset.index()]
+}
+
+#[test]
+fn two_runs_share_a_room_and_every_member_checks_every_sender() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    // Each run: 10 members, 2 of them sending, 100 messages between them; the runs
+    // wait for each other (--runs 2) before sending, and for every sender's last word
+    // before leaving.
+    let args = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--room",
+        "shared",
+        "--runs",
+        "2",
+        "--conns",
+        "10",
+        "--senders",
+        "2",
+        "--depth",
+        "4",
+        "--messages",
+        "100",
+        "--json",
+        "--quiet",
+    ]);
+    let first = std::thread::spawn({
+        let args = args.clone();
+        move || bench_to_end(&args, Duration::from_secs(30))
+    });
+    let second = bench_to_end(&args, Duration::from_secs(30));
+    let first = first.join().unwrap();
+    let mut runs = Vec::new();
+    for (code, stdout, stderr) in [first, second] {
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+        let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+        runs.push(json);
+    }
+    let published: u64 = runs.iter().map(|j| j["published"].as_u64().unwrap()).sum();
+    assert_eq!(published, 200, "{runs:?}");
+    for json in &runs {
+        assert_eq!(json["room"], "shared", "{json}");
+        assert_eq!(json["members_joined"], 10, "{json}");
+        assert_eq!(json["runs_ready"], 2, "{json}");
+        // Both runs' senders, told apart by their ids.
+        assert_eq!(json["senders_heard"], 4, "{json}");
+        assert_eq!(json["gaps"], 0, "{json}");
+        assert_eq!(json["reorders"], 0, "{json}");
+        assert_eq!(json["errors"], 0, "{json}");
+        // Every member got every message of every sender of both runs.
+        assert_eq!(json["deliveries"], 10 * published, "{json}");
+        let (p50, p99) = (
+            json["latency_p50_ms"].as_f64(),
+            json["latency_p99_ms"].as_f64(),
+        );
+        assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+        let join = json["join_seconds"].as_f64().unwrap();
+        assert!(join > 0.0 && join < 10.0, "{json}");
+        assert_eq!(json["connect_failures"], 0, "{json}");
+        assert_eq!(
+            json["first_connect_error"],
+            serde_json::Value::Null,
+            "{json}"
+        );
+    }
+    assert_ne!(runs[0]["run_id"], runs[1]["run_id"]);
+    let stats = server.stop();
+    assert_eq!(closed_by_reset(&stats), 0, "{stats}");
+}
+
+#[test]
+fn listeners_of_a_shared_room_check_another_runs_senders() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let listen = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--room",
+        "hall",
+        "--runs",
+        "2",
+        "--conns",
+        "5",
+        "--senders",
+        "0",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--json",
+        "--quiet",
+    ]);
+    let talk = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--room",
+        "hall",
+        "--runs",
+        "2",
+        "--conns",
+        "3",
+        "--senders",
+        "3",
+        "--messages",
+        "60",
+        "--json",
+        "--quiet",
+    ]);
+    let listeners = std::thread::spawn(move || bench_to_end(&listen, Duration::from_secs(30)));
+    let (code, stdout, stderr) = bench_to_end(&talk, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let (code, heard, stderr) = listeners.join().unwrap();
+    assert_eq!(code, Some(0), "{heard}\n{stderr}");
+    let heard: serde_json::Value = serde_json::from_str(heard.trim()).expect("JSON");
+    assert_eq!(heard["published"], 0, "{heard}");
+    assert_eq!(heard["senders_heard"], 3, "{heard}");
+    // The listeners stayed for the talkers' last words: all 60 messages, 5 members.
+    assert_eq!(heard["deliveries"], 5 * 60, "{heard}");
+    assert_eq!(heard["gaps"], 0, "{heard}");
+    assert_eq!(heard["errors"], 0, "{heard}");
+}
+
+#[test]
+fn the_end_of_a_run_leaves_no_reset_and_nothing_queued() {
+    // 1,000 members: as they leave, the room announces each departure to all who
+    // remain, a flood a run must read to the end before it closes.
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let args = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--conns",
+        "1000",
+        "--senders",
+        "10",
+        "--depth",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--quiet",
+    ]);
+    let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("still had output queued"), "{stderr}");
+    assert!(stdout.contains("errors: 0"), "{stdout}");
+    let stats = server.stop();
+    assert_eq!(closed_by_reset(&stats), 0, "{stats}");
+    // The probe, then every member, closed in order.
+    assert_eq!(stats.accepted, 1001, "{stats}");
+}
+
+/// Echo, counting the connections it accepted.
+struct Counting {
+    accepted: Arc<Mutex<u64>>,
+}
+
+impl Service for Counting {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_connect(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: &mut (), _: Origin) {
+        *self.accepted.lock().unwrap() += 1;
+    }
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
+        let _ = ctx.send(conn, payload);
+    }
+}
+
+#[test]
+fn addrs_deal_connections_round_robin_over_the_servers() {
+    let counts = [Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0))];
+    let servers: Vec<_> = counts
+        .iter()
+        .map(|count| {
+            let accepted = Arc::clone(count);
+            TestServer::start(local_config(), move || {
+                (Counting { accepted }, LengthCodec::new(MAX_FRAME))
+            })
+        })
+        .collect();
+    let options = Options {
+        conns: 6,
+        idle: 4,
+        more_addrs: vec![servers[1].tcp()],
+        ..quick(servers[0].tcp(), Mode::Framed)
+    };
+    let summary = loadgen::run(&options).expect("run");
+    assert_eq!(summary.errors, 0, "{summary}");
+    assert_eq!(summary.connected, 6);
+    assert_eq!(
+        summary.addr,
+        format!("{},{}", servers[0].tcp(), servers[1].tcp())
+    );
+    // Each: its probe, then half of the 4 idle and 6 active connections.
+    for count in &counts {
+        assert_eq!(*count.lock().unwrap(), 1 + 5);
+    }
+    for server in servers {
+        assert_eq!(closed_by_reset(&server.stop()), 0);
+    }
+    // The binary's flag: a comma-separated list.
+    let echo = echo_server();
+    let list = format!("{},{}", echo.tcp(), echo.tcp());
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "--addrs",
+            &list,
+            "--conns",
+            "2",
+            "--duration",
+            "0.3",
+        ])
+        .args(["--warmup", "0", "--quiet", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["addr"], list);
+}
+
+#[test]
+fn connect_failures_keep_their_first_reason() {
+    // A listener that accepts nothing, with room for two connections in its queue:
+    // the probe's and one of the run's. The others time out.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(1).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let options = Options {
+        conns: 0,
+        idle: 6,
+        connect_timeout: Duration::from_millis(300),
+        ..quick(addr, Mode::Framed)
+    };
+    let summary = loadgen::run(&options).expect("one connection fits in the queue");
+    assert_eq!(summary.connect_failures, 5, "{summary}");
+    let first = summary.first_connect_error.as_deref().expect("its reason");
+    assert_eq!(first, format!("{addr}: connect did not finish in time"));
+    assert_eq!(summary.connect_errors.len(), 1, "{summary}");
+    assert_eq!(summary.connect_errors[0].count, 5);
+    assert!(
+        summary.to_string().contains("connect failed 5 times: "),
+        "{summary}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn procs_spread_one_run_over_workers_and_merge_their_summaries() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let args = flags(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "chat",
+        "--procs",
+        "2",
+        "--conns",
+        "9",
+        "--senders",
+        "3",
+        "--depth",
+        "2",
+        "--messages",
+        "90",
+        "--json",
+        "--quiet",
+    ]);
+    let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // Two workers, one room: 5 + 4 members, 2 + 1 senders, 45 + 45 messages.
+    assert_eq!(json["conns"], 9, "{json}");
+    assert_eq!(json["members_joined"], 9, "{json}");
+    assert_eq!(json["runs_ready"], 2, "{json}");
+    assert_eq!(json["senders_heard"], 3, "{json}");
+    assert_eq!(json["published"], 90, "{json}");
+    assert_eq!(json["deliveries"], 9 * 90, "{json}");
+    assert_eq!(json["gaps"], 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    let (p50, p99) = (
+        json["latency_p50_ms"].as_f64(),
+        json["latency_p99_ms"].as_f64(),
+    );
+    assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+    assert!(json.get("latency_buckets").is_none(), "{json}");
+    let stats = server.stop();
+    // Each worker's probe, then its members.
+    assert_eq!(stats.accepted, 2 + 9, "{stats}");
+    assert_eq!(closed_by_reset(&stats), 0, "{stats}");
+}

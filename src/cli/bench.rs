@@ -6,12 +6,12 @@
 //! SIGTERM) cut the run short, after printing the summary of what was measured.
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::loadgen::{self, Mode, Options};
+use crate::loadgen::{self, LoadError, Mode, Options};
 
 /// The exit code of a run cut short by a signal: 128 + SIGINT, as shells report it.
 const INTERRUPTED: u8 = 130;
@@ -23,6 +23,15 @@ pub struct BenchArgs {
     /// chat, 127.0.0.1:9001 (`switchboard chat`)]
     #[arg(long, value_name = "ADDR")]
     pub addr: Option<SocketAddr>,
+    /// Several servers: connections are dealt to them round robin (the nodes of a chat
+    /// cluster, or servers sharing a port with --reuse-port on other addresses).
+    #[arg(
+        long,
+        value_name = "ADDR,ADDR,...",
+        value_delimiter = ',',
+        conflicts_with = "addr"
+    )]
+    pub addrs: Vec<SocketAddr>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = BenchMode::Framed)]
     pub mode: BenchMode,
@@ -53,12 +62,39 @@ pub struct BenchArgs {
     /// Stop once this many messages are answered (no warm-up; for instruction counts).
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
-    /// Chat: how many members publish.
+    /// Chat: how many members publish; the others only listen (0: all of them, with
+    /// --room).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub senders: usize,
+    /// Chat: join this room, which other runs may share [default: a room of the
+    /// run's own].
+    #[arg(long, value_name = "NAME")]
+    pub room: Option<String>,
+    /// Chat: how many runs (processes) share --room. Each waits until all have their
+    /// members in before it sends, and until every sender's last message has come
+    /// before it leaves.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub runs: usize,
+    /// Chat: the run's id, in its member names and sender ids [default: from the
+    /// process id and the time].
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// With --json: the latency histogram's buckets too ([ns, count] pairs), to merge
+    /// the latencies of several runs.
+    #[arg(long)]
+    pub histogram: bool,
+    /// Seconds a connection may take to open before it counts as a connect failure.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub connect_timeout: f64,
     /// The server's process id: report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Spread the run over N worker processes, each under its own open-file limit and
+    /// with its share of --conns, --idle, --senders and --messages, and print one
+    /// summary merged from theirs. Chat workers share the room: --runs counts bench
+    /// commands (each with the same --procs), the workers wait for each other.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub procs: usize,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -92,8 +128,13 @@ impl BenchArgs {
             BenchMode::Udp => Mode::Udp,
             BenchMode::Chat => Mode::Chat,
         };
+        let (addr, more_addrs) = match self.addrs.split_first() {
+            Some((first, rest)) => (*first, rest.to_vec()),
+            None => (self.addr.unwrap_or_else(|| mode.default_addr()), Vec::new()),
+        };
         Ok(Options {
-            addr: self.addr.unwrap_or_else(|| mode.default_addr()),
+            addr,
+            more_addrs,
             mode,
             conns: self.conns,
             depth: self.depth,
@@ -105,14 +146,85 @@ impl BenchArgs {
             rate: self.rate,
             messages: self.messages,
             senders: self.senders,
+            room: self.room.clone(),
+            runs: self.runs,
+            run_id: self.run_id.clone(),
+            histogram: self.histogram,
+            connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
             server_pid: self.server_pid,
             progress: !self.quiet,
-            ..Options::default()
         })
     }
 }
 
-/// Runs the load generator and prints its summary.
+impl BenchArgs {
+    /// The command lines of the workers that carry out this run (`--procs`): each
+    /// takes its share of the connections, senders and message budget, a run id of
+    /// its own (`{run}w{k}`), and chat workers the one room, waiting for each other.
+    fn worker_commands(&self, options: &Options) -> Result<Vec<Command>, String> {
+        let program =
+            std::env::current_exe().map_err(|e| format!("cannot find its own program: {e}"))?;
+        let chat = options.mode == Mode::Chat;
+        let spread = if chat {
+            self.conns
+        } else {
+            self.conns + self.idle
+        };
+        let n = self.procs.min(spread).max(1);
+        let share = |total: usize, k: usize| total / n + usize::from(k < total % n);
+        let run = options.run_id.clone().unwrap_or_else(loadgen::new_run_id);
+        let room = options
+            .room
+            .clone()
+            .unwrap_or_else(|| format!("bench-{run}"));
+        let servers: Vec<String> = options.servers().iter().map(|a| a.to_string()).collect();
+        let mode = options.mode.name();
+        let mut commands = Vec::with_capacity(n);
+        for k in 0..n {
+            let mut args: Vec<String> = vec!["bench".into(), "--mode".into(), mode.into()];
+            let mut flag = |name: &str, value: String| {
+                args.push(format!("--{name}"));
+                args.push(value);
+            };
+            flag("addrs", servers.join(","));
+            flag("conns", share(self.conns, k).to_string());
+            flag("idle", share(self.idle, k).to_string());
+            flag("depth", self.depth.to_string());
+            flag("size", self.size.to_string());
+            flag("duration", self.duration.to_string());
+            flag("warmup", self.warmup.to_string());
+            flag("src-ips", self.src_ips.to_string());
+            flag("connect-timeout", self.connect_timeout.to_string());
+            if let Some(rate) = self.rate {
+                flag("rate", rate.to_string());
+            }
+            if let Some(messages) = self.messages {
+                let messages = usize::try_from(messages).unwrap_or(usize::MAX);
+                flag("messages", share(messages, k).to_string());
+            }
+            if chat {
+                flag("senders", share(self.senders, k).to_string());
+                flag("room", room.clone());
+                flag("runs", (self.runs * n).to_string());
+                flag("run-id", format!("{run}w{k}"));
+            }
+            if let (0, Some(pid)) = (k, self.server_pid) {
+                flag("server-pid", pid.to_string());
+            }
+            args.extend(["--json".into(), "--histogram".into()]);
+            // The first worker's progress lines stand for the run's.
+            if k > 0 || self.quiet {
+                args.push("--quiet".into());
+            }
+            let mut command = Command::new(&program);
+            command.args(args);
+            commands.push(command);
+        }
+        Ok(commands)
+    }
+}
+
+/// Runs the load generator (itself, or its workers) and prints its summary.
 pub fn run_bench(args: BenchArgs) -> ExitCode {
     let options = match args.options() {
         Ok(options) => options,
@@ -121,11 +233,16 @@ pub fn run_bench(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Every connection is a descriptor, here as in the server.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        log::warn!("cannot raise the open-file limit: {e}");
-    }
-    let summary = match loadgen::run_interruptible(&options) {
+    let result = if args.procs > 1 {
+        run_workers(&args, &options)
+    } else {
+        // Every connection is a descriptor, here as in the server.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            log::warn!("cannot raise the open-file limit: {e}");
+        }
+        loadgen::run_interruptible(&options)
+    };
+    let summary = match result {
         Ok(summary) => summary,
         Err(e) => {
             eprintln!("switchboard bench: {e}");
@@ -158,4 +275,11 @@ pub fn run_bench(args: BenchArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--procs`: checks the run's options, then has the workers carry it out.
+fn run_workers(args: &BenchArgs, options: &Options) -> Result<loadgen::Summary, LoadError> {
+    options.validate()?;
+    let commands = args.worker_commands(options).map_err(LoadError::Worker)?;
+    loadgen::run_workers(commands)
 }

@@ -4,20 +4,26 @@
 //! (what it sent, what it expects) is its per-connection state ([`Line`]).
 //!
 //! ```text
-//!   dial (paced) ──> setup (chat: join) ──> warm-up ──> measure ──> drain ──> shutdown
+//!   dial (paced) ──> setup (chat: join) ──> [wait for the other runs] ──> warm-up
+//!     ──> measure ──> drain ──> close ──> shutdown
 //! ```
 //!
 //! Warm-up load is sent but not counted. The measured window ends after `duration`
 //! (or, with a message budget, once every message is answered, or at a signal: see
-//! [`Bench::interrupt`]); then nothing new is sent, and the drain phase waits a little
-//! for the replies still in flight, so that they are checked too. Every phase has a
-//! deadline, a timer of the reactor's: a run always ends by itself.
+//! [`Bench::interrupt`]); then nothing new is sent, and the drain phase waits for the
+//! replies still in flight, so that they are checked too: [`DRAIN_LIMIT`] after the
+//! last thing heard, [`DRAIN_MOST`] at most. Then every connection shuts its side
+//! (chat members say `bye` first) and reads until the server closes, so the server
+//! sees an orderly close and no connection is left with output queued or unread input
+//! when the loop shuts down. Every phase has a deadline, a timer of the reactor's: a
+//! run always ends by itself.
 //!
 //! Before the load is under way the run also checks that the server speaks the mode's
 //! protocol (the rules are in [`super::check`]): the chat setup's deadline is
 //! [`QUIET_LIMIT`] after the last frame received, and an echo workload's first replies
 //! are due within [`QUIET_LIMIT`] of its first messages.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,15 +31,25 @@ use std::time::{Duration, Instant};
 use super::chat::{ChatWork, MemberLine};
 use super::check::{describe, Hearing, QUIET_LIMIT};
 use super::procstat::{CpuTime, ServerProcess};
-use super::report::{Recorder, ServerUsage, Summary};
+use super::report::{ConnectErrors, Recorder, ServerUsage, Summary};
 use super::stream::{StreamLine, StreamWork};
 use super::udp::UdpWork;
 use super::wire::LoadCodec;
 use super::{LoadError, Mode, Options};
-use crate::{CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId, UdpId};
+use crate::{
+    CloseMode, CloseReason, ConnId, Context, Dial, Frames, Origin, Service, TimerId, UdpId,
+};
 
-/// Longest wait for replies still in flight when the window ends.
+/// Longest silence while waiting for replies still in flight when the window ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Longest drain, however much still arrives (a room other runs keep busy).
+const DRAIN_MOST: Duration = Duration::from_secs(30);
+/// Longest wait for the server to close the connections once they have shut their
+/// side (a large room's members leave one by one).
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+/// Longest wait, once this run's members are all in, for the other runs sharing the
+/// room (`--runs`): they may be started by hand, on other machines.
+const RUNS_LIMIT: Duration = Duration::from_secs(60);
 /// Pause before reading the server's memory once every connection is open.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often the progress line is printed.
@@ -76,12 +92,16 @@ pub enum Phase {
     /// memory.
     Settling,
     Setup,
+    /// This run's members are all in; waiting for the other runs sharing the room.
+    Waiting,
     /// Setup is complete; the load starts at once, from a timer (so no connection's
     /// state is lent to the callback that starts it).
     Starting,
     Warmup,
     Measure,
     Drain,
+    /// Every connection has shut its side; waiting for the server to close them.
+    Closing,
     Done,
 }
 
@@ -90,9 +110,11 @@ impl Phase {
         match self {
             Phase::Connecting | Phase::Settling => "connect",
             Phase::Setup | Phase::Starting => "setup",
+            Phase::Waiting => "waiting",
             Phase::Warmup => "warmup",
             Phase::Measure => "measure",
             Phase::Drain => "drain",
+            Phase::Closing => "closing",
             Phase::Done => "done",
         }
     }
@@ -102,7 +124,8 @@ impl Phase {
 #[derive(Debug)]
 pub enum Work {
     Stream(StreamWork),
-    Chat(ChatWork),
+    /// Boxed: a chat run's bookkeeping is the largest by far.
+    Chat(Box<ChatWork>),
     Udp(UdpWork),
 }
 
@@ -122,6 +145,12 @@ struct Dialer {
     connected: usize,
     failures: u64,
     first_failure: Option<io::Error>,
+    /// Failures by kind: the first of each kind described, and how many.
+    failure_kinds: Vec<(io::ErrorKind, ConnectErrors)>,
+    /// The server each dial in flight goes to, to name it if the dial fails.
+    dialling: HashMap<ConnId, SocketAddr>,
+    /// When the first connect began.
+    first_dial: Option<Instant>,
 }
 
 /// The load generator. See the module docs.
@@ -136,6 +165,14 @@ pub struct Bench {
     /// The pacing timer, while one is set, and when it is due.
     pace_timer: Option<(TimerId, Instant)>,
     dialer: Dialer,
+    /// Every workload connection that came up, to close them in order at the end.
+    conns: Vec<ConnId>,
+    /// Every idle connection that came up.
+    idle_conns: Vec<ConnId>,
+    /// Connections open now (idle and workload).
+    open_conns: usize,
+    /// When the drain began.
+    drain_start: Option<Instant>,
     server: Option<ServerProcess>,
     rss_before: u64,
     rss_connected: u64,
@@ -174,7 +211,7 @@ impl Bench {
     pub fn new(options: Options) -> Self {
         let work = match options.mode {
             Mode::Framed | Mode::Raw => Work::Stream(StreamWork::new(&options)),
-            Mode::Chat => Work::Chat(ChatWork::new(&options)),
+            Mode::Chat => Work::Chat(Box::new(ChatWork::new(&options))),
             Mode::Udp => Work::Udp(UdpWork::new(&options)),
         };
         let server = options.server_pid.map(ServerProcess::new);
@@ -188,6 +225,10 @@ impl Bench {
             rss_before: server.and_then(|s| s.memory_kib()).map_or(0, |m| m.0),
             server,
             work,
+            conns: Vec::new(),
+            idle_conns: Vec::new(),
+            open_conns: 0,
+            drain_start: None,
             rec: Recorder::new(),
             phase: Phase::Connecting,
             phase_timer: None,
@@ -238,6 +279,23 @@ impl Bench {
             _ => self.dialer.connected,
         };
         summary.connect_failures = self.dialer.failures;
+        summary.first_connect_error =
+            (self.dialer.failure_kinds.first()).map(|(_, kind)| kind.error.clone());
+        summary.connect_errors = (self.dialer.failure_kinds.iter())
+            .map(|(_, kind)| kind.clone())
+            .collect();
+        if let Work::Chat(chat) = &self.work {
+            let (joined, last_joined) = chat.joined();
+            summary.members_joined = joined;
+            summary.join_seconds = match (self.dialer.first_dial, last_joined) {
+                (Some(first), Some(last)) => last.saturating_duration_since(first).as_secs_f64(),
+                _ => 0.0,
+            };
+            summary.room = Some(chat.room().to_string());
+            summary.run_id = Some(chat.run_id().to_string());
+            summary.runs_ready = chat.runs_count().0;
+            summary.senders_heard = chat.senders_heard();
+        }
         summary.interrupted = self.interrupted;
         if self.drained || !self.interrupted {
             summary.unanswered = unanswered;
@@ -284,6 +342,14 @@ impl Bench {
         }
     }
 
+    /// True once nothing more is awaited (chat: every sender's last word heard).
+    fn settled(&self) -> bool {
+        match &self.work {
+            Work::Chat(w) => w.settled(),
+            _ => self.outstanding() == 0,
+        }
+    }
+
     fn spent(&self) -> bool {
         match &self.work {
             Work::Stream(w) => w.spent(),
@@ -305,21 +371,40 @@ impl Bench {
                     Work::Udp(_) => Line::Idle,
                 },
             };
-            let mut dial = Dial::tcp(self.options.addr).timeout(self.options.connect_timeout);
+            let server = self.options.server_for(number);
+            let mut dial = Dial::tcp(server).timeout(self.options.connect_timeout);
             if let Some(source) = self.options.source_ip(number) {
                 dial = dial.bind(source);
             }
+            self.dialer.first_dial.get_or_insert_with(Instant::now);
             match ctx.connect(dial, line) {
-                Ok(_) => self.dialer.pending += 1,
-                Err(e) => self.dial_failed(e.error),
+                Ok(conn) => {
+                    self.dialer.pending += 1;
+                    self.dialer.dialling.insert(conn, server);
+                }
+                Err(e) => self.dial_failed(e.error, server),
             }
         }
         self.connected_all(ctx);
     }
 
-    fn dial_failed(&mut self, error: io::Error) {
-        self.dialer.failures += 1;
-        self.dialer.first_failure.get_or_insert(error);
+    /// A connection to `server` could not be opened: counted, and the first failure
+    /// of each kind kept with its reason.
+    fn dial_failed(&mut self, error: io::Error, server: SocketAddr) {
+        let dialer = &mut self.dialer;
+        dialer.failures += 1;
+        let kind = error.kind();
+        match dialer.failure_kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, seen)) => seen.count += 1,
+            None => dialer.failure_kinds.push((
+                kind,
+                ConnectErrors {
+                    error: format!("{server}: {error}"),
+                    count: 1,
+                },
+            )),
+        }
+        dialer.first_failure.get_or_insert(error);
     }
 
     /// Once every dial has settled: fail the run if nothing connected, else let the
@@ -364,15 +449,16 @@ impl Bench {
         self.hearing.wait_from(ctx.now());
         self.enter(ctx, Phase::Setup, Some(QUIET_LIMIT));
         if let Work::Chat(chat) = &mut self.work {
-            chat.start(ctx, &mut self.rec);
+            chat.start(ctx);
         }
         self.check_ready(ctx);
     }
 
-    /// Once setup is complete, starts the load from a timer; fails it if the server
-    /// answered in another protocol.
+    /// Once setup is complete (and, with `--runs`, every run sharing the room is
+    /// ready), starts the load from a timer; fails it if the server answered in
+    /// another protocol.
     fn check_ready(&mut self, ctx: &mut Context<'_, Self>) {
-        if self.phase != Phase::Setup {
+        if !matches!(self.phase, Phase::Setup | Phase::Waiting) {
             return;
         }
         let ready = match &mut self.work {
@@ -380,7 +466,13 @@ impl Bench {
                 if let Some(what) = chat.take_foreign() {
                     return self.fail(ctx, self.hearing.wrong_protocol(what));
                 }
-                chat.ready()
+                if self.phase == Phase::Setup && chat.members_ready() {
+                    chat.announce(ctx);
+                    if !chat.runs_ready() {
+                        return self.enter(ctx, Phase::Waiting, Some(RUNS_LIMIT));
+                    }
+                }
+                chat.members_ready() && chat.runs_ready()
             }
             _ => true,
         };
@@ -397,9 +489,10 @@ impl Bench {
             return self.enter(ctx, Phase::Setup, Some(left));
         }
         let failure = match &self.work {
-            Work::Chat(chat) => self
-                .hearing
-                .setup_stalled(now, chat.members_ready(), chat.open()),
+            Work::Chat(chat) => {
+                self.hearing
+                    .setup_stalled(now, chat.members_ready_count(), chat.open())
+            }
             _ => self.hearing.silent(now),
         };
         self.fail(ctx, failure);
@@ -440,15 +533,44 @@ impl Bench {
             Phase::Connecting | Phase::Done => {}
             Phase::Settling => self.setup(ctx),
             Phase::Setup => self.setup_quiet(ctx),
+            Phase::Waiting => self.runs_missing(ctx),
             Phase::Starting => self.begin(ctx),
             Phase::Warmup => self.measure(ctx),
             Phase::Measure => self.drain(ctx),
-            Phase::Drain => {
-                // Waited the whole drain: what is still in flight is unanswered.
-                self.drained = true;
-                self.done(ctx);
-            }
+            Phase::Drain => self.drain_quiet(ctx),
+            // The server did not close them all in time: the loop's shutdown does.
+            Phase::Closing => self.done(ctx),
         }
+    }
+
+    /// The other runs sharing the room did not all say they were ready in time.
+    fn runs_missing(&mut self, ctx: &mut Context<'_, Self>) {
+        let Work::Chat(chat) = &self.work else {
+            return;
+        };
+        let (ready, wanted) = chat.runs_count();
+        let failure = LoadError::Setup(format!(
+            "{ready} of {wanted} runs were ready in room {} after {} s (--runs {wanted}: \
+             are the other runs started, with the same --room, on servers that share rooms?)",
+            chat.room(),
+            RUNS_LIMIT.as_secs()
+        ));
+        self.fail(ctx, failure);
+    }
+
+    /// The drain's quiet deadline passed: go on while something still arrives (up to
+    /// [`DRAIN_MOST`]), else what is still in flight is unanswered.
+    fn drain_quiet(&mut self, ctx: &mut Context<'_, Self>) {
+        let now = ctx.now();
+        let heard = self.hearing.last_heard();
+        let started = self.drain_start.unwrap_or(now);
+        let left = (heard + DRAIN_LIMIT).saturating_duration_since(now);
+        let most = (started + DRAIN_MOST).saturating_duration_since(now);
+        if !left.is_zero() && !most.is_zero() {
+            return self.enter(ctx, Phase::Drain, Some(left.min(most)));
+        }
+        self.drained = true;
+        self.close_all(ctx);
     }
 
     fn measure(&mut self, ctx: &mut Context<'_, Self>) {
@@ -469,13 +591,14 @@ impl Bench {
     }
 
     fn drain(&mut self, ctx: &mut Context<'_, Self>) {
-        self.close_window();
+        self.close_window(ctx);
+        self.drain_start = Some(ctx.now());
         self.enter(ctx, Phase::Drain, Some(DRAIN_LIMIT));
         self.check_drained(ctx);
     }
 
     /// Ends the measured window (if it is open) and sends nothing new from now on.
-    fn close_window(&mut self) {
+    fn close_window(&mut self, ctx: &mut Context<'_, Self>) {
         if self.rec.measuring() {
             self.rec.set_measuring(false);
             if let Some(start) = self.measure_start {
@@ -488,14 +611,39 @@ impl Bench {
         }
         match &mut self.work {
             Work::Stream(w) => w.stop(),
-            Work::Chat(w) => w.stop(),
+            Work::Chat(w) => w.stop(ctx),
             Work::Udp(w) => w.stop(),
         }
     }
 
     fn check_drained(&mut self, ctx: &mut Context<'_, Self>) {
-        if self.phase == Phase::Drain && self.outstanding() == 0 {
+        if self.phase == Phase::Drain && self.settled() {
             self.drained = true;
+            self.close_all(ctx);
+        }
+    }
+
+    /// The run is over: every workload connection shuts its side (chat members say
+    /// `bye` first) and reads until the server closes it. Closing first would leave
+    /// the server writing to a closed socket (a reset), and our own unread input would
+    /// make the kernel send one. Idle connections, to which nothing is sent, close at
+    /// once (a FIN, and the reactor's short linger for the server's).
+    fn close_all(&mut self, ctx: &mut Context<'_, Self>) {
+        self.enter(ctx, Phase::Closing, Some(CLOSE_LIMIT));
+        if let Work::Chat(chat) = &mut self.work {
+            chat.leave(ctx);
+        }
+        for conn in std::mem::take(&mut self.conns) {
+            ctx.shutdown_write(conn);
+        }
+        for conn in std::mem::take(&mut self.idle_conns) {
+            ctx.close(conn, CloseMode::Flush);
+        }
+        self.check_closed(ctx);
+    }
+
+    fn check_closed(&mut self, ctx: &mut Context<'_, Self>) {
+        if self.phase == Phase::Closing && self.open_conns == 0 {
             self.done(ctx);
         }
     }
@@ -512,6 +660,8 @@ impl Bench {
         self.interrupted = true;
         match self.phase {
             Phase::Warmup | Phase::Measure => self.drain(ctx),
+            Phase::Drain => self.close_all(ctx),
+            Phase::Closing => {}
             _ => self.done(ctx),
         }
     }
@@ -568,9 +718,10 @@ impl Bench {
             return self.fail(ctx, failure);
         }
         match self.phase {
-            Phase::Setup => self.check_ready(ctx),
+            Phase::Setup | Phase::Waiting => self.check_ready(ctx),
             Phase::Measure => self.check_budget(ctx),
             Phase::Drain => self.check_drained(ctx),
+            Phase::Closing => self.check_closed(ctx),
             _ => {}
         }
         let loading = matches!(self.phase, Phase::Warmup | Phase::Measure | Phase::Drain);
@@ -579,7 +730,9 @@ impl Bench {
             if self.phase != Phase::Drain {
                 self.drain(ctx);
             }
-            self.done(ctx);
+            if self.phase != Phase::Closing {
+                self.close_all(ctx);
+            }
         }
     }
 
@@ -658,6 +811,12 @@ impl Service for Bench {
         _: Origin,
     ) {
         self.dialer.pending -= 1;
+        self.dialer.dialling.remove(&conn);
+        self.open_conns += 1;
+        match line {
+            Line::Idle => self.idle_conns.push(conn),
+            _ => self.conns.push(conn),
+        }
         match line {
             Line::Idle => self.dialer.idle_open += 1,
             Line::Stream(line) => {
@@ -686,6 +845,10 @@ impl Service for Bench {
         // The clock is read here, not taken from the turn: a reply to a message sent
         // earlier in this same turn must not count as taking no time.
         let now = Instant::now();
+        if self.phase == Phase::Closing {
+            // The run is over: what still comes is read (so no reset) and let go.
+            return;
+        }
         match (line, &mut self.work) {
             (Line::Stream(line), Work::Stream(w)) => {
                 let checking = self.first_reply.is_some();
@@ -737,10 +900,13 @@ impl Service for Bench {
                 CloseReason::ConnectFailed(kind) => io::Error::from(kind),
                 _ => io::Error::new(io::ErrorKind::TimedOut, "connect did not finish in time"),
             };
-            self.dial_failed(error);
+            let server = self.dialer.dialling.remove(&conn);
+            self.dial_failed(error, server.unwrap_or(self.options.addr));
             return self.dial_more(ctx);
         }
-        let ending = self.phase == Phase::Done || reason == CloseReason::Shutdown;
+        self.open_conns -= 1;
+        let ending =
+            matches!(self.phase, Phase::Closing | Phase::Done) || reason == CloseReason::Shutdown;
         if !ending && !matches!(line, Line::Idle) {
             self.hearing.closed(reason);
         }
@@ -765,6 +931,8 @@ impl Service for Bench {
         }
         if !ending {
             self.progressed(ctx);
+        } else {
+            self.check_closed(ctx);
         }
     }
 
@@ -779,10 +947,10 @@ impl Service for Bench {
 
     /// A shutdown from outside (a [`crate::Handle`], or a signal when the loop's inbox
     /// is full): the run ends where it is, with what it measured.
-    fn on_stop(&mut self, _ctx: &mut Context<'_, Self>) {
+    fn on_stop(&mut self, ctx: &mut Context<'_, Self>) {
         if self.phase != Phase::Done {
             self.interrupted = true;
-            self.close_window();
+            self.close_window(ctx);
             self.phase = Phase::Done;
         }
     }

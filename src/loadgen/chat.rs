@@ -1,23 +1,29 @@
 //! The `chat` workload: every connection is a member of one room; the first `senders`
 //! members publish to it, and every delivery to every member is checked and timed.
 //!
-//! Setup: each member sends `hello` (a unique name), `join` (a room unique to this
-//! run, so no history is replayed) and `ping`, in one send; the server answers in
-//! order, so the `pong` proves the join took effect. Load starts once every member has
-//! its pong. What a member has seen of each sender is its own state ([`MemberLine`]).
+//! Setup: each member sends `hello` (a unique name, `b{run}-{index}`), `join` and
+//! `ping`, in one send; the server answers in order, so the `pong` proves the join
+//! took effect. The room is the run's own (`bench-{run}`), or with `--room` one that
+//! other runs share, on this server or (`--addrs`) across the nodes of a cluster.
+//! With `--runs N`, a run whose members have all joined says so in the room and waits
+//! until N runs have (see [`super::sequence`]): no sender begins before every member of
+//! every run is in, so every member can expect every message. A run that hears of a
+//! run new to it says its own word again, for the one that came in after it spoke.
 //! A frame during setup that no chat server sends (not JSON, or one of the run's own
 //! requests coming back, as from an echo server) is kept ([`ChatWork::take_foreign`]):
 //! the run fails at once, naming it, instead of waiting for pongs that never come.
 //!
-//! A published text is `SENDER:SEQ:NANOS:` padded with `x` to `--size` bytes, where
-//! NANOS is the send time on this process's clock; every member is in this process, so
-//! a delivery's latency is its arrival time minus NANOS. Each sender keeps `depth`
-//! messages in flight: one is complete when the room delivers it back to its sender
-//! (a room delivers to every member, sender included, in one order). Every member
-//! expects each sender's sequence numbers in order without gaps, which checks the
-//! room's total order and that no delivery was lost.
+//! Texts name their sender, number and wall-clock time ([`super::sequence`]); each
+//! member checks every sender's order, this run's or another's, and times every
+//! delivery from the stamp, so members in other processes measure too. Each sender
+//! keeps `depth` messages in flight: one is complete when the room delivers it back to
+//! its sender. When the load ends, each sender says its last word (how many it
+//! published) and the run drains until every member has heard every sender's, so the
+//! last messages are checked too; then each member says `bye` and shuts its side,
+//! and the server closes first: no member leaves with output unread.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::Instant;
 
@@ -26,19 +32,20 @@ use serde::Deserialize;
 use super::bench::{Bench, Line};
 use super::pace::Gate;
 use super::report::Recorder;
+use super::sequence::{self, Expect, Senders, Text, Verdict};
 use super::wire::LoadCodec;
 use super::Options;
 use crate::{Buffer, CloseReason, Codec, ConnId, Context, Frames};
 
 /// The request types the workload sends, which a chat server never sends back.
-const REQUESTS: [&str; 4] = ["hello", "join", "ping", "say"];
+const REQUESTS: [&str; 5] = ["hello", "join", "ping", "say", "bye"];
 
 /// A server → client message; only the fields the workload reads.
 ///
-/// `room` and `text` borrow from the frame, so checking a delivery allocates nothing
-/// (serde borrows `&str` but not an `Option<Cow<str>>`). The run's own room names and
-/// texts never need JSON escapes; a delivery that does is not this run's and fails to
-/// parse, which counts as an error.
+/// `room`, `name` and `text` borrow from the frame, so checking a delivery allocates
+/// nothing (serde borrows `&str` but not an `Option<Cow<str>>`). The run's own room
+/// names and texts never need JSON escapes; a delivery that does is not a bench run's
+/// and fails to parse, which counts as an error.
 #[derive(Debug, Deserialize)]
 struct Incoming<'a> {
     #[serde(rename = "type", borrow)]
@@ -47,6 +54,12 @@ struct Incoming<'a> {
     room: Option<&'a str>,
     #[serde(default)]
     text: Option<&'a str>,
+    /// Who joined (a `joined` event).
+    #[serde(default)]
+    name: Option<&'a str>,
+    /// A replay of the room's past to a member who just joined: not checked.
+    #[serde(default)]
+    history: bool,
     /// Error reasons may hold escapes: copied (rare).
     #[serde(default)]
     reason: Option<String>,
@@ -57,10 +70,14 @@ struct Incoming<'a> {
 pub struct MemberLine {
     /// Its number: member `i` is named `{prefix}{i}`; the first `senders` publish.
     index: usize,
+    /// The server announced this member's own join.
+    joined: bool,
     /// The pong that ends setup has arrived.
     ready: bool,
     /// The next sequence number expected from each sender.
-    expect: Box<[u64]>,
+    expect: Expect,
+    /// Senders whose last word this member has heard.
+    ends: u64,
     /// A sender's messages published and not yet delivered back to it.
     in_flight: u64,
 }
@@ -70,8 +87,10 @@ pub struct MemberLine {
 pub struct ChatWork {
     /// The members, by number, once connected.
     members: Vec<Option<ConnId>>,
-    /// How many messages each sender has published (the room's sequence numbers).
+    /// How many messages each of this run's senders has published.
     published: Vec<u64>,
+    /// This run's id: in its member names and its senders' ids.
+    run: String,
     room: String,
     /// Prefix of member names; member `i` is `{prefix}{i}`.
     prefix: String,
@@ -79,15 +98,31 @@ pub struct ChatWork {
     size: usize,
     depth: u64,
     gate: Gate,
-    /// The clock that text timestamps count from.
-    epoch: Instant,
-    /// Deliveries owed: every message published is owed to every member open at the
-    /// time; the run drains until none is left.
+    /// Every sender heard of, this run's first.
+    senders: Senders,
+    /// Runs that said all their members are in (this one included), with their
+    /// number of senders; only when runs wait for each other.
+    runs_ready: HashMap<String, usize>,
+    /// How many runs to wait for (`--runs`).
+    runs_wanted: usize,
+    /// This run has said that all its members are in.
+    announced: bool,
+    /// The senders have said their last word.
+    ended: bool,
+    /// Members say `bye`: what arrives now is not checked.
+    leaving: bool,
+    /// Deliveries owed by this run's senders: every message published is owed to
+    /// every member open at the time; the run drains until none is left.
     undelivered: u64,
     /// Deliveries still owed to members when the run ended (errors).
     never_delivered: u64,
+    /// Last words heard, summed over the open members.
+    ends_heard: u64,
     open: usize,
     ready: usize,
+    /// Members whose own join the server announced, and when the last one was.
+    joined: usize,
+    last_joined: Option<Instant>,
     codec: LoadCodec,
     /// One request's JSON, then a batch of encoded requests for one send.
     json: Vec<u8>,
@@ -101,25 +136,37 @@ impl ChatWork {
     /// The workload `options` describe; its members are dialled by the run.
     pub fn new(options: &Options) -> Self {
         let senders = options.senders.min(options.conns);
-        let epoch = Instant::now();
-        let tag = format!(
-            "{:x}{:x}",
-            std::process::id(),
-            epoch.elapsed().as_nanos() as u16
-        );
+        let run = options.run_id.clone().unwrap_or_else(new_run_id);
+        let mut gate = Gate::new(options.messages, options.rate, senders);
+        if senders == 0 {
+            // Members that only listen: nothing is ever due.
+            gate.stop();
+        }
         ChatWork {
             members: vec![None; options.conns],
             published: vec![0; senders],
-            room: format!("bench-{tag}"),
-            prefix: format!("b{tag}-"),
+            room: options
+                .room
+                .clone()
+                .unwrap_or_else(|| format!("bench-{run}")),
+            prefix: format!("b{run}-"),
+            senders: Senders::new(&run, senders),
+            run,
             size: options.size,
             depth: options.depth as u64,
-            gate: Gate::new(options.messages, options.rate, senders),
-            epoch,
+            gate,
+            runs_ready: HashMap::new(),
+            runs_wanted: options.runs,
+            announced: false,
+            ended: false,
+            leaving: false,
             undelivered: 0,
             never_delivered: 0,
+            ends_heard: 0,
             open: 0,
             ready: 0,
+            joined: 0,
+            last_joined: None,
             codec: Bench::codec(options),
             json: Vec::new(),
             batch: Buffer::new(),
@@ -132,8 +179,10 @@ impl ChatWork {
     pub fn line(&self, index: usize) -> MemberLine {
         MemberLine {
             index,
+            joined: false,
             ready: false,
-            expect: vec![0; self.published.len()].into_boxed_slice(),
+            expect: Expect::new(self.published.len()),
+            ends: 0,
             in_flight: 0,
         }
     }
@@ -154,6 +203,20 @@ impl ChatWork {
         }
     }
 
+    /// Adds a `say` to the run's room, its text written by `text`, to the batch.
+    fn say(&mut self, text: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+        let room = std::mem::take(&mut self.room);
+        self.request(|out| {
+            out.extend_from_slice(br#"{"type":"say","room":""#);
+            out.extend_from_slice(room.as_bytes());
+            out.extend_from_slice(br#"","text":""#);
+            text(out)?;
+            out.extend_from_slice(br#""}"#);
+            Ok(())
+        });
+        self.room = room;
+    }
+
     /// Sends the batch to `conn`.
     fn send_batch(&mut self, ctx: &mut Context<'_, Bench>, conn: ConnId) {
         if self.batched > 0 {
@@ -164,8 +227,8 @@ impl ChatWork {
         self.batched = 0;
     }
 
-    /// Every member says hello, joins the run's room, and pings.
-    pub fn start(&mut self, ctx: &mut Context<'_, Bench>, _rec: &mut Recorder) {
+    /// Every member says hello, joins the room, and pings.
+    pub fn start(&mut self, ctx: &mut Context<'_, Bench>) {
         for i in 0..self.members.len() {
             let Some(conn) = self.members[i] else {
                 continue;
@@ -179,13 +242,48 @@ impl ChatWork {
     }
 
     /// True once every open member has its pong.
-    pub fn ready(&self) -> bool {
+    pub fn members_ready(&self) -> bool {
         self.ready == self.open
     }
 
     /// Members that have their pong.
-    pub fn members_ready(&self) -> usize {
+    pub fn members_ready_count(&self) -> usize {
         self.ready
+    }
+
+    /// Says in the room that this run's members are all in, once (only when runs
+    /// wait for each other).
+    pub fn announce(&mut self, ctx: &mut Context<'_, Bench>) {
+        if self.runs_wanted <= 1 || self.announced {
+            return;
+        }
+        self.announced = true;
+        self.runs_ready
+            .insert(self.run.clone(), self.published.len());
+        if let Some(conn) = self.members.iter().flatten().next().copied() {
+            self.say_ready();
+            self.send_batch(ctx, conn);
+        }
+    }
+
+    fn say_ready(&mut self) {
+        let (run, senders) = (self.run.clone(), self.published.len());
+        self.say(|out| sequence::write_ready(out, &run, senders));
+    }
+
+    /// True once every run this one waits for has said its members are in.
+    pub fn runs_ready(&self) -> bool {
+        self.runs_wanted <= 1 || self.runs_ready.len() >= self.runs_wanted
+    }
+
+    /// Runs heard ready (this one included), and how many are awaited.
+    pub fn runs_count(&self) -> (usize, usize) {
+        (self.runs_ready.len(), self.runs_wanted)
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.room
     }
 
     /// What the server sent during setup that a chat server never sends, if it did.
@@ -195,24 +293,16 @@ impl ChatWork {
 
     /// Adds one message from the sender `line` to the batch, if it has room and the
     /// gate allows.
-    fn publish(&mut self, line: &mut MemberLine, now: Instant, rec: &mut Recorder) -> bool {
+    fn publish(&mut self, line: &mut MemberLine, rec: &mut Recorder) -> bool {
         let s = line.index;
         if s >= self.published.len() || line.in_flight >= self.depth || !self.gate.take() {
             return false;
         }
         let seq = self.published[s];
-        let nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let (room, size) = (std::mem::take(&mut self.room), self.size);
-        self.request(|out| {
-            write!(out, r#"{{"type":"say","room":"{room}","text":""#)?;
-            let text_at = out.len();
-            write!(out, "{s}:{seq}:{nanos}:")?;
-            let pad = size.saturating_sub(out.len() - text_at);
-            out.resize(out.len() + pad, b'x');
-            out.extend_from_slice(br#""}"#);
-            Ok(())
-        });
-        self.room = room;
+        let (run, size) = (std::mem::take(&mut self.run), self.size);
+        let sent_us = sequence::unix_micros();
+        self.say(|out| sequence::write_data(out, &run, s, seq, sent_us, size));
+        self.run = run;
         self.published[s] += 1;
         line.in_flight += 1;
         self.undelivered += self.open as u64;
@@ -227,7 +317,7 @@ impl ChatWork {
             return;
         }
         for s in 0..self.published.len() {
-            self.publish_on(ctx, s, now, rec, usize::MAX);
+            self.publish_on(ctx, s, rec, usize::MAX);
         }
     }
 
@@ -237,7 +327,6 @@ impl ChatWork {
         &mut self,
         ctx: &mut Context<'_, Bench>,
         s: usize,
-        now: Instant,
         rec: &mut Recorder,
         most: usize,
     ) {
@@ -246,7 +335,7 @@ impl ChatWork {
         };
         if let Some(Line::Member(line)) = ctx.state_mut(conn) {
             let mut sent = 0;
-            while sent < most && self.publish(line, now, rec) {
+            while sent < most && self.publish(line, rec) {
                 sent += 1;
             }
         }
@@ -263,14 +352,26 @@ impl ChatWork {
         now: Instant,
         rec: &mut Recorder,
     ) {
+        if self.leaving {
+            return;
+        }
+        // One clock reading for the read: its frames arrived together.
+        let now_us = sequence::unix_micros();
         for payload in frames.payloads() {
-            self.handle(line, payload, now, rec);
+            self.handle(line, payload, now, now_us, rec);
         }
         self.send_batch(ctx, conn);
     }
 
     /// One frame from the server to member `line`.
-    fn handle(&mut self, line: &mut MemberLine, payload: &[u8], now: Instant, rec: &mut Recorder) {
+    fn handle(
+        &mut self,
+        line: &mut MemberLine,
+        payload: &[u8],
+        now: Instant,
+        now_us: u64,
+        rec: &mut Recorder,
+    ) {
         let i = line.index;
         let message: Incoming = match serde_json::from_slice(payload) {
             Ok(m) => m,
@@ -289,9 +390,15 @@ impl ChatWork {
                 "it sent our own `{kind}` request back, as an echo server does"
             ));
         }
+        let ours = message.room == Some(self.room.as_str());
         match message.kind.as_ref() {
-            "msg" if message.room == Some(self.room.as_str()) => {
-                self.delivery(line, message.text.unwrap_or(""), now, rec);
+            "msg" if ours && !message.history => {
+                self.said(line, message.text.unwrap_or(""), now_us, rec);
+            }
+            "joined" if ours && !line.joined && self.is_own_name(i, message.name) => {
+                line.joined = true;
+                self.joined += 1;
+                self.last_joined = Some(now);
             }
             "pong" if !line.ready => {
                 line.ready = true;
@@ -301,37 +408,69 @@ impl ChatWork {
                 let reason = message.reason.unwrap_or_default();
                 rec.mismatch(|| format!("member {i}: server error: {reason}"));
             }
-            // welcome, joined, left, rooms, dm, another room's msg: not measured.
+            // welcome, others' joins, left, rooms, dm, history, another room's msg:
+            // not measured.
             _ => {}
         }
     }
 
-    /// A room message delivered to member `line`: check its order, time it, and if it
-    /// is the member's own, let it publish the next one.
-    fn delivery(&mut self, line: &mut MemberLine, text: &str, now: Instant, rec: &mut Recorder) {
-        let i = line.index;
-        let Some((s, seq, nanos)) = parse_text(text).filter(|(s, ..)| *s < self.published.len())
-        else {
-            return rec.mismatch(|| format!("member {i}: a message not sent by this run"));
-        };
-        let expected = &mut line.expect[s];
-        if seq != *expected {
-            let want = *expected;
-            rec.mismatch(|| format!("member {i}: from sender {s} got #{seq}, expected #{want}"));
-        } else {
-            let sent = self.epoch + std::time::Duration::from_nanos(nanos);
-            rec.reply(text.len(), now.saturating_duration_since(sent));
-        }
-        if seq >= *expected {
-            // Skipped ones (a gap, counted above) will not come: stop waiting for them.
-            self.undelivered = self.undelivered.saturating_sub(seq + 1 - *expected);
-            *expected = seq + 1;
-        }
-        if i == s && line.in_flight > 0 {
-            line.in_flight -= 1;
-            if self.gate.closed_loop() {
-                self.publish(line, now, rec);
+    /// True when `name` is member `i`'s own.
+    fn is_own_name(&self, i: usize, name: Option<&str>) -> bool {
+        name.and_then(|n| n.strip_prefix(self.prefix.as_str()))
+            .and_then(|index| index.parse::<usize>().ok())
+            == Some(i)
+    }
+
+    /// A text said in the room, delivered to member `line`.
+    fn said(&mut self, line: &mut MemberLine, text: &str, now_us: u64, rec: &mut Recorder) {
+        match Text::parse(text) {
+            Some(Text::Data {
+                sender,
+                seq,
+                sent_us,
+            }) => {
+                let latency_ns = now_us.saturating_sub(sent_us).saturating_mul(1_000);
+                rec.reply_ns(text.len(), latency_ns);
+                let slot = self.senders.slot(sender);
+                let (verdict, settled) = line.expect.check(slot, seq);
+                self.settle(slot, settled);
+                judge(line.index, sender, seq, verdict, rec);
+                if slot == line.index && self.senders.is_own(slot) && line.in_flight > 0 {
+                    line.in_flight -= 1;
+                    if self.gate.closed_loop() {
+                        self.publish(line, rec);
+                    }
+                }
             }
+            Some(Text::End { sender, count }) => {
+                let slot = self.senders.slot(sender);
+                let (verdict, settled) = line.expect.check_end(slot, count);
+                self.settle(slot, settled);
+                judge(line.index, sender, count, verdict, rec);
+                line.ends += 1;
+                self.ends_heard += 1;
+            }
+            Some(Text::Ready { run, senders }) => {
+                if self.runs_wanted > 1 && !self.runs_ready.contains_key(run) {
+                    self.runs_ready.insert(run.to_string(), senders);
+                    if self.announced {
+                        // It may have come in after this run spoke: say it again.
+                        self.say_ready();
+                    }
+                }
+            }
+            None => {
+                let i = line.index;
+                rec.mismatch(|| format!("member {i}: a message no bench run sent: {text:?}"));
+            }
+        }
+    }
+
+    /// Numbers from one of this run's senders settled: no longer owed.
+    fn settle(&mut self, slot: usize, settled: u64) {
+        if self.senders.is_own(slot) {
+            // Skipped ones (a gap) will not come: stop waiting for them too.
+            self.undelivered = self.undelivered.saturating_sub(settled);
         }
     }
 
@@ -351,8 +490,9 @@ impl ChatWork {
         if line.ready {
             self.ready -= 1;
         }
-        let owed: u64 = (self.published.iter().zip(line.expect.iter()))
-            .map(|(published, got)| published.saturating_sub(*got))
+        self.ends_heard = self.ends_heard.saturating_sub(line.ends);
+        let owed: u64 = (self.published.iter().enumerate())
+            .map(|(s, published)| published.saturating_sub(line.expect.next(s).unwrap_or(0)))
             .sum();
         self.undelivered = self.undelivered.saturating_sub(owed);
         if ending {
@@ -371,20 +511,61 @@ impl ChatWork {
         rec: &mut Recorder,
     ) -> Option<Instant> {
         let n = self.published.len() as u64;
+        if n == 0 {
+            return None;
+        }
         for k in self.gate.due(now) {
-            self.publish_on(ctx, (k % n) as usize, now, rec, 1);
+            self.publish_on(ctx, (k % n) as usize, rec, 1);
         }
         self.gate.next_due()
     }
 
-    /// Publishes nothing new from now on.
-    pub fn stop(&mut self) {
+    /// Publishes nothing new from now on: each sender says its last word.
+    pub fn stop(&mut self, ctx: &mut Context<'_, Bench>) {
         self.gate.stop();
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        for s in 0..self.published.len() {
+            let Some(conn) = self.members[s] else {
+                continue;
+            };
+            let (run, count) = (self.run.clone(), self.published[s]);
+            self.say(|out| sequence::write_end(out, &run, s, count));
+            self.send_batch(ctx, conn);
+        }
     }
 
-    /// Deliveries owed.
+    /// The run is over: every member says `bye` and shuts its side; the server
+    /// closes first, so nothing it sent is left unread.
+    pub fn leave(&mut self, ctx: &mut Context<'_, Bench>) {
+        self.leaving = true;
+        for i in 0..self.members.len() {
+            let Some(conn) = self.members[i] else {
+                continue;
+            };
+            self.request(|o| o.write_all(br#"{"type":"bye"}"#));
+            self.send_batch(ctx, conn);
+            ctx.shutdown_write(conn);
+        }
+    }
+
+    /// Deliveries this run's senders still owe its members.
     pub fn outstanding(&self) -> u64 {
         self.undelivered
+    }
+
+    /// True once nothing more is awaited: every delivery of this run's senders made,
+    /// and every member has heard the last word of every sender it waits for (this
+    /// run's, and with `--runs`, those of every run that said it was ready).
+    pub fn settled(&self) -> bool {
+        let senders = if self.runs_wanted > 1 {
+            self.runs_ready.values().sum::<usize>()
+        } else {
+            self.published.len()
+        };
+        self.undelivered == 0 && self.ends_heard >= (self.open * senders) as u64
     }
 
     /// Members connected and open.
@@ -397,6 +578,21 @@ impl ChatWork {
         self.gate.spent()
     }
 
+    /// Members whose own join the server announced, and when the last of them was.
+    pub fn joined(&self) -> (usize, Option<Instant>) {
+        (self.joined, self.last_joined)
+    }
+
+    /// Senders heard of, this run's included.
+    pub fn senders_heard(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run
+    }
+
     /// Deliveries never made: every member still there at the end should have
     /// received everything every sender published.
     pub fn finish(&mut self) -> u64 {
@@ -404,13 +600,24 @@ impl ChatWork {
     }
 }
 
-/// `SENDER:SEQ:NANOS:padding` → its three numbers.
-fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
-    let mut parts = text.splitn(4, ':');
-    let sender = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let nanos = parts.next()?.parse().ok()?;
-    Some((sender, seq, nanos))
+/// Counts what a check of message `seq` from `sender` to member `i` found.
+fn judge(i: usize, sender: &str, seq: u64, verdict: Verdict, rec: &mut Recorder) {
+    match verdict {
+        Verdict::InOrder | Verdict::First => {}
+        Verdict::Gap(lost) => rec.gap(lost, || {
+            format!("member {i}: from sender {sender} got #{seq}, {lost} before it missing")
+        }),
+        Verdict::Reorder => {
+            rec.reorder(|| format!("member {i}: from sender {sender} got #{seq} after a later one"))
+        }
+    }
+}
+
+/// A run id unique enough among runs started on one machine or several: the process
+/// id and the clock's microseconds, in hex.
+pub fn new_run_id() -> String {
+    let micros = sequence::unix_micros() & 0xff_ffff;
+    format!("{:x}{micros:06x}", std::process::id())
 }
 
 #[cfg(test)]
@@ -418,21 +625,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn texts_carry_sender_sequence_and_time() {
-        assert_eq!(parse_text("2:17:123456:xxxx"), Some((2, 17, 123456)));
-        assert_eq!(parse_text("2:17:123456:"), Some((2, 17, 123456)));
-        assert_eq!(parse_text("hello there"), None);
-    }
-
-    #[test]
     fn server_messages_are_read_without_copying_plain_strings() {
         let m: Incoming = serde_json::from_slice(
-            br#"{"type":"msg","room":"r","from":"a","text":"0:1:2:","ts":5}"#,
+            br#"{"type":"msg","room":"r","from":"a","text":"r.0:1:2:","ts":5}"#,
         )
         .unwrap();
         assert!(matches!(m.kind, Cow::Borrowed("msg")));
-        assert_eq!(m.text, Some("0:1:2:"));
+        assert_eq!(m.text, Some("r.0:1:2:"));
+        assert!(!m.history);
+        let replay: Incoming =
+            serde_json::from_slice(br#"{"type":"msg","room":"r","text":"t","history":true}"#)
+                .unwrap();
+        assert!(replay.history);
         let e: Incoming = serde_json::from_slice(br#"{"type":"error","reason":"no"}"#).unwrap();
         assert_eq!(e.reason.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn run_ids_fit_in_a_member_name() {
+        let run = new_run_id();
+        assert!(run.len() <= super::super::options::MAX_RUN_ID, "{run}");
+        assert!(run.chars().all(|c| c.is_ascii_hexdigit()), "{run}");
     }
 }

@@ -65,6 +65,11 @@ impl Hearing {
         self.last_heard = now;
     }
 
+    /// When the server last sent anything (or the current wait began).
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
     /// True once the server has sent anything.
     pub fn has_heard(&self) -> bool {
         self.heard

@@ -11,18 +11,21 @@ use super::{LoadError, Mode, Options};
 /// How long the probe waits for the server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks that the server answers: a TCP connect, or for UDP one datagram echoed.
+/// Checks that the server answers (every one of them, with `--addrs`): a TCP connect,
+/// or for UDP one datagram echoed.
 pub fn probe(options: &Options) -> Result<(), LoadError> {
-    let unreachable = |source| LoadError::Unreachable {
-        addr: options.addr,
-        source,
-    };
     if options.mode == Mode::Udp {
-        return probe_udp(options).map_err(unreachable);
+        return probe_udp(options).map_err(|source| LoadError::Unreachable {
+            addr: options.addr,
+            source,
+        });
     }
-    StdTcpStream::connect_timeout(&options.addr, PROBE_TIMEOUT)
-        .map(drop)
-        .map_err(unreachable)
+    for addr in options.servers() {
+        StdTcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+            .map(drop)
+            .map_err(|source| LoadError::Unreachable { addr, source })?;
+    }
+    Ok(())
 }
 
 fn probe_udp(options: &Options) -> io::Result<()> {

@@ -33,10 +33,14 @@
 //! - `stream`: the `framed` and `raw` TCP workloads.
 //! - `udp`: the `udp` workload.
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
+//! - `sequence`: what a chat text carries (sender, number, wall-clock stamp) and the
+//!   per-sender order check every member makes.
 //! - `check`: before the load, does the server speak the mode's protocol?
 //! - `report`: counters, the latency histogram, progress lines, the [`Summary`].
 //! - `interrupt`: SIGINT and SIGTERM end the run early (feature `signals`).
 //! - `procstat`: the server's CPU time and memory, read from `/proc`.
+//! - `procs`: one run over several worker processes (`--procs`), one summary merged
+//!   from theirs (feature `signals`).
 
 mod bench;
 mod chat;
@@ -46,8 +50,11 @@ mod connect;
 mod interrupt;
 mod options;
 mod pace;
+#[cfg(feature = "signals")]
+mod procs;
 mod procstat;
 mod report;
+mod sequence;
 mod stream;
 mod udp;
 mod wire;
@@ -58,8 +65,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bench::Bench;
+pub use chat::new_run_id;
 pub use options::{Mode, Options};
-pub use report::{Latency, ServerUsage, Summary};
+#[cfg(feature = "signals")]
+pub use procs::run_workers;
+pub use report::{ConnectErrors, Latency, ServerUsage, Summary};
 
 /// Why a run could not be carried out (as opposed to a run that found errors, which
 /// returns a [`Summary`] whose [`Summary::failed`] is true).
@@ -105,6 +115,8 @@ pub enum LoadError {
     /// The chat setup (hello, join) stopped making progress: some members joined,
     /// then the server went quiet.
     Setup(String),
+    /// A worker process of a run spread over several (`--procs`) failed to report.
+    Worker(String),
     /// The event loop itself failed.
     Io(io::Error),
 }
@@ -202,6 +214,7 @@ impl fmt::Display for LoadError {
                 wrong_protocol_hint(*mode)
             ),
             LoadError::Setup(why) => write!(f, "setup failed: {why}"),
+            LoadError::Worker(why) => f.write_str(why),
             LoadError::Io(e) => write!(f, "event loop failure: {e}"),
         }
     }
@@ -217,7 +230,8 @@ impl std::error::Error for LoadError {
             LoadError::Options(_)
             | LoadError::Silent { .. }
             | LoadError::WrongProtocol { .. }
-            | LoadError::Setup(_) => None,
+            | LoadError::Setup(_)
+            | LoadError::Worker(_) => None,
         }
     }
 }

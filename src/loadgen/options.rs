@@ -8,6 +8,9 @@ use super::LoadError;
 
 /// Smallest payload: every message carries its 8-byte sequence number.
 pub const MIN_SIZE: usize = 8;
+/// Longest `--run-id`: member names (`b{run}-{index}`) must stay within a chat name's
+/// 32 characters.
+pub const MAX_RUN_ID: usize = 20;
 
 /// The kind of traffic a run sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +109,21 @@ pub struct Options {
     pub rate: Option<f64>,
     /// Stop after this many messages have been answered (warm-up then counts too).
     pub messages: Option<u64>,
-    /// Chat: how many of the members publish.
+    /// Chat: how many of the members publish (0: all listen, with a shared `room`).
     pub senders: usize,
+    /// More servers: connection `i` goes to `servers()[i % n]`, where the list is
+    /// `addr` followed by these (nodes of one chat cluster, say).
+    pub more_addrs: Vec<SocketAddr>,
+    /// Chat: the room to join, shared with other runs; `None`: a private room.
+    pub room: Option<String>,
+    /// Chat: how many runs (processes) share `room`; each waits until all have joined
+    /// before it publishes, and for every sender's last message before it leaves.
+    pub runs: usize,
+    /// What names this run's members and senders; `None`: made from the process id
+    /// and the time.
+    pub run_id: Option<String>,
+    /// Put the latency histogram's buckets in the JSON summary (to merge runs).
+    pub histogram: bool,
     /// Process id of the server, to report its CPU time and memory from `/proc`.
     pub server_pid: Option<u32>,
     /// Print a progress line to stderr once a second.
@@ -131,6 +147,11 @@ impl Default for Options {
             rate: None,
             messages: None,
             senders: 1,
+            more_addrs: Vec::new(),
+            room: None,
+            runs: 1,
+            run_id: None,
+            histogram: false,
             server_pid: None,
             progress: false,
             connect_timeout: Duration::from_secs(30),
@@ -163,7 +184,7 @@ impl Options {
         if self.src_ips == 0 {
             return fail("--src-ips must be at least 1".into());
         }
-        if self.src_ips > 1 && !self.addr.ip().is_loopback() {
+        if self.src_ips > 1 && !self.servers().iter().all(|a| a.ip().is_loopback()) {
             return fail(
                 "--src-ips spreads sockets over 127.0.0.x: the server must be on loopback".into(),
             );
@@ -171,13 +192,47 @@ impl Options {
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return fail("--rate must be a positive number".into());
         }
-        if self.mode == Mode::Chat && (self.senders == 0 || self.senders > self.conns) {
-            return fail("--senders must be between 1 and --conns".into());
+        if self.mode == Mode::Chat && self.senders > self.conns {
+            return fail("--senders must be at most --conns".into());
+        }
+        if self.mode == Mode::Chat && self.senders == 0 && self.room.is_none() {
+            return fail("--senders 0 (members that only listen) needs a shared --room".into());
+        }
+        if self.mode == Mode::Udp && !self.more_addrs.is_empty() {
+            return fail("--addrs spreads TCP connections: --mode udp takes one --addr".into());
+        }
+        if self.runs == 0 {
+            return fail("--runs must be at least 1".into());
+        }
+        if self.runs > 1 && (self.mode != Mode::Chat || self.room.is_none()) {
+            return fail("--runs counts the chat runs sharing a --room: give one".into());
+        }
+        if let Some(room) = &self.room {
+            check_token("--room", room, 32)?;
+        }
+        if let Some(run) = &self.run_id {
+            check_token("--run-id", run, MAX_RUN_ID)?;
         }
         if self.duration.is_zero() && self.messages.is_none() {
             return fail("--duration must be positive".into());
         }
         Ok(())
+    }
+
+    /// Every server, in the order connections are dealt to them: `addr` first.
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        let mut all = vec![self.addr];
+        all.extend_from_slice(&self.more_addrs);
+        all
+    }
+
+    /// The server connection number `index` goes to (round robin over
+    /// [`Options::servers`]).
+    pub(crate) fn server_for(&self, index: usize) -> SocketAddr {
+        match index % (1 + self.more_addrs.len()) {
+            0 => self.addr,
+            k => self.more_addrs[k - 1],
+        }
     }
 
     /// The source address for client socket number `index`, when sockets are spread
@@ -197,6 +252,18 @@ impl Options {
     pub(crate) fn uses_tcp(&self) -> bool {
         self.mode != Mode::Udp
     }
+}
+
+/// Checks a name the run writes into JSON and chat texts unescaped: 1 to `max`
+/// letters, digits, `-` or `_` (no `:` or `.`, which separate the fields of a text).
+fn check_token(flag: &str, value: &str, max: usize) -> Result<(), LoadError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if value.is_empty() || value.len() > max || !value.chars().all(allowed) {
+        return Err(LoadError::Options(format!(
+            "{flag} {value:?}: 1 to {max} letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,5 +322,41 @@ mod tests {
             ..Options::default()
         };
         assert!(options.validate().is_err());
+        let listeners = Options {
+            mode: Mode::Chat,
+            senders: 0,
+            ..Options::default()
+        };
+        assert!(listeners.validate().is_err(), "nobody to listen to");
+        let shared = Options {
+            room: Some("big".into()),
+            ..listeners
+        };
+        assert!(shared.validate().is_ok());
+    }
+
+    #[test]
+    fn connections_are_dealt_round_robin_over_the_servers() {
+        let options = Options {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            more_addrs: vec!["127.0.0.1:2".parse().unwrap()],
+            ..Options::default()
+        };
+        let ports: Vec<u16> = (0..4).map(|i| options.server_for(i).port()).collect();
+        assert_eq!(ports, [1, 2, 1, 2]);
+        assert_eq!(options.servers().len(), 2);
+    }
+
+    #[test]
+    fn room_and_run_names_are_plain_tokens() {
+        let with_room = |room: &str| Options {
+            mode: Mode::Chat,
+            room: Some(room.into()),
+            ..Options::default()
+        };
+        assert!(with_room("big-room_1").validate().is_ok());
+        for bad in ["", "a b", "a:b", "a\"b", &"x".repeat(33)] {
+            assert!(with_room(bad).validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Options;
 
@@ -44,6 +44,10 @@ pub struct Recorder {
     pub mismatches: u64,
     /// Connections the server closed or reset during the run.
     pub disconnects: u64,
+    /// Chat: sequence numbers skipped (messages lost), over every member and sender.
+    pub gaps: u64,
+    /// Chat: messages that came after a later one from the same sender.
+    pub reorders: u64,
     /// Chat: messages published inside the measured window.
     pub published: u64,
     /// UDP: datagrams with no reply in time (resent, not an error).
@@ -67,6 +71,8 @@ impl Recorder {
             messages_total: 0,
             mismatches: 0,
             disconnects: 0,
+            gaps: 0,
+            reorders: 0,
             published: 0,
             lost: 0,
             first_errors: Vec::new(),
@@ -122,6 +128,18 @@ impl Recorder {
         self.keep_error(what);
     }
 
+    /// Chat: `lost` sequence numbers skipped.
+    pub fn gap(&mut self, lost: u64, what: impl FnOnce() -> String) {
+        self.gaps += lost;
+        self.keep_error(what);
+    }
+
+    /// Chat: a message that came after a later one from its sender.
+    pub fn reorder(&mut self, what: impl FnOnce() -> String) {
+        self.reorders += 1;
+        self.keep_error(what);
+    }
+
     fn keep_error(&mut self, what: impl FnOnce() -> String) {
         if self.first_errors.len() < KEEP_ERRORS {
             self.first_errors.push(what());
@@ -130,7 +148,7 @@ impl Recorder {
 
     /// Faults so far.
     pub fn faults(&self) -> u64 {
-        self.mismatches + self.disconnects
+        self.mismatches + self.disconnects + self.gaps + self.reorders
     }
 
     /// The progress line at `elapsed` into the run, `interval` after the last one:
@@ -176,6 +194,15 @@ impl Recorder {
     }
 }
 
+/// The latency histogram's buckets, `[nanoseconds, count]` for each value recorded: what
+/// [`Latency::from_buckets`] merges the histograms of several runs from.
+pub fn buckets(rec: &Recorder) -> Vec<[u64; 2]> {
+    rec.histogram
+        .iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect()
+}
+
 impl Default for Recorder {
     fn default() -> Self {
         Recorder::new()
@@ -191,7 +218,7 @@ fn format_us(ns: u64) -> String {
 }
 
 /// Latency percentiles of the measured window, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -207,8 +234,20 @@ pub struct Latency {
     pub mean_us: f64,
 }
 
+impl Latency {
+    /// The percentiles of several runs together, from their histograms' buckets
+    /// (see [`buckets`]); `None` when a bucket is out of the histogram's range.
+    pub fn from_buckets<'a>(all: impl IntoIterator<Item = &'a [u64; 2]>) -> Option<Latency> {
+        let mut rec = Recorder::new();
+        for [ns, count] in all {
+            rec.histogram.record_n(*ns, *count).ok()?;
+        }
+        Some(rec.latency())
+    }
+}
+
 /// The server's resource use, read from `/proc/PID`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerUsage {
     /// CPU seconds (user + system, all threads) the server used in the measured window.
     pub cpu_secs: f64,
@@ -226,8 +265,17 @@ pub struct ServerUsage {
     pub hwm_kib: u64,
 }
 
+/// Connect failures of one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectErrors {
+    /// The first of them: the server, and what the system said.
+    pub error: String,
+    /// How many.
+    pub count: u64,
+}
+
 /// The result of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The workload.
     pub mode: String,
@@ -241,6 +289,10 @@ pub struct Summary {
     pub idle: usize,
     /// Connections that could not be opened.
     pub connect_failures: u64,
+    /// Why the first of them failed (with the server it was for).
+    pub first_connect_error: Option<String>,
+    /// Connect failures by kind: the first reason of each, and how many.
+    pub connect_errors: Vec<ConnectErrors>,
     /// Messages in flight per connection.
     pub depth: usize,
     /// Payload bytes per message.
@@ -255,9 +307,38 @@ pub struct Summary {
     pub mb_per_sec: f64,
     /// Chat: messages published in the window.
     pub published: u64,
+    /// Chat: the room.
+    pub room: Option<String>,
+    /// Chat: this run's id (in its member names and sender ids).
+    pub run_id: Option<String>,
+    /// Chat: members whose join the server announced.
+    pub members_joined: usize,
+    /// Chat: seconds from the first member's connect to the last member's `joined`.
+    pub join_seconds: f64,
+    /// Chat: runs that said they were ready in the room (this one included; with
+    /// `--runs`).
+    pub runs_ready: usize,
+    /// Chat: senders heard of, this run's and other runs' in the same room.
+    pub senders_heard: usize,
+    /// Replies (chat: deliveries) over the whole run, warm-up and drain included:
+    /// with a message budget, every one of them.
+    pub deliveries: u64,
+    /// Chat: sequence numbers skipped (lost messages), all members and senders.
+    pub gaps: u64,
+    /// Chat: messages that came after a later one from the same sender.
+    pub reorders: u64,
     /// Latency percentiles.
     pub latency: Latency,
-    /// Faults: mismatched replies + disconnects + unanswered messages.
+    /// The median latency in milliseconds (the same as `latency.p50_us`).
+    pub latency_p50_ms: f64,
+    /// The 99th percentile latency in milliseconds.
+    pub latency_p99_ms: f64,
+    /// The latency histogram's buckets, `[ns, count]` (with `--histogram`), to merge
+    /// the latencies of several runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<[u64; 2]>,
+    /// Faults: mismatched replies + disconnects + gaps + reorders + unanswered
+    /// messages.
     pub errors: u64,
     /// Replies that were not what was sent.
     pub mismatches: u64,
@@ -283,13 +364,17 @@ impl Summary {
         let seconds = window.as_secs_f64();
         // An empty window (a run interrupted before it) has no rate.
         let per_sec = |count: f64| if seconds > 0.0 { count / seconds } else { 0.0 };
+        let latency = rec.latency();
+        let addrs: Vec<String> = options.servers().iter().map(|a| a.to_string()).collect();
         Summary {
             mode: options.mode.name().to_string(),
-            addr: options.addr.to_string(),
+            addr: addrs.join(","),
             conns: options.conns,
             connected: 0,
             idle: options.idle,
             connect_failures: 0,
+            first_connect_error: None,
+            connect_errors: Vec::new(),
             depth: options.depth,
             size: options.size,
             seconds,
@@ -297,7 +382,23 @@ impl Summary {
             msgs_per_sec: per_sec(rec.messages as f64),
             mb_per_sec: per_sec(rec.bytes as f64) / 1e6,
             published: rec.published,
-            latency: rec.latency(),
+            room: None,
+            run_id: None,
+            members_joined: 0,
+            join_seconds: 0.0,
+            runs_ready: 0,
+            senders_heard: 0,
+            deliveries: rec.messages_total,
+            gaps: rec.gaps,
+            reorders: rec.reorders,
+            latency,
+            latency_p50_ms: latency.p50_us / 1000.0,
+            latency_p99_ms: latency.p99_us / 1000.0,
+            latency_buckets: if options.histogram {
+                buckets(rec)
+            } else {
+                Vec::new()
+            },
             errors: rec.faults(),
             mismatches: rec.mismatches,
             disconnects: rec.disconnects,
@@ -307,6 +408,69 @@ impl Summary {
             server: None,
             interrupted: false,
         }
+    }
+
+    /// One summary for a run carried out by several workers (`--procs`): counts are
+    /// summed, rates too (the workers measure the same window), join time and window
+    /// are the longest, latency comes from the workers' histograms merged (their
+    /// `latency_buckets`), and the server's usage from the worker that measured it.
+    pub fn merge(parts: &[Summary]) -> Summary {
+        let Some(first) = parts.first() else {
+            return Summary::new(&Options::default(), &Recorder::new(), Duration::ZERO);
+        };
+        let mut all = first.clone();
+        for part in &parts[1..] {
+            all.add(part);
+        }
+        let buckets = parts.iter().flat_map(|p| p.latency_buckets.iter());
+        all.latency = Latency::from_buckets(buckets).unwrap_or_default();
+        all.latency_p50_ms = all.latency.p50_us / 1000.0;
+        all.latency_p99_ms = all.latency.p99_us / 1000.0;
+        all.latency_buckets = Vec::new();
+        all.first_connect_error = parts.iter().find_map(|p| p.first_connect_error.clone());
+        all.server = parts.iter().find_map(|p| p.server).map(|mut usage| {
+            usage.msgs_per_cpu_sec = all.messages as f64 / usage.cpu_secs.max(1e-9);
+            usage
+        });
+        all
+    }
+
+    /// Adds another worker's figures to these.
+    fn add(&mut self, other: &Summary) {
+        self.conns += other.conns;
+        self.connected += other.connected;
+        self.idle += other.idle;
+        self.connect_failures += other.connect_failures;
+        for kind in &other.connect_errors {
+            match self
+                .connect_errors
+                .iter_mut()
+                .find(|k| k.error == kind.error)
+            {
+                Some(seen) => seen.count += kind.count,
+                None => self.connect_errors.push(kind.clone()),
+            }
+        }
+        self.seconds = self.seconds.max(other.seconds);
+        self.messages += other.messages;
+        self.msgs_per_sec += other.msgs_per_sec;
+        self.mb_per_sec += other.mb_per_sec;
+        self.published += other.published;
+        self.members_joined += other.members_joined;
+        self.join_seconds = self.join_seconds.max(other.join_seconds);
+        self.runs_ready = self.runs_ready.max(other.runs_ready);
+        self.senders_heard = self.senders_heard.max(other.senders_heard);
+        self.deliveries += other.deliveries;
+        self.gaps += other.gaps;
+        self.reorders += other.reorders;
+        self.errors += other.errors;
+        self.mismatches += other.mismatches;
+        self.disconnects += other.disconnects;
+        self.unanswered += other.unanswered;
+        self.lost += other.lost;
+        let room = KEEP_ERRORS.saturating_sub(self.first_errors.len());
+        (self.first_errors).extend(other.first_errors.iter().take(room).cloned());
+        self.interrupted |= other.interrupted;
     }
 
     /// True when the run found any fault or could not open every connection.
@@ -342,8 +506,21 @@ impl fmt::Display for Summary {
         if self.mode == "chat" {
             writeln!(
                 f,
-                "  throughput: {:.0} deliveries/s, {:.2} MB/s ({} delivered, {} published)",
-                self.msgs_per_sec, self.mb_per_sec, self.messages, self.published
+                "  room {}: {} members joined in {:.2} s; senders heard {}{}",
+                self.room.as_deref().unwrap_or("-"),
+                self.members_joined,
+                self.join_seconds,
+                self.senders_heard,
+                match self.runs_ready {
+                    0 => String::new(),
+                    runs => format!("; runs ready {runs}"),
+                }
+            )?;
+            writeln!(
+                f,
+                "  throughput: {:.0} deliveries/s, {:.2} MB/s ({} delivered, {} published; \
+                 {} deliveries in all)",
+                self.msgs_per_sec, self.mb_per_sec, self.messages, self.published, self.deliveries
             )?;
         } else {
             writeln!(
@@ -362,8 +539,14 @@ impl fmt::Display for Summary {
             "  errors: {} (mismatches {}, disconnects {}, unanswered {}); connect failures: {}",
             self.errors, self.mismatches, self.disconnects, self.unanswered, self.connect_failures
         )?;
+        if self.mode == "chat" {
+            write!(f, "; gaps: {}, reorders: {}", self.gaps, self.reorders)?;
+        }
         if self.mode == "udp" {
             write!(f, "; lost datagrams: {}", self.lost)?;
+        }
+        for kind in &self.connect_errors {
+            write!(f, "\n  connect failed {} times: {}", kind.count, kind.error)?;
         }
         if let Some(s) = &self.server {
             write!(
@@ -454,9 +637,13 @@ mod tests {
         let mut summary = Summary::new(&options, &rec, Duration::from_secs(2));
         let text = summary.to_string();
         assert!(
-            text.contains("throughput: 10 deliveries/s, 0.00 MB/s (20 delivered, 1 published)"),
+            text.contains(
+                "throughput: 10 deliveries/s, 0.00 MB/s (20 delivered, 1 published; 20 \
+                 deliveries in all)"
+            ),
             "{text}"
         );
+        assert!(text.contains("gaps: 0, reorders: 0"), "{text}");
         assert!(
             !text.contains("msgs/s") && !text.contains("interrupted"),
             "{text}"
@@ -464,11 +651,102 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
         assert_eq!(json["interrupted"], false);
         assert_eq!(json["msgs_per_sec"], 10.0);
+        assert_eq!(json["deliveries"], 20);
+        assert_eq!(json["gaps"], 0);
+        assert!(
+            (json["latency_p50_ms"].as_f64().unwrap() - 0.03).abs() < 1e-4,
+            "{json}"
+        );
+        assert!(
+            json.get("latency_buckets").is_none(),
+            "only with --histogram"
+        );
 
         summary.interrupted = true;
         assert!(summary.to_string().contains("2.00 s measured (interrupted"));
         let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
         assert_eq!(json["interrupted"], true);
+    }
+
+    #[test]
+    fn gaps_and_reorders_are_faults() {
+        let mut rec = Recorder::new();
+        rec.gap(3, || "lost".into());
+        rec.reorder(|| "late".into());
+        assert_eq!((rec.gaps, rec.reorders, rec.faults()), (3, 1, 4));
+        assert_eq!(rec.first_errors, ["lost", "late"]);
+    }
+
+    #[test]
+    fn latencies_of_several_runs_merge_from_their_buckets() {
+        let mut fast = Recorder::new();
+        let mut slow = Recorder::new();
+        fast.set_measuring(true);
+        slow.set_measuring(true);
+        for _ in 0..98 {
+            fast.reply(8, Duration::from_micros(100));
+        }
+        for _ in 0..2 {
+            slow.reply(8, Duration::from_millis(50));
+        }
+        let (a, b) = (buckets(&fast), buckets(&slow));
+        let merged = Latency::from_buckets(a.iter().chain(&b)).unwrap();
+        assert!((merged.p50_us - 100.0).abs() < 0.1, "{merged:?}");
+        assert!((merged.p99_us - 50_000.0).abs() < 50.0, "{merged:?}");
+        let options = Options {
+            histogram: true,
+            ..Options::default()
+        };
+        let summary = Summary::new(&options, &fast, Duration::from_secs(1));
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["latency_buckets"][0][1], 98, "{json}");
+    }
+
+    #[test]
+    fn workers_summaries_merge_into_one() {
+        let mut fast = Recorder::new();
+        let mut slow = Recorder::new();
+        fast.set_measuring(true);
+        slow.set_measuring(true);
+        for _ in 0..98 {
+            fast.reply(8, Duration::from_micros(100));
+        }
+        for _ in 0..2 {
+            slow.reply(8, Duration::from_millis(50));
+        }
+        slow.gap(2, || "lost".into());
+        let options = Options {
+            mode: super::super::Mode::Chat,
+            conns: 10,
+            histogram: true,
+            ..Options::default()
+        };
+        let mut a = Summary::new(&options, &fast, Duration::from_secs(1));
+        let mut b = Summary::new(&options, &slow, Duration::from_secs(2));
+        a.connect_failures = 1;
+        a.connect_errors.push(ConnectErrors {
+            error: "x: refused".into(),
+            count: 1,
+        });
+        b.connect_failures = 3;
+        b.first_connect_error = Some("x: refused".into());
+        b.connect_errors.push(ConnectErrors {
+            error: "x: refused".into(),
+            count: 3,
+        });
+        // Through JSON, as the workers report.
+        let read = |s: &Summary| serde_json::from_str::<Summary>(&s.to_json()).unwrap();
+        let all = Summary::merge(&[read(&a), read(&b)]);
+        assert_eq!((all.conns, all.deliveries, all.messages), (20, 100, 100));
+        assert_eq!((all.gaps, all.errors), (2, 2));
+        assert_eq!(all.seconds, 2.0);
+        assert_eq!(all.connect_failures, 4);
+        assert_eq!(all.connect_errors[0].count, 4);
+        assert_eq!(all.first_connect_error.as_deref(), Some("x: refused"));
+        assert!((all.latency.p50_us - 100.0).abs() < 0.1, "{all:?}");
+        assert!((all.latency_p99_ms - 50.0).abs() < 0.05, "{all:?}");
+        assert!(all.latency_buckets.is_empty());
+        assert_eq!(all.first_errors, ["lost"]);
     }
 
     #[test]
