@@ -164,8 +164,9 @@ impl Dial {
         self
     }
 
-    /// Connects from this local address (TCP; port 0 lets the system pick, on Linux at
-    /// connect time, so a port is shared by connections to different peers): a load
+    /// Connects from this local address (TCP; port 0 lets the system pick; on Linux with
+    /// feature `loadgen`, at connect time, so a port is shared by connections to
+    /// different peers): a load
     /// generator spreads its connections over 127.0.0.x this way, beyond the ephemeral
     /// ports of one address.
     pub fn bind(mut self, local: SocketAddr) -> Dial {
@@ -238,7 +239,7 @@ pub(crate) fn start_connect(dial: &Dial) -> io::Result<Stream> {
 /// for every peer, so tens of thousands of dials (and the TIME_WAIT sockets of a
 /// previous run) exhaust the ephemeral range; at `connect`, only the 4-tuple must be
 /// unique. Where the option is missing, the bind picks the port as before.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "loadgen"))]
 fn defer_port_choice(socket: &Socket) {
     use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
     if let Err(e) = setsockopt(socket, IpBindAddressNoPort, &true) {
@@ -246,7 +247,7 @@ fn defer_port_choice(socket: &Socket) {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "loadgen")))]
 fn defer_port_choice(_: &Socket) {}
 
 /// EINPROGRESS (a TCP connect under way) or EAGAIN/WouldBlock (a Unix listener's
