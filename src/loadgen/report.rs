@@ -236,7 +236,7 @@ pub struct Latency {
 
 impl Latency {
     /// The percentiles of several runs together, from their histograms' buckets
-    /// (see [`buckets`]); `None` when a bucket is out of the histogram's range.
+    /// (see `buckets`); `None` when a bucket is out of the histogram's range.
     pub fn from_buckets<'a>(all: impl IntoIterator<Item = &'a [u64; 2]>) -> Option<Latency> {
         let mut rec = Recorder::new();
         for [ns, count] in all {
