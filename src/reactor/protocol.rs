@@ -162,7 +162,7 @@ fn hand_over<S: Service>(
             records: &units,
             parts: &parts,
         };
-        let frames = Frames::from_units(wire, recorded, codec);
+        let frames = Frames::from_units(wire, &recorded, codec);
         let ctx = &mut Context::new(hub, endpoints).lending(id);
         service.on_frames(ctx, id, &mut lent.service, frames);
     }
