@@ -240,6 +240,11 @@ pub(crate) enum ConnState {
     /// Closing with unread input would make the kernel answer with a RST, which may
     /// destroy output the peer has not read yet.
     Lingering(CloseReason),
+    /// A connection of the admin endpoint (`Config::admin`) waiting for its request:
+    /// the reactor answers it itself (`reactor/admin.rs`), then it closes as any
+    /// connection does. The service never hears of it, and it counts in none of the
+    /// service's connection counters.
+    AdminRequest,
 }
 
 impl ConnState {
@@ -267,6 +272,7 @@ impl fmt::Display for ConnState {
             ConnState::Open => f.write_str("open"),
             ConnState::PeerClosed => f.write_str("half-closed by the peer"),
             ConnState::Connecting => f.write_str("connecting"),
+            ConnState::AdminRequest => f.write_str("waiting for an admin request"),
             ConnState::WriteShut { fin_sent: false } => f.write_str("shutting our side"),
             ConnState::WriteShut { fin_sent: true } => f.write_str("our side shut"),
             ConnState::Draining(reason) => write!(f, "draining ({reason})"),

@@ -58,8 +58,6 @@ pub(crate) enum TimerEvent<T> {
     IdleCheck(ConnId, u8),
     /// Check whether a connection's queued output is past its send deadline.
     SendDeadline(ConnId),
-    /// An admin connection's request is due by now (its slab key and serial).
-    AdminDeadline(usize, u64),
 }
 
 /// A lingering connection closes once this long passes with no input from the peer.
@@ -79,6 +77,8 @@ pub(crate) struct Limits {
     /// idle check is one addition and one comparison).
     pub idle_timeout_millis: Option<Millis>,
     pub frame_timeout: Option<Duration>,
+    /// How long an admin request may take to arrive (`Config::admin_timeout`).
+    pub admin_timeout: Duration,
     pub connect_timeout: Duration,
     pub send_timeout: Option<Duration>,
     /// In KiB, the unit the budget is counted in.
@@ -531,6 +531,7 @@ mod tests {
             low_water: 1 << 19,
             idle_timeout_millis: None,
             frame_timeout: None,
+            admin_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             send_timeout: None,
             memory_budget_kib: None,

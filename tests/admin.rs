@@ -255,6 +255,39 @@ fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
 }
 
 #[test]
+fn an_admin_request_in_progress_is_held_in_the_reactors_counted_buffers() {
+    let (server, admin) = start();
+    // Half a request: the admin connection holds it in a buffer of the reactor's,
+    // which the memory budget counts (no service connection holds anything here).
+    let mut partial = connect(admin);
+    partial.write_all(b"GET /metr").unwrap();
+    let mut held = 0.0;
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        let (_, _, body) = get(admin, "/metrics");
+        held = parse_with_prometheus_client(&body)["switchboard_buffered_bytes"];
+        held > 0.0
+    }));
+    // Still none of the service's connections.
+    let (_, _, body) = get(admin, "/metrics");
+    let samples = parse_with_prometheus_client(&body);
+    assert_eq!(samples["switchboard_connections"], 0.0);
+    assert_eq!(samples["switchboard_connections_accepted_total"], 0.0);
+    // The rest of it is answered as any request.
+    partial
+        .write_all(b"ics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    partial.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let stats = server.stop();
+    assert_eq!(
+        stats.closed_total(),
+        0,
+        "admin closes count in no service counter"
+    );
+}
+
+#[test]
 fn silent_sockets_cannot_shut_out_a_scrape() {
     // A long deadline, so that only making room can let the scrapes in.
     let mut config = local_config();

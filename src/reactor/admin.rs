@@ -5,37 +5,39 @@
 //! [`Service::health`] says the service cannot work now), anything else 404, another
 //! method 405, a malformed or oversized request 400.
 //!
-//! Its connections are not the service's: they live in a small slab of their own,
-//! with tokens in a range of their own (`ADMIN_BASE ..`), so the dispatch tells them
-//! apart by token before any connection lookup, they never reach the service's
-//! callbacks, and they count in none of the [`crate::Stats`] connection counters. The
-//! per-message path does not look at them at all. A request must arrive whole within
-//! its own deadline (`Config::admin_timeout`, 5 s by default), so a slow client
-//! cannot hold a slot for long; at most `MAX_CONNS` are open at once, and when they
-//! are all taken a newcomer takes the place of the oldest one still waiting for its
-//! request, so no set of silent sockets can shut a scrape out.
-//!
-//! A closed admin connection's key can be reused within one batch of events; the
-//! stale event then finds a newcomer, whose read hears `WouldBlock`: harmless, so
-//! admin tokens need no generation.
+//! Its connections live in the reactor's own slab, as any connection does (buffers
+//! counted in the memory budget, output through the ordinary queue, the send timeout),
+//! but they are the reactor's, not the service's: while one waits for its request it
+//! is in `ConnState::AdminRequest`, which the read path hands here, and it never
+//! reaches the service's callbacks nor counts in the [`crate::Stats`] connection
+//! counters. The per-message path does not look at them: a connection in that state is
+//! never on the plain read path. A request must arrive whole within its own deadline
+//! (`Config::admin_timeout`, 5 s by default: the frame deadline's timer, with the admin
+//! timeout), so a slow client cannot hold a slot for long; at most `MAX_CONNS` are
+//! open at once, and when they are all taken a newcomer takes the place of the oldest
+//! one still waiting for its request, so no set of silent sockets can shut a scrape
+//! out. Once answered, a connection closes as any other: its answer written, a FIN.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Interest, Token};
-use slab::Slab;
 
 use super::{Reactor, WATCH_BASE};
+use crate::buffer::Buffer;
+use crate::connection::{ConnId, ConnState, Connection, Flag, Slot, Stream, NO_FRAME};
 use crate::endpoint::bind_tcp;
 use crate::error::Error;
-use crate::hub::TimerEvent;
+use crate::hub::{connection_mut, Hub, TimerEvent};
 use crate::metrics::{self, LoopMetrics};
 use crate::service::Service;
+use crate::stats::CloseReason;
+use crate::timer::deadline_after;
 
-/// The admin listener's token; admin connection `k` has `ADMIN_BASE + 1 + k`.
+/// The admin listener's token (its connections have connection tokens).
 pub(super) const ADMIN_BASE: usize = WATCH_BASE + (1 << 14);
 /// Admin connections open at once, at most.
 const MAX_CONNS: usize = 16;
@@ -50,11 +52,8 @@ pub(super) struct Admin {
     listener: TcpListener,
     /// The address bound (port 0 resolved).
     pub(super) addr: SocketAddr,
-    conns: Slab<AdminConn>,
-    /// Counts up with every admin connection, so a deadline finds only its own.
-    serial: u64,
-    /// How long a request may take to arrive.
-    deadline: Duration,
+    /// Its connections, oldest first (in the reactor's slab).
+    open: Vec<ConnId>,
     /// Turn durations and events per turn, recorded only while the endpoint is on.
     pub(super) loop_metrics: LoopMetrics,
     /// Requests answered, by status: 200, 400, 404, 405, 503.
@@ -64,38 +63,36 @@ pub(super) struct Admin {
     evicted: u64,
 }
 
-/// One admin connection: the request read so far, then the response being written.
-#[derive(Debug)]
-struct AdminConn {
-    stream: TcpStream,
-    serial: u64,
-    input: Vec<u8>,
-    /// The response, once the request is complete; `written` of it already sent.
-    output: Vec<u8>,
-    written: usize,
-}
-
-impl Admin {
-    /// Closes the oldest connection still waiting for its request, for a newcomer;
-    /// false when every connection is being answered.
-    fn make_room(&mut self, registry: &mio::Registry) -> bool {
-        let oldest = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| conn.output.is_empty())
-            .min_by_key(|(_, conn)| conn.serial)
-            .map(|(key, _)| key);
-        let Some(mut conn) = oldest.and_then(|key| self.conns.try_remove(key)) else {
-            return false;
-        };
-        log::debug!(
-            "admin: all {MAX_CONNS} connections taken: closing the oldest waiting one \
-             ({} bytes of request) for a newcomer",
-            conn.input.len()
+impl<S: Service> Hub<S> {
+    /// Puts an accepted admin connection in the slab, waiting for its request within
+    /// `deadline` (the frame deadline's timer), counted in none of the service's
+    /// connection counters and on no idle list.
+    fn insert_admin_connection(
+        &mut self,
+        mut stream: Stream,
+        deadline: Duration,
+    ) -> io::Result<ConnId> {
+        let generation = self.next_generation();
+        let now = self.now_millis();
+        let entry = self.conns.vacant_entry();
+        let id = ConnId::new(entry.key(), generation);
+        self.registry
+            .register(&mut stream, id.token(), Interest::READABLE)?;
+        // (Endpoint 0: never looked at while the connection waits for its request.)
+        let mut conn = Connection::new(stream, generation, 0, now);
+        conn.state = ConnState::AdminRequest;
+        conn.frame_started = now;
+        conn.flags.set(Flag::FrameTimerArmed, true);
+        entry.insert(Slot {
+            conn,
+            decode: Default::default(),
+            state: Default::default(),
+        });
+        self.timers.insert(
+            deadline_after(self.now, deadline),
+            TimerEvent::FrameDeadline(id),
         );
-        let _ = registry.deregister(&mut conn.stream);
-        self.evicted += 1;
-        true
+        Ok(id)
     }
 }
 
@@ -129,9 +126,7 @@ impl<S: Service> Reactor<S> {
         self.admin = Some(Box::new(Admin {
             listener,
             addr,
-            conns: Slab::new(),
-            serial: 0,
-            deadline: self.config.admin_timeout,
+            open: Vec::new(),
             loop_metrics: LoopMetrics::default(),
             answered: [0; 5],
             evicted: 0,
@@ -144,22 +139,19 @@ impl<S: Service> Reactor<S> {
         self.admin.as_ref().map(|admin| admin.addr)
     }
 
-    /// An event with a token in the admin range.
-    pub(super) fn admin_event(&mut self, token: usize, writable: bool) {
+    /// An event of the admin listener (its connections' events are connection events).
+    pub(super) fn admin_event(&mut self, token: usize) {
         if token == ADMIN_BASE {
             self.admin_accept();
-        } else {
-            self.admin_serve(token - ADMIN_BASE - 1, writable);
         }
     }
 
     fn admin_accept(&mut self) {
-        let now = self.hub.now;
-        let Some(admin) = self.admin.as_deref_mut() else {
-            return;
-        };
         for _ in 0..ACCEPT_BUDGET {
-            let mut stream = match admin.listener.accept() {
+            let Some(admin) = self.admin.as_deref_mut() else {
+                return;
+            };
+            let stream = match admin.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -168,127 +160,122 @@ impl<S: Service> Reactor<S> {
                     return;
                 }
             };
-            if admin.conns.len() >= MAX_CONNS && !admin.make_room(&self.hub.registry) {
+            if admin.open.len() >= MAX_CONNS && !self.make_admin_room() {
                 continue; // every one is being answered: the newcomer is closed at once
             }
-            let entry = admin.conns.vacant_entry();
-            let token = Token(ADMIN_BASE + 1 + entry.key());
-            if let Err(e) = self
+            let deadline = self.hub.limits.admin_timeout;
+            match self
                 .hub
-                .registry
-                .register(&mut stream, token, Interest::READABLE)
+                .insert_admin_connection(Stream::Tcp(stream), deadline)
             {
-                log::debug!("admin: cannot register a connection: {e}");
-                continue;
+                Ok(id) => {
+                    if let Some(admin) = self.admin.as_deref_mut() {
+                        admin.open.push(id);
+                    }
+                }
+                Err(e) => log::debug!("admin: cannot register a connection: {e}"),
             }
-            admin.serial += 1;
-            let serial = admin.serial;
-            let key = entry.key();
-            entry.insert(AdminConn {
-                stream,
-                serial,
-                input: Vec::new(),
-                output: Vec::new(),
-                written: 0,
-            });
-            self.hub.timers.insert(
-                crate::timer::deadline_after(now, admin.deadline),
-                TimerEvent::AdminDeadline(key, serial),
-            );
         }
         // Budget spent: an edge-triggered listener would not report the rest, so the
         // next turn polls it again.
         self.hub.ready_again.push(Token(ADMIN_BASE));
     }
 
-    /// Reads the request of connection `key`, answers it once complete, and writes the
-    /// answer; closes the connection when it is written (or on any error).
-    fn admin_serve(&mut self, key: usize, writable: bool) {
-        let Some(conn) = self.admin.as_deref_mut().and_then(|a| a.conns.get_mut(key)) else {
-            return;
+    /// Closes the oldest connection still waiting for its request, for a newcomer;
+    /// false when every connection is being answered.
+    fn make_admin_room(&mut self) -> bool {
+        let Some(admin) = self.admin.as_deref() else {
+            return false;
         };
-        if conn.output.is_empty() {
-            let request = match read_request(conn) {
+        let oldest = admin.open.iter().copied().find(|&id| {
+            self.hub
+                .conn(id)
+                .is_some_and(|c| c.state == ConnState::AdminRequest)
+        });
+        let Some(id) = oldest else {
+            return false;
+        };
+        log::debug!("admin: all {MAX_CONNS} connections taken: closing the oldest waiting one for a newcomer");
+        if let Some(admin) = self.admin.as_deref_mut() {
+            admin.evicted += 1;
+        }
+        self.close_connection(id, CloseReason::Service);
+        true
+    }
+
+    /// Reads an admin connection's request (the read path hands it here while the
+    /// connection is in `ConnState::AdminRequest`) and answers it once it is whole.
+    pub(super) fn read_admin(&mut self, id: ConnId) {
+        let request = {
+            let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
+                return;
+            };
+            let input = conn.input.get_mut(&mut self.hub.pool);
+            match read_request(&mut conn.stream, input) {
                 Ok(request) => request,
-                Err(()) => return self.admin_close(key),
-            };
-            let (status, content_type, body) = match request {
-                Request::Incomplete => return,
-                Request::Malformed => (400, "text/plain", "bad request\n".to_string()),
-                Request::Complete { get: false, .. } => {
-                    (405, "text/plain", "method not allowed\n".to_string())
-                }
-                Request::Complete { path, .. } => match path.split('?').next() {
-                    Some("/metrics") => (200, metrics::CONTENT_TYPE, self.render_metrics()),
-                    Some("/healthz") => match self.service.health() {
-                        Ok(()) => (200, "text/plain", "ok\n".to_string()),
-                        Err(reason) => (503, "text/plain", format!("{reason}\n")),
-                    },
-                    _ => (404, "text/plain", "not found\n".to_string()),
-                },
-            };
-            let Some(admin) = self.admin.as_deref_mut() else {
-                return;
-            };
-            admin.answered[status_index(status)] += 1;
-            let Some(conn) = admin.conns.get_mut(key) else {
-                return;
-            };
-            conn.output = response(status, content_type, &body);
-        } else if !writable {
-            return;
-        }
-        self.admin_write(key);
-    }
-
-    /// Writes what is left of the response; closes once it is all written.
-    fn admin_write(&mut self, key: usize) {
-        let Some(conn) = self.admin.as_deref_mut().and_then(|a| a.conns.get_mut(key)) else {
-            return;
-        };
-        while conn.written < conn.output.len() {
-            match conn.stream.write(&conn.output[conn.written..]) {
-                Ok(0) => break,
-                Ok(n) => conn.written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let token = Token(ADMIN_BASE + 1 + key);
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self
-                        .hub
-                        .registry
-                        .reregister(&mut conn.stream, token, interest)
-                        .is_ok()
-                    {
-                        return;
-                    }
-                    break;
-                }
-                Err(_) => break,
+                Err(reason) => return self.hub.request_close(id, reason),
             }
+        };
+        let (status, content_type, body) = match request {
+            Request::Incomplete => return self.hub.account(id),
+            Request::Malformed => (400, "text/plain", "bad request\n".to_string()),
+            Request::Complete { get: false, .. } => {
+                (405, "text/plain", "method not allowed\n".to_string())
+            }
+            Request::Complete { path, .. } => match path.split('?').next() {
+                Some("/metrics") => (200, metrics::CONTENT_TYPE, self.render_metrics()),
+                Some("/healthz") => match self.service.health() {
+                    Ok(()) => (200, "text/plain", "ok\n".to_string()),
+                    Err(reason) => (503, "text/plain", format!("{reason}\n")),
+                },
+                _ => (404, "text/plain", "not found\n".to_string()),
+            },
+        };
+        if let Some(admin) = self.admin.as_deref_mut() {
+            admin.answered[status_index(status)] += 1;
         }
-        self.admin_close(key);
+        self.answer_admin(id, &response(status, content_type, &body));
     }
 
-    fn admin_close(&mut self, key: usize) {
-        let Some(admin) = self.admin.as_deref_mut() else {
+    /// Writes the answer, then closes the connection as any other: once the answer is
+    /// written, with a FIN.
+    fn answer_admin(&mut self, id: ConnId, answer: &[u8]) {
+        let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
             return;
         };
-        if let Some(mut conn) = admin.conns.try_remove(key) {
-            let _ = self.hub.registry.deregister(&mut conn.stream);
+        conn.state = ConnState::Open;
+        conn.frame_started = NO_FRAME;
+        if let Some(input) = conn.input.take() {
+            self.hub.pool.give_back(input);
+        }
+        self.hub.write_or_queue(id, answer, 0);
+        self.hub.close_after_flush(id, CloseReason::Service);
+    }
+
+    /// The frame deadline of an admin connection (its request's deadline) came: closes
+    /// it if it is still waiting.
+    pub(super) fn check_admin_deadline(&mut self, id: ConnId) {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        conn.flags.set(Flag::FrameTimerArmed, false);
+        if conn.state == ConnState::AdminRequest {
+            log::debug!("admin: a request was not complete within its deadline");
+            self.hub.request_close(id, CloseReason::FrameTimeout);
         }
     }
 
-    /// The read deadline of an admin connection: closes it if it is still there.
-    pub(super) fn admin_deadline(&mut self, key: usize, serial: u64) {
-        let due = self
-            .admin
-            .as_deref()
-            .and_then(|admin| admin.conns.get(key))
-            .is_some_and(|conn| conn.serial == serial);
-        if due {
-            log::debug!("admin: a request was not complete within its deadline");
-            self.admin_close(key);
+    /// Forgets `id` if it is an admin connection (it is being closed); true if it was.
+    pub(super) fn forget_admin_connection(&mut self, id: ConnId) -> bool {
+        let Some(admin) = self.admin.as_deref_mut() else {
+            return false;
+        };
+        match admin.open.iter().position(|&open| open == id) {
+            Some(at) => {
+                admin.open.remove(at);
+                true
+            }
+            None => false,
         }
     }
 
@@ -302,13 +289,10 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    /// Closes the admin endpoint and its connections (shutdown).
+    /// Closes the admin listener (shutdown); its connections close with the others.
     pub(super) fn close_admin(&mut self) {
-        if let Some(mut admin) = self.admin.take() {
+        if let Some(admin) = self.admin.as_deref_mut() {
             let _ = self.hub.registry.deregister(&mut admin.listener);
-            for (_, mut conn) in admin.conns {
-                let _ = self.hub.registry.deregister(&mut conn.stream);
-            }
         }
     }
 
@@ -358,7 +342,7 @@ impl<S: Service> Reactor<S> {
                 "switchboard_admin_connections",
                 "gauge",
                 "Admin connections open now (not counted in switchboard_connections).",
-                admin.conns.len() as u64,
+                admin.open.len() as u64,
             );
         }
         self.service.metrics(&mut out);
@@ -366,25 +350,29 @@ impl<S: Service> Reactor<S> {
     }
 }
 
-/// Reads what the peer sent until `WouldBlock`, and parses it. `Err` when the peer
-/// closed, or the socket failed, before the request was complete.
-fn read_request(conn: &mut AdminConn) -> Result<Request, ()> {
-    let mut buf = [0u8; 2048];
+/// Reads what the peer sent into `input` until `WouldBlock`, and parses it. `Err`, with
+/// the reason to close, when the peer closed, or the socket failed, before the request
+/// was complete.
+fn read_request(stream: &mut Stream, input: &mut Buffer) -> Result<Request, CloseReason> {
     loop {
-        match conn.stream.read(&mut buf) {
-            Ok(0) => return Err(()),
+        // At most one byte past the limit: enough to know the request is too long.
+        let wanted = MAX_REQUEST + 1 - input.len().min(MAX_REQUEST);
+        let spare = input.spare_mut(2048);
+        let room = spare.len().min(wanted);
+        match stream.read(&mut spare[..room]) {
+            Ok(0) => return Err(CloseReason::PeerClosed),
             Ok(n) => {
-                conn.input.extend_from_slice(&buf[..n]);
-                if conn.input.len() > MAX_REQUEST {
+                input.commit(n);
+                if input.len() > MAX_REQUEST {
                     return Ok(Request::Malformed);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return Err(()),
+            Err(e) => return Err(CloseReason::from_io(e.kind())),
         }
     }
-    Ok(parse(&conn.input))
+    Ok(parse(input.readable()))
 }
 
 /// Parses a request's line and headers.

@@ -145,7 +145,10 @@ impl<S: Service> Hub<S> {
             ConnState::Draining(_) | ConnState::Lingering(_) => return,
             // Nothing was ever sent on it: there is nothing to flush.
             ConnState::Connecting => return self.request_close(id, reason),
-            ConnState::Open | ConnState::PeerClosed | ConnState::WriteShut { .. } => {}
+            ConnState::Open
+            | ConnState::PeerClosed
+            | ConnState::WriteShut { .. }
+            | ConnState::AdminRequest => {}
         }
         // A connection whose FIN is out already lingers at once.
         let fin_sent = conn.state == ConnState::WriteShut { fin_sent: true };
@@ -173,7 +176,11 @@ impl<S: Service> Hub<S> {
             ConnState::PeerClosed => self.close_after_flush(id, CloseReason::PeerClosed),
             // Not up yet: the FIN follows the connect and what was queued for it.
             ConnState::Connecting => conn.flags.set(Flag::ShutOnceConnected, true),
-            ConnState::WriteShut { .. } | ConnState::Draining(_) | ConnState::Lingering(_) => {}
+            // (The service never holds an admin connection's id.)
+            ConnState::WriteShut { .. }
+            | ConnState::Draining(_)
+            | ConnState::Lingering(_)
+            | ConnState::AdminRequest => {}
         }
     }
 
@@ -326,6 +333,10 @@ impl<S: Service> Reactor<S> {
         self.hub.buffered_kib -= closing.accounted.kib();
         self.hub.stats.buffered_bytes = self.hub.buffered_kib * 1024;
         drop(closing);
+        if self.forget_admin_connection(id) {
+            log::debug!("{id}: admin connection closed: {reason}");
+            return; // the reactor's own: no counters, no service
+        }
         self.hub.stats.active -= 1;
         self.hub.stats.closed[reason.index()] += 1;
         log::debug!("{id}: closed: {reason}");
@@ -406,6 +417,8 @@ pub(super) enum Reading {
     Discard(CloseReason),
     /// Connecting, draining, half-closed by the peer, or paused.
     Stopped,
+    /// An admin connection waiting for its request: the reactor reads it itself.
+    Admin,
 }
 
 /// Whether `conn` may read now; pauses it (and notes the missed readiness) when its
@@ -420,6 +433,7 @@ pub(super) fn may_read(
     match conn.state {
         ConnState::Open | ConnState::WriteShut { .. } => {}
         ConnState::Lingering(reason) => return Reading::Discard(reason),
+        ConnState::AdminRequest => return Reading::Admin,
         ConnState::Draining(_) | ConnState::PeerClosed | ConnState::Connecting => {
             return Reading::Stopped
         }

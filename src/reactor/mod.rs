@@ -198,6 +198,7 @@ impl<S: Service> Reactor<S> {
                 .filter(|d| !d.is_zero())
                 .map(|d| d.as_millis().max(1) as Millis),
             frame_timeout: config.frame_timeout.filter(|d| !d.is_zero()),
+            admin_timeout: config.admin_timeout,
             connect_timeout: config.connect_timeout,
             send_timeout: config.send_timeout.filter(|d| !d.is_zero()),
             memory_budget_kib: config.memory_budget.map(|b| (b as u64).div_ceil(1024)),
@@ -603,7 +604,7 @@ impl<S: Service> Reactor<S> {
             } else if event.token.0 >= UDP_BASE {
                 self.udp_event(event.token.0 - UDP_BASE, event.readable, event.writable);
             } else if event.token.0 >= admin::ADMIN_BASE {
-                self.admin_event(event.token.0, event.writable);
+                self.admin_event(event.token.0);
             } else if event.token.0 >= WATCH_BASE {
                 if let Some(on_ready) = self.watched.get_mut(event.token.0 - WATCH_BASE) {
                     on_ready();
@@ -832,7 +833,7 @@ impl<S: Service> Reactor<S> {
             } else if token.0 >= UDP_BASE {
                 self.receive_datagrams(token.0 - UDP_BASE);
             } else if token.0 >= admin::ADMIN_BASE {
-                self.admin_event(token.0, false);
+                self.admin_event(token.0);
             } else if token.0 >= LISTENER_BASE {
                 self.accept(token.0 - LISTENER_BASE);
             }

@@ -351,6 +351,10 @@ impl<S: Service> Reactor<S> {
                 Some(ReadOutcome::Stopped)
             }
             Reading::Stopped => Some(ReadOutcome::Stopped),
+            Reading::Admin => {
+                self.read_admin(id);
+                Some(ReadOutcome::Stopped)
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::Reactor;
-use crate::connection::{ConnId, Flag, Millis, NO_FRAME};
+use crate::connection::{ConnId, ConnState, Flag, Millis, NO_FRAME};
 use crate::context::Context;
 use crate::hub::TimerEvent;
 use crate::service::Service;
@@ -60,7 +60,6 @@ impl<S: Service> Reactor<S> {
                 TimerEvent::ShutdownDeadline => {}
                 TimerEvent::LingerDeadline(id) => self.end_linger_window(id),
                 TimerEvent::SendDeadline(id) => self.check_send_deadline(id),
-                TimerEvent::AdminDeadline(key, serial) => self.admin_deadline(key, serial),
             }
             self.carry_out_requests();
         }
@@ -199,6 +198,13 @@ impl<S: Service> Reactor<S> {
     /// Closes a connection whose partial frame has been arriving for too long.
     fn check_frame_deadline(&mut self, id: ConnId) {
         let now = self.hub.now;
+        let admin = self
+            .hub
+            .conn(id)
+            .is_some_and(|c| c.state == ConnState::AdminRequest);
+        if admin {
+            return self.check_admin_deadline(id);
+        }
         let Some(timeout) = self.hub.limits.frame_timeout else {
             return;
         };
