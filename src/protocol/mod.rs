@@ -37,6 +37,8 @@ use std::ops::Range;
 
 use crate::buffer::Buffer;
 
+#[cfg(feature = "admin")]
+pub mod http;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 

@@ -56,8 +56,8 @@ pub(super) struct Admin {
     open: Vec<ConnId>,
     /// Turn durations and events per turn, recorded only while the endpoint is on.
     pub(super) loop_metrics: LoopMetrics,
-    /// Requests answered, by status: 200, 400, 404, 405, 503.
-    answered: [u64; 5],
+    /// Requests answered, by status: 200, 400, 404, 405, 503, 431.
+    answered: [u64; 6],
     /// Connections closed, still waiting for their request, to make room for a
     /// newcomer.
     evicted: u64,
@@ -102,6 +102,7 @@ impl<S: Service> Hub<S> {
 enum Request {
     Incomplete,
     Malformed,
+    TooLarge,
     Complete { get: bool, path: String },
 }
 
@@ -128,7 +129,7 @@ impl<S: Service> Reactor<S> {
             addr,
             open: Vec::new(),
             loop_metrics: LoopMetrics::default(),
-            answered: [0; 5],
+            answered: [0; 6],
             evicted: 0,
         }));
         Ok(())
@@ -219,6 +220,7 @@ impl<S: Service> Reactor<S> {
         let (status, content_type, body) = match request {
             Request::Incomplete => return self.hub.account(id),
             Request::Malformed => (400, "text/plain", "bad request\n".to_string()),
+            Request::TooLarge => (431, "text/plain", "request too large\n".to_string()),
             Request::Complete { get: false, .. } => {
                 (405, "text/plain", "method not allowed\n".to_string())
             }
@@ -325,7 +327,7 @@ impl<S: Service> Reactor<S> {
                 "counter",
                 "Admin requests answered, by status code.",
             );
-            let codes = ["200", "400", "404", "405", "503"];
+            let codes = ["200", "400", "404", "405", "503", "431"];
             for (code, count) in codes.iter().zip(admin.answered) {
                 out.push_str(&format!("{name}{{code=\"{code}\"}} {count}\n"));
             }
@@ -364,7 +366,7 @@ fn read_request(stream: &mut Stream, input: &mut Buffer) -> Result<Request, Clos
             Ok(n) => {
                 input.commit(n);
                 if input.len() > MAX_REQUEST {
-                    return Ok(Request::Malformed);
+                    break; // the codec says so: too large
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -372,23 +374,27 @@ fn read_request(stream: &mut Stream, input: &mut Buffer) -> Result<Request, Clos
             Err(e) => return Err(CloseReason::from_io(e.kind())),
         }
     }
-    Ok(parse(input.readable()))
+    Ok(parse(input.readable_mut()))
 }
 
-/// Parses a request's line and headers.
+/// Reads a request's line and headers with the HTTP codec of the protocol layer
+/// (`protocol::http`), in the connection's own buffer.
 #[cfg(feature = "admin")]
-fn parse(input: &[u8]) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(input) {
-        Ok(httparse::Status::Partial) => Request::Incomplete,
-        Ok(httparse::Status::Complete(_)) => match (request.method, request.path) {
-            (Some(method), Some(path)) => Request::Complete {
-                get: method == "GET",
-                path: path.to_string(),
-            },
-            _ => Request::Malformed,
+fn parse(input: &mut [u8]) -> Request {
+    use crate::frame::{Codec, Decode, FrameError};
+    use crate::protocol::http::HttpCodec;
+    use crate::protocol::ProtocolIo;
+    let (mut replies, mut parts) = (Buffer::new(), Vec::new());
+    let mut io = ProtocolIo::new(&mut replies, &mut parts);
+    let found = HttpCodec::new(MAX_REQUEST).process(&mut (), input, &mut io);
+    let part = |i: usize| parts.get(i).map_or(&[][..], |range| &input[range.clone()]);
+    match found {
+        Ok(Decode::Incomplete { .. }) => Request::Incomplete,
+        Ok(Decode::Frame { .. }) => Request::Complete {
+            get: part(0) == b"GET",
+            path: String::from_utf8_lossy(part(1)).into_owned(),
         },
+        Err(FrameError::TooLarge { .. }) => Request::TooLarge,
         Err(_) => Request::Malformed,
     }
 }
@@ -396,7 +402,7 @@ fn parse(input: &[u8]) -> Request {
 /// Without the `admin` feature, `Config::validate` refuses an admin endpoint, so no
 /// request ever comes here.
 #[cfg(not(feature = "admin"))]
-fn parse(_input: &[u8]) -> Request {
+fn parse(_input: &mut [u8]) -> Request {
     Request::Malformed
 }
 
@@ -406,6 +412,7 @@ fn status_index(status: u16) -> usize {
         400 => 1,
         404 => 2,
         405 => 3,
+        431 => 5,
         _ => 4,
     }
 }
@@ -417,6 +424,7 @@ fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         400 => "400 Bad Request",
         404 => "404 Not Found",
         405 => "405 Method Not Allowed",
+        431 => "431 Request Header Fields Too Large",
         _ => "503 Service Unavailable",
     };
     let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
@@ -430,17 +438,22 @@ mod tests {
     #[test]
     fn a_request_is_incomplete_until_its_blank_line() {
         assert_eq!(
-            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+            parse(&mut b"GET /metrics HTTP/1.1\r\nHost: x\r\n".to_vec()),
             Request::Incomplete
         );
         assert_eq!(
-            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            parse(&mut b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
             Request::Complete {
                 get: true,
                 path: "/metrics".to_string()
             }
         );
-        assert_eq!(parse(b"\x01\x02 nonsense\r\n\r\n"), Request::Malformed);
+        assert_eq!(
+            parse(&mut b"\x01\x02 nonsense\r\n\r\n".to_vec()),
+            Request::Malformed
+        );
+        let endless = format!("GET /{} HTTP/1.1\r\n", "x".repeat(MAX_REQUEST));
+        assert_eq!(parse(&mut endless.into_bytes()), Request::TooLarge);
     }
 
     #[test]
