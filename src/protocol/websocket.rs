@@ -262,7 +262,9 @@ impl WebSocketCodec {
             if control && (length > 125 || !header.is_final) {
                 return fail(state, io, CloseCode::Protocol, "bad control frame");
             }
-            if !control && u64::from(state.assembled) + length > self.max_message as u64 {
+            // (Saturating: the length comes from the wire, as large as 2^64 - 1.)
+            let assembled = u64::from(state.assembled).saturating_add(length);
+            if !control && assembled > self.max_message as u64 {
                 return fail(state, io, CloseCode::Size, "message too large");
             }
             // (Fits: at most the largest message past `start`.)

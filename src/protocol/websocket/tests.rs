@@ -147,6 +147,21 @@ fn violations_close_with_their_codes() {
 }
 
 #[test]
+fn lengths_from_the_wire_cannot_overflow() {
+    for length in [u64::MAX, 1 << 63, (1 << 32) + 1] {
+        let mut wire = UPGRADE.to_vec();
+        // A fragment first, so the announced length adds to what was assembled.
+        wire.extend(client_frame(false, 0x1, b"part"));
+        wire.extend_from_slice(&[0x80, 0x80 | 127]);
+        wire.extend_from_slice(&length.to_be_bytes());
+        wire.extend_from_slice(&[1, 2, 3, 4]);
+        let run = run(&codec(), &wire, usize::MAX, usize::MAX);
+        assert!(run.error.is_some(), "{length}");
+        assert!(matches!(close_code(after_upgrade(&run)), Some(1009 | 1002)));
+    }
+}
+
+#[test]
 fn close_codes_are_checked_as_rfc_6455_section_7_4_says() {
     let close = |payload: &[u8]| {
         let mut wire = UPGRADE.to_vec();
