@@ -125,6 +125,14 @@ impl<'a> ProtocolIo<'a> {
         self.close = true;
     }
 
+    /// Whether every part named for this unit lies within its first `len` bytes: a
+    /// codec's mistake must not send the reactor past the unit.
+    pub(crate) fn parts_within(&self, len: usize) -> bool {
+        self.parts[self.first_part..]
+            .iter()
+            .all(|part| part.start <= part.end && part.end <= len)
+    }
+
     /// Forgets the parts named for a unit that turned out incomplete (or broken).
     pub(crate) fn abandon(self) {
         self.parts.truncate(self.first_part);

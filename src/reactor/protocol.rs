@@ -219,7 +219,8 @@ fn process_units<C: Codec>(
                 if consumed > 0
                     && consumed <= available
                     && payload.start <= payload.end
-                    && payload.end <= consumed =>
+                    && payload.end <= consumed
+                    && io.parts_within(consumed) =>
             {
                 let closing = io.closing();
                 if let Some((kind, parts)) = io.finish(pos) {
