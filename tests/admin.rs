@@ -21,9 +21,14 @@ const DEADLINE: Duration = Duration::from_millis(500);
 
 /// An echo server with the admin endpoint on; returns it and the admin address.
 fn start() -> (TestServer<Echo>, SocketAddr) {
+    start_with_deadline(DEADLINE)
+}
+
+/// [`start`], with admin requests given `deadline` to arrive.
+fn start_with_deadline(deadline: Duration) -> (TestServer<Echo>, SocketAddr) {
     let mut config = local_config();
     config.admin = Some("127.0.0.1:0".parse().unwrap());
-    config.admin_timeout = DEADLINE;
+    config.admin_timeout = deadline;
     TestServer::start_with(
         config,
         || (Echo::default(), LengthCodec::new(1 << 16)),
@@ -256,7 +261,8 @@ fn a_slow_admin_client_blocks_no_one_and_is_cut_off() {
 
 #[test]
 fn an_admin_request_in_progress_is_held_in_the_reactors_counted_buffers() {
-    let (server, admin) = start();
+    // A deadline that outlasts the scrapes below, however slow the machine.
+    let (server, admin) = start_with_deadline(Duration::from_secs(60));
     // Half a request: the admin connection holds it in a buffer of the reactor's,
     // which the memory budget counts (no service connection holds anything here).
     let mut partial = connect(admin);
@@ -290,14 +296,7 @@ fn an_admin_request_in_progress_is_held_in_the_reactors_counted_buffers() {
 #[test]
 fn silent_sockets_cannot_shut_out_a_scrape() {
     // A long deadline, so that only making room can let the scrapes in.
-    let mut config = local_config();
-    config.admin = Some("127.0.0.1:0".parse().unwrap());
-    config.admin_timeout = Duration::from_secs(60);
-    let (server, admin) = TestServer::start_with(
-        config,
-        || (Echo::default(), LengthCodec::new(1 << 16)),
-        |reactor| reactor.admin_addr().expect("admin endpoint on"),
-    );
+    let (server, admin) = start_with_deadline(Duration::from_secs(60));
     // Every admin connection taken by a socket that says nothing (half a request).
     let mut silent: Vec<TcpStream> = (0..16)
         .map(|_| {
