@@ -125,6 +125,15 @@ impl Buffer {
         }
     }
 
+    /// Keeps the first `len` readable bytes and drops the rest (nothing when there are
+    /// no more than `len`): undoes an append that turned out unwanted.
+    #[inline]
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len;
+        }
+    }
+
     /// Drops every readable byte, keeping the storage.
     #[inline(always)]
     pub fn clear(&mut self) {

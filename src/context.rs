@@ -17,6 +17,7 @@ use crate::endpoint::{Dial, DialError, EndpointId, EndpointKind, Endpoints};
 use crate::frame::{Codec, FrameError};
 use crate::hub::{Hub, TimerEvent};
 use crate::outqueue::SharedFrame;
+use crate::reactor::GATHER;
 use crate::service::{Frames, Service};
 use crate::stats::{CloseReason, Stats};
 use crate::timer::TimerId;
@@ -160,12 +161,22 @@ impl<'a, S: Service> Context<'a, S> {
         else {
             return Err(SendError::Closed);
         };
+        let codec = self.endpoints.codec(endpoint);
+        if self.lent == Some(conn) && payload.len() < GATHER {
+            // Gathered: framed straight into the connection's queue. (A larger one is
+            // written at once, below, as `Hub::gather` does.)
+            let gathered = self.hub.gather_with(conn, 1, |out| codec.encode(payload, out));
+            return match gathered {
+                Some(encoded) => encoded.map_err(SendError::Frame),
+                None => Err(SendError::Closed),
+            };
+        }
         let mut framed = std::mem::take(&mut self.hub.encode_buf);
         framed.clear();
-        let encoded = self.endpoints.codec(endpoint).encode(payload, &mut framed);
+        let encoded = codec.encode(payload, &mut framed);
         let result = match encoded {
             Ok(()) => {
-                self.send_framed(conn, framed.readable(), 1);
+                self.hub.write_or_queue(conn, framed.readable(), 1);
                 Ok(())
             }
             Err(e) => Err(SendError::Frame(e)),

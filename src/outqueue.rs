@@ -177,7 +177,7 @@ impl OutQueue {
     }
 
     /// Gives memory back once nothing is queued, so idle connections hold none.
-    fn release_if_empty(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release_if_empty(&mut self, pool: &mut BufferPool) {
         self.owned.release_if_empty(pool);
         if self.shared.as_ref().is_some_and(|s| s.frames.is_empty()) {
             self.shared = None;

@@ -63,6 +63,8 @@ mod read;
 mod timers;
 mod write;
 
+pub(crate) use write::GATHER;
+
 pub use handle::{Handle, Job, PostError};
 use handle::{Inbox, Shared};
 use handover::{Dealt, Handover, KeptBecause};

@@ -28,7 +28,9 @@ use std::io::{self, IoSlice};
 
 use mio::{Interest, Registry};
 
+use crate::buffer::Buffer;
 use crate::connection::{ConnId, ConnState, Connection, Flag};
+use crate::frame::FrameError;
 use crate::hub::{connection_mut, recount, Hub, TimerEvent};
 use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::service::Service;
@@ -73,27 +75,49 @@ impl<S: Service> Hub<S> {
 
     /// Sends `bytes` (already framed) on the connection a callback is about: queued
     /// behind what is queued, and written with everything else the callback sends it
-    /// when the callback returns (see the module docs). A gathering that reaches
-    /// [`GATHER`] is written at once, and so is a send that large. Returns false if
-    /// the connection is gone, closing, or its side is shut.
+    /// when the callback returns (see the module docs). A send of [`GATHER`] bytes or
+    /// more is written at once instead. Returns false if the connection is gone,
+    /// closing, or its side is shut.
     pub(crate) fn gather(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
         if bytes.len() >= GATHER {
             return self.write_or_queue(id, bytes, frames);
         }
+        let appended = self.gather_with(id, frames, |out| {
+            out.extend_from_slice(bytes);
+            Ok(())
+        });
+        appended.is_some()
+    }
+
+    /// [`Hub::gather`] for a payload still to be framed: `encode` appends the frame
+    /// straight to the connection's queue, so a reply is copied once, not into a
+    /// framing buffer and then into the queue. A gathering that reaches [`GATHER`] is
+    /// written at once. `None` if the connection is gone, closing, or its side is
+    /// shut; the encoder's error (nothing queued) otherwise.
+    pub(crate) fn gather_with(
+        &mut self,
+        id: ConnId,
+        frames: u64,
+        encode: impl FnOnce(&mut Buffer) -> Result<(), FrameError>,
+    ) -> Option<Result<(), FrameError>> {
         let now = self.now_millis();
-        let Some(conn) = connection_mut(&mut self.conns, id).filter(|c| c.may_send()) else {
-            return false;
-        };
-        self.stats.frames_out += frames;
-        if bytes.is_empty() {
-            return true;
+        let conn = connection_mut(&mut self.conns, id).filter(|c| c.may_send())?;
+        let waited = !conn.output.is_empty();
+        let out = conn.output.owned_for_append(&mut self.pool);
+        let before = out.len();
+        let encoded = encode(out);
+        let added = out.len() > before;
+        if encoded.is_err() || !added {
+            // Nothing (or a refused frame's first bytes) to keep.
+            out.truncate(before);
+            conn.output.release_if_empty(&mut self.pool);
+            return Some(encoded);
         }
-        if conn.output.is_empty() {
+        self.stats.frames_out += frames;
+        if !waited {
+            // Output begins to wait: the send timeout counts from here.
             conn.write_progress = now as u32;
         }
-        conn.output
-            .owned_for_append(&mut self.pool)
-            .extend_from_slice(bytes);
         if conn.output.len() > self.limits.write_limit {
             conn.flags.set(Flag::Congested, true);
         }
@@ -108,7 +132,7 @@ impl<S: Service> Hub<S> {
             self.list_for_flush(id);
         }
         self.account(id);
-        true
+        Some(Ok(()))
     }
 
     /// Queues what a send could not write at once. Out of line: the common case
@@ -274,7 +298,7 @@ impl<S: Service> Hub<S> {
 
 /// Gathered output is written as soon as it reaches this much: a larger write gains
 /// nothing, and the queue stays small.
-const GATHER: usize = 64 * 1024;
+pub(crate) const GATHER: usize = 64 * 1024;
 
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
 /// (0 when it is full).
