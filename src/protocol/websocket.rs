@@ -337,10 +337,9 @@ impl WebSocketCodec {
     /// Answers a ping, if the output has room for it: a peer that pings faster than it
     /// reads gets no more (RFC 6455 5.5.3 lets a pong answer only the latest ping).
     fn pong(&self, payload: &[u8], io: &mut ProtocolIo<'_>) {
-        let mut pong = Buffer::new();
-        server_frame(OpCode::Control(Control::Pong), payload, &mut pong);
-        if pong.len() <= io.room() {
-            io.reply(pong.readable());
+        // A control frame's payload is at most 125 bytes: a 2-byte header.
+        if 2 + payload.len() <= io.room() {
+            server_frame(OpCode::Control(Control::Pong), payload, io.replies());
         } else {
             log::debug!("WebSocket: pings come faster than pongs are read: no pong");
         }
@@ -406,14 +405,12 @@ fn peer_closes(
             Some(code)
         }
     };
-    let mut close = Buffer::new();
     let payload = code.map(u16::to_be_bytes);
     server_frame(
         OpCode::Control(Control::Close),
         payload.as_ref().map_or(&[][..], |p| &p[..]),
-        &mut close,
+        io.replies(),
     );
-    io.reply(close.readable());
     io.close();
     state.phase = Phase::Closed;
     Ok(skipped(state, io, end))
@@ -442,23 +439,25 @@ fn fail(
 ) -> Result<Decode, FrameError> {
     let mut payload = u16::from(code).to_be_bytes().to_vec();
     payload.extend_from_slice(reason.as_bytes());
-    let mut close = Buffer::new();
-    server_frame(OpCode::Control(Control::Close), &payload, &mut close);
-    io.reply(close.readable());
+    server_frame(OpCode::Control(Control::Close), &payload, io.replies());
     state.phase = Phase::Closed;
     Err(FrameError::Malformed(reason))
 }
 
-/// A frame from the server, appended to `out`.
+/// A frame from the server, appended to `out`: its header formatted on the stack (a
+/// text message to every member passes here, so no allocation per frame).
 pub fn server_frame(opcode: OpCode, payload: &[u8], out: &mut Buffer) {
     let header = FrameHeader {
         opcode,
         ..FrameHeader::default()
     };
-    let mut head = Vec::with_capacity(header.len(payload.len() as u64));
-    // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, &mut head);
-    out.extend_from_slice(&head);
+    // At most 2 bytes, 8 of length and 4 of mask (which a server never sends).
+    let mut head = [0u8; 14];
+    let mut cursor = Cursor::new(&mut head[..]);
+    // Fits: the largest header is 14 bytes.
+    let _ = header.format(payload.len() as u64, &mut cursor);
+    let used = cursor.position() as usize;
+    out.extend_from_slice(&head[..used]);
     out.extend_from_slice(payload);
 }
 
