@@ -165,7 +165,9 @@ impl<'a, S: Service> Context<'a, S> {
         if self.lent == Some(conn) && payload.len() < GATHER {
             // Gathered: framed straight into the connection's queue. (A larger one is
             // written at once, below, as `Hub::gather` does.)
-            let gathered = self.hub.gather_with(conn, 1, |out| codec.encode(payload, out));
+            let gathered = self
+                .hub
+                .gather_with(conn, 1, |out| codec.encode(payload, out));
             return match gathered {
                 Some(encoded) => encoded.map_err(SendError::Frame),
                 None => Err(SendError::Closed),

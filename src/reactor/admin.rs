@@ -28,7 +28,7 @@ use mio::{Interest, Token};
 
 use super::{Reactor, WATCH_BASE};
 use crate::buffer::Buffer;
-use crate::connection::{ConnId, ConnState, Connection, Flag, Slot, Stream, NO_FRAME};
+use crate::connection::{ConnId, ConnState, Flag, Stream, NO_FRAME};
 use crate::endpoint::bind_tcp;
 use crate::error::Error;
 use crate::hub::{connection_mut, Hub, TimerEvent};
@@ -69,25 +69,19 @@ impl<S: Service> Hub<S> {
     /// connection counters and on no idle list.
     fn insert_admin_connection(
         &mut self,
-        mut stream: Stream,
+        stream: Stream,
         deadline: Duration,
     ) -> io::Result<ConnId> {
-        let generation = self.next_generation();
         let now = self.now_millis();
-        let entry = self.conns.vacant_entry();
-        let id = ConnId::new(entry.key(), generation);
-        self.registry
-            .register(&mut stream, id.token(), Interest::READABLE)?;
         // (Endpoint 0: never looked at while the connection waits for its request.)
-        let mut conn = Connection::new(stream, generation, 0, now);
-        conn.state = ConnState::AdminRequest;
-        conn.frame_started = now;
-        conn.flags.set(Flag::FrameTimerArmed, true);
-        entry.insert(Slot {
-            conn,
-            decode: Default::default(),
-            state: Default::default(),
-        });
+        let state = Default::default();
+        let id = self
+            .insert_slot(stream, 0, state, Interest::READABLE, |conn| {
+                conn.state = ConnState::AdminRequest;
+                conn.frame_started = now;
+                conn.flags.set(Flag::FrameTimerArmed, true);
+            })
+            .map_err(|(error, _)| error)?;
         self.timers.insert(
             deadline_after(self.now, deadline),
             TimerEvent::FrameDeadline(id),

@@ -57,37 +57,54 @@ impl<S: Service> Hub<S> {
     /// also wait for WRITABLE (how a connect reports its outcome).
     pub(crate) fn insert_connection(
         &mut self,
-        mut stream: Stream,
+        stream: Stream,
         endpoint: EndpointId,
         state: S::Conn,
         connecting: bool,
+    ) -> Result<ConnId, (io::Error, S::Conn)> {
+        let interest = match connecting {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        let id = self.insert_slot(stream, endpoint.0, state, interest, |conn| {
+            if connecting {
+                conn.state = ConnState::Connecting;
+                conn.flags.set(Flag::Dialled, true);
+                conn.flags.set(Flag::WritableArmed, true);
+            }
+        })?;
+        self.stats.active += 1;
+        if !connecting {
+            self.watch_idle(id);
+        }
+        Ok(id)
+    }
+
+    /// Puts a socket in the slab, registered for `interest` under its new id, with
+    /// `prepare` setting its first state: what every connection's start shares (the
+    /// service's, and the admin endpoint's).
+    pub(crate) fn insert_slot(
+        &mut self,
+        mut stream: Stream,
+        endpoint: u16,
+        state: S::Conn,
+        interest: Interest,
+        prepare: impl FnOnce(&mut Connection),
     ) -> Result<ConnId, (io::Error, S::Conn)> {
         let generation = self.next_generation();
         let now = self.now_millis();
         let entry = self.conns.vacant_entry();
         let id = ConnId::new(entry.key(), generation);
-        let interest = match connecting {
-            true => Interest::READABLE | Interest::WRITABLE,
-            false => Interest::READABLE,
-        };
         if let Err(e) = self.registry.register(&mut stream, id.token(), interest) {
             return Err((e, state));
         }
-        let mut conn = Connection::new(stream, generation, endpoint.0, now);
-        if connecting {
-            conn.state = ConnState::Connecting;
-            conn.flags.set(Flag::Dialled, true);
-            conn.flags.set(Flag::WritableArmed, true);
-        }
+        let mut conn = Connection::new(stream, generation, endpoint, now);
+        prepare(&mut conn);
         entry.insert(Slot {
             conn,
             decode: Default::default(),
             state,
         });
-        self.stats.active += 1;
-        if !connecting {
-            self.watch_idle(id);
-        }
         Ok(id)
     }
 
