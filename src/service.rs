@@ -316,6 +316,9 @@ impl fmt::Display for Origin {
 /// let frames = Frames::new(&wire, 2, &codec, ());
 /// let payloads: Vec<&[u8]> = frames.payloads().collect();
 /// assert_eq!(payloads, [&b"a"[..], &b"bc"[..]]);
+/// // A framing codec's frames as units: kind 0, no parts.
+/// let units: Vec<_> = frames.units().map(|u| (u.kind(), u.part_count(), u.payload)).collect();
+/// assert_eq!(units, [(0, 0, &b"a"[..]), (0, 0, &b"bc"[..])]);
 /// assert_eq!(frames.wire(), &wire);
 /// ```
 pub struct Frames<'a, C: Codec> {
@@ -403,20 +406,16 @@ impl<'a, C: Codec> Frames<'a, C> {
     /// them (see [`crate::protocol`]), or a framing codec's frames (kind 0, no parts).
     pub fn units(&self) -> impl Iterator<Item = Unit<'a>> + 'a {
         let wire = self.wire;
-        let recorded = self.units.map(|units| {
-            units
-                .records
-                .iter()
-                .map(move |record| Unit::recorded(wire, record, units.parts))
+        // One of the two is empty: a protocol's records, or a framing codec's frames.
+        let recorded = self.units.into_iter().flat_map(move |units| {
+            let record = move |record| Unit::recorded(wire, record, units.parts);
+            units.records.iter().map(record)
         });
-        let framed = match recorded {
-            Some(_) => None,
-            None => Some(self.payloads().map(Unit::plain)),
-        };
-        recorded
-            .into_iter()
-            .flatten()
-            .chain(framed.into_iter().flatten())
+        let framed = self
+            .units
+            .is_none()
+            .then(|| self.payloads().map(Unit::plain));
+        recorded.chain(framed.into_iter().flatten())
     }
 
     /// [`Frames::new`], for the reactor: the service may leave frames for later, and
