@@ -27,27 +27,9 @@ use crate::service::{Frames, Service};
 use crate::stats::CloseReason;
 
 impl<S: Service> Reactor<S> {
-    /// Whether `id`'s endpoint is served by a protocol codec.
-    #[inline(never)]
-    pub(super) fn is_protocol(&self, id: ConnId) -> bool {
-        self.hub
-            .conn(id)
-            .is_some_and(|conn| self.endpoints.codec(conn.endpoint).is_protocol())
-    }
-
-    /// Reads and processes until the socket is drained, the read budget is spent, or
-    /// the connection stops reading.
-    pub(super) fn read_protocol_connection(&mut self, id: ConnId, read_to_eof: bool) {
-        for _ in 0..self.config.read_budget {
-            if self.read_protocol_once(id, read_to_eof) != ReadOutcome::More {
-                return;
-            }
-        }
-        self.hub.list_ready_again(id);
-    }
-
-    /// One `read` into the connection's own buffer, then its units.
-    fn read_protocol_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
+    /// One `read` into the connection's own buffer, then its units (the read path's
+    /// `read_once` hands a protocol connection here, within its read budget).
+    pub(super) fn read_protocol_once(&mut self, id: ConnId, read_to_eof: bool) -> ReadOutcome {
         let now = self.hub.now_millis();
         if let Some(outcome) = self.before_reading(id) {
             return outcome;
