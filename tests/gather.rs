@@ -110,8 +110,9 @@ fn large_answers_among_small_ones_keep_their_order() {
     assert_eq!(answers[2], b"re: b");
     assert_eq!(answers[3], big());
     assert_eq!(answers[4], b"re: c");
-    // Gathered up to a good write's worth, then written: a few writes, not five.
-    assert!(writes <= 4, "{writes} writes");
+    // The small answers are gathered (the large ones go out at once and are not
+    // counted): at least one gathered write, at most one per small answer.
+    assert!((1..=3).contains(&writes), "{writes} gathered writes");
 }
 
 #[test]
