@@ -4,8 +4,8 @@
 # Gives: SB and PEER (the two release binaries), server_command (how each kind of
 # server is started), SERVER_PID (the server a script has running, killed if the
 # script exits or is interrupted), port_free, next_port (from $port upwards, the next
-# port nothing listens on), wait_listening (until the server just started listens)
-# and build_binaries.
+# port nothing listens on), wait_listening (until the server just started listens),
+# stop_server and build_binaries.
 
 SB=target/release/switchboard
 PEER=target/release/examples/tokio_peer
@@ -20,6 +20,18 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
+
+# stop_server: SIGTERM to SERVER_PID, then SIGKILL if it still runs 10 s later.
+stop_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 200); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
 
 # server_command KIND PORT: sets SERVER_COMMAND to the command line of an echo server
 # of KIND (switchboard or tokio) serving TCP and UDP on 127.0.0.1:PORT, quiet but for

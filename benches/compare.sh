@@ -70,18 +70,6 @@ start_server() {
     exit 1
 }
 
-stop_server() {
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    # Bounded: a server that ignores SIGTERM for 10 s is killed.
-    for _ in $(seq 200); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
-
 # run_one KIND SCENARIO ROUND PORT: one bounded run; the summary goes to a JSON file.
 run_one() {
     local kind=$1 scenario=$2 round=$3 port=$4

@@ -72,18 +72,6 @@ start_server() {
     wait_listening "$port"
 }
 
-# stop_server: SIGTERM, then (bounded) SIGKILL.
-stop_server() {
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 200); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
-
 # cpu_ticks PID: the process's user + system time so far, in clock ticks (fields 14
 # and 15 of /proc/PID/stat, counted after the command name, which may hold spaces).
 cpu_ticks() {
