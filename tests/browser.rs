@@ -1,8 +1,10 @@
 //! The chat page in a real browser: Debian's Chromium, headless, driven through
 //! Playwright (`tests/browser/chat_page.mjs`; `.ci/run` installs Chromium and
 //! `playwright-core` when missing). Two browser pages and a TCP member share the lobby,
-//! and each sees the others' messages; the test saves a screenshot of the page
-//! (`target/browser/chat.png`).
+//! and each sees the others' messages; then one page joins, talks in, and leaves a room
+//! by typed commands, the other leaves with the Leave button, and the TCP member sees
+//! each step, and no unknown command said in a room. The test saves a screenshot of the
+//! page (`target/browser/chat.png`).
 #![cfg(feature = "ws")]
 
 #[allow(dead_code)]
@@ -15,11 +17,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_support::members::Member;
+use chat_support::members::{without_ts, Member};
 use common::{free_port, ChildServer, IO_TIMEOUT};
+use serde_json::{json, Value};
 
 #[test]
-fn two_browser_pages_and_a_tcp_member_chat_in_one_room() {
+fn two_browser_pages_and_a_tcp_member_chat_and_join_and_leave_rooms() {
     let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         driver.join("node_modules/playwright-core").exists()
@@ -36,6 +39,7 @@ fn two_browser_pages_and_a_tcp_member_chat_in_one_room() {
     }));
     let mut bob = Member::named(SocketAddr::from(([127, 0, 0, 1], tcp)), "tcpbob");
     bob.join("lobby");
+    bob.join("dev");
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../browser");
     std::fs::create_dir_all(&shots).unwrap();
@@ -65,6 +69,9 @@ fn two_browser_pages_and_a_tcp_member_chat_in_one_room() {
     }
     seen.sort();
     assert_eq!(seen, ["alice", "carol", "tcpbob"]);
+
+    // The page's run ends with its own verdict, which says which step failed; what
+    // tcpbob was sent meanwhile waits in its socket.
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = browser.try_wait().unwrap() {
@@ -73,6 +80,41 @@ fn two_browser_pages_and_a_tcp_member_chat_in_one_room() {
         assert!(Instant::now() < deadline, "the browser run did not end");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "the pages did not see every message");
+    assert!(status.success(), "the pages did not see every step");
+
+    // The commands typed in alice's page and carol's Leave button, as tcpbob saw them:
+    // everything up to carol leaving the lobby, which she does last.
+    let mut events = Vec::new();
+    while !events.contains(&json!({"type": "left", "room": "lobby", "name": "carol"})) {
+        events.push(without_ts(bob.next()));
+    }
+    let steps = [
+        json!({"type": "joined", "room": "dev", "name": "alice"}),
+        said_by_alice("dev", "hello dev"),
+        said_by_alice("lobby", "back in the lobby"),
+        json!({"type": "dm", "from": "alice", "to": "tcpbob", "text": "psst"}),
+        json!({"type": "left", "room": "dev", "name": "alice"}),
+    ];
+    let mut rest = events.iter();
+    for step in &steps {
+        assert!(
+            rest.any(|event| event == step),
+            "{step} in order, in {events:?}"
+        );
+    }
+    let commands: Vec<&Value> = events.iter().filter(|event| is_command(event)).collect();
+    assert!(commands.is_empty(), "commands were said: {commands:?}");
     assert!(screenshot.exists(), "the screenshot was saved");
+}
+
+fn said_by_alice(room: &str, text: &str) -> Value {
+    json!({"type": "msg", "room": room, "from": "alice", "text": text})
+}
+
+/// A message or DM whose text is a `/command`: the page should have understood it or
+/// refused it, not sent it.
+fn is_command(event: &Value) -> bool {
+    event["text"]
+        .as_str()
+        .is_some_and(|text| text.starts_with('/'))
 }
