@@ -42,6 +42,19 @@ pub mod http;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 
+/// The kinds of the units [`websocket::WebSocketCodec`](crate::protocol) hands over
+/// ([`Unit::kind`]). Declared outside the `websocket` feature, so that a service with
+/// WebSocket and other endpoints tells their units apart with no feature gate of its
+/// own.
+pub mod websocket_kinds {
+    /// The upgrade is done: the connection is a WebSocket from now on. No payload.
+    pub const OPEN: u32 = 1;
+    /// A text message (its payload is UTF-8).
+    pub const TEXT: u32 = 2;
+    /// A binary message.
+    pub const BINARY: u32 = 3;
+}
+
 /// What a protocol codec may do while it processes one unit ([`crate::Codec::process`]):
 /// answer the peer, say what the unit is, or keep it for itself.
 #[derive(Debug)]

@@ -34,13 +34,7 @@ use crate::buffer::Buffer;
 use crate::frame::{Codec, Decode, FrameError};
 use crate::http::response;
 
-/// The kind of the unit that says the upgrade is done ([`crate::Unit::kind`]): the
-/// connection is a WebSocket from now on. Its payload is empty.
-pub const OPEN: u32 = 1;
-/// A text message's kind (its payload is UTF-8).
-pub const TEXT: u32 = 2;
-/// A binary message's kind.
-pub const BINARY: u32 = 3;
+pub use super::websocket_kinds::{BINARY, OPEN, TEXT};
 
 /// The largest request head accepted before the upgrade.
 pub const MAX_HEAD: usize = 8 * 1024;

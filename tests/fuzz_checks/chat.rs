@@ -1,18 +1,18 @@
-//! The chat request parser, `services::chat::parse`, in both `Legacy` modes.
+//! The chat request parser, `services::chat::parse`, in both `NameMsgForm` modes.
 //!
 //! For any bytes: no panic; bytes that are not UTF-8 are refused as such in both
 //! modes, at the first bad byte; a typed request parses the same in both modes, and
-//! only the legacy mode ever yields a legacy message, where the typed parse refused the
+//! only the name/msg mode ever yields a name/msg message, where the typed parse refused the
 //! text as a request. What parses agrees with the JSON itself (read as a
 //! `serde_json::Value`): a typed request names its kind in `type` and carries the
-//! fields the JSON holds; a legacy message has `name` and `msg` and no `type`. Valid
+//! fields the JSON holds; a name/msg message has `name` and `msg` and no `type`. Valid
 //! JSON is never refused as invalid JSON, and a refusal as invalid JSON is invalid
 //! JSON. Then what parsed is serialized again (a typed request in its canonical form,
-//! a legacy message as the server's `LegacyReply` writes it) and parses to the same.
+//! a name/msg message as the server's `NameMsgReply` writes it) and parses to the same.
 
 use serde_json::{json, Value};
-use switchboard::services::chat::protocol::{to_json, LegacyReply};
-use switchboard::services::chat::{parse, BadInput, Incoming, Legacy, LegacyMessage, Request};
+use switchboard::services::chat::protocol::{to_json, NameMsgReply};
+use switchboard::services::chat::{parse, BadInput, Incoming, NameMsg, NameMsgForm, Request};
 
 /// A typed request in its canonical JSON form: `type` first, then its fields.
 pub fn canonical(request: &Request) -> Value {
@@ -30,8 +30,8 @@ pub fn canonical(request: &Request) -> Value {
 
 /// The `chat_parse` fuzz target's check.
 pub fn check(data: &[u8]) {
-    let typed = parse(data, Legacy::Refused);
-    let either = parse(data, Legacy::Accepted);
+    let typed = parse(data, NameMsgForm::Refused);
+    let either = parse(data, NameMsgForm::Accepted);
     let text = match std::str::from_utf8(data) {
         Ok(text) => text,
         Err(e) => {
@@ -39,7 +39,7 @@ pub fn check(data: &[u8]) {
                 at: e.valid_up_to(),
             });
             assert_eq!(typed, expected, "not UTF-8, typed");
-            assert_eq!(either, expected, "not UTF-8, legacy accepted");
+            assert_eq!(either, expected, "not UTF-8, name/msg accepted");
             return;
         }
     };
@@ -52,15 +52,15 @@ pub fn check(data: &[u8]) {
             );
             check_typed(text, value.as_ref(), request);
         }
-        (Ok(Incoming::Legacy(_)), _) => panic!("{text:?}: a legacy message where refused"),
-        (Err(error), Ok(Incoming::Legacy(message))) => {
+        (Ok(Incoming::NameMsg(_)), _) => panic!("{text:?}: a name/msg message where refused"),
+        (Err(error), Ok(Incoming::NameMsg(message))) => {
             assert!(
                 matches!(error, BadInput::Request(_)),
-                "{text:?}: legacy JSON refused as {error:?} when typed"
+                "{text:?}: name/msg JSON refused as {error:?} when typed"
             );
-            check_legacy(text, value.as_ref(), message);
+            check_name_msg(text, value.as_ref(), message);
         }
-        (Err(_), Ok(Incoming::Typed(_))) => panic!("{text:?}: typed only with legacy accepted"),
+        (Err(_), Ok(Incoming::Typed(_))) => panic!("{text:?}: typed only with name/msg accepted"),
         (Err(error), Err(also)) => {
             assert_eq!(
                 error, also,
@@ -89,7 +89,7 @@ fn check_typed(text: &str, value: Option<&Value>, request: &Request) {
         );
     }
     let again = canonical.to_string();
-    for legacy in [Legacy::Refused, Legacy::Accepted] {
+    for legacy in [NameMsgForm::Refused, NameMsgForm::Accepted] {
         assert_eq!(
             parse(again.as_bytes(), legacy),
             Ok(Incoming::Typed(request.clone())),
@@ -100,22 +100,22 @@ fn check_typed(text: &str, value: Option<&Value>, request: &Request) {
 
 /// A legacy message agrees with its JSON, and the server's own form of it parses back
 /// to the same name and text.
-fn check_legacy(text: &str, value: Option<&Value>, message: &LegacyMessage) {
+fn check_name_msg(text: &str, value: Option<&Value>, message: &NameMsg) {
     let Some(Value::Object(fields)) = value else {
-        panic!("{text:?}: parsed as a legacy message but is not a JSON object");
+        panic!("{text:?}: parsed as a name/msg message but is not a JSON object");
     };
     assert_eq!(fields.get("name"), Some(&json!(message.name)), "{text:?}");
     assert_eq!(fields.get("msg"), Some(&json!(message.msg)), "{text:?}");
     assert!(
         !fields.contains_key("type"),
-        "{text:?}: has a `type` and is taken for a legacy message"
+        "{text:?}: has a `type` and is taken for a name/msg message"
     );
-    let again = to_json(&LegacyReply {
+    let again = to_json(&NameMsgReply {
         name: &message.name,
         msg: &message.msg,
     });
-    match parse(&again, Legacy::Accepted) {
-        Ok(Incoming::Legacy(parsed)) => {
+    match parse(&again, NameMsgForm::Accepted) {
+        Ok(Incoming::NameMsg(parsed)) => {
             assert_eq!(
                 (&parsed.name, &parsed.msg),
                 (&message.name, &message.msg),
@@ -125,7 +125,7 @@ fn check_legacy(text: &str, value: Option<&Value>, message: &LegacyMessage) {
         other => panic!("{text:?}: the server's own form of it parses as {other:?}"),
     }
     assert!(
-        matches!(parse(&again, Legacy::Refused), Err(BadInput::Request(_))),
-        "{text:?}: a legacy message accepted where refused"
+        matches!(parse(&again, NameMsgForm::Refused), Err(BadInput::Request(_))),
+        "{text:?}: a name/msg message accepted where refused"
     );
 }

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | [`length`] | `length_codec` | `LengthCodec` in every configuration against a reference decoder |
 //! | [`lines`] | `lines_codec` | `LinesCodec` and its resumable scan against a split on `\n` |
-//! | [`chat`] | `chat_parse` | `services::chat::parse` in both `Legacy` modes |
+//! | [`chat`] | `chat_parse` | `services::chat::parse` in both `NameMsgForm` modes |
 //! | [`feed`] | | the reactor's read path over a codec: append a read, scan, consume, keep the tail |
 //! | [`input`] | | reading settings and split points from the front of the fuzzer's bytes |
 

@@ -8,11 +8,9 @@
 //! codec frames them).
 
 use super::codec::ChatCodec;
-use super::protocol::{parse, Incoming, Legacy};
-use super::rooms::Link;
-use super::{Chat, Seat};
-use crate::protocol::websocket::{WebSocketCodec, OPEN, TEXT};
-use crate::{ConnId, Context, ListenAddr, Reactor, Unit};
+use super::Chat;
+use crate::protocol::websocket::WebSocketCodec;
+use crate::{ListenAddr, Reactor};
 
 /// The chat page served at `GET /`.
 pub const PAGE: &str = include_str!("page.html");
@@ -32,35 +30,6 @@ pub fn listen(
         .text_only();
     let endpoint = reactor.listen(ListenAddr::Tcp(addr), ChatCodec::WebSocket(codec))?;
     log::info!("chat: WebSocket members at ws://{addr}/ws, the chat page at http://{addr}/");
-    reactor.service_mut().ws = Some(endpoint);
+    reactor.service_mut().websocket = Some(endpoint);
     Ok(())
-}
-
-impl Chat {
-    /// One unit from a WebSocket connection: the upgrade (a member from now on), or a
-    /// text message, which is one chat request.
-    pub(super) fn ws_unit(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        conn: ConnId,
-        seat: &mut Seat,
-        unit: Unit<'_>,
-    ) {
-        match (unit.kind(), seat.member) {
-            (OPEN, None) => seat.member = Some(self.directory.add(Link::Ws(conn))),
-            (TEXT, Some(id)) => {
-                match parse(unit.payload, Legacy::Refused) {
-                    Ok(Incoming::Typed(request)) => self.handle(ctx, id, request),
-                    Ok(Incoming::Legacy(_)) => self.refuse(ctx, id, "a typed request is expected"),
-                    Err(e) => self.refuse(ctx, id, &e.to_string()),
-                }
-                if self.directory.member(id).is_none() {
-                    seat.member = None; // it said `bye`
-                }
-            }
-            // After `bye`: nothing more is taken.
-            _ => {}
-        }
-        self.count_population();
-    }
 }

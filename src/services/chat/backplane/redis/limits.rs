@@ -16,11 +16,11 @@
 //!   `LOG_INTERVAL`), a notice to members who take a name meanwhile, and the health
 //!   answer and metrics of the admin endpoint.
 
-use super::node::{Node, Tag, LINK_DOWN};
+use std::time::{Duration, Instant};
+
+use super::node::{Node, Tag};
 use super::resp::Reply;
-use crate::services::chat::rooms::MemberId;
-use crate::services::chat::Chat;
-use crate::{CloseMode, Context};
+use crate::services::chat::engine::{Remote, Settled};
 
 /// The bound on what is queued for Redis unless `--redis-max-queued` says otherwise:
 /// thousands of room events, seconds of a busy node's traffic.
@@ -43,18 +43,17 @@ pub(super) struct Backlog {
 }
 
 impl Node {
-    /// Bytes queued on the connection to Redis.
-    fn queued(&self, ctx: &Context<'_, Chat>) -> usize {
-        self.conn
-            .and_then(|conn| ctx.queued_output(conn))
-            .unwrap_or(0)
+    /// Bytes queued for Redis: on the connection when the service last looked, and
+    /// handed over since.
+    fn queued(&self) -> usize {
+        self.queued_on_conn + self.transmit.bytes.len()
     }
 
     /// Whether one more command may be queued. At the bound it is counted as dropped;
     /// below half of it, a backlog is over (so a queue hovering at the bound does not
     /// tell the members again and again).
-    pub(super) fn within_bound(&mut self, ctx: &Context<'_, Chat>) -> bool {
-        let queued = self.queued(ctx);
+    pub(super) fn within_bound(&mut self) -> bool {
+        let queued = self.queued();
         if queued >= self.settings.max_queued {
             self.backlog.dropping = true;
             self.dropped += 1;
@@ -66,13 +65,13 @@ impl Node {
         true
     }
 
-    /// Sends a subscription change; at the bound, closes the connection instead: the
-    /// link keeps the set, and the reconnect subscribes to all of it.
-    pub(super) fn send_state(&mut self, ctx: &mut Context<'_, Chat>, bytes: Option<Vec<u8>>) {
-        let (Some(conn), Some(bytes)) = (self.conn, bytes) else {
+    /// Queues a subscription change; at the bound, asks for the connection to close
+    /// instead: the link keeps the set, and the reconnect subscribes to all of it.
+    pub(super) fn send_state(&mut self, bytes: Option<Vec<u8>>) {
+        let (Some(_), Some(bytes)) = (self.conn, bytes) else {
             return;
         };
-        let queued = self.queued(ctx);
+        let queued = self.queued();
         if queued >= self.settings.max_queued {
             log::warn!(
                 "chat: node {}: {queued} bytes wait for Redis at {}, more than \
@@ -80,15 +79,14 @@ impl Node {
                 self.id,
                 self.settings.addr
             );
-            return ctx.close(conn, CloseMode::Abort);
+            self.transmit.close = true;
+            return;
         }
-        if let Err(e) = ctx.send(conn, &bytes) {
-            log::debug!("chat: cannot write to Redis: {e}");
-        }
+        self.transmit.bytes.extend_from_slice(&bytes);
     }
 
     /// The link is up and Redis answers: `/healthz`'s 200. Otherwise why not.
-    pub fn health(&self) -> Result<(), String> {
+    pub(super) fn link_health(&self) -> Result<(), String> {
         if self.link.is_answering() {
             return Ok(());
         }
@@ -106,7 +104,7 @@ impl Node {
     }
 
     /// The link's metrics, for `GET /metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
+    pub(super) fn write_link_metrics(&self, out: &mut String) {
         use crate::metrics::sample;
         sample(
             out,
@@ -130,119 +128,104 @@ impl Node {
             self.dropped,
         );
     }
-}
 
-impl Chat {
     /// Answers whoever waits for a reply now overdue.
-    pub(super) fn expire_replies(&mut self, ctx: &mut Context<'_, Chat>) {
-        let Some(node) = &mut self.redis else {
-            return;
-        };
-        let tags = node.link.expire(ctx.now());
+    pub(super) fn expire_replies(&mut self, now: Instant) {
+        let tags = self.link.expire(now);
         if tags.is_empty() {
             return;
         }
-        let timeout = node.settings.reply_timeout;
-        if let Some(times) = node.overdue_log.note_many(ctx.now(), tags.len() as u64) {
+        let timeout = self.settings.reply_timeout;
+        if let Some(times) = self.overdue_log.note_many(now, tags.len() as u64) {
             log::warn!(
                 "chat: node {}: Redis at {} did not answer within {timeout:?}: {times} \
                  requests answered without it since the last line",
-                node.id,
-                node.settings.addr
+                self.id,
+                self.settings.addr
             );
         }
         for tag in tags {
-            self.timed_out(ctx, tag, timeout);
+            self.timed_out(tag, timeout);
         }
     }
 
     /// A member's request went unanswered by Redis for `timeout`: tell it so.
-    fn timed_out(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, timeout: std::time::Duration) {
+    fn timed_out(&mut self, tag: Tag, timeout: Duration) {
         let secs = timeout.as_secs_f64();
         let reason = |what: &str| format!("the cluster did not answer within {secs}s: {what}");
-        match tag {
-            Tag::Claim { member, name } => {
-                let why = reason(&format!("name {name} not taken, try again later"));
-                self.name_settled(ctx, member, &name, super::names::Claimed::TimedOut(&why));
-            }
-            Tag::Direct { member, to, .. } => {
-                let why = reason(&format!("the message to {to} may not have arrived"));
-                self.refuse(ctx, member, &why);
-            }
-            Tag::Scan { member, .. } | Tag::Values { member, .. } => {
-                self.refuse(ctx, member, &reason("list again later"));
-            }
-            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => {}
-        }
+        let remote = match tag {
+            Tag::Claim { member, name } => Remote::NameSettled {
+                member,
+                outcome: Settled::Refused(reason(&format!(
+                    "name {name} not taken, try again later"
+                ))),
+                name,
+            },
+            Tag::Direct { member, to, .. } => Remote::Refuse {
+                member,
+                reason: reason(&format!("the message to {to} may not have arrived")),
+            },
+            Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::Refuse {
+                member,
+                reason: reason("list again later"),
+            },
+            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+        };
+        self.heard.push(remote);
     }
 
     /// The reply to a command whose waiter was answered without it.
-    pub(super) fn late_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, reply: Reply) {
+    pub(super) fn late_reply(&mut self, now: Instant, tag: Tag, reply: Reply) {
         match tag {
-            // Granted to a member who was told it was not: give it back, unless a
-            // member here holds it by now.
+            // Granted to a member who was told it was not: given back, unless a
+            // member here holds it by now (the engine knows).
             Tag::Claim { name, .. } => {
-                let granted = !matches!(reply, Reply::Null | Reply::Error(_));
-                if granted && self.directory.by_name(&name).is_none() {
-                    if let Some(node) = &mut self.redis {
-                        let key = Node::name_key(&name);
-                        node.command(ctx, Tag::Ignore, &[b"DEL", key.as_bytes()]);
-                    }
+                if !matches!(reply, Reply::Null | Reply::Error(_)) {
+                    self.heard.push(Remote::Unclaim { name });
                 }
             }
             Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
             // Nobody waited for these: late is as good as on time.
             tag @ (Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore) => {
-                self.cluster_reply(ctx, tag, reply)
+                self.reply(now, tag, reply)
             }
         }
     }
 
     /// Ends a backlog whose queue drained while nothing was sent, then tells the
     /// members whatever changed.
-    pub(super) fn watch_backlog(&mut self, ctx: &mut Context<'_, Chat>) {
-        if let Some(node) = self.redis.as_mut().filter(|n| n.backlog.dropping) {
-            let queued = node.queued(ctx);
-            node.backlog.dropping = queued > node.settings.max_queued / 2;
+    pub(super) fn watch_backlog(&mut self) {
+        if self.backlog.dropping {
+            self.backlog.dropping = self.queued() > self.settings.max_queued / 2;
         }
-        self.tell_backlog(ctx);
+        self.tell_backlog();
     }
 
     /// Tells the members, once, that commands are being dropped, or that they no
     /// longer are.
-    pub(super) fn tell_backlog(&mut self, ctx: &mut Context<'_, Chat>) {
-        let Some(node) = &mut self.redis else {
-            return;
-        };
-        let backlog = node.backlog;
+    pub(super) fn tell_backlog(&mut self) {
+        let backlog = self.backlog;
         if backlog.dropping == backlog.told {
             return;
         }
-        node.backlog.told = backlog.dropping;
-        if backlog.dropping {
+        self.backlog.told = backlog.dropping;
+        let text = if backlog.dropping {
             log::warn!(
                 "chat: node {}: Redis at {} is not taking what is sent: --redis-max-queued \
                  ({} bytes) reached; room events are dropped until it drains",
-                node.id,
-                node.settings.addr,
-                node.settings.max_queued
+                self.id,
+                self.settings.addr,
+                self.settings.max_queued
             );
-            self.notify_all(ctx, BACKED_UP);
+            BACKED_UP
         } else {
             log::info!(
                 "chat: node {}: the queue to Redis has drained ({} commands dropped so far)",
-                node.id,
-                node.dropped
+                self.id,
+                self.dropped
             );
-            self.notify_all(ctx, DRAINED);
-        }
-    }
-
-    /// A member took a name while Redis cannot be reached: tell it its rooms are this
-    /// server's only.
-    pub(super) fn tell_if_down(&mut self, ctx: &mut Context<'_, Chat>, id: MemberId) {
-        if self.redis.as_ref().is_some_and(|node| node.down) {
-            self.notify(ctx, id, LINK_DOWN);
-        }
+            DRAINED
+        };
+        self.heard.push(Remote::NoticeAll { text: text.into() });
     }
 }

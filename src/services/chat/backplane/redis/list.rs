@@ -2,36 +2,36 @@
 //! Redis takes), then their values (`MGET`), each the node and the member's rooms.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use super::node::{Node, Tag};
 use super::resp::Reply;
-use crate::services::chat::rooms::MemberId;
-use crate::services::chat::Chat;
-use crate::Context;
+use crate::services::chat::engine::{MemberId, Remote};
 
-impl Chat {
-    /// `list` with a cluster: every name key, then their values. False if there is
-    /// no cluster to ask now.
-    pub(in crate::services::chat) fn list_in_cluster(
+impl Node {
+    /// One `SCAN` step of `list`. False if it could not be sent.
+    pub(super) fn scan(
         &mut self,
-        ctx: &mut Context<'_, Chat>,
+        now: Instant,
         member: MemberId,
+        keys: Vec<Vec<u8>>,
+        cursor: &[u8],
     ) -> bool {
-        let Some(node) = self.redis.as_mut().filter(|n| n.is_up()) else {
-            return false;
-        };
-        scan(node, ctx, member, Vec::new(), b"0")
+        let tag = Tag::Scan { member, keys };
+        let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
+        self.command(now, tag, &args)
     }
 
+    /// A `SCAN` step answered: the next step, or the values of every key found.
     pub(super) fn list_scanned(
         &mut self,
-        ctx: &mut Context<'_, Chat>,
+        now: Instant,
         member: MemberId,
         keys: &mut Vec<Vec<u8>>,
         reply: Reply,
     ) {
         let Reply::Array(parts) = reply else {
-            return self.list_local(ctx, member);
+            return self.heard.push(Remote::ListLocally { member });
         };
         let mut parts = parts.into_iter();
         let cursor = parts.next().and_then(|c| c.as_bytes().map(<[u8]>::to_vec));
@@ -43,12 +43,9 @@ impl Chat {
             );
         }
         let keys = std::mem::take(keys);
-        let Some(node) = &mut self.redis else {
-            return;
-        };
         let sent = match cursor.as_deref() {
             Some(b"0") | None if keys.is_empty() => {
-                return self.list_answer(ctx, member, &[], Reply::Array(Vec::new()));
+                return self.list_answer(member, &[], Reply::Array(Vec::new()));
             }
             Some(b"0") | None => {
                 let mut args: Vec<&[u8]> = vec![b"MGET"];
@@ -57,25 +54,20 @@ impl Chat {
                     member,
                     keys: keys.clone(),
                 };
-                node.command(ctx, tag, &args)
+                self.command(now, tag, &args)
             }
             Some(cursor) => {
                 let cursor = cursor.to_vec();
-                scan(node, ctx, member, keys, &cursor)
+                self.scan(now, member, keys, &cursor)
             }
         };
         if !sent {
-            self.list_local(ctx, member);
+            self.heard.push(Remote::ListLocally { member });
         }
     }
 
-    pub(super) fn list_answer(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        member: MemberId,
-        keys: &[Vec<u8>],
-        reply: Reply,
-    ) {
+    /// The values of every name key: each the node, then the member's rooms.
+    pub(super) fn list_answer(&mut self, member: MemberId, keys: &[Vec<u8>], reply: Reply) {
         let values = match reply {
             Reply::Array(values) => values,
             _ => Vec::new(),
@@ -98,19 +90,9 @@ impl Chat {
         for members in rooms.values_mut() {
             members.sort();
         }
-        self.answer_list(ctx, member, rooms.into_iter().collect());
+        self.heard.push(Remote::Listed {
+            member,
+            rooms: rooms.into_iter().collect(),
+        });
     }
-}
-
-/// One `SCAN` step of `list`.
-fn scan(
-    node: &mut Node,
-    ctx: &mut Context<'_, Chat>,
-    member: MemberId,
-    keys: Vec<Vec<u8>>,
-    cursor: &[u8],
-) -> bool {
-    let tag = Tag::Scan { member, keys };
-    let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
-    node.command(ctx, tag, &args)
 }

@@ -3,7 +3,7 @@
 //! someone else as its source, so an answer can land on a victim who asked nothing
 //! (reflection), and an answer larger than the question multiplies the forger's
 //! traffic (amplification). Every datagram the chat sends goes through
-//! [`UdpGuard::send`], which applies the rules below to the answers of the datagram
+//! [`UdpGuard::allow`], which applies the rules below to the answers of the datagram
 //! being handled; room traffic to other members is not an answer and passes.
 //!
 //! - **Non-members get at most 3x.** A source that holds no name has proved nothing,
@@ -16,28 +16,28 @@
 //!   address ([`SourceBuckets`], bounded), for members too, since a forger can take a
 //!   name in a victim's name.
 //! - **New UDP members are admitted at a rate**, and only while there are fewer than
-//!   a maximum: each newcomer speaks in the lobby (a seed-style one does at once), so
+//!   a maximum: each newcomer speaks in the lobby (a name/msg one does at once), so
 //!   a flood of new source ports would otherwise be a flood of room messages.
-//! - **The server's own output is not answered** ([`super::protocol::is_own_output`]
-//!   and a legacy member's reflected echo): that is the loop an echo service or a
+//! - **The server's own output is not answered** ([`is_own_output`](crate::services::chat::protocol::is_own_output)
+//!   and a name/msg member's reflected echo): that is the loop an echo service or a
 //!   second chat server makes with a forged source.
 //!
 //! Each rule counts what it withholds in the chat stats and says so in the log, at
-//! most one line per rule every [`LOG_INTERVAL`](super::LOG_INTERVAL).
+//! most one line per rule every [`LOG_INTERVAL`].
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::bucket::{SourceBuckets, TokenBucket};
-use super::stats::ChatStatsHandle;
-use super::{Chat, ChatSettings, LOG_INTERVAL};
+use crate::services::chat::engine::LOG_INTERVAL;
+use crate::services::chat::{ChatSettings, ChatStatsHandle};
 use crate::throttle::Throttle;
-use crate::{Context, UdpId};
+use crate::UdpId;
 
 /// A datagram from a non-member gets at most this many times its size back.
 pub const NON_MEMBER_FACTOR: usize = 3;
-/// A datagram from a legacy member that repeats, byte for byte, the echo of its own
+/// A datagram from a name/msg member that repeats, byte for byte, the echo of its own
 /// message sent it less than this long ago is that echo coming back (from an echo
 /// service or another chat server), not the member speaking again.
 pub const REFLECTION_WINDOW: Duration = Duration::from_secs(2);
@@ -130,29 +130,22 @@ impl UdpGuard {
         self.answering = None;
     }
 
-    /// Sends `datagram` to `peer` unless it is an answer the rules withhold. True if
-    /// it was handed to the socket.
-    pub fn send(
-        &mut self,
-        ctx: &mut Context<'_, Chat>,
-        socket: UdpId,
-        peer: SocketAddr,
-        datagram: &[u8],
-    ) -> bool {
+    /// Whether a datagram of `len` bytes may be sent to `peer` now: false if it is an
+    /// answer the rules withhold (counted and logged here).
+    pub fn allow(&mut self, now: Instant, socket: UdpId, peer: SocketAddr, len: usize) -> bool {
         if let Some(answering) = self
             .answering
             .as_mut()
             .filter(|a| a.socket == socket && a.peer == peer)
         {
-            let now = ctx.now();
             if let Some(budget) = answering.budget.as_mut() {
-                if datagram.len() > *budget {
-                    self.withheld(now, peer, datagram.len());
+                if len > *budget {
+                    self.withheld(now, peer, len);
                     return false;
                 }
-                *budget -= datagram.len();
+                *budget -= len;
             }
-            if !self.replies.take(peer.ip(), datagram.len() as f64, now) {
+            if !self.replies.take(peer.ip(), len as f64, now) {
                 self.stats.count_rate_limited();
                 if let Some(count) = self.limited_log.note(now) {
                     log::warn!(
@@ -163,13 +156,7 @@ impl UdpGuard {
                 return false;
             }
         }
-        match ctx.send_to(socket, peer, datagram) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("chat: cannot send to {peer}: {e}");
-                false
-            }
-        }
+        true
     }
 
     /// Counts a datagram from a non-member left unanswered (not a request, or its

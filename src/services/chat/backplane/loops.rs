@@ -1,6 +1,6 @@
-//! Chat across the loops of one process (`switchboard chat --threads N`): a room spans
-//! loops, names are unique across them, and direct messages and `list` reach members
-//! on every loop.
+//! The backplane across the loops of one process (`switchboard chat --threads N`): a
+//! room spans loops, names are unique across them, and direct messages and `list`
+//! reach members on every loop.
 //!
 //! ```text
 //!   loop A: say in "r" --encode once--> A's members of "r"
@@ -27,16 +27,20 @@
 //! loop saw while it had members in the room.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::fanout::Encoded;
-use super::Chat;
+use std::time::{Duration, Instant};
+
+use crate::services::chat::engine::{
+    Backplane, Claim, EventBytes, Listing, MemberId, Remote, RoomChange, Route, Serialized,
+    LOG_INTERVAL,
+};
+use crate::services::chat::{Chat, ChatStatsHandle};
 use crate::throttle::Throttle;
-use crate::{Context, Peers, PostError};
+use crate::{Peers, PostError};
 
 /// How long refused room notices wait before they are posted again.
-pub(super) const LOOP_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+pub const LOOP_RETRY: Duration = Duration::from_millis(10);
 
 /// Names and room members across every loop of a process.
 #[derive(Debug, Default)]
@@ -56,7 +60,7 @@ pub struct ChatLoops {
 
 /// What one loop posts to another.
 #[derive(Debug, Clone)]
-pub(super) enum Notice {
+pub enum Notice {
     /// `from` now has members in `room`.
     RoomOpened { room: String, from: usize },
     /// `from` has no members left in `room`.
@@ -64,28 +68,21 @@ pub(super) enum Notice {
     /// An event of a room, one copy shared by every loop it is posted to.
     Room(Arc<RoomEvent>),
     /// A direct message for the member called `to`.
-    Direct { to: String, event: Wire },
+    Direct { to: String, event: Serialized },
 }
 
 /// A room event on its way to the loops with members in the room.
 #[derive(Debug)]
-pub(super) struct RoomEvent {
-    pub room: String,
-    pub wire: Wire,
+pub struct RoomEvent {
+    room: String,
+    event: Serialized,
     /// A `msg`: the receiving loop keeps it in the room's history.
-    pub remember: bool,
-}
-
-/// An event as it crosses loops: its typed JSON and its legacy form, serialized once.
-#[derive(Debug, Clone)]
-pub(super) struct Wire {
-    pub json: Vec<u8>,
-    pub legacy: Option<Vec<u8>>,
+    remember: bool,
 }
 
 /// One loop's link to the others.
 #[derive(Debug)]
-pub(super) struct LoopLink {
+pub struct LoopLink {
     /// This loop.
     index: usize,
     peers: Peers<Chat>,
@@ -99,18 +96,29 @@ pub(super) struct LoopLink {
     unsent: VecDeque<(usize, Notice)>,
     /// A timer to post them again is set.
     retry_armed: bool,
+    /// What the other loops posted, for the engine.
+    heard: Vec<Remote>,
+    stats: ChatStatsHandle,
 }
 
 impl LoopLink {
-    pub fn new(index: usize, peers: Peers<Chat>, shared: ChatLoops) -> Self {
+    /// Loop `index`'s link to its `peers`, through the registry in `shared`.
+    pub fn new(
+        index: usize,
+        peers: Peers<Chat>,
+        shared: ChatLoops,
+        stats: ChatStatsHandle,
+    ) -> Self {
         LoopLink {
             index,
             peers,
             shared,
             remote_rooms: HashMap::new(),
-            full_log: Throttle::new(super::LOG_INTERVAL),
+            full_log: Throttle::new(LOG_INTERVAL),
             unsent: VecDeque::new(),
             retry_armed: false,
+            heard: Vec::new(),
+            stats,
         }
     }
 
@@ -125,7 +133,7 @@ impl LoopLink {
 
     /// Takes `name` for a member of this loop, giving up `old`; false if a member of
     /// another loop holds it. `rooms` are the member's rooms, whose lists change name.
-    pub fn claim(&self, name: &str, old: Option<&str>, rooms: &[String]) -> bool {
+    fn claim_name(&self, name: &str, old: Option<&str>, rooms: &[String]) -> bool {
         let mut registry = self.registry();
         if registry.names.contains_key(name) {
             return false;
@@ -147,7 +155,7 @@ impl LoopLink {
 
     /// A member of this loop called `name` (if named) has gone from `rooms`, and from
     /// the chat when `gone`.
-    pub fn forget(&self, name: Option<&str>, rooms: &[String], gone: bool) {
+    fn forget(&self, name: Option<&str>, rooms: &[String], gone: bool) {
         let mut registry = self.registry();
         let Some(name) = name else {
             return;
@@ -166,7 +174,7 @@ impl LoopLink {
     }
 
     /// A member of this loop called `name` entered `room`.
-    pub fn entered(&self, name: &str, room: &str) {
+    fn entered(&self, name: &str, room: &str) {
         self.registry()
             .rooms
             .entry(room.to_owned())
@@ -175,12 +183,12 @@ impl LoopLink {
     }
 
     /// The loop of the member called `name`, if any holds it.
-    pub fn loop_of(&self, name: &str) -> Option<usize> {
+    fn loop_of(&self, name: &str) -> Option<usize> {
         self.registry().names.get(name).copied()
     }
 
     /// Every room and its members' names, across loops: `list`.
-    pub fn room_list(&self) -> Vec<(String, Vec<String>)> {
+    fn room_list(&self) -> Vec<(String, Vec<String>)> {
         self.registry()
             .rooms
             .iter()
@@ -189,7 +197,7 @@ impl LoopLink {
     }
 
     /// Tells every other loop that this one opened or closed `room`.
-    pub fn room_changed(&mut self, room: &str, open: bool) {
+    fn room_changed(&mut self, room: &str, open: bool) {
         for to in 0..self.peers.all().len() {
             if to == self.index {
                 continue;
@@ -205,7 +213,7 @@ impl LoopLink {
     }
 
     /// Posts the room notices not yet taken, in order, until an inbox is full.
-    pub fn post_unsent(&mut self) {
+    fn post_unsent(&mut self) {
         while let Some((to, notice)) = self.unsent.pop_front() {
             let retry = notice.clone();
             if send(&self.peers, to, notice).is_err() {
@@ -216,40 +224,34 @@ impl LoopLink {
     }
 
     /// True once when room notices wait for another try and no retry is set: the
-    /// caller sets one ([`super::ChatTimer::LoopRetry`]).
-    pub fn needs_retry(&mut self) -> bool {
+    /// caller sets a timer of [`LOOP_RETRY`], then calls [`LoopLink::retried`].
+    fn needs_retry(&mut self) -> bool {
         let needs = !self.unsent.is_empty() && !self.retry_armed;
         self.retry_armed |= needs;
         needs
     }
 
     /// The retry timer fired.
-    pub fn retried(&mut self) {
+    fn retried(&mut self) {
         self.retry_armed = false;
         self.post_unsent();
     }
 
     /// Sends a room event to every other loop with members in `room`.
-    pub fn publish(
-        &mut self,
-        room: &str,
-        event: &Encoded,
-        remember: bool,
-        stats: &super::ChatStatsHandle,
-    ) {
+    fn post_room_event(&mut self, room: &str, event: &EventBytes, remember: bool) {
         let Some(loops) = self.remote_rooms.get(room).filter(|l| !l.is_empty()) else {
             return;
         };
         let event = Arc::new(RoomEvent {
             room: room.to_owned(),
-            wire: event.to_wire(),
+            event: event.serialized().clone(),
             remember,
         });
         let mut refused = None;
         for &to in loops {
             if let Err(e) = send(&self.peers, to, Notice::Room(Arc::clone(&event))) {
                 refused = Some((to, e));
-                stats.count_cross_loop_dropped();
+                self.stats.count_cross_loop_dropped();
             }
         }
         if let Some((to, e)) = refused {
@@ -257,26 +259,8 @@ impl LoopLink {
         }
     }
 
-    /// Sends a direct message to loop `to`, for its member `name`.
-    pub fn direct(
-        &mut self,
-        to: usize,
-        name: &str,
-        event: &Encoded,
-        stats: &super::ChatStatsHandle,
-    ) {
-        let notice = Notice::Direct {
-            to: name.to_owned(),
-            event: event.to_wire(),
-        };
-        if let Err(e) = send(&self.peers, to, notice) {
-            stats.count_cross_loop_dropped();
-            self.log_dropped(to, e);
-        }
-    }
-
     /// Records what another loop said of its rooms.
-    pub fn note_room(&mut self, room: String, from: usize, open: bool) {
+    fn note_room(&mut self, room: String, from: usize, open: bool) {
         let loops = self.remote_rooms.entry(room.clone()).or_default();
         loops.retain(|&l| l != from);
         if open {
@@ -299,71 +283,124 @@ impl LoopLink {
 
 /// Posts `notice` into loop `to`'s inbox: every message between chat loops goes this way.
 fn send(peers: &Peers<Chat>, to: usize, notice: Notice) -> Result<(), PostError> {
-    match peers.all().get(to) {
-        Some(handle) => handle.post(move |chat, ctx| chat.heard_from_loop(ctx, notice)),
-        None => Ok(()),
-    }
+    let Some(handle) = peers.all().get(to) else {
+        return Ok(());
+    };
+    handle.post(move |chat, ctx| {
+        chat.heard_on_backplane(ctx, |backplane| {
+            if let Some(link) = backplane.as_any().downcast_mut::<LoopLink>() {
+                link.receive(notice);
+            }
+        })
+    })
 }
 
-impl Chat {
-    /// Carries out what another loop posted.
-    fn heard_from_loop(&mut self, ctx: &mut Context<'_, Chat>, notice: Notice) {
+impl LoopLink {
+    /// Takes in what another loop posted: its rooms for this link, its events for the
+    /// engine (see [`Backplane::take_remote`]).
+    pub fn receive(&mut self, notice: Notice) {
         match notice {
-            Notice::RoomOpened { room, from } => {
-                if let Some(link) = &mut self.loops {
-                    link.note_room(room, from, true);
-                }
-            }
-            Notice::RoomClosed { room, from } => {
-                if let Some(link) = &mut self.loops {
-                    link.note_room(room, from, false);
-                }
-            }
+            Notice::RoomOpened { room, from } => self.note_room(room, from, true),
+            Notice::RoomClosed { room, from } => self.note_room(room, from, false),
             Notice::Room(event) => {
                 // The last loop to take it (with two loops, the only one) takes the bytes
                 // rather than copying them.
-                let (room, wire, remember) = match Arc::try_unwrap(event) {
-                    Ok(own) => (own.room, own.wire, own.remember),
-                    Err(shared) => (shared.room.clone(), shared.wire.clone(), shared.remember),
+                let (room, event, remember) = match Arc::try_unwrap(event) {
+                    Ok(own) => (own.room, own.event, own.remember),
+                    Err(shared) => (shared.room.clone(), shared.event.clone(), shared.remember),
                 };
-                self.deliver_remote(ctx, &room, wire, remember);
+                self.heard.push(Remote::Room {
+                    room,
+                    event,
+                    remember,
+                });
             }
-            Notice::Direct { to, event } => self.direct_remote(ctx, &to, event),
+            Notice::Direct { to, event } => self.heard.push(Remote::Direct { to, event }),
         }
-        self.count_population();
     }
+}
 
-    /// Delivers another loop's (or node's) room event to this loop's members of the
-    /// room.
-    pub(super) fn deliver_remote(
+impl Backplane for LoopLink {
+    fn claim(
         &mut self,
-        ctx: &mut Context<'_, Chat>,
-        room: &str,
-        wire: Wire,
-        remember: bool,
-    ) {
-        if self.directory.room(room).is_none() {
-            return; // its last member here left while the event was on its way
-        }
-        let encoded = Rc::new(Encoded::from_wire(ctx, wire));
-        let sent = self.broadcast(ctx, room, &encoded);
-        if remember {
-            self.stats.delivered(sent);
-            let keep = self.settings.history;
-            if let Some(entry) = self.directory.room_mut(room) {
-                entry.remember(encoded, keep);
-            }
+        _now: Instant,
+        _member: MemberId,
+        name: &str,
+        old: Option<&str>,
+        rooms: &[String],
+        _can_wait: bool,
+    ) -> Claim {
+        match self.claim_name(name, old, rooms) {
+            true => Claim::Free,
+            false => Claim::Taken,
         }
     }
 
-    /// Delivers another loop's (or node's) direct message to this loop's member called
-    /// `to`.
-    pub(super) fn direct_remote(&mut self, ctx: &mut Context<'_, Chat>, to: &str, wire: Wire) {
-        let Some(recipient) = self.directory.by_name(to) else {
-            return; // gone while the message was on its way
+    /// Nothing more: the claim moved the name in the registry.
+    fn named(&mut self, _now: Instant, _name: &str, _old: Option<&str>, _rooms: &[String]) {}
+
+    fn moved(&mut self, _now: Instant, change: RoomChange<'_>) {
+        match (change.entered, change.name) {
+            (true, Some(name)) => self.entered(name, change.room),
+            (false, name) => self.forget(name, &[change.room.to_owned()], false),
+            (true, None) => {}
+        }
+        if change.first_or_last {
+            self.room_changed(change.room, change.entered);
+        }
+    }
+
+    fn gone(&mut self, _now: Instant, name: Option<&str>, rooms: &[String], emptied: &[&str]) {
+        self.forget(name, rooms, true);
+        for room in emptied {
+            self.room_changed(room, false);
+        }
+    }
+
+    fn publish(&mut self, _now: Instant, room: &str, event: &EventBytes, remember: bool) {
+        self.post_room_event(room, event, remember);
+    }
+
+    fn direct(&mut self, _now: Instant, _member: MemberId, to: &str, event: &EventBytes) -> Route {
+        let Some(at) = self.loop_of(to) else {
+            return Route::Unknown;
         };
-        let encoded = Encoded::from_wire(ctx, wire);
-        let sent = self.send_event(ctx, recipient, &encoded);
-        self.stats.delivered(sent);
+        let notice = Notice::Direct {
+            to: to.to_owned(),
+            event: event.serialized().clone(),
+        };
+        if let Err(e) = send(&self.peers, at, notice) {
+            self.stats.count_cross_loop_dropped();
+            self.log_dropped(at, e);
+        }
+        Route::Sent
+    }
+
+    fn list(&mut self, _now: Instant, _member: MemberId) -> Listing {
+        Listing::Rooms(self.room_list())
+    }
+
+    /// Names are never lost across loops: nothing to claim again.
+    fn reclaim(&mut self, _now: Instant, _name: &str, _rooms: &[String]) {}
+
+    fn unclaim(&mut self, _now: Instant, name: &str) {
+        self.forget(Some(name), &[], true);
+    }
+
+    fn take_remote(&mut self) -> Vec<Remote> {
+        std::mem::take(&mut self.heard)
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    /// A retry of the room notices a full inbox refused, when some wait.
+    fn timer(&mut self) -> Option<Duration> {
+        self.needs_retry().then_some(LOOP_RETRY)
+    }
+
+    fn tick(&mut self, _now: Instant, _held: &dyn Fn() -> Vec<(String, Vec<String>)>) {
+        self.retried();
     }
 }

@@ -1,5 +1,5 @@
-//! The chat wire format: what members send ([`Request`], or the seeds' legacy
-//! [`LegacyMessage`]), what the server sends back ([`Event`]), and the rules for names.
+//! The chat wire format: what members send ([`Request`], or the two-field
+//! [`NameMsg`]), what the server sends back ([`Event`]), and the rules for names.
 //!
 //! Every TCP frame and every UDP datagram carries one UTF-8 JSON object. Typed objects
 //! name their kind in a `type` field:
@@ -10,8 +10,8 @@
 //! ```
 //!
 //! A UDP datagram without `type` but with `name` and `msg` is the seed programs'
-//! form, `{"name":"clinet1","msg":"hi"}`; its sender becomes a legacy member and is
-//! answered in the same form ([`LegacyMessage`]). `docs/chat.md` lists every message.
+//! form, `{"name":"clinet1","msg":"hi"}`; its sender becomes a name/msg member and is
+//! answered in the same form ([`NameMsg`]). `docs/chat.md` lists every message.
 
 use std::fmt;
 
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 /// Longest name or room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
-/// The sender name the server uses when it answers a legacy member with an error: legacy
+/// The sender name the server uses when it answers a name/msg member with an error: such
 /// members understand only `{"name", "msg"}`, so errors take that form too. Reserved,
 /// so that no member can pose as the server.
 pub const SERVER_NAME: &str = "switchboard";
@@ -70,15 +70,27 @@ pub enum Request {
 /// The seed programs' message: `{"name": N, "msg": M}`, meaning `hello N` followed by
 /// `say lobby M`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct LegacyMessage {
+pub struct NameMsg {
     /// The sender's name.
     pub name: String,
     /// The text, said in the lobby.
     pub msg: String,
     /// Whether the object has a `type` field at all (even `null`): such an object is a
-    /// malformed typed request, not a legacy message.
+    /// malformed typed request, not a name/msg message.
     #[serde(rename = "type", default, deserialize_with = "field_present")]
     has_type: bool,
+}
+
+#[cfg(test)]
+impl NameMsg {
+    /// A name/msg message as a datagram would carry it.
+    pub fn for_test(name: &str, msg: &str) -> NameMsg {
+        NameMsg {
+            name: name.into(),
+            msg: msg.into(),
+            has_type: false,
+        }
+    }
 }
 
 /// Deserializes any value, `null` included, as "the field is there" (serde would take
@@ -87,7 +99,7 @@ fn field_present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bo
     serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
 }
 
-/// The room legacy members live in.
+/// The room name/msg members live in.
 pub const LOBBY: &str = "lobby";
 
 /// One decoded message from a member.
@@ -96,7 +108,7 @@ pub enum Incoming {
     /// A typed request.
     Typed(Request),
     /// A seed-style `{"name", "msg"}` datagram.
-    Legacy(LegacyMessage),
+    NameMsg(NameMsg),
 }
 
 /// Why a frame or datagram is not a request. Answered with an `error` event; the
@@ -126,10 +138,10 @@ impl fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-/// Whether a transport accepts the seeds' legacy form (UDP does, TCP does not).
+/// Whether a transport accepts the two-field `{"name","msg"}` form (UDP does, TCP does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Legacy {
-    /// `{"name", "msg"}` without `type` is a [`LegacyMessage`].
+pub enum NameMsgForm {
+    /// `{"name", "msg"}` without `type` is a [`NameMsg`].
     Accepted,
     /// Only typed requests.
     Refused,
@@ -138,11 +150,11 @@ pub enum Legacy {
 /// Decodes one frame or datagram.
 ///
 /// ```
-/// use switchboard::services::chat::{parse, Incoming, Legacy, Request};
-/// let request = parse(br#"{"type":"join","room":"lobby"}"#, Legacy::Refused).unwrap();
+/// use switchboard::services::chat::{parse, Incoming, NameMsgForm, Request};
+/// let request = parse(br#"{"type":"join","room":"lobby"}"#, NameMsgForm::Refused).unwrap();
 /// assert_eq!(request, Incoming::Typed(Request::Join { room: "lobby".into() }));
 /// ```
-pub fn parse(bytes: &[u8], legacy: Legacy) -> Result<Incoming, BadInput> {
+pub fn parse(bytes: &[u8], form: NameMsgForm) -> Result<Incoming, BadInput> {
     // Checked first so that invalid UTF-8 is reported as such, not as a JSON error.
     let text = std::str::from_utf8(bytes).map_err(|e| BadInput::Utf8 {
         at: e.valid_up_to(),
@@ -151,10 +163,10 @@ pub fn parse(bytes: &[u8], legacy: Legacy) -> Result<Incoming, BadInput> {
         Ok(request) => return Ok(Incoming::Typed(request)),
         Err(e) => e,
     };
-    if legacy == Legacy::Accepted {
-        if let Ok(message) = serde_json::from_str::<LegacyMessage>(text) {
+    if form == NameMsgForm::Accepted {
+        if let Ok(message) = serde_json::from_str::<NameMsg>(text) {
             if !message.has_type {
-                return Ok(Incoming::Legacy(message));
+                return Ok(Incoming::NameMsg(message));
             }
         }
     }
@@ -273,9 +285,9 @@ pub enum Event<'a> {
     },
 }
 
-/// The seeds' form, as sent to legacy members: `{"name": sender, "msg": text}`.
+/// The seeds' form, as sent to name/msg members: `{"name": sender, "msg": text}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LegacyReply<'a> {
+pub struct NameMsgReply<'a> {
     /// The sender's name.
     pub name: &'a str,
     /// The text.
@@ -293,7 +305,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// How each [`Event`] the server encodes begins: serde writes the tag first, compact.
 /// `dm` is also a request, so its event is told by the `from` that only the server
-/// writes; the legacy errors are the ones signed [`SERVER_NAME`].
+/// writes; the name/msg errors are the ones signed [`SERVER_NAME`].
 const OWN_OUTPUT_PREFIXES: [&[u8]; 10] = [
     br#"{"type":"welcome""#,
     br#"{"type":"msg""#,
@@ -308,10 +320,10 @@ const OWN_OUTPUT_PREFIXES: [&[u8]; 10] = [
 ];
 
 /// True if `datagram` is something this server sends, not something a member would:
-/// an event, or a legacy error. Such a datagram arriving is the server's own output
+/// an event, or a name/msg error. Such a datagram arriving is the server's own output
 /// sent back, by an echo service or another chat server that was given a forged
 /// source; answering it would start a loop (its answer would come back too). A
-/// legacy member's echo of its own message cannot be told this way (it is a legacy
+/// name/msg member's echo of its own message cannot be told this way (it is a name/msg
 /// message); the service recognises that one by its bytes.
 ///
 /// ```
@@ -350,7 +362,7 @@ mod tests {
     use super::*;
 
     fn typed(json: &str) -> Result<Incoming, BadInput> {
-        parse(json.as_bytes(), Legacy::Refused)
+        parse(json.as_bytes(), NameMsgForm::Refused)
     }
 
     #[test]
@@ -394,7 +406,7 @@ mod tests {
     #[test]
     fn bad_input_is_classified() {
         assert_eq!(
-            parse(b"{\"type\":\"ping\xff", Legacy::Refused),
+            parse(b"{\"type\":\"ping\xff", NameMsgForm::Refused),
             Err(BadInput::Utf8 { at: 13 })
         );
         assert!(matches!(typed("{not json"), Err(BadInput::Json(_))));
@@ -410,22 +422,22 @@ mod tests {
     fn legacy_form_only_where_accepted_and_only_without_type() {
         let seed = br#"{"name": "clinet1", "msg": "hi"}"#;
         assert!(matches!(
-            parse(seed, Legacy::Accepted),
-            Ok(Incoming::Legacy(LegacyMessage { ref name, ref msg, .. })) if name == "clinet1" && msg == "hi"
+            parse(seed, NameMsgForm::Accepted),
+            Ok(Incoming::NameMsg(NameMsg { ref name, ref msg, .. })) if name == "clinet1" && msg == "hi"
         ));
         assert!(matches!(
-            parse(seed, Legacy::Refused),
+            parse(seed, NameMsgForm::Refused),
             Err(BadInput::Request(_))
         ));
         let typed_but_broken = br#"{"type":"say","name":"a","msg":"hi"}"#;
         assert!(matches!(
-            parse(typed_but_broken, Legacy::Accepted),
+            parse(typed_but_broken, NameMsgForm::Accepted),
             Err(BadInput::Request(_))
         ));
         // Found by the chat_parse fuzz target: serde reads a `null` as a missing field.
         let null_type = br#"{"name":"a","msg":"b","type":null}"#;
         assert!(matches!(
-            parse(null_type, Legacy::Accepted),
+            parse(null_type, NameMsgForm::Accepted),
             Err(BadInput::Request(_))
         ));
     }
@@ -472,7 +484,7 @@ mod tests {
             let json = to_json(event);
             assert!(is_own_output(&json), "{}", String::from_utf8_lossy(&json));
         }
-        let legacy_error = LegacyReply {
+        let legacy_error = NameMsgReply {
             name: SERVER_NAME,
             msg: "error: no",
         };
@@ -545,7 +557,7 @@ mod tests {
             to_json(&rooms),
             br#"{"type":"rooms","rooms":[{"room":"r","members":["a","b"]}]}"#
         );
-        let legacy = LegacyReply {
+        let legacy = NameMsgReply {
             name: "clinet1",
             msg: "你好",
         };

@@ -12,65 +12,40 @@
 //!   [`check_name`](super::protocol::check_name), texts by `--max-text`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
 
 use slab::Slab;
 
-use super::fanout::Encoded;
+use super::event_bytes::EventBytes;
 use super::protocol::RoomInfo;
-use crate::{ConnId, TimerId, UdpId};
 
-/// A member's key in the [`Directory`]; reused after the member goes.
+/// A member's key in the [`Directory`], the peer id every transport maps its own
+/// addresses to; reused after the member goes.
 pub type MemberId = usize;
 
-/// How a member is reached.
-#[derive(Debug)]
-pub enum Link {
-    /// A stream connection: events are frames.
-    Tcp(ConnId),
-    /// A UDP peer: events are datagrams.
-    Udp(UdpLink),
-    /// A WebSocket connection: events are text messages (feature `ws`).
-    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
-    Ws(ConnId),
-}
-
-/// A UDP member's address and liveness.
-#[derive(Debug)]
-pub struct UdpLink {
-    /// The server socket it talks to.
-    pub socket: UdpId,
-    /// Its address.
-    pub peer: SocketAddr,
-    /// Which form it speaks, decided by the last message it sent.
-    pub form: Form,
-    /// When its last datagram arrived; it expires a fixed time after that.
-    pub last_seen: Instant,
-    /// The timer that checks for its expiry.
-    pub expiry_timer: Option<TimerId>,
-    /// A legacy member's last echo of its own message: a hash of the datagram, and
-    /// when it was sent. The same bytes back soon after are a reflection.
-    pub last_echo: Option<(u64, Instant)>,
-}
-
-/// The message form a UDP member speaks.
+/// The message form a member speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
-    /// Typed JSON objects, like TCP members.
+    /// Typed JSON objects (every stream member; UDP members that send them).
     Typed,
-    /// The seeds' `{"name", "msg"}`: it receives only messages, in that form.
-    Legacy,
+    /// The seeds' two-field `{"name", "msg"}` (UDP only): the member receives only
+    /// messages, and errors, in that form.
+    NameMsg,
 }
 
-/// One member.
+/// One member. `A` is its address, which only its transport reads.
 #[derive(Debug)]
-pub struct Member {
-    /// Set by `hello` (or a legacy message); `None` until then.
+pub struct Member<A> {
+    /// Set by `hello` (or a name/msg message); `None` until then.
     pub name: Option<String>,
-    /// How to reach it.
-    pub link: Link,
+    /// How its transport reaches it.
+    pub address: A,
+    /// Which form it speaks (a UDP member's may change with each datagram).
+    pub form: Form,
+    /// Its requests can wait, in order, for the backplane to settle its name: true
+    /// for a stream member, whose connection holds them; a datagram member is
+    /// answered at once.
+    pub can_wait: bool,
     /// The rooms it is in, in the order it joined them.
     pub rooms: Vec<String>,
     /// Disconnected for falling behind: no more output is queued for it while the
@@ -78,10 +53,10 @@ pub struct Member {
     pub cut_off: bool,
 }
 
-impl Member {
-    /// True for a UDP member speaking the legacy form.
-    pub fn is_legacy(&self) -> bool {
-        matches!(&self.link, Link::Udp(udp) if udp.form == Form::Legacy)
+impl<A> Member<A> {
+    /// True for a member speaking the name/msg form.
+    pub fn speaks_name_msg(&self) -> bool {
+        self.form == Form::NameMsg
     }
 }
 
@@ -93,7 +68,7 @@ pub struct Room {
     /// Where each member sits in `members`, so that leaving is O(1).
     positions: HashMap<MemberId, usize>,
     /// The latest `msg` events, oldest first, replayed to members who join.
-    history: VecDeque<Rc<Encoded>>,
+    history: VecDeque<Rc<EventBytes>>,
 }
 
 impl Room {
@@ -103,12 +78,12 @@ impl Room {
     }
 
     /// The latest messages, oldest first.
-    pub fn history(&self) -> impl Iterator<Item = &Rc<Encoded>> {
+    pub fn history(&self) -> impl Iterator<Item = &Rc<EventBytes>> {
         self.history.iter()
     }
 
     /// Appends a message to the history, keeping at most `keep`.
-    pub fn remember(&mut self, message: Rc<Encoded>, keep: usize) {
+    pub fn remember(&mut self, message: Rc<EventBytes>, keep: usize) {
         if keep == 0 {
             return;
         }
@@ -149,20 +124,32 @@ pub enum Refusal {
 }
 
 /// Members, names and rooms. See the module docs for its invariants.
-#[derive(Debug, Default)]
-pub struct Directory {
-    members: Slab<Member>,
+#[derive(Debug)]
+pub struct Directory<A> {
+    members: Slab<Member<A>>,
     names: HashMap<String, MemberId>,
     /// By name, so that `list` comes out sorted.
     rooms: BTreeMap<String, Room>,
 }
 
-impl Directory {
+impl<A> Default for Directory<A> {
+    fn default() -> Self {
+        Directory {
+            members: Slab::new(),
+            names: HashMap::new(),
+            rooms: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> Directory<A> {
     /// Adds a nameless member in no room.
-    pub fn add(&mut self, link: Link) -> MemberId {
+    pub fn add(&mut self, address: A, form: Form, can_wait: bool) -> MemberId {
         self.members.insert(Member {
             name: None,
-            link,
+            address,
+            form,
+            can_wait,
             rooms: Vec::new(),
             cut_off: false,
         })
@@ -170,7 +157,7 @@ impl Directory {
 
     /// Removes a member from its rooms and frees its name. Returns it, so the caller
     /// can tell those rooms.
-    pub fn remove(&mut self, id: MemberId) -> Option<Member> {
+    pub fn remove(&mut self, id: MemberId) -> Option<Member<A>> {
         let member = self.members.try_remove(id)?;
         for room in &member.rooms {
             self.drop_from_room(id, room);
@@ -182,18 +169,17 @@ impl Directory {
     }
 
     /// Every member's id.
-    #[cfg(feature = "redis")]
     pub fn member_ids(&self) -> impl Iterator<Item = MemberId> + '_ {
         self.members.iter().map(|(id, _)| id)
     }
 
     /// The member `id`, if present.
-    pub fn member(&self, id: MemberId) -> Option<&Member> {
+    pub fn member(&self, id: MemberId) -> Option<&Member<A>> {
         self.members.get(id)
     }
 
     /// The member `id`, if present, to change.
-    pub fn member_mut(&mut self, id: MemberId) -> Option<&mut Member> {
+    pub fn member_mut(&mut self, id: MemberId) -> Option<&mut Member<A>> {
         self.members.get_mut(id)
     }
 
@@ -293,7 +279,7 @@ impl Directory {
     }
 
     /// Calls `visit` for every member of `room`: the fan-out loop.
-    pub fn for_each_in(&mut self, room: &str, mut visit: impl FnMut(&mut Member)) {
+    pub fn for_each_in(&mut self, room: &str, mut visit: impl FnMut(&mut Member<A>)) {
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
@@ -304,14 +290,7 @@ impl Directory {
         }
     }
 
-    /// Every name held.
-    #[cfg(feature = "redis")]
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.keys().map(String::as_str)
-    }
-
     /// Every name held, with its holder's rooms.
-    #[cfg(feature = "redis")]
     pub fn named_with_rooms(&self) -> impl Iterator<Item = (&str, &[String])> {
         self.names.iter().filter_map(|(name, &id)| {
             let member = self.members.get(id)?;
@@ -334,21 +313,17 @@ impl Directory {
 mod tests {
     use super::*;
 
-    fn tcp(key: usize) -> Link {
-        Link::Tcp(crate::ConnId::new(key, 1))
-    }
-
-    fn named(dir: &mut Directory, name: &str) -> MemberId {
-        let id = dir.add(tcp(dir.members.len()));
+    fn named(dir: &mut Directory<u32>, name: &str) -> MemberId {
+        let id = dir.add(0, Form::Typed, true);
         dir.rename(id, name).unwrap();
         id
     }
 
     #[test]
     fn names_are_unique_and_freed_on_rename_and_removal() {
-        let mut dir = Directory::default();
+        let mut dir = Directory::<u32>::default();
         let a = named(&mut dir, "alice");
-        let b = dir.add(tcp(1));
+        let b = dir.add(1, Form::Typed, true);
         assert_eq!(dir.rename(b, "alice"), Err(Refusal::NameTaken));
         assert_eq!(dir.rename(a, "alicia"), Ok(Some("alice".into())));
         assert_eq!(dir.rename(b, "alice"), Ok(None));
@@ -360,7 +335,7 @@ mod tests {
 
     #[test]
     fn rooms_exist_while_they_have_members() {
-        let mut dir = Directory::default();
+        let mut dir = Directory::<u32>::default();
         let a = named(&mut dir, "a");
         let b = named(&mut dir, "b");
         dir.join(a, "r", 10).unwrap();
@@ -377,7 +352,7 @@ mod tests {
 
     #[test]
     fn leaving_from_the_middle_keeps_positions_right() {
-        let mut dir = Directory::default();
+        let mut dir = Directory::<u32>::default();
         let ids: Vec<_> = (0..4).map(|i| named(&mut dir, &i.to_string())).collect();
         for &id in &ids {
             dir.join(id, "r", 10).unwrap();
@@ -393,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_member_is_in_at_most_the_room_limit() {
-        let mut dir = Directory::default();
+        let mut dir = Directory::<u32>::default();
         let a = named(&mut dir, "a");
         for i in 0..3 {
             dir.join(a, &i.to_string(), 3).unwrap();
@@ -406,15 +381,22 @@ mod tests {
         assert_eq!(dir.member(a).unwrap().rooms, vec!["0", "2", "3"]);
     }
 
+    fn test_event(byte: u8) -> EventBytes {
+        EventBytes::from_serialized(super::super::event_bytes::Serialized {
+            json: vec![byte],
+            name_msg: None,
+        })
+    }
+
     #[test]
     fn history_keeps_the_latest() {
         let mut room = Room::default();
         for i in 0..5u8 {
-            room.remember(Rc::new(Encoded::for_test(&[i])), 3);
+            room.remember(Rc::new(test_event(i)), 3);
         }
         let kept: Vec<u8> = room.history().map(|e| e.json()[0]).collect();
         assert_eq!(kept, vec![2, 3, 4]);
-        room.remember(Rc::new(Encoded::for_test(&[9])), 0);
+        room.remember(Rc::new(test_event(9)), 0);
         assert_eq!(room.history().count(), 3);
     }
 }

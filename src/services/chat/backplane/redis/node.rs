@@ -1,0 +1,740 @@
+//! A chat node in a cluster through Redis (`switchboard chat --redis redis://HOST:PORT`):
+//! what the chat service does with its one connection to Redis.
+//!
+//! ```text
+//!   member says in "r" -> this node's members of "r"
+//!                      -> PUBLISH sb:room:r  <node id> 0 m 0 <json> 0 <legacy>
+//!   every node subscribed to sb:room:r (those with members in "r") -> its members,
+//!   but the message's own node, which drops its echo by the node id
+//! ```
+//!
+//! - Room events: each node publishes its members' room events to `sb:room:ROOM` and
+//!   subscribes to the rooms its members are in (from the first member's join to the
+//!   last one's leave). Every event carries the node id; a node drops its own.
+//! - Names and presence: `sb:name:NAME` holds the node and the member's rooms, with a
+//!   TTL (`--redis-ttl`) that the node refreshes a third of the way through: a name is
+//!   taken with `SET NX`, so it is unique across the cluster, and a dead node's members
+//!   vanish when their keys expire. `list` reads every such key (`SCAN` then `MGET`).
+//! - Direct messages: each node subscribes to `sb:dm:NAME` for each of its named
+//!   members; a DM to a member of another node is a `PUBLISH` there, whose receiver
+//!   count says whether anyone holds the name.
+//! - Redis down or restarting: the node logs it and tells its members; rooms go on
+//!   among its own members, names are checked among them only; the link redials with
+//!   backoff (`link`), resubscribes, and takes its members' names again (a name taken
+//!   elsewhere meanwhile is reported to its holder here). No member is disconnected.
+//! - Redis stopped or swamped (`limits`): what is queued for it stops at
+//!   `--redis-max-queued`, a member waits for a reply at most `--redis-reply-timeout`,
+//!   and `/healthz` and `/metrics` say how the link is.
+//!
+//! A stream member's `hello` waits for Redis's answer ([`Claim::Pending`]): the engine
+//! holds its requests after it, in order, until the name is settled.
+//!
+//! The node does no I/O: it queues what it would write to Redis, asks for a dial or a
+//! close, and turns what Redis says into [`Remote`] events; the chat service carries
+//! those out on the connection it dialled (see `service.rs`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
+use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
+use super::resp::Reply;
+use crate::services::chat::engine::{
+    Backplane, Claim, EventBytes, Listing, MemberId, Remote, RoomChange, Route, Serialized,
+    Settled, Transmit, LOG_INTERVAL,
+};
+use crate::services::chat::{Chat, ChatCodec};
+use crate::throttle::Throttle;
+use crate::{CloseReason, ConnId, Dial, EndpointId, RawCodec, Reactor};
+
+/// Largest reply accepted from Redis (a `list` of a large cluster is the largest).
+const MAX_REPLY: usize = 16 << 20;
+/// How often the node looks at its link: to redial when the backoff says, to refresh
+/// its keys when a third of their TTL has passed.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a dial to Redis may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the cluster is, how long a node's keys live, and how much a node lets wait
+/// for Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The Redis server.
+    pub addr: SocketAddr,
+    /// How long names and presence keys live without a refresh: a dead node's members
+    /// vanish after it.
+    pub ttl: Duration,
+    /// The most bytes queued for Redis: past it, commands (room events, mostly) are
+    /// dropped and counted, and the members told, until the queue drains.
+    pub max_queued: usize,
+    /// How long a member waits for an answer that needs Redis (`hello`, a DM to
+    /// another node, `list`) before it is told the cluster did not answer.
+    pub reply_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST; the
+    /// limits take their defaults.
+    pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
+        use std::net::ToSocketAddrs;
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("'{url}' is not a redis:// address"))?;
+        let rest = rest.trim_end_matches('/');
+        let with_port = match rest.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => rest.to_string(),
+            _ => format!("{rest}:6379"),
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve '{url}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{url}' resolves to no address"))?;
+        Ok(RedisSettings {
+            addr,
+            ttl,
+            max_queued: DEFAULT_MAX_QUEUED,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        })
+    }
+}
+
+/// Opens the unframed outbound endpoint the node's Redis connection goes through: the
+/// setup step of a chat reactor with Redis ([`crate::Pool::start_with`]).
+pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
+    let endpoint = reactor.outbound(ChatCodec::Raw(RawCodec));
+    reactor.service_mut().use_backplane_endpoint(endpoint);
+    Ok(())
+}
+
+/// What a reply from Redis answers.
+#[derive(Debug, Clone)]
+pub(super) enum Tag {
+    /// A stream member's `hello`: `SET NX` of its new name.
+    Claim { member: MemberId, name: String },
+    /// A name this node holds, taken again after a reconnect or an expiry.
+    Reclaim { name: String },
+    /// The TTL refresh of a name (0: the key had gone).
+    Refresh { name: String },
+    /// A DM to a member of another node: how many nodes received it.
+    Direct {
+        member: MemberId,
+        to: String,
+        event: Serialized,
+    },
+    /// A step of `list`: the keys found so far.
+    Scan {
+        member: MemberId,
+        keys: Vec<Vec<u8>>,
+    },
+    /// The last step of `list`: the values of these keys.
+    Values {
+        member: MemberId,
+        keys: Vec<Vec<u8>>,
+    },
+    /// Nothing waits for the answer.
+    Ignore,
+}
+
+/// One node's link to the cluster: a [`Backplane`].
+#[derive(Debug)]
+pub struct Node {
+    /// This node, in every event it publishes.
+    pub id: String,
+    pub(super) settings: RedisSettings,
+    endpoint: Option<EndpointId>,
+    /// The connection to Redis, once dialled.
+    pub conn: Option<ConnId>,
+    pub(super) link: Link<Tag>,
+    /// What to write and whether to close, until the service takes it.
+    pub(super) transmit: Transmit,
+    /// Bytes queued on the connection when the service last looked.
+    pub(super) queued_on_conn: usize,
+    /// What Redis said, for the engine.
+    pub(super) heard: Vec<Remote>,
+    /// When the names were last refreshed.
+    refreshed: Instant,
+    /// The link has been up since it last went down (for the notices).
+    was_up: bool,
+    /// The link failed since it was last up: Redis is unreachable or gone.
+    pub(super) down: bool,
+    /// Why the link last failed, for `/healthz`.
+    pub(super) last_failure: Option<String>,
+    /// Whether commands are dropped at `max_queued`, and whether the members know.
+    pub(super) backlog: Backlog,
+    /// Commands dropped at `max_queued`, since the start.
+    pub(super) dropped: u64,
+    /// Dials after the first, since the start.
+    pub(super) reconnects: u64,
+    /// The link has been dialled once (the next dials are reconnects).
+    dialled: bool,
+    /// The loop is shutting down: no more dials.
+    stopped: bool,
+    /// Failures to reach Redis, for the log.
+    unreachable_log: Throttle,
+    /// Replies overdue, for the log.
+    pub(super) overdue_log: Throttle,
+}
+
+impl Node {
+    /// Loop `loop_index`'s node, not yet connected.
+    pub fn new(settings: RedisSettings, loop_index: usize) -> Node {
+        let now = Instant::now();
+        let nonce = std::collections::hash_map::RandomState::new();
+        let nonce = std::hash::BuildHasher::hash_one(&nonce, now) as u32;
+        Node {
+            id: format!("{}-{loop_index}-{nonce:08x}", std::process::id()),
+            endpoint: None,
+            conn: None,
+            link: Link::new(now, MAX_REPLY).with_reply_timeout(settings.reply_timeout),
+            transmit: Transmit::default(),
+            queued_on_conn: 0,
+            heard: Vec::new(),
+            settings,
+            refreshed: now,
+            was_up: false,
+            down: false,
+            last_failure: None,
+            backlog: Backlog::default(),
+            dropped: 0,
+            reconnects: 0,
+            dialled: false,
+            stopped: false,
+            unreachable_log: Throttle::new(LOG_INTERVAL),
+            overdue_log: Throttle::new(LOG_INTERVAL),
+        }
+    }
+
+    /// True while the link is up.
+    pub fn is_up(&self) -> bool {
+        self.link.state() == LinkState::Up
+    }
+
+    /// Queues `bytes` (from the link) for the connection.
+    fn send(&mut self, bytes: Option<Vec<u8>>) {
+        if let (Some(_), Some(bytes)) = (self.conn, bytes) {
+            self.transmit.bytes.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Runs a command, if the link is up and what is queued for Redis is within its
+    /// bound; false if not (a command refused at the bound is counted as dropped).
+    pub(super) fn command(&mut self, now: Instant, tag: Tag, args: &[&[u8]]) -> bool {
+        if !self.is_up() || !self.within_bound() {
+            return false;
+        }
+        let bytes = self.link.command(now, tag, args);
+        let sent = bytes.is_some();
+        self.send(bytes);
+        sent
+    }
+
+    pub(super) fn subscribe(&mut self, channel: &str) {
+        let bytes = self.link.subscribe(channel.as_bytes());
+        self.send_state(bytes);
+    }
+
+    pub(super) fn unsubscribe(&mut self, channel: &str) {
+        let bytes = self.link.unsubscribe(channel.as_bytes());
+        self.send_state(bytes);
+    }
+
+    /// A command whose answer will not come: settle it locally.
+    fn unanswered(&mut self, tag: Tag) {
+        let remote = match tag {
+            Tag::Claim { member, name } => Remote::NameSettled {
+                member,
+                name,
+                outcome: Settled::Unchecked,
+            },
+            Tag::Direct { member, to, .. } => Remote::Refuse {
+                member,
+                reason: format!("no member named {to} on this server (the cluster is unreachable)"),
+            },
+            Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::ListLocally { member },
+            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+        };
+        self.heard.push(remote);
+    }
+
+    pub(super) fn reply(&mut self, now: Instant, tag: Tag, reply: Reply) {
+        if let Reply::Error(e) = &reply {
+            log::warn!(
+                "chat: Redis refused a command: {}",
+                String::from_utf8_lossy(e)
+            );
+            return self.unanswered(tag);
+        }
+        let remote = match tag {
+            Tag::Claim { member, name } => Remote::NameSettled {
+                member,
+                name,
+                outcome: match reply {
+                    Reply::Null => Settled::Taken,
+                    _ => Settled::Granted,
+                },
+            },
+            Tag::Reclaim { name } if reply == Reply::Null => Remote::NoticeTo {
+                text: format!(
+                    "your name {name} is also held by a member of another chat \
+                     server: choose another with hello"
+                ),
+                name,
+            },
+            Tag::Refresh { name } if reply == Reply::Number(0) => Remote::Reclaim { name },
+            Tag::Direct { member, to, event } => Remote::DirectSettled {
+                member,
+                to,
+                event: matches!(reply, Reply::Number(n) if n > 0).then_some(event),
+            },
+            Tag::Scan { member, mut keys } => {
+                return self.list_scanned(now, member, &mut keys, reply)
+            }
+            Tag::Values { member, keys } => return self.list_answer(member, &keys, reply),
+            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+        };
+        self.heard.push(remote);
+    }
+
+    /// A published event from another node.
+    fn message(&mut self, channel: &[u8], payload: &[u8]) {
+        let Some((from, remember, event)) = open_envelope(payload) else {
+            return log::debug!("chat: a message from Redis that is not an event: dropped");
+        };
+        if from == self.id.as_bytes() {
+            return; // our own, echoed by Redis
+        }
+        // (Our own channels: their names are UTF-8, as room and member names are.)
+        let named = |prefix: &[u8]| {
+            channel
+                .strip_prefix(prefix)
+                .and_then(|n| std::str::from_utf8(n).ok())
+        };
+        if let Some(room) = named(b"sb:room:") {
+            self.heard.push(Remote::Room {
+                room: room.to_owned(),
+                event,
+                remember,
+            });
+        } else if let Some(to) = named(b"sb:dm:") {
+            self.heard.push(Remote::Direct {
+                to: to.to_owned(),
+                event,
+            });
+        }
+    }
+
+    /// The key of a name.
+    pub fn name_key(name: &str) -> String {
+        format!("sb:name:{name}")
+    }
+
+    /// What a name's key holds: the node, then the member's rooms, a line each.
+    pub fn name_value(&self, rooms: &[String]) -> String {
+        let mut value = self.id.clone();
+        for room in rooms {
+            value.push('\n');
+            value.push_str(room);
+        }
+        value
+    }
+
+    fn ttl_secs(&self) -> String {
+        self.settings.ttl.as_secs().max(1).to_string()
+    }
+
+    /// `SET key value NX|XX EX ttl`.
+    pub(super) fn set_name(
+        &mut self,
+        now: Instant,
+        tag: Tag,
+        name: &str,
+        rooms: &[String],
+        condition: &str,
+    ) -> bool {
+        let (key, value, ttl) = (
+            Node::name_key(name),
+            self.name_value(rooms),
+            self.ttl_secs(),
+        );
+        let args: [&[u8]; 6] = [
+            b"SET",
+            key.as_bytes(),
+            value.as_bytes(),
+            condition.as_bytes(),
+            b"EX",
+            ttl.as_bytes(),
+        ];
+        self.command(now, tag, &args)
+    }
+}
+
+impl Backplane for Node {
+    /// A stream member's name waits for Redis's `SET NX`; a datagram member's, or any
+    /// while the link is down, is checked here only.
+    fn claim(
+        &mut self,
+        now: Instant,
+        member: MemberId,
+        name: &str,
+        _old: Option<&str>,
+        rooms: &[String],
+        can_wait: bool,
+    ) -> Claim {
+        if !self.is_up() || !can_wait {
+            return Claim::Free;
+        }
+        let tag = Tag::Claim {
+            member,
+            name: name.to_owned(),
+        };
+        match self.set_name(now, tag, name, rooms, "NX") {
+            true => Claim::Pending,
+            false => Claim::Free,
+        }
+    }
+
+    fn named(&mut self, now: Instant, name: &str, old: Option<&str>, rooms: &[String]) {
+        if let Some(old) = old {
+            self.unclaim(now, old);
+        }
+        self.hold_name(now, name, rooms);
+    }
+
+    /// Its key lists its rooms; the node listens to a room while it has members in it.
+    fn moved(&mut self, now: Instant, change: RoomChange<'_>) {
+        let channel = format!("sb:room:{}", change.room);
+        match change.entered || !change.first_or_last {
+            true => self.subscribe(&channel),
+            false => self.unsubscribe(&channel),
+        }
+        if let Some(name) = change.name {
+            self.set_name(now, Tag::Ignore, name, change.rooms, "XX");
+        }
+    }
+
+    fn gone(&mut self, now: Instant, name: Option<&str>, _rooms: &[String], emptied: &[&str]) {
+        for room in emptied {
+            self.unsubscribe(&format!("sb:room:{room}"));
+        }
+        if let Some(name) = name {
+            self.unclaim(now, name);
+        }
+    }
+
+    fn publish(&mut self, now: Instant, room: &str, event: &EventBytes, remember: bool) {
+        let payload = envelope(&self.id, remember, event.serialized());
+        let channel = format!("sb:room:{room}");
+        self.command(
+            now,
+            Tag::Ignore,
+            &[b"PUBLISH", channel.as_bytes(), &payload],
+        );
+        self.tell_backlog();
+    }
+
+    /// Published to whichever node holds the name; the receiver count says whether
+    /// one did.
+    fn direct(&mut self, now: Instant, member: MemberId, to: &str, event: &EventBytes) -> Route {
+        if !self.is_up() {
+            return Route::Unknown;
+        }
+        let payload = envelope(&self.id, false, event.serialized());
+        let channel = format!("sb:dm:{to}");
+        let tag = Tag::Direct {
+            member,
+            to: to.to_owned(),
+            event: event.serialized().clone(),
+        };
+        match self.command(now, tag, &[b"PUBLISH", channel.as_bytes(), &payload]) {
+            true => Route::Pending,
+            false => Route::Unknown,
+        }
+    }
+
+    fn list(&mut self, now: Instant, member: MemberId) -> Listing {
+        match self.is_up() && self.scan(now, member, Vec::new(), b"0") {
+            true => Listing::Pending,
+            false => Listing::Local,
+        }
+    }
+
+    fn reclaim(&mut self, now: Instant, name: &str, rooms: &[String]) {
+        let tag = Tag::Reclaim {
+            name: name.to_owned(),
+        };
+        self.set_name(now, tag, name, rooms, "NX");
+    }
+
+    /// Deletes the name's key and stops its DMs.
+    fn unclaim(&mut self, now: Instant, name: &str) {
+        let key = Node::name_key(name);
+        self.command(now, Tag::Ignore, &[b"DEL", key.as_bytes()]);
+        self.unsubscribe(&format!("sb:dm:{name}"));
+    }
+
+    fn take_remote(&mut self) -> Vec<Remote> {
+        std::mem::take(&mut self.heard)
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn every(&self) -> Option<Duration> {
+        Some(TICK)
+    }
+
+    fn set_endpoint(&mut self, endpoint: EndpointId) {
+        self.endpoint = Some(endpoint);
+    }
+
+    fn transmit(&mut self) -> Option<(ConnId, Transmit)> {
+        Some((self.conn?, std::mem::take(&mut self.transmit)))
+    }
+
+    fn note_queued(&mut self, bytes: usize) {
+        self.queued_on_conn = bytes;
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.link_health()
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        self.write_link_metrics(out)
+    }
+
+    /// On start: say where the cluster is.
+    fn start(&mut self) {
+        log::info!(
+            "chat: node {} joining the cluster through Redis at {}",
+            self.id,
+            self.settings.addr
+        );
+    }
+
+    /// Redis, when the link is down and its backoff is over.
+    fn dial_due(&mut self, now: Instant) -> Option<Dial> {
+        if self.stopped || !self.link.due(now) {
+            return None;
+        }
+        if std::mem::replace(&mut self.dialled, true) {
+            self.reconnects += 1;
+        }
+        let dial = Dial::tcp(self.settings.addr).timeout(DIAL_TIMEOUT);
+        Some(match self.endpoint {
+            Some(endpoint) => dial.endpoint(endpoint),
+            None => dial,
+        })
+    }
+
+    /// The dial is under way on `conn`.
+    fn dialling(&mut self, conn: ConnId) {
+        self.conn = Some(conn);
+        self.link.connecting();
+    }
+
+    /// The dial could not even start.
+    fn dial_failed(&mut self, now: Instant, e: &dyn std::fmt::Display) {
+        if let Some(times) = self.unreachable_log.note(now) {
+            log::warn!(
+                "chat: cannot dial Redis at {}{}: {e}",
+                self.settings.addr,
+                attempts(times)
+            );
+        }
+        self.down = true;
+        self.last_failure = Some(format!("cannot dial: {e}"));
+        self.link.closed(now);
+    }
+
+    /// The link's tick: answer whoever waits for an overdue reply, end a drained
+    /// backlog, and refresh this node's names (`held` gives them) a third of the way
+    /// through their TTL.
+    fn tick(&mut self, now: Instant, held: &dyn Fn() -> Vec<(String, Vec<String>)>) {
+        self.expire_replies(now);
+        self.watch_backlog();
+        if !self.is_up() || now < self.refreshed + self.settings.ttl / 3 {
+            return;
+        }
+        self.refreshed = now;
+        let ttl = self.ttl_secs();
+        for (name, _) in held() {
+            let key = Node::name_key(&name);
+            let args: [&[u8]; 3] = [b"EXPIRE", key.as_bytes(), ttl.as_bytes()];
+            self.command(now, Tag::Refresh { name }, &args);
+        }
+    }
+
+    /// The connection came up: say so, and take this node's names (`held`) again.
+    fn connected(&mut self, now: Instant, held: Vec<(String, Vec<String>)>) {
+        let hello = self.link.connected(now);
+        self.send(Some(hello));
+        self.refreshed = now;
+        self.down = false;
+        self.backlog = Backlog::default();
+        log::info!(
+            "chat: node {}: connected to Redis at {}",
+            self.id,
+            self.settings.addr
+        );
+        if !self.was_up {
+            self.was_up = true;
+            self.heard.push(Remote::NoticeAll {
+                text: "the link to the other chat nodes is up".into(),
+            });
+        }
+        for (name, rooms) in held {
+            let tag = Tag::Reclaim { name: name.clone() };
+            self.set_name(now, tag, &name, &rooms, "NX");
+        }
+    }
+
+    /// Bytes from Redis.
+    fn input(&mut self, now: Instant, bytes: &[u8]) {
+        match self.link.input(bytes) {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        LinkEvent::Reply { tag, reply } => self.reply(now, tag, reply),
+                        LinkEvent::Late { tag, reply } => self.late_reply(now, tag, reply),
+                        LinkEvent::Message { channel, payload } => self.message(&channel, &payload),
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("chat: Redis sent what cannot be read ({e}): reconnecting");
+                self.transmit.close = true;
+            }
+        }
+    }
+
+    /// The connection closed or never came up: say so once, and settle what waited
+    /// for it as a node on its own would.
+    fn closed(&mut self, now: Instant, reason: CloseReason) {
+        self.conn = None;
+        self.transmit = Transmit::default();
+        self.queued_on_conn = 0;
+        let (retry_at, tags) = self.link.closed(now);
+        let wait = retry_at.saturating_duration_since(now);
+        let was_up = std::mem::replace(&mut self.was_up, false);
+        self.down = reason != CloseReason::Shutdown;
+        self.last_failure = Some(reason.to_string());
+        // The queue went with the connection; the notice below says more than a
+        // backlog's would.
+        self.backlog = Backlog::default();
+        if reason == CloseReason::Shutdown {
+            self.stopped = true;
+            log::info!(
+                "chat: node {}: link to Redis closed for the shutdown",
+                self.id
+            );
+        } else if was_up {
+            log::warn!(
+                "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
+                 members only until it is back (retrying in {wait:?})",
+                self.id,
+                self.settings.addr
+            );
+            self.heard.push(Remote::NoticeAll {
+                text: LINK_DOWN.into(),
+            });
+        } else if let Some(times) = self.unreachable_log.note(now) {
+            log::warn!(
+                "chat: node {}: cannot reach Redis at {} ({reason}){}; rooms reach this \
+                 node's members only until it can (retrying in {wait:?})",
+                self.id,
+                self.settings.addr,
+                attempts(times)
+            );
+        }
+        for tag in tags {
+            self.unanswered(tag);
+        }
+    }
+}
+
+/// What members are told when the link goes down, or is down when they arrive.
+pub(super) const LINK_DOWN: &str = "the link to the other chat nodes is down: rooms reach this \
+     server's members only until it is back";
+
+/// How many failed attempts a throttled log line stands for, when more than one.
+fn attempts(times: u64) -> String {
+    match times {
+        0 | 1 => String::new(),
+        _ => format!(" ({times} failed attempts since the last line)"),
+    }
+}
+
+/// A room event or a DM as it travels through Redis: the node, the kind, the typed
+/// JSON and the name/msg form, joined by NUL bytes (which JSON text never contains).
+fn envelope(node: &str, remember: bool, event: &Serialized) -> Vec<u8> {
+    let name_msg = event.name_msg.as_deref().unwrap_or_default();
+    let mut out = Vec::with_capacity(node.len() + event.json.len() + name_msg.len() + 4);
+    out.extend_from_slice(node.as_bytes());
+    out.push(0);
+    out.push(if remember { b'm' } else { b'p' });
+    out.push(0);
+    out.extend_from_slice(&event.json);
+    out.push(0);
+    out.extend_from_slice(name_msg);
+    out
+}
+
+/// The parts of an [`envelope`]: node, remember, the event.
+fn open_envelope(payload: &[u8]) -> Option<(&[u8], bool, Serialized)> {
+    let mut parts = payload.splitn(4, |&b| b == 0);
+    let node = parts.next()?;
+    let remember = parts.next()? == b"m";
+    let json = parts.next()?.to_vec();
+    let name_msg = parts.next().filter(|l| !l.is_empty()).map(<[u8]>::to_vec);
+    Some((node, remember, Serialized { json, name_msg }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_opens_to_what_was_put_in() {
+        let event = Serialized {
+            json: br#"{"type":"msg"}"#.to_vec(),
+            name_msg: Some(br#"{"name":"a","msg":"b"}"#.to_vec()),
+        };
+        let payload = envelope("node-1", true, &event);
+        let (node, remember, back) = open_envelope(&payload).unwrap();
+        assert_eq!((node, remember), (&b"node-1"[..], true));
+        assert_eq!(back, event);
+        let plain = envelope(
+            "n",
+            false,
+            &Serialized {
+                json: b"{}".to_vec(),
+                name_msg: None,
+            },
+        );
+        let (_, remember, back) = open_envelope(&plain).unwrap();
+        assert!(!remember && back.name_msg.is_none());
+        assert!(open_envelope(b"no separators").is_none());
+    }
+
+    #[test]
+    fn redis_urls_take_a_host_and_an_optional_port() {
+        let ttl = Duration::from_secs(30);
+        assert_eq!(
+            RedisSettings::parse("redis://127.0.0.1:6380", ttl)
+                .unwrap()
+                .addr,
+            "127.0.0.1:6380".parse().unwrap()
+        );
+        assert_eq!(
+            RedisSettings::parse("redis://127.0.0.1", ttl)
+                .unwrap()
+                .addr
+                .port(),
+            6379
+        );
+        assert!(RedisSettings::parse("http://127.0.0.1", ttl).is_err());
+    }
+}
