@@ -125,7 +125,10 @@ fn check_name_msg(text: &str, value: Option<&Value>, message: &NameMsg) {
         other => panic!("{text:?}: the server's own form of it parses as {other:?}"),
     }
     assert!(
-        matches!(parse(&again, NameMsgForm::Refused), Err(BadInput::Request(_))),
+        matches!(
+            parse(&again, NameMsgForm::Refused),
+            Err(BadInput::Request(_))
+        ),
         "{text:?}: a name/msg message accepted where refused"
     );
 }
