@@ -173,6 +173,7 @@ impl Chat {
                 self.refuse(ctx, member, &reason("list again later"));
             }
             Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => {}
+            Tag::Auth { .. } | Tag::Select { .. } => {}
         }
     }
 
@@ -192,9 +193,11 @@ impl Chat {
             }
             Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
             // Nobody waited for these: late is as good as on time.
-            tag @ (Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore) => {
-                self.cluster_reply(ctx, tag, reply)
-            }
+            tag @ (Tag::Reclaim { .. }
+            | Tag::Refresh { .. }
+            | Tag::Ignore
+            | Tag::Auth { .. }
+            | Tag::Select { .. }) => self.cluster_reply(ctx, tag, reply),
         }
     }
 

@@ -1,6 +1,10 @@
 //! A chat node in a cluster through Redis (`switchboard chat --redis redis://HOST:PORT`):
 //! what the chat service does with its one connection to Redis.
 //!
+//! On every connection, the node first logs in when the URL says so (`url`): `AUTH
+//! [USER] PASSWORD`, then `SELECT DB`, each reply checked; refused, the link is down as
+//! when Redis is unreachable, and redials with the same backoff.
+//!
 //! ```text
 //!   member says in "r" -> this node's members of "r"
 //!                      -> PUBLISH sb:room:r  <node id> 0 m 0 <json> 0 <legacy>
@@ -36,7 +40,8 @@ use std::time::{Duration, Instant};
 use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
 use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
 use super::names::Claimed;
-use super::resp::Reply;
+use super::resp::{Reply, RespError};
+use super::url::{Password, RedisUrl};
 use crate::services::chat::fanout::Encoded;
 use crate::services::chat::loops::Wire;
 use crate::services::chat::protocol::Request;
@@ -67,32 +72,49 @@ pub struct RedisSettings {
     /// How long a member waits for an answer that needs Redis (`hello`, a DM to
     /// another node, `list`) before it is told the cluster did not answer.
     pub reply_timeout: Duration,
+    /// The ACL user the node logs in as (`AUTH USER PASSWORD`); `None` is Redis's
+    /// `default` user.
+    pub user: Option<String>,
+    /// The password the node logs in with (`AUTH`); `None`: no `AUTH` is sent.
+    pub password: Option<Password>,
+    /// The database the node's names go to (`SELECT`, sent when not 0). Pub/sub spans
+    /// the server's databases: the nodes of one cluster use the same one.
+    pub db: u32,
 }
 
 impl RedisSettings {
-    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST; the
-    /// limits take their defaults.
+    /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (see [`RedisUrl`]),
+    /// resolving HOST; the limits take their defaults. No error shows the password.
     pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
         use std::net::ToSocketAddrs;
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("'{url}' is not a redis:// address"))?;
-        let rest = rest.trim_end_matches('/');
-        let with_port = match rest.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => rest.to_string(),
-            _ => format!("{rest}:6379"),
-        };
-        let addr = with_port
+        let url = RedisUrl::parse(url).map_err(|e| e.to_string())?;
+        let addr = (url.host.as_str(), url.port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve '{url}': {e}"))?
+            .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
             .next()
-            .ok_or_else(|| format!("'{url}' resolves to no address"))?;
+            .ok_or_else(|| format!("{} resolves to no address", url.host))?;
         Ok(RedisSettings {
             addr,
             ttl,
             max_queued: DEFAULT_MAX_QUEUED,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            user: url.user,
+            password: url.password,
+            db: url.db,
         })
+    }
+
+    /// The server's URL as the node logs it, the password masked:
+    /// `redis://alice:***@127.0.0.1:6379/2`.
+    pub fn masked_url(&self) -> String {
+        let url = RedisUrl {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            db: self.db,
+        };
+        url.to_string()
     }
 }
 
@@ -129,6 +151,10 @@ pub(in crate::services::chat) enum Tag {
         member: MemberId,
         keys: Vec<Vec<u8>>,
     },
+    /// Logging in on a new connection, before `HELLO`: `AUTH [user] password`.
+    Auth { user: Option<String> },
+    /// Then `SELECT db`.
+    Select { db: u32 },
     /// Nothing waits for the answer.
     Ignore,
 }
@@ -164,6 +190,11 @@ pub(in crate::services::chat) struct Node {
     stopped: bool,
     /// Failures to reach Redis, for the log.
     unreachable_log: Throttle,
+    /// Redis accepted the login (`AUTH`, `SELECT`) on this connection: `HELLO` and the
+    /// rest may go. Set by the last login reply, consumed by `cluster_connected`.
+    logged_in: bool,
+    /// Why Redis refused the login on this connection, for the close that follows.
+    refused: Option<String>,
     /// Replies overdue, for the log.
     pub(super) overdue_log: Throttle,
 }
@@ -191,6 +222,8 @@ impl Node {
             stopped: false,
             unreachable_log: Throttle::new(LOG_INTERVAL),
             overdue_log: Throttle::new(LOG_INTERVAL),
+            logged_in: false,
+            refused: None,
         }
     }
 
@@ -263,6 +296,45 @@ impl Node {
                 self.link.closed(ctx.now());
             }
         }
+    }
+
+    /// On a new connection, the first step of the login that goes before `HELLO` (a
+    /// server with a password refuses `HELLO` until it has it): `AUTH` when there is a
+    /// password, else `SELECT` when the database is not 0. False when there is nothing
+    /// to log in with, or the login is done: then `HELLO` and the rest may go.
+    fn log_in_first(&mut self, ctx: &mut Context<'_, Chat>) -> bool {
+        if std::mem::take(&mut self.logged_in) {
+            return false;
+        }
+        let Some(password) = &self.settings.password else {
+            return self.select_db(ctx);
+        };
+        let user = self.settings.user.as_deref();
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(user.map(str::as_bytes));
+        args.push(password.expose());
+        let tag = Tag::Auth {
+            user: user.map(str::to_owned),
+        };
+        let bytes = self.link.login(ctx.now(), tag, &args);
+        self.send(ctx, bytes);
+        true
+    }
+
+    /// `SELECT db` when the database is not 0; false when it is.
+    fn select_db(&mut self, ctx: &mut Context<'_, Chat>) -> bool {
+        let db = self.settings.db;
+        if db == 0 {
+            return false;
+        }
+        let index = db.to_string();
+        let bytes = self.link.login(
+            ctx.now(),
+            Tag::Select { db },
+            &[b"SELECT", index.as_bytes()],
+        );
+        self.send(ctx, bytes);
+        true
     }
 
     /// The key of a name.
@@ -361,7 +433,7 @@ impl Chat {
             log::info!(
                 "chat: node {} joining the cluster through Redis at {}",
                 node.id,
-                node.settings.addr
+                node.settings.masked_url()
             );
             node.dial_if_due(ctx);
             ctx.set_repeating(TICK, ChatTimer::Cluster);
@@ -398,6 +470,9 @@ impl Chat {
         let Some(node) = &mut self.redis else {
             return;
         };
+        if node.log_in_first(ctx) {
+            return; // called again once Redis has accepted the login
+        }
         let hello = node.link.connected(ctx.now());
         node.send(ctx, Some(hello));
         node.refreshed = ctx.now();
@@ -406,7 +481,7 @@ impl Chat {
         log::info!(
             "chat: node {}: connected to Redis at {}",
             node.id,
-            node.settings.addr
+            node.settings.masked_url()
         );
         if !node.was_up {
             node.was_up = true;
@@ -447,6 +522,13 @@ impl Chat {
                     }
                 }
             }
+            Err(RespError::Handshake(why)) if why.starts_with("NOAUTH") => {
+                node.refused = Some(format!(
+                    "Redis asks for a password ({why}): give it in the --redis URL, \
+                     --redis-password-file or SWITCHBOARD_REDIS_PASSWORD"
+                ));
+                ctx.close(conn, CloseMode::Abort);
+            }
             Err(e) => {
                 log::warn!("chat: Redis sent what cannot be read ({e}): reconnecting");
                 ctx.close(conn, CloseMode::Abort);
@@ -469,7 +551,9 @@ impl Chat {
         let wait = retry_at.saturating_duration_since(ctx.now());
         let was_up = std::mem::replace(&mut node.was_up, false);
         node.down = reason != crate::CloseReason::Shutdown;
-        node.last_failure = Some(reason.to_string());
+        // A refused login closed the connection: its cause says more than the close.
+        let why = node.refused.take().unwrap_or_else(|| reason.to_string());
+        node.last_failure = Some(why.clone());
         // The queue went with the connection; the notice below says more than a
         // backlog's would.
         node.backlog = Backlog::default();
@@ -481,7 +565,7 @@ impl Chat {
             );
         } else if was_up {
             log::warn!(
-                "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
+                "chat: node {}: lost Redis at {} ({why}); rooms reach this node's \
                  members only until it is back (retrying in {wait:?})",
                 node.id,
                 node.settings.addr
@@ -489,7 +573,7 @@ impl Chat {
             self.notify_all(ctx, LINK_DOWN);
         } else if let Some(times) = node.unreachable_log.note(ctx.now()) {
             log::warn!(
-                "chat: node {}: cannot reach Redis at {} ({reason}){}; rooms reach this \
+                "chat: node {}: cannot reach Redis at {} ({why}){}; rooms reach this \
                  node's members only until it can (retrying in {wait:?})",
                 node.id,
                 node.settings.addr,
@@ -514,10 +598,43 @@ impl Chat {
             }
             Tag::Scan { member, .. } | Tag::Values { member, .. } => self.list_local(ctx, member),
             Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => {}
+            Tag::Auth { .. } | Tag::Select { .. } => {}
         }
     }
 
+    /// Redis answered a step of the login: on to the next step, or to what follows
+    /// the login. Refused, the connection is closed, and the link is down (its cause
+    /// logged and in `/healthz`) until a redial, after the backoff, is accepted.
+    fn login_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: &Tag, reply: Reply) {
+        let Some(node) = &mut self.redis else {
+            return;
+        };
+        if let Reply::Error(e) = &reply {
+            let e = String::from_utf8_lossy(e);
+            node.refused = Some(match tag {
+                Tag::Auth { user } => format!(
+                    "Redis refused the password for user {}: {e}",
+                    user.as_deref().unwrap_or("default")
+                ),
+                Tag::Select { db } => format!("Redis refused to select database {db}: {e}"),
+                _ => format!("Redis refused the login: {e}"),
+            });
+            if let Some(conn) = node.conn {
+                ctx.close(conn, CloseMode::Abort);
+            }
+            return;
+        }
+        if matches!(tag, Tag::Auth { .. }) && node.select_db(ctx) {
+            return;
+        }
+        node.logged_in = true;
+        self.cluster_connected(ctx);
+    }
+
     pub(super) fn cluster_reply(&mut self, ctx: &mut Context<'_, Chat>, tag: Tag, reply: Reply) {
+        if let Tag::Auth { .. } | Tag::Select { .. } = tag {
+            return self.login_reply(ctx, &tag, reply);
+        }
         if let Reply::Error(e) = &reply {
             log::warn!(
                 "chat: Redis refused a command: {}",
@@ -559,7 +676,7 @@ impl Chat {
             },
             Tag::Scan { member, mut keys } => self.list_scanned(ctx, member, &mut keys, reply),
             Tag::Values { member, keys } => self.list_answer(ctx, member, &keys, reply),
-            Tag::Ignore => {}
+            Tag::Auth { .. } | Tag::Select { .. } | Tag::Ignore => {}
         }
     }
 
@@ -700,5 +817,19 @@ mod tests {
             6379
         );
         assert!(RedisSettings::parse("http://127.0.0.1", ttl).is_err());
+    }
+
+    #[test]
+    fn redis_urls_take_a_login_and_a_database_shown_without_the_password() {
+        let ttl = Duration::from_secs(30);
+        let settings =
+            RedisSettings::parse("redis://alice:s%3Acret@127.0.0.1:6380/3", ttl).unwrap();
+        assert_eq!(settings.user.as_deref(), Some("alice"));
+        assert_eq!(settings.password, Some(Password::new("s:cret")));
+        assert_eq!(settings.db, 3);
+        assert_eq!(settings.masked_url(), "redis://alice:***@127.0.0.1:6380/3");
+        assert!(!format!("{settings:?}").contains("cret"));
+        let err = RedisSettings::parse("redis://:SECRET@127.0.0.1:99999", ttl).unwrap_err();
+        assert!(err.contains("99999") && !err.contains("SECRET"), "{err}");
     }
 }
