@@ -1,6 +1,8 @@
 //! `switchboard chat`: the chat service on TCP and UDP (default 127.0.0.1:9001), with
 //! the chat limits as flags.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use clap::Args;
 
 use super::server::{serve_loops, take_inherited, ServerArgs};
 use crate::services::chat::redis::node::{prepare, RedisSettings};
+use crate::services::chat::redis::url::Password;
 use crate::services::chat::ChatCodec;
 use crate::services::chat::{Chat, ChatLoops, ChatSettings};
 use crate::Reactor;
@@ -54,10 +57,17 @@ pub struct ChatArgs {
     /// port means 127.0.0.1:PORT); messages up to --max-frame bytes.
     #[arg(long, value_name = "ADDR", value_parser = super::server::parse_addr)]
     pub ws: Option<std::net::SocketAddr>,
-    /// Join a cluster of chat servers through this Redis: redis://HOST:PORT. Rooms,
+    /// Join a cluster of chat servers through this Redis:
+    /// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (port 6379, the default user and
+    /// database 0 unless given; percent-encode @ : / % in USER and PASSWORD). Rooms,
     /// names, direct messages and `list` then span every server (each loop is a node).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Read the Redis password from this file (its content, less one trailing
+    /// newline), not from the command line. Which password wins: this file, then the
+    /// environment variable SWITCHBOARD_REDIS_PASSWORD, then the --redis URL's.
+    #[arg(long, value_name = "PATH", requires = "redis")]
+    pub redis_password_file: Option<PathBuf>,
     /// How long a node's names live in Redis without a refresh: a server that dies
     /// loses its members from the cluster after this.
     #[arg(long, value_name = "SECS", default_value_t = 30,
@@ -101,23 +111,14 @@ pub fn run(args: ChatArgs) -> ExitCode {
         max_udp_members: args.max_udp_members,
         redis: None,
     };
-    let ttl = Duration::from_secs(args.redis_ttl);
-    let settings = match args
-        .redis
-        .as_deref()
-        .map(|url| RedisSettings::parse(url, ttl))
-    {
+    let settings = match args.redis.as_deref().map(|url| redis_settings(&args, url)) {
         None => settings,
         Some(Ok(redis)) => ChatSettings {
-            redis: Some(RedisSettings {
-                max_queued: usize::try_from(args.redis_max_queued).unwrap_or(usize::MAX),
-                reply_timeout: Duration::from_secs(args.redis_reply_timeout),
-                ..redis
-            }),
+            redis: Some(redis),
             ..settings
         },
         Some(Err(e)) => {
-            eprintln!("switchboard: --redis: {e}");
+            eprintln!("switchboard: {e}");
             return ExitCode::from(2);
         }
     };
@@ -151,3 +152,68 @@ pub fn run(args: ChatArgs) -> ExitCode {
 
 /// The inbox of each loop of a chat pool, in jobs.
 const CROSS_LOOP_INBOX: usize = 64 * 1024;
+
+/// The environment variable the Redis password may come from.
+const PASSWORD_ENV: &str = "SWITCHBOARD_REDIS_PASSWORD";
+
+/// The largest password file read: more is a file named by mistake, not a password.
+const MAX_PASSWORD_FILE: u64 = 64 * 1024;
+
+/// `--redis` and its limits, with the password from where it wins: the password file,
+/// then the environment, then the URL. An error names the flag at fault.
+fn redis_settings(args: &ChatArgs, url: &str) -> Result<RedisSettings, String> {
+    let ttl = Duration::from_secs(args.redis_ttl);
+    let redis = RedisSettings::parse(url, ttl).map_err(|e| format!("--redis: {e}"))?;
+    let (password, source) = match &args.redis_password_file {
+        Some(path) => (Some(read_password_file(path)?), "--redis-password-file"),
+        None => match std::env::var_os(PASSWORD_ENV).filter(|value| !value.is_empty()) {
+            Some(value) => (
+                Some(Password::new(value.into_encoded_bytes())),
+                PASSWORD_ENV,
+            ),
+            None => (redis.password.clone(), "the --redis URL"),
+        },
+    };
+    let redis = RedisSettings {
+        max_queued: usize::try_from(args.redis_max_queued).unwrap_or(usize::MAX),
+        reply_timeout: Duration::from_secs(args.redis_reply_timeout),
+        password,
+        ..redis
+    };
+    match (&redis.user, &redis.password) {
+        (Some(user), None) => Err(format!(
+            "--redis: user {user} has no password: give it in the URL, with \
+             --redis-password-file or in {PASSWORD_ENV}"
+        )),
+        (_, Some(_)) => {
+            log::info!("chat: the Redis password comes from {source}");
+            Ok(redis)
+        }
+        (None, None) => Ok(redis),
+    }
+}
+
+/// The password in `path`: the file's content less one trailing newline (`\n` or
+/// `\r\n`).
+fn read_password_file(path: &Path) -> Result<Password, String> {
+    let flag = format!("--redis-password-file {}", path.display());
+    let unreadable = |e: std::io::Error| format!("{flag}: cannot read it: {e}");
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PASSWORD_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_PASSWORD_FILE {
+        return Err(format!(
+            "{flag}: longer than {MAX_PASSWORD_FILE} bytes, not a password"
+        ));
+    }
+    let password = match bytes.strip_suffix(b"\n") {
+        Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+        None => &bytes,
+    };
+    if password.is_empty() {
+        return Err(format!("{flag}: the file is empty"));
+    }
+    Ok(Password::new(password))
+}

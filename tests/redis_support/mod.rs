@@ -2,7 +2,7 @@
 //! port, ready once it answers `PING`, killed when dropped. `stop` and `restart` (on the
 //! same port) let a test take Redis away in the middle of a run, `pause` and `resume`
 //! freeze it (SIGSTOP, SIGCONT) with its connections open, and `not_started` gives a
-//! port where Redis will be.
+//! port where Redis will be. `start_with` gives it flags of its own (a password, users).
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -23,15 +23,24 @@ pub struct RedisServer {
     addr: SocketAddr,
     /// The running process, `None` while stopped.
     child: Option<Child>,
+    /// Flags given at every start beside the port and persistence ones.
+    flags: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a port no one else is using, and waits until it answers.
     #[track_caller]
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like `start`, with `redis-server` flags of the test's (`--requirepass PW`, say).
+    #[track_caller]
+    pub fn start_with(flags: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             addr: free_port(),
             child: None,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         server.restart();
         server
@@ -42,6 +51,7 @@ impl RedisServer {
         RedisServer {
             addr: free_port(),
             child: None,
+            flags: Vec::new(),
         }
     }
 
@@ -91,6 +101,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,7 +154,8 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("local_addr")
 }
 
-/// Whether a server on `addr` answers `PING` with `+PONG`.
+/// Whether a server on `addr` answers `PING` with `+PONG`, or with `-NOAUTH` when it
+/// asks for a password.
 fn ping(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
@@ -153,5 +165,5 @@ fn ping(addr: SocketAddr) -> bool {
         return false;
     }
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }

@@ -169,7 +169,11 @@ impl Node {
                 member,
                 reason: reason("list again later"),
             },
-            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+            Tag::Reclaim { .. }
+            | Tag::Refresh { .. }
+            | Tag::Ignore
+            | Tag::Auth { .. }
+            | Tag::Select { .. } => return,
         };
         self.heard.push(remote);
     }
@@ -186,9 +190,11 @@ impl Node {
             }
             Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
             // Nobody waited for these: late is as good as on time.
-            tag @ (Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore) => {
-                self.reply(now, tag, reply)
-            }
+            tag @ (Tag::Reclaim { .. }
+            | Tag::Refresh { .. }
+            | Tag::Ignore
+            | Tag::Auth { .. }
+            | Tag::Select { .. }) => self.reply(now, tag, reply),
         }
     }
 

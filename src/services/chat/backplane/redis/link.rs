@@ -13,6 +13,10 @@
 //!       once the server answers HELLO
 //! ```
 //!
+//! A server that asks for a password refuses `HELLO` until it has one: while
+//! connecting, [`Link::login`] sends `AUTH` (and `SELECT`) first, and the caller calls
+//! `connected` once Redis has accepted them.
+//!
 //! Every command carries a tag `T` that comes back with its reply, so the caller knows
 //! what the reply answers (a member waiting for history, say). Redis answers commands
 //! in the order it receives them, so the tags wait in a FIFO queue. Pushes (pub/sub
@@ -284,6 +288,20 @@ impl<T> Link<T> {
         Some(out)
     }
 
+    /// The bytes of a login command (`AUTH`, `SELECT`) sent at `now` while the link is
+    /// connecting, before [`Link::connected`]; its reply comes back with its tag, as a
+    /// command's does. The caller calls `connected` once the last login reply is in
+    /// (`connected` forgets the replies still to come). `None` unless connecting.
+    pub fn login(&mut self, now: Instant, tag: T, args: &[&[u8]]) -> Option<Vec<u8>> {
+        if self.state != LinkState::Connecting {
+            return None;
+        }
+        let mut out = Vec::new();
+        command(&mut out, args);
+        self.wait_for(now, Answers::Command(tag));
+        Some(out)
+    }
+
     fn wait_for(&mut self, now: Instant, answers: Answers<T>) {
         let deadline = now.checked_add(self.reply_timeout).unwrap_or(now);
         self.waiting.push_back(Waiting { answers, deadline });
@@ -502,6 +520,56 @@ mod tests {
             err,
             RespError::Handshake("ERR unknown command 'HELLO'".into())
         );
+    }
+
+    #[test]
+    fn a_login_goes_before_hello_and_its_replies_keep_their_tags() {
+        let now = Instant::now();
+        let mut link: Link<u32> = Link::new(now, 1024);
+        link.subscribe(b"room");
+        assert_eq!(link.login(now, 1, &[b"AUTH", b"pw"]), None, "not dialled");
+        link.connecting();
+        let auth = link.login(now, 1, &[b"AUTH", b"alice", b"pw"]);
+        assert_eq!(auth, Some(encoded(&[b"AUTH", b"alice", b"pw"])));
+        // Still connecting: nothing else goes before the login is accepted.
+        assert_eq!(link.command(now, 9, &[b"PING"]), None);
+        assert_eq!(link.subscribe(b"lobby"), None);
+        let events = link.input(b"+OK\r\n").unwrap();
+        assert_eq!(events, vec![reply(1, Reply::Simple(b"OK".to_vec()))]);
+        let select = link.login(now, 2, &[b"SELECT", b"3"]).unwrap();
+        assert_eq!(select, encoded(&[b"SELECT", b"3"]));
+        let events = link.input(b"-ERR DB index is out of range\r\n").unwrap();
+        assert_eq!(
+            events,
+            vec![reply(
+                2,
+                Reply::Error(b"ERR DB index is out of range".to_vec())
+            )]
+        );
+        // Accepted: HELLO and the subscriptions, then commands.
+        let mut expected = HELLO.to_vec();
+        expected.extend(encoded(&[b"SUBSCRIBE", b"lobby", b"room"]));
+        assert_eq!(link.connected(now), expected);
+        assert_eq!(link.login(now, 3, &[b"AUTH", b"pw"]), None, "up");
+        assert_eq!(link.input(HELLO_REPLY).unwrap(), vec![]);
+        assert!(link.is_answering());
+    }
+
+    #[test]
+    fn a_login_unanswered_at_a_close_is_given_back() {
+        let now = Instant::now();
+        let mut link: Link<u32> = Link::new(now, 1024);
+        link.connecting();
+        link.login(now, 1, &[b"AUTH", b"pw"]);
+        assert_eq!(link.pending(), 1);
+        let (retry_at, tags) = link.closed(now);
+        assert_eq!((retry_at, tags), (now + MIN_BACKOFF, vec![1]));
+        // Refused logins never reach HELLO, so the backoff keeps growing.
+        link.connecting();
+        link.login(now, 2, &[b"AUTH", b"pw"]);
+        link.input(b"-WRONGPASS invalid username-password pair\r\n")
+            .unwrap();
+        assert_eq!(link.closed(now).0, now + 2 * MIN_BACKOFF);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
 //!   subscriptions kept across reconnects, and which reply answers which command. Pure:
 //!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
+//! - [`url`]: `--redis`'s URL: host, port, user, password (never shown) and database.
 
 mod limits;
 pub mod link;
@@ -30,3 +31,4 @@ mod list;
 mod names;
 pub mod node;
 pub mod resp;
+pub mod url;

@@ -29,6 +29,10 @@
 //! A stream member's `hello` waits for Redis's answer ([`Claim::Pending`]): the engine
 //! holds its requests after it, in order, until the name is settled.
 //!
+//! On every connection, the node first logs in when the URL says so (`url`): `AUTH
+//! [USER] PASSWORD`, then `SELECT DB`, each reply checked; refused, the link is down as
+//! when Redis is unreachable, and redials with the same backoff.
+//!
 //! The node does no I/O: it queues what it would write to Redis, asks for a dial or a
 //! close, and turns what Redis says into [`Remote`] events; the chat service carries
 //! those out on the connection it dialled (see `service.rs`).
@@ -38,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
 use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
-use super::resp::Reply;
+use super::resp::{Reply, RespError};
+use super::url::{Password, RedisUrl};
 use crate::services::chat::engine::{
     Backplane, Claim, EventBytes, Listing, MemberId, Remote, RoomChange, Route, Serialized,
     Settled, Transmit, LOG_INTERVAL,
@@ -70,32 +75,49 @@ pub struct RedisSettings {
     /// How long a member waits for an answer that needs Redis (`hello`, a DM to
     /// another node, `list`) before it is told the cluster did not answer.
     pub reply_timeout: Duration,
+    /// The ACL user the node logs in as (`AUTH USER PASSWORD`); `None` is Redis's
+    /// `default` user.
+    pub user: Option<String>,
+    /// The password the node logs in with (`AUTH`); `None`: no `AUTH` is sent.
+    pub password: Option<Password>,
+    /// The database the node's names go to (`SELECT`, sent when not 0). Pub/sub spans
+    /// the server's databases: the nodes of one cluster use the same one.
+    pub db: u32,
 }
 
 impl RedisSettings {
-    /// Parses `redis://HOST:PORT` (the port defaults to 6379), resolving HOST; the
-    /// limits take their defaults.
+    /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (see [`RedisUrl`]),
+    /// resolving HOST; the limits take their defaults. No error shows the password.
     pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
         use std::net::ToSocketAddrs;
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("'{url}' is not a redis:// address"))?;
-        let rest = rest.trim_end_matches('/');
-        let with_port = match rest.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => rest.to_string(),
-            _ => format!("{rest}:6379"),
-        };
-        let addr = with_port
+        let url = RedisUrl::parse(url).map_err(|e| e.to_string())?;
+        let addr = (url.host.as_str(), url.port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve '{url}': {e}"))?
+            .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
             .next()
-            .ok_or_else(|| format!("'{url}' resolves to no address"))?;
+            .ok_or_else(|| format!("{} resolves to no address", url.host))?;
         Ok(RedisSettings {
             addr,
             ttl,
             max_queued: DEFAULT_MAX_QUEUED,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            user: url.user,
+            password: url.password,
+            db: url.db,
         })
+    }
+
+    /// The server's URL as the node logs it, the password masked:
+    /// `redis://alice:***@127.0.0.1:6379/2`.
+    pub fn masked_url(&self) -> String {
+        let url = RedisUrl {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            db: self.db,
+        };
+        url.to_string()
     }
 }
 
@@ -132,6 +154,10 @@ pub(super) enum Tag {
         member: MemberId,
         keys: Vec<Vec<u8>>,
     },
+    /// Logging in on a new connection, before `HELLO`: `AUTH [user] password`.
+    Auth { user: Option<String> },
+    /// Then `SELECT db`.
+    Select { db: u32 },
     /// Nothing waits for the answer.
     Ignore,
 }
@@ -172,6 +198,10 @@ pub struct Node {
     stopped: bool,
     /// Failures to reach Redis, for the log.
     unreachable_log: Throttle,
+    /// Why Redis refused the login on this connection, for the close that follows.
+    refused: Option<String>,
+    /// The names held here, kept from `connected` while the login goes on.
+    held: Vec<(String, Vec<String>)>,
     /// Replies overdue, for the log.
     pub(super) overdue_log: Throttle,
 }
@@ -201,6 +231,8 @@ impl Node {
             dialled: false,
             stopped: false,
             unreachable_log: Throttle::new(LOG_INTERVAL),
+            refused: None,
+            held: Vec::new(),
             overdue_log: Throttle::new(LOG_INTERVAL),
         }
     }
@@ -252,12 +284,95 @@ impl Node {
                 reason: format!("no member named {to} on this server (the cluster is unreachable)"),
             },
             Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::ListLocally { member },
-            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+            Tag::Reclaim { .. }
+            | Tag::Refresh { .. }
+            | Tag::Ignore
+            | Tag::Auth { .. }
+            | Tag::Select { .. } => return,
         };
         self.heard.push(remote);
     }
 
+    /// On a new connection, the first step of the login that goes before `HELLO` (a
+    /// server with a password refuses `HELLO` until it has it): `AUTH` when there is a
+    /// password, else `SELECT` when the database is not 0. False when there is nothing
+    /// to log in with: then `HELLO` and the rest may go.
+    fn log_in(&mut self, now: Instant) -> bool {
+        let Some(password) = &self.settings.password else {
+            return self.select_db(now);
+        };
+        let user = self.settings.user.as_deref();
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(user.map(str::as_bytes));
+        args.push(password.expose());
+        let tag = Tag::Auth {
+            user: user.map(str::to_owned),
+        };
+        let bytes = self.link.login(now, tag, &args);
+        self.send(bytes);
+        true
+    }
+
+    /// `SELECT db` when the database is not 0; false when it is.
+    fn select_db(&mut self, now: Instant) -> bool {
+        let db = self.settings.db;
+        if db == 0 {
+            return false;
+        }
+        let index = db.to_string();
+        let bytes = self
+            .link
+            .login(now, Tag::Select { db }, &[b"SELECT", index.as_bytes()]);
+        self.send(bytes);
+        true
+    }
+
+    /// Redis answered a step of the login: on to the next step, or to what follows
+    /// the login. Refused, the connection is closed, and the link is down (its cause
+    /// logged and in `/healthz`) until a redial, after the backoff, is accepted.
+    fn login_reply(&mut self, now: Instant, tag: &Tag, reply: Reply) {
+        if let Reply::Error(e) = &reply {
+            let e = String::from_utf8_lossy(e);
+            self.refused = Some(match tag {
+                Tag::Auth { user } => format!(
+                    "Redis refused the password for user {}: {e}",
+                    user.as_deref().unwrap_or("default")
+                ),
+                Tag::Select { db } => format!("Redis refused to select database {db}: {e}"),
+                _ => format!("Redis refused the login: {e}"),
+            });
+            self.transmit.close = true;
+            return;
+        }
+        if matches!(tag, Tag::Auth { .. }) && self.select_db(now) {
+            return;
+        }
+        self.logged_in(now);
+    }
+
+    /// The login is done (or there was none): `HELLO`, the subscriptions, and this
+    /// node's names taken again.
+    fn logged_in(&mut self, now: Instant) {
+        let hello = self.link.connected(now);
+        self.send(Some(hello));
+        self.refreshed = now;
+        self.down = false;
+        self.backlog = Backlog::default();
+        log::info!(
+            "chat: node {}: connected to Redis at {}",
+            self.id,
+            self.settings.masked_url()
+        );
+        for (name, rooms) in std::mem::take(&mut self.held) {
+            let tag = Tag::Reclaim { name: name.clone() };
+            self.set_name(now, tag, &name, &rooms, "NX");
+        }
+    }
+
     pub(super) fn reply(&mut self, now: Instant, tag: Tag, reply: Reply) {
+        if let Tag::Auth { .. } | Tag::Select { .. } = tag {
+            return self.login_reply(now, &tag, reply);
+        }
         if let Reply::Error(e) = &reply {
             log::warn!(
                 "chat: Redis refused a command: {}",
@@ -291,7 +406,11 @@ impl Node {
                 return self.list_scanned(now, member, &mut keys, reply)
             }
             Tag::Values { member, keys } => return self.list_answer(member, &keys, reply),
-            Tag::Reclaim { .. } | Tag::Refresh { .. } | Tag::Ignore => return,
+            Tag::Reclaim { .. }
+            | Tag::Refresh { .. }
+            | Tag::Ignore
+            | Tag::Auth { .. }
+            | Tag::Select { .. } => return,
         };
         self.heard.push(remote);
     }
@@ -510,7 +629,7 @@ impl Backplane for Node {
         log::info!(
             "chat: node {} joining the cluster through Redis at {}",
             self.id,
-            self.settings.addr
+            self.settings.masked_url()
         );
     }
 
@@ -569,44 +688,22 @@ impl Backplane for Node {
 
     /// The connection came up: say so, and take this node's names (`held`) again.
     fn connected(&mut self, now: Instant, held: Vec<(String, Vec<String>)>) {
-        let hello = self.link.connected(now);
-        self.send(Some(hello));
-        self.refreshed = now;
-        self.down = false;
-        self.backlog = Backlog::default();
-        log::info!(
-            "chat: node {}: connected to Redis at {}",
-            self.id,
-            self.settings.addr
-        );
-        if !self.was_up {
-            self.was_up = true;
-            self.heard.push(Remote::NoticeAll {
-                text: "the link to the other chat nodes is up".into(),
-            });
-        }
-        for (name, rooms) in held {
-            let tag = Tag::Reclaim { name: name.clone() };
-            self.set_name(now, tag, &name, &rooms, "NX");
+        self.held = held;
+        if !self.log_in(now) {
+            self.logged_in(now);
         }
     }
 
     /// Bytes from Redis.
     fn input(&mut self, now: Instant, bytes: &[u8]) {
-        match self.link.input(bytes) {
-            Ok(events) => {
-                for event in events {
-                    match event {
-                        LinkEvent::Reply { tag, reply } => self.reply(now, tag, reply),
-                        LinkEvent::Late { tag, reply } => self.late_reply(now, tag, reply),
-                        LinkEvent::Message { channel, payload } => self.message(&channel, &payload),
-                    }
-                }
-            }
-            Err(e) => {
-                log::warn!("chat: Redis sent what cannot be read ({e}): reconnecting");
-                self.transmit.close = true;
-            }
+        self.take_input(now, bytes);
+        // Up once Redis has answered HELLO, not when the socket connects: a server
+        // that refuses the node (a password it lacks) is never "up", only unreachable.
+        if !self.was_up && self.link.is_answering() {
+            self.was_up = true;
+            self.heard.push(Remote::NoticeAll {
+                text: "the link to the other chat nodes is up".into(),
+            });
         }
     }
 
@@ -620,7 +717,10 @@ impl Backplane for Node {
         let wait = retry_at.saturating_duration_since(now);
         let was_up = std::mem::replace(&mut self.was_up, false);
         self.down = reason != CloseReason::Shutdown;
-        self.last_failure = Some(reason.to_string());
+        // A refused login closed the connection: its cause says more than the close.
+        let why = self.refused.take().unwrap_or_else(|| reason.to_string());
+        self.last_failure = Some(why.clone());
+        self.held.clear();
         // The queue went with the connection; the notice below says more than a
         // backlog's would.
         self.backlog = Backlog::default();
@@ -632,7 +732,7 @@ impl Backplane for Node {
             );
         } else if was_up {
             log::warn!(
-                "chat: node {}: lost Redis at {} ({reason}); rooms reach this node's \
+                "chat: node {}: lost Redis at {} ({why}); rooms reach this node's \
                  members only until it is back (retrying in {wait:?})",
                 self.id,
                 self.settings.addr
@@ -642,7 +742,7 @@ impl Backplane for Node {
             });
         } else if let Some(times) = self.unreachable_log.note(now) {
             log::warn!(
-                "chat: node {}: cannot reach Redis at {} ({reason}){}; rooms reach this \
+                "chat: node {}: cannot reach Redis at {} ({why}){}; rooms reach this \
                  node's members only until it can (retrying in {wait:?})",
                 self.id,
                 self.settings.addr,
@@ -651,6 +751,34 @@ impl Backplane for Node {
         }
         for tag in tags {
             self.unanswered(tag);
+        }
+    }
+}
+
+impl Node {
+    /// What Redis sent: replies, late replies, and messages on the channels.
+    fn take_input(&mut self, now: Instant, bytes: &[u8]) {
+        match self.link.input(bytes) {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        LinkEvent::Reply { tag, reply } => self.reply(now, tag, reply),
+                        LinkEvent::Late { tag, reply } => self.late_reply(now, tag, reply),
+                        LinkEvent::Message { channel, payload } => self.message(&channel, &payload),
+                    }
+                }
+            }
+            Err(RespError::Handshake(why)) if why.starts_with("NOAUTH") => {
+                self.refused = Some(format!(
+                    "Redis asks for a password ({why}): give it in the --redis URL, \
+                     --redis-password-file or SWITCHBOARD_REDIS_PASSWORD"
+                ));
+                self.transmit.close = true;
+            }
+            Err(e) => {
+                log::warn!("chat: Redis sent what cannot be read ({e}): reconnecting");
+                self.transmit.close = true;
+            }
         }
     }
 }
@@ -736,5 +864,19 @@ mod tests {
             6379
         );
         assert!(RedisSettings::parse("http://127.0.0.1", ttl).is_err());
+    }
+
+    #[test]
+    fn redis_urls_take_a_login_and_a_database_shown_without_the_password() {
+        let ttl = Duration::from_secs(30);
+        let settings =
+            RedisSettings::parse("redis://alice:s%3Acret@127.0.0.1:6380/3", ttl).unwrap();
+        assert_eq!(settings.user.as_deref(), Some("alice"));
+        assert_eq!(settings.password, Some(Password::new("s:cret")));
+        assert_eq!(settings.db, 3);
+        assert_eq!(settings.masked_url(), "redis://alice:***@127.0.0.1:6380/3");
+        assert!(!format!("{settings:?}").contains("cret"));
+        let err = RedisSettings::parse("redis://:SECRET@127.0.0.1:99999", ttl).unwrap_err();
+        assert!(err.contains("99999") && !err.contains("SECRET"), "{err}");
     }
 }
