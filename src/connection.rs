@@ -557,7 +557,7 @@ pub(crate) struct Slot<S: Service> {
     pub conn: Connection,
     /// What the endpoint's codec remembers between reads (`()` for length framing).
     pub decode: <S::Codec as Codec>::State,
-    /// The service's per-connection state ([`Service::Conn`]). Lent to the service
+    /// The service's per-connection state ([`Service::Conn`]). Handed to the service
     /// for each callback about this connection: taken out for the call, put back after.
     pub state: S::Conn,
 }

@@ -110,8 +110,8 @@ impl std::error::Error for SendError {
 pub struct Context<'a, S: Service> {
     hub: &'a mut Hub<S>,
     endpoints: &'a Endpoints<S::Codec>,
-    /// The connection whose state this callback was lent (it is out of its slot).
-    lent: Option<ConnId>,
+    /// The connection whose state this callback was taken (it is out of its slot).
+    taken: Option<ConnId>,
 }
 
 impl<S: Service> fmt::Debug for Context<'_, S> {
@@ -127,14 +127,14 @@ impl<'a, S: Service> Context<'a, S> {
         Context {
             hub,
             endpoints,
-            lent: None,
+            taken: None,
         }
     }
 
     /// A context for a callback about `conn`, whose state the callback holds.
     #[inline(always)]
     pub(crate) fn lending(mut self, conn: ConnId) -> Self {
-        self.lent = Some(conn);
+        self.taken = Some(conn);
         self
     }
 
@@ -143,7 +143,7 @@ impl<'a, S: Service> Context<'a, S> {
     /// requests, one send each, cost one `write` (see `reactor/write.rs`).
     #[inline(always)]
     fn send_framed(&mut self, conn: ConnId, bytes: &[u8], frames: u64) -> bool {
-        match self.lent == Some(conn) {
+        match self.taken == Some(conn) {
             true => self.hub.gather(conn, bytes, frames),
             false => self.hub.write_or_queue(conn, bytes, frames),
         }
@@ -162,7 +162,7 @@ impl<'a, S: Service> Context<'a, S> {
             return Err(SendError::Closed);
         };
         let codec = self.endpoints.codec(endpoint);
-        if self.lent == Some(conn) && payload.len() < GATHER {
+        if self.taken == Some(conn) && payload.len() < GATHER {
             // Gathered: framed straight into the connection's queue. (A larger one is
             // written at once, below, as `Hub::gather` does.)
             let gathered = self
@@ -232,7 +232,7 @@ impl<'a, S: Service> Context<'a, S> {
     /// (that one's state is the callback's own argument): `None` if `conn` is gone, or
     /// is that connection. A load generator's timer sends on many connections this way.
     pub fn state_mut(&mut self, conn: ConnId) -> Option<&mut S::Conn> {
-        if self.lent == Some(conn) {
+        if self.taken == Some(conn) {
             return None;
         }
         self.hub.slot_mut(conn).map(|slot| &mut slot.state)

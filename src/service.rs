@@ -103,7 +103,7 @@ use crate::udp::UdpId;
 /// ```
 pub trait Service: Sized {
     /// The service's state for one connection: created with `Default` for accepted
-    /// connections (or given to [`Context::connect`] for dialled ones), lent with every
+    /// connections (or given to [`Context::connect`] for dialled ones), taken with every
     /// callback about the connection, handed back by [`Service::on_close`]. `()` when
     /// the service keeps none.
     type Conn: Default;

@@ -95,7 +95,7 @@ pub enum Phase {
     /// This run's members are all in; waiting for the other runs sharing the room.
     Waiting,
     /// Setup is complete; the load starts at once, from a timer (so no connection's
-    /// state is lent to the callback that starts it).
+    /// state is taken to the callback that starts it).
     Starting,
     Warmup,
     Measure,
@@ -423,7 +423,7 @@ impl Bench {
             return self.fail(ctx, LoadError::NoConnections { attempted, source });
         }
         // Let the server accept what is still in its backlog before reading its
-        // memory; either way, go on from a timer, with no connection's state lent.
+        // memory; either way, go on from a timer, with no connection's state taken.
         let settle = match self.server {
             Some(_) => SETTLE,
             None => Duration::ZERO,

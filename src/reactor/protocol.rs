@@ -13,7 +13,7 @@ use std::io;
 
 use super::lifecycle::peer_closed;
 use super::read::{
-    give_back, held_input_changed, slot_mut, trace_read, Lent, ReadOutcome, MIN_READ,
+    give_back, held_input_changed, slot_mut, trace_read, TakenStates, ReadOutcome, MIN_READ,
 };
 use super::Reactor;
 use crate::buffer::Buffer;
@@ -65,17 +65,17 @@ impl<S: Service> Reactor<S> {
             .config
             .write_limit
             .saturating_sub(slot.conn.output.len());
-        let mut lent = Lent::take_from(slot);
+        let mut taken = TakenStates::take_from(slot);
         let scratch = &mut self.hub.protocol;
-        let done = process_units(codec, &mut lent.decode, &mut input, scratch, room);
+        let done = process_units(codec, &mut taken.decode, &mut input, scratch, room);
         hand_over(
             (&mut self.hub, &self.endpoints, &mut self.service),
-            (id, codec, &mut lent),
+            (id, codec, &mut taken),
             &input.readable()[..done.processed],
         );
         input.consume(done.processed);
         keep_input(&mut self.hub, id, input, done.processed > 0);
-        give_back(&mut self.hub, id, lent);
+        give_back(&mut self.hub, id, taken);
         match done.end {
             End::Error(error) => {
                 let answered = !self.hub.protocol.replies.is_empty();
@@ -100,15 +100,15 @@ impl<S: Service> Reactor<S> {
                 let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
                     return ReadOutcome::Stopped;
                 };
-                let mut lent = Lent::take_from(slot);
+                let mut taken = TakenStates::take_from(slot);
                 peer_closed(
                     &mut self.hub,
                     &self.endpoints,
                     &mut self.service,
                     id,
-                    &mut lent.service,
+                    &mut taken.service,
                 );
-                give_back(&mut self.hub, id, lent);
+                give_back(&mut self.hub, id, taken);
                 ReadOutcome::Stopped
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
@@ -126,7 +126,7 @@ impl<S: Service> Reactor<S> {
 /// processed from) to the service.
 fn hand_over<S: Service>(
     (hub, endpoints, service): (&mut Hub<S>, &Endpoints<S::Codec>, &mut S),
-    (id, codec, lent): (ConnId, &S::Codec, &mut Lent<S>),
+    (id, codec, taken): (ConnId, &S::Codec, &mut TakenStates<S>),
     wire: &[u8],
 ) {
     let scratch = &mut hub.protocol;
@@ -146,7 +146,7 @@ fn hand_over<S: Service>(
         };
         let frames = Frames::from_units(wire, &recorded, codec);
         let ctx = &mut Context::new(hub, endpoints).lending(id);
-        service.on_frames(ctx, id, &mut lent.service, frames);
+        service.on_frames(ctx, id, &mut taken.service, frames);
     }
     // The scratch goes back for the next read (the replies still there to say, after
     // an error, whether last words were written).

@@ -1,7 +1,7 @@
 //! The read path: from a readable event to frames handed to the service.
 //!
 //! Reads land in the loop's shared buffer; every complete frame of a read goes to the
-//! service as one batch, borrowed from there, with the connection's own state lent
+//! service as one batch, borrowed from there, with the connection's own state taken
 //! beside it; only an incomplete tail is kept per connection. A short read proves the
 //! socket drained (no extra `read` just to hear `WouldBlock`). A lingering
 //! connection's input is read and thrown away. Why each read loop stopped is in the
@@ -28,16 +28,16 @@ use crate::stats::CloseReason;
 
 /// What the read path borrows from a connection's slot while it lends the hub to the
 /// service: the codec's state and the service's state (put back once the read is done).
-pub(super) struct Lent<S: Service> {
+pub(super) struct TakenStates<S: Service> {
     pub(super) decode: <S::Codec as Codec>::State,
     pub(super) service: S::Conn,
 }
 
-impl<S: Service> Lent<S> {
+impl<S: Service> TakenStates<S> {
     /// Takes both states out of `slot` (defaults stay behind; for `()`, nothing moves).
     #[inline(always)]
     pub(super) fn take_from(slot: &mut Slot<S>) -> Self {
-        Lent {
+        TakenStates {
             decode: std::mem::take(&mut slot.decode),
             service: std::mem::take(&mut slot.state),
         }
@@ -123,7 +123,7 @@ impl<S: Service> Reactor<S> {
             return self.read_general(id, read_to_eof);
         }
         // (Field by field: `conn` borrows the slot's connection meanwhile.)
-        let mut lent = Lent::<S> {
+        let mut taken = TakenStates::<S> {
             decode: std::mem::take(&mut slot.decode),
             service: std::mem::take(&mut slot.state),
         };
@@ -137,7 +137,7 @@ impl<S: Service> Reactor<S> {
             unusual => {
                 // EOF, WouldBlock, an error: the general handling, with the state put
                 // back first.
-                give_back(&mut self.hub, id, lent);
+                give_back(&mut self.hub, id, taken);
                 return self.read_result(id, unusual, requested, read_to_eof);
             }
         };
@@ -154,7 +154,7 @@ impl<S: Service> Reactor<S> {
             service: &mut self.service,
             codec,
             id,
-            lent: &mut lent,
+            taken: &mut taken,
         };
         let (outcome, frames_completed) = match (reader.dispatch_frames(&mut self.scratch), drained)
         {
@@ -167,11 +167,11 @@ impl<S: Service> Reactor<S> {
             }
         };
         if self.scratch.is_empty() || outcome == ReadOutcome::Stopped {
-            give_back(&mut self.hub, id, lent);
+            give_back(&mut self.hub, id, taken);
             return outcome;
         }
         // A partial frame is left: finish a large one in place, or keep the tail.
-        self.read_tail(id, lent, (outcome, frames_completed), read_to_eof)
+        self.read_tail(id, taken, (outcome, frames_completed), read_to_eof)
     }
 
     /// What to do after a read that brought no bytes (EOF, `WouldBlock`, an error),
@@ -187,7 +187,7 @@ impl<S: Service> Reactor<S> {
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        let mut lent = Lent::take_from(slot);
+        let mut taken = TakenStates::take_from(slot);
         let codec = self.endpoints.codec(slot.conn.endpoint);
         let mut reader = Reader {
             hub: &mut self.hub,
@@ -195,15 +195,15 @@ impl<S: Service> Reactor<S> {
             service: &mut self.service,
             codec,
             id,
-            lent: &mut lent,
+            taken: &mut taken,
         };
         let mut ignored = false;
-        let outcome = reader.absorb(
+        let outcome = reader.handle_read(
             &mut self.scratch,
             (result, requested, read_to_eof),
             &mut ignored,
         );
-        give_back(&mut self.hub, id, lent);
+        give_back(&mut self.hub, id, taken);
         outcome
     }
 
@@ -213,7 +213,7 @@ impl<S: Service> Reactor<S> {
     fn read_tail(
         &mut self,
         id: ConnId,
-        mut lent: Lent<S>,
+        mut taken: TakenStates<S>,
         (mut outcome, mut frames_completed): (ReadOutcome, bool),
         read_to_eof: bool,
     ) -> ReadOutcome {
@@ -223,14 +223,14 @@ impl<S: Service> Reactor<S> {
         };
         let codec = self.endpoints.codec(conn.endpoint);
         if outcome == ReadOutcome::More {
-            if let Some(missing) = missing_in_place(codec, &lent.decode, &self.scratch) {
+            if let Some(missing) = missing_in_place(codec, &taken.decode, &self.scratch) {
                 let mut reader = Reader {
                     hub: &mut self.hub,
                     endpoints: &self.endpoints,
                     service: &mut self.service,
                     codec,
                     id,
-                    lent: &mut lent,
+                    taken: &mut taken,
                 };
                 outcome = reader.finish_frame_in_place(
                     &mut self.scratch,
@@ -241,7 +241,7 @@ impl<S: Service> Reactor<S> {
             }
         }
         keep_tail(&mut self.hub, id, &mut self.scratch, frames_completed);
-        give_back(&mut self.hub, id, lent);
+        give_back(&mut self.hub, id, taken);
         outcome
     }
 
@@ -298,7 +298,7 @@ impl<S: Service> Reactor<S> {
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
-        let mut lent = Lent::take_from(slot);
+        let mut taken = TakenStates::take_from(slot);
         let mut frames_completed = false;
         let mut reader = Reader {
             hub: &mut self.hub,
@@ -306,12 +306,12 @@ impl<S: Service> Reactor<S> {
             service: &mut self.service,
             codec,
             id,
-            lent: &mut lent,
+            taken: &mut taken,
         };
         let mut outcome =
-            reader.absorb(buf, (result, requested, read_to_eof), &mut frames_completed);
+            reader.handle_read(buf, (result, requested, read_to_eof), &mut frames_completed);
         if own_input.is_none() && outcome == ReadOutcome::More {
-            if let Some(missing) = missing_in_place(codec, &reader.lent.decode, &self.scratch) {
+            if let Some(missing) = missing_in_place(codec, &reader.taken.decode, &self.scratch) {
                 outcome = reader.finish_frame_in_place(
                     &mut self.scratch,
                     missing,
@@ -327,7 +327,7 @@ impl<S: Service> Reactor<S> {
             // connection held no partial frame before it.)
             keep_tail(&mut self.hub, id, &mut self.scratch, frames_completed);
         }
-        give_back(&mut self.hub, id, lent);
+        give_back(&mut self.hub, id, taken);
         outcome
     }
 }
@@ -372,14 +372,14 @@ impl<S: Service> Reactor<S> {
         };
         log::trace!("{id}: its output drained: handling the frames that waited");
         let codec = self.endpoints.codec(slot.conn.endpoint);
-        let mut lent = Lent::take_from(slot);
+        let mut taken = TakenStates::take_from(slot);
         let mut reader = Reader {
             hub: &mut self.hub,
             endpoints: &self.endpoints,
             service: &mut self.service,
             codec,
             id,
-            lent: &mut lent,
+            taken: &mut taken,
         };
         let (outcome, frames_completed) = match reader.dispatch_frames(&mut input) {
             Err(e) => {
@@ -390,17 +390,17 @@ impl<S: Service> Reactor<S> {
             Ok(done) => (ReadOutcome::More, done.frames() > 0),
         };
         keep_own_tail(&mut self.hub, id, input, frames_completed);
-        give_back(&mut self.hub, id, lent);
+        give_back(&mut self.hub, id, taken);
         outcome
     }
 }
 
 /// Puts the states a read borrowed back into `id`'s slot (for `()` states, nothing).
 #[inline(always)]
-pub(super) fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, lent: Lent<S>) {
+pub(super) fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, taken: TakenStates<S>) {
     if let Some(slot) = slot_mut(&mut hub.conns, id) {
-        slot.decode = lent.decode;
-        slot.state = lent.service;
+        slot.decode = taken.decode;
+        slot.state = taken.service;
     }
 }
 
@@ -423,7 +423,7 @@ struct Reader<'a, S: Service> {
     service: &'a mut S,
     codec: &'a S::Codec,
     id: ConnId,
-    lent: &'a mut Lent<S>,
+    taken: &'a mut TakenStates<S>,
 }
 
 impl<S: Service> Reader<'_, S> {
@@ -431,7 +431,7 @@ impl<S: Service> Reader<'_, S> {
     /// error. `requested` is how much the read asked for: fewer bytes mean the socket
     /// is drained. Sets `frames_completed` when frames were dispatched.
     #[inline(always)]
-    fn absorb(
+    fn handle_read(
         &mut self,
         buf: &mut Buffer,
         (result, requested, read_to_eof): (io::Result<usize>, usize, bool),
@@ -447,7 +447,7 @@ impl<S: Service> Reader<'_, S> {
                     self.endpoints,
                     self.service,
                     id,
-                    &mut self.lent.service,
+                    &mut self.taken.service,
                 );
                 ReadOutcome::Stopped
             }
@@ -506,7 +506,7 @@ impl<S: Service> Reader<'_, S> {
         let spare = &mut scratch.spare_mut(missing)[..missing];
         let result = conn.stream.read(spare);
         log::trace!("{id}: finishing a {missing}-byte remainder in place");
-        self.absorb(scratch, (result, missing, read_to_eof), frames_completed)
+        self.handle_read(scratch, (result, missing, read_to_eof), frames_completed)
     }
 
     /// Finds every complete frame in `buf`, hands them to the service as one batch
@@ -521,12 +521,12 @@ impl<S: Service> Reader<'_, S> {
     #[inline(always)]
     fn dispatch_frames(&mut self, buf: &mut Buffer) -> Result<Dispatched, FrameError> {
         let bytes = buf.readable();
-        let before = self.lent.decode.clone();
+        let before = self.taken.decode.clone();
         let Scan {
             complete,
             count,
             error,
-        } = self.codec.scan(&mut self.lent.decode, bytes);
+        } = self.codec.scan(&mut self.taken.decode, bytes);
         if count == 0 {
             buf.consume(complete);
             return error.map_or(Ok(Dispatched::NONE), Err);
@@ -536,7 +536,7 @@ impl<S: Service> Reader<'_, S> {
         let frames = Frames::holdable(&bytes[..complete], count, self.codec, before, &held_back);
         let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
         self.service
-            .on_frames(ctx, self.id, &mut self.lent.service, frames);
+            .on_frames(ctx, self.id, &mut self.taken.service, frames);
         let held = held_back.bytes.get();
         if held == 0 {
             buf.consume(complete);
@@ -544,7 +544,7 @@ impl<S: Service> Reader<'_, S> {
         }
         let taken = held_back.taken.get();
         if let Some(state) = held_back.state.take() {
-            self.lent.decode = state;
+            self.taken.decode = state;
         }
         buf.consume(complete - held);
         self.hub.stats.frames_in -= (count - taken) as u64;

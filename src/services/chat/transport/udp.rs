@@ -46,7 +46,7 @@ pub struct UdpMembers {
 }
 
 /// The outputs a UDP member's datagram needs besides the engine's: this transport's
-/// own state (lent back by the service while it holds it for the outputs) and the
+/// own state (taken back by the service while it holds it for the outputs) and the
 /// expiry timers.
 pub trait DatagramOutputs: Outputs<Address> {
     /// The UDP members.

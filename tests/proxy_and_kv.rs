@@ -1,4 +1,4 @@
-//! End-to-end tests of the examples built on the v2 service API, run as the programs
+//! End-to-end tests of the proxy and key-value examples, run as the programs
 //! they are (`cargo test` builds them): the TCP proxy (byte-exact relaying, slow
 //! readers and writers on either side, bounded memory, half-close, an unreachable
 //! upstream) and the key-value server with logins (login flow, refusals before login,
@@ -26,7 +26,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(test: &str) -> Scratch {
         let dir =
-            std::env::temp_dir().join(format!("switchboard-v2-{}-{test}", std::process::id()));
+            std::env::temp_dir().join(format!("switchboard-examples-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
