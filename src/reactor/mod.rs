@@ -469,9 +469,9 @@ impl<S: Service> Reactor<S> {
     }
 
     /// Runs the loop on the real clock until it is shut down ([`Handle::shutdown`],
-    /// [`Context::shutdown`], or a signal with [`Reactor::stop_on_signals`]) and the
-    /// shutdown completes. Returns the service and the final counters, which are also
-    /// logged.
+    /// [`Context::shutdown`], or a signal with `Reactor::stop_on_signals`, feature
+    /// `signals`) and the shutdown completes. Returns the service and the final
+    /// counters, which are also logged.
     pub fn run(mut self) -> Result<Stopped<S>, Error> {
         // A local, not the field: the handlers borrow the reactor while the turn walks
         // the events.
