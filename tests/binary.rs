@@ -516,6 +516,33 @@ fn threads_runs_that_many_loops_and_sigterm_drains_them_all() {
     per_loop_is_round_robin(per_loop, &stderr);
 }
 
+/// `--threads 2`: the lines each loop logs for itself say which loop they are from.
+#[cfg(target_os = "linux")]
+#[test]
+fn each_loops_log_lines_name_the_loop() {
+    let port = free_port();
+    let server = tcp_echo(port, &["--threads", "2"]);
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    for index in 0..2 {
+        for line in [
+            format!("loop {index} of 2: listening on tcp 127.0.0.1:{port}"),
+            format!("loop {index} of 2: served: conns: 0 active, "),
+        ] {
+            assert!(stderr.contains(&line), "no {line:?} in\n{stderr}");
+        }
+    }
+    for line in stderr.lines() {
+        for said in ["listening on", "served:"] {
+            if let Some((before, _)) = line.split_once(said) {
+                assert!(before.ends_with(" of 2: "), "which loop? {line}");
+            }
+        }
+    }
+    assert!(stderr.contains("served by 2 loops: "), "{stderr}");
+}
+
 #[track_caller]
 fn per_loop_is_round_robin(mut per_loop: Vec<u64>, log: &str) {
     per_loop.sort();

@@ -155,6 +155,29 @@ pub struct Reactor<S: Service> {
     observe_turns: bool,
     /// On a pool's loop 0 with an admin endpoint: every loop's published counters.
     pool_counters: Vec<Arc<Shared>>,
+    /// Which loop of a pool this is, said before each of its own log lines (nothing
+    /// for a reactor alone).
+    label: LoopLabel,
+}
+
+/// Which loop of a pool a reactor is, as its log lines begin: `loop 1 of 2: `.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LoopLabel(Option<(usize, usize)>);
+
+impl LoopLabel {
+    /// Loop `index` (from 0, as the pool numbers its loops) of `count`.
+    pub(crate) fn of(index: usize, count: usize) -> LoopLabel {
+        LoopLabel(Some((index, count)))
+    }
+}
+
+impl std::fmt::Display for LoopLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((index, count)) => write!(f, "loop {index} of {count}: "),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -174,16 +197,18 @@ impl<S: Service> Reactor<S> {
     where
         S::Codec: Clone,
     {
-        Reactor::bind_as(config, service, codec, Listen::Bind)
+        Reactor::bind_as(config, service, codec, Listen::Bind, LoopLabel::default())
     }
 
     /// [`Reactor::bind`], with the stream listeners either bound, or (on a loop of a
-    /// pool that is handed its connections) only mirrored as endpoints.
+    /// pool that is handed its connections) only mirrored as endpoints; `label` says
+    /// which loop of a pool it is in the log.
     pub(crate) fn bind_as(
         config: Config,
         service: S,
         codec: S::Codec,
         listen: Listen<'_>,
+        label: LoopLabel,
     ) -> Result<Self, Error>
     where
         S::Codec: Clone,
@@ -244,6 +269,7 @@ impl<S: Service> Reactor<S> {
             publish_counters: false,
             observe_turns: false,
             pool_counters: Vec::new(),
+            label,
             poll,
             config,
         };
@@ -332,7 +358,7 @@ impl<S: Service> Reactor<S> {
             .endpoints
             .add(EndpointKind::Listener(bound.clone()), codec);
         self.add_listener(listener, endpoint)?;
-        log::info!("listening on {bound}{note}");
+        log::info!("{}listening on {bound}{note}", self.label);
         self.bound.push(bound);
         Ok(endpoint)
     }
@@ -383,7 +409,7 @@ impl<S: Service> Reactor<S> {
     }
 
     fn announce(&mut self, bound: BoundAddr) {
-        log::info!("listening on {bound}");
+        log::info!("{}listening on {bound}", self.label);
         self.bound.push(bound);
     }
 
@@ -870,7 +896,8 @@ impl<S: Service> Reactor<S> {
     /// read, so no frame reaches the service after its goodbye.
     fn begin_shutdown(&mut self) {
         log::info!(
-            "shutting down: {} connections to drain (at most {:?})",
+            "{}shutting down: {} connections to drain (at most {:?})",
+            self.label,
             self.hub.conns.len(),
             self.config.shutdown_grace
         );
@@ -901,7 +928,8 @@ impl<S: Service> Reactor<S> {
         let ids = self.hub.conn_ids();
         if !ids.is_empty() {
             log::warn!(
-                "{} connections still had output queued at the deadline",
+                "{}{} connections still had output queued at the deadline",
+                self.label,
                 ids.len()
             );
         }
@@ -913,7 +941,7 @@ impl<S: Service> Reactor<S> {
         for endpoint in &mut self.hub.udp {
             endpoint.flush(&self.hub.registry, &mut self.hub.stats);
         }
-        log::info!("served: {}", self.hub.stats);
+        log::info!("{}served: {}", self.label, self.hub.stats);
     }
 }
 
