@@ -116,7 +116,11 @@ impl<S: Service> Reactor<S> {
             .registry()
             .register(&mut listener, Token(ADMIN_BASE), Interest::READABLE)
             .map_err(Error::Poll)?;
-        log::info!("admin on http://{addr} (/metrics, /healthz)");
+        // Said with the other endpoints once the loop starts.
+        self.unannounced.push(format!(
+            "{}admin on http://{addr} (/metrics, /healthz)",
+            self.label
+        ));
         self.observe_turns = true;
         self.admin = Some(Box::new(Admin {
             listener,

@@ -158,6 +158,10 @@ pub struct Reactor<S: Service> {
     /// Which loop of a pool this is, said before each of its own log lines (nothing
     /// for a reactor alone).
     label: LoopLabel,
+    /// `listening on` lines of endpoints opened before the loop started: logged when
+    /// it starts, so that a server whose later endpoint (or setup) fails to bind has
+    /// not claimed to be listening first.
+    unannounced: Vec<String>,
 }
 
 /// Which loop of a pool a reactor is, as its log lines begin: `loop 1 of 2: `.
@@ -192,7 +196,9 @@ impl<S: Service> std::fmt::Debug for Reactor<S> {
 impl<S: Service> Reactor<S> {
     /// Validates `config`, binds every endpoint it lists (each framed by `codec`) and
     /// registers it with a new `Poll`. `codec` also frames dialled connections unless a
-    /// dial names another endpoint. Logs one line per endpoint with its real address.
+    /// dial names another endpoint. Logs one line per endpoint with its real address
+    /// when the loop starts (an endpoint added later is logged then, so nothing is
+    /// said to be listening before everything is bound).
     pub fn bind(config: Config, service: S, codec: S::Codec) -> Result<Self, Error>
     where
         S::Codec: Clone,
@@ -270,6 +276,7 @@ impl<S: Service> Reactor<S> {
             observe_turns: false,
             pool_counters: Vec::new(),
             label,
+            unannounced: Vec::new(),
             poll,
             config,
         };
@@ -345,8 +352,8 @@ impl<S: Service> Reactor<S> {
         self.serve_listener(listener, bound, codec, "")
     }
 
-    /// Makes an open listener a new endpoint framed by `codec`, registers it, and logs
-    /// `listening on ADDR` followed by `note`.
+    /// Makes an open listener a new endpoint framed by `codec`, registers it, and
+    /// announces it (`listening on ADDR` followed by `note`).
     fn serve_listener(
         &mut self,
         listener: Listener,
@@ -358,8 +365,7 @@ impl<S: Service> Reactor<S> {
             .endpoints
             .add(EndpointKind::Listener(bound.clone()), codec);
         self.add_listener(listener, endpoint)?;
-        log::info!("{}listening on {bound}{note}", self.label);
-        self.bound.push(bound);
+        self.announce(bound, note);
         Ok(endpoint)
     }
 
@@ -390,7 +396,7 @@ impl<S: Service> Reactor<S> {
             .register(&mut socket, token, Interest::READABLE)
             .map_err(Error::Poll)?;
         self.hub.udp.push(UdpEndpoint::new(socket, token));
-        self.announce(BoundAddr::Udp(local));
+        self.announce(BoundAddr::Udp(local), "");
         Ok(UdpId(index))
     }
 
@@ -408,8 +414,15 @@ impl<S: Service> Reactor<S> {
         Ok(())
     }
 
-    fn announce(&mut self, bound: BoundAddr) {
-        log::info!("{}listening on {bound}", self.label);
+    /// Records an endpoint bound, and logs `listening on ADDR` followed by `note` (once
+    /// the loop has started: see `unannounced`).
+    fn announce(&mut self, bound: BoundAddr, note: &str) {
+        let line = format!("{}listening on {bound}{note}", self.label);
+        if self.started {
+            log::info!("{line}");
+        } else {
+            self.unannounced.push(line);
+        }
         self.bound.push(bound);
     }
 
@@ -591,9 +604,13 @@ impl<S: Service> Reactor<S> {
         self.poll_timeout().map(|wait| self.hub.now + wait)
     }
 
-    /// Calls `on_start` once, before the first events are handled.
+    /// Logs the endpoints bound so far and calls `on_start`, once, before the first
+    /// events are handled.
     fn start(&mut self) {
         self.started = true;
+        for line in std::mem::take(&mut self.unannounced) {
+            log::info!("{line}");
+        }
         self.service
             .on_start(&mut Context::new(&mut self.hub, &self.endpoints));
         self.carry_out_requests();
