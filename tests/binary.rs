@@ -439,6 +439,31 @@ fn text_or_http_on_the_framed_port_is_told_what_the_port_speaks() {
     });
 }
 
+/// Text typed into the chat port (length-framed too) is named as text, with no advice
+/// about a flag of another command: `chat` has no `--framing`.
+#[test]
+fn text_on_the_chat_port_gets_no_advice_meant_for_echo() {
+    use std::io::Write;
+    let port = free_port();
+    let tcp = addr(port);
+    let mut server = ChildServer::start(&["chat", "--tcp", &tcp, "--udp", "off"], Some(port));
+    let log = StderrLog::capture(&mut server);
+    let mut typist = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    typist.write_all(b"hello\n").unwrap();
+    assert!(is_closed(&mut typist), "closed after the text");
+    log.wait_for("the text named", IO_TIMEOUT, |log| {
+        log.contains("the bytes are text")
+    });
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the bytes are text"))
+        .unwrap();
+    assert!(line.contains("length-prefixed frames"), "{line}");
+    assert!(!line.contains("--framing"), "{line}");
+    assert!(!line.contains("switchboard echo"), "{line}");
+}
+
 /// `--help` shows each server's real default address, and a bare port is an address on
 /// 127.0.0.1 (a bad one says what is expected).
 #[test]

@@ -260,7 +260,9 @@ pub fn run_echo(args: EchoArgs) -> ExitCode {
     let (server, fds) = (&args.server, inherited);
     match args.framing {
         Framing::Length => {
-            let codec = LengthCodec::new(max);
+            let codec = LengthCodec::new(max).with_text_hint(
+                "for lines of text, serve it with `switchboard echo --framing lines`",
+            );
             serve_loops(server, config, fds, codec, echo, no_setup, |_| {})
         }
         Framing::Raw => serve_loops(server, config, fds, RawCodec, echo, no_setup, |_| {}),
