@@ -20,7 +20,13 @@
 //! from a pipe), lines are read and printed plainly.
 //!
 //! A member who joins a room is sent the room's recent messages as `msg` events
-//! with `"history": true`; the client prints them marked `(history)`.
+//! with `"history": true`; the client prints them marked `(history)`. Notices (news
+//! that is not about a room) are printed `*** text`; an event of a type the client
+//! does not know is printed as it came, JSON after `?`.
+//!
+//! The first answer must be a chat event: a server that sends back the client's own
+//! `hello` is an echo server, and the client says so and ends, rather than waiting
+//! for a name that never comes.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
@@ -189,6 +195,9 @@ struct Chat {
     /// Dropped when the next `pong` arrives: on `/quit`, the client pings and waits
     /// for it, so that everything the server sent before is printed.
     flushed: Option<mpsc::Sender<()>>,
+    /// The first request (`hello`), until the server's first answer has been checked
+    /// against it: a server that sends it back is no chat server.
+    unanswered_hello: Option<Value>,
 }
 
 /// What one typed line comes to.
@@ -327,6 +336,7 @@ impl Chat {
                 format!("! {}", advise(&field("reason")))
             }
             "rooms" => rooms_line(event),
+            "notice" => format!("*** {}", field("text")),
             "pong" => {
                 self.flushed = None;
                 return Ok(None);
@@ -334,6 +344,23 @@ impl Chat {
             _ => format!("? {event}"),
         };
         Ok(Some(line))
+    }
+
+    /// What is wrong with the server, when `payload` is its first answer and not one a
+    /// chat server gives: our own request sent back (an echo server), or no chat
+    /// event at all. `None` for a chat event, and for every answer after the first.
+    fn wrong_server(&mut self, payload: &[u8]) -> Option<String> {
+        let hello = self.unanswered_hello.take()?;
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(answer) if answer == hello => Some(
+                "answered with our own request: this is an echo server, not a chat server".into(),
+            ),
+            Ok(answer) if answer["type"].is_string() => None,
+            _ => Some(format!(
+                "answered with something that is not a chat event ({}): is it a chat server?",
+                shorten(&String::from_utf8_lossy(payload))
+            )),
+        }
     }
 
     /// The server confirmed a name: the first one also takes the member to the lobby.
@@ -359,6 +386,19 @@ impl Chat {
 }
 
 const NO_NAME: &str = "! you have no name yet; choose one with /nick NAME";
+
+/// At most the first 60 characters of `text`, for a message about it.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// The first request: asks for `name`.
+fn hello_request(name: &str) -> Value {
+    json!({"type": "hello", "name": name})
+}
 
 /// The client's own answer to a typed line.
 fn answer(text: impl Into<String>) -> Typed {
@@ -515,6 +555,7 @@ fn main() -> ExitCode {
         current: None,
         started: Some(started),
         flushed: None,
+        unanswered_hello: Some(hello_request(&options.name)),
     }));
     let (mut input, printer) = Input::open();
     let transport = if options.udp { "UDP" } else { "TCP" };
@@ -566,9 +607,7 @@ fn talk(
     name: &str,
     settled: mpsc::Receiver<()>,
 ) -> io::Result<()> {
-    lock(chat)
-        .link
-        .send(&[json!({"type": "hello", "name": name})])?;
+    lock(chat).link.send(&[hello_request(name)])?;
     let _ = settled.recv_timeout(START_TIMEOUT);
     while let Some(line) = input.next_line()? {
         let line = line.trim();
@@ -618,6 +657,9 @@ fn receive(link: Link, chat: Arc<Mutex<Chat>>, mut printer: Printer, addr: Socke
     // The lock is not held while printing: a line printed above the prompt waits for
     // the editor to take it, and the editor's thread may be waiting for the lock.
     let mut show = |payload: &[u8]| -> io::Result<()> {
+        if let Some(problem) = lock(&chat).wrong_server(payload) {
+            not_a_chat_server(addr, &problem);
+        }
         let line = match serde_json::from_slice::<Value>(payload) {
             Ok(event) => lock(&chat).event(&event)?,
             Err(_) => Some(format!("? {}", String::from_utf8_lossy(payload))),
@@ -641,6 +683,14 @@ fn receive(link: Link, chat: Arc<Mutex<Chat>>, mut printer: Printer, addr: Socke
     let _ = writeln!(out, "\n* disconnected from {addr}: {reason}");
     let _ = writeln!(out, "* run chat_client again to reconnect");
     let _ = out.flush();
+    std::process::exit(1);
+}
+
+/// Ends the program: the server at `addr` is not a chat server, as `problem` says.
+fn not_a_chat_server(addr: SocketAddr, problem: &str) -> ! {
+    restore_terminal();
+    eprintln!("chat_client: {addr} {problem}");
+    eprintln!("chat_client: `switchboard chat` listens on 127.0.0.1:9001 by default");
     std::process::exit(1);
 }
 

@@ -91,8 +91,7 @@ impl fmt::Display for FrameError {
             FrameError::NotFrames { len, max, http } => write!(
                 f,
                 "frame of {len} bytes exceeds the maximum of {max}: the bytes are {}, \
-                 not a length (this port speaks length-prefixed frames; for lines of text, \
-                 serve it with a lines codec: `switchboard echo --framing lines`)",
+                 not a length (this port speaks length-prefixed frames)",
                 if *http { "an HTTP request" } else { "text" }
             ),
         }
@@ -196,6 +195,15 @@ pub trait Codec {
     /// `400` saying what the port speaks.
     fn error_reply(&self, error: &FrameError, out: &mut Buffer) {
         let _ = (error, out);
+    }
+
+    /// A peer broke the format (`decode` returned `error`): advice for the log, for
+    /// whoever reads it, on serving such a peer, in the words of whoever built the
+    /// codec (the same codec serves several programs, each with its own way to do
+    /// that). By default none; see [`LengthCodec::with_text_hint`].
+    fn error_hint(&self, error: &FrameError) -> Option<&str> {
+        let _ = error;
+        None
     }
 
     /// True when some values of this type are protocols ([`Codec::is_protocol`]):
@@ -467,6 +475,14 @@ impl Codec for AnyCodec {
             AnyCodec::Length(codec) => codec.error_reply(error, out),
             AnyCodec::Lines(codec) => codec.error_reply(error, out),
             AnyCodec::Raw(codec) => codec.error_reply(error, out),
+        }
+    }
+
+    fn error_hint(&self, error: &FrameError) -> Option<&str> {
+        match self {
+            AnyCodec::Length(codec) => codec.error_hint(error),
+            AnyCodec::Lines(codec) => codec.error_hint(error),
+            AnyCodec::Raw(codec) => codec.error_hint(error),
         }
     }
 

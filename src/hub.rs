@@ -452,13 +452,17 @@ impl<S: Service> Hub<S> {
         let mut last_words = std::mem::take(&mut self.encode_buf);
         last_words.clear();
         codec.error_reply(error, &mut last_words);
+        let hint = match codec.error_hint(error) {
+            Some(hint) => format!("; {hint}"),
+            None => String::new(),
+        };
         if last_words.is_empty() && !answered {
             // A peer that broke the framing gets nothing more: a reset drops what the
             // kernel still holds for it.
-            log::warn!("{}: {error}; resetting", self.who(id));
+            log::warn!("{}: {error}{hint}; resetting", self.who(id));
             self.reset(id, CloseReason::Protocol);
         } else {
-            log::warn!("{}: {error}; answering it and closing", self.who(id));
+            log::warn!("{}: {error}{hint}; answering it and closing", self.who(id));
             self.write_or_queue(id, last_words.readable(), 0);
             self.close_after_flush(id, CloseReason::Protocol);
         }

@@ -6,6 +6,8 @@
 //! and its samples. Histograms are fixed arrays of counts, one per bucket, so
 //! recording a turn is an index search and two additions.
 
+mod process;
+
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -117,6 +119,45 @@ pub fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: u64) 
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// Writes one unlabelled counter or gauge whose value is not a whole number (or is
+/// infinite: `+Inf`).
+pub fn sample_f64(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    header(out, name, kind, help);
+    if value == f64::INFINITY {
+        let _ = writeln!(out, "{name} +Inf");
+    } else {
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+/// Writes `switchboard_build_info{version="..."} 1`: the version serving, as a label,
+/// the way Prometheus exporters say what is deployed.
+pub fn write_build_info(out: &mut String) {
+    let name = "switchboard_build_info";
+    header(
+        out,
+        name,
+        "gauge",
+        "The switchboard version serving, as a label; always 1.",
+    );
+    let _ = writeln!(out, "{name}{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+}
+
+/// Writes the conventional `process_*` metrics of this process: CPU seconds, resident
+/// memory, open and maximum file descriptors, start time. Read from `/proc` on Linux;
+/// on other systems nothing is written.
+///
+/// ```
+/// let mut out = String::new();
+/// switchboard::metrics::write_process(&mut out);
+/// if cfg!(target_os = "linux") {
+///     assert!(out.contains("\nprocess_open_fds "));
+/// }
+/// ```
+pub fn write_process(out: &mut String) {
+    process::write(out);
+}
+
 /// Writes the reactor's counters, as `switchboard_*` metrics.
 ///
 /// ```
@@ -224,8 +265,9 @@ pub fn write_stats(out: &mut String, stats: &Stats) {
         out,
         &format!("{p}buffered_bytes"),
         gauge,
-        "Buffer memory the connections hold, in bytes (each connection's rounded up to \
-         whole KiB, as the memory budget counts it).",
+        "Bytes of buffer memory the connections hold, input and queued output; each \
+         connection's share is rounded up to a multiple of 1024, as the memory budget \
+         counts it.",
         stats.buffered_bytes,
     );
     let name = format!("{p}connections_closed_total");

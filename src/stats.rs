@@ -142,8 +142,9 @@ pub struct Stats {
     /// write limit (backpressure); it reads again once the output drains. Counts the
     /// pauses that hold frames back (`frames_held`) too.
     pub write_pauses: u64,
-    /// Buffer memory the connections hold now (input buffers and queued output),
-    /// counted in whole KiB per connection, as the memory budget sees it.
+    /// Bytes of buffer memory the connections hold now (input buffers and queued
+    /// output); each connection's share is rounded up to a multiple of 1024, as the
+    /// memory budget sees it.
     pub buffered_bytes: u64,
     /// Accepted connections handed to another loop of a pool
     /// ([`crate::reactor::Spread::Handoff`]).

@@ -163,6 +163,53 @@ fn metrics_parse_and_count_the_traffic() {
 }
 
 #[test]
+fn process_figures_and_build_info() {
+    let (server, admin) = start();
+    let _client = connect(server.tcp());
+    let (status, _, body) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let samples = parse_with_prometheus_client(&body);
+    let value = |key: &str| {
+        *samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in\n{body}"))
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&format!("switchboard_build_info{{version=\"{version}\"}}")),
+        1.0
+    );
+    // The gauge's help says one unit: bytes.
+    let help = body
+        .lines()
+        .find(|l| l.starts_with("# HELP switchboard_buffered_bytes "))
+        .expect("a HELP line");
+    assert!(!help.contains("KiB"), "{help}");
+
+    if cfg!(target_os = "linux") {
+        // The server runs in this process: these are the test's own figures.
+        let open = value("process_open_fds");
+        assert!(open >= 4.0, "stdio, the listeners, the client: {open}");
+        let max = value("process_max_fds");
+        assert!(max >= open, "{max} < {open}");
+        let rss = value("process_resident_memory_bytes");
+        assert!((1e6..1e10).contains(&rss), "{rss}");
+        let cpu = value("process_cpu_seconds_total");
+        assert!((0.0..3600.0).contains(&cpu), "{cpu}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            (now - 600.0..=now + 1.0).contains(&started),
+            "started {started}, now {now}"
+        );
+    }
+    server.stop();
+}
+
+#[test]
 fn buffered_bytes_are_the_bytes_held() {
     let (server, admin) = start();
     // A partial frame: the connection keeps a buffer for it until the rest comes.

@@ -439,6 +439,31 @@ fn text_or_http_on_the_framed_port_is_told_what_the_port_speaks() {
     });
 }
 
+/// Text typed into the chat port (length-framed too) is named as text, with no advice
+/// about a flag of another command: `chat` has no `--framing`.
+#[test]
+fn text_on_the_chat_port_gets_no_advice_meant_for_echo() {
+    use std::io::Write;
+    let port = free_port();
+    let tcp = addr(port);
+    let mut server = ChildServer::start(&["chat", "--tcp", &tcp, "--udp", "off"], Some(port));
+    let log = StderrLog::capture(&mut server);
+    let mut typist = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    typist.write_all(b"hello\n").unwrap();
+    assert!(is_closed(&mut typist), "closed after the text");
+    log.wait_for("the text named", IO_TIMEOUT, |log| {
+        log.contains("the bytes are text")
+    });
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the bytes are text"))
+        .unwrap();
+    assert!(line.contains("length-prefixed frames"), "{line}");
+    assert!(!line.contains("--framing"), "{line}");
+    assert!(!line.contains("switchboard echo"), "{line}");
+}
+
 /// `--help` shows each server's real default address, and a bare port is an address on
 /// 127.0.0.1 (a bad one says what is expected).
 #[test]
@@ -514,6 +539,33 @@ fn threads_runs_that_many_loops_and_sigterm_drains_them_all() {
         .filter_map(|rest| rest.split(' ').next()?.parse().ok())
         .collect();
     per_loop_is_round_robin(per_loop, &stderr);
+}
+
+/// `--threads 2`: the lines each loop logs for itself say which loop they are from.
+#[cfg(target_os = "linux")]
+#[test]
+fn each_loops_log_lines_name_the_loop() {
+    let port = free_port();
+    let server = tcp_echo(port, &["--threads", "2"]);
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    for index in 0..2 {
+        for line in [
+            format!("loop {index} of 2: listening on tcp 127.0.0.1:{port}"),
+            format!("loop {index} of 2: served: conns: 0 active, "),
+        ] {
+            assert!(stderr.contains(&line), "no {line:?} in\n{stderr}");
+        }
+    }
+    for line in stderr.lines() {
+        for said in ["listening on", "served:"] {
+            if let Some((before, _)) = line.split_once(said) {
+                assert!(before.ends_with(" of 2: "), "which loop? {line}");
+            }
+        }
+    }
+    assert!(stderr.contains("served by 2 loops: "), "{stderr}");
 }
 
 #[track_caller]

@@ -67,6 +67,39 @@ fn start_taking(max_message: usize, extra: &[&str]) -> Server {
     }
 }
 
+/// `--ws` on a port already taken: the server exits at once, naming the flag, and
+/// has not said it was listening on the ports it did bind.
+#[test]
+fn a_taken_ws_port_is_named_by_its_flag() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let ws = taken.local_addr().unwrap().to_string();
+    for threads in ["1", "2"] {
+        let tcp = free_port().to_string();
+        let args = [
+            "chat",
+            "--tcp",
+            &tcp,
+            "--udp",
+            "off",
+            "--ws",
+            &ws,
+            "--threads",
+            threads,
+        ];
+        let server = ChildServer::start(&args, None);
+        let (code, stderr) = server.wait(IO_TIMEOUT);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot bind --ws {ws}: ")),
+            "--threads {threads}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("listening on"),
+            "--threads {threads}: {stderr}"
+        );
+    }
+}
+
 type Ws = WebSocket<TcpStream>;
 
 fn ws_connect(addr: SocketAddr) -> Ws {

@@ -5,11 +5,14 @@
 //! test starts. Every wait is on what the screen shows, with a deadline.
 //!
 //! Skipped, with a message saying so, where tmux is not installed.
+//!
+//! What `chat_client` prints of the server's first answers is checked without a
+//! terminal too: through pipes, as a script would run it.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -451,4 +454,88 @@ fn echo_client_reports_a_server_close_without_a_keypress() {
         started.elapsed()
     );
     assert_eq!(client.wait_for_exit(IO_TIMEOUT), 1);
+}
+
+/// `chat_client ARGS` with stdin, stdout and stderr as pipes (no terminal: it reads
+/// and prints plain lines).
+fn piped_chat_client(args: &[&str]) -> Child {
+    Command::new(example_path("chat_client"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chat_client")
+}
+
+/// Waits (at most `IO_TIMEOUT`) for `client` to end, its stdin still open; returns
+/// its exit code, stdout and stderr.
+#[track_caller]
+fn ended(mut client: Child) -> (Option<i32>, String, String) {
+    let exited = wait_until(IO_TIMEOUT, || client.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = client.kill();
+    }
+    let out = client.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(exited, "chat_client did not end:\n{stdout}\n{stderr}");
+    (out.status.code(), stdout, stderr)
+}
+
+#[test]
+fn chat_client_pointed_at_an_echo_server_says_so_and_fails() {
+    // Built (when it has to be) before any clock starts.
+    example_path("chat_client");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    for transport in [&[][..], &["--udp"][..]] {
+        let echo = ChildServer::start(&["echo", "--tcp", &addr, "--udp", &addr], Some(port));
+        let started = Instant::now();
+        let mut args = vec!["--addr", &addr, "--name", "alice"];
+        args.extend_from_slice(transport);
+        let (code, stdout, stderr) = ended(piped_chat_client(&args));
+        assert_eq!(code, Some(1), "{transport:?}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "chat_client: {addr} answered with our own request: this is an echo server, \
+                 not a chat server"
+            )),
+            "{transport:?}: {stderr}"
+        );
+        // At once, not after the wait for a name.
+        assert!(started.elapsed() < Duration::from_secs(3), "{stderr}");
+        assert!(!stdout.contains("hello"), "{stdout}");
+        drop(echo);
+    }
+}
+
+#[test]
+fn chat_client_prints_notices_as_text() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // A chat server whose Redis is not there tells each member so, in a notice.
+    let redis = format!("redis://127.0.0.1:{}", free_port());
+    let args = ["chat", "--tcp", &addr, "--udp", "off", "--redis", &redis];
+    let mut chat = ChildServer::start(&args, Some(port));
+    let log = StderrLog::capture(&mut chat);
+    log.wait_for("the link down", IO_TIMEOUT, |log| {
+        log.contains("cannot reach Redis")
+    });
+    let mut client = piped_chat_client(&["--addr", &addr, "--name", "alice"]);
+    // Said once the start has settled: everything before it has been printed.
+    let mut input = client.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, b"/quit\n").unwrap();
+    drop(input);
+    let (code, stdout, stderr) = ended(client);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l
+            == "*** the link to the other chat nodes is down: rooms reach this server's \
+                members only until it is back"),
+        "{stdout}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("? ")), "{stdout}");
 }

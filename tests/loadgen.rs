@@ -50,8 +50,9 @@ fn framed_run_against_a_correct_server_has_no_errors() {
     assert_eq!(summary.connected, 4);
     // Loopback echo does tens of thousands per second even in a debug build.
     assert!(summary.messages > 1_000, "{summary}");
-    assert!(summary.latency.p50_us > 0.0 && summary.latency.p50_us <= summary.latency.p99_us);
-    assert!(summary.latency.p99_us <= summary.latency.max_us);
+    let latency = summary.latency.expect("latency measured");
+    assert!(latency.p50_us > 0.0 && latency.p50_us <= latency.p99_us);
+    assert!(latency.p99_us <= latency.max_us);
     let expected_mb = summary.msgs_per_sec * 64.0 / 1e6;
     assert!((summary.mb_per_sec - expected_mb).abs() < 1e-6);
 }
@@ -571,6 +572,56 @@ fn sigint_during_a_chat_run_prints_deliveries_marked_interrupted() {
         "{throughput}"
     );
     assert!(stdout.contains("errors: 0"), "{stdout}");
+}
+
+/// Waits for the first progress line of the warm-up (every connection is open by
+/// then), then sends SIGINT; returns the exit code, stdout and stderr.
+fn interrupt_in_warmup(mut child: ChildServer, log: StderrLog) -> (Option<i32>, String, String) {
+    log.wait_for("a progress line in the warm-up", IO_TIMEOUT, |text| {
+        text.lines()
+            .any(|l| l.starts_with("bench:") && l.contains(" warmup "))
+    });
+    child.signal("INT");
+    let mut pipe = child.child.stdout.take().expect("stdout is piped");
+    let (code, _) = child.wait(IO_TIMEOUT);
+    let mut stdout = String::new();
+    pipe.read_to_string(&mut stdout).unwrap();
+    (code, stdout, log.finish())
+}
+
+#[test]
+fn sigint_before_the_window_says_nothing_was_measured() {
+    let server = echo_server();
+    let addr = server.tcp().to_string();
+    let run = |json: bool| {
+        let mut args = vec!["--addr", &addr, "--conns", "1", "--warmup", "60"];
+        if json {
+            args.push("--json");
+        }
+        let (child, log) = bench_child(&args);
+        interrupt_in_warmup(child, log)
+    };
+
+    let (code, stdout, stderr) = run(false);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stdout.contains(": 1 conn (+0 idle)"), "{stdout}");
+    assert!(stdout.contains("(0 messages)"), "{stdout}");
+    assert!(stdout.contains("latency: nothing measured"), "{stdout}");
+    assert!(!stdout.contains("p50"), "percentiles of nothing: {stdout}");
+    assert!(
+        stderr.contains("interrupted before the measured window began"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run(true);
+    assert_eq!(code, Some(130), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["interrupted"], true, "{json}");
+    assert_eq!(json["connected"], 1, "{json}");
+    assert_eq!(json["messages"], 0, "{json}");
+    for field in ["latency", "latency_p50_ms", "latency_p99_ms"] {
+        assert!(json[field].is_null(), "{field} is not null: {json}");
+    }
 }
 
 /// The progress lines of a run of `switchboard bench ARGS` (warm-up, then measuring).

@@ -132,7 +132,16 @@ pub fn run(args: ChatArgs) -> ExitCode {
             prepare(reactor)?;
         }
         if let Some(addr) = ws {
-            crate::services::chat::ws::listen(reactor, addr, max_message)?;
+            crate::services::chat::ws::listen(reactor, addr, max_message).map_err(|e| {
+                // Named by its flag, as the other endpoints are by their kind.
+                match e {
+                    crate::Error::Bind { source, .. } => crate::Error::Bind {
+                        endpoint: format!("--ws {addr}"),
+                        source,
+                    },
+                    other => other,
+                }
+            })?;
         }
         Ok(())
     };

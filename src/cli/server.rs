@@ -23,6 +23,9 @@ use crate::{
 pub struct ServerArgs {
     /// TCP address to listen on (a bare port means 127.0.0.1:PORT); repeatable; IPv6 as
     /// [::1]:9000; "off" disables TCP
+    // The comment is also the flag's help, so the address stays bare rather than in
+    // backticks; rustdoc would otherwise take `[::1]` for a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "tcp", value_name = "ADDR|off")]
     pub tcp: Vec<AddrOrOff>,
     /// UDP address to serve (a bare port means 127.0.0.1:PORT); repeatable; "off"
@@ -257,7 +260,9 @@ pub fn run_echo(args: EchoArgs) -> ExitCode {
     let (server, fds) = (&args.server, inherited);
     match args.framing {
         Framing::Length => {
-            let codec = LengthCodec::new(max);
+            let codec = LengthCodec::new(max).with_text_hint(
+                "for lines of text, serve it with `switchboard echo --framing lines`",
+            );
             serve_loops(server, config, fds, codec, echo, no_setup, |_| {})
         }
         Framing::Raw => serve_loops(server, config, fds, RawCodec, echo, no_setup, |_| {}),

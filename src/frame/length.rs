@@ -165,6 +165,9 @@ pub struct LengthCodec {
     /// The format is switchboard's own (4-byte big-endian unsigned length of the body,
     /// no offset): decoding takes a straight-line path, the hottest code in the server.
     standard: bool,
+    /// What the log adds when text arrives instead of frames ([`Codec::error_hint`]):
+    /// how the program that built the codec serves text, if it can.
+    text_hint: Option<&'static str>,
 }
 
 impl LengthCodec {
@@ -185,7 +188,24 @@ impl LengthCodec {
             payload: Payload::Body,
             max_payload: max_payload.min(u32::MAX as usize),
             standard: true,
+            text_hint: None,
         }
+    }
+
+    /// The codec, with `hint` logged when a peer sends text instead of frames: how the
+    /// program serving this port serves text instead (`switchboard echo` names its
+    /// `--framing lines`; a program with no such choice sets none).
+    ///
+    /// ```
+    /// use switchboard::{Codec, LengthCodec};
+    /// let codec = LengthCodec::new(1024).with_text_hint("serve lines with --lines");
+    /// let error = codec.decode(&mut (), b"hello\n").unwrap_err();
+    /// assert_eq!(codec.error_hint(&error), Some("serve lines with --lines"));
+    /// assert_eq!(LengthCodec::new(1024).error_hint(&error), None);
+    /// ```
+    pub fn with_text_hint(mut self, hint: &'static str) -> Self {
+        self.text_hint = Some(hint);
+        self
     }
 
     /// Starts describing another length-prefixed format; the defaults are
@@ -432,6 +452,13 @@ impl Codec for LengthCodec {
         }
     }
 
+    fn error_hint(&self, error: &FrameError) -> Option<&str> {
+        match error {
+            FrameError::NotFrames { http: false, .. } => self.text_hint,
+            _ => None,
+        }
+    }
+
     fn encode(&self, payload: &[u8], out: &mut Buffer) -> Result<(), FrameError> {
         if self.standard {
             self.encode_header(payload.len(), out)?;
@@ -658,6 +685,7 @@ impl LengthCodecBuilder {
             payload: self.payload,
             max_payload: max,
             standard,
+            text_hint: None,
         })
     }
 

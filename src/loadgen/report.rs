@@ -179,18 +179,23 @@ impl Recorder {
         )
     }
 
-    /// The latency percentiles, in microseconds.
-    pub fn latency(&self) -> Latency {
+    /// The latency percentiles, in microseconds; `None` when nothing was measured (a
+    /// run interrupted before its window), rather than percentiles of nothing that
+    /// would read as zero latency.
+    pub fn latency(&self) -> Option<Latency> {
         let h = &self.histogram;
+        if h.is_empty() {
+            return None;
+        }
         let us = |ns: u64| ns as f64 / 1000.0;
-        Latency {
+        Some(Latency {
             p50_us: us(h.value_at_quantile(0.50)),
             p90_us: us(h.value_at_quantile(0.90)),
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
             mean_us: h.mean() / 1000.0,
-        }
+        })
     }
 }
 
@@ -207,6 +212,11 @@ impl Default for Recorder {
     fn default() -> Self {
         Recorder::new()
     }
+}
+
+/// `n` and the noun for it: "1 conn", "2 conns".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn format_us(ns: u64) -> String {
@@ -236,13 +246,14 @@ pub struct Latency {
 
 impl Latency {
     /// The percentiles of several runs together, from their histograms' buckets
-    /// (see `buckets`); `None` when a bucket is out of the histogram's range.
+    /// (see `buckets`); `None` when there are none or a bucket is out of the
+    /// histogram's range.
     pub fn from_buckets<'a>(all: impl IntoIterator<Item = &'a [u64; 2]>) -> Option<Latency> {
         let mut rec = Recorder::new();
         for [ns, count] in all {
             rec.histogram.record_n(*ns, *count).ok()?;
         }
-        Some(rec.latency())
+        rec.latency()
     }
 }
 
@@ -327,12 +338,13 @@ pub struct Summary {
     pub gaps: u64,
     /// Chat: messages that came after a later one from the same sender.
     pub reorders: u64,
-    /// Latency percentiles.
-    pub latency: Latency,
+    /// Latency percentiles; null when nothing was measured (interrupted before the
+    /// window).
+    pub latency: Option<Latency>,
     /// The median latency in milliseconds (the same as `latency.p50_us`).
-    pub latency_p50_ms: f64,
+    pub latency_p50_ms: Option<f64>,
     /// The 99th percentile latency in milliseconds.
-    pub latency_p99_ms: f64,
+    pub latency_p99_ms: Option<f64>,
     /// The latency histogram's buckets, `[ns, count]` (with `--histogram`), to merge
     /// the latencies of several runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -392,8 +404,8 @@ impl Summary {
             gaps: rec.gaps,
             reorders: rec.reorders,
             latency,
-            latency_p50_ms: latency.p50_us / 1000.0,
-            latency_p99_ms: latency.p99_us / 1000.0,
+            latency_p50_ms: latency.map(|l| l.p50_us / 1000.0),
+            latency_p99_ms: latency.map(|l| l.p99_us / 1000.0),
             latency_buckets: if options.histogram {
                 buckets(rec)
             } else {
@@ -423,9 +435,9 @@ impl Summary {
             all.add(part);
         }
         let buckets = parts.iter().flat_map(|p| p.latency_buckets.iter());
-        all.latency = Latency::from_buckets(buckets).unwrap_or_default();
-        all.latency_p50_ms = all.latency.p50_us / 1000.0;
-        all.latency_p99_ms = all.latency.p99_us / 1000.0;
+        all.latency = Latency::from_buckets(buckets);
+        all.latency_p50_ms = all.latency.map(|l| l.p50_us / 1000.0);
+        all.latency_p99_ms = all.latency.map(|l| l.p99_us / 1000.0);
         all.latency_buckets = Vec::new();
         all.first_connect_error = parts.iter().find_map(|p| p.first_connect_error.clone());
         all.server = parts.iter().find_map(|p| p.server).map(|mut usage| {
@@ -486,13 +498,12 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.latency;
         writeln!(
             f,
-            "{} to {}: {} conns (+{} idle) x depth {}, {} B, {:.2} s measured{}",
+            "{} to {}: {} (+{} idle) x depth {}, {} B, {:.2} s measured{}",
             self.mode,
             self.addr,
-            self.connected,
+            count(self.connected as u64, "conn", "conns"),
             self.idle,
             self.depth,
             self.size,
@@ -506,9 +517,9 @@ impl fmt::Display for Summary {
         if self.mode == "chat" {
             writeln!(
                 f,
-                "  room {}: {} members joined in {:.2} s; senders heard {}{}",
+                "  room {}: {} joined in {:.2} s; senders heard {}{}",
                 self.room.as_deref().unwrap_or("-"),
-                self.members_joined,
+                count(self.members_joined as u64, "member", "members"),
                 self.join_seconds,
                 self.senders_heard,
                 match self.runs_ready {
@@ -519,21 +530,33 @@ impl fmt::Display for Summary {
             writeln!(
                 f,
                 "  throughput: {:.0} deliveries/s, {:.2} MB/s ({} delivered, {} published; \
-                 {} deliveries in all)",
-                self.msgs_per_sec, self.mb_per_sec, self.messages, self.published, self.deliveries
+                 {} in all)",
+                self.msgs_per_sec,
+                self.mb_per_sec,
+                self.messages,
+                self.published,
+                count(self.deliveries, "delivery", "deliveries")
             )?;
         } else {
             writeln!(
                 f,
-                "  throughput: {:.0} msgs/s, {:.2} MB/s ({} messages)",
-                self.msgs_per_sec, self.mb_per_sec, self.messages
+                "  throughput: {:.0} msgs/s, {:.2} MB/s ({})",
+                self.msgs_per_sec,
+                self.mb_per_sec,
+                count(self.messages, "message", "messages")
             )?;
         }
-        writeln!(
-            f,
-            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
-        )?;
+        match &self.latency {
+            Some(l) => writeln!(
+                f,
+                "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            )?,
+            None => writeln!(
+                f,
+                "  latency: nothing measured (no reply in the measured window)"
+            )?,
+        }
         write!(
             f,
             "  errors: {} (mismatches {}, disconnects {}, unanswered {}); connect failures: {}",
@@ -576,7 +599,7 @@ mod tests {
         assert_eq!(rec.messages_total, 3);
         assert_eq!(rec.messages, 2);
         assert_eq!(rec.bytes, 128);
-        let latency = rec.latency();
+        let latency = rec.latency().expect("two replies measured");
         assert!((latency.p50_us - 20.0).abs() < 0.1, "{latency:?}");
         assert!((latency.max_us - 40.0).abs() < 0.1, "{latency:?}");
     }
@@ -743,17 +766,35 @@ mod tests {
         assert_eq!(all.connect_failures, 4);
         assert_eq!(all.connect_errors[0].count, 4);
         assert_eq!(all.first_connect_error.as_deref(), Some("x: refused"));
-        assert!((all.latency.p50_us - 100.0).abs() < 0.1, "{all:?}");
-        assert!((all.latency_p99_ms - 50.0).abs() < 0.05, "{all:?}");
+        let latency = all.latency.expect("merged latency");
+        assert!((latency.p50_us - 100.0).abs() < 0.1, "{all:?}");
+        assert!((all.latency_p99_ms.unwrap() - 50.0).abs() < 0.05, "{all:?}");
         assert!(all.latency_buckets.is_empty());
         assert_eq!(all.first_errors, ["lost"]);
     }
 
     #[test]
-    fn an_empty_window_has_no_rate() {
-        let summary = Summary::new(&Options::default(), &Recorder::new(), Duration::ZERO);
+    fn an_empty_window_has_no_rate_and_no_latency() {
+        let mut rec = Recorder::new();
+        // Warm-up replies only: nothing inside the window.
+        rec.reply(64, Duration::from_micros(10));
+        let mut summary = Summary::new(&Options::default(), &rec, Duration::ZERO);
+        summary.connected = 1;
         assert_eq!(summary.seconds, 0.0);
         assert_eq!(summary.msgs_per_sec, 0.0);
         assert_eq!(summary.mb_per_sec, 0.0);
+        assert_eq!(summary.latency, None);
+        let text = summary.to_string();
+        assert!(text.contains(": 1 conn (+0 idle)"), "{text}");
+        assert!(text.contains("(0 messages)"), "{text}");
+        assert!(text.contains("latency: nothing measured"), "{text}");
+        assert!(!text.contains("p50"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert!(json["latency"].is_null(), "{json}");
+        assert!(json["latency_p50_ms"].is_null(), "{json}");
+        assert!(json["latency_p99_ms"].is_null(), "{json}");
+        // A worker's summary without latency reads back the same (`--procs`).
+        let back: Summary = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(back, summary);
     }
 }

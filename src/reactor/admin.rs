@@ -116,7 +116,11 @@ impl<S: Service> Reactor<S> {
             .registry()
             .register(&mut listener, Token(ADMIN_BASE), Interest::READABLE)
             .map_err(Error::Poll)?;
-        log::info!("admin on http://{addr} (/metrics, /healthz)");
+        // Said with the other endpoints once the loop starts.
+        self.unannounced.push(format!(
+            "{}admin on http://{addr} (/metrics, /healthz)",
+            self.label
+        ));
         self.observe_turns = true;
         self.admin = Some(Box::new(Admin {
             listener,
@@ -308,7 +312,8 @@ impl<S: Service> Reactor<S> {
     }
 
     /// The body of `GET /metrics`: the reactor's counters, the loop histograms, the
-    /// admin endpoint's own counts, then the service's metrics.
+    /// admin endpoint's own counts, the service's metrics, then the build and the
+    /// process.
     fn render_metrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         metrics::write_stats(&mut out, &self.pool_totals());
@@ -342,6 +347,8 @@ impl<S: Service> Reactor<S> {
             );
         }
         self.service.metrics(&mut out);
+        metrics::write_build_info(&mut out);
+        metrics::write_process(&mut out);
         out
     }
 }

@@ -155,6 +155,33 @@ pub struct Reactor<S: Service> {
     observe_turns: bool,
     /// On a pool's loop 0 with an admin endpoint: every loop's published counters.
     pool_counters: Vec<Arc<Shared>>,
+    /// Which loop of a pool this is, said before each of its own log lines (nothing
+    /// for a reactor alone).
+    label: LoopLabel,
+    /// `listening on` lines of endpoints opened before the loop started: logged when
+    /// it starts, so that a server whose later endpoint (or setup) fails to bind has
+    /// not claimed to be listening first.
+    unannounced: Vec<String>,
+}
+
+/// Which loop of a pool a reactor is, as its log lines begin: `loop 1 of 2: `.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LoopLabel(Option<(usize, usize)>);
+
+impl LoopLabel {
+    /// Loop `index` (from 0, as the pool numbers its loops) of `count`.
+    pub(crate) fn of(index: usize, count: usize) -> LoopLabel {
+        LoopLabel(Some((index, count)))
+    }
+}
+
+impl std::fmt::Display for LoopLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((index, count)) => write!(f, "loop {index} of {count}: "),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<S: Service> std::fmt::Debug for Reactor<S> {
@@ -169,21 +196,25 @@ impl<S: Service> std::fmt::Debug for Reactor<S> {
 impl<S: Service> Reactor<S> {
     /// Validates `config`, binds every endpoint it lists (each framed by `codec`) and
     /// registers it with a new `Poll`. `codec` also frames dialled connections unless a
-    /// dial names another endpoint. Logs one line per endpoint with its real address.
+    /// dial names another endpoint. Logs one line per endpoint with its real address
+    /// when the loop starts (an endpoint added later is logged then, so nothing is
+    /// said to be listening before everything is bound).
     pub fn bind(config: Config, service: S, codec: S::Codec) -> Result<Self, Error>
     where
         S::Codec: Clone,
     {
-        Reactor::bind_as(config, service, codec, Listen::Bind)
+        Reactor::bind_as(config, service, codec, Listen::Bind, LoopLabel::default())
     }
 
     /// [`Reactor::bind`], with the stream listeners either bound, or (on a loop of a
-    /// pool that is handed its connections) only mirrored as endpoints.
+    /// pool that is handed its connections) only mirrored as endpoints; `label` says
+    /// which loop of a pool it is in the log.
     pub(crate) fn bind_as(
         config: Config,
         service: S,
         codec: S::Codec,
         listen: Listen<'_>,
+        label: LoopLabel,
     ) -> Result<Self, Error>
     where
         S::Codec: Clone,
@@ -244,6 +275,8 @@ impl<S: Service> Reactor<S> {
             publish_counters: false,
             observe_turns: false,
             pool_counters: Vec::new(),
+            label,
+            unannounced: Vec::new(),
             poll,
             config,
         };
@@ -319,8 +352,8 @@ impl<S: Service> Reactor<S> {
         self.serve_listener(listener, bound, codec, "")
     }
 
-    /// Makes an open listener a new endpoint framed by `codec`, registers it, and logs
-    /// `listening on ADDR` followed by `note`.
+    /// Makes an open listener a new endpoint framed by `codec`, registers it, and
+    /// announces it (`listening on ADDR` followed by `note`).
     fn serve_listener(
         &mut self,
         listener: Listener,
@@ -332,8 +365,7 @@ impl<S: Service> Reactor<S> {
             .endpoints
             .add(EndpointKind::Listener(bound.clone()), codec);
         self.add_listener(listener, endpoint)?;
-        log::info!("listening on {bound}{note}");
-        self.bound.push(bound);
+        self.announce(bound, note);
         Ok(endpoint)
     }
 
@@ -364,7 +396,7 @@ impl<S: Service> Reactor<S> {
             .register(&mut socket, token, Interest::READABLE)
             .map_err(Error::Poll)?;
         self.hub.udp.push(UdpEndpoint::new(socket, token));
-        self.announce(BoundAddr::Udp(local));
+        self.announce(BoundAddr::Udp(local), "");
         Ok(UdpId(index))
     }
 
@@ -382,8 +414,15 @@ impl<S: Service> Reactor<S> {
         Ok(())
     }
 
-    fn announce(&mut self, bound: BoundAddr) {
-        log::info!("listening on {bound}");
+    /// Records an endpoint bound, and logs `listening on ADDR` followed by `note` (once
+    /// the loop has started: see `unannounced`).
+    fn announce(&mut self, bound: BoundAddr, note: &str) {
+        let line = format!("{}listening on {bound}{note}", self.label);
+        if self.started {
+            log::info!("{line}");
+        } else {
+            self.unannounced.push(line);
+        }
         self.bound.push(bound);
     }
 
@@ -469,9 +508,9 @@ impl<S: Service> Reactor<S> {
     }
 
     /// Runs the loop on the real clock until it is shut down ([`Handle::shutdown`],
-    /// [`Context::shutdown`], or a signal with [`Reactor::stop_on_signals`]) and the
-    /// shutdown completes. Returns the service and the final counters, which are also
-    /// logged.
+    /// [`Context::shutdown`], or a signal with `Reactor::stop_on_signals`, feature
+    /// `signals`) and the shutdown completes. Returns the service and the final
+    /// counters, which are also logged.
     pub fn run(mut self) -> Result<Stopped<S>, Error> {
         // A local, not the field: the handlers borrow the reactor while the turn walks
         // the events.
@@ -565,9 +604,13 @@ impl<S: Service> Reactor<S> {
         self.poll_timeout().map(|wait| self.hub.now + wait)
     }
 
-    /// Calls `on_start` once, before the first events are handled.
+    /// Logs the endpoints bound so far and calls `on_start`, once, before the first
+    /// events are handled.
     fn start(&mut self) {
         self.started = true;
+        for line in std::mem::take(&mut self.unannounced) {
+            log::info!("{line}");
+        }
         self.service
             .on_start(&mut Context::new(&mut self.hub, &self.endpoints));
         self.carry_out_requests();
@@ -870,7 +913,8 @@ impl<S: Service> Reactor<S> {
     /// read, so no frame reaches the service after its goodbye.
     fn begin_shutdown(&mut self) {
         log::info!(
-            "shutting down: {} connections to drain (at most {:?})",
+            "{}shutting down: {} connections to drain (at most {:?})",
+            self.label,
             self.hub.conns.len(),
             self.config.shutdown_grace
         );
@@ -901,7 +945,8 @@ impl<S: Service> Reactor<S> {
         let ids = self.hub.conn_ids();
         if !ids.is_empty() {
             log::warn!(
-                "{} connections still had output queued at the deadline",
+                "{}{} connections still had output queued at the deadline",
+                self.label,
                 ids.len()
             );
         }
@@ -913,7 +958,7 @@ impl<S: Service> Reactor<S> {
         for endpoint in &mut self.hub.udp {
             endpoint.flush(&self.hub.registry, &mut self.hub.stats);
         }
-        log::info!("served: {}", self.hub.stats);
+        log::info!("{}served: {}", self.label, self.hub.stats);
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use super::handover::Recipient;
-use super::{Handle, Listen, Reactor, Stopped};
+use super::{Handle, Listen, LoopLabel, Reactor, Stopped};
 use crate::config::Config;
 use crate::endpoint::BoundAddr;
 use crate::error::Error;
@@ -397,7 +397,8 @@ impl Pool {
                     _ if mirrored.is_empty() => Listen::Bind,
                     _ => Listen::Mirror(&mirrored),
                 };
-                let bound = Reactor::bind_as(config, service, codec, listen)
+                let label = LoopLabel::of(index, count);
+                let bound = Reactor::bind_as(config, service, codec, listen, label)
                     .and_then(|mut reactor| setup(&mut reactor).map(|()| reactor));
                 let reactor = match bound {
                     Ok(reactor) => reactor,

@@ -49,7 +49,7 @@ impl<S: Service> Reactor<S> {
                     }
                 }
                 TimerEvent::StatsReport => {
-                    log::info!("stats: {}", self.hub.stats);
+                    log::info!("{}stats: {}", self.label, self.hub.stats);
                     if let Some(interval) = self.config.stats_interval {
                         self.hub
                             .timers
