@@ -44,8 +44,10 @@
 //! - [`timer`]: the deadline queue behind every timer.
 //! - [`stats`]: the counters; [`metrics`]: the same counters in the Prometheus text
 //!   format, as the admin endpoint (`Config::admin`) serves them.
-//! - [`services`]: the services the binary runs (echo; chat, whose rooms span the loops
-//!   of a pool, and with feature `redis` the servers of a cluster).
+//! - [`services`]: the services the binary runs: echo, and the chat in layers (a
+//!   sans-I/O engine; stream and UDP transports; the loops of a pool or, with feature
+//!   `redis`, the servers of a cluster as its backplane; one file that wires them to
+//!   the reactor).
 //! - `cli` (feature `cli`): the command line of the `switchboard` binary.
 //! - `loadgen` (feature `loadgen`): the load generator behind `switchboard bench`.
 //!

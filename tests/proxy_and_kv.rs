@@ -25,8 +25,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(test: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-examples-{}-{test}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-examples-{}-{test}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         Scratch(dir)

@@ -13,7 +13,7 @@ use std::io;
 
 use super::lifecycle::peer_closed;
 use super::read::{
-    give_back, held_input_changed, slot_mut, trace_read, TakenStates, ReadOutcome, MIN_READ,
+    give_back, held_input_changed, slot_mut, trace_read, ReadOutcome, TakenStates, MIN_READ,
 };
 use super::Reactor;
 use crate::buffer::Buffer;

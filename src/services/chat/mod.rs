@@ -23,7 +23,7 @@
 //! - [`protocol`]: the JSON messages and the name rules (in `engine`).
 //! - `engine`: the sans-I/O chat, unit-tested without sockets.
 //! - `transport`: one adapter per kind of member address.
-//! - `backplane`: one trait of the engine's ([`Backplane`](engine::Backplane)), two
+//! - `backplane`: one trait of the engine's (`engine::Backplane`), two
 //!   implementations.
 //! - `service`: [`Chat`], the [`crate::Service`] that wires them to the reactor.
 //! - `codec`: how each endpoint is framed; `ws`: the WebSocket endpoint and the page;

@@ -19,7 +19,7 @@ use slab::Slab;
 use super::event_bytes::EventBytes;
 use super::protocol::RoomInfo;
 
-/// A member's key in the [`Directory`], the peer id every transport maps its own
+/// A member's key in the `Directory`, the peer id every transport maps its own
 /// addresses to; reused after the member goes.
 pub type MemberId = usize;
 

@@ -1,10 +1,8 @@
 //! Names in the cluster: a name is unique because its key (`sb:name:NAME`) is taken
-//! with `SET NX`; a stream member's `hello` waits for that answer ([`Claim::Pending`]
+//! with `SET NX`; a stream member's `hello` waits for that answer (`Claim::Pending`
 //! in `node`), a datagram member's name is checked here only. A name held here is
 //! kept alive by the node's refreshes, taken again after Redis comes back or its key
 //! expires, and deleted when given up (which also stops its DMs).
-//!
-//! [`Claim::Pending`]: crate::services::chat::engine::Claim::Pending
 
 use std::time::Instant;
 

@@ -26,7 +26,7 @@
 //!   `--redis-max-queued`, a member waits for a reply at most `--redis-reply-timeout`,
 //!   and `/healthz` and `/metrics` say how the link is.
 //!
-//! A stream member's `hello` waits for Redis's answer ([`Claim::Pending`]): the engine
+//! A stream member's `hello` waits for Redis's answer (`Claim::Pending`): the engine
 //! holds its requests after it, in order, until the name is settled.
 //!
 //! On every connection, the node first logs in when the URL says so (`url`): `AUTH
@@ -34,7 +34,7 @@
 //! when Redis is unreachable, and redials with the same backoff.
 //!
 //! The node does no I/O: it queues what it would write to Redis, asks for a dial or a
-//! close, and turns what Redis says into [`Remote`] events; the chat service carries
+//! close, and turns what Redis says into the engine's `Remote` events; the chat service carries
 //! those out on the connection it dialled (see `service.rs`).
 
 use std::net::SocketAddr;
@@ -162,7 +162,7 @@ pub(super) enum Tag {
     Ignore,
 }
 
-/// One node's link to the cluster: a [`Backplane`].
+/// One node's link to the cluster: the chat engine's `Backplane` through Redis.
 #[derive(Debug)]
 pub struct Node {
     /// This node, in every event it publishes.
