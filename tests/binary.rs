@@ -568,6 +568,28 @@ fn each_loops_log_lines_name_the_loop() {
     assert!(stderr.contains("served by 2 loops: "), "{stderr}");
 }
 
+#[test]
+fn each_chat_loops_summary_names_the_loop() {
+    let port = free_port();
+    let tcp = addr(port);
+    let server = ChildServer::start(
+        &["chat", "--tcp", &tcp, "--udp", "off", "--threads", "2"],
+        Some(port),
+    );
+    // Served once a member is welcomed: the loops are running, signals handled.
+    let mut member = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    write_frame(&mut member, br#"{"type":"hello","name":"ann"}"#).unwrap();
+    let welcome = read_frame(&mut member).unwrap();
+    assert!(welcome.starts_with(br#"{"type":"welcome""#));
+    server.signal("TERM");
+    let (code, stderr) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0), "{stderr}");
+    for index in 0..2 {
+        let line = format!("loop {index} of 2: chat served: ");
+        assert!(stderr.contains(&line), "no {line:?} in\n{stderr}");
+    }
+}
+
 #[track_caller]
 fn per_loop_is_round_robin(mut per_loop: Vec<u64>, log: &str) {
     per_loop.sort();

@@ -155,7 +155,10 @@ pub fn run(args: ChatArgs) -> ExitCode {
         codec,
         make,
         setup,
-        |stopped| log::info!("chat served: {}", stopped.service.stats().get()),
+        |stopped| {
+            let chat = &stopped.service;
+            log::info!("{}chat served: {}", chat.label(), chat.stats().get())
+        },
     )
 }
 

@@ -56,6 +56,8 @@ pub struct Chat {
     /// The WebSocket listener (feature `ws`), whose connections are members once
     /// upgraded.
     pub(super) websocket: Option<EndpointId>,
+    /// "loop I of N: " in a pool of several loops, for the log; else empty.
+    label: String,
 }
 
 impl std::fmt::Debug for Chat {
@@ -95,6 +97,10 @@ impl Chat {
         info: Option<LoopInfo<Chat>>,
         shared: &ChatLoops,
     ) -> Self {
+        let label = match &info {
+            Some(info) if info.count > 1 => format!("loop {} of {}: ", info.index, info.count),
+            _ => String::new(),
+        };
         let limits = Limits {
             max_text: settings.max_text,
             history: settings.history,
@@ -107,7 +113,14 @@ impl Chat {
             engine: Engine::new(limits, stats),
             stats_interval: settings.stats_interval,
             websocket: None,
+            label,
         }
+    }
+
+    /// "loop I of N: " when this chat is one loop of several, else empty: what its log
+    /// lines begin with.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The counters, shareable with other threads.
@@ -322,7 +335,7 @@ impl Service for Chat {
     fn on_timer(&mut self, ctx: &mut Context<'_, Chat>, timer: TimerId, value: ChatTimer) {
         let now = ctx.now();
         match value {
-            ChatTimer::Stats => log::info!("chat: {}", self.stats().get()),
+            ChatTimer::Stats => log::info!("{}chat: {}", self.label, self.stats().get()),
             ChatTimer::Expiry(id) => {
                 let (engine, backplane, mut wiring) = self.wired(ctx);
                 udp::check_expiry(engine, (now, backplane), &mut wiring, timer, id);
