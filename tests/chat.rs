@@ -1,5 +1,5 @@
 //! End-to-end tests of the chat service over real loopback sockets: TCP members
-//! (framed JSON), typed UDP members, seed-style legacy UDP members, limits, the
+//! (framed JSON), typed UDP members, seed-style name/msg UDP members, limits, the
 //! slow-consumer cut-off, and a room of 1,000 members.
 #![cfg(feature = "chat")]
 
@@ -289,7 +289,7 @@ fn an_oversize_frame_closes_the_connection() {
 }
 
 #[test]
-fn a_seed_style_datagram_makes_a_legacy_member_answered_in_its_own_form() {
+fn a_seed_style_datagram_makes_a_name_msg_member_answered_in_its_own_form() {
     let (server, _stats) = start_default();
     let seed = udp_client();
     seed.send_to(
@@ -302,25 +302,25 @@ fn a_seed_style_datagram_makes_a_legacy_member_answered_in_its_own_form() {
     // Exactly the seed form: the seed client prints reply["name"] and reply["msg"].
     assert_eq!(&buf[..n], r#"{"name":"clinet1","msg":"你好"}"#.as_bytes());
 
-    // A second legacy client with the same name is told so, in the form it reads.
+    // A second name/msg client with the same name is told so, in the form it reads.
     let impostor = Peer::new(server.udp());
     impostor.send(json!({"name": "clinet1", "msg": "me too"}));
     impostor.expect(json!({"name": "switchboard", "msg": "error: name clinet1 is taken"}));
 }
 
 #[test]
-fn legacy_and_typed_members_in_the_lobby_see_each_others_messages() {
+fn name_msg_and_typed_members_in_the_lobby_see_each_others_messages() {
     let (server, _stats) = start_default();
     let mut alice = Member::named(server.tcp(), "alice");
     alice.join("lobby");
     let seed = Peer::new(server.udp());
     seed.send(json!({"name": "clinet1", "msg": "hello all"}));
     seed.expect(json!({"name": "clinet1", "msg": "hello all"}));
-    // A legacy member's arrival is not announced (tests/chat_hostile.rs says why):
+    // A name/msg member's arrival is not announced (tests/chat_hostile.rs says why):
     // its message is what the lobby sees.
     alice.expect_msg("lobby", "clinet1", "hello all");
 
-    // Presence is not sent to a legacy member: the next datagram it gets is a message.
+    // Presence is not sent to a name/msg member: the next datagram it gets is a message.
     let mut bob = Member::named(server.tcp(), "bob");
     bob.join("lobby");
     alice.say("lobby", "hi clinet1");
@@ -477,7 +477,7 @@ fn a_silent_udp_member_expires() {
     alice.expect(json!({"type": "left", "room": "lobby", "name": "carol"}));
     assert_eq!(stats_when(&stats, |s| s.members == 1).members, 1);
 
-    // A legacy member expires the same way, as silently as it came.
+    // A name/msg member expires the same way, as silently as it came.
     let seed = Peer::new(server.udp());
     seed.send(json!({"name": "clinet1", "msg": "hi"}));
     seed.next();

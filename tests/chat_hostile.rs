@@ -438,7 +438,7 @@ fn the_servers_own_output_sent_back_is_not_answered() {
     alice.send(json!({"type": "join", "room": "lobby"}));
     assert_eq!(alice.next()["type"], "joined");
 
-    // Events and a legacy error, as an echo service given a forged source would send
+    // Events and a name/msg error, as an echo service given a forged source would send
     // them back: dropped, so the next thing the sender gets is the pong it asks for.
     let stranger = udp_client();
     for output in [
@@ -454,7 +454,7 @@ fn the_servers_own_output_sent_back_is_not_answered() {
     assert!(drain(&stranger).is_empty());
     assert_eq!(stats.get().udp_unanswered, 0, "counted as reflections only");
 
-    // A legacy member's echo of its own message, come straight back, is not said again.
+    // A name/msg member's echo of its own message, come straight back, is not said again.
     let seed = udp_client();
     let said = br#"{"name":"seed","msg":"hi"}"#;
     let echo = ask(&seed, server.udp(), said, IO_TIMEOUT);

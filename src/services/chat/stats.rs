@@ -19,7 +19,7 @@ pub struct ChatStats {
     pub members: u64,
     /// Rooms with at least one member now.
     pub rooms: u64,
-    /// Messages accepted: `say`, `dm` and legacy messages.
+    /// Messages accepted: `say`, `dm` and name/msg messages.
     pub messages_in: u64,
     /// `msg` and `dm` events handed to members (one per recipient).
     pub deliveries_out: u64,
@@ -64,7 +64,7 @@ impl ChatStats {
         let counters = [
             (
                 "messages_in_total",
-                "Chat messages accepted (say, dm, legacy).",
+                "Chat messages accepted (say, dm, name/msg).",
                 self.messages_in,
             ),
             (

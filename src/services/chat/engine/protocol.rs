@@ -419,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_form_only_where_accepted_and_only_without_type() {
+    fn the_name_msg_form_only_where_accepted_and_only_without_type() {
         let seed = br#"{"name": "clinet1", "msg": "hi"}"#;
         assert!(matches!(
             parse(seed, NameMsgForm::Accepted),
@@ -443,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn every_event_and_legacy_error_is_own_output_and_no_request_is() {
+    fn every_event_and_name_msg_error_is_own_output_and_no_request_is() {
         let rooms = vec![RoomInfo {
             room: "r",
             members: vec!["a"],
@@ -484,11 +484,11 @@ mod tests {
             let json = to_json(event);
             assert!(is_own_output(&json), "{}", String::from_utf8_lossy(&json));
         }
-        let legacy_error = NameMsgReply {
+        let name_msg_error = NameMsgReply {
             name: SERVER_NAME,
             msg: "error: no",
         };
-        assert!(is_own_output(&to_json(&legacy_error)));
+        assert!(is_own_output(&to_json(&name_msg_error)));
         let requests: [&[u8]; 10] = [
             br#"{"type":"hello","name":"a"}"#,
             br#"{"type":"join","room":"r"}"#,
@@ -499,7 +499,7 @@ mod tests {
             br#"{"type":"ping"}"#,
             br#"{"type":"bye"}"#,
             br#"{"name": "clinet1", "msg": "hello"}"#,
-            br#"{"name":"alice","msg":"a legacy message, compact"}"#,
+            br#"{"name":"alice","msg":"a name/msg message, compact"}"#,
         ];
         for request in requests {
             assert!(
@@ -557,12 +557,12 @@ mod tests {
             to_json(&rooms),
             br#"{"type":"rooms","rooms":[{"room":"r","members":["a","b"]}]}"#
         );
-        let legacy = NameMsgReply {
+        let name_msg = NameMsgReply {
             name: "clinet1",
             msg: "你好",
         };
         assert_eq!(
-            to_json(&legacy),
+            to_json(&name_msg),
             r#"{"name":"clinet1","msg":"你好"}"#.as_bytes()
         );
     }

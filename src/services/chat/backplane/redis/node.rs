@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   member says in "r" -> this node's members of "r"
-//!                      -> PUBLISH sb:room:r  <node id> 0 m 0 <json> 0 <legacy>
+//!                      -> PUBLISH sb:room:r  <node id> 0 m 0 <json> 0 <name/msg>
 //!   every node subscribed to sb:room:r (those with members in "r") -> its members,
 //!   but the message's own node, which drops its echo by the node id
 //! ```
