@@ -1,11 +1,11 @@
-//! Chat across machines through Redis (feature `redis`): the parts of the one
-//! connection a chat node keeps to Redis that need neither sockets nor the chat
-//! service.
+//! Chat across machines through Redis (feature `redis`): the chat engine's backplane
+//! as one connection per node to Redis, with no socket of its own: the node says what
+//! to write, when to dial and when to close, and the chat service (`service.rs`) does
+//! it on a connection of the reactor like any other.
 //!
-//! Each chat node (one reactor loop) dials Redis with `Context::connect`, the same
-//! kind of connection as any other, and speak RESP3 on it: after `HELLO 3`, pub/sub
-//! messages arrive as push frames beside ordinary replies, so one connection both
-//! subscribes to rooms and runs commands.
+//! Each chat node (one reactor loop) speaks RESP3 on that connection: after `HELLO 3`,
+//! pub/sub messages arrive as push frames beside ordinary replies, so one connection
+//! both subscribes to rooms and runs commands.
 //!
 //! ```text
 //!   bytes from Redis --ReplyReader--> Reply --Link--+--> LinkEvent::Reply { tag, reply }
@@ -15,8 +15,9 @@
 //!
 //! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
 //!   [`resp::Reply`], pushes classified.
-//! - [`node`]: what the chat service does with the link: rooms as channels, names and
-//!   presence as keys with a TTL, DMs, `list`, and riding out a Redis restart.
+//! - [`node`]: the engine's `Backplane` on the link: rooms as channels, names and
+//!   presence as keys with a TTL, DMs, `list`, the login, and riding out a Redis
+//!   restart.
 //! - `names`: names unique across the cluster; `list`: `list` across it.
 //! - `limits`: the bound on what waits for Redis, the deadline on its replies, and
 //!   what the node says of the link (warnings, notices, `/healthz`, `/metrics`).
