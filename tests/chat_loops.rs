@@ -280,3 +280,38 @@ fn a_full_inbox_drops_and_counts_what_another_loop_sends_and_blocks_no_one() {
     }
     assert!(dropped < 500, "some got through: dropped {dropped}");
 }
+
+#[test]
+fn the_presence_limit_counts_the_room_on_every_loop() {
+    let settings = ChatSettings {
+        presence_limit: 3,
+        ..ChatSettings::default()
+    };
+    let pool = ChatPool::start_with(local_config(), 2, settings);
+    // Dealt round robin: a and c on loop 0, b and d on loop 1.
+    let mut a = Member::named(pool.tcp, "a");
+    let mut b = Member::named(pool.tcp, "b");
+    let mut c = Member::named(pool.tcp, "c");
+    let mut d = Member::named(pool.tcp, "d");
+    a.join("r");
+    b.join("r");
+    a.expect(json!({"type": "joined", "room": "r", "name": "b"}));
+    c.join("r");
+    a.expect(json!({"type": "joined", "room": "r", "name": "c"}));
+    b.expect(json!({"type": "joined", "room": "r", "name": "c"}));
+    // The fourth member passes the limit across the loops: only it hears of its join,
+    // on its own loop and on the other (each loop has but two members).
+    d.join("r");
+    drop(c); // a leave past the limit, from loop 0
+    d.say("r", "after");
+    for member in [&mut a, &mut b, &mut d] {
+        member.expect_msg("r", "d", "after");
+    }
+    a.expect_nothing_more();
+    b.expect_nothing_more();
+    // Its size, on request, from either loop.
+    for member in [&mut a, &mut b] {
+        member.send(json!({"type": "count", "room": "r"}));
+        member.expect(json!({"type": "members", "room": "r", "count": 3}));
+    }
+}

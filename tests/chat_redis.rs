@@ -530,3 +530,33 @@ fn healthz_and_the_link_gauge_follow_redis_from_an_unreachable_start() {
     assert!(down, "/healthz: {:?}", node.get("/healthz"));
     assert_eq!(node.metric("switchboard_redis_link_up"), 0.0);
 }
+
+#[test]
+fn the_presence_limit_counts_the_room_on_every_node() {
+    let redis = RedisServer::start();
+    let nodes = [
+        Node::start_with(redis.addr(), &["--presence-limit", "2"]),
+        Node::start_with(redis.addr(), &["--presence-limit", "2"]),
+    ];
+    let mut a = nodes[0].member("a");
+    let mut b = nodes[0].member("b");
+    join_settled(&mut a, "r");
+    join_settled(&mut b, "r");
+    a.expect(json!({"type": "joined", "room": "r", "name": "b"}));
+    // The third member, on the other node, passes the limit: its join reaches only
+    // itself. (Its node heard of nobody in the room before, so it publishes the
+    // join; the first node knows the room's size and keeps it from its members.)
+    let mut c = nodes[1].member("c");
+    join_settled(&mut c, "r");
+    a.say("r", "x");
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect_msg("r", "a", "x");
+    }
+    a.expect_nothing_more();
+    b.expect_nothing_more();
+    // The room's size across the nodes, on request, from either node.
+    for member in [&mut a, &mut c] {
+        member.send(json!({"type": "count", "room": "r"}));
+        member.expect(json!({"type": "members", "room": "r", "count": 3}));
+    }
+}

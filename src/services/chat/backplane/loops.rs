@@ -357,8 +357,14 @@ impl Backplane for LoopLink {
         }
     }
 
-    fn publish(&mut self, _now: Instant, room: &str, event: &EventBytes, remember: bool) {
+    fn publish(&mut self, _now: Instant, room: &str, event: &EventBytes, _: usize, remember: bool) {
         self.post_room_event(room, event, remember);
+    }
+
+    /// Exact: the registry lists every loop's members of the room.
+    fn room_size(&mut self, room: &str, here: usize) -> usize {
+        let everywhere = self.registry().rooms.get(room).map_or(0, BTreeSet::len);
+        everywhere.max(here)
     }
 
     fn direct(&mut self, _now: Instant, _member: MemberId, to: &str, event: &EventBytes) -> Route {

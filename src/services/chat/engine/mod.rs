@@ -182,21 +182,33 @@ impl<A> Engine<A> {
             return;
         }
         // A subject that has gone already still counts toward the room's size (and the
-        // room may be gone here, with members left on other loops).
-        let local = self
-            .directory
-            .room(room)
-            .map_or(0, |entry| entry.members().len());
-        let size = local + usize::from(subject.is_none());
+        // room may be gone here, with members left on other loops). The size is the
+        // room's across loops and nodes, as far as the backplane knows it: presence
+        // from elsewhere stops at the same limit (see `deliver_remote`).
+        let local = self.members_here(room);
+        let size = (local + usize::from(subject.is_none())).max(self.room_size(io, room));
         if size <= self.limits.presence_limit {
             let event = EventBytes::new(event, None);
             if local > 0 {
                 self.broadcast(io, room, &event);
             }
-            io.backplane.publish(io.now, room, &event, false);
+            io.backplane.publish(io.now, room, &event, local, false);
         } else if let Some(id) = subject {
             self.reply(io, id, event);
         }
+    }
+
+    /// The members of `room` on this loop.
+    fn members_here(&self, room: &str) -> usize {
+        self.directory
+            .room(room)
+            .map_or(0, |entry| entry.members().len())
+    }
+
+    /// The members of `room` across loops and nodes, as far as the backplane knows.
+    fn room_size(&mut self, io: &mut Io<'_, A>, room: &str) -> usize {
+        let here = self.members_here(room);
+        io.backplane.room_size(room, here).max(here)
     }
 
     /// Delivers one event to every member of `room` here. Returns how many got it.
@@ -308,6 +320,11 @@ impl<A> Engine<A> {
     fn deliver_remote(&mut self, io: &mut Io<'_, A>, room: &str, event: Serialized, keep: bool) {
         if self.directory.room(room).is_none() {
             return; // its last member here left while the event was on its way
+        }
+        // A join, leave or rename from elsewhere in a room past the presence limit:
+        // not for anyone here, as it would not be for a member of the same loop.
+        if !keep && self.room_size(io, room) > self.limits.presence_limit {
+            return;
         }
         let event = Rc::new(EventBytes::from_serialized(event));
         let sent = self.broadcast(io, room, &event);

@@ -179,8 +179,21 @@ pub trait Backplane: Any {
     /// A member here left the chat: its name (if any) is free, and `emptied` are the
     /// rooms it left with no member here any more.
     fn gone(&mut self, now: Instant, name: Option<&str>, rooms: &[String], emptied: &[&str]);
-    /// Sends an event of `room` to the loops or nodes with members in it.
-    fn publish(&mut self, now: Instant, room: &str, event: &EventBytes, remember: bool);
+    /// Sends an event of `room` (with `here` members on this loop) to the loops or
+    /// nodes with members in it.
+    fn publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        event: &EventBytes,
+        here: usize,
+        remember: bool,
+    );
+    /// How many members `room` has across loops and nodes, `here` of them on this
+    /// loop, as far as the backplane knows: what the presence limit is held to.
+    fn room_size(&mut self, _room: &str, here: usize) -> usize {
+        here
+    }
     /// Sends a direct message to whoever holds `to` elsewhere.
     fn direct(&mut self, now: Instant, member: MemberId, to: &str, event: &EventBytes) -> Route;
     /// `list` across loops or nodes.
@@ -285,7 +298,7 @@ impl Backplane for Alone {
     fn named(&mut self, _: Instant, _: &str, _: Option<&str>, _: &[String]) {}
     fn moved(&mut self, _: Instant, _: RoomChange<'_>) {}
     fn gone(&mut self, _: Instant, _: Option<&str>, _: &[String], _: &[&str]) {}
-    fn publish(&mut self, _: Instant, _: &str, _: &EventBytes, _: bool) {}
+    fn publish(&mut self, _: Instant, _: &str, _: &EventBytes, _: usize, _: bool) {}
     fn direct(&mut self, _: Instant, _: MemberId, _: &str, _: &EventBytes) -> Route {
         Route::Unknown
     }

@@ -60,6 +60,12 @@ pub enum Request {
     },
     /// Ask for the rooms and their members.
     List,
+    /// Ask how many members `room` has, across loops and nodes: how a member of a
+    /// room too large for presence events learns its size.
+    Count {
+        /// The room.
+        room: String,
+    },
     /// Ask for a `pong` (a liveness check; it also keeps a UDP member from expiring).
     Ping,
     /// Leave the chat: every room, and the name. A TCP connection is then closed; a
@@ -272,6 +278,14 @@ pub enum Event<'a> {
     },
     /// Answer to `ping`.
     Pong,
+    /// The answer to `count`: how many members `room` has, across loops and nodes (an
+    /// estimate while the room's size changes elsewhere).
+    Members {
+        /// The room.
+        room: &'a str,
+        /// Its members.
+        count: usize,
+    },
     /// Something the member should know that is not about a room: the link to the
     /// other chat servers went down or came back, say.
     Notice {
@@ -306,7 +320,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 /// How each [`Event`] the server encodes begins: serde writes the tag first, compact.
 /// `dm` is also a request, so its event is told by the `from` that only the server
 /// writes; the name/msg errors are the ones signed [`SERVER_NAME`].
-const OWN_OUTPUT_PREFIXES: [&[u8]; 10] = [
+const OWN_OUTPUT_PREFIXES: [&[u8]; 12] = [
     br#"{"type":"welcome""#,
     br#"{"type":"msg""#,
     br#"{"type":"dm","from":"#,
@@ -316,6 +330,8 @@ const OWN_OUTPUT_PREFIXES: [&[u8]; 10] = [
     br#"{"type":"rooms""#,
     br#"{"type":"pong""#,
     br#"{"type":"error""#,
+    br#"{"type":"members""#,
+    br#"{"type":"notice""#,
     br#"{"name":"switchboard","#,
 ];
 
@@ -479,6 +495,11 @@ mod tests {
             Event::Rooms { rooms },
             Event::Pong,
             Event::Error { reason: "no" },
+            Event::Members {
+                room: "r",
+                count: 2,
+            },
+            Event::Notice { text: "up" },
         ];
         for event in &events {
             let json = to_json(event);
@@ -489,7 +510,8 @@ mod tests {
             msg: "error: no",
         };
         assert!(is_own_output(&to_json(&name_msg_error)));
-        let requests: [&[u8]; 10] = [
+        let requests: [&[u8]; 11] = [
+            br#"{"type":"count","room":"r"}"#,
             br#"{"type":"hello","name":"a"}"#,
             br#"{"type":"join","room":"r"}"#,
             br#"{"type":"leave","room":"r"}"#,

@@ -45,6 +45,7 @@ impl<A> Engine<A> {
             }
             Request::Dm { to, text } => self.dm(io, id, &to, &text),
             Request::List => self.list(io, id),
+            Request::Count { room } => self.count(io, id, &room),
             Request::Ping => self.reply(io, id, &Event::Pong),
             Request::Bye => self.bye(io, id),
         }
@@ -297,7 +298,8 @@ impl<A> Engine<A> {
         let event = Rc::new(EventBytes::new(&event, Some(name_msg)));
         let sent = self.broadcast(io, room, &event);
         self.stats.delivered(sent);
-        io.backplane.publish(io.now, room, &event, true);
+        let here = self.members_here(room);
+        io.backplane.publish(io.now, room, &event, here, true);
         if let Some(entry) = self.directory.room_mut(room) {
             entry.remember(Rc::clone(&event), self.limits.history);
         }
@@ -396,6 +398,16 @@ impl<A> Engine<A> {
             })
             .collect();
         self.reply(io, id, &Event::Rooms { rooms });
+    }
+
+    /// Answers `count`: the room's size across loops and nodes, as the backplane knows
+    /// it.
+    fn count(&mut self, io: &mut Io<'_, A>, id: MemberId, room: &str) {
+        if let Err(reason) = check_name("room", room) {
+            return self.refuse(io, id, &reason);
+        }
+        let count = self.room_size(io, room);
+        self.reply(io, id, &Event::Members { room, count });
     }
 
     /// Leaves the chat at once: rooms are told, the name is free. A stream member's

@@ -69,6 +69,8 @@ struct Other {
     published: Vec<(String, String, bool)>,
     gone: Vec<(Option<String>, Vec<String>)>,
     heard: Vec<Remote>,
+    /// Members of every room elsewhere.
+    elsewhere: usize,
 }
 
 impl Backplane for Other {
@@ -89,7 +91,7 @@ impl Backplane for Other {
         let emptied = emptied.iter().map(|r| r.to_string()).collect();
         self.gone.push((name.map(str::to_owned), emptied));
     }
-    fn publish(&mut self, _: Instant, room: &str, event: &EventBytes, remember: bool) {
+    fn publish(&mut self, _: Instant, room: &str, event: &EventBytes, _: usize, remember: bool) {
         let json = String::from_utf8_lossy(event.json()).into_owned();
         self.published.push((room.to_owned(), json, remember));
     }
@@ -104,6 +106,9 @@ impl Backplane for Other {
     fn take_remote(&mut self) -> Vec<Remote> {
         std::mem::take(&mut self.heard)
     }
+    fn room_size(&mut self, _: &str, here: usize) -> usize {
+        here + self.elsewhere
+    }
     fn as_any(&mut self) -> &mut dyn Any {
         self
     }
@@ -117,6 +122,7 @@ impl Default for Other {
             published: Vec::new(),
             gone: Vec::new(),
             heard: Vec::new(),
+            elsewhere: 0,
         }
     }
 }
@@ -422,5 +428,49 @@ fn a_remote_room_event_reaches_the_members_here_and_their_history() {
     assert!(
         bench.out.to(2).iter().any(|s| s.contains("from afar")),
         "kept in history"
+    );
+}
+
+#[test]
+fn the_presence_limit_holds_for_the_room_across_loops_and_nodes() {
+    let mut bench = Bench::new(3);
+    let a = bench.member(1, "a", &["r"]);
+    bench.other.elsewhere = 1; // three with a and b: within the limit
+    bench.member(2, "b", &["r"]);
+    assert!(
+        bench.out.to(1).iter().any(|s| s.contains(r#""name":"b""#)),
+        "b's join is the room's third member"
+    );
+    bench.other.elsewhere = 10;
+    bench.out.clear();
+    bench.other.published.clear();
+    bench.member(3, "c", &["r"]);
+    assert!(bench.out.to(1).is_empty() && bench.out.to(2).is_empty());
+    assert!(bench
+        .out
+        .to(3)
+        .iter()
+        .any(|s| s.contains(r#""type":"joined""#)));
+    assert!(bench.other.published.is_empty(), "nor sent elsewhere");
+    // A join from elsewhere is not for anyone here either; a message still is.
+    let event = |json: &str| Serialized {
+        json: json.as_bytes().to_vec(),
+        name_msg: None,
+    };
+    for (json, remember) in [(r#"{"type":"joined"}"#, false), (r#"{"type":"msg"}"#, true)] {
+        bench.other.heard.push(Remote::Room {
+            room: "r".into(),
+            event: event(json),
+            remember,
+        });
+    }
+    bench.settle();
+    assert_eq!(bench.out.to(1), vec![r#"{"type":"msg"}"#]);
+    // The room's size on request.
+    bench.out.clear();
+    bench.ask(a, Request::Count { room: "r".into() });
+    assert_eq!(
+        bench.out.to(1),
+        vec![r#"{"type":"members","room":"r","count":13}"#]
     );
 }

@@ -37,6 +37,7 @@
 //! close, and turns what Redis says into the engine's `Remote` events; the chat service carries
 //! those out on the connection it dialled (see `service.rs`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -202,6 +203,10 @@ pub struct Node {
     refused: Option<String>,
     /// The names held here, kept from `connected` while the login goes on.
     held: Vec<(String, Vec<String>)>,
+    /// The members each other node last said it has in each room this node listens
+    /// to (every room event carries its sender's count): the room's size across the
+    /// cluster, for the presence limit.
+    sizes: HashMap<String, HashMap<Vec<u8>, usize>>,
     /// Replies overdue, for the log.
     pub(super) overdue_log: Throttle,
 }
@@ -233,6 +238,7 @@ impl Node {
             unreachable_log: Throttle::new(LOG_INTERVAL),
             refused: None,
             held: Vec::new(),
+            sizes: HashMap::new(),
             overdue_log: Throttle::new(LOG_INTERVAL),
         }
     }
@@ -417,7 +423,7 @@ impl Node {
 
     /// A published event from another node.
     fn message(&mut self, channel: &[u8], payload: &[u8]) {
-        let Some((from, remember, event)) = open_envelope(payload) else {
+        let Some((from, (remember, size), event)) = open_envelope(payload) else {
             return log::debug!("chat: a message from Redis that is not an event: dropped");
         };
         if from == self.id.as_bytes() {
@@ -430,6 +436,13 @@ impl Node {
                 .and_then(|n| std::str::from_utf8(n).ok())
         };
         if let Some(room) = named(b"sb:room:") {
+            let sizes = self.sizes.entry(room.to_owned()).or_default();
+            match sizes.get_mut(from) {
+                Some(known) => *known = size,
+                None => {
+                    sizes.insert(from.to_vec(), size);
+                }
+            }
             self.heard.push(Remote::Room {
                 room: room.to_owned(),
                 event,
@@ -525,7 +538,10 @@ impl Backplane for Node {
         let channel = format!("sb:room:{}", change.room);
         match change.entered || !change.first_or_last {
             true => self.subscribe(&channel),
-            false => self.unsubscribe(&channel),
+            false => {
+                self.unsubscribe(&channel);
+                self.sizes.remove(change.room);
+            }
         }
         if let Some(name) = change.name {
             self.set_name(now, Tag::Ignore, name, change.rooms, "XX");
@@ -535,14 +551,22 @@ impl Backplane for Node {
     fn gone(&mut self, now: Instant, name: Option<&str>, _rooms: &[String], emptied: &[&str]) {
         for room in emptied {
             self.unsubscribe(&format!("sb:room:{room}"));
+            self.sizes.remove(*room);
         }
         if let Some(name) = name {
             self.unclaim(now, name);
         }
     }
 
-    fn publish(&mut self, now: Instant, room: &str, event: &EventBytes, remember: bool) {
-        let payload = envelope(&self.id, remember, event.serialized());
+    fn publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        event: &EventBytes,
+        here: usize,
+        remember: bool,
+    ) {
+        let payload = envelope(&self.id, (remember, here), event.serialized());
         let channel = format!("sb:room:{room}");
         self.command(
             now,
@@ -558,7 +582,7 @@ impl Backplane for Node {
         if !self.is_up() {
             return Route::Unknown;
         }
-        let payload = envelope(&self.id, false, event.serialized());
+        let payload = envelope(&self.id, (false, 0), event.serialized());
         let channel = format!("sb:dm:{to}");
         let tag = Tag::Direct {
             member,
@@ -594,6 +618,12 @@ impl Backplane for Node {
 
     fn take_remote(&mut self) -> Vec<Remote> {
         std::mem::take(&mut self.heard)
+    }
+
+    /// This node's members and what the other nodes last said they have.
+    fn room_size(&mut self, room: &str, here: usize) -> usize {
+        let elsewhere: usize = self.sizes.get(room).map_or(0, |s| s.values().sum());
+        here.saturating_add(elsewhere)
     }
 
     fn as_any(&mut self) -> &mut dyn std::any::Any {
@@ -724,6 +754,9 @@ impl Backplane for Node {
         // The queue went with the connection; the notice below says more than a
         // backlog's would.
         self.backlog = Backlog::default();
+        // Nothing is heard from the other nodes until it is back: their counts would
+        // only go stale.
+        self.sizes.clear();
         if reason == CloseReason::Shutdown {
             self.stopped = true;
             log::info!(
@@ -795,14 +828,17 @@ fn attempts(times: u64) -> String {
     }
 }
 
-/// A room event or a DM as it travels through Redis: the node, the kind, the typed
-/// JSON and the name/msg form, joined by NUL bytes (which JSON text never contains).
-fn envelope(node: &str, remember: bool, event: &Serialized) -> Vec<u8> {
+/// A room event or a DM as it travels through Redis: the node, the kind (`m` for a
+/// message kept in history, `p` for presence) with the sender's members in the room,
+/// the typed JSON and the name/msg form, joined by NUL bytes (which JSON text never
+/// contains).
+fn envelope(node: &str, (remember, here): (bool, usize), event: &Serialized) -> Vec<u8> {
     let name_msg = event.name_msg.as_deref().unwrap_or_default();
-    let mut out = Vec::with_capacity(node.len() + event.json.len() + name_msg.len() + 4);
+    let mut out = Vec::with_capacity(node.len() + event.json.len() + name_msg.len() + 24);
     out.extend_from_slice(node.as_bytes());
     out.push(0);
     out.push(if remember { b'm' } else { b'p' });
+    out.extend_from_slice(here.to_string().as_bytes());
     out.push(0);
     out.extend_from_slice(&event.json);
     out.push(0);
@@ -810,14 +846,22 @@ fn envelope(node: &str, remember: bool, event: &Serialized) -> Vec<u8> {
     out
 }
 
-/// The parts of an [`envelope`]: node, remember, the event.
-fn open_envelope(payload: &[u8]) -> Option<(&[u8], bool, Serialized)> {
+/// The parts of an [`envelope`]: node, (remember, the sender's members in the room),
+/// the event.
+fn open_envelope(payload: &[u8]) -> Option<(&[u8], (bool, usize), Serialized)> {
     let mut parts = payload.splitn(4, |&b| b == 0);
     let node = parts.next()?;
-    let remember = parts.next()? == b"m";
+    let (&kind, size) = parts.next()?.split_first()?;
+    let remember = kind == b'm';
+    // Saturating: a count from the wire cannot make the sum overflow.
+    let size = std::str::from_utf8(size)
+        .ok()?
+        .parse::<usize>()
+        .ok()?
+        .min(u32::MAX as usize);
     let json = parts.next()?.to_vec();
     let name_msg = parts.next().filter(|l| !l.is_empty()).map(<[u8]>::to_vec);
-    Some((node, remember, Serialized { json, name_msg }))
+    Some((node, (remember, size), Serialized { json, name_msg }))
 }
 
 #[cfg(test)]
@@ -830,21 +874,30 @@ mod tests {
             json: br#"{"type":"msg"}"#.to_vec(),
             name_msg: Some(br#"{"name":"a","msg":"b"}"#.to_vec()),
         };
-        let payload = envelope("node-1", true, &event);
-        let (node, remember, back) = open_envelope(&payload).unwrap();
-        assert_eq!((node, remember), (&b"node-1"[..], true));
+        let payload = envelope("node-1", (true, 1234), &event);
+        let (node, kind, back) = open_envelope(&payload).unwrap();
+        assert_eq!((node, kind), (&b"node-1"[..], (true, 1234)));
         assert_eq!(back, event);
         let plain = envelope(
             "n",
-            false,
+            (false, 0),
             &Serialized {
                 json: b"{}".to_vec(),
                 name_msg: None,
             },
         );
-        let (_, remember, back) = open_envelope(&plain).unwrap();
-        assert!(!remember && back.name_msg.is_none());
+        let (_, kind, back) = open_envelope(&plain).unwrap();
+        assert!(kind == (false, 0) && back.name_msg.is_none());
         assert!(open_envelope(b"no separators").is_none());
+        assert!(open_envelope(b"n\0m\0{}\0").is_none(), "no count");
+        let huge = open_envelope(b"n\0p99999999999999999999\0{}\0");
+        assert!(huge.is_none(), "a count past usize is refused");
+        let (_, (_, big), _) = open_envelope(b"n\0p9999999999999\0{}\0").unwrap();
+        assert_eq!(
+            big,
+            u32::MAX as usize,
+            "counts are capped, so sums cannot overflow"
+        );
     }
 
     #[test]
