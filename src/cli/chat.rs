@@ -58,8 +58,9 @@ pub struct ChatArgs {
     #[arg(long, value_name = "ADDR", value_parser = super::server::parse_addr)]
     pub ws: Option<std::net::SocketAddr>,
     /// Join a cluster of chat servers through this Redis:
-    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (port 6379, the default user and
-    /// database 0 unless given; percent-encode @ : / % in USER and PASSWORD). Rooms,
+    /// `redis://USER:PASSWORD@HOST:PORT/DB`, all but HOST optional (`redis://HOST`,
+    /// `redis://:PASSWORD@HOST`; port 6379, the default user and database 0 unless
+    /// given; percent-encode @ : / % in USER and PASSWORD). Rooms,
     /// names, direct messages and `list` then span every server (each loop is a node).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,

@@ -23,6 +23,7 @@ pub fn canonical(request: &Request) -> Value {
         Request::Say { room, text } => json!({"type": "say", "room": room, "text": text}),
         Request::Dm { to, text } => json!({"type": "dm", "to": to, "text": text}),
         Request::List => json!({"type": "list"}),
+        Request::Count { room } => json!({"type": "count", "room": room}),
         Request::Ping => json!({"type": "ping"}),
         Request::Bye => json!({"type": "bye"}),
     }
