@@ -79,6 +79,20 @@ impl fmt::Display for Mode {
 
 /// How a chat run's listen-only members (every member but the senders) take their
 /// deliveries. The senders always parse and check theirs.
+///
+/// ```
+/// use switchboard::loadgen::{Listeners, Mode, Options};
+/// let counting = Options {
+///     mode: Mode::Chat,
+///     conns: 1000,
+///     listeners: Listeners::Count,
+///     ..Options::default()
+/// };
+/// assert!(counting.validate().is_ok());
+/// // A counting member could not tell another run's messages from this one's.
+/// let shared = Options { room: Some("lobby".into()), ..counting };
+/// assert!(shared.validate().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Listeners {
     /// Parse every frame as JSON, check each sender's order (gaps, reorders) and time
