@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::loadgen::{self, LoadError, Mode, Options};
+use switchboard::loadgen::{self, Listeners, LoadError, Mode, Options};
 use switchboard::services::chat::{Chat, ChatSettings};
 use switchboard::services::Echo;
-use switchboard::{Config, ConnId, Context, LengthCodec, Origin, PeerAddr, RawCodec, Service};
+use switchboard::{
+    CloseMode, Config, ConnId, Context, LengthCodec, Origin, PeerAddr, RawCodec, Service,
+};
 
 const MAX_FRAME: usize = 1 << 20;
 
@@ -331,6 +333,151 @@ fn chat_mode_measures_deliveries_to_every_member() {
     // window's edges: deliveries are counted when they arrive, publications when sent).
     let ratio = summary.messages as f64 / summary.published as f64;
     assert!((18.0..=22.0).contains(&ratio), "{summary}");
+}
+
+/// Listeners that count `msg` frames instead of parsing them still account for every
+/// delivery: each member gets every message, and the report says how they counted.
+#[test]
+fn counting_listeners_count_every_delivery() {
+    let server = chat_server();
+    let (members, messages) = (40, 300);
+    let options = Options {
+        conns: members,
+        senders: 2,
+        depth: 8,
+        size: 64,
+        messages: Some(messages),
+        listeners: Listeners::Count,
+        ..quick(server.tcp(), Mode::Chat)
+    };
+    let summary = loadgen::run(&options).expect("run");
+    assert_eq!(summary.errors, 0, "{summary}");
+    assert_eq!(summary.published, messages, "{summary}");
+    assert_eq!(summary.deliveries, members as u64 * messages, "{summary}");
+    assert_eq!(summary.messages, summary.deliveries, "{summary}");
+    // Text bytes are counted as the listeners find them: 64 each.
+    let expected_mb = summary.msgs_per_sec * 64.0 / 1e6;
+    assert!((summary.mb_per_sec - expected_mb).abs() < 1e-6, "{summary}");
+    // The senders still time what they receive.
+    assert!(summary.latency.is_some(), "{summary}");
+    assert!(summary.to_string().contains("listeners counted msg frames"));
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+    assert_eq!(json["listeners"], "count", "{json}");
+    assert_eq!(json["deliveries"], members * messages as usize, "{json}");
+
+    let checking = Options {
+        listeners: Listeners::Check,
+        ..options
+    };
+    let summary = loadgen::run(&checking).expect("run");
+    assert_eq!(summary.listeners.as_deref(), Some("check"), "{summary}");
+    assert!(!summary.to_string().contains("listeners counted"));
+}
+
+/// The command line's `--listeners count` reaches the run, and is refused where a
+/// counting member could not tell this run's messages from another's.
+#[test]
+fn the_listeners_flag_and_where_counting_is_refused() {
+    let server = chat_server();
+    let addr = server.tcp().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = flags(&["--addr", &addr, "--mode", "chat", "--conns", "6"]);
+        args.extend(flags(&["--messages", "50", "--json", "--quiet"]));
+        args.extend(flags(extra));
+        bench_to_end(&args, Duration::from_secs(30))
+    };
+    let (code, stdout, stderr) = run(&["--listeners", "count"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["listeners"], "count", "{json}");
+    assert_eq!(json["deliveries"], 6 * 50, "{json}");
+    for refused in [
+        &["--listeners", "count", "--room", "shared"][..],
+        &["--listeners", "count", "--procs", "2"][..],
+    ] {
+        let (code, stdout, stderr) = run(refused);
+        assert_eq!(code, Some(1), "{refused:?}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("--listeners count"),
+            "{refused:?}: {stderr}"
+        );
+    }
+}
+
+/// The fewest words of the chat protocol (join, ping, say, bye) in a server that
+/// loses one message: the fifth said never reaches member `victim`.
+struct LosingOne {
+    members: Vec<(ConnId, usize)>,
+    said: u64,
+    victim: usize,
+}
+
+impl Service for LosingOne {
+    /// The member's number, from its name (`b{run}-{i}`).
+    type Conn = usize;
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_frame(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        i: &mut usize,
+        payload: &[u8],
+    ) {
+        let request: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let field = |name: &str| request[name].as_str().unwrap_or_default().to_string();
+        match field("type").as_str() {
+            "hello" => *i = field("name").rsplit('-').next().unwrap().parse().unwrap(),
+            "join" => self.members.push((conn, *i)),
+            "ping" => drop(ctx.send(conn, br#"{"type":"pong"}"#)),
+            "say" => {
+                self.said += 1;
+                let (room, text) = (field("room"), field("text"));
+                let event = format!(
+                    r#"{{"type":"msg","room":"{room}","from":"s","text":"{text}","ts":1}}"#
+                );
+                for &(member, index) in &self.members {
+                    if !(self.said == 5 && index == self.victim) {
+                        let _ = ctx.send(member, event.as_bytes());
+                    }
+                }
+            }
+            "bye" => ctx.close(conn, CloseMode::Flush),
+            _ => {}
+        }
+    }
+}
+
+/// A counting listener that gets one message fewer than was published says so, though
+/// it cannot say which.
+#[test]
+fn a_counting_listener_reports_a_lost_message() {
+    let server = TestServer::start(local_config(), || {
+        let service = LosingOne {
+            members: Vec::new(),
+            said: 0,
+            victim: 9,
+        };
+        (service, LengthCodec::new(MAX_FRAME))
+    });
+    let options = Options {
+        conns: 10,
+        senders: 1,
+        depth: 4,
+        messages: Some(30),
+        listeners: Listeners::Count,
+        ..quick(server.tcp(), Mode::Chat)
+    };
+    let summary = loadgen::run(&options).expect("run");
+    assert_eq!(summary.gaps, 1, "{summary}");
+    assert_eq!(summary.errors, 1, "{summary}");
+    assert_eq!(summary.deliveries, 10 * 30 - 1, "{summary}");
+    assert_eq!(
+        summary.first_errors,
+        ["member 9: counted 29 of the 30 messages published"],
+        "{summary}"
+    );
 }
 
 /// Accepts connections and never answers.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::loadgen::{self, LoadError, Mode, Options};
+use crate::loadgen::{self, Listeners, LoadError, Mode, Options};
 
 /// The exit code of a run cut short by a signal: 128 + SIGINT, as shells report it.
 const INTERRUPTED: u8 = 130;
@@ -66,6 +66,15 @@ pub struct BenchArgs {
     /// --room).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub senders: usize,
+    /// Chat: how the members that only listen take their deliveries. `check` parses
+    /// each one, checks every sender's order and times it; `count` counts `msg` frames
+    /// by their first and last bytes, without parsing them (no order check and no
+    /// latency for the listeners: latency comes from the senders, which still check
+    /// everything), to measure a fan-out faster than JSON parsing here can follow.
+    /// Each counting listener compares its count with what was published at the end.
+    /// `count` needs the run's own room (no --room, --runs or --procs).
+    #[arg(long, value_enum, default_value_t = ListenersArg::Check)]
+    pub listeners: ListenersArg,
     /// Chat: join this room, which other runs may share [default: a room of the
     /// run's own].
     #[arg(long, value_name = "NAME")]
@@ -116,6 +125,15 @@ pub enum BenchMode {
     Chat,
 }
 
+/// `--listeners` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListenersArg {
+    /// Parse, check and time every delivery.
+    Check,
+    /// Count `msg` frames without parsing them.
+    Count,
+}
+
 impl BenchArgs {
     /// The load generator's options.
     pub fn options(&self) -> Result<Options, String> {
@@ -146,6 +164,10 @@ impl BenchArgs {
             rate: self.rate,
             messages: self.messages,
             senders: self.senders,
+            listeners: match self.listeners {
+                ListenersArg::Check => Listeners::Check,
+                ListenersArg::Count => Listeners::Count,
+            },
             room: self.room.clone(),
             runs: self.runs,
             run_id: self.run_id.clone(),
@@ -280,6 +302,13 @@ pub fn run_bench(args: BenchArgs) -> ExitCode {
 /// `--procs`: checks the run's options, then has the workers carry it out.
 fn run_workers(args: &BenchArgs, options: &Options) -> Result<loadgen::Summary, LoadError> {
     options.validate()?;
+    if options.listeners == Listeners::Count {
+        return Err(LoadError::Options(
+            "--listeners count takes one process: --procs workers share a room, and a \
+             member that counts frames cannot tell their messages apart"
+                .into(),
+        ));
+    }
     let commands = args.worker_commands(options).map_err(LoadError::Worker)?;
     loadgen::run_workers(commands)
 }

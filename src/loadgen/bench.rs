@@ -293,6 +293,7 @@ impl Bench {
             };
             summary.room = Some(chat.room().to_string());
             summary.run_id = Some(chat.run_id().to_string());
+            summary.listeners = Some(chat.listeners().name().to_string());
             summary.runs_ready = chat.runs_count().0;
             summary.senders_heard = chat.senders_heard();
         }

@@ -21,6 +21,12 @@
 //! published) and the run drains until every member has heard every sender's, so the
 //! last messages are checked too; then each member says `bye` and shuts its side,
 //! and the server closes first: no member leaves with output unread.
+//!
+//! With counting listeners ([`Listeners::Count`]), the members that only listen take
+//! no JSON apart once they are set up: each counts the `msg` frames it receives by a
+//! look at their bytes ([`super::glance`]), with no order check and no latency, and
+//! once every sender's last word has come compares its count with what the senders
+//! published. The senders still parse, check and time everything they receive.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -30,11 +36,13 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::bench::{Bench, Line};
+use super::check::describe;
+use super::glance::{glance, Glance};
 use super::pace::Gate;
 use super::report::Recorder;
 use super::sequence::{self, Expect, Senders, Text, Verdict};
 use super::wire::LoadCodec;
-use super::Options;
+use super::{Listeners, Options};
 use crate::{Buffer, CloseReason, Codec, ConnId, Context, Frames};
 
 /// The request types the workload sends, which a chat server never sends back.
@@ -80,6 +88,8 @@ pub struct MemberLine {
     ends: u64,
     /// A sender's messages published and not yet delivered back to it.
     in_flight: u64,
+    /// A counting listener's `msg` frames that carried a message.
+    counted: u64,
 }
 
 /// The chat workload.
@@ -96,6 +106,8 @@ pub struct ChatWork {
     prefix: String,
     /// Bytes of each published text.
     size: usize,
+    /// How the members that only listen take their deliveries.
+    listeners: Listeners,
     depth: u64,
     gate: Gate,
     /// Every sender heard of, this run's first.
@@ -153,6 +165,7 @@ impl ChatWork {
             senders: Senders::new(&run, senders),
             run,
             size: options.size,
+            listeners: options.listeners,
             depth: options.depth as u64,
             gate,
             runs_ready: HashMap::new(),
@@ -184,6 +197,7 @@ impl ChatWork {
             expect: Expect::new(self.published.len()),
             ends: 0,
             in_flight: 0,
+            counted: 0,
         }
     }
 
@@ -355,12 +369,73 @@ impl ChatWork {
         if self.leaving {
             return;
         }
+        if self.counts(line) {
+            return self.count_frames(line, frames, now, rec);
+        }
         // One clock reading for the read: its frames arrived together.
         let now_us = sequence::unix_micros();
         for payload in frames.payloads() {
             self.handle(line, payload, now, now_us, rec);
         }
         self.send_batch(ctx, conn);
+    }
+
+    /// True when member `line` counts its deliveries rather than parsing them: a
+    /// member that only listens, in a run with counting listeners, once set up.
+    fn counts(&self, line: &MemberLine) -> bool {
+        self.listeners == Listeners::Count && line.ready && line.index >= self.published.len()
+    }
+
+    /// Every frame one read brought to a counting listener: `msg` events are counted
+    /// from a look at their bytes; any other event is parsed as usual. A listener
+    /// sends nothing in return.
+    fn count_frames(
+        &mut self,
+        line: &mut MemberLine,
+        frames: &Frames<'_, LoadCodec>,
+        now: Instant,
+        rec: &mut Recorder,
+    ) {
+        for payload in frames.payloads() {
+            match glance(payload) {
+                Glance::Data { text_len } => {
+                    line.counted += 1;
+                    self.undelivered = self.undelivered.saturating_sub(1);
+                    rec.delivery(text_len);
+                }
+                Glance::End => self.counted_end(line, rec),
+                Glance::Unreadable => {
+                    let (i, what) = (line.index, describe(payload));
+                    rec.mismatch(|| format!("member {i}: a msg event it cannot count: {what}"));
+                }
+                Glance::NotMsg => self.handle(line, payload, now, sequence::unix_micros(), rec),
+            }
+        }
+    }
+
+    /// A sender's last word reached counting listener `line`. Each sender's words
+    /// arrive in the order it said them, so after the last of these every message has
+    /// come that ever will: the count must be what the senders published.
+    fn counted_end(&mut self, line: &mut MemberLine, rec: &mut Recorder) {
+        line.ends += 1;
+        self.ends_heard += 1;
+        if line.ends != self.published.len() as u64 {
+            return;
+        }
+        let (i, counted) = (line.index, line.counted);
+        let published: u64 = self.published.iter().sum();
+        if counted < published {
+            let lost = published - counted;
+            // They will not come: stop waiting for them.
+            self.undelivered = self.undelivered.saturating_sub(lost);
+            rec.gap(lost, || {
+                format!("member {i}: counted {counted} of the {published} messages published")
+            });
+        } else if counted > published {
+            rec.mismatch(|| {
+                format!("member {i}: counted {counted} messages, {published} were published")
+            });
+        }
     }
 
     /// One frame from the server to member `line`.
@@ -491,9 +566,13 @@ impl ChatWork {
             self.ready -= 1;
         }
         self.ends_heard = self.ends_heard.saturating_sub(line.ends);
-        let owed: u64 = (self.published.iter().enumerate())
-            .map(|(s, published)| published.saturating_sub(line.expect.next(s).unwrap_or(0)))
-            .sum();
+        let owed: u64 = if self.counts(line) {
+            self.owed_to_counter(line)
+        } else {
+            (self.published.iter().enumerate())
+                .map(|(s, published)| published.saturating_sub(line.expect.next(s).unwrap_or(0)))
+                .sum()
+        };
         self.undelivered = self.undelivered.saturating_sub(owed);
         if ending {
             self.never_delivered += owed;
@@ -501,6 +580,16 @@ impl ChatWork {
             let i = line.index;
             rec.disconnect(|| format!("member {i}: {reason}"));
         }
+    }
+
+    /// Deliveries still owed to counting listener `line`: none once it has heard
+    /// every sender's last word (what was missing then is counted lost).
+    fn owed_to_counter(&self, line: &MemberLine) -> u64 {
+        if line.ends >= self.published.len() as u64 {
+            return 0;
+        }
+        let published: u64 = self.published.iter().sum();
+        published.saturating_sub(line.counted)
     }
 
     /// Open loop: the senders publish what is now due.
@@ -591,6 +680,11 @@ impl ChatWork {
     /// This run's id.
     pub fn run_id(&self) -> &str {
         &self.run
+    }
+
+    /// How the members that only listen took their deliveries.
+    pub fn listeners(&self) -> Listeners {
+        self.listeners
     }
 
     /// Deliveries never made: every member still there at the end should have

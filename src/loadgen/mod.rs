@@ -33,6 +33,8 @@
 //! - `stream`: the `framed` and `raw` TCP workloads.
 //! - `udp`: the `udp` workload.
 //! - `chat`: the `chat` workload (join a room, publish, measure deliveries).
+//! - `glance`: what a counting listener (`--listeners count`) reads from a frame's
+//!   bytes, without parsing it.
 //! - `sequence`: what a chat text carries (sender, number, wall-clock stamp) and the
 //!   per-sender order check every member makes.
 //! - `check`: before the load, does the server speak the mode's protocol?
@@ -46,6 +48,7 @@ mod bench;
 mod chat;
 mod check;
 mod connect;
+mod glance;
 #[cfg(feature = "signals")]
 mod interrupt;
 mod options;
@@ -66,7 +69,7 @@ use std::time::Duration;
 
 use bench::Bench;
 pub use chat::new_run_id;
-pub use options::{Mode, Options};
+pub use options::{Listeners, Mode, Options};
 #[cfg(feature = "signals")]
 pub use procs::run_workers;
 pub use report::{ConnectErrors, Latency, ServerUsage, Summary};

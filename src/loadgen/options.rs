@@ -77,6 +77,52 @@ impl fmt::Display for Mode {
     }
 }
 
+/// How a chat run's listen-only members (every member but the senders) take their
+/// deliveries. The senders always parse and check theirs.
+///
+/// ```
+/// use switchboard::loadgen::{Listeners, Mode, Options};
+/// let counting = Options {
+///     mode: Mode::Chat,
+///     conns: 1000,
+///     listeners: Listeners::Count,
+///     ..Options::default()
+/// };
+/// assert!(counting.validate().is_ok());
+/// // A counting member could not tell another run's messages from this one's.
+/// let shared = Options { room: Some("lobby".into()), ..counting };
+/// assert!(shared.validate().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Listeners {
+    /// Parse every frame as JSON, check each sender's order (gaps, reorders) and time
+    /// every delivery.
+    #[default]
+    Check,
+    /// Count `msg` frames by a look at their bytes, without parsing them: no per-member
+    /// order check and no latency (that comes from the senders alone); each member
+    /// compares its count with what was published once every sender's last word has
+    /// come. It measures the server's fan-out past what JSON parsing in the load
+    /// generator can keep up with.
+    Count,
+}
+
+impl Listeners {
+    /// The name used on the command line and in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listeners::Check => "check",
+            Listeners::Count => "count",
+        }
+    }
+}
+
+impl fmt::Display for Listeners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A run's parameters. [`Options::default`] is a short framed run against
 /// 127.0.0.1:9000 ([`Mode::default_addr`] gives each mode's usual server).
 ///
@@ -114,6 +160,8 @@ pub struct Options {
     /// More servers: connection `i` goes to `servers()[i % n]`, where the list is
     /// `addr` followed by these (nodes of one chat cluster, say).
     pub more_addrs: Vec<SocketAddr>,
+    /// Chat: how listen-only members take their deliveries.
+    pub listeners: Listeners,
     /// Chat: the room to join, shared with other runs; `None`: a private room.
     pub room: Option<String>,
     /// Chat: how many runs (processes) share `room`; each waits until all have joined
@@ -148,6 +196,7 @@ impl Default for Options {
             messages: None,
             senders: 1,
             more_addrs: Vec::new(),
+            listeners: Listeners::Check,
             room: None,
             runs: 1,
             run_id: None,
@@ -198,6 +247,9 @@ impl Options {
         if self.mode == Mode::Chat && self.senders == 0 && self.room.is_none() {
             return fail("--senders 0 (members that only listen) needs a shared --room".into());
         }
+        if self.listeners == Listeners::Count {
+            self.check_counting()?;
+        }
         if self.mode == Mode::Udp && !self.more_addrs.is_empty() {
             return fail("--addrs spreads TCP connections: --mode udp takes one --addr".into());
         }
@@ -217,6 +269,20 @@ impl Options {
             return fail("--duration must be positive".into());
         }
         Ok(())
+    }
+
+    /// Counting listeners cannot tell this run's messages from another's (they do not
+    /// read the sender), so the room must be the run's own.
+    fn check_counting(&self) -> Result<(), LoadError> {
+        let why = if self.mode != Mode::Chat {
+            "is for --mode chat"
+        } else if self.room.is_some() || self.runs > 1 {
+            "needs the run's own room (no --room, --runs or --procs): a member that \
+             counts frames cannot tell another run's messages from this one's"
+        } else {
+            return Ok(());
+        };
+        Err(LoadError::Options(format!("--listeners count {why}")))
     }
 
     /// Every server, in the order connections are dealt to them: `addr` first.
@@ -333,6 +399,37 @@ mod tests {
             ..listeners
         };
         assert!(shared.validate().is_ok());
+    }
+
+    #[test]
+    fn counting_listeners_need_a_chat_run_of_its_own() {
+        let counting = Options {
+            mode: Mode::Chat,
+            conns: 10,
+            listeners: Listeners::Count,
+            ..Options::default()
+        };
+        assert!(counting.validate().is_ok());
+        let refused = |options: Options| options.validate().unwrap_err().to_string();
+        let shared = refused(Options {
+            room: Some("big".into()),
+            ..counting.clone()
+        });
+        assert!(
+            shared.contains("--listeners count needs the run's own room"),
+            "{shared}"
+        );
+        let runs = refused(Options {
+            room: Some("big".into()),
+            runs: 2,
+            ..counting.clone()
+        });
+        assert!(runs.contains("own room"), "{runs}");
+        let echo = refused(Options {
+            mode: Mode::Framed,
+            ..counting.clone()
+        });
+        assert!(echo.contains("is for --mode chat"), "{echo}");
     }
 
     #[test]

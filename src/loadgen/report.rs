@@ -109,6 +109,17 @@ impl Recorder {
         }
     }
 
+    /// A delivery counted but not timed (chat, a counting listener), its text
+    /// `bytes` long.
+    #[inline]
+    pub fn delivery(&mut self, bytes: usize) {
+        self.messages_total += 1;
+        if self.measuring {
+            self.messages += 1;
+            self.bytes += bytes as u64;
+        }
+    }
+
     /// A message published (chat).
     pub fn publish(&mut self) {
         if self.measuring {
@@ -322,6 +333,11 @@ pub struct Summary {
     pub room: Option<String>,
     /// Chat: this run's id (in its member names and sender ids).
     pub run_id: Option<String>,
+    /// Chat: how the members that only listen took their deliveries: `check` (parsed,
+    /// order checked, timed) or `count` (`msg` frames counted, not parsed: no order
+    /// check, latency from the senders alone).
+    #[serde(default)]
+    pub listeners: Option<String>,
     /// Chat: members whose join the server announced.
     pub members_joined: usize,
     /// Chat: seconds from the first member's connect to the last member's `joined`.
@@ -396,6 +412,7 @@ impl Summary {
             published: rec.published,
             room: None,
             run_id: None,
+            listeners: None,
             members_joined: 0,
             join_seconds: 0.0,
             runs_ready: 0,
@@ -527,6 +544,13 @@ impl fmt::Display for Summary {
                     runs => format!("; runs ready {runs}"),
                 }
             )?;
+            if self.listeners.as_deref() == Some("count") {
+                writeln!(
+                    f,
+                    "  listeners counted msg frames without parsing them: no order check \
+                     for them, latency from the senders alone"
+                )?;
+            }
             writeln!(
                 f,
                 "  throughput: {:.0} deliveries/s, {:.2} MB/s ({} delivered, {} published; \
