@@ -137,7 +137,7 @@ pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
 /// What a reply from Redis answers.
 #[derive(Debug, Clone)]
 pub(super) enum Tag {
-    /// A stream member's `hello`: `SET NX` of its new name.
+    /// A stream member's `hello`: `TAKE` of its new name (answered: the names refused).
     Claim { member: MemberId, name: String },
     /// Names this node holds, taken again: the reply lists those held elsewhere.
     Reclaim,
@@ -516,7 +516,7 @@ impl Node {
 }
 
 impl Backplane for Node {
-    /// A stream member's name waits for Redis's `SET NX`; a datagram member's, or any
+    /// A stream member's name waits for Redis's `TAKE`; a datagram member's, or any
     /// while the link is down, is checked here only.
     fn claim(
         &mut self,
