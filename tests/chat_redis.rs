@@ -3,7 +3,9 @@
 //! nodes in each sender's order, names are unique cluster-wide, direct messages and
 //! `list` cross nodes; Redis killed and restarted mid-test: local rooms go on, members
 //! are told, and traffic flows across nodes again after the restart; a node killed
-//! outright loses its members from the cluster when their keys expire.
+//! outright loses its members from the cluster when its heartbeat expires, and a node
+//! frozen that long takes its names again when it runs again. At rest, the commands a
+//! node costs Redis per second and its channels do not grow with its members.
 //!
 //! Then the node's defences against a Redis that misbehaves: frozen (SIGSTOP) under a
 //! flooding member, the node's memory stays bounded and its members are told once;
@@ -61,18 +63,11 @@ impl Node {
         let admin = format!("127.0.0.1:{admin}");
         let url = format!("redis://{redis}");
         let mut args = vec![
-            "chat",
-            "--tcp",
-            &tcp,
-            "--udp",
-            "off",
-            "--admin",
-            &admin,
-            "--redis",
-            &url,
-            "--redis-ttl",
-            "2",
+            "chat", "--tcp", &tcp, "--udp", "off", "--admin", &admin, "--redis", &url,
         ];
+        if !extra.contains(&"--redis-ttl") {
+            args.extend(["--redis-ttl", "2"]);
+        }
         args.extend_from_slice(extra);
         let mut server = ChildServer::start(&args, Some(port));
         let log = StderrLog::capture(&mut server);
@@ -267,7 +262,7 @@ fn three_nodes_share_rooms_names_dms_and_list_and_ride_out_a_redis_restart() {
 }
 
 #[test]
-fn a_dead_nodes_members_leave_the_cluster_when_their_keys_expire() {
+fn a_dead_nodes_members_leave_the_cluster_when_its_heartbeat_stops() {
     let redis = RedisServer::start();
     let (a, mut b) = (Node::start(&redis), Node::start(&redis));
     let mut alice = a.member("alice");
@@ -284,10 +279,97 @@ fn a_dead_nodes_members_leave_the_cluster_when_their_keys_expire() {
     let freed = wait_until(Duration::from_secs(10), || {
         list(&mut alice) == json!([{"room": "r", "members": ["alice"]}])
     });
-    assert!(freed, "bob's key outlived its TTL");
+    assert!(freed, "bob's name outlived his node's heartbeat");
     let mut new_bob = Member::anonymous(a.tcp);
     new_bob.hello("bob");
     drop(bob);
+}
+
+#[test]
+fn a_node_silent_longer_than_its_heartbeat_takes_its_names_again() {
+    let redis = RedisServer::start();
+    let (a, b) = (Node::start(&redis), Node::start(&redis));
+    let mut alice = a.member("alice");
+    join_settled(&mut alice, "r");
+    let mut bob = b.member("bob");
+    join_settled(&mut bob, "r");
+
+    // Frozen with its connection open: its heartbeat expires, and the other node
+    // frees its member's name.
+    b.server.signal("STOP");
+    let freed = wait_until(Duration::from_secs(10), || {
+        list(&mut alice) == json!([{"room": "r", "members": ["alice"]}])
+    });
+    b.server.signal("CONT");
+    assert!(freed, "bob's name outlived his node's heartbeat");
+
+    // Running again, it finds its heartbeat gone and takes its names again.
+    let back = wait_until(Duration::from_secs(10), || {
+        list(&mut alice) == json!([{"room": "r", "members": ["alice", "bob"]}])
+    });
+    assert!(
+        back,
+        "bob's node did not take his name again\n{}",
+        b.log.text()
+    );
+    assert!(
+        b.log.text().contains("heartbeat had expired"),
+        "{}",
+        b.log.text()
+    );
+    alice.send(json!({"type": "dm", "to": "bob", "text": "welcome back"}));
+    let dm = next_such(&mut bob, |e| e["type"] == "dm");
+    assert_eq!(dm["text"], "welcome back");
+    let mut impostor = Member::anonymous(a.tcp);
+    impostor.send(json!({"type": "hello", "name": "bob"}));
+    impostor.expect_error("name bob is taken");
+}
+
+/// What one idle node costs Redis, per second, measured over `window`: the commands
+/// run (scripts' own included) and the channels subscribed.
+fn idle_cost(redis: &RedisServer, window: Duration) -> (f64, usize) {
+    let before = redis.commands_processed();
+    let started = Instant::now();
+    // A measurement, not a wait for a condition: the node is left alone this long.
+    thread::sleep(window);
+    let after = redis.commands_processed();
+    let elapsed = started.elapsed().as_secs_f64();
+    let channels = redis.cli(&["PUBSUB", "CHANNELS", "*"]).lines().count();
+    // Less the `INFO` that read the first count.
+    ((after - before - 1) as f64 / elapsed, channels)
+}
+
+#[test]
+fn commands_at_rest_do_not_grow_with_members() {
+    let redis = RedisServer::start();
+    let node = Node::start_with(redis.addr(), &["--redis-ttl", "1"]);
+    let window = Duration::from_secs(4);
+    let mut members: Vec<Member> = Vec::new();
+    let mut costs = Vec::new();
+    for count in [20, 300] {
+        while members.len() < count {
+            members.push(node.member(&format!("m{}", members.len())));
+        }
+        // The node's commands for the names are answered before the window opens.
+        list(&mut members[0]);
+        let (per_second, channels) = idle_cost(&redis, window);
+        eprintln!("{count} named members at rest: {per_second:.1} commands/s, {channels} channels");
+        costs.push((per_second, channels));
+    }
+    let [(few, few_channels), (many, many_channels)] = costs[..] else {
+        unreachable!()
+    };
+    // Heartbeats and reaps only: the same work for 15 times the members, within one
+    // beat's worth of the window's alignment.
+    assert!(
+        (many - few).abs() <= (few * 0.3).max(2.0),
+        "{few:.1} commands/s for 20 members, {many:.1} for 300"
+    );
+    assert_eq!(
+        (few_channels, many_channels),
+        (1, 1),
+        "one channel per node"
+    );
 }
 
 /// `event` without its `ts`.
@@ -380,6 +462,11 @@ fn a_frozen_redis_under_a_flood_bounds_the_queue_drops_publishes_and_tells_membe
     );
     assert!(grown < 48 << 20, "the node grew by {} MiB", grown >> 20);
     assert!(node.metric("switchboard_redis_dropped_total") > 0.0);
+    // The link's metrics: what waits for the frozen Redis, and what went out to it.
+    assert!(node.metric("switchboard_redis_pending") > 0.0);
+    let published = node.metric("switchboard_redis_published_total");
+    assert!(published > 0.0);
+    let events_in = node.metric("switchboard_redis_events_in_total");
     for notices in [&alice_notices, &bob_notices] {
         let backed_up = notices.iter().filter(|n| n.contains("backed up")).count();
         assert_eq!(backed_up, 1, "{notices:?}");
@@ -404,6 +491,18 @@ fn a_frozen_redis_under_a_flood_bounds_the_queue_drops_publishes_and_tells_membe
     bob.expect_msg("r", "alice", "after");
     list(&mut bob);
     assert_eq!(node.metric("switchboard_redis_dropped_total"), dropped);
+    assert!(node.metric("switchboard_redis_published_total") > published);
+    // Redis answered every command at last, and sent the node its publishes back (its
+    // own room's events, on the room's channel).
+    let answered = wait_until(IO_TIMEOUT, || {
+        node.metric("switchboard_redis_pending") == 0.0
+    });
+    assert!(
+        answered,
+        "{} commands still pending",
+        node.metric("switchboard_redis_pending")
+    );
+    assert!(node.metric("switchboard_redis_events_in_total") > events_in);
 }
 
 #[test]

@@ -69,8 +69,9 @@ pub struct ChatArgs {
     /// environment variable SWITCHBOARD_REDIS_PASSWORD, then the --redis URL's.
     #[arg(long, value_name = "PATH", requires = "redis")]
     pub redis_password_file: Option<PathBuf>,
-    /// How long a node's names live in Redis without a refresh: a server that dies
-    /// loses its members from the cluster after this.
+    /// How long a node's heartbeat lives in Redis without a refresh (the node refreshes
+    /// it a third of the way through): a server that dies has its members' names freed
+    /// by the others after this.
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_ttl: u64,

@@ -3,6 +3,7 @@
 //! same port) let a test take Redis away in the middle of a run, `pause` and `resume`
 //! freeze it (SIGSTOP, SIGCONT) with its connections open, and `not_started` gives a
 //! port where Redis will be. `start_with` gives it flags of its own (a password, users).
+//! `cli` runs `redis-cli` against it, `commands_processed` reads its command count.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -81,6 +82,30 @@ impl RedisServer {
     /// Where the server listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Runs `redis-cli ARGS` against the server (no password): its output.
+    #[track_caller]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.addr.port().to_string();
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli (.ci/run installs redis-tools)");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8")
+    }
+
+    /// The commands Redis has run since it started (`total_commands_processed`,
+    /// commands run by scripts included), this one's `INFO` among them.
+    #[track_caller]
+    pub fn commands_processed(&self) -> u64 {
+        let info = self.cli(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_commands_processed in\n{info}"))
     }
 
     /// Kills the server (as a crash would: no clean shutdown) and waits for it to exit,

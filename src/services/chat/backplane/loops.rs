@@ -386,9 +386,6 @@ impl Backplane for LoopLink {
         Listing::Rooms(self.room_list())
     }
 
-    /// Names are never lost across loops: nothing to claim again.
-    fn reclaim(&mut self, _now: Instant, _name: &str, _rooms: &[String]) {}
-
     fn unclaim(&mut self, _now: Instant, name: &str) {
         self.forget(Some(name), &[], true);
     }

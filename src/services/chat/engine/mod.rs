@@ -257,7 +257,7 @@ impl<A> Engine<A> {
     }
 
     /// Carries out what the backplane heard from elsewhere, until it has nothing more
-    /// (carrying one out may make it hear more, as a reclaim does).
+    /// (carrying one out may make it hear more).
     pub fn settle(&mut self, io: &mut Io<'_, A>) {
         loop {
             let remote = io.backplane.take_remote();
@@ -300,13 +300,6 @@ impl<A> Engine<A> {
                 if let Some(id) = self.directory.by_name(&name) {
                     self.notify(io, id, &text);
                 }
-            }
-            Remote::Reclaim { name } => {
-                let rooms = match self.directory.by_name(&name) {
-                    Some(id) => self.rooms_of(id),
-                    None => return,
-                };
-                io.backplane.reclaim(io.now, &name, &rooms);
             }
             Remote::Unclaim { name } => {
                 if self.directory.by_name(&name).is_none() {

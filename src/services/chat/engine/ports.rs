@@ -148,9 +148,6 @@ pub enum Remote {
     NoticeAll { text: String },
     /// Tell the member called `name` here `text`.
     NoticeTo { name: String, text: String },
-    /// The claim on `name` by this loop lapsed elsewhere (a key expired): claim it
-    /// again if a member here holds it.
-    Reclaim { name: String },
     /// A claim on `name` was granted after its member had been answered without it:
     /// give it back unless a member here holds it by now.
     Unclaim { name: String },
@@ -198,8 +195,6 @@ pub trait Backplane: Any {
     fn direct(&mut self, now: Instant, member: MemberId, to: &str, event: &EventBytes) -> Route;
     /// `list` across loops or nodes.
     fn list(&mut self, now: Instant, member: MemberId) -> Listing;
-    /// Claims `name` again for its holder here, in `rooms` (see [`Remote::Reclaim`]).
-    fn reclaim(&mut self, now: Instant, name: &str, rooms: &[String]);
     /// Gives `name` up (see [`Remote::Unclaim`]).
     fn unclaim(&mut self, now: Instant, name: &str);
     /// What it heard from elsewhere since last asked, in order.
@@ -305,7 +300,6 @@ impl Backplane for Alone {
     fn list(&mut self, _: Instant, _: MemberId) -> Listing {
         Listing::Local
     }
-    fn reclaim(&mut self, _: Instant, _: &str, _: &[String]) {}
     fn unclaim(&mut self, _: Instant, _: &str) {}
     fn take_remote(&mut self) -> Vec<Remote> {
         Vec::new()

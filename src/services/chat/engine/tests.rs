@@ -101,7 +101,6 @@ impl Backplane for Other {
     fn list(&mut self, _: Instant, _: MemberId) -> Listing {
         Listing::Local
     }
-    fn reclaim(&mut self, _: Instant, _: &str, _: &[String]) {}
     fn unclaim(&mut self, _: Instant, _: &str) {}
     fn take_remote(&mut self) -> Vec<Remote> {
         std::mem::take(&mut self.heard)

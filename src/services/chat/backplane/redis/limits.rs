@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::node::{Node, Tag};
+use super::node::{all_taken, Node, Tag};
 use super::resp::Reply;
 use crate::services::chat::engine::{Remote, Settled};
 
@@ -65,11 +65,12 @@ impl Node {
         true
     }
 
-    /// Queues a subscription change; at the bound, asks for the connection to close
-    /// instead: the link keeps the set, and the reconnect subscribes to all of it.
-    pub(super) fn send_state(&mut self, bytes: Option<Vec<u8>>) {
+    /// Queues a subscription change (or a change to the node's names); at the bound,
+    /// asks for the connection to close instead: the link keeps the set, and the
+    /// reconnect subscribes to all of it (and takes the names again). True if queued.
+    pub(super) fn send_state(&mut self, bytes: Option<Vec<u8>>) -> bool {
         let (Some(_), Some(bytes)) = (self.conn, bytes) else {
-            return;
+            return false;
         };
         let queued = self.queued();
         if queued >= self.settings.max_queued {
@@ -80,9 +81,10 @@ impl Node {
                 self.settings.addr
             );
             self.transmit.close = true;
-            return;
+            return false;
         }
         self.transmit.bytes.extend_from_slice(&bytes);
+        true
     }
 
     /// The link is up and Redis answers: `/healthz`'s 200. Otherwise why not.
@@ -127,6 +129,27 @@ impl Node {
             "Commands to Redis (room events, mostly) dropped at --redis-max-queued.",
             self.dropped,
         );
+        sample(
+            out,
+            "switchboard_redis_pending",
+            "gauge",
+            "Commands sent to Redis whose replies have not come yet.",
+            self.link.pending() as u64,
+        );
+        sample(
+            out,
+            "switchboard_redis_published_total",
+            "counter",
+            "Messages published to Redis: room events, and DMs to other nodes.",
+            self.published,
+        );
+        sample(
+            out,
+            "switchboard_redis_events_in_total",
+            "counter",
+            "Messages received from Redis on the node's channels (rooms and its own).",
+            self.events_in,
+        );
     }
 
     /// Answers whoever waits for a reply now overdue.
@@ -169,8 +192,9 @@ impl Node {
                 member,
                 reason: reason("list again later"),
             },
-            Tag::Reclaim { .. }
-            | Tag::Refresh { .. }
+            Tag::Reclaim
+            | Tag::Heartbeat
+            | Tag::Reap
             | Tag::Ignore
             | Tag::Auth { .. }
             | Tag::Select { .. } => return,
@@ -184,14 +208,15 @@ impl Node {
             // Granted to a member who was told it was not: given back, unless a
             // member here holds it by now (the engine knows).
             Tag::Claim { name, .. } => {
-                if !matches!(reply, Reply::Null | Reply::Error(_)) {
+                if all_taken(&reply) {
                     self.heard.push(Remote::Unclaim { name });
                 }
             }
             Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
             // Nobody waited for these: late is as good as on time.
-            tag @ (Tag::Reclaim { .. }
-            | Tag::Refresh { .. }
+            tag @ (Tag::Reclaim
+            | Tag::Heartbeat
+            | Tag::Reap
             | Tag::Ignore
             | Tag::Auth { .. }
             | Tag::Select { .. }) => self.reply(now, tag, reply),

@@ -78,7 +78,7 @@ impl Node {
                 key.strip_prefix(b"sb:name:").map(String::from_utf8_lossy),
                 value.as_bytes().map(String::from_utf8_lossy),
             ) else {
-                continue; // expired between the scan and the read
+                continue; // given up between the scan and the read
             };
             for room in value.lines().skip(1) {
                 rooms

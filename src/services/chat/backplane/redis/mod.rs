@@ -15,10 +15,11 @@
 //!
 //! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
 //!   [`resp::Reply`], pushes classified.
-//! - [`node`]: the engine's `Backplane` on the link: rooms as channels, names and
-//!   presence as keys with a TTL, DMs, `list`, the login, and riding out a Redis
+//! - [`node`]: the engine's `Backplane` on the link: rooms as channels, names as keys,
+//!   DMs to the node holding the name, `list`, the login, and riding out a Redis
 //!   restart.
-//! - `names`: names unique across the cluster; `list`: `list` across it.
+//! - `names`: names unique across the cluster; `liveness`: a heartbeat per node, and
+//!   the names of a dead node freed by the others; `list`: `list` across the cluster.
 //! - `limits`: the bound on what waits for Redis, the deadline on its replies, and
 //!   what the node says of the link (warnings, notices, `/healthz`, `/metrics`).
 //! - [`link`]: the connection's life (down, connecting, up), the reconnect backoff, the
@@ -29,6 +30,7 @@
 mod limits;
 pub mod link;
 mod list;
+mod liveness;
 mod names;
 pub mod node;
 pub mod resp;

@@ -11,17 +11,21 @@
 //! - Room events: each node publishes its members' room events to `sb:room:ROOM` and
 //!   subscribes to the rooms its members are in (from the first member's join to the
 //!   last one's leave). Every event carries the node id; a node drops its own.
-//! - Names and presence: `sb:name:NAME` holds the node and the member's rooms, with a
-//!   TTL (`--redis-ttl`) that the node refreshes a third of the way through: a name is
-//!   taken with `SET NX`, so it is unique across the cluster, and a dead node's members
-//!   vanish when their keys expire. `list` reads every such key (`SCAN` then `MGET`).
-//! - Direct messages: each node subscribes to `sb:dm:NAME` for each of its named
-//!   members; a DM to a member of another node is a `PUBLISH` there, whose receiver
-//!   count says whether anyone holds the name.
+//! - Names: `sb:name:NAME` holds the node and the member's rooms, taken only while
+//!   free (`names`), so a name is unique across the cluster; the node lists its names
+//!   in `sb:names:NODE`. `list` reads every name key (`SCAN` then `MGET`).
+//! - Liveness, per node (`liveness`): one heartbeat key `sb:node:NODE` with a TTL
+//!   (`--redis-ttl`) that the node sets again a third of the way through; when a node
+//!   dies, the others free its names. At rest, Redis does the same work for a node of
+//!   ten members as for one of a hundred thousand.
+//! - Direct messages: each node subscribes to one channel of its own, `sb:node:NODE`;
+//!   a DM to a member of another node goes there, to the node the name's key names
+//!   (one script: the key read, the message published), and the receiver count says
+//!   whether anyone holds the name.
 //! - Redis down or restarting: the node logs it and tells its members; rooms go on
 //!   among its own members, names are checked among them only; the link redials with
-//!   backoff (`link`), resubscribes, and takes its members' names again (a name taken
-//!   elsewhere meanwhile is reported to its holder here). No member is disconnected.
+//!   backoff (`link`), resubscribes, and joins again: takes its members' names again (a
+//!   name taken elsewhere meanwhile is reported to its holder here). No member is disconnected.
 //! - Redis stopped or swamped (`limits`): what is queued for it stops at
 //!   `--redis-max-queued`, a member waits for a reply at most `--redis-reply-timeout`,
 //!   and `/healthz` and `/metrics` say how the link is.
@@ -43,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
 use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
+use super::names::Take;
 use super::resp::{Reply, RespError};
 use super::url::{Password, RedisUrl};
 use crate::services::chat::engine::{
@@ -55,8 +60,8 @@ use crate::{CloseReason, ConnId, Dial, EndpointId, RawCodec, Reactor};
 
 /// Largest reply accepted from Redis (a `list` of a large cluster is the largest).
 const MAX_REPLY: usize = 16 << 20;
-/// How often the node looks at its link: to redial when the backoff says, to refresh
-/// its keys when a third of their TTL has passed.
+/// How often the node looks at its link: to redial when the backoff says, to set its
+/// heartbeat again when a third of its TTL has passed.
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long a dial to Redis may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -67,8 +72,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisSettings {
     /// The Redis server.
     pub addr: SocketAddr,
-    /// How long names and presence keys live without a refresh: a dead node's members
-    /// vanish after it.
+    /// How long a node's heartbeat lives without being set again: a dead node's
+    /// members vanish from the cluster after it (and at most a third of it more).
     pub ttl: Duration,
     /// The most bytes queued for Redis: past it, commands (room events, mostly) are
     /// dropped and counted, and the members told, until the queue drains.
@@ -133,12 +138,14 @@ pub fn prepare(reactor: &mut Reactor<Chat>) -> Result<(), crate::Error> {
 /// What a reply from Redis answers.
 #[derive(Debug, Clone)]
 pub(super) enum Tag {
-    /// A stream member's `hello`: `SET NX` of its new name.
+    /// A stream member's `hello`: `TAKE` of its new name (answered: the names refused).
     Claim { member: MemberId, name: String },
-    /// A name this node holds, taken again after a reconnect or an expiry.
-    Reclaim { name: String },
-    /// The TTL refresh of a name (0: the key had gone).
-    Refresh { name: String },
+    /// Names this node holds, taken again: the reply lists those held elsewhere.
+    Reclaim,
+    /// The heartbeat set again (nil: it had expired).
+    Heartbeat,
+    /// A call freeing the names of nodes whose heartbeat stopped.
+    Reap,
     /// A DM to a member of another node: how many nodes received it.
     Direct {
         member: MemberId,
@@ -179,8 +186,14 @@ pub struct Node {
     pub(super) queued_on_conn: usize,
     /// What Redis said, for the engine.
     pub(super) heard: Vec<Remote>,
-    /// When the names were last refreshed.
-    refreshed: Instant,
+    /// When the heartbeat was last set.
+    pub(super) refreshed: Instant,
+    /// The heartbeat was found expired: join again on the next tick.
+    pub(super) rejoin: bool,
+    /// Messages published (room events and DMs), since the start.
+    pub(super) published: u64,
+    /// Messages received on the channels, since the start.
+    pub(super) events_in: u64,
     /// The link has been up since it last went down (for the notices).
     was_up: bool,
     /// The link failed since it was last up: Redis is unreachable or gone.
@@ -217,16 +230,23 @@ impl Node {
         let now = Instant::now();
         let nonce = std::collections::hash_map::RandomState::new();
         let nonce = std::hash::BuildHasher::hash_one(&nonce, now) as u32;
+        let id = format!("{}-{loop_index}-{nonce:08x}", std::process::id());
+        // This node's DMs: its one channel, kept across reconnects by the link.
+        let mut link = Link::new(now, MAX_REPLY).with_reply_timeout(settings.reply_timeout);
+        let _ = link.subscribe(format!("sb:node:{id}").as_bytes());
         Node {
-            id: format!("{}-{loop_index}-{nonce:08x}", std::process::id()),
+            id,
             endpoint: None,
             conn: None,
-            link: Link::new(now, MAX_REPLY).with_reply_timeout(settings.reply_timeout),
+            link,
             transmit: Transmit::default(),
             queued_on_conn: 0,
             heard: Vec::new(),
             settings,
             refreshed: now,
+            rejoin: false,
+            published: 0,
+            events_in: 0,
             was_up: false,
             down: false,
             last_failure: None,
@@ -267,6 +287,17 @@ impl Node {
         sent
     }
 
+    /// Runs a command that changes what the cluster knows of this node's names: not
+    /// dropped at the bound (a name would stay held, or unlisted, for good) but the
+    /// link closed instead; the reconnect joins again (`liveness`). False if not sent.
+    pub(super) fn keep(&mut self, now: Instant, tag: Tag, args: &[&[u8]]) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let bytes = self.link.command(now, tag, args);
+        self.send_state(bytes)
+    }
+
     pub(super) fn subscribe(&mut self, channel: &str) {
         let bytes = self.link.subscribe(channel.as_bytes());
         self.send_state(bytes);
@@ -290,8 +321,9 @@ impl Node {
                 reason: format!("no member named {to} on this server (the cluster is unreachable)"),
             },
             Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::ListLocally { member },
-            Tag::Reclaim { .. }
-            | Tag::Refresh { .. }
+            Tag::Reclaim
+            | Tag::Heartbeat
+            | Tag::Reap
             | Tag::Ignore
             | Tag::Auth { .. }
             | Tag::Select { .. } => return,
@@ -357,7 +389,7 @@ impl Node {
     }
 
     /// The login is done (or there was none): `HELLO`, the subscriptions, and this
-    /// node's names taken again.
+    /// node joins the cluster again, taking its names again.
     fn logged_in(&mut self, now: Instant) {
         let hello = self.link.connected(now);
         self.send(Some(hello));
@@ -369,10 +401,8 @@ impl Node {
             self.id,
             self.settings.masked_url()
         );
-        for (name, rooms) in std::mem::take(&mut self.held) {
-            let tag = Tag::Reclaim { name: name.clone() };
-            self.set_name(now, tag, &name, &rooms, "NX");
-        }
+        let held = std::mem::take(&mut self.held);
+        self.join(now, held);
     }
 
     pub(super) fn reply(&mut self, now: Instant, tag: Tag, reply: Reply) {
@@ -390,19 +420,14 @@ impl Node {
             Tag::Claim { member, name } => Remote::NameSettled {
                 member,
                 name,
-                outcome: match reply {
-                    Reply::Null => Settled::Taken,
-                    _ => Settled::Granted,
+                outcome: match all_taken(&reply) {
+                    true => Settled::Granted,
+                    false => Settled::Taken,
                 },
             },
-            Tag::Reclaim { name } if reply == Reply::Null => Remote::NoticeTo {
-                text: format!(
-                    "your name {name} is also held by a member of another chat \
-                     server: choose another with hello"
-                ),
-                name,
-            },
-            Tag::Refresh { name } if reply == Reply::Number(0) => Remote::Reclaim { name },
+            Tag::Reclaim => return self.held_elsewhere(reply),
+            Tag::Heartbeat => return self.heartbeat_answered(&reply),
+            Tag::Reap => return self.reaped(now, reply),
             Tag::Direct { member, to, event } => Remote::DirectSettled {
                 member,
                 to,
@@ -412,17 +437,32 @@ impl Node {
                 return self.list_scanned(now, member, &mut keys, reply)
             }
             Tag::Values { member, keys } => return self.list_answer(member, &keys, reply),
-            Tag::Reclaim { .. }
-            | Tag::Refresh { .. }
-            | Tag::Ignore
-            | Tag::Auth { .. }
-            | Tag::Select { .. } => return,
+            Tag::Ignore | Tag::Auth { .. } | Tag::Select { .. } => return,
         };
         self.heard.push(remote);
     }
 
+    /// Names held here that `TAKE` found held by another node: their holders here hear.
+    fn held_elsewhere(&mut self, reply: Reply) {
+        let Reply::Array(names) = reply else { return };
+        for name in names.iter().filter_map(Reply::as_bytes) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            self.heard.push(Remote::NoticeTo {
+                text: format!(
+                    "your name {name} is also held by a member of another chat \
+                     server: choose another with hello"
+                ),
+                name,
+            });
+        }
+    }
+
     /// A published event from another node.
     fn message(&mut self, channel: &[u8], payload: &[u8]) {
+        self.events_in += 1;
+        if channel.strip_prefix(b"sb:node:") == Some(self.id.as_bytes()) {
+            return self.direct_in(payload);
+        }
         let Some((from, (remember, size), event)) = open_envelope(payload) else {
             return log::debug!("chat: a message from Redis that is not an event: dropped");
         };
@@ -448,12 +488,23 @@ impl Node {
                 event,
                 remember,
             });
-        } else if let Some(to) = named(b"sb:dm:") {
-            self.heard.push(Remote::Direct {
-                to: to.to_owned(),
-                event,
-            });
         }
+    }
+
+    /// A DM on this node's channel: the name it is for, a NUL, then the envelope.
+    fn direct_in(&mut self, payload: &[u8]) {
+        let mut parts = payload.splitn(2, |&b| b == 0);
+        let (Some(to), Some(envelope)) = (parts.next(), parts.next()) else {
+            return log::debug!("chat: a DM from Redis without its recipient: dropped");
+        };
+        let (Ok(to), Some((_, _, event))) = (std::str::from_utf8(to), open_envelope(envelope))
+        else {
+            return log::debug!("chat: a DM from Redis that is not an event: dropped");
+        };
+        self.heard.push(Remote::Direct {
+            to: to.to_owned(),
+            event,
+        });
     }
 
     /// The key of a name.
@@ -471,38 +522,14 @@ impl Node {
         value
     }
 
-    fn ttl_secs(&self) -> String {
+    /// The heartbeat's TTL, in whole seconds (at least 1).
+    pub(super) fn ttl_secs(&self) -> String {
         self.settings.ttl.as_secs().max(1).to_string()
-    }
-
-    /// `SET key value NX|XX EX ttl`.
-    pub(super) fn set_name(
-        &mut self,
-        now: Instant,
-        tag: Tag,
-        name: &str,
-        rooms: &[String],
-        condition: &str,
-    ) -> bool {
-        let (key, value, ttl) = (
-            Node::name_key(name),
-            self.name_value(rooms),
-            self.ttl_secs(),
-        );
-        let args: [&[u8]; 6] = [
-            b"SET",
-            key.as_bytes(),
-            value.as_bytes(),
-            condition.as_bytes(),
-            b"EX",
-            ttl.as_bytes(),
-        ];
-        self.command(now, tag, &args)
     }
 }
 
 impl Backplane for Node {
-    /// A stream member's name waits for Redis's `SET NX`; a datagram member's, or any
+    /// A stream member's name waits for Redis's `TAKE`; a datagram member's, or any
     /// while the link is down, is checked here only.
     fn claim(
         &mut self,
@@ -520,7 +547,7 @@ impl Backplane for Node {
             member,
             name: name.to_owned(),
         };
-        match self.set_name(now, tag, name, rooms, "NX") {
+        match self.take_names(now, tag, Take::New, &[(name, rooms)]) {
             true => Claim::Pending,
             false => Claim::Free,
         }
@@ -544,7 +571,7 @@ impl Backplane for Node {
             }
         }
         if let Some(name) = change.name {
-            self.set_name(now, Tag::Ignore, name, change.rooms, "XX");
+            self.take_names(now, Tag::Ignore, Take::Again, &[(name, change.rooms)]);
         }
     }
 
@@ -568,29 +595,34 @@ impl Backplane for Node {
     ) {
         let payload = envelope(&self.id, (remember, here), event.serialized());
         let channel = format!("sb:room:{room}");
-        self.command(
+        let sent = self.command(
             now,
             Tag::Ignore,
             &[b"PUBLISH", channel.as_bytes(), &payload],
         );
+        self.published += u64::from(sent);
         self.tell_backlog();
     }
 
-    /// Published to whichever node holds the name; the receiver count says whether
-    /// one did.
+    /// Published to the node whose key holds the name, the name before the
+    /// envelope; the receiver count says whether one did.
     fn direct(&mut self, now: Instant, member: MemberId, to: &str, event: &EventBytes) -> Route {
         if !self.is_up() {
             return Route::Unknown;
         }
-        let payload = envelope(&self.id, (false, 0), event.serialized());
-        let channel = format!("sb:dm:{to}");
+        let mut payload = to.as_bytes().to_vec();
+        payload.push(0);
+        payload.extend(envelope(&self.id, (false, 0), event.serialized()));
         let tag = Tag::Direct {
             member,
             to: to.to_owned(),
             event: event.serialized().clone(),
         };
-        match self.command(now, tag, &[b"PUBLISH", channel.as_bytes(), &payload]) {
-            true => Route::Pending,
+        match self.route(now, tag, to, &payload) {
+            true => {
+                self.published += 1;
+                Route::Pending
+            }
             false => Route::Unknown,
         }
     }
@@ -602,18 +634,9 @@ impl Backplane for Node {
         }
     }
 
-    fn reclaim(&mut self, now: Instant, name: &str, rooms: &[String]) {
-        let tag = Tag::Reclaim {
-            name: name.to_owned(),
-        };
-        self.set_name(now, tag, name, rooms, "NX");
-    }
-
-    /// Deletes the name's key and stops its DMs.
+    /// Deletes the name's key, if it is still this node's.
     fn unclaim(&mut self, now: Instant, name: &str) {
-        let key = Node::name_key(name);
-        self.command(now, Tag::Ignore, &[b"DEL", key.as_bytes()]);
-        self.unsubscribe(&format!("sb:dm:{name}"));
+        self.give_name(now, name);
     }
 
     fn take_remote(&mut self) -> Vec<Remote> {
@@ -699,20 +722,13 @@ impl Backplane for Node {
     }
 
     /// The link's tick: answer whoever waits for an overdue reply, end a drained
-    /// backlog, and refresh this node's names (`held` gives them) a third of the way
-    /// through their TTL.
+    /// backlog, and keep the node alive in the cluster (`liveness`; `held` gives the
+    /// names held here, for a node that must join again).
     fn tick(&mut self, now: Instant, held: &dyn Fn() -> Vec<(String, Vec<String>)>) {
         self.expire_replies(now);
         self.watch_backlog();
-        if !self.is_up() || now < self.refreshed + self.settings.ttl / 3 {
-            return;
-        }
-        self.refreshed = now;
-        let ttl = self.ttl_secs();
-        for (name, _) in held() {
-            let key = Node::name_key(&name);
-            let args: [&[u8]; 3] = [b"EXPIRE", key.as_bytes(), ttl.as_bytes()];
-            self.command(now, Tag::Refresh { name }, &args);
+        if self.is_up() {
+            self.beat(now, held);
         }
     }
 
@@ -819,6 +835,29 @@ impl Node {
 /// What members are told when the link goes down, or is down when they arrive.
 pub(super) const LINK_DOWN: &str = "the link to the other chat nodes is down: rooms reach this \
      server's members only until it is back";
+
+/// Whether a `TAKE` reply says every name asked for was taken (none refused).
+pub(super) fn all_taken(reply: &Reply) -> bool {
+    matches!(reply, Reply::Array(refused) if refused.is_empty())
+}
+
+/// A Lua script the node runs with `EVAL`, and how many of its arguments are keys.
+#[derive(Debug)]
+pub(super) struct Script {
+    /// The number of keys, as `EVAL` takes it.
+    pub keys: &'static [u8],
+    /// The Lua source.
+    pub body: &'static str,
+}
+
+impl Script {
+    /// `EVAL body numkeys args...`: the keys first, then the other arguments.
+    pub fn eval<'a>(&'a self, args: &[&'a [u8]]) -> Vec<&'a [u8]> {
+        let mut all: Vec<&[u8]> = vec![b"EVAL", self.body.as_bytes(), self.keys];
+        all.extend_from_slice(args);
+        all
+    }
+}
 
 /// How many failed attempts a throttled log line stands for, when more than one.
 fn attempts(times: u64) -> String {
