@@ -23,6 +23,7 @@ SRC_IPS=${SRC_IPS:-5}
 PRESENCE=${PRESENCE:-1000}
 CHAT_PORT=${CHAT_PORT:-19500}
 REDIS_PORT=${REDIS_PORT:-16390}
+ADMIN_PORT=${ADMIN_PORT:-19600}
 SB=target/release/switchboard
 cargo build --release --quiet --bin switchboard
 WORK=$(mktemp -d)
@@ -53,8 +54,9 @@ echo "before: $(sock_mem | tr '\n' ' ')"
 NODE_PIDS=()
 for n in $(seq "$NODES"); do
     "$SB" chat --tcp "127.0.0.1:$CHAT_PORT" --udp off --reuse-port \
+        --admin "127.0.0.1:$((ADMIN_PORT + n))" \
         --redis "redis://127.0.0.1:$REDIS_PORT" --presence-limit "$PRESENCE" \
-        --log-level warn 2>"$WORK/node$n.log" &
+        --log-level info 2>"$WORK/node$n.log" &
     PIDS+=($!)
     NODE_PIDS+=($!)
 done
@@ -63,8 +65,17 @@ declare -A BASE_RSS
 for pid in "${NODE_PIDS[@]}"; do BASE_RSS[$pid]=$(rss_kib "$pid"); done
 REDIS_BASE=$(redis info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 
-# The room at rest once every member is in: the bench's members say nothing until
-# every run is ready, so the listeners' part is measured by a run of its own first.
+# metric NAME: its value summed over the nodes' /metrics.
+metric() {
+    local sum=0 n value
+    for n in $(seq "$NODES"); do
+        value=$(curl -s "http://127.0.0.1:$((ADMIN_PORT + n))/metrics" |
+            awk -v name="$1" '$1 == name {print $2}')
+        sum=$(echo "$sum + ${value:-0}" | bc)
+    done
+    echo "$sum"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 "$SB" bench --addr "127.0.0.1:$CHAT_PORT" --mode chat --room big --procs "$PROCS" \
     --conns "$MEMBERS" --senders "$SENDERS" --rate "$RATE" --warmup 0 \
     --duration "$SECONDS_OF_LOAD" --src-ips "$SRC_IPS" --connect-timeout 30 \
@@ -72,17 +83,41 @@ REDIS_BASE=$(redis info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\
 BENCH_PID=$!
 PIDS+=($BENCH_PID)
 
-# While the load runs: the nodes' and Redis's memory at its fullest, and Redis's
-# commands per second over 10 s (the room full, 2 messages a second in).
-sleep $((SECONDS_OF_LOAD / 2 + 10))
+# Once every member holds its name (a key each in Redis), the room is full and the
+# messages flow: the nodes' and Redis's memory then, and Redis's commands per second
+# over 10 s.
+START=$(date +%s.%N)
+until (($(redis dbsize) >= MEMBERS)); do
+    kill -0 "$BENCH_PID" 2>/dev/null || break
+    sleep 0.5
+done
+echo "every name taken $(echo "$(date +%s.%N) - $START" | bc) s after the bench started"
+sleep 5
+declare -A CPU0
+for pid in "${NODE_PIDS[@]}"; do CPU0[$pid]=$(cpu_ticks "$pid"); done
 declare -A FULL_RSS
 for pid in "${NODE_PIDS[@]}"; do FULL_RSS[$pid]=$(rss_kib "$pid"); done
 REDIS_FULL=$(redis info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 SOCK_FULL=$(sock_mem | tr '\n' ' ')
+f0=$(metric switchboard_frames_out_total)
+d0=$(metric switchboard_chat_deliveries_out_total)
 c0=$(redis info stats | awk -F: '/^total_commands_processed:/ {print $2}' | tr -d '\r')
 sleep 10
 c1=$(redis info stats | awk -F: '/^total_commands_processed:/ {print $2}' | tr -d '\r')
+f1=$(metric switchboard_frames_out_total)
+d1=$(metric switchboard_chat_deliveries_out_total)
+echo "with the room full, over 10 s: frames out $(echo "$f1 - $f0" | bc), deliveries $(echo "$d1 - $d0" | bc)"
+cpu=0
+for pid in "${NODE_PIDS[@]}"; do cpu=$((cpu + $(cpu_ticks "$pid") - CPU0[$pid])); done
+echo "nodes' CPU over those 10 s: $((cpu)) ticks (100 a second), all nodes together"
 wait "$BENCH_PID" || echo "the bench exited with $?"
+# The nodes' own summaries: frames out against deliveries (presence, welcomes and the
+# rest are frames that are not deliveries).
+for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid"; done
+for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+frames=$(grep -h -o "frames in/out [0-9]*/[0-9]*" "$WORK"/node*.log | awk -F/ '{s += $NF} END {print s}')
+deliveries=$(grep -h -o "deliveries out [0-9]*" "$WORK"/node*.log | awk '{s += $3} END {print s}')
+echo "nodes, the whole run (joins, the end's byes, welcomes included): frames out $frames, deliveries $deliveries"
 
 cat "$WORK/bench.json"
 echo
@@ -96,4 +131,4 @@ for pid in "${NODE_PIDS[@]}"; do
     echo "node $pid: rss ${BASE_RSS[$pid]} -> ${FULL_RSS[$pid]} KiB"
 done
 echo "nodes: $((total * 1024 / MEMBERS)) B of RSS per member above their base"
-grep -h -i -e warn -e error "$WORK"/node*.log | sort | uniq -c | sort -rn | head -5 || true
+grep -h -e WARN -e ERROR "$WORK"/node*.log | sort | uniq -c | sort -rn | head -5 || true
