@@ -93,8 +93,11 @@ until (($(redis dbsize) >= MEMBERS)); do
 done
 echo "every name taken $(echo "$(date +%s.%N) - $START" | bc) s after the bench started"
 sleep 5
-declare -A CPU0
-for pid in "${NODE_PIDS[@]}"; do CPU0[$pid]=$(cpu_ticks "$pid"); done
+declare -A CPU0 W0
+for pid in "${NODE_PIDS[@]}"; do
+    CPU0[$pid]=$(cpu_ticks "$pid")
+    W0[$pid]=$(awk '/^syscw:/ {print $2}' "/proc/$pid/io")
+done
 declare -A FULL_RSS
 for pid in "${NODE_PIDS[@]}"; do FULL_RSS[$pid]=$(rss_kib "$pid"); done
 REDIS_FULL=$(redis info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
@@ -107,9 +110,12 @@ c1=$(redis info stats | awk -F: '/^total_commands_processed:/ {print $2}' | tr -
 f1=$(metric switchboard_frames_out_total)
 d1=$(metric switchboard_chat_deliveries_out_total)
 echo "with the room full, over 10 s: frames out $(echo "$f1 - $f0" | bc), deliveries $(echo "$d1 - $d0" | bc)"
-cpu=0
-for pid in "${NODE_PIDS[@]}"; do cpu=$((cpu + $(cpu_ticks "$pid") - CPU0[$pid])); done
-echo "nodes' CPU over those 10 s: $((cpu)) ticks (100 a second), all nodes together"
+cpu=0 writes=0
+for pid in "${NODE_PIDS[@]}"; do
+    cpu=$((cpu + $(cpu_ticks "$pid") - CPU0[$pid]))
+    writes=$((writes + $(awk '/^syscw:/ {print $2}' "/proc/$pid/io") - W0[$pid]))
+done
+echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together; write system calls $writes"
 wait "$BENCH_PID" || echo "the bench exited with $?"
 # The nodes' own summaries: frames out against deliveries (presence, welcomes and the
 # rest are frames that are not deliveries).
