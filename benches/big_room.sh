@@ -76,6 +76,7 @@ metric() {
     echo "$sum"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 "$SB" bench --addr "127.0.0.1:$CHAT_PORT" --mode chat --room big --procs "$PROCS" \
     --conns "$MEMBERS" --senders "$SENDERS" --rate "$RATE" --warmup 0 \
     --duration "$SECONDS_OF_LOAD" --src-ips "$SRC_IPS" --connect-timeout 30 \
@@ -93,9 +94,10 @@ until (($(redis dbsize) >= MEMBERS)); do
 done
 echo "every name taken $(echo "$(date +%s.%N) - $START" | bc) s after the bench started"
 sleep 5
-declare -A CPU0 W0
+declare -A CPU0 SYS0 W0
 for pid in "${NODE_PIDS[@]}"; do
     CPU0[$pid]=$(cpu_ticks "$pid")
+    SYS0[$pid]=$(sys_ticks "$pid")
     W0[$pid]=$(awk '/^syscw:/ {print $2}' "/proc/$pid/io")
 done
 declare -A FULL_RSS
@@ -110,12 +112,13 @@ c1=$(redis info stats | awk -F: '/^total_commands_processed:/ {print $2}' | tr -
 f1=$(metric switchboard_frames_out_total)
 d1=$(metric switchboard_chat_deliveries_out_total)
 echo "with the room full, over 10 s: frames out $(echo "$f1 - $f0" | bc), deliveries $(echo "$d1 - $d0" | bc)"
-cpu=0 writes=0
+cpu=0 sys=0 writes=0
 for pid in "${NODE_PIDS[@]}"; do
     cpu=$((cpu + $(cpu_ticks "$pid") - CPU0[$pid]))
+    sys=$((sys + $(sys_ticks "$pid") - SYS0[$pid]))
     writes=$((writes + $(awk '/^syscw:/ {print $2}' "/proc/$pid/io") - W0[$pid]))
 done
-echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together; write system calls $writes"
+echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together, $sys of them in the kernel; write system calls $writes"
 wait "$BENCH_PID" || echo "the bench exited with $?"
 # The nodes' own summaries: frames out against deliveries (presence, welcomes and the
 # rest are frames that are not deliveries).
