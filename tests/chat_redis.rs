@@ -28,19 +28,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use chat_support::cluster::{next_such, ChatNode as Node};
 use chat_support::members::Member;
-use common::{free_port, read_frame, wait_until, write_frame, ChildServer, StderrLog, IO_TIMEOUT};
+use common::{read_frame, wait_until, write_frame, IO_TIMEOUT};
 use redis_support::RedisServer;
 
-/// One chat node: a `switchboard chat` process joined to `redis`.
-struct Node {
-    server: ChildServer,
-    log: StderrLog,
-    tcp: SocketAddr,
-    /// Its admin endpoint (`/metrics`, `/healthz`).
-    admin: SocketAddr,
-}
-
+/// A chat node joined to a test's Redis: its key TTL short, so that a dead node's
+/// names are freed within the test.
 impl Node {
     /// A node joined to `redis`, once its link is up.
     fn start(redis: &RedisServer) -> Node {
@@ -49,61 +43,12 @@ impl Node {
 
     /// A node on Redis at `redis` with flags `extra`, once its link is up.
     fn start_with(redis: SocketAddr, extra: &[&str]) -> Node {
-        let node = Node::launch(redis, extra);
-        node.log.wait_for("the link to Redis", IO_TIMEOUT, |log| {
-            log.contains("connected to Redis")
-        });
-        node
+        Node::spawn_linked(&format!("redis://{redis}"), &with_ttl(extra), None)
     }
 
     /// A node on Redis at `redis` with flags `extra`, once it listens.
     fn launch(redis: SocketAddr, extra: &[&str]) -> Node {
-        let (port, admin) = (free_port(), free_port());
-        let tcp = format!("127.0.0.1:{port}");
-        let admin = format!("127.0.0.1:{admin}");
-        let url = format!("redis://{redis}");
-        let mut args = vec![
-            "chat", "--tcp", &tcp, "--udp", "off", "--admin", &admin, "--redis", &url,
-        ];
-        if !extra.contains(&"--redis-ttl") {
-            args.extend(["--redis-ttl", "2"]);
-        }
-        args.extend_from_slice(extra);
-        let mut server = ChildServer::start(&args, Some(port));
-        let log = StderrLog::capture(&mut server);
-        Node {
-            server,
-            log,
-            tcp: tcp.parse().unwrap(),
-            admin: admin.parse().unwrap(),
-        }
-    }
-
-    fn member(&self, name: &str) -> Member {
-        Member::named(self.tcp, name)
-    }
-
-    /// `GET path` on the admin endpoint: the status and the body.
-    #[track_caller]
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.admin).expect("connect to the admin endpoint");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("a blank line");
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
-        (status.expect("a status code"), body.to_string())
-    }
-
-    /// The value of the unlabelled metric `name` in `/metrics`.
-    #[track_caller]
-    fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+        Node::spawn(&format!("redis://{redis}"), &with_ttl(extra), None)
     }
 
     /// The node's resident memory, in bytes (`VmRSS` in `/proc/PID/status`).
@@ -130,20 +75,11 @@ impl Node {
     }
 }
 
-/// Reads events until one satisfies `wanted`, skipping presence events on the way.
-#[track_caller]
-fn next_such(member: &mut Member, wanted: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let event = member.next();
-        if wanted(&event) {
-            return event;
-        }
-        let kind = event["type"].as_str().unwrap_or_default();
-        assert!(
-            matches!(kind, "joined" | "left" | "renamed" | "notice"),
-            "{} got {event} while waiting",
-            member.name
-        );
+/// `extra` with `--redis-ttl 2` unless it sets a TTL of its own.
+fn with_ttl<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    match extra.contains(&"--redis-ttl") {
+        true => extra.to_vec(),
+        false => [&["--redis-ttl", "2"], extra].concat(),
     }
 }
 

@@ -17,15 +17,16 @@ mod common;
 mod redis_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
+use chat_support::cluster::{next_such, ChatNode as Node, PASSWORD_ENV};
 use chat_support::members::Member;
-use common::{free_port, wait_until, ChildServer, StderrLog, IO_TIMEOUT};
+use common::{wait_until, ChildServer, IO_TIMEOUT};
 use redis_support::RedisServer;
 use switchboard::services::chat::redis::link::{MAX_BACKOFF, MIN_BACKOFF};
 
@@ -35,8 +36,6 @@ const PASSWORD: &str = "SECRET";
 const ALICE: (&str, &str) = ("alice", "apass");
 /// An ACL user whose password needs percent-escapes in a URL, and the escaped form.
 const CAROL: (&str, &str, &str) = ("carol", "c@r:o/l%", "c%40r%3Ao%2Fl%25");
-/// Where a node may take its password from, beside the URL and the file.
-const PASSWORD_ENV: &str = "SWITCHBOARD_REDIS_PASSWORD";
 
 /// A `redis-server` with a password for the default user and the ACL users alice and
 /// carol.
@@ -63,67 +62,19 @@ fn secured_redis() -> RedisServer {
     ])
 }
 
-/// One chat node: a `switchboard chat --redis URL` process.
-struct Node {
-    server: ChildServer,
-    log: StderrLog,
-    tcp: SocketAddr,
-    /// Its admin endpoint (`/metrics`, `/healthz`).
-    admin: SocketAddr,
-}
-
+/// A chat node logging in to a test's Redis.
 impl Node {
     /// A node on `url` with flags `extra` and `SWITCHBOARD_REDIS_PASSWORD` set to `env`
     /// (unset when `None`), once its link is up.
     #[track_caller]
     fn start(url: &str, extra: &[&str], env: Option<&str>) -> Node {
-        let node = Node::launch(url, extra, env);
-        node.log.wait_for("the link to Redis", IO_TIMEOUT, |log| {
-            log.contains("connected to Redis")
-        });
-        node
+        Node::spawn_linked(url, extra, env)
     }
 
     /// Like `start`, once the node listens (its link may never come up).
     #[track_caller]
     fn launch(url: &str, extra: &[&str], env: Option<&str>) -> Node {
-        let (port, admin) = (free_port(), free_port());
-        let tcp = format!("127.0.0.1:{port}");
-        let admin = format!("127.0.0.1:{admin}");
-        let mut args = vec![
-            "chat", "--tcp", &tcp, "--udp", "off", "--admin", &admin, "--redis", url,
-        ];
-        args.extend_from_slice(extra);
-        let mut command = switchboard(&args, env);
-        let child = command.stderr(Stdio::piped()).spawn().expect("spawn");
-        let mut server = ChildServer { child };
-        let log = StderrLog::capture(&mut server);
-        let tcp: SocketAddr = tcp.parse().unwrap();
-        let listening = wait_until(IO_TIMEOUT, || TcpStream::connect(tcp).is_ok());
-        assert!(listening, "the node does not listen:\n{}", log.text());
-        Node {
-            server,
-            log,
-            tcp,
-            admin: admin.parse().unwrap(),
-        }
-    }
-
-    fn member(&self, name: &str) -> Member {
-        Member::named(self.tcp, name)
-    }
-
-    /// `GET path` on the admin endpoint: the status and the body.
-    #[track_caller]
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.admin).expect("connect to the admin endpoint");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("a blank line");
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
-        (status.expect("a status code"), body.to_string())
+        Node::spawn(url, extra, env)
     }
 
     /// Stops the node with SIGTERM and returns its whole log, checking that no
@@ -154,23 +105,6 @@ fn switchboard(args: &[&str], env: Option<&str>) -> Command {
         command.env(PASSWORD_ENV, password);
     }
     command
-}
-
-/// Reads events until one satisfies `wanted`, skipping presence events on the way.
-#[track_caller]
-fn next_such(member: &mut Member, wanted: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let event = member.next();
-        if wanted(&event) {
-            return event;
-        }
-        let kind = event["type"].as_str().unwrap_or_default();
-        assert!(
-            matches!(kind, "joined" | "left" | "renamed" | "notice"),
-            "{} got {event} while waiting",
-            member.name
-        );
-    }
 }
 
 /// Joins `room`, then waits for a `list` round trip, which comes after the node's

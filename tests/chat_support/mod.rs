@@ -2,6 +2,8 @@
 //! `tests/chat_hostile.rs` (each includes this with `mod chat_support;`, after
 //! `mod common;`).
 
+#[allow(dead_code)]
+pub mod cluster;
 pub mod members;
 
 use switchboard::services::chat::{Chat, ChatCodec, ChatSettings, ChatStats, ChatStatsHandle};
