@@ -639,13 +639,21 @@ fn bench_child(args: &[&str]) -> (ChildServer, StderrLog) {
 
 /// Waits for the first progress line of the measured window, then sends SIGINT; returns
 /// the exit code, stdout and stderr.
-fn interrupt_when_measuring(
+fn interrupt_when_measuring(child: ChildServer, log: StderrLog) -> (Option<i32>, String, String) {
+    interrupt_in_phase(child, log, "measure")
+}
+
+/// Waits for the first progress line of `phase` (` warmup ` or ` measure `), then sends
+/// SIGINT; returns the exit code, stdout and stderr.
+fn interrupt_in_phase(
     mut child: ChildServer,
     log: StderrLog,
+    phase: &str,
 ) -> (Option<i32>, String, String) {
-    log.wait_for("a progress line while measuring", IO_TIMEOUT, |text| {
+    let wanted = format!(" {phase} ");
+    log.wait_for("a progress line of the phase", IO_TIMEOUT, |text| {
         text.lines()
-            .any(|l| l.starts_with("bench:") && l.contains(" measure "))
+            .any(|l| l.starts_with("bench:") && l.contains(&wanted))
     });
     child.signal("INT");
     let mut pipe = child.child.stdout.take().expect("stdout is piped");
@@ -723,17 +731,8 @@ fn sigint_during_a_chat_run_prints_deliveries_marked_interrupted() {
 
 /// Waits for the first progress line of the warm-up (every connection is open by
 /// then), then sends SIGINT; returns the exit code, stdout and stderr.
-fn interrupt_in_warmup(mut child: ChildServer, log: StderrLog) -> (Option<i32>, String, String) {
-    log.wait_for("a progress line in the warm-up", IO_TIMEOUT, |text| {
-        text.lines()
-            .any(|l| l.starts_with("bench:") && l.contains(" warmup "))
-    });
-    child.signal("INT");
-    let mut pipe = child.child.stdout.take().expect("stdout is piped");
-    let (code, _) = child.wait(IO_TIMEOUT);
-    let mut stdout = String::new();
-    pipe.read_to_string(&mut stdout).unwrap();
-    (code, stdout, log.finish())
+fn interrupt_in_warmup(child: ChildServer, log: StderrLog) -> (Option<i32>, String, String) {
+    interrupt_in_phase(child, log, "warmup")
 }
 
 #[test]

@@ -16,11 +16,11 @@
 //!   `LOG_INTERVAL`), a notice to members who take a name meanwhile, and the health
 //!   answer and metrics of the admin endpoint.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::node::{all_taken, Node, Tag};
+use super::node::{all_taken, Node, Tag, Unanswered};
 use super::resp::Reply;
-use crate::services::chat::engine::{Remote, Settled};
+use crate::services::chat::engine::Remote;
 
 /// The bound on what is queued for Redis unless `--redis-max-queued` says otherwise:
 /// thousands of room events, seconds of a busy node's traffic.
@@ -168,38 +168,8 @@ impl Node {
             );
         }
         for tag in tags {
-            self.timed_out(tag, timeout);
+            self.unanswered(tag, Unanswered::Overdue(timeout));
         }
-    }
-
-    /// A member's request went unanswered by Redis for `timeout`: tell it so.
-    fn timed_out(&mut self, tag: Tag, timeout: Duration) {
-        let secs = timeout.as_secs_f64();
-        let reason = |what: &str| format!("the cluster did not answer within {secs}s: {what}");
-        let remote = match tag {
-            Tag::Claim { member, name } => Remote::NameSettled {
-                member,
-                outcome: Settled::Refused(reason(&format!(
-                    "name {name} not taken, try again later"
-                ))),
-                name,
-            },
-            Tag::Direct { member, to, .. } => Remote::Refuse {
-                member,
-                reason: reason(&format!("the message to {to} may not have arrived")),
-            },
-            Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::Refuse {
-                member,
-                reason: reason("list again later"),
-            },
-            Tag::Reclaim
-            | Tag::Heartbeat
-            | Tag::Reap
-            | Tag::Ignore
-            | Tag::Auth { .. }
-            | Tag::Select { .. } => return,
-        };
-        self.heard.push(remote);
     }
 
     /// The reply to a command whose waiter was answered without it.

@@ -170,6 +170,15 @@ pub(super) enum Tag {
     Ignore,
 }
 
+/// Why a command's answer will not come.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Unanswered {
+    /// The connection closed, or Redis refused the command.
+    LinkLost,
+    /// Not within the reply timeout (the answer may still come, late).
+    Overdue(Duration),
+}
+
 /// One node's link to the cluster: the chat engine's `Backplane` through Redis.
 #[derive(Debug)]
 pub struct Node {
@@ -308,19 +317,38 @@ impl Node {
         self.send_state(bytes);
     }
 
-    /// A command whose answer will not come: settle it locally.
-    fn unanswered(&mut self, tag: Tag) {
+    /// A member waits for a command whose answer will not come (the link was lost:
+    /// settled as a node on its own would) or not in time (it is told so).
+    pub(super) fn unanswered(&mut self, tag: Tag, why: Unanswered) {
+        let overdue = |what: &str| match why {
+            Unanswered::LinkLost => None,
+            Unanswered::Overdue(timeout) => Some(format!(
+                "the cluster did not answer within {}s: {what}",
+                timeout.as_secs_f64()
+            )),
+        };
         let remote = match tag {
             Tag::Claim { member, name } => Remote::NameSettled {
                 member,
+                outcome: match overdue(&format!("name {name} not taken, try again later")) {
+                    Some(reason) => Settled::Refused(reason),
+                    None => Settled::Unchecked,
+                },
                 name,
-                outcome: Settled::Unchecked,
             },
             Tag::Direct { member, to, .. } => Remote::Refuse {
                 member,
-                reason: format!("no member named {to} on this server (the cluster is unreachable)"),
+                reason: overdue(&format!("the message to {to} may not have arrived"))
+                    .unwrap_or_else(|| {
+                        format!("no member named {to} on this server (the cluster is unreachable)")
+                    }),
             },
-            Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::ListLocally { member },
+            Tag::Scan { member, .. } | Tag::Values { member, .. } => {
+                match overdue("list again later") {
+                    Some(reason) => Remote::Refuse { member, reason },
+                    None => Remote::ListLocally { member },
+                }
+            }
             Tag::Reclaim
             | Tag::Heartbeat
             | Tag::Reap
@@ -414,7 +442,7 @@ impl Node {
                 "chat: Redis refused a command: {}",
                 String::from_utf8_lossy(e)
             );
-            return self.unanswered(tag);
+            return self.unanswered(tag, Unanswered::LinkLost);
         }
         let remote = match tag {
             Tag::Claim { member, name } => Remote::NameSettled {
@@ -799,7 +827,7 @@ impl Backplane for Node {
             );
         }
         for tag in tags {
-            self.unanswered(tag);
+            self.unanswered(tag, Unanswered::LinkLost);
         }
     }
 }
