@@ -94,6 +94,9 @@ until (($(redis dbsize) >= MEMBERS)); do
 done
 echo "every name taken $(echo "$(date +%s.%N) - $START" | bc) s after the bench started"
 sleep 5
+BENCH_PIDS=("$BENCH_PID" $(pgrep -P "$BENCH_PID" || true))
+BENCH0=0
+for pid in "${BENCH_PIDS[@]}"; do BENCH0=$((BENCH0 + $(cpu_ticks "$pid"))); done
 declare -A CPU0 SYS0 W0
 for pid in "${NODE_PIDS[@]}"; do
     CPU0[$pid]=$(cpu_ticks "$pid")
@@ -118,7 +121,9 @@ for pid in "${NODE_PIDS[@]}"; do
     sys=$((sys + $(sys_ticks "$pid") - SYS0[$pid]))
     writes=$((writes + $(awk '/^syscw:/ {print $2}' "/proc/$pid/io") - W0[$pid]))
 done
-echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together, $sys of them in the kernel; write system calls $writes"
+BENCH1=0
+for pid in "${BENCH_PIDS[@]}"; do BENCH1=$((BENCH1 + $(cpu_ticks "$pid"))); done
+echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together, $sys of them in the kernel; write system calls $writes; the bench's processes meanwhile: $((BENCH1 - BENCH0)) ticks"
 wait "$BENCH_PID" || echo "the bench exited with $?"
 # The nodes' own summaries: frames out against deliveries (presence, welcomes and the
 # rest are frames that are not deliveries).
