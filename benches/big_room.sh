@@ -75,8 +75,9 @@ metric() {
     done
     echo "$sum"
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
+# (0 for a process gone meanwhile: a bench worker that failed, say.)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 "$SB" bench --addr "127.0.0.1:$CHAT_PORT" --mode chat --room big --procs "$PROCS" \
     --conns "$MEMBERS" --senders "$SENDERS" --rate "$RATE" --warmup 0 \
     --duration "$SECONDS_OF_LOAD" --src-ips "$SRC_IPS" --connect-timeout 30 \
@@ -89,7 +90,11 @@ PIDS+=($BENCH_PID)
 # over 10 s.
 START=$(date +%s.%N)
 until (($(redis dbsize) >= MEMBERS)); do
-    kill -0 "$BENCH_PID" 2>/dev/null || break
+    if ! kill -0 "$BENCH_PID" 2>/dev/null; then
+        echo "the bench ended before every member had a name:" >&2
+        tail -5 "$WORK/bench.log" >&2
+        exit 1
+    fi
     sleep 0.5
 done
 echo "every name taken $(echo "$(date +%s.%N) - $START" | bc) s after the bench started"
