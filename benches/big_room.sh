@@ -85,11 +85,11 @@ sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 BENCH_PID=$!
 PIDS+=($BENCH_PID)
 
-# Once every member holds its name (a key each in Redis), the room is full and the
+# Once every member holds its name (the nodes' member gauges), the room is full and the
 # messages flow: the nodes' and Redis's memory then, and Redis's commands per second
 # over 10 s.
 START=$(date +%s.%N)
-until (($(redis dbsize) >= MEMBERS)); do
+until (($(metric switchboard_chat_members) >= MEMBERS)); do
     if ! kill -0 "$BENCH_PID" 2>/dev/null; then
         echo "the bench ended before every member had a name:" >&2
         tail -5 "$WORK/bench.log" >&2
