@@ -188,7 +188,7 @@ impl Node {
                 member,
                 reason: reason(&format!("the message to {to} may not have arrived")),
             },
-            Tag::Scan { member, .. } | Tag::Values { member, .. } => Remote::Refuse {
+            Tag::Scan { member, .. } => Remote::Refuse {
                 member,
                 reason: reason("list again later"),
             },
@@ -212,7 +212,7 @@ impl Node {
                     self.heard.push(Remote::Unclaim { name });
                 }
             }
-            Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
+            Tag::Direct { .. } | Tag::Scan { .. } => {}
             // Nobody waited for these: late is as good as on time.
             tag @ (Tag::Reclaim
             | Tag::Heartbeat
