@@ -83,11 +83,11 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 BENCH_PID=$!
 PIDS+=($BENCH_PID)
 
-# Once every member holds its name (a key each in Redis), the room is full and the
-# messages flow: the nodes' and Redis's memory then, and Redis's commands per second
-# over 10 s.
+# Once every member holds its name (a field each of Redis's hash sb:names), the room
+# is full and the messages flow: the nodes' and Redis's memory then, and Redis's
+# commands per second over 10 s.
 START=$(date +%s.%N)
-until (($(redis dbsize) >= MEMBERS)); do
+until (($(redis hlen sb:names) >= MEMBERS)); do
     kill -0 "$BENCH_PID" 2>/dev/null || break
     sleep 0.5
 done
