@@ -4,8 +4,10 @@
 //! `list` cross nodes; Redis killed and restarted mid-test: local rooms go on, members
 //! are told, and traffic flows across nodes again after the restart; a node killed
 //! outright loses its members from the cluster when its heartbeat expires, and a node
-//! frozen that long takes its names again when it runs again. At rest, the commands a
-//! node costs Redis per second and its channels do not grow with its members.
+//! frozen that long takes its names again when it runs again; a dead node's thousands
+//! of names are freed once each, in bounded steps. At rest, the commands a node costs
+//! Redis per second and its channels do not grow with its members, and a named member
+//! costs Redis's memory at most 100 bytes.
 //!
 //! Then the node's defences against a Redis that misbehaves: frozen (SIGSTOP) under a
 //! flooding member, the node's memory stays bounded and its members are told once;
@@ -594,4 +596,112 @@ fn the_presence_limit_counts_the_room_on_every_node() {
         member.send(json!({"type": "count", "room": "r"}));
         member.expect(json!({"type": "members", "room": "r", "count": 3}));
     }
+}
+
+/// Redis's `used_memory`, in bytes.
+#[track_caller]
+fn used_memory(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "memory"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no used_memory in\n{info}"))
+}
+
+/// How many members `list` shows in `room`.
+fn listed_in(member: &mut Member, room: &str) -> usize {
+    let rooms = list(member);
+    let found = rooms.as_array().into_iter().flatten();
+    let found = found.filter(|r| r["room"] == room);
+    found
+        .map(|r| r["members"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn a_named_member_costs_redis_at_most_100_bytes() {
+    const MEMBERS: usize = 5_000;
+    let redis = RedisServer::start();
+    let node = Node::start_with(redis.addr(), &["--presence-limit", "1"]);
+    // One member first, so that what every name shares (the scripts Redis caches,
+    // the room's channel, the node's registration) is counted before.
+    let mut first = node.member("first");
+    join_settled(&mut first, "big");
+    let before = used_memory(&redis);
+    // Named as the bench names them (`b{run}-{index}`), each in the one room.
+    let members: Vec<Member> = (0..MEMBERS)
+        .map(|i| {
+            let mut member = Member::anonymous(node.tcp);
+            member.send(json!({"type": "hello", "name": format!("b1234-{i}")}));
+            member.send(json!({"type": "join", "room": "big"}));
+            member
+        })
+        .collect();
+    let all = wait_until(Duration::from_secs(60), || {
+        listed_in(&mut first, "big") == MEMBERS + 1
+    });
+    assert!(all, "{} of {MEMBERS} listed", listed_in(&mut first, "big"));
+    let per_member = (used_memory(&redis) - before) as f64 / MEMBERS as f64;
+    eprintln!("Redis used_memory grew by {per_member:.1} bytes per named member");
+    assert!(
+        per_member <= 100.0,
+        "{per_member:.1} bytes per named member"
+    );
+    drop(members);
+}
+
+/// The names a node's log says its `REAP` calls freed, a count per call.
+fn freed_per_call(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter_map(|line| line.split_once(": freed ")?.1.split(' ').next())
+        .filter_map(|count| count.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_dead_nodes_many_names_are_freed_once_in_steps_by_two_survivors() {
+    const NAMES: usize = 2_500;
+    let redis = RedisServer::start();
+    let (a, b) = (Node::start(&redis), Node::start(&redis));
+    let mut dead = Node::start(&redis);
+    let mut alice = a.member("alice");
+    join_settled(&mut alice, "r");
+    let mut bob = b.member("bob");
+    join_settled(&mut bob, "r");
+    let members: Vec<Member> = (0..NAMES)
+        .map(|i| {
+            let mut member = Member::anonymous(dead.tcp);
+            member.send(json!({"type": "hello", "name": format!("d{i}")}));
+            member.send(json!({"type": "join", "room": "r"}));
+            member
+        })
+        .collect();
+    let all = wait_until(Duration::from_secs(60), || {
+        listed_in(&mut alice, "r") == NAMES + 2
+    });
+    assert!(all, "{} of {NAMES} listed", listed_in(&mut alice, "r"));
+
+    dead.server.child.kill().unwrap();
+    let _ = dead.server.child.wait();
+    let freed = wait_until(Duration::from_secs(20), || listed_in(&mut alice, "r") == 2);
+    assert!(freed, "{} still listed", listed_in(&mut alice, "r"));
+    assert_eq!(
+        list(&mut alice),
+        json!([{"room": "r", "members": ["alice", "bob"]}])
+    );
+    // Each name freed once, over both survivors, a bounded step per call.
+    let calls: Vec<usize> = [&a, &b]
+        .iter()
+        .flat_map(|node| freed_per_call(&node.log.text()))
+        .collect();
+    eprintln!("names freed per REAP call: {calls:?}");
+    assert_eq!(calls.iter().sum::<usize>(), NAMES, "{calls:?}");
+    assert!(calls.len() >= 3, "{calls:?}");
+    assert!(calls.iter().all(|&n| n <= 1_200), "{calls:?}");
+    // The pass is over: the dead node's number is gone, and its names free.
+    assert_eq!(redis.cli(&["HLEN", "sb:numbers"]).trim(), "2");
+    assert_eq!(redis.cli(&["EXISTS", "sb:reaping"]).trim(), "0");
+    let mut again = Member::anonymous(b.tcp);
+    again.hello("d0");
+    drop(members);
 }

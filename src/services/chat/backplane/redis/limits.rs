@@ -182,7 +182,7 @@ impl Node {
                     self.heard.push(Remote::Unclaim { name });
                 }
             }
-            Tag::Direct { .. } | Tag::Scan { .. } | Tag::Values { .. } => {}
+            Tag::Direct { .. } | Tag::Scan { .. } => {}
             // Nobody waited for these: late is as good as on time.
             tag @ (Tag::Reclaim
             | Tag::Heartbeat

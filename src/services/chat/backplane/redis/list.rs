@@ -1,33 +1,37 @@
-//! `list` across the cluster: every name key (`SCAN MATCH sb:name:*`, as many steps as
-//! Redis takes), then their values (`MGET`), each the node and the member's rooms.
+//! `list` across the cluster: every name and its rooms, read from `sb:names` with
+//! `HSCAN` (as many steps as Redis takes, `COUNT 1000` each), so Redis is never held
+//! for the whole hash at once.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::names::{rooms_of, NAMES};
 use super::node::{Node, Tag};
 use super::resp::Reply;
 use crate::services::chat::engine::{MemberId, Remote};
 
 impl Node {
-    /// One `SCAN` step of `list`. False if it could not be sent.
+    /// One `HSCAN` step of `list`, `found` the names and values read so far. False if
+    /// it could not be sent.
     pub(super) fn scan(
         &mut self,
         now: Instant,
         member: MemberId,
-        keys: Vec<Vec<u8>>,
+        found: BTreeMap<String, String>,
         cursor: &[u8],
     ) -> bool {
-        let tag = Tag::Scan { member, keys };
-        let args: [&[u8]; 6] = [b"SCAN", cursor, b"MATCH", b"sb:name:*", b"COUNT", b"1000"];
+        let tag = Tag::Scan { member, found };
+        let args: [&[u8]; 5] = [b"HSCAN", NAMES.as_bytes(), cursor, b"COUNT", b"1000"];
         self.command(now, tag, &args)
     }
 
-    /// A `SCAN` step answered: the next step, or the values of every key found.
+    /// An `HSCAN` step answered: the next step, or the answer once the cursor is back
+    /// at 0. A name the scan returns twice (Redis may) is kept once.
     pub(super) fn list_scanned(
         &mut self,
         now: Instant,
         member: MemberId,
-        keys: &mut Vec<Vec<u8>>,
+        mut found: BTreeMap<String, String>,
         reply: Reply,
     ) {
         let Reply::Array(parts) = reply else {
@@ -35,60 +39,33 @@ impl Node {
         };
         let mut parts = parts.into_iter();
         let cursor = parts.next().and_then(|c| c.as_bytes().map(<[u8]>::to_vec));
-        if let Some(Reply::Array(found)) = parts.next() {
-            keys.extend(
-                found
-                    .iter()
-                    .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
-            );
+        if let Some(Reply::Array(pairs)) = parts.next() {
+            for pair in pairs.chunks_exact(2) {
+                if let (Some(name), Some(value)) = (pair[0].as_bytes(), pair[1].as_bytes()) {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    found.insert(name, String::from_utf8_lossy(value).into_owned());
+                }
+            }
         }
-        let keys = std::mem::take(keys);
-        let sent = match cursor.as_deref() {
-            Some(b"0") | None if keys.is_empty() => {
-                return self.list_answer(member, &[], Reply::Array(Vec::new()));
-            }
-            Some(b"0") | None => {
-                let mut args: Vec<&[u8]> = vec![b"MGET"];
-                args.extend(keys.iter().map(Vec::as_slice));
-                let tag = Tag::Values {
-                    member,
-                    keys: keys.clone(),
-                };
-                self.command(now, tag, &args)
-            }
+        match cursor.as_deref() {
+            Some(b"0") | None => self.list_answer(member, &found),
             Some(cursor) => {
                 let cursor = cursor.to_vec();
-                self.scan(now, member, keys, &cursor)
+                if !self.scan(now, member, found, &cursor) {
+                    self.heard.push(Remote::ListLocally { member });
+                }
             }
-        };
-        if !sent {
-            self.heard.push(Remote::ListLocally { member });
         }
     }
 
-    /// The values of every name key: each the node, then the member's rooms.
-    pub(super) fn list_answer(&mut self, member: MemberId, keys: &[Vec<u8>], reply: Reply) {
-        let values = match reply {
-            Reply::Array(values) => values,
-            _ => Vec::new(),
-        };
+    /// Every name's rooms, as each room's members.
+    fn list_answer(&mut self, member: MemberId, found: &BTreeMap<String, String>) {
         let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, value) in keys.iter().zip(values) {
-            let (Some(name), Some(value)) = (
-                key.strip_prefix(b"sb:name:").map(String::from_utf8_lossy),
-                value.as_bytes().map(String::from_utf8_lossy),
-            ) else {
-                continue; // given up between the scan and the read
-            };
-            for room in value.lines().skip(1) {
-                rooms
-                    .entry(room.to_owned())
-                    .or_default()
-                    .push(name.to_string());
+        // By name, so each room's members come sorted.
+        for (name, value) in found {
+            for room in rooms_of(value) {
+                rooms.entry(room.to_owned()).or_default().push(name.clone());
             }
-        }
-        for members in rooms.values_mut() {
-            members.sort();
         }
         self.heard.push(Remote::Listed {
             member,

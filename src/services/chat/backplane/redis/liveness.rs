@@ -1,79 +1,98 @@
 //! Whether a node is alive, at a cost per node, not per member: each node keeps one
-//! heartbeat key (`sb:node:NODE`, TTL `--redis-ttl`) that it sets again a third of the
-//! way through, and is registered in `sb:nodes`. Its names' keys have no TTL; it lists
-//! them in `sb:names:NODE` (`names`).
+//! heartbeat key (`sb:node:NODE`, TTL `--redis-ttl`) that it renews a third of the
+//! way through. Each time it joins, a node takes a new number (`INCR
+//! sb:next-number`), maps it to its id in `sb:numbers`, and keeps it in its heartbeat;
+//! its names are fields of `sb:names` holding that number (`names`), with no TTL.
 //!
 //! ```text
 //!   join (on connect, or when the heartbeat was gone):
-//!     SET sb:node:N up EX ttl ; SADD sb:nodes N ; forget N's old names ; take them again
-//!   every ttl/3:  SET sb:node:N up XX EX ttl      (nil: it had expired: join again)
-//!                 EVAL REAP                        (free the names of nodes gone silent)
+//!     EVAL JOIN: INCR sb:next-number -> n ; SET sb:node:N n EX ttl ; HSET sb:numbers n N
+//!     EVAL TAKE ... (its members' names again, under n)
+//!   every ttl/3:  EXPIRE sb:node:N ttl       (0: it had expired: join again)
+//!                 EVAL REAP                  (free the names of numbers no longer alive)
 //! ```
 //!
-//! A dead node's heartbeat expires; on their next beat the survivors' `REAP` finds it
-//! and frees its names: a bounded batch per call, again at once while some remain.
-//! Each call is atomic and pops the names it frees, so two survivors reaping at once
-//! free each name once; a key that another node has taken since is left alone. A node
-//! that was silent too long (frozen, partitioned), or whose keys went with a Redis
-//! restart, finds its heartbeat gone or its connection new, and joins again: it forgets
-//! what it had and takes its members' names again (one taken elsewhere meanwhile is
-//! reported to its holder here). It sets its heartbeat first, so no survivor reaps the
-//! names it is taking.
+//! A number is alive while its node's heartbeat holds it: a dead node's heartbeat
+//! expires, and a node that joins again leaves its old number behind. On their next
+//! beat the survivors' `REAP` finds such numbers and frees their names: one pass over
+//! `sb:names` (`HSCAN`), a bounded step per call, again at once while the pass goes
+//! on. The pass (its cursor and the numbers it frees) is kept in Redis, so the nodes
+//! share it: each call is atomic and goes on from the last, so two survivors reaping
+//! at once free each name once; a name another number has taken since is left alone.
+//! A node that was silent too long (frozen, partitioned), or whose keys went with a
+//! Redis restart, finds its heartbeat gone or its connection new, and joins again: a
+//! new number, then its members' names taken again (`TAKE` takes a name held by a
+//! number that is not alive; one taken elsewhere meanwhile is reported to its holder
+//! here); what it gave up while the link was down stays under its old number, which
+//! the next pass frees.
 
 use std::time::Instant;
 
-use super::names::Take;
+use super::names::{Take, NAMES, NUMBERS};
 use super::node::{Node, Script, Tag};
 use super::resp::Reply;
 
-/// The set of registered nodes.
-const NODES: &str = "sb:nodes";
+/// The counter that gives each join its number.
+const NEXT_NUMBER: &str = "sb:next-number";
 
-/// How many names one `REAP` call frees at most, so that a dead node with many
-/// members does not hold Redis in one script.
+/// The `REAP` pass under way: its cursor, then the numbers it frees.
+const REAPING: &str = "sb:reaping";
+
+/// How many names one `REAP` call looks at (`HSCAN`'s `COUNT`), so that a pass over
+/// many names does not hold Redis in one script.
 const REAP_BATCH: &str = "1000";
 
 /// How many names one `TAKE` call takes when a node joins.
 const JOIN_BATCH: usize = 500;
 
-/// Frees the names of the nodes whose heartbeat has expired. `ARGV[1]`: how many names
-/// at most. Answers `{names freed, 1 if some remain}`.
-const REAP: Script = Script {
-    keys: b"0",
-    body: r"local budget = tonumber(ARGV[1])
-local freed = 0
-for _, node in ipairs(redis.call('SMEMBERS', 'sb:nodes')) do
-  if redis.call('EXISTS', 'sb:node:' .. node) == 0 then
-    local set = 'sb:names:' .. node
-    for _, name in ipairs(redis.call('SPOP', set, budget - freed)) do
-      local key = 'sb:name:' .. name
-      local held = redis.call('GET', key)
-      if held and string.match(held, '^[^\n]*') == node then
-        redis.call('DEL', key)
-      end
-      freed = freed + 1
-    end
-    if redis.call('SCARD', set) > 0 then return {freed, 1} end
-    redis.call('SREM', 'sb:nodes', node)
-  end
-end
-return {freed, 0}",
+/// Registers this node under a new number. `KEYS`: the counter, the numbers, this
+/// node's heartbeat; `ARGV`: the node, the heartbeat's TTL. Answers the number.
+const JOIN: Script = Script {
+    keys: b"3",
+    body: r"local number = tostring(redis.call('INCR', KEYS[1]))
+redis.call('SET', KEYS[3], number, 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], number, ARGV[1])
+return number",
 };
 
-/// Forgets a node's names before it takes its members' names again (a name given up
-/// while the link was down is freed here). `KEYS[1]`: the node's set; `ARGV[1]`: the
-/// node.
-const FORGET: Script = Script {
-    keys: b"1",
-    body: r"for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = 'sb:name:' .. name
-  local held = redis.call('GET', key)
-  if held and string.match(held, '^[^\n]*') == ARGV[1] then
-    redis.call('DEL', key)
+/// One step of a pass freeing the names of the numbers not alive. `KEYS`: the names,
+/// the numbers, the pass (`CURSOR NUMBER NUMBER...`); `ARGV[1]`: how many names to look
+/// at. Answers `{names freed, 1 if the pass goes on}`.
+const REAP: Script = Script {
+    keys: b"3",
+    body: r"local pass = redis.call('GET', KEYS[3])
+if not pass then
+  -- A new pass, for the numbers whose node's heartbeat does not hold them.
+  local dead, numbers = {}, redis.call('HGETALL', KEYS[2])
+  for i = 1, #numbers, 2 do
+    if redis.call('GET', 'sb:node:' .. numbers[i + 1]) ~= numbers[i] then
+      dead[#dead + 1] = numbers[i]
+    end
+  end
+  if #dead == 0 then return {0, 0} end
+  pass = '0 ' .. table.concat(dead, ' ')
+end
+local cursor, numbers = string.match(pass, '^(%d+) (.+)$')
+if not cursor then -- not ours: start again
+  redis.call('DEL', KEYS[3])
+  return {0, 1}
+end
+local dead = {}
+for number in string.gmatch(numbers, '%S+') do dead[number] = true end
+local step, freed = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', ARGV[1]), 0
+for i = 1, #step[2], 2 do
+  if dead[string.match(step[2][i + 1], '^[^\n]*')] then
+    freed = freed + redis.call('HDEL', KEYS[1], step[2][i])
   end
 end
-redis.call('DEL', KEYS[1])
-return 0",
+if step[1] ~= '0' then
+  redis.call('SET', KEYS[3], step[1] .. ' ' .. numbers)
+  return {freed, 1}
+end
+-- Every name was looked at: the numbers are done with.
+for number in pairs(dead) do redis.call('HDEL', KEYS[2], number) end
+redis.call('DEL', KEYS[3])
+return {freed, 0}",
 };
 
 impl Node {
@@ -82,26 +101,14 @@ impl Node {
         format!("sb:node:{}", self.id)
     }
 
-    /// Registers this node and takes the names `held` here (with their rooms) again.
+    /// Registers this node under a new number and takes the names `held` here (with
+    /// their rooms) again under it.
     pub(super) fn join(&mut self, now: Instant, held: Vec<(String, Vec<String>)>) {
         self.rejoin = false;
-        let (key, ttl, set) = (self.heartbeat_key(), self.ttl_secs(), self.names_key());
-        self.command(
-            now,
-            Tag::Ignore,
-            &[b"SET", key.as_bytes(), b"up", b"EX", ttl.as_bytes()],
-        );
-        let id = self.id.clone();
-        self.command(
-            now,
-            Tag::Ignore,
-            &[b"SADD", NODES.as_bytes(), id.as_bytes()],
-        );
-        self.command(
-            now,
-            Tag::Ignore,
-            &FORGET.eval(&[set.as_bytes(), id.as_bytes()]),
-        );
+        let (heartbeat, ttl, id) = (self.heartbeat_key(), self.ttl_secs(), self.id.clone());
+        let keys = [NEXT_NUMBER, NUMBERS, &heartbeat].map(str::as_bytes);
+        let args = JOIN.eval(&[keys[0], keys[1], keys[2], id.as_bytes(), ttl.as_bytes()]);
+        self.command(now, Tag::Ignore, &args);
         for batch in held.chunks(JOIN_BATCH) {
             let names: Vec<(&str, &[String])> = batch
                 .iter()
@@ -111,8 +118,8 @@ impl Node {
         }
     }
 
-    /// A third of the way through the heartbeat's TTL: set it again, and free the
-    /// names of nodes whose heartbeat has expired. After a heartbeat found gone, join
+    /// A third of the way through the heartbeat's TTL: renew it, and free the names
+    /// of numbers no longer alive. After a heartbeat found gone, join
     /// again first (`held` gives the names held here).
     pub(super) fn beat(&mut self, now: Instant, held: &dyn Fn() -> Vec<(String, Vec<String>)>) {
         if self.rejoin {
@@ -123,20 +130,23 @@ impl Node {
         }
         self.refreshed = now;
         let (key, ttl) = (self.heartbeat_key(), self.ttl_secs());
-        let args: [&[u8]; 6] = [b"SET", key.as_bytes(), b"up", b"XX", b"EX", ttl.as_bytes()];
+        let args: [&[u8]; 3] = [b"EXPIRE", key.as_bytes(), ttl.as_bytes()];
         self.command(now, Tag::Heartbeat, &args);
         self.reap(now);
     }
 
     /// One `REAP` call.
     fn reap(&mut self, now: Instant) {
-        self.command(now, Tag::Reap, &REAP.eval(&[REAP_BATCH.as_bytes()]));
+        let keys = [NAMES, NUMBERS, REAPING].map(str::as_bytes);
+        let args = REAP.eval(&[keys[0], keys[1], keys[2], REAP_BATCH.as_bytes()]);
+        self.command(now, Tag::Reap, &args);
     }
 
-    /// The heartbeat was set again (`OK`), or had expired (nil): then this node's
-    /// names may have been freed by the others, and it joins again on its next tick.
+    /// The heartbeat was renewed (1), or had expired (0): then this node's number is
+    /// not alive, its names may have been freed by the others, and it joins again on
+    /// its next tick.
     pub(super) fn heartbeat_answered(&mut self, reply: &Reply) {
-        if *reply == Reply::Null {
+        if *reply == Reply::Number(0) {
             log::warn!(
                 "chat: node {}: its heartbeat had expired in Redis (the node was silent \
                  longer than --redis-ttl, or Redis lost its keys): taking its names again",
@@ -146,7 +156,7 @@ impl Node {
         }
     }
 
-    /// A `REAP` call answered: say what it freed, and call again while names remain.
+    /// A `REAP` call answered: say what it freed, and call again while the pass goes on.
     pub(super) fn reaped(&mut self, now: Instant, reply: Reply) {
         let Reply::Array(parts) = reply else {
             return log::warn!("chat: node {}: Redis answered REAP with {reply:?}", self.id);
@@ -158,7 +168,8 @@ impl Node {
         let (freed, more) = (number(0), number(1));
         if freed > 0 {
             log::info!(
-                "chat: node {}: freed {freed} names of nodes whose heartbeat stopped",
+                "chat: node {}: freed {freed} names of nodes whose heartbeat stopped \
+                 (or that joined again)",
                 self.id
             );
         }

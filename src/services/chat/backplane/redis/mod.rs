@@ -15,7 +15,7 @@
 //!
 //! - [`resp`]: RESP3 through `redis-protocol`: commands encoded, replies decoded into
 //!   [`resp::Reply`], pushes classified.
-//! - [`node`]: the engine's `Backplane` on the link: rooms as channels, names as keys,
+//! - [`node`]: the engine's `Backplane` on the link: rooms as channels, names in a hash,
 //!   DMs to the node holding the name, `list`, the login, and riding out a Redis
 //!   restart.
 //! - `names`: names unique across the cluster; `liveness`: a heartbeat per node, and

@@ -11,17 +11,17 @@
 //! - Room events: each node publishes its members' room events to `sb:room:ROOM` and
 //!   subscribes to the rooms its members are in (from the first member's join to the
 //!   last one's leave). Every event carries the node id; a node drops its own.
-//! - Names: `sb:name:NAME` holds the node and the member's rooms, taken only while
-//!   free (`names`), so a name is unique across the cluster; the node lists its names
-//!   in `sb:names:NODE`. `list` reads every name key (`SCAN` then `MGET`).
+//! - Names: one hash, `sb:names`, holds each name with its holder (the node's number
+//!   for this join) and the member's rooms; a name is written only while free
+//!   (`names`), so it is unique across the cluster. `list` reads the hash (`HSCAN`).
 //! - Liveness, per node (`liveness`): one heartbeat key `sb:node:NODE` with a TTL
-//!   (`--redis-ttl`) that the node sets again a third of the way through; when a node
-//!   dies, the others free its names. At rest, Redis does the same work for a node of
-//!   ten members as for one of a hundred thousand.
+//!   (`--redis-ttl`), holding the node's number, that the node renews a third of the
+//!   way through; when a node dies, the others free its names. At rest, Redis does
+//!   the same work for a node of ten members as for one of a hundred thousand.
 //! - Direct messages: each node subscribes to one channel of its own, `sb:node:NODE`;
-//!   a DM to a member of another node goes there, to the node the name's key names
-//!   (one script: the key read, the message published), and the receiver count says
-//!   whether anyone holds the name.
+//!   a DM to a member of another node goes there, to the node whose number holds the
+//!   name (one script: the name and the number read, the message published), and the
+//!   receiver count says whether anyone holds the name.
 //! - Redis down or restarting: the node logs it and tells its members; rooms go on
 //!   among its own members, names are checked among them only; the link redials with
 //!   backoff (`link`), resubscribes, and joins again: takes its members' names again (a
@@ -41,7 +41,7 @@
 //! close, and turns what Redis says into the engine's `Remote` events; the chat service carries
 //! those out on the connection it dialled (see `service.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -152,15 +152,10 @@ pub(super) enum Tag {
         to: String,
         event: Serialized,
     },
-    /// A step of `list`: the keys found so far.
+    /// A step of `list`: the names found so far, each with its value.
     Scan {
         member: MemberId,
-        keys: Vec<Vec<u8>>,
-    },
-    /// The last step of `list`: the values of these keys.
-    Values {
-        member: MemberId,
-        keys: Vec<Vec<u8>>,
+        found: BTreeMap<String, String>,
     },
     /// Logging in on a new connection, before `HELLO`: `AUTH [user] password`.
     Auth { user: Option<String> },
@@ -343,12 +338,10 @@ impl Node {
                         format!("no member named {to} on this server (the cluster is unreachable)")
                     }),
             },
-            Tag::Scan { member, .. } | Tag::Values { member, .. } => {
-                match overdue("list again later") {
-                    Some(reason) => Remote::Refuse { member, reason },
-                    None => Remote::ListLocally { member },
-                }
-            }
+            Tag::Scan { member, .. } => match overdue("list again later") {
+                Some(reason) => Remote::Refuse { member, reason },
+                None => Remote::ListLocally { member },
+            },
             Tag::Reclaim
             | Tag::Heartbeat
             | Tag::Reap
@@ -461,10 +454,7 @@ impl Node {
                 to,
                 event: matches!(reply, Reply::Number(n) if n > 0).then_some(event),
             },
-            Tag::Scan { member, mut keys } => {
-                return self.list_scanned(now, member, &mut keys, reply)
-            }
-            Tag::Values { member, keys } => return self.list_answer(member, &keys, reply),
+            Tag::Scan { member, found } => return self.list_scanned(now, member, found, reply),
             Tag::Ignore | Tag::Auth { .. } | Tag::Select { .. } => return,
         };
         self.heard.push(remote);
@@ -535,21 +525,6 @@ impl Node {
         });
     }
 
-    /// The key of a name.
-    pub fn name_key(name: &str) -> String {
-        format!("sb:name:{name}")
-    }
-
-    /// What a name's key holds: the node, then the member's rooms, a line each.
-    pub fn name_value(&self, rooms: &[String]) -> String {
-        let mut value = self.id.clone();
-        for room in rooms {
-            value.push('\n');
-            value.push_str(room);
-        }
-        value
-    }
-
     /// The heartbeat's TTL, in whole seconds (at least 1).
     pub(super) fn ttl_secs(&self) -> String {
         self.settings.ttl.as_secs().max(1).to_string()
@@ -588,7 +563,7 @@ impl Backplane for Node {
         self.hold_name(now, name, rooms);
     }
 
-    /// Its key lists its rooms; the node listens to a room while it has members in it.
+    /// Its name's value lists its rooms; the node listens to a room while it has members in it.
     fn moved(&mut self, now: Instant, change: RoomChange<'_>) {
         let channel = format!("sb:room:{}", change.room);
         match change.entered || !change.first_or_last {
@@ -632,7 +607,7 @@ impl Backplane for Node {
         self.tell_backlog();
     }
 
-    /// Published to the node whose key holds the name, the name before the
+    /// Published to the node holding the name (`ROUTE`), the name before the
     /// envelope; the receiver count says whether one did.
     fn direct(&mut self, now: Instant, member: MemberId, to: &str, event: &EventBytes) -> Route {
         if !self.is_up() {
@@ -656,13 +631,13 @@ impl Backplane for Node {
     }
 
     fn list(&mut self, now: Instant, member: MemberId) -> Listing {
-        match self.is_up() && self.scan(now, member, Vec::new(), b"0") {
+        match self.is_up() && self.scan(now, member, BTreeMap::new(), b"0") {
             true => Listing::Pending,
             false => Listing::Local,
         }
     }
 
-    /// Deletes the name's key, if it is still this node's.
+    /// Deletes the name, if it is still this node's.
     fn unclaim(&mut self, now: Instant, name: &str) {
         self.give_name(now, name);
     }
