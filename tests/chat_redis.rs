@@ -647,6 +647,18 @@ fn a_named_member_costs_redis_at_most_100_bytes() {
         per_member <= 100.0,
         "{per_member:.1} bytes per named member"
     );
+    // The scripts went once (SCRIPT LOAD), then by name: 5,000 names did not send
+    // their source 5,000 times.
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(calls("evalsha") >= MEMBERS as u64, "{stats}");
+    assert_eq!(calls("eval"), 0, "{stats}");
     drop(members);
 }
 
@@ -704,4 +716,26 @@ fn a_dead_nodes_many_names_are_freed_once_in_steps_by_two_survivors() {
     let mut again = Member::anonymous(b.tcp);
     again.hello("d0");
     drop(members);
+}
+
+#[test]
+fn scripts_redis_forgot_are_loaded_again_by_a_reconnect() {
+    let redis = RedisServer::start();
+    let node = Node::start(&redis);
+    let mut ann = node.member("ann");
+    join_settled(&mut ann, "r");
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    // The next name's script is unknown to Redis: the node reconnects, loading them.
+    let mut ben = Member::anonymous(node.tcp);
+    ben.send(json!({"type": "hello", "name": "ben"}));
+    next_such(&mut ben, |e| e["type"] == "welcome");
+    node.log.wait_for("a second connection", IO_TIMEOUT, |log| {
+        log.matches("connected to Redis").count() >= 2
+    });
+    // Names go to the cluster again, through the scripts loaded anew.
+    let mut carol = Member::anonymous(node.tcp);
+    carol.send(json!({"type": "hello", "name": "carol"}));
+    next_such(&mut carol, |e| e["type"] == "welcome");
+    let listed = redis.cli(&["HKEYS", "sb:names"]);
+    assert!(listed.contains("carol"), "{listed}");
 }

@@ -73,6 +73,9 @@ impl Node {
             return false;
         };
         let queued = self.queued();
+        if self.transmit.close {
+            return false; // closing already: said once
+        }
         if queued >= self.settings.max_queued {
             log::warn!(
                 "chat: node {}: {queued} bytes wait for Redis at {}, more than \

@@ -26,6 +26,7 @@
 //! here); what it gave up while the link was down stays under its old number, which
 //! the next pass frees.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::names::{Take, NAMES, NUMBERS};
@@ -47,18 +48,19 @@ const JOIN_BATCH: usize = 500;
 
 /// Registers this node under a new number. `KEYS`: the counter, the numbers, this
 /// node's heartbeat; `ARGV`: the node, the heartbeat's TTL. Answers the number.
-const JOIN: Script = Script {
+pub(super) static JOIN: Script = Script {
     keys: b"3",
     body: r"local number = tostring(redis.call('INCR', KEYS[1]))
 redis.call('SET', KEYS[3], number, 'EX', ARGV[2])
 redis.call('HSET', KEYS[2], number, ARGV[1])
 return number",
+    sha: OnceLock::new(),
 };
 
 /// One step of a pass freeing the names of the numbers not alive. `KEYS`: the names,
 /// the numbers, the pass (`CURSOR NUMBER NUMBER...`); `ARGV[1]`: how many names to look
 /// at. Answers `{names freed, 1 if the pass goes on}`.
-const REAP: Script = Script {
+pub(super) static REAP: Script = Script {
     keys: b"3",
     body: r"local pass = redis.call('GET', KEYS[3])
 if not pass then
@@ -93,6 +95,7 @@ end
 for number in pairs(dead) do redis.call('HDEL', KEYS[2], number) end
 redis.call('DEL', KEYS[3])
 return {freed, 0}",
+    sha: OnceLock::new(),
 };
 
 impl Node {

@@ -21,6 +21,7 @@
 //! - `ROUTE`: a DM to the node holding a name, on that node's channel
 //!   (`sb:node:NODE`): one round trip, and channels that grow with nodes, not members.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::node::{Node, Script, Tag, LINK_DOWN};
@@ -36,7 +37,7 @@ pub(super) const NUMBERS: &str = "sb:numbers";
 /// (holding its number). `ARGV[1]`: `new` (a name must be free) or `again` (free, or
 /// already this node's); then each name and its rooms (`\nROOM` each). Answers the
 /// names not taken; an error when the heartbeat is gone (the node joins again).
-const TAKE: Script = Script {
+pub(super) static TAKE: Script = Script {
     keys: b"3",
     body: r"local mine = redis.call('GET', KEYS[3])
 if not mine then
@@ -59,30 +60,33 @@ for i = 2, #ARGV, 2 do
   end
 end
 return refused",
+    sha: OnceLock::new(),
 };
 
 /// Gives a name up. `KEYS`: the names, this node's heartbeat; `ARGV[1]`: the name. A
 /// name another number holds stays (an old number of this node's: `REAP` frees it).
-const GIVE: Script = Script {
+pub(super) static GIVE: Script = Script {
     keys: b"2",
     body: r"local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and string.match(held, '^[^\n]*') == redis.call('GET', KEYS[2]) then
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0",
+    sha: OnceLock::new(),
 };
 
 /// A DM to the node holding a name. `KEYS`: the names, the numbers; `ARGV`: the
 /// sending node, the name, the message. Answers how many received it: 0 when nobody
 /// holds the name, or only the sender does (no member of its holds it, or it would
 /// not ask).
-const ROUTE: Script = Script {
+pub(super) static ROUTE: Script = Script {
     keys: b"2",
     body: r"local held = redis.call('HGET', KEYS[1], ARGV[2])
 if not held then return 0 end
 local node = redis.call('HGET', KEYS[2], string.match(held, '^[^\n]*'))
 if not node or node == ARGV[1] then return 0 end
 return redis.call('PUBLISH', 'sb:node:' .. node, ARGV[3])",
+    sha: OnceLock::new(),
 };
 
 /// Whether `TAKE` is to take only free names, or this node's too, and what becomes of

@@ -43,6 +43,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
@@ -414,6 +415,7 @@ impl Node {
     fn logged_in(&mut self, now: Instant) {
         let hello = self.link.connected(now);
         self.send(Some(hello));
+        self.load_scripts(now);
         self.refreshed = now;
         self.down = false;
         self.backlog = Backlog::default();
@@ -426,11 +428,25 @@ impl Node {
         self.join(now, held);
     }
 
+    /// `SCRIPT LOAD` of every script, first on a new connection: Redis answers in
+    /// order, so every `EVALSHA` after them finds its script.
+    fn load_scripts(&mut self, now: Instant) {
+        for script in scripts() {
+            let args: [&[u8]; 3] = [b"SCRIPT", b"LOAD", script.body.as_bytes()];
+            let bytes = self.link.command(now, Tag::Ignore, &args);
+            self.send(bytes);
+        }
+    }
+
     pub(super) fn reply(&mut self, now: Instant, tag: Tag, reply: Reply) {
         if let Tag::Auth { .. } | Tag::Select { .. } = tag {
             return self.login_reply(now, &tag, reply);
         }
         if let Reply::Error(e) = &reply {
+            if e.starts_with(b"NOSCRIPT") {
+                // Redis forgot the scripts (a SCRIPT FLUSH): the reconnect loads them.
+                self.transmit.close = true;
+            }
             log::warn!(
                 "chat: Redis refused a command: {}",
                 String::from_utf8_lossy(e)
@@ -844,22 +860,40 @@ pub(super) fn all_taken(reply: &Reply) -> bool {
     matches!(reply, Reply::Array(refused) if refused.is_empty())
 }
 
-/// A Lua script the node runs with `EVAL`, and how many of its arguments are keys.
+/// A Lua script the node runs, and how many of its arguments are keys. Its source goes
+/// to Redis once per connection (`SCRIPT LOAD`, see `Node::load_scripts`); each call names
+/// it by its SHA-1 (`EVALSHA`), so a join storm does not send the source with every
+/// name.
 #[derive(Debug)]
 pub(super) struct Script {
-    /// The number of keys, as `EVAL` takes it.
+    /// The number of keys, as `EVALSHA` takes it.
     pub keys: &'static [u8],
     /// The Lua source.
     pub body: &'static str,
+    /// The source's SHA-1 in hex, as Redis names the script; made on first use.
+    pub sha: OnceLock<String>,
 }
 
 impl Script {
-    /// `EVAL body numkeys args...`: the keys first, then the other arguments.
+    /// `EVALSHA sha numkeys args...`: the keys first, then the other arguments.
     pub fn eval<'a>(&'a self, args: &[&'a [u8]]) -> Vec<&'a [u8]> {
-        let mut all: Vec<&[u8]> = vec![b"EVAL", self.body.as_bytes(), self.keys];
+        let mut all: Vec<&[u8]> = vec![b"EVALSHA", self.sha().as_bytes(), self.keys];
         all.extend_from_slice(args);
         all
     }
+
+    /// The SHA-1 Redis knows the script by.
+    fn sha(&self) -> &str {
+        self.sha
+            .get_or_init(|| sha1_smol::Sha1::from(self.body).digest().to_string())
+    }
+}
+
+/// Every script the node runs, loaded on each connection before any is called.
+fn scripts() -> [&'static Script; 5] {
+    use super::liveness::{JOIN, REAP};
+    use super::names::{GIVE, ROUTE, TAKE};
+    [&JOIN, &REAP, &TAKE, &GIVE, &ROUTE]
 }
 
 /// How many failed attempts a throttled log line stands for, when more than one.
