@@ -255,6 +255,24 @@ fn names_are_checked_reserved_and_unique() {
     assert!(bench.out.to(2).last().unwrap().contains("say hello first"));
 }
 
+/// The member at `joiner` heard of its own join; those at `others` heard nothing, and
+/// nothing went to other loops or nodes.
+#[track_caller]
+fn only_the_joiner_heard(bench: &Bench, joiner: u32, others: &[u32]) {
+    for other in others {
+        assert!(bench.out.to(*other).is_empty(), "{other}");
+    }
+    let own = bench.out.to(joiner);
+    assert!(
+        own.iter().any(|s| s.contains(r#""type":"joined""#)),
+        "{own:?}"
+    );
+    assert!(
+        bench.other.published.is_empty(),
+        "nothing for other loops either"
+    );
+}
+
 #[test]
 fn past_the_presence_limit_only_the_subject_hears_of_a_join() {
     let mut bench = Bench::new(2);
@@ -263,16 +281,7 @@ fn past_the_presence_limit_only_the_subject_hears_of_a_join() {
     bench.out.clear();
     bench.other.published.clear();
     bench.member(3, "c", &["r"]);
-    assert!(bench.out.to(1).is_empty() && bench.out.to(2).is_empty());
-    assert!(bench
-        .out
-        .to(3)
-        .iter()
-        .any(|s| s.contains(r#""type":"joined""#)));
-    assert!(
-        bench.other.published.is_empty(),
-        "nothing for other loops either"
-    );
+    only_the_joiner_heard(&bench, 3, &[1, 2]);
 }
 
 #[test]
@@ -444,13 +453,7 @@ fn the_presence_limit_holds_for_the_room_across_loops_and_nodes() {
     bench.out.clear();
     bench.other.published.clear();
     bench.member(3, "c", &["r"]);
-    assert!(bench.out.to(1).is_empty() && bench.out.to(2).is_empty());
-    assert!(bench
-        .out
-        .to(3)
-        .iter()
-        .any(|s| s.contains(r#""type":"joined""#)));
-    assert!(bench.other.published.is_empty(), "nor sent elsewhere");
+    only_the_joiner_heard(&bench, 3, &[1, 2]);
     // A join from elsewhere is not for anyone here either; a message still is.
     let event = |json: &str| Serialized {
         json: json.as_bytes().to_vec(),
