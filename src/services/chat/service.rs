@@ -350,7 +350,7 @@ impl Service for Chat {
 }
 
 /// The engine's outputs on the reactor's `Context`. See the module docs.
-pub struct Wiring<'a, 'c> {
+struct Wiring<'a, 'c> {
     ctx: &'a mut Context<'c, Chat>,
     udp: &'a mut UdpMembers,
 }
