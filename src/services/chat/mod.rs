@@ -43,7 +43,7 @@
 
 mod backplane;
 mod codec;
-mod engine;
+pub mod engine;
 mod service;
 mod stats;
 mod transport;

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! The engine takes the time, a member id and a request, and pushes outputs through
-//! the two ports of [`ports`]; it never sees a socket, a connection or a timer, so it
-//! is tested by calling it and reading what it pushed (`tests`). A member's address
-//! is a type the transports choose (`A`): the engine stores it and hands it back.
+//! its two ports ([`Outputs`], [`Backplane`], in `ports.rs`); it never sees a socket,
+//! a connection or a timer, so it is tested by calling it and reading what it pushed
+//! (`tests`). A member's address is a type the transports choose (`A`): the engine
+//! stores it and hands it back. It is public so that a chat over transports of one's
+//! own can be built on it, as `service.rs` builds this one.
 //!
 //! - [`protocol`]: the JSON messages and the name rules.
 //! - `directory`: who is where (pure bookkeeping), with the room limit.

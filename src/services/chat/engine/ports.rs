@@ -115,42 +115,76 @@ pub enum Settled {
 pub enum Remote {
     /// An event of `room` from another loop or node, for the members here.
     Room {
+        /// The room.
         room: String,
+        /// The event, as its sender serialized it.
         event: Serialized,
         /// A `msg`: kept in the room's history.
         remember: bool,
     },
     /// A direct message for the member here called `to`.
-    Direct { to: String, event: Serialized },
+    Direct {
+        /// The recipient's name.
+        to: String,
+        /// The `dm` event.
+        event: Serialized,
+    },
     /// A claim answered [`Claim::Pending`] is settled.
     NameSettled {
+        /// The member that asked.
         member: MemberId,
+        /// The name it asked for.
         name: String,
+        /// How it came out.
         outcome: Settled,
     },
-    /// A DM answered [`Route::Pending`] is settled: `Some` its event if someone took
-    /// it (the sender gets its copy), `None` if nobody holds the name.
+    /// A DM answered [`Route::Pending`] is settled.
     DirectSettled {
+        /// The sender.
         member: MemberId,
+        /// The recipient's name.
         to: String,
+        /// The event if someone took it (the sender gets its copy), `None` if nobody
+        /// holds the name.
         event: Option<Serialized>,
     },
     /// The answer to a `list` answered [`Listing::Pending`].
     Listed {
+        /// The member that asked.
         member: MemberId,
+        /// Every room with its members' names.
         rooms: Vec<(String, Vec<String>)>,
     },
     /// A `list` answered [`Listing::Pending`] is answered with this loop's rooms.
-    ListLocally { member: MemberId },
-    /// Refuse a member's waiting request with `reason`.
-    Refuse { member: MemberId, reason: String },
-    /// Tell every member `text` (the link to the other nodes went down or came up).
-    NoticeAll { text: String },
-    /// Tell the member called `name` here `text`.
-    NoticeTo { name: String, text: String },
+    ListLocally {
+        /// The member that asked.
+        member: MemberId,
+    },
+    /// Refuse a member's waiting request.
+    Refuse {
+        /// The member.
+        member: MemberId,
+        /// Why, for a person to read.
+        reason: String,
+    },
+    /// Tell every member something (the link to the other nodes went down or came up).
+    NoticeAll {
+        /// For a person to read.
+        text: String,
+    },
+    /// Tell one member here something.
+    NoticeTo {
+        /// The member's name.
+        name: String,
+        /// For a person to read.
+        text: String,
+    },
     /// A claim on `name` was granted after its member had been answered without it:
     /// give it back unless a member here holds it by now.
-    Unclaim { name: String },
+    Unclaim {
+        /// The name.
+        name: String,
+    },
 }
 
 /// The other loops of the process, or the other nodes of a cluster. Every method
