@@ -128,7 +128,9 @@ for pid in "${NODE_PIDS[@]}"; do
 done
 BENCH1=0
 for pid in "${BENCH_PIDS[@]}"; do BENCH1=$((BENCH1 + $(cpu_ticks "$pid"))); done
-echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together, $sys of them in the kernel; write system calls $writes; the bench's processes meanwhile: $((BENCH1 - BENCH0)) ticks"
+bench_cpu="$((BENCH1 - BENCH0)) ticks"
+((BENCH1 >= BENCH0)) || bench_cpu="unknown (one of its processes ended meanwhile)"
+echo "nodes' CPU from before the first scrape to after the last: $cpu ticks (100 a second), all nodes together, $sys of them in the kernel; write system calls $writes; the bench's processes meanwhile: $bench_cpu"
 wait "$BENCH_PID" || echo "the bench exited with $?"
 # The nodes' own summaries: frames out against deliveries (presence, welcomes and the
 # rest are frames that are not deliveries).
