@@ -181,10 +181,6 @@ impl Codec for RespCodec {
     /// handed to the service with its arguments as parts.
     const PROTOCOL: bool = true;
 
-    fn is_protocol(&self) -> bool {
-        true
-    }
-
     /// Finds where the request ends ([`Codec::decode`], resuming where it stopped),
     /// then records its arguments as the unit's parts, so the service reads them
     /// without parsing the request again.

@@ -208,15 +208,16 @@ pub trait Codec {
 
     /// True when some values of this type are protocols ([`Codec::is_protocol`]):
     /// false for framing codecs, so their connections take the reactor's fastest read
-    /// path without asking.
+    /// path without asking. A codec type that is always a protocol sets this alone.
     const PROTOCOL: bool = false;
 
     /// Whether this codec is a protocol (see [`crate::protocol`]): its units are
     /// decoded once, in place, by [`Codec::process`], and may answer the peer
-    /// themselves.
+    /// themselves. By default, [`Codec::PROTOCOL`]; an enum of codecs where only some
+    /// are protocols (the chat's, say) answers per value.
     #[inline(always)]
     fn is_protocol(&self) -> bool {
-        false
+        Self::PROTOCOL
     }
 
     /// For a protocol ([`Codec::is_protocol`]): processes the unit at the start of

@@ -61,10 +61,6 @@ impl Codec for Toy {
 
     const PROTOCOL: bool = true;
 
-    fn is_protocol(&self) -> bool {
-        true
-    }
-
     fn process(
         &self,
         state: &mut ToyState,

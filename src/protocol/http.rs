@@ -64,10 +64,6 @@ impl Codec for HttpCodec {
 
     const PROTOCOL: bool = true;
 
-    fn is_protocol(&self) -> bool {
-        true
-    }
-
     fn process(
         &self,
         _: &mut (),

@@ -117,10 +117,6 @@ impl Codec for WebSocketCodec {
 
     const PROTOCOL: bool = true;
 
-    fn is_protocol(&self) -> bool {
-        true
-    }
-
     fn process(
         &self,
         state: &mut WsState,
