@@ -267,9 +267,11 @@ impl Service for Chat {
             }
             // One at a time, each checked against the write limit (see `each_frame`).
             Role::Member(_) | Role::Outside => {
-                return crate::service::each_frame(self, ctx, conn, role, frames)
+                crate::service::each_frame(self, ctx, conn, role, frames)
             }
         }
+        // Once per run of frames, not per frame: what the backplane heard meanwhile,
+        // and its connection's bytes.
         self.finish(ctx);
     }
 
@@ -288,7 +290,7 @@ impl Service for Chat {
             backplane,
         };
         stream::frame(engine, &mut io, role, payload);
-        self.finish(ctx);
+        // (`on_frames` finishes once the run of frames is handled.)
     }
 
     fn on_datagram(
