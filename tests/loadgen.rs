@@ -98,7 +98,7 @@ fn the_binary_exits_non_zero_when_echoes_are_wrong() {
     let server = TestServer::start(local_config(), || {
         (Corrupting { seen: 0 }, LengthCodec::new(MAX_FRAME))
     });
-    let output = bench(&server.tcp().to_string(), &["--json"]);
+    let output = bench(&server.tcp().to_string(), "--json");
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
@@ -109,7 +109,7 @@ fn the_binary_exits_non_zero_when_echoes_are_wrong() {
 #[test]
 fn the_binary_exits_zero_and_prints_json_for_a_correct_server() {
     let server = echo_server();
-    let output = bench(&server.tcp().to_string(), &["--json"]);
+    let output = bench(&server.tcp().to_string(), "--json");
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let json: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
@@ -118,14 +118,20 @@ fn the_binary_exits_zero_and_prints_json_for_a_correct_server() {
     assert!(json["latency"]["p99_us"].as_f64().unwrap() > 0.0);
 }
 
-/// Runs `switchboard bench --addr ADDR` for a short while with extra flags.
-fn bench(addr: &str, extra: &[&str]) -> std::process::Output {
+/// Runs `switchboard bench ARGS` to its end.
+fn bench_output(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", "--addr", addr, "--conns", "2", "--depth", "4"])
-        .args(["--duration", "0.5", "--warmup", "0.1", "--quiet"])
-        .args(extra)
+        .arg("bench")
+        .args(args)
         .output()
         .expect("run switchboard bench")
+}
+
+/// Runs `switchboard bench --addr ADDR` for a short while with extra flags.
+fn bench(addr: &str, extra: &str) -> std::process::Output {
+    bench_output(&flags(&format!(
+        "--addr {addr} --conns 2 --depth 4 --duration 0.5 --warmup 0.1 --quiet {extra}"
+    )))
 }
 
 #[test]
@@ -133,7 +139,7 @@ fn nothing_listening_is_one_clear_error() {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let err = loadgen::run(&quick(addr, Mode::Framed)).unwrap_err();
     assert!(matches!(err, LoadError::Unreachable { .. }), "{err:?}");
-    let output = bench(&addr.to_string(), &[]);
+    let output = bench(&addr.to_string(), "");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -380,20 +386,18 @@ fn counting_listeners_count_every_delivery() {
 fn the_listeners_flag_and_where_counting_is_refused() {
     let server = chat_server();
     let addr = server.tcp().to_string();
-    let run = |extra: &[&str]| {
-        let mut args = flags(&["--addr", &addr, "--mode", "chat", "--conns", "6"]);
-        args.extend(flags(&["--messages", "50", "--json", "--quiet"]));
-        args.extend(flags(extra));
+    let run = |extra: &str| {
+        let args = flags(&format!(
+            "--addr {addr} --mode chat --conns 6 --messages 50 --json --quiet {extra}"
+        ));
         bench_to_end(&args, Duration::from_secs(30))
     };
-    let (code, stdout, stderr) = run(&["--listeners", "count"]);
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let json = json_of_success(run("--listeners count"));
     assert_eq!(json["listeners"], "count", "{json}");
     assert_eq!(json["deliveries"], 6 * 50, "{json}");
     for refused in [
-        &["--listeners", "count", "--room", "shared"][..],
-        &["--listeners", "count", "--procs", "2"][..],
+        "--listeners count --room shared",
+        "--listeners count --procs 2",
     ] {
         let (code, stdout, stderr) = run(refused);
         assert_eq!(code, Some(1), "{refused:?}: {stdout}\n{stderr}");
@@ -491,12 +495,10 @@ impl Service for Mute {
 
 /// Runs `switchboard bench --addr ADDR` with a 30 s window, which a run that cannot
 /// get going must not wait for.
-fn bench_long(addr: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", "--addr", addr, "--duration", "30", "--quiet"])
-        .args(extra)
-        .output()
-        .expect("run switchboard bench")
+fn bench_long(addr: &str, extra: &str) -> std::process::Output {
+    bench_output(&flags(&format!(
+        "--addr {addr} --duration 30 --quiet {extra}"
+    )))
 }
 
 /// How long a run that cannot get going may take to say so: the three seconds of
@@ -530,19 +532,9 @@ fn chat_mode_defaults_to_the_chat_port() {
     );
     // And a run aims there: whatever answers on 9001 (nothing, usually: "cannot reach"),
     // the address it names is the chat port's.
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "bench",
-            "--mode",
-            "chat",
-            "--duration",
-            "0.1",
-            "--warmup",
-            "0",
-        ])
-        .args(["--quiet", "--json"])
-        .output()
-        .unwrap();
+    let output = bench_output(&flags(
+        "--mode chat --duration 0.1 --warmup 0 --quiet --json",
+    ));
     let all = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
     assert!(all.contains("127.0.0.1:9001"), "{all}");
     assert!(!all.contains("127.0.0.1:9000"), "{all}");
@@ -561,7 +553,7 @@ fn chat_mode_against_an_echo_server_fails_at_once_naming_the_cause() {
     assert!(matches!(err, LoadError::WrongProtocol { .. }), "{err:?}");
     // The binary: exit 1, one line naming the likely cause.
     let start = Instant::now();
-    let output = bench_long(&server.tcp().to_string(), &["--mode", "chat"]);
+    let output = bench_long(&server.tcp().to_string(), "--mode chat");
     assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -618,7 +610,7 @@ fn a_server_that_accepts_but_never_answers_fails_within_seconds() {
     }
     // The binary, with the default window: exit 1 and the error, no summary.
     let start = Instant::now();
-    let output = bench_long(&server.tcp().to_string(), &[]);
+    let output = bench_long(&server.tcp().to_string(), "");
     assert!(start.elapsed() < FAIL_FAST, "took {:?}", start.elapsed());
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -629,9 +621,9 @@ fn a_server_that_accepts_but_never_answers_fails_within_seconds() {
 }
 
 /// `switchboard bench ARGS` as a child process with its stderr collected as it comes.
-fn bench_child(args: &[&str]) -> (ChildServer, StderrLog) {
+fn bench_child(args: &[String]) -> (ChildServer, StderrLog) {
     let mut all = vec!["bench"];
-    all.extend_from_slice(args);
+    all.extend(args.iter().map(String::as_str));
     let mut child = ChildServer::start(&all, None);
     let log = StderrLog::capture(&mut child);
     (child, log)
@@ -646,7 +638,7 @@ fn interrupt_when_measuring(child: ChildServer, log: StderrLog) -> (Option<i32>,
 /// Waits for the first progress line of `phase` (` warmup ` or ` measure `), then sends
 /// SIGINT; returns the exit code, stdout and stderr.
 fn interrupt_in_phase(
-    mut child: ChildServer,
+    child: ChildServer,
     log: StderrLog,
     phase: &str,
 ) -> (Option<i32>, String, String) {
@@ -656,8 +648,18 @@ fn interrupt_in_phase(
             .any(|l| l.starts_with("bench:") && l.contains(&wanted))
     });
     child.signal("INT");
+    wait_for_end(child, log, IO_TIMEOUT)
+}
+
+/// Waits (at most `limit`) for a bench child to end; returns its exit code, its stdout
+/// and its stderr.
+fn wait_for_end(
+    mut child: ChildServer,
+    log: StderrLog,
+    limit: Duration,
+) -> (Option<i32>, String, String) {
     let mut pipe = child.child.stdout.take().expect("stdout is piped");
-    let (code, _) = child.wait(IO_TIMEOUT);
+    let (code, _) = child.wait(limit);
     let mut stdout = String::new();
     pipe.read_to_string(&mut stdout).unwrap();
     (code, stdout, log.finish())
@@ -668,19 +670,9 @@ fn sigint_prints_an_interrupted_summary_of_what_was_measured() {
     let server = echo_server();
     let addr = server.tcp().to_string();
     let started = Instant::now();
-    let (child, log) = bench_child(&[
-        "--addr",
-        &addr,
-        "--conns",
-        "2",
-        "--depth",
-        "4",
-        "--duration",
-        "60",
-        "--warmup",
-        "0",
-        "--json",
-    ]);
+    let (child, log) = bench_child(&flags(&format!(
+        "--addr {addr} --conns 2 --depth 4 --duration 60 --warmup 0 --json"
+    )));
     let (code, stdout, stderr) = interrupt_when_measuring(child, log);
     assert_eq!(code, Some(130), "{stderr}");
     assert!(
@@ -703,18 +695,9 @@ fn sigint_prints_an_interrupted_summary_of_what_was_measured() {
 fn sigint_during_a_chat_run_prints_deliveries_marked_interrupted() {
     let server = chat_server();
     let addr = server.tcp().to_string();
-    let (child, log) = bench_child(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--conns",
-        "5",
-        "--duration",
-        "60",
-        "--warmup",
-        "0",
-    ]);
+    let (child, log) = bench_child(&flags(&format!(
+        "--addr {addr} --mode chat --conns 5 --duration 60 --warmup 0"
+    )));
     let (code, stdout, stderr) = interrupt_when_measuring(child, log);
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stdout.contains("measured (interrupted"), "{stdout}");
@@ -740,9 +723,9 @@ fn sigint_before_the_window_says_nothing_was_measured() {
     let server = echo_server();
     let addr = server.tcp().to_string();
     let run = |json: bool| {
-        let mut args = vec!["--addr", &addr, "--conns", "1", "--warmup", "60"];
+        let mut args = flags(&format!("--addr {addr} --conns 1 --warmup 60"));
         if json {
-            args.push("--json");
+            args.push("--json".into());
         }
         let (child, log) = bench_child(&args);
         interrupt_in_warmup(child, log)
@@ -771,13 +754,8 @@ fn sigint_before_the_window_says_nothing_was_measured() {
 }
 
 /// The progress lines of a run of `switchboard bench ARGS` (warm-up, then measuring).
-fn progress_lines(args: &[&str]) -> Vec<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("bench")
-        .args(args)
-        .args(["--warmup", "1.5", "--duration", "1"])
-        .output()
-        .expect("run switchboard bench");
+fn progress_lines(args: &str) -> Vec<String> {
+    let output = bench_output(&flags(&format!("{args} --warmup 1.5 --duration 1")));
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -790,8 +768,8 @@ fn progress_lines(args: &[&str]) -> Vec<String> {
 fn progress_lines_say_the_same_thing_in_every_mode() {
     let echo = echo_server();
     let chat = chat_server();
-    let framed = progress_lines(&["--addr", &echo.tcp().to_string(), "--conns", "2"]);
-    let members = progress_lines(&["--addr", &chat.tcp().to_string(), "--mode", "chat"]);
+    let framed = progress_lines(&format!("--addr {} --conns 2", echo.tcp()));
+    let members = progress_lines(&format!("--addr {} --mode chat", chat.tcp()));
     for (lines, unit) in [(&framed, "msgs"), (&members, "deliveries")] {
         let warmup = lines.iter().find(|l| l.contains(" warmup "));
         let measure = lines.iter().find(|l| l.contains(" measure "));
@@ -820,20 +798,32 @@ fn progress_lines_say_the_same_thing_in_every_mode() {
 /// `switchboard bench ARGS` as a child process; waits (at most `limit`) for it to end
 /// and returns its exit code, its stdout and its stderr.
 fn bench_to_end(args: &[String], limit: Duration) -> (Option<i32>, String, String) {
-    let mut all = vec!["bench"];
-    all.extend(args.iter().map(String::as_str));
-    let mut child = ChildServer::start(&all, None);
-    let log = StderrLog::capture(&mut child);
-    let mut pipe = child.child.stdout.take().expect("stdout is piped");
-    let (code, _) = child.wait(limit);
-    let mut stdout = String::new();
-    pipe.read_to_string(&mut stdout).unwrap();
-    (code, stdout, log.finish())
+    let (child, log) = bench_child(args);
+    wait_for_end(child, log, limit)
 }
 
-/// Flags as owned strings.
-fn flags(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+/// The JSON summary of a run that exited 0, from its exit code, stdout and stderr.
+#[track_caller]
+fn json_of_success((code, stdout, stderr): (Option<i32>, String, String)) -> serde_json::Value {
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+/// Asserts that a JSON summary has a measured latency: a median above zero, no higher
+/// than the 99th percentile.
+#[track_caller]
+fn assert_latency_measured(json: &serde_json::Value) {
+    let (p50, p99) = (
+        json["latency_p50_ms"].as_f64(),
+        json["latency_p99_ms"].as_f64(),
+    );
+    assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+}
+
+/// A command line's flags written as one string, split at spaces (no flag or value in
+/// these tests has a space in it).
+fn flags(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
 }
 
 fn closed_by_reset(stats: &switchboard::Stats) -> u64 {
@@ -847,38 +837,17 @@ fn two_runs_share_a_room_and_every_member_checks_every_sender() {
     // Each run: 10 members, 2 of them sending, 100 messages between them; the runs
     // wait for each other (--runs 2) before sending, and for every sender's last word
     // before leaving.
-    let args = flags(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--room",
-        "shared",
-        "--runs",
-        "2",
-        "--conns",
-        "10",
-        "--senders",
-        "2",
-        "--depth",
-        "4",
-        "--messages",
-        "100",
-        "--json",
-        "--quiet",
-    ]);
+    let args = flags(&format!(
+        "--addr {addr} --mode chat --room shared --runs 2 --conns 10 --senders 2 --depth 4 \
+         --messages 100 --json --quiet"
+    ));
     let first = std::thread::spawn({
         let args = args.clone();
         move || bench_to_end(&args, Duration::from_secs(30))
     });
     let second = bench_to_end(&args, Duration::from_secs(30));
     let first = first.join().unwrap();
-    let mut runs = Vec::new();
-    for (code, stdout, stderr) in [first, second] {
-        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-        let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
-        runs.push(json);
-    }
+    let runs = [json_of_success(first), json_of_success(second)];
     let published: u64 = runs.iter().map(|j| j["published"].as_u64().unwrap()).sum();
     assert_eq!(published, 200, "{runs:?}");
     for json in &runs {
@@ -892,11 +861,7 @@ fn two_runs_share_a_room_and_every_member_checks_every_sender() {
         assert_eq!(json["errors"], 0, "{json}");
         // Every member got every message of every sender of both runs.
         assert_eq!(json["deliveries"], 10 * published, "{json}");
-        let (p50, p99) = (
-            json["latency_p50_ms"].as_f64(),
-            json["latency_p99_ms"].as_f64(),
-        );
-        assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+        assert_latency_measured(json);
         let join = json["join_seconds"].as_f64().unwrap();
         assert!(join > 0.0 && join < 10.0, "{json}");
         assert_eq!(json["connect_failures"], 0, "{json}");
@@ -915,50 +880,15 @@ fn two_runs_share_a_room_and_every_member_checks_every_sender() {
 fn listeners_of_a_shared_room_check_another_runs_senders() {
     let server = chat_server();
     let addr = server.tcp().to_string();
-    let listen = flags(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--room",
-        "hall",
-        "--runs",
-        "2",
-        "--conns",
-        "5",
-        "--senders",
-        "0",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--json",
-        "--quiet",
-    ]);
-    let talk = flags(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--room",
-        "hall",
-        "--runs",
-        "2",
-        "--conns",
-        "3",
-        "--senders",
-        "3",
-        "--messages",
-        "60",
-        "--json",
-        "--quiet",
-    ]);
+    let hall = format!("--addr {addr} --mode chat --room hall --runs 2 --json --quiet");
+    let listen = flags(&format!(
+        "{hall} --conns 5 --senders 0 --duration 0.5 --warmup 0"
+    ));
+    let talk = flags(&format!("{hall} --conns 3 --senders 3 --messages 60"));
     let listeners = std::thread::spawn(move || bench_to_end(&listen, Duration::from_secs(30)));
     let (code, stdout, stderr) = bench_to_end(&talk, Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let (code, heard, stderr) = listeners.join().unwrap();
-    assert_eq!(code, Some(0), "{heard}\n{stderr}");
-    let heard: serde_json::Value = serde_json::from_str(heard.trim()).expect("JSON");
+    let heard = json_of_success(listeners.join().unwrap());
     assert_eq!(heard["published"], 0, "{heard}");
     assert_eq!(heard["senders_heard"], 3, "{heard}");
     // The listeners stayed for the talkers' last words: all 60 messages, 5 members.
@@ -973,23 +903,10 @@ fn the_end_of_a_run_leaves_no_reset_and_nothing_queued() {
     // remain, a flood a run must read to the end before it closes.
     let server = chat_server();
     let addr = server.tcp().to_string();
-    let args = flags(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--conns",
-        "1000",
-        "--senders",
-        "10",
-        "--depth",
-        "4",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--quiet",
-    ]);
+    let args = flags(&format!(
+        "--addr {addr} --mode chat --conns 1000 --senders 10 --depth 4 --duration 1 \
+         --warmup 0.2 --quiet"
+    ));
     let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(40));
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(!stderr.contains("still had output queued"), "{stderr}");
@@ -1053,19 +970,9 @@ fn addrs_deal_connections_round_robin_over_the_servers() {
     // The binary's flag: a comma-separated list.
     let echo = echo_server();
     let list = format!("{},{}", echo.tcp(), echo.tcp());
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "bench",
-            "--addrs",
-            &list,
-            "--conns",
-            "2",
-            "--duration",
-            "0.3",
-        ])
-        .args(["--warmup", "0", "--quiet", "--json"])
-        .output()
-        .unwrap();
+    let output = bench_output(&flags(&format!(
+        "--addrs {list} --conns 2 --duration 0.3 --warmup 0 --quiet --json"
+    )));
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["addr"], list);
@@ -1105,27 +1012,11 @@ fn connect_failures_keep_their_first_reason() {
 fn procs_spread_one_run_over_workers_and_merge_their_summaries() {
     let server = chat_server();
     let addr = server.tcp().to_string();
-    let args = flags(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "chat",
-        "--procs",
-        "2",
-        "--conns",
-        "9",
-        "--senders",
-        "3",
-        "--depth",
-        "2",
-        "--messages",
-        "90",
-        "--json",
-        "--quiet",
-    ]);
-    let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(30));
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let args = flags(&format!(
+        "--addr {addr} --mode chat --procs 2 --conns 9 --senders 3 --depth 2 --messages 90 \
+         --json --quiet"
+    ));
+    let json = json_of_success(bench_to_end(&args, Duration::from_secs(30)));
     // Two workers, one room: 5 + 4 members, 2 + 1 senders, 45 + 45 messages.
     assert_eq!(json["conns"], 9, "{json}");
     assert_eq!(json["members_joined"], 9, "{json}");
@@ -1135,11 +1026,7 @@ fn procs_spread_one_run_over_workers_and_merge_their_summaries() {
     assert_eq!(json["deliveries"], 9 * 90, "{json}");
     assert_eq!(json["gaps"], 0, "{json}");
     assert_eq!(json["errors"], 0, "{json}");
-    let (p50, p99) = (
-        json["latency_p50_ms"].as_f64(),
-        json["latency_p99_ms"].as_f64(),
-    );
-    assert!(p50.unwrap() > 0.0 && p50 <= p99, "{json}");
+    assert_latency_measured(&json);
     assert!(json.get("latency_buckets").is_none(), "{json}");
     let stats = server.stop();
     // Each worker's probe, then its members.

@@ -724,8 +724,9 @@ mod tests {
         assert_eq!(rec.first_errors, ["lost", "late"]);
     }
 
-    #[test]
-    fn latencies_of_several_runs_merge_from_their_buckets() {
+    /// Two recorders of one window: 98 replies at 100 us, and 2 at 50 ms, so that
+    /// merged, the median is the first's and the 99th percentile the second's.
+    fn fast_and_slow() -> (Recorder, Recorder) {
         let mut fast = Recorder::new();
         let mut slow = Recorder::new();
         fast.set_measuring(true);
@@ -736,6 +737,12 @@ mod tests {
         for _ in 0..2 {
             slow.reply(8, Duration::from_millis(50));
         }
+        (fast, slow)
+    }
+
+    #[test]
+    fn latencies_of_several_runs_merge_from_their_buckets() {
+        let (fast, slow) = fast_and_slow();
         let (a, b) = (buckets(&fast), buckets(&slow));
         let merged = Latency::from_buckets(a.iter().chain(&b)).unwrap();
         assert!((merged.p50_us - 100.0).abs() < 0.1, "{merged:?}");
@@ -751,16 +758,7 @@ mod tests {
 
     #[test]
     fn workers_summaries_merge_into_one() {
-        let mut fast = Recorder::new();
-        let mut slow = Recorder::new();
-        fast.set_measuring(true);
-        slow.set_measuring(true);
-        for _ in 0..98 {
-            fast.reply(8, Duration::from_micros(100));
-        }
-        for _ in 0..2 {
-            slow.reply(8, Duration::from_millis(50));
-        }
+        let (fast, mut slow) = fast_and_slow();
         slow.gap(2, || "lost".into());
         let options = Options {
             mode: super::super::Mode::Chat,
