@@ -130,8 +130,8 @@ impl<A> Engine<A> {
         };
         self.reply(io, id, &Event::Welcome { name });
         if old.as_deref() != Some(name) {
-            let rooms = self.rooms_of(id);
-            io.backplane.named(io.now, name, old.as_deref(), &rooms);
+            let rooms = self.rooms_held(id);
+            io.backplane.named(io.now, name, old.as_deref(), rooms);
         }
         if let Some(old) = old.filter(|old| old != name) {
             for room in &self.rooms_of(id) {
@@ -195,14 +195,13 @@ impl<A> Engine<A> {
             .directory
             .room(room)
             .is_some_and(|r| r.members().len() == 1);
-        let rooms = self.rooms_of(id);
         io.backplane.moved(
             io.now,
             RoomChange {
                 name: Some(&name),
                 room,
                 entered: true,
-                rooms: &rooms,
+                rooms: self.rooms_held(id),
                 first_or_last: first,
             },
         );
@@ -252,14 +251,13 @@ impl<A> Engine<A> {
         let shown = name.as_deref().unwrap_or("(no name)");
         self.announce(io, room, Some(id), &Event::Left { room, name: shown });
         let _ = self.directory.leave(id, room);
-        let rooms = self.rooms_of(id);
         io.backplane.moved(
             io.now,
             RoomChange {
                 name: name.as_deref(),
                 room,
                 entered: false,
-                rooms: &rooms,
+                rooms: self.rooms_held(id),
                 first_or_last: self.directory.room(room).is_none(),
             },
         );
@@ -436,6 +434,11 @@ impl<A> Engine<A> {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The member's rooms, borrowed (for the backplane, which copies what it keeps).
+    fn rooms_held(&self, id: MemberId) -> &[String] {
+        self.directory.member(id).map_or(&[], |m| &m.rooms)
     }
 
     pub(super) fn rooms_of(&self, id: MemberId) -> Vec<String> {
