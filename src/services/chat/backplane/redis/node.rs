@@ -42,6 +42,7 @@
 //! those out on the connection it dialled (see `service.rs`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -914,7 +915,8 @@ fn envelope(node: &str, (remember, here): (bool, usize), event: &Serialized) -> 
     out.extend_from_slice(node.as_bytes());
     out.push(0);
     out.push(if remember { b'm' } else { b'p' });
-    out.extend_from_slice(here.to_string().as_bytes());
+    // (Writing to a Vec cannot fail.)
+    let _ = write!(out, "{here}");
     out.push(0);
     out.extend_from_slice(&event.json);
     out.push(0);
