@@ -629,18 +629,7 @@ fn a_named_member_costs_redis_at_most_100_bytes() {
     join_settled(&mut first, "big");
     let before = used_memory(&redis);
     // Named as the bench names them (`b{run}-{index}`), each in the one room.
-    let members: Vec<Member> = (0..MEMBERS)
-        .map(|i| {
-            let mut member = Member::anonymous(node.tcp);
-            member.send(json!({"type": "hello", "name": format!("b1234-{i}")}));
-            member.send(json!({"type": "join", "room": "big"}));
-            member
-        })
-        .collect();
-    let all = wait_until(Duration::from_secs(60), || {
-        listed_in(&mut first, "big") == MEMBERS + 1
-    });
-    assert!(all, "{} of {MEMBERS} listed", listed_in(&mut first, "big"));
+    let members = many_members(&node, (MEMBERS, "b1234-"), "big", &mut first, 1);
     let per_member = (used_memory(&redis) - before) as f64 / MEMBERS as f64;
     eprintln!("Redis used_memory grew by {per_member:.1} bytes per named member");
     assert!(
@@ -662,6 +651,31 @@ fn a_named_member_costs_redis_at_most_100_bytes() {
     drop(members);
 }
 
+/// `count` members of `node` named `{prefix}{i}`, each joining `room`, once `watcher`
+/// (a member of `room` too) lists them all beside the room's `others` members.
+#[track_caller]
+fn many_members(
+    node: &Node,
+    (count, prefix): (usize, &str),
+    room: &str,
+    watcher: &mut Member,
+    others: usize,
+) -> Vec<Member> {
+    let members: Vec<Member> = (0..count)
+        .map(|i| {
+            let mut member = Member::anonymous(node.tcp);
+            member.send(json!({"type": "hello", "name": format!("{prefix}{i}")}));
+            member.send(json!({"type": "join", "room": room}));
+            member
+        })
+        .collect();
+    let all = wait_until(Duration::from_secs(60), || {
+        listed_in(watcher, room) == count + others
+    });
+    assert!(all, "{} of {count} listed", listed_in(watcher, room));
+    members
+}
+
 /// The names a node's log says its `REAP` calls freed, a count per call.
 fn freed_per_call(log: &str) -> Vec<usize> {
     log.lines()
@@ -680,18 +694,7 @@ fn a_dead_nodes_many_names_are_freed_once_in_steps_by_two_survivors() {
     join_settled(&mut alice, "r");
     let mut bob = b.member("bob");
     join_settled(&mut bob, "r");
-    let members: Vec<Member> = (0..NAMES)
-        .map(|i| {
-            let mut member = Member::anonymous(dead.tcp);
-            member.send(json!({"type": "hello", "name": format!("d{i}")}));
-            member.send(json!({"type": "join", "room": "r"}));
-            member
-        })
-        .collect();
-    let all = wait_until(Duration::from_secs(60), || {
-        listed_in(&mut alice, "r") == NAMES + 2
-    });
-    assert!(all, "{} of {NAMES} listed", listed_in(&mut alice, "r"));
+    let members = many_members(&dead, (NAMES, "d"), "r", &mut alice, 2);
 
     dead.server.child.kill().unwrap();
     let _ = dead.server.child.wait();
