@@ -89,7 +89,10 @@ fn upper(message: &[u8]) -> Vec<u8> {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
-    let config = args.server.config(9100);
+    let config = match args.server.config(9100) {
+        Ok(config) => config,
+        Err(e) => return switchboard::cli::usage_error(&e),
+    };
     let max = args.server.max_frame as usize;
     let service = Uppercase {
         framing: args.framing,

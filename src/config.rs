@@ -84,6 +84,17 @@ pub struct Config {
     /// connections are taken, the oldest still waiting for its request is closed for
     /// a newcomer anyway.
     pub admin_timeout: Duration,
+    /// TCP listeners whose connections speak TLS (feature `tls`), served with
+    /// [`Config::tls`]; opened after the plain ones, in this order.
+    #[cfg(feature = "tls")]
+    pub tls_tcp: Vec<SocketAddr>,
+    /// The admin endpoint speaks TLS (`https://`), with [`Config::tls`].
+    #[cfg(feature = "tls")]
+    pub admin_tls: bool,
+    /// The certificate and key of the TLS listeners. Reloaded with
+    /// [`crate::tls::TlsServer::reload`] on any clone of it.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsServer>,
 }
 
 impl Default for Config {
@@ -110,6 +121,12 @@ impl Default for Config {
             read_buffer_size: 256 * 1024,
             admin: None,
             admin_timeout: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls_tcp: Vec::new(),
+            #[cfg(feature = "tls")]
+            admin_tls: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -133,6 +150,8 @@ pub enum ConfigError {
     AdminUnsupported,
     /// The admin endpoint's address is also a service listener's.
     AdminClash(SocketAddr),
+    /// A TLS endpoint without a certificate and key to serve.
+    TlsWithoutCertificate,
 }
 
 impl fmt::Display for ConfigError {
@@ -150,6 +169,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "low-water mark of {low_water} bytes is above the write limit of {write_limit}"
             ),
+            ConfigError::TlsWithoutCertificate => {
+                f.write_str("a TLS endpoint needs a certificate and key (`tls`)")
+            }
             ConfigError::AdminUnsupported => {
                 f.write_str("the admin endpoint needs the `admin` feature")
             }
@@ -197,6 +219,10 @@ impl Config {
             if admin.port() != 0 && self.tcp.contains(&admin) {
                 return Err(ConfigError::AdminClash(admin));
             }
+        }
+        #[cfg(feature = "tls")]
+        if (!self.tls_tcp.is_empty() || self.admin_tls) && self.tls.is_none() {
+            return Err(ConfigError::TlsWithoutCertificate);
         }
         Ok(())
     }

@@ -546,6 +546,15 @@ impl<'a, S: Service> Context<'a, S> {
         self.hub.conn(conn).and_then(|c| c.stream.peer_addr())
     }
 
+    /// Whether `conn` speaks TLS, and if so what was agreed: the SNI name asked for,
+    /// the peer's certificates, the version and cipher suite (feature `tls`). `None`
+    /// for a plain connection (or a closed one).
+    #[cfg(feature = "tls")]
+    pub fn tls(&self, conn: ConnId) -> Option<crate::tls::TlsInfo> {
+        self.hub.conn(conn)?;
+        self.hub.tls.get(conn).map(|layer| layer.info())
+    }
+
     /// The endpoint `conn` was accepted on or dialled through.
     pub fn endpoint(&self, conn: ConnId) -> Option<EndpointId> {
         self.hub.conn(conn).map(|c| EndpointId(c.endpoint))

@@ -52,6 +52,9 @@ pub enum EndpointKind {
 pub(crate) struct Endpoint<C> {
     pub kind: EndpointKind,
     pub codec: C,
+    /// What its accepted connections are served over TLS with, if they are.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsServer>,
 }
 
 /// Every stream endpoint of a reactor, and its default codec. Kept apart from the hub,
@@ -76,7 +79,12 @@ impl<C> Endpoints<C> {
     /// Adds an endpoint; its id is its position.
     pub(crate) fn add(&mut self, kind: EndpointKind, codec: C) -> EndpointId {
         let id = EndpointId(self.list.len() as u16);
-        self.list.push(Endpoint { kind, codec });
+        self.list.push(Endpoint {
+            kind,
+            codec,
+            #[cfg(feature = "tls")]
+            tls: None,
+        });
         id
     }
 }
@@ -128,6 +136,10 @@ pub struct Dial {
     pub(crate) timeout: Option<Duration>,
     /// The local address to connect from (TCP only).
     pub(crate) local: Option<SocketAddr>,
+    /// Speak TLS over the connection, checking the server's certificate against this
+    /// name.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::DialTls>,
 }
 
 impl Dial {
@@ -147,7 +159,24 @@ impl Dial {
             endpoint: None,
             timeout: None,
             local: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Speaks TLS over the connection (feature `tls`): trusting what `client` trusts,
+    /// and checking the server's certificate against `server_name` (a DNS name or an
+    /// IP address; it is also sent as SNI when it is a name). The service sends and
+    /// receives plaintext as on any connection; what it sends before the handshake
+    /// completes waits for it.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        client: &crate::tls::TlsClient,
+        server_name: &str,
+    ) -> Result<Dial, crate::tls::TlsError> {
+        self.tls = Some(crate::tls::DialTls::new(client, server_name)?);
+        Ok(self)
     }
 
     /// Frames the connection with this outbound endpoint's codec (see

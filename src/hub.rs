@@ -27,6 +27,7 @@ use crate::idle::IdleList;
 use crate::service::Service;
 use crate::stats::{CloseReason, Stats};
 use crate::timer::{deadline_after, TimerId, TimerQueue};
+use crate::tls::TlsTable;
 use crate::udp::UdpEndpoint;
 
 /// What a timer entry is for.
@@ -151,6 +152,8 @@ pub(crate) struct Hub<S: Service> {
     /// `buffered_kib` passed the memory budget: the reactor resets the connections
     /// holding the most before the loop blocks.
     pub over_budget: bool,
+    /// The TLS layers of the connections that have one (`crate::tls`).
+    pub tls: TlsTable,
 }
 
 impl<S: Service> std::fmt::Debug for Hub<S> {
@@ -190,6 +193,7 @@ impl<S: Service> Hub<S> {
             limits,
             buffered_kib: 0,
             over_budget: false,
+            tls: TlsTable::default(),
         }
     }
 
@@ -418,6 +422,64 @@ impl<S: Service> Hub<S> {
         };
         let passed = recount(conn, &mut self.buffered_kib, self.limits.memory_budget_kib);
         self.counted(passed);
+    }
+
+    /// Gives a connection its TLS layer: counted for the memory budget, and the
+    /// handshake timed by the frame deadline (it must be done within it, as a frame
+    /// must be completed).
+    #[cfg(feature = "tls")]
+    pub(crate) fn add_tls_layer(&mut self, id: ConnId, layer: crate::tls::TlsLayer) {
+        let (now, now_millis) = (self.now, self.now_millis());
+        let frame_timeout = self.limits.frame_timeout;
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        conn.frame_started = now_millis;
+        if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
+            conn.flags.set(Flag::FrameTimerArmed, true);
+            self.timers.insert(
+                crate::timer::deadline_after(now, timeout),
+                TimerEvent::FrameDeadline(id),
+            );
+        }
+        self.buffered_kib += layer.charge_kib();
+        let passed = self
+            .limits
+            .memory_budget_kib
+            .is_some_and(|budget| self.buffered_kib > budget);
+        self.counted(passed);
+        self.tls.insert(id, layer);
+    }
+
+    /// After a TLS connection's reads: the end of its handshake (the frame clock
+    /// stops, the budget's charge shrinks), and ciphertext the socket did not take
+    /// (WRITABLE armed, and the send timeout watching it).
+    pub(crate) fn after_tls_io(&mut self, id: ConnId) {
+        let now_millis = self.now_millis();
+        let Some(layer) = self.tls.get_mut(id) else {
+            return;
+        };
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return;
+        };
+        let charge_before = layer.charge_kib();
+        if layer.take_handshake_finished() {
+            self.buffered_kib = self.buffered_kib + layer.charge_kib() - charge_before;
+            self.stats.buffered_bytes = self.buffered_kib * 1024;
+            // The handshake's time is over; a partial frame already held starts its own.
+            // (An admin connection's deadline covers its handshake and request alike.)
+            if conn.state != crate::connection::ConnState::AdminRequest {
+                conn.frame_started = match conn.input.is_empty() {
+                    true => crate::connection::NO_FRAME,
+                    false => now_millis,
+                };
+            }
+            log::debug!("{id}: TLS handshake done");
+        }
+        if layer.has_pending() && conn.state.may_write_now() {
+            crate::reactor::set_writable_interest(&self.registry, conn, id, true);
+            self.arm_send_deadline(id);
+        }
     }
 
     /// After [`recount`]: the gauge follows the total, and a total that passed the

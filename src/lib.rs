@@ -189,6 +189,7 @@ mod signals;
 pub mod stats;
 mod throttle;
 pub mod timer;
+pub mod tls;
 mod udp;
 
 pub use buffer::{Buffer, BufferPool, LazyBuffer};

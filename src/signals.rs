@@ -35,10 +35,26 @@ impl<S: Service + 'static> Reactor<S> {
         &mut self,
         loops: Vec<crate::Handle<S>>,
     ) -> Result<(), Error> {
-        let signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Poll)?;
+        // With TLS endpoints, SIGHUP reads their certificate and key again.
+        #[cfg(feature = "tls")]
+        let reload = self.config.tls.clone();
+        #[cfg(not(feature = "tls"))]
+        let reload: Option<std::convert::Infallible> = None;
+        let mut watched = vec![SIGINT, SIGTERM];
+        if reload.is_some() {
+            watched.push(signal_hook::consts::SIGHUP);
+        }
+        let signals = Signals::new(watched).map_err(Error::Poll)?;
         let mut received = 0;
         self.watch(signals, move |signals| {
             for signal in signals.pending() {
+                if signal == signal_hook::consts::SIGHUP {
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = &reload {
+                        reload_certificate(tls);
+                    }
+                    continue;
+                }
                 received += 1;
                 if received == 1 {
                     // Shut down first: if logging fails (stderr a closed pipe), the
@@ -51,5 +67,16 @@ impl<S: Service + 'static> Reactor<S> {
                 }
             }
         })
+    }
+}
+
+/// SIGHUP: the TLS endpoints' certificate and key, read again. New handshakes use
+/// them; connections made before keep theirs. A file that cannot be read (or a key
+/// that does not match) leaves the ones in use in place.
+#[cfg(feature = "tls")]
+fn reload_certificate(tls: &crate::tls::TlsServer) {
+    match tls.reload() {
+        Ok(()) => log::info!("SIGHUP: TLS certificate and key reloaded; new connections use them"),
+        Err(e) => log::error!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}"),
     }
 }

@@ -54,9 +54,10 @@ pub struct ChatArgs {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_udp_members: usize,
     /// Serve WebSocket members at ws://ADDR/ws and the chat page at http://ADDR/ (a bare
-    /// port means 127.0.0.1:PORT); messages up to --max-frame bytes.
-    #[arg(long, value_name = "ADDR", value_parser = super::server::parse_addr)]
-    pub ws: Option<std::net::SocketAddr>,
+    /// port means 127.0.0.1:PORT; tls://ADDR for wss:// and https://, with --tls-cert
+    /// and --tls-key); messages up to --max-frame bytes.
+    #[arg(long, value_name = "ADDR")]
+    pub ws: Option<super::TlsAddr>,
     /// Join a cluster of chat servers through this Redis:
     /// `redis://USER:PASSWORD@HOST:PORT/DB`, all but HOST optional (`redis://HOST`,
     /// `redis://:PASSWORD@HOST`; port 6379, the default user and database 0 unless
@@ -94,7 +95,10 @@ pub fn run(args: ChatArgs) -> ExitCode {
         Ok(inherited) => inherited,
         Err(code) => return code,
     };
-    let mut config = args.server.config_with(9001, &inherited);
+    let mut config = match args.server.config_with(9001, &inherited) {
+        Ok(config) => config,
+        Err(e) => return super::server::usage_error(&e),
+    };
     if args.server.threads > 1 {
         // Every room event for members on another loop is one job in its inbox: room
         // for bursts of them while that loop is busy.
@@ -129,12 +133,25 @@ pub fn run(args: ChatArgs) -> ExitCode {
         args.ws,
         args.server.max_frame as usize,
     );
+    let ws_tls = match ws.filter(|ws| ws.tls).map(|_| config.tls.clone()) {
+        Some(None) => {
+            return super::server::usage_error("--ws tls://: needs --tls-cert and --tls-key")
+        }
+        Some(Some(tls)) => Some(tls),
+        None => None,
+    };
     let setup = move |reactor: &mut Reactor<Chat>| {
         if redis {
             prepare(reactor)?;
         }
         if let Some(addr) = ws {
-            crate::services::chat::ws::listen(reactor, addr, max_message).map_err(|e| {
+            let opened = match ws_tls.clone() {
+                Some(tls) => {
+                    crate::services::chat::ws::listen_tls(reactor, addr.addr, max_message, tls)
+                }
+                None => crate::services::chat::ws::listen(reactor, addr.addr, max_message),
+            };
+            opened.map_err(|e| {
                 // Named by its flag, as the other endpoints are by their kind.
                 match e {
                     crate::Error::Bind { source, .. } => crate::Error::Bind {

@@ -17,7 +17,7 @@ use log::LevelFilter;
 
 pub use chat::ChatArgs;
 pub use inherit::{Inherited, NotAListener};
-pub use server::{EchoArgs, Framing, ServerArgs};
+pub use server::{usage_error, EchoArgs, Framing, ServerArgs, TlsAddr};
 // For servers built on the library (the protocol examples): flags, signals, exit codes.
 pub use server::{serve, serve_then};
 

@@ -22,7 +22,8 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// TCP address to listen on (a bare port means 127.0.0.1:PORT); repeatable; IPv6 as
-    /// [::1]:9000; "off" disables TCP
+    /// [::1]:9000; tls://ADDR serves TLS there (with --tls-cert and --tls-key); "off"
+    /// disables TCP
     // The comment is also the flag's help, so the address stays bare rather than in
     // backticks; rustdoc would otherwise take `[::1]` for a link.
     #[allow(rustdoc::broken_intra_doc_links)]
@@ -36,9 +37,10 @@ pub struct ServerArgs {
     #[arg(long = "unix", value_name = "PATH")]
     pub unix: Vec<PathBuf>,
     /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) over
-    /// HTTP on this address (a bare port means 127.0.0.1:PORT); off by default
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
-    pub admin: Option<SocketAddr>,
+    /// HTTP on this address (a bare port means 127.0.0.1:PORT; tls://ADDR for HTTPS);
+    /// off by default
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<TlsAddr>,
     /// How long an admin request may take to arrive whole; an admin connection
     /// silent for longer is closed.
     #[arg(long, value_name = "SECS", default_value_t = 5,
@@ -99,13 +101,60 @@ pub struct ServerArgs {
     /// On SIGINT/SIGTERM, wait at most this long for queued output to drain.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub shutdown_grace: u64,
+    /// The certificate chain (PEM, leaf first) of every tls:// endpoint; read again on
+    /// SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert; read again on SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Ask clients of tls:// endpoints for a certificate, and accept only those that
+    /// chain to a CA in this PEM file.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
-/// A `--tcp` or `--udp` value: an address, or `off`.
+/// An address flag that may ask for TLS: `ADDR`, or `tls://ADDR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsAddr {
+    /// Where.
+    pub addr: SocketAddr,
+    /// Served over TLS.
+    pub tls: bool,
+}
+
+impl FromStr for TlsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match strip_tls(s) {
+            Some(rest) => parse_addr(rest).map(|addr| TlsAddr { addr, tls: true }),
+            None => parse_addr(s).map(|addr| TlsAddr { addr, tls: false }),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tls {
+            true => write!(f, "tls://{}", self.addr),
+            false => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// The address behind a `tls://` prefix (any case), if there is one.
+fn strip_tls(s: &str) -> Option<&str> {
+    let prefix = s.get(..6)?;
+    prefix.eq_ignore_ascii_case("tls://").then(|| &s[6..])
+}
+
+/// A `--tcp` or `--udp` value: an address, a `tls://` address (TCP), or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrOrOff {
     /// Serve here.
     Addr(SocketAddr),
+    /// Serve TLS here.
+    Tls(SocketAddr),
     /// Not this transport at all.
     Off,
 }
@@ -115,6 +164,9 @@ impl FromStr for AddrOrOff {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("off") {
             return Ok(AddrOrOff::Off);
+        }
+        if let Some(rest) = strip_tls(s) {
+            return parse_addr(rest).map(AddrOrOff::Tls);
         }
         parse_addr(s)
             .map(AddrOrOff::Addr)
@@ -135,7 +187,21 @@ fn addresses(flags: &[AddrOrOff], default: SocketAddr) -> Vec<SocketAddr> {
         .iter()
         .filter_map(|flag| match flag {
             AddrOrOff::Addr(addr) => Some(*addr),
-            AddrOrOff::Off => None,
+            AddrOrOff::Tls(_) | AddrOrOff::Off => None,
+        })
+        .collect()
+}
+
+/// The `tls://` addresses among a transport's flags (none when any is `off`).
+fn tls_addresses(flags: &[AddrOrOff]) -> Vec<SocketAddr> {
+    if flags.contains(&AddrOrOff::Off) {
+        return Vec::new();
+    }
+    flags
+        .iter()
+        .filter_map(|flag| match flag {
+            AddrOrOff::Tls(addr) => Some(*addr),
+            AddrOrOff::Addr(_) | AddrOrOff::Off => None,
         })
         .collect()
 }
@@ -187,7 +253,7 @@ pub fn with_default_port(arg: clap::Arg, port: u16) -> clap::Arg {
 impl ServerArgs {
     /// The reactor configuration these flags describe, with `default_port` on
     /// 127.0.0.1 for TCP and UDP when no address is given.
-    pub fn config(&self, default_port: u16) -> Config {
+    pub fn config(&self, default_port: u16) -> Result<Config, String> {
         self.config_with(default_port, &Inherited::default())
     }
 
@@ -195,15 +261,33 @@ impl ServerArgs {
     /// listeners take the place of the default TCP listener, so without `--tcp` the
     /// configuration has no TCP address; an explicit `--tcp` adds to them. UDP is
     /// unaffected.
-    pub fn config_with(&self, default_port: u16, inherited: &Inherited) -> Config {
+    ///
+    /// An error (to show as it is) when `--tls-cert`, `--tls-key` or `--tls-client-ca`
+    /// cannot be read, or a `tls://` endpoint has no certificate.
+    pub fn config_with(&self, default_port: u16, inherited: &Inherited) -> Result<Config, String> {
         let default = SocketAddr::from(([127, 0, 0, 1], default_port));
-        let tcp = if self.tcp.is_empty() && !inherited.is_empty() {
+        let only_tls = !self.tcp.is_empty()
+            && self
+                .tcp
+                .iter()
+                .all(|flag| matches!(flag, AddrOrOff::Tls(_)));
+        let tcp = if (self.tcp.is_empty() && !inherited.is_empty()) || only_tls {
             Vec::new()
         } else {
             addresses(&self.tcp, default)
         };
+        if self
+            .udp
+            .iter()
+            .any(|flag| matches!(flag, AddrOrOff::Tls(_)))
+        {
+            return Err("--udp tls://: TLS is for stream endpoints (DTLS is not served)".into());
+        }
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-        Config {
+        Ok(Config {
+            tls_tcp: tls_addresses(&self.tcp),
+            admin_tls: self.admin.is_some_and(|admin| admin.tls),
+            tls: self.tls_server()?,
             send_timeout: seconds(self.send_timeout),
             memory_budget: (self.memory_budget > 0)
                 .then(|| usize::try_from(self.memory_budget).unwrap_or(usize::MAX)),
@@ -219,10 +303,20 @@ impl ServerArgs {
             write_limit: self.write_limit as usize,
             stats_interval: seconds(self.stats_interval),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
-            admin: self.admin,
+            admin: self.admin.map(|admin| admin.addr),
             admin_timeout: Duration::from_secs(self.admin_timeout),
             ..Config::default()
-        }
+        })
+    }
+
+    /// The certificate and key of `--tls-cert` and `--tls-key`, if given.
+    pub fn tls_server(&self) -> Result<Option<crate::tls::TlsServer>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        crate::tls::TlsServer::from_pem_files(cert, key, self.tls_client_ca.as_deref())
+            .map(Some)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
     }
 }
 
@@ -255,7 +349,10 @@ pub fn run_echo(args: EchoArgs) -> ExitCode {
         Ok(inherited) => inherited,
         Err(code) => return code,
     };
-    let config = args.server.config_with(9000, &inherited);
+    let config = match args.server.config_with(9000, &inherited) {
+        Ok(config) => config,
+        Err(e) => return usage_error(&e),
+    };
     let max = args.server.max_frame as usize;
     let (server, fds) = (&args.server, inherited);
     match args.framing {
@@ -434,6 +531,12 @@ where
         }
         Err(e) => failed(e),
     }
+}
+
+/// Says what is wrong with the flags; exit code 2, as clap's own usage errors.
+pub fn usage_error(message: &str) -> ExitCode {
+    eprintln!("switchboard: {message}");
+    ExitCode::from(2)
 }
 
 /// The exit code after a shutdown: 130 when a second signal cut it short, else 0.

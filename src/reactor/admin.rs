@@ -138,6 +138,22 @@ impl<S: Service> Reactor<S> {
         self.admin.as_ref().map(|admin| admin.addr)
     }
 
+    /// Serves an admin connection over TLS when the configuration says so (the admin
+    /// deadline bounds its handshake as it bounds its request).
+    #[cfg(feature = "tls")]
+    fn admin_tls(&mut self, id: ConnId) {
+        let Some(server) = self.config.tls.as_ref().filter(|_| self.config.admin_tls) else {
+            return;
+        };
+        match crate::tls::TlsLayer::server(server.config()) {
+            Ok(layer) => self.hub.add_tls_layer(id, layer),
+            Err(e) => {
+                log::warn!("admin {id}: TLS: {e}");
+                self.hub.request_close(id, CloseReason::from_io(e.kind()));
+            }
+        }
+    }
+
     /// An event of the admin listener (its connections' events are connection events).
     pub(super) fn admin_event(&mut self, token: usize) {
         if token == ADMIN_BASE {
@@ -171,6 +187,8 @@ impl<S: Service> Reactor<S> {
                     if let Some(admin) = self.admin.as_deref_mut() {
                         admin.open.push(id);
                     }
+                    #[cfg(feature = "tls")]
+                    self.admin_tls(id);
                 }
                 Err(e) => log::debug!("admin: cannot register a connection: {e}"),
             }
@@ -210,7 +228,11 @@ impl<S: Service> Reactor<S> {
                 return;
             };
             let input = conn.input.get_mut(&mut self.hub.pool);
-            match read_request(&mut conn.stream, input) {
+            let read = read_request(&mut conn.stream, self.hub.tls.get_mut(id), input);
+            if self.hub.tls.get(id).is_some() {
+                self.hub.after_tls_io(id);
+            }
+            match read {
                 Ok(request) => request,
                 Err(reason) => return self.hub.request_close(id, reason),
             }
@@ -356,13 +378,17 @@ impl<S: Service> Reactor<S> {
 /// Reads what the peer sent into `input` until `WouldBlock`, and parses it. `Err`, with
 /// the reason to close, when the peer closed, or the socket failed, before the request
 /// was complete.
-fn read_request(stream: &mut Stream, input: &mut Buffer) -> Result<Request, CloseReason> {
+fn read_request(
+    stream: &mut Stream,
+    mut tls: Option<&mut crate::tls::TlsLayer>,
+    input: &mut Buffer,
+) -> Result<Request, CloseReason> {
     loop {
         // At most one byte past the limit: enough to know the request is too long.
         let wanted = MAX_REQUEST + 1 - input.len().min(MAX_REQUEST);
         let spare = input.spare_mut(2048);
         let room = spare.len().min(wanted);
-        match stream.read(&mut spare[..room]) {
+        match crate::tls::read(stream, tls.as_deref_mut(), &mut spare[..room]) {
             Ok(0) => return Err(CloseReason::PeerClosed),
             Ok(n) => {
                 input.commit(n);

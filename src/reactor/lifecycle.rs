@@ -131,6 +131,17 @@ impl<S: Service> Hub<S> {
             .insert_connection(stream, endpoint, state, true)
             .map_err(|(error, state)| DialError { error, state })?;
         self.stats.dialled += 1;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &dial.tls {
+            let made = crate::tls::TlsLayer::client(tls.client.config(), tls.server_name.clone());
+            match made {
+                Ok(layer) => self.add_tls_layer(id, layer),
+                Err(e) => {
+                    log::warn!("{id}: TLS to {}: {e}", dial.target);
+                    self.request_close(id, CloseReason::from_io(e.kind()));
+                }
+            }
+        }
         let timeout = dial.timeout.unwrap_or(self.limits.connect_timeout);
         self.timers.insert(
             deadline_after(self.now, timeout),
@@ -203,6 +214,9 @@ impl<S: Service> Hub<S> {
 
     /// A connection's queue has just been written out: what its state does next.
     pub(crate) fn output_written(&mut self, id: ConnId) {
+        if !self.close_notify_written(id) {
+            return; // the socket is full: WRITABLE brings us back
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -214,6 +228,36 @@ impl<S: Service> Hub<S> {
                 log::trace!("{id}: output written, FIN sent; reading until the peer closes");
             }
             _ => {}
+        }
+    }
+
+    /// Before a FIN on a TLS connection: its `close_notify` alert, so the peer can
+    /// tell the end of the stream from a cut. True when the FIN may follow (nothing to
+    /// send, or all of it written); false while the alert waits for the socket, or when
+    /// writing it failed (the connection closes).
+    fn close_notify_written(&mut self, id: ConnId) -> bool {
+        let Some(conn) = connection_mut(&mut self.conns, id) else {
+            return true;
+        };
+        let fin_next = matches!(
+            conn.state,
+            ConnState::Draining(_) | ConnState::WriteShut { fin_sent: false }
+        );
+        let Some(layer) = self.tls.get_mut(id).filter(|_| fin_next) else {
+            return true;
+        };
+        match layer.close_notify(&mut conn.stream) {
+            Ok(true) => true,
+            Ok(false) => {
+                set_writable_interest(&self.registry, conn, id, true);
+                self.arm_send_deadline(id);
+                false
+            }
+            Err(e) => {
+                log::debug!("{id}: TLS close_notify: {e}");
+                self.request_close(id, CloseReason::from_io(e.kind()));
+                false
+            }
         }
     }
 
@@ -306,7 +350,9 @@ impl<S: Service> Reactor<S> {
                     true => ConnState::WriteShut { fin_sent: false },
                     false => ConnState::Open,
                 };
-                let queued = !conn.output.is_empty();
+                // (A TLS client's first flight waits in its layer.)
+                let tls_owes = self.hub.tls.get(id).is_some_and(|l| l.has_pending());
+                let queued = !conn.output.is_empty() || tls_owes;
                 // Keep WRITABLE only if output is waiting for the new connection.
                 set_writable_interest(&self.hub.registry, conn, id, queued);
                 let endpoint = EndpointId(conn.endpoint);
@@ -338,11 +384,19 @@ impl<S: Service> Reactor<S> {
         if let Err(e) = self.hub.registry.deregister(&mut closing.stream) {
             log::debug!("{id}: deregister: {e}");
         }
+        let mut tls = self.hub.tls.remove(id);
         if closing.flags.get(Flag::ResetOnClose) {
             closing.stream.reset_on_close();
         } else if matches!(closing.state, ConnState::Draining(_)) {
-            // Everything owed was written: say so with a FIN before the close.
+            // Everything owed was written: say so (TLS's close_notify, best effort,
+            // then a FIN) before the close.
+            if let Some(layer) = tls.as_mut() {
+                let _ = layer.close_notify(&mut closing.stream);
+            }
             closing.stream.shutdown_write();
+        }
+        if let Some(layer) = &tls {
+            self.hub.buffered_kib -= layer.charge_kib();
         }
         if let Some(input) = closing.input.take() {
             self.hub.pool.give_back(input);

@@ -63,7 +63,7 @@ mod read;
 mod timers;
 mod write;
 
-pub(crate) use write::GATHER;
+pub(crate) use write::{set_writable_interest, GATHER};
 
 pub use handle::{Handle, Job, PostError};
 use handle::{Inbox, Shared};
@@ -129,7 +129,7 @@ pub struct Reactor<S: Service> {
     /// frames left partial by a slow peer), so idle connections need no buffer of
     /// their own.
     scratch: Buffer,
-    config: Config,
+    pub(crate) config: Config,
     bound: Vec<BoundAddr>,
     shared: Arc<Shared>,
     inbox: Inbox<S>,
@@ -305,10 +305,33 @@ impl<S: Service> Reactor<S> {
         for path in self.config.unix.clone() {
             self.listen(ListenAddr::Unix(path), codec.clone())?;
         }
+        #[cfg(feature = "tls")]
+        for addr in self.config.tls_tcp.clone() {
+            let endpoint = self.listen_noted(ListenAddr::Tcp(addr), codec.clone(), " (TLS)")?;
+            self.serve_config_tls(endpoint);
+        }
         for addr in self.config.udp.clone() {
             self.bind_udp(addr)?;
         }
         Ok(())
+    }
+
+    /// Serves a TLS listener of the configuration with its certificate.
+    #[cfg(feature = "tls")]
+    fn serve_config_tls(&mut self, endpoint: EndpointId) {
+        if let Some(tls) = self.config.tls.clone() {
+            self.serve_tls(endpoint, tls);
+        }
+    }
+
+    /// Serves the connections accepted on `endpoint` over TLS from now on (feature
+    /// `tls`): the reactor reads ciphertext, its codec and service see plaintext. Call it
+    /// on every loop that accepts on the endpoint.
+    #[cfg(feature = "tls")]
+    pub fn serve_tls(&mut self, endpoint: EndpointId, tls: crate::tls::TlsServer) {
+        if let Some(entry) = self.endpoints.list.get_mut(endpoint.index()) {
+            entry.tls = Some(tls);
+        }
     }
 
     /// Numbers the stream endpoints as the accepting loop of a pool numbers its
@@ -322,6 +345,14 @@ impl<S: Service> Reactor<S> {
             self.endpoints
                 .add(EndpointKind::Listener(bound.clone()), codec.clone());
         }
+        // The configuration's TLS listeners come after its plain ones, here as there.
+        #[cfg(feature = "tls")]
+        {
+            let first = self.config.tcp.len() + self.config.unix.len();
+            for index in first..first + self.config.tls_tcp.len() {
+                self.serve_config_tls(EndpointId(index as u16));
+            }
+        }
         for addr in self.config.udp.clone() {
             self.bind_udp(addr)?;
         }
@@ -332,6 +363,16 @@ impl<S: Service> Reactor<S> {
     /// frames on one port and lines on another. Returns the endpoint the service will
     /// see in [`crate::Origin::Accepted`].
     pub fn listen(&mut self, addr: ListenAddr, codec: S::Codec) -> Result<EndpointId, Error> {
+        self.listen_noted(addr, codec, "")
+    }
+
+    /// [`Reactor::listen`], announced with `note` after the address.
+    fn listen_noted(
+        &mut self,
+        addr: ListenAddr,
+        codec: S::Codec,
+        note: &str,
+    ) -> Result<EndpointId, Error> {
         let bind_error = |endpoint: String| move |source| Error::Bind { endpoint, source };
         let (listener, bound) = match addr {
             ListenAddr::Tcp(addr) => {
@@ -349,7 +390,7 @@ impl<S: Service> Reactor<S> {
                 (Listener::Unix(listener, Some(path)), bound)
             }
         };
-        self.serve_listener(listener, bound, codec, "")
+        self.serve_listener(listener, bound, codec, note)
     }
 
     /// Makes an open listener a new endpoint framed by `codec`, registers it, and

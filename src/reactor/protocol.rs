@@ -41,7 +41,8 @@ impl<S: Service> Reactor<S> {
         let mut input = conn.input.take().unwrap_or_else(|| self.hub.pool.take());
         let spare = input.spare_mut(MIN_READ);
         let requested = spare.len().min(self.config.read_buffer_size);
-        let n = match conn.stream.read(&mut spare[..requested]) {
+        let tls = self.hub.tls.get_mut(id);
+        let n = match crate::tls::read(&mut conn.stream, tls, &mut spare[..requested]) {
             Ok(n) if n > 0 => n,
             other => {
                 conn.input.put(input);

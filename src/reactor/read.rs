@@ -25,6 +25,7 @@ use crate::frame::{Codec, Decode, FrameError, Scan};
 use crate::hub::{connection_mut, Hub, TimerEvent};
 use crate::service::{Frames, HeldBack, Service};
 use crate::stats::CloseReason;
+use crate::tls;
 
 /// What the read path borrows from a connection's slot while it lends the hub to the
 /// service: the codec's state and the service's state (put back once the read is done).
@@ -48,6 +49,14 @@ impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
     /// connection stops reading (closing, or paused).
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
+        self.read_until_done(id, read_to_eof);
+        if self.hub.tls.get(id).is_some() {
+            self.hub.after_tls_io(id);
+        }
+    }
+
+    /// [`Reactor::read_connection`]'s reads.
+    fn read_until_done(&mut self, id: ConnId, read_to_eof: bool) {
         for _ in 0..self.config.read_budget {
             match self.read_once(id, read_to_eof) {
                 ReadOutcome::Drained | ReadOutcome::Stopped | ReadOutcome::Held => return,
@@ -131,7 +140,11 @@ impl<S: Service> Reactor<S> {
         self.scratch.clear();
         let spare = self.scratch.spare_mut(MIN_READ);
         let requested = spare.len().min(self.config.read_buffer_size);
-        let result = conn.stream.read(&mut spare[..requested]);
+        let result = tls::read(
+            &mut conn.stream,
+            self.hub.tls.get_mut(id),
+            &mut spare[..requested],
+        );
         let n = match result {
             Ok(n) if n > 0 => n,
             unusual => {
@@ -291,7 +304,11 @@ impl<S: Service> Reactor<S> {
         };
         let spare = buf.spare_mut(read.min);
         let requested = spare.len().min(read.max);
-        let result = conn.stream.read(&mut spare[..requested]);
+        let result = tls::read(
+            &mut conn.stream,
+            self.hub.tls.get_mut(id),
+            &mut spare[..requested],
+        );
         if matches!(result, Ok(n) if n > 0) && conn.mark_active(now) {
             self.hub.idle.touch(&mut self.hub.conns, id.index());
         }
@@ -499,12 +516,12 @@ impl<S: Service> Reader<'_, S> {
         frames_completed: &mut bool,
     ) -> ReadOutcome {
         let id = self.id;
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = connection_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
         // Fits, so this neither moves nor grows the buffer.
         let spare = &mut scratch.spare_mut(missing)[..missing];
-        let result = conn.stream.read(spare);
+        let result = tls::read(&mut conn.stream, self.hub.tls.get_mut(id), spare);
         log::trace!("{id}: finishing a {missing}-byte remainder in place");
         self.handle_read(scratch, (result, missing, read_to_eof), frames_completed)
     }

@@ -35,6 +35,7 @@ use crate::hub::{connection_mut, recount, Hub, TimerEvent};
 use crate::outqueue::{SharedFrame, MAX_IOVECS};
 use crate::service::Service;
 use crate::stats::CloseReason;
+use crate::tls::{self, TlsLayer};
 
 impl<S: Service> Hub<S> {
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
@@ -51,8 +52,9 @@ impl<S: Service> Hub<S> {
         let mut written = 0;
         let write_at_once =
             conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
+        let mut tls = self.tls.get_mut(id);
         if write_at_once {
-            match write_now(conn, bytes) {
+            match write_now(conn, tls.as_deref_mut(), bytes) {
                 Ok(n) => written = n,
                 Err(e) => {
                     log::debug!("{id}: write error: {e}");
@@ -62,6 +64,12 @@ impl<S: Service> Hub<S> {
             }
             log::trace!("{id}: write {written} of {}", bytes.len());
             self.stats.bytes_out += written as u64;
+        }
+        if written == bytes.len() && tls.is_some_and(|layer| layer.has_pending()) {
+            // All taken, not all written: TLS holds ciphertext for the socket.
+            set_writable_interest(&self.registry, conn, id, true);
+            self.arm_send_deadline(id);
+            return true;
         }
         if written < bytes.len() {
             if conn.output.is_empty() {
@@ -163,7 +171,7 @@ impl<S: Service> Hub<S> {
     }
 
     /// Output waits for the peer to read: make sure a send deadline watches it.
-    fn arm_send_deadline(&mut self, id: ConnId) {
+    pub(crate) fn arm_send_deadline(&mut self, id: ConnId) {
         let Some(timeout) = self.limits.send_timeout else {
             return;
         };
@@ -221,8 +229,9 @@ impl<S: Service> Hub<S> {
         }
         let mut socket_full = false;
         let mut progressed = false;
+        let mut tls = self.tls.get_mut(id);
         while !conn.output.is_empty() {
-            let (result, attempted) = write_some(conn);
+            let (result, attempted) = write_some(conn, tls.as_deref_mut());
             self.stats.queued_writes += 1;
             match result {
                 Ok(0) => {
@@ -256,6 +265,17 @@ impl<S: Service> Hub<S> {
                 }
             }
         }
+        if let (false, Some(layer)) = (socket_full, tls) {
+            // What TLS encrypted and the socket did not take yet.
+            match layer.flush(&mut conn.stream) {
+                Ok(all) => socket_full = !all,
+                Err(e) => {
+                    log::debug!("{id}: write error: {e}");
+                    self.to_close.push((id, CloseReason::from_io(e.kind())));
+                    return;
+                }
+            }
+        }
         set_writable_interest(&self.registry, conn, id, socket_full);
         let queued = conn.output.len();
         if progressed {
@@ -267,7 +287,7 @@ impl<S: Service> Hub<S> {
         if queued <= self.limits.low_water {
             self.recover_from_backpressure(id);
         }
-        if queued == 0 {
+        if queued == 0 && !socket_full {
             self.output_written(id);
         }
     }
@@ -303,9 +323,13 @@ pub(crate) const GATHER: usize = 64 * 1024;
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
 /// (0 when it is full).
 #[inline]
-fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
+fn write_now(
+    conn: &mut Connection,
+    mut tls: Option<&mut TlsLayer>,
+    bytes: &[u8],
+) -> io::Result<usize> {
     loop {
-        match conn.stream.write(bytes) {
+        match tls::write(&mut conn.stream, tls.as_deref_mut(), bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -317,15 +341,18 @@ fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
 
 /// One `write` (or `writev` when shared frames are queued) of the connection's output.
 /// Returns the outcome and how many bytes were offered.
-fn write_some(conn: &mut Connection) -> (io::Result<usize>, usize) {
+fn write_some(conn: &mut Connection, tls: Option<&mut TlsLayer>) -> (io::Result<usize>, usize) {
     if conn.output.is_owned_only() {
         let bytes = conn.output.owned_bytes();
         let attempted = bytes.len();
-        (conn.stream.write(bytes), attempted)
+        (tls::write(&mut conn.stream, tls, bytes), attempted)
     } else {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let (used, attempted) = conn.output.gather(&mut slices);
-        (conn.stream.write_vectored(&slices[..used]), attempted)
+        (
+            tls::write_vectored(&mut conn.stream, tls, &slices[..used]),
+            attempted,
+        )
     }
 }
 

@@ -24,12 +24,35 @@ pub fn listen(
     reactor: &mut Reactor<Chat>,
     addr: std::net::SocketAddr,
     max_message: usize,
-) -> Result<(), crate::Error> {
+) -> Result<crate::EndpointId, crate::Error> {
+    let endpoint = open(reactor, addr, max_message)?;
+    log::info!("chat: WebSocket members at ws://{addr}/ws, the chat page at http://{addr}/");
+    Ok(endpoint)
+}
+
+/// [`listen`] over TLS: members at `wss://ADDR/ws`, the page at `https://ADDR/`.
+#[cfg(feature = "tls")]
+pub fn listen_tls(
+    reactor: &mut Reactor<Chat>,
+    addr: std::net::SocketAddr,
+    max_message: usize,
+    tls: crate::tls::TlsServer,
+) -> Result<crate::EndpointId, crate::Error> {
+    let endpoint = open(reactor, addr, max_message)?;
+    reactor.serve_tls(endpoint, tls);
+    log::info!("chat: WebSocket members at wss://{addr}/ws, the chat page at https://{addr}/");
+    Ok(endpoint)
+}
+
+fn open(
+    reactor: &mut Reactor<Chat>,
+    addr: std::net::SocketAddr,
+    max_message: usize,
+) -> Result<crate::EndpointId, crate::Error> {
     let codec = WebSocketCodec::new(UPGRADE_PATH, max_message)
         .with_page(PAGE)
         .text_only();
     let endpoint = reactor.listen(ListenAddr::Tcp(addr), ChatCodec::WebSocket(codec))?;
-    log::info!("chat: WebSocket members at ws://{addr}/ws, the chat page at http://{addr}/");
     reactor.service_mut().websocket = Some(endpoint);
-    Ok(())
+    Ok(endpoint)
 }

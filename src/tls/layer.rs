@@ -1,0 +1,290 @@
+//! One connection's TLS: its rustls state, the reads that turn the socket's
+//! ciphertext into plaintext for the codec, and the writes that encrypt the service's
+//! bytes on their way to the socket; and the table that holds the layers beside the
+//! connections.
+//!
+//! The layer keeps the promises the read and write paths rely on for plain sockets:
+//! - a read shorter than the buffer means the socket is drained (or at its end): the
+//!   layer reads the socket until the buffer is full of plaintext or the socket says
+//!   `WouldBlock`, so an edge-triggered poller never leaves decrypted bytes behind;
+//! - a write that takes fewer bytes than offered means the socket is full: the layer
+//!   takes new plaintext only once the ciphertext it owes is written, and says
+//!   `WouldBlock` otherwise. Ciphertext still owed after a write (rustls encrypts a
+//!   whole write at once) is the one thing a plain socket does not have: the write
+//!   path asks [`TlsLayer::has_pending`] and keeps WRITABLE armed while it is true.
+//!
+//! The layers live in a table of their own, indexed like the connections' slab
+//! ([`TlsTable`]), so a plain connection carries nothing for TLS and stays as small
+//! as it was.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use super::config::TlsInfo;
+use crate::connection::{ConnId, Stream};
+
+/// The memory budget's charge for a connection whose handshake is under way, in KiB:
+/// rustls's state and handshake buffers, as measured (`docs/benchmarks.md`, TLS).
+pub(crate) const HANDSHAKE_KIB: u64 = 24;
+/// The charge once the handshake is done and the connection idles.
+pub(crate) const ESTABLISHED_KIB: u64 = 8;
+
+/// Ciphertext rustls may hold for the socket before a write is refused (`WouldBlock`):
+/// one write's worth (the write path's gathering limit) plus its records' overhead.
+const SEND_LIMIT: usize = 80 * 1024;
+
+/// One connection's TLS state.
+pub(crate) struct TlsLayer {
+    session: Connection,
+    /// The socket reached its end (the peer's FIN): nothing more will be read.
+    eof: bool,
+    /// A `close_notify` alert was queued for the peer.
+    notify_queued: bool,
+    /// The handshake was still under way at the last look (to tell its end once).
+    handshaking: bool,
+}
+
+impl TlsLayer {
+    /// The layer of an accepted connection.
+    pub(crate) fn server(config: Arc<ServerConfig>) -> io::Result<TlsLayer> {
+        let session = ServerConnection::new(config).map_err(super::config::invalid_data)?;
+        Ok(TlsLayer::with(Connection::Server(session)))
+    }
+
+    /// The layer of a dialled connection; its first flight (the ClientHello) waits
+    /// in it for the connect to complete.
+    pub(crate) fn client(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<TlsLayer> {
+        let session = ClientConnection::new(config, name).map_err(super::config::invalid_data)?;
+        Ok(TlsLayer::with(Connection::Client(session)))
+    }
+
+    fn with(mut session: Connection) -> TlsLayer {
+        session.set_buffer_limit(Some(SEND_LIMIT));
+        TlsLayer {
+            session,
+            eof: false,
+            notify_queued: false,
+            handshaking: true,
+        }
+    }
+
+    /// Fills `buf` with plaintext: what rustls holds decrypted, then what the socket
+    /// brings, until `buf` is full, the socket would block, or its end. `Ok(0)` is the
+    /// end of the stream (the peer's `close_notify`, or its FIN without one: logged,
+    /// then treated as the end). Handshake messages and alerts rustls owes the peer
+    /// are written on the way; a TLS error is an `InvalidData` error, after the alert
+    /// that tells the peer why.
+    pub(crate) fn read(&mut self, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self.session.reader().read(&mut buf[filled..]) {
+                Ok(0) if filled < buf.len() => return Ok(filled), // close_notify: the end
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    log::debug!("TLS: the peer closed without close_notify");
+                    return Ok(filled);
+                }
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return Ok(filled);
+            }
+            match self.session.read_tls(&mut SocketIo(stream)) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
+                Err(e) => return Err(e),
+            }
+            if let Err(error) = self.session.process_new_packets() {
+                // rustls queued an alert saying why: worth one attempt.
+                let _ = self.session.write_tls(&mut SocketIo(stream));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {error}"),
+                ));
+            }
+            // The handshake's next flight, a key update, an alert: sent now; what the
+            // socket does not take waits (`has_pending`).
+            self.flush(stream)?;
+        }
+    }
+
+    /// Encrypts as much of `buf` as the send limit allows and writes it: `Ok(n)` is
+    /// the plaintext taken. Ciphertext owed from before is written first; if the
+    /// socket does not take all of it, nothing new is taken (`WouldBlock`).
+    pub(crate) fn write(&mut self, stream: &mut Stream, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(stream, &[IoSlice::new(buf)])
+    }
+
+    /// [`TlsLayer::write`] of several slices: each is encrypted as it comes, and the
+    /// records go to the socket together (rustls writes them with one `writev`).
+    pub(crate) fn write_vectored(
+        &mut self,
+        stream: &mut Stream,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<usize> {
+        if !self.flush(stream)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let taken = self.session.writer().write_vectored(bufs)?;
+        if taken == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.flush(stream)?;
+        Ok(taken)
+    }
+
+    /// Writes the ciphertext owed to the peer: `Ok(true)` once all of it is written,
+    /// `Ok(false)` when the socket is full.
+    pub(crate) fn flush(&mut self, stream: &mut Stream) -> io::Result<bool> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut SocketIo(stream)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ciphertext waits for room in the socket.
+    #[inline]
+    pub(crate) fn has_pending(&self) -> bool {
+        self.session.wants_write()
+    }
+
+    /// Queues the `close_notify` alert (once) and writes what is owed: `Ok(true)`
+    /// when all of it went out, so the FIN may follow.
+    pub(crate) fn close_notify(&mut self, stream: &mut Stream) -> io::Result<bool> {
+        if !self.notify_queued {
+            self.notify_queued = true;
+            self.session.send_close_notify();
+        }
+        self.flush(stream)
+    }
+
+    /// True once, at the first look after the handshake completed.
+    pub(crate) fn take_handshake_finished(&mut self) -> bool {
+        let finished = self.handshaking && !self.session.is_handshaking();
+        if finished {
+            self.handshaking = false;
+        }
+        finished
+    }
+
+    /// The memory budget's charge for this layer now, in KiB.
+    pub(crate) fn charge_kib(&self) -> u64 {
+        if self.handshaking {
+            HANDSHAKE_KIB
+        } else {
+            ESTABLISHED_KIB
+        }
+    }
+
+    /// What the service may learn of it.
+    pub(crate) fn info(&self) -> TlsInfo {
+        let server_name = match &self.session {
+            Connection::Server(s) => s.server_name().map(str::to_string),
+            Connection::Client(_) => None,
+        };
+        TlsInfo {
+            handshaking: self.session.is_handshaking(),
+            server_name,
+            peer_certificates: self
+                .session
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+                .unwrap_or_default(),
+            protocol: self.session.protocol_version().map(|v| format!("{v:?}")),
+            cipher_suite: self
+                .session
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite())),
+        }
+    }
+}
+
+/// The socket as rustls reads and writes it.
+struct SocketIo<'a>(&'a mut Stream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The TLS layers of the connections that have one, indexed by slab key and checked
+/// by generation. Empty (and never touched but for one comparison per I/O) in a
+/// reactor without TLS endpoints.
+#[derive(Default)]
+pub(crate) struct TlsTable {
+    slots: Vec<Option<(u32, Box<TlsLayer>)>>,
+}
+
+impl TlsTable {
+    /// The layer of `id`, if it has one.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut TlsLayer> {
+        match self.slots.get_mut(id.index()) {
+            Some(Some((generation, layer))) if *generation == id.generation() => Some(layer),
+            _ => None,
+        }
+    }
+
+    /// [`TlsTable::get_mut`], to look.
+    #[inline(always)]
+    pub(crate) fn get(&self, id: ConnId) -> Option<&TlsLayer> {
+        match self.slots.get(id.index()) {
+            Some(Some((generation, layer))) if *generation == id.generation() => Some(layer),
+            _ => None,
+        }
+    }
+
+    /// Gives `id` its layer.
+    pub(crate) fn insert(&mut self, id: ConnId, layer: TlsLayer) {
+        if self.slots.len() <= id.index() {
+            self.slots.resize_with(id.index() + 1, || None);
+        }
+        self.slots[id.index()] = Some((id.generation(), Box::new(layer)));
+    }
+
+    /// Takes `id`'s layer away (its connection closes).
+    pub(crate) fn remove(&mut self, id: ConnId) -> Option<Box<TlsLayer>> {
+        match self.slots.get_mut(id.index()) {
+            Some(slot) if slot.as_ref().is_some_and(|(g, _)| *g == id.generation()) => {
+                slot.take().map(|(_, layer)| layer)
+            }
+            _ => None,
+        }
+    }
+}
