@@ -454,16 +454,18 @@ impl<S: Service> Hub<S> {
     /// After a TLS connection's reads: the end of its handshake (the frame clock
     /// stops, the budget's charge shrinks), and ciphertext the socket did not take
     /// (WRITABLE armed, and the send timeout watching it).
-    pub(crate) fn after_tls_io(&mut self, id: ConnId) {
+    /// True when the handshake has just completed.
+    pub(crate) fn after_tls_io(&mut self, id: ConnId) -> bool {
         let now_millis = self.now_millis();
         let Some(layer) = self.tls.get_mut(id) else {
-            return;
+            return false;
         };
         let Some(conn) = connection_mut(&mut self.conns, id) else {
-            return;
+            return false;
         };
         let charge_before = layer.charge_kib();
-        if layer.take_handshake_finished() {
+        let finished = layer.take_handshake_finished();
+        if finished {
             self.buffered_kib = self.buffered_kib + layer.charge_kib() - charge_before;
             self.stats.buffered_bytes = self.buffered_kib * 1024;
             // The handshake's time is over; a partial frame already held starts its own.
@@ -480,6 +482,7 @@ impl<S: Service> Hub<S> {
             crate::reactor::set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
         }
+        finished
     }
 
     /// After [`recount`]: the gauge follows the total, and a total that passed the

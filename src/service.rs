@@ -196,6 +196,13 @@ pub trait Service: Sized {
         let _ = (ctx, conn, state);
     }
 
+    /// `conn`'s TLS handshake is done (feature `tls`; only for connections of a TLS
+    /// endpoint or dial): [`Context::tls`] tells what was agreed. Output sent before
+    /// now was held until this moment and is on its way.
+    fn on_tls_ready(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, state: &mut Self::Conn) {
+        let _ = (ctx, conn, state);
+    }
+
     /// `conn` is closed (or its connect failed); its id will never name a connection
     /// again. The state comes back to the service.
     fn on_close(

@@ -50,8 +50,8 @@ impl<S: Service> Reactor<S> {
     /// connection stops reading (closing, or paused).
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
         self.read_until_done(id, read_to_eof);
-        if self.hub.tls.get(id).is_some() {
-            self.hub.after_tls_io(id);
+        if self.hub.tls.get(id).is_some() && self.hub.after_tls_io(id) {
+            self.tls_ready(id);
         }
     }
 
