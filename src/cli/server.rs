@@ -449,6 +449,7 @@ where
 /// inherited.
 fn nothing_to_serve(config: &Config, inherited: &Inherited) -> bool {
     let nothing = config.tcp.is_empty()
+        && config.tls_tcp.is_empty()
         && config.udp.is_empty()
         && config.unix.is_empty()
         && inherited.is_empty();

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::Reactor;
-use crate::connection::{Accounted, ConnId, Flag};
+use crate::connection::{ConnId, Flag};
 use crate::service::Service;
 use crate::stats::CloseReason;
 
@@ -35,17 +35,19 @@ impl<S: Service> Reactor<S> {
         }
         let before = self.hub.buffered_kib;
         let target = budget - budget / 8;
+        let tls = &self.hub.tls;
         let mut holders: Vec<(u64, ConnId)> = self
             .hub
             .conns
             .iter()
-            .filter(|(_, slot)| {
-                slot.conn.accounted != Accounted::ZERO && !slot.conn.flags.get(Flag::ResetOnClose)
-            })
+            .filter(|(_, slot)| !slot.conn.flags.get(Flag::ResetOnClose))
             .map(|(key, slot)| {
                 let id = ConnId::new(key, slot.conn.generation);
-                (slot.conn.accounted.kib(), id)
+                // A TLS connection also holds its layer's state and buffers.
+                let layer = tls.get(id).map_or(0, |layer| layer.charge_kib());
+                (slot.conn.accounted.kib() + layer, id)
             })
+            .filter(|&(kib, _)| kib > 0)
             .collect();
         holders.sort_unstable_by_key(|&(kib, _)| std::cmp::Reverse(kib));
         let mut left = before;

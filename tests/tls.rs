@@ -1,0 +1,416 @@
+//! TLS as a layer of the reactor, end to end over real sockets: echo over TLS in
+//! every shape a stream takes (split, pipelined, empty and large frames under
+//! backpressure), `close_notify` both ways, what a service may ask, dials over TLS,
+//! client certificates, and the defences: a plain-text client on a TLS port, a
+//! handshake trickled past the frame deadline, a thousand half-finished handshakes
+//! against the memory budget. The clients are rustls's own, blocking.
+
+mod common;
+mod tls_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, TestServer, IO_TIMEOUT};
+use switchboard::services::Echo;
+use switchboard::tls::{TlsClient, TlsServer};
+use switchboard::{
+    CloseMode, CloseReason, Config, ConnId, Context, Dial, LengthCodec, Origin, Service,
+};
+use tls_support::{echo, frame, handshake, read_frame, tls_connect, Certs};
+
+/// A config with one TLS listener on 127.0.0.1, serving `certs`.
+fn tls_config(certs: &Certs, client_ca: bool) -> Config {
+    let mut config = Config::default();
+    config.tls_tcp.push("127.0.0.1:0".parse().unwrap());
+    let ca = client_ca.then_some(certs.ca.as_path());
+    config.tls = Some(TlsServer::from_pem_files(&certs.cert, &certs.key, ca).unwrap());
+    config
+}
+
+fn echo_server(config: Config) -> TestServer<Echo> {
+    TestServer::start(config, || (Echo::default(), LengthCodec::new(4 << 20)))
+}
+
+#[test]
+fn frames_in_every_shape_echo_over_tls_and_the_close_says_close_notify() {
+    let certs = Certs::make("shapes");
+    let mut config = tls_config(&certs, false);
+    // Small enough that the large frames below put the output over it: reading
+    // pauses and resumes while TLS holds ciphertext for the socket.
+    config.write_limit = 64 * 1024;
+    let server = echo_server(config);
+    let mut client = tls_connect(server.tcp(), certs.client_config(false), "localhost");
+
+    assert_eq!(echo(&mut client, b"hello over tls"), b"hello over tls");
+    assert_eq!(echo(&mut client, b""), b"", "a zero-length frame");
+    // A hundred frames in one write: one TLS record, many frames.
+    let pipelined: Vec<u8> = (0..100u32).flat_map(|i| frame(&i.to_be_bytes())).collect();
+    client.write_all(&pipelined).unwrap();
+    for i in 0..100u32 {
+        assert_eq!(read_frame(&mut client).unwrap(), i.to_be_bytes());
+    }
+    // A frame split across many records and reads, then large frames back to back
+    // (the server's output passes the write limit while they come).
+    let large: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let framed = frame(&large);
+    for chunk in framed.chunks(1000).take(50) {
+        client.write_all(chunk).unwrap();
+        client.flush().unwrap();
+    }
+    let sender = {
+        let rest = framed[50_000..].to_vec();
+        let mut writer = client.sock.try_clone().unwrap();
+        // The rest goes through the same TLS session, so it is written here; the
+        // reading side runs meanwhile on this thread below. (rustls's state is not
+        // shared: encrypt first, then send the ciphertext from another thread.)
+        client.conn.set_buffer_limit(None);
+        client.conn.writer().write_all(&rest).unwrap();
+        for _ in 0..2 {
+            client.conn.writer().write_all(&framed).unwrap();
+        }
+        let mut ciphertext = Vec::new();
+        while client.conn.wants_write() {
+            client.conn.write_tls(&mut ciphertext).unwrap();
+        }
+        std::thread::spawn(move || writer.write_all(&ciphertext))
+    };
+    for _ in 0..3 {
+        assert!(
+            read_frame(&mut client).unwrap() == large,
+            "large frame echoed"
+        );
+    }
+    sender.join().unwrap().unwrap();
+
+    // The client says it is done (close_notify, then FIN); echo closes after its last
+    // answer, and its close begins with a close_notify: a clean end for rustls, which
+    // reports a FIN without one as an error.
+    client.conn.send_close_notify();
+    client.flush().unwrap();
+    client.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    match client.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty()),
+        Err(e) => panic!("the server's close was not a clean TLS close: {e}"),
+    }
+    let stats = server.stop();
+    assert_eq!(stats.accepted, 1);
+}
+
+/// Answers every frame with what [`Context::tls`] says of its connection, and counts
+/// the handshakes it heard of.
+#[derive(Default)]
+struct Asker {
+    ready: Arc<AtomicUsize>,
+}
+
+impl Service for Asker {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_tls_ready(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: &mut ()) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: &[u8]) {
+        let answer = match ctx.tls(conn) {
+            None => "plain".to_string(),
+            Some(info) => format!(
+                "sni={} version={} peer_certs={} handshaking={}",
+                info.server_name.unwrap_or_default(),
+                info.protocol.unwrap_or_default(),
+                info.peer_certificates.len(),
+                info.handshaking
+            ),
+        };
+        let _ = ctx.send(conn, answer.as_bytes());
+    }
+}
+
+#[test]
+fn a_service_can_ask_what_tls_was_agreed_and_plain_and_tls_endpoints_mix() {
+    let certs = Certs::make("ask");
+    let mut config = tls_config(&certs, true);
+    config.tcp.push("127.0.0.1:0".parse().unwrap());
+    let ready = Arc::new(AtomicUsize::new(0));
+    let counter = ready.clone();
+    let server = TestServer::start(config, move || {
+        (Asker { ready: counter }, LengthCodec::new(1 << 16))
+    });
+    // Plain listeners are bound first, then the TLS ones.
+    let (plain, secure) = (server.tcp_all()[0], server.tcp_all()[1]);
+
+    let mut tcp = common::connect(plain);
+    tcp.write_all(&frame(b"?")).unwrap();
+    assert_eq!(read_frame(&mut tcp).unwrap(), b"plain");
+
+    let mut client = tls_connect(secure, certs.client_config(true), "localhost");
+    let answer = String::from_utf8(echo(&mut client, b"?")).unwrap();
+    assert_eq!(
+        answer, "sni=localhost version=TLSv1_3 peer_certs=1 handshaking=false",
+        "what the service learnt"
+    );
+    assert_eq!(ready.load(Ordering::SeqCst), 1, "on_tls_ready once");
+    server.stop();
+}
+
+#[test]
+fn with_a_client_ca_a_client_without_a_certificate_is_refused() {
+    let certs = Certs::make("client-ca");
+    let server = echo_server(tls_config(&certs, true));
+    let mut anonymous = tls_connect(server.tcp(), certs.client_config(false), "localhost");
+    let refused = handshake(&mut anonymous).and_then(|()| {
+        anonymous.write_all(&frame(b"let me in"))?;
+        anonymous.flush()?;
+        read_frame(&mut anonymous)
+    });
+    assert!(refused.is_err(), "served without a client certificate");
+
+    let mut member = tls_connect(server.tcp(), certs.client_config(true), "localhost");
+    assert_eq!(
+        echo(&mut member, b"with a certificate"),
+        b"with a certificate"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_plain_text_client_on_a_tls_port_is_closed_at_once() {
+    let certs = Certs::make("plain-client");
+    let server = echo_server(tls_config(&certs, false));
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &frame(b"hello")[..],
+    ] {
+        let mut stream = common::connect(server.tcp());
+        let started = Instant::now();
+        stream.write_all(request).unwrap();
+        // Whatever comes back (a TLS alert), then the end.
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "closed after {:?}",
+            started.elapsed()
+        );
+        assert!(sink.len() < 64, "only an alert: {} bytes", sink.len());
+    }
+    server.stop();
+}
+
+/// The first bytes a rustls client sends: its ClientHello.
+fn client_hello(certs: &Certs) -> Vec<u8> {
+    let name = "localhost".try_into().unwrap();
+    let mut conn = rustls::ClientConnection::new(certs.client_config(false), name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    hello
+}
+
+#[test]
+fn a_trickled_handshake_is_cut_at_the_frame_deadline() {
+    let certs = Certs::make("trickle");
+    let mut config = tls_config(&certs, false);
+    config.frame_timeout = Some(Duration::from_secs(1));
+    let server = echo_server(config);
+    let hello = client_hello(&certs);
+    let mut stream = common::connect(server.tcp());
+    let started = Instant::now();
+    // A byte every 100 ms: the ClientHello (hundreds of bytes) would take a minute.
+    let mut cut_at = None;
+    for byte in &hello {
+        if stream.write_all(std::slice::from_ref(byte)).is_err() || common::is_closed_now(&stream) {
+            cut_at = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut_at = cut_at.expect("the handshake was never cut");
+    assert!(
+        cut_at >= Duration::from_millis(900) && cut_at < Duration::from_secs(3),
+        "cut after {cut_at:?}, with a frame deadline of 1 s"
+    );
+    let stats = server.stop();
+    assert_eq!(stats.closed[CloseReason::FrameTimeout.index()], 1);
+}
+
+#[test]
+fn a_finished_handshake_stops_the_deadline_for_an_idle_connection() {
+    let certs = Certs::make("idle-after");
+    let mut config = tls_config(&certs, false);
+    config.frame_timeout = Some(Duration::from_millis(500));
+    let server = echo_server(config);
+    let mut client = tls_connect(server.tcp(), certs.client_config(false), "localhost");
+    handshake(&mut client).unwrap();
+    // Idle well past the frame deadline: not a frame in progress, so not cut.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(echo(&mut client, b"still here"), b"still here");
+    server.stop();
+}
+
+/// `/proc/self/status`'s resident set, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_thousand_half_finished_handshakes_stay_inside_the_memory_budget() {
+    let certs = Certs::make("half");
+    let port = common::free_port();
+    let budget_mib = 4;
+    let admin = common::free_port();
+    let args = [
+        "echo",
+        "--tcp",
+        &format!("tls://127.0.0.1:{port}"),
+        "--udp",
+        "off",
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--memory-budget",
+        &format!("{budget_mib}MiB"),
+        "--tls-cert",
+        certs.cert.to_str().unwrap(),
+        "--tls-key",
+        certs.key.to_str().unwrap(),
+    ];
+    let server = common::ChildServer::start(&args, Some(port));
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let hello = client_hello(&certs);
+    let half = &hello[..hello.len() / 2];
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        // (The budget may have reset it already.)
+        let _ = stream.write_all(half);
+        held.push(stream);
+    }
+    // The budget resets the newest holders once the total passes it; the others wait
+    // for the rest of their ClientHello.
+    let buffered = || metric(admin, "switchboard_buffered_bytes");
+    assert!(
+        wait_until(IO_TIMEOUT, || metric(admin, "switchboard_connections")
+            < 1000.0),
+        "the budget never acted: {} connections",
+        metric(admin, "switchboard_connections")
+    );
+    let grown_kib = rss_kib(pid).saturating_sub(before);
+    let open = metric(admin, "switchboard_connections");
+    assert!(
+        buffered() <= (budget_mib << 20) as f64,
+        "buffered {} bytes over the budget",
+        buffered()
+    );
+    assert!(
+        grown_kib < 2 * budget_mib * 1024,
+        "the server grew by {grown_kib} KiB for {open} half-finished handshakes"
+    );
+    assert!(
+        open > 100.0,
+        "only {open} connections kept: the budget reset too many"
+    );
+    // A client that finishes its handshake is still served.
+    let mut client = tls_connect(addr, certs.client_config(false), "localhost");
+    assert_eq!(echo(&mut client, b"served"), b"served");
+    drop(held);
+}
+
+/// One sample of the admin endpoint's `/metrics` (0 when absent).
+fn metric(admin_port: u16, name: &str) -> f64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A client that dials over TLS, sends one frame and remembers the echo.
+struct Dialler {
+    target: SocketAddr,
+    client: TlsClient,
+    name: &'static str,
+    answers: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Service for Dialler {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_start(&mut self, ctx: &mut Context<'_, Self>) {
+        let dial = Dial::tcp(self.target).tls(&self.client, self.name).unwrap();
+        ctx.connect(dial, ()).unwrap();
+    }
+
+    fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
+        // Sent before the handshake: held until it completes.
+        ctx.send(conn, b"over a dialled tls connection").unwrap();
+    }
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload).into_owned();
+        self.answers.lock().unwrap().push(text);
+        ctx.close(conn, CloseMode::Flush);
+    }
+
+    fn on_close(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: (), reason: CloseReason) {
+        self.answers
+            .lock()
+            .unwrap()
+            .push(format!("closed: {reason}"));
+    }
+}
+
+#[test]
+fn a_dial_speaks_tls_and_checks_the_server_name() {
+    let certs = Certs::make("dial");
+    let server = echo_server(tls_config(&certs, false));
+    let client = TlsClient::new(false, Some(&certs.ca)).unwrap();
+    for (name, expected) in [
+        ("localhost", "over a dialled tls connection"),
+        ("127.0.0.1", "over a dialled tls connection"),
+        ("wrong.example", "closed: "),
+    ] {
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let dialler = Dialler {
+            target: server.tcp(),
+            client: client.clone(),
+            name,
+            answers: answers.clone(),
+        };
+        let mut config = Config::default();
+        config.connect_timeout = Duration::from_secs(5);
+        let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
+        assert!(
+            wait_until(IO_TIMEOUT, || answers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("closed"))),
+            "{name}: the dialled connection never closed"
+        );
+        let first = answers.lock().unwrap()[0].clone();
+        assert!(first.starts_with(expected), "{name}: {first}");
+        client_loop.stop();
+    }
+    server.stop();
+}
