@@ -397,8 +397,10 @@ fn a_dial_speaks_tls_and_checks_the_server_name() {
             name,
             answers: answers.clone(),
         };
-        let mut config = Config::default();
-        config.connect_timeout = Duration::from_secs(5);
+        let config = Config {
+            connect_timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
         let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
         assert!(
             wait_until(IO_TIMEOUT, || answers
