@@ -4,12 +4,14 @@
 //! and each sees the others' messages; then one page joins, talks in, and leaves a room
 //! by typed commands, the other leaves with the Leave button, and the TCP member sees
 //! each step, and no unknown command said in a room. The test saves a screenshot of the
-//! page (`target/browser/chat.png`).
+//! page (`target/browser/chat.png`). Then the page again, served over TLS: loaded from
+//! `https://`, chatting over `wss://` with a TCP member (`chat_page_tls.mjs`).
 #![cfg(feature = "ws")]
 
 #[allow(dead_code)]
 mod chat_support;
 mod common;
+mod tls_support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -117,4 +119,92 @@ fn is_command(event: &Value) -> bool {
     event["text"]
         .as_str()
         .is_some_and(|text| text.starts_with('/'))
+}
+
+#[test]
+fn the_page_over_https_chats_over_wss_with_a_tcp_member() {
+    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        driver.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: .ci/run installs them"
+    );
+    let certs = tls_support::Certs::make("browser");
+    let (tcp, ws) = (free_port(), free_port());
+    let (tcp_flag, ws_flag) = (tcp.to_string(), format!("tls://127.0.0.1:{ws}"));
+    let args = [
+        "chat",
+        "--tcp",
+        &tcp_flag,
+        "--udp",
+        "off",
+        "--ws",
+        &ws_flag,
+        "--tls-cert",
+        certs.cert.to_str().unwrap(),
+        "--tls-key",
+        certs.key.to_str().unwrap(),
+    ];
+    let _server = ChildServer::start(&args, Some(tcp));
+    assert!(common::wait_until(IO_TIMEOUT, || {
+        std::net::TcpStream::connect(("127.0.0.1", ws)).is_ok()
+    }));
+    let mut bob = Member::named(SocketAddr::from(([127, 0, 0, 1], tcp)), "tcpbob");
+    bob.join("lobby");
+
+    let mut browser = Command::new("node")
+        .arg(driver.join("chat_page_tls.mjs"))
+        .arg(format!("https://127.0.0.1:{ws}/"))
+        .arg(spki_hash(&certs.cert))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(
+        ready.as_deref(),
+        Some("ready"),
+        "the page joined the lobby over wss"
+    );
+    // The page's message reaches the TCP member; the member's reaches the page.
+    loop {
+        let event = without_ts(bob.next());
+        if event["type"] == "msg" {
+            assert_eq!(
+                event,
+                json!({"type": "msg", "room": "lobby", "from": "tlsalice", "text": "hello over wss"})
+            );
+            break;
+        }
+    }
+    bob.say("lobby", "hello over tcp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = browser.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the browser run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the page over TLS did not see every step");
+}
+
+/// The base64 SHA-256 of a certificate's public key (its SPKI), as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it: trust this key, and no other.
+fn spki_hash(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -416,3 +416,261 @@ fn a_dial_speaks_tls_and_checks_the_server_name() {
     }
     server.stop();
 }
+
+// The binary's TLS, with clients nobody here wrote: openssl s_client, Python's ssl,
+// curl; and the certificate reloaded on SIGHUP.
+
+/// `switchboard ARGS... --tls-cert --tls-key` of `certs`, started, with its stderr
+/// collected.
+fn tls_child(args: &[&str], certs: &Certs, ready: u16) -> (common::ChildServer, common::StderrLog) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--tls-cert",
+        certs.cert.to_str().unwrap(),
+        "--tls-key",
+        certs.key.to_str().unwrap(),
+    ]);
+    let mut server = common::ChildServer::start(&all, Some(ready));
+    let log = common::StderrLog::capture(&mut server);
+    (server, log)
+}
+
+/// Runs `program ARGS` with `input` on stdin; its stdout and stderr, once it exits or
+/// is killed after `limit`.
+fn run_with_input(program: &str, args: &[&str], input: &[u8], limit: Duration) -> (String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} runs (.ci/run installs it): {e}"));
+    child.stdin.as_mut().unwrap().write_all(input).unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn openssl_s_client_handshakes_and_echoes_lines() {
+    let certs = Certs::make("s-client");
+    let port = common::free_port();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let args = ["echo", "--framing", "lines", "--tcp", &tls, "--udp", "off"];
+    let (_server, _log) = tls_child(&args, &certs, port);
+    let connect = format!("127.0.0.1:{port}");
+    let ca = certs.ca.to_str().unwrap();
+    let s_client = [
+        "s_client",
+        "-connect",
+        &connect,
+        "-servername",
+        "localhost",
+        "-CAfile",
+        ca,
+        "-verify_return_error",
+        "-brief",
+    ];
+    // `-brief` leaves stdin's EOF to end the session; the echo comes first.
+    let (out, err) = run_with_input(
+        "openssl",
+        &s_client,
+        b"hello from s_client\nand a second line\n",
+        Duration::from_secs(5),
+    );
+    assert!(err.contains("Verification: OK"), "s_client: {err}");
+    assert!(err.contains("TLSv1.3"), "s_client: {err}");
+    assert_eq!(
+        out, "hello from s_client\nand a second line\n",
+        "s_client: {err}"
+    );
+}
+
+#[test]
+fn python_ssl_echoes_frames_and_closes_with_close_notify_both_ways() {
+    let certs = Certs::make("python");
+    let port = common::free_port();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let (_server, _log) = tls_child(&["echo", "--tcp", &tls, "--udp", "off"], &certs, port);
+    // unwrap() sends Python's close_notify and returns only once the server's comes
+    // back: it raises if the server just closes the socket.
+    let script = r#"
+import socket, ssl, struct, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    for payload in [b"from python", b"", b"x" * 100000]:
+        tls.sendall(struct.pack(">I", len(payload)) + payload)
+        header = b""
+        while len(header) < 4:
+            header += tls.recv(4 - len(header))
+        size, body = struct.unpack(">I", header)[0], b""
+        while len(body) < size:
+            body += tls.recv(size - len(body))
+        assert body == payload, (len(body), len(payload))
+    print(tls.version(), tls.cipher()[0])
+    tls.unwrap()
+    print("clean close")
+"#;
+    let port_arg = port.to_string();
+    let args = ["-c", script, &port_arg, certs.ca.to_str().unwrap()];
+    let (out, err) = run_with_input("python3", &args, b"", Duration::from_secs(10));
+    assert!(out.starts_with("TLSv1.3 TLS_"), "python: {out}{err}");
+    assert!(out.ends_with("clean close\n"), "python: {out}{err}");
+}
+
+#[test]
+fn curl_fetches_metrics_over_https_and_the_chat_page_over_https() {
+    let certs = Certs::make("curl");
+    let (tcp, admin, ws) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (tcp_flag, admin_flag) = (tcp.to_string(), format!("tls://127.0.0.1:{admin}"));
+    let ws_flag = format!("tls://127.0.0.1:{ws}");
+    let args = [
+        "chat",
+        "--tcp",
+        &tcp_flag,
+        "--udp",
+        "off",
+        "--admin",
+        &admin_flag,
+        "--ws",
+        &ws_flag,
+    ];
+    let (_server, _log) = tls_child(&args, &certs, tcp);
+    let ca = certs.ca.to_str().unwrap();
+    let curl = |url: String| {
+        run_with_input(
+            "curl",
+            &["-sS", "--fail", "--cacert", ca, &url],
+            b"",
+            Duration::from_secs(10),
+        )
+    };
+    let (metrics, err) = curl(format!("https://127.0.0.1:{admin}/metrics"));
+    assert!(metrics.contains("switchboard_connections"), "curl: {err}");
+    let (health, err) = curl(format!("https://localhost:{admin}/healthz"));
+    assert_eq!(health, "ok\n", "curl: {err}");
+    let (page, err) = curl(format!("https://127.0.0.1:{ws}/"));
+    assert!(
+        page.contains("new WebSocket(") && page.contains("'wss'"),
+        "curl: {err}"
+    );
+    // And plain HTTP to the TLS admin port is not answered as HTTP.
+    let (plain, _) = curl(format!("http://127.0.0.1:{admin}/metrics"));
+    assert!(!plain.contains("switchboard_connections"));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_handshakes_and_keeps_connections() {
+    let first = Certs::make("reload-first");
+    let second = Certs::make("reload-second");
+    // The server reads its files from a directory of its own, replaced underneath it.
+    let dir = first.dir.join("served");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let port = common::free_port();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let args = [
+        "echo",
+        "--tcp",
+        &tls,
+        "--udp",
+        "off",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let mut server = common::ChildServer::start(&args, Some(port));
+    let log = common::StderrLog::capture(&mut server);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut before = tls_connect(addr, first.client_config(false), "localhost");
+    assert_eq!(echo(&mut before, b"before"), b"before");
+
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    server.signal("HUP");
+    log.wait_for("the reload", IO_TIMEOUT, |text| {
+        text.contains("TLS certificate and key reloaded")
+    });
+    let mut after = tls_connect(addr, second.client_config(false), "localhost");
+    assert_eq!(echo(&mut after, b"after"), b"after");
+    let mut stale = tls_connect(addr, first.client_config(false), "localhost");
+    assert!(
+        handshake(&mut stale).is_err(),
+        "the old certificate is still served"
+    );
+    assert_eq!(
+        echo(&mut before, b"kept"),
+        b"kept",
+        "a connection made before the reload"
+    );
+
+    // A key that cannot be read: said, and the certificate in use stays.
+    std::fs::write(&key, "not a key").unwrap();
+    server.signal("HUP");
+    log.wait_for("the refusal", IO_TIMEOUT, |text| {
+        text.contains("TLS certificate not reloaded")
+    });
+    let mut still = tls_connect(addr, second.client_config(false), "localhost");
+    assert_eq!(echo(&mut still, b"still"), b"still");
+    server.signal("TERM");
+    let (code, _) = server.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn tls_flags_that_cannot_work_are_refused_with_a_clear_error() {
+    let certs = Certs::make("flags");
+    let port = common::free_port().to_string();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let missing = certs.dir.join("missing.pem");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (vec!["echo", "--tcp", &tls], "needs a certificate and key"),
+        (
+            vec![
+                "echo",
+                "--tcp",
+                &tls,
+                "--tls-cert",
+                missing.to_str().unwrap(),
+                "--tls-key",
+                certs.key.to_str().unwrap(),
+            ],
+            "missing.pem",
+        ),
+        (
+            vec![
+                "echo",
+                "--tcp",
+                &tls,
+                "--tls-cert",
+                certs.key.to_str().unwrap(),
+                "--tls-key",
+                certs.key.to_str().unwrap(),
+            ],
+            "no certificate",
+        ),
+    ];
+    for (args, expected) in cases {
+        let server = common::ChildServer::start(&args, None);
+        let (code, stderr) = server.wait(IO_TIMEOUT);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

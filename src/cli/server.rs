@@ -283,11 +283,24 @@ impl ServerArgs {
         {
             return Err("--udp tls://: TLS is for stream endpoints (DTLS is not served)".into());
         }
+        let tls = self.tls_server()?;
+        let tls_asked = tls_addresses(&self.tcp)
+            .first()
+            .map(|addr| format!("--tcp tls://{addr}"));
+        let tls_asked = tls_asked.or_else(|| {
+            let admin = self.admin.filter(|admin| admin.tls)?;
+            Some(format!("--admin {admin}"))
+        });
+        if let (Some(flag), None) = (tls_asked, &tls) {
+            return Err(format!(
+                "{flag}: a TLS endpoint needs a certificate and key (--tls-cert and --tls-key)"
+            ));
+        }
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Ok(Config {
             tls_tcp: tls_addresses(&self.tcp),
             admin_tls: self.admin.is_some_and(|admin| admin.tls),
-            tls: self.tls_server()?,
+            tls,
             send_timeout: seconds(self.send_timeout),
             memory_budget: (self.memory_budget > 0)
                 .then(|| usize::try_from(self.memory_budget).unwrap_or(usize::MAX)),
