@@ -42,6 +42,9 @@
 //!   the reactor's buffers and limits.
 //! - [`buffer`]: the byte buffer with read/write regions, and the buffer pool.
 //! - [`timer`]: the deadline queue behind every timer.
+//! - [`tls`]: TLS as a layer between a connection's socket and its codec (feature
+//!   `tls`: certificates and keys for listeners, trust for dials; without it, the
+//!   module is empty).
 //! - [`stats`]: the counters; [`metrics`]: the same counters in the Prometheus text
 //!   format, as the admin endpoint (`Config::admin`) serves them.
 //! - [`services`]: the services the binary runs: echo, and the chat in layers (a
@@ -83,7 +86,8 @@
 //! | `admin` | the admin endpoint (`Config::admin`): `GET /metrics`, `GET /healthz` | httparse |
 //! | `signals` | graceful shutdown on SIGINT/SIGTERM (`Reactor::stop_on_signals`) | signal-hook, signal-hook-mio |
 //! | `loadgen` | the load generator: latency histograms, JSON summaries | hdrhistogram, serde, serde_json, nix (Linux) |
-//! | `cli` | the `switchboard` binary: flags, logging, inherited listeners | `chat`, `redis`, `ws`, `admin`, `loadgen`, `signals`, clap, simple_logger, rlimit, listenfd |
+//! | `tls` | TLS as a layer between socket and codec on any stream endpoint or dial ([`tls`]; `Config::tls_tcp`, `Reactor::serve_tls`, `Dial::tls`, `Context::tls`) | rustls (ring provider), rustls-native-certs |
+//! | `cli` | the `switchboard` binary: flags, logging, inherited listeners | `chat`, `redis`, `ws`, `admin`, `loadgen`, `signals`, `tls`, clap, simple_logger, rlimit, listenfd |
 //! | `tokio-peer` | only builds `examples/tokio_peer.rs`, the comparison peer | tokio, tokio-util, futures-util, bytes, rlimit |
 //!
 //! ## A service of your own
