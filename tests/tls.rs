@@ -310,6 +310,7 @@ fn a_thousand_half_finished_handshakes_stay_inside_the_memory_budget() {
     );
     let grown_kib = rss_kib(pid).saturating_sub(before);
     let open = metric(admin, "switchboard_connections");
+    eprintln!("{open} half-finished handshakes kept, the server grew by {grown_kib} KiB");
     assert!(
         buffered() <= (budget_mib << 20) as f64,
         "buffered {} bytes over the budget",
