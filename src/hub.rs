@@ -434,14 +434,7 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return;
         };
-        conn.frame_started = now_millis;
-        if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
-            conn.flags.set(Flag::FrameTimerArmed, true);
-            self.timers.insert(
-                crate::timer::deadline_after(now, timeout),
-                TimerEvent::FrameDeadline(id),
-            );
-        }
+        start_frame_clock(conn, id, &mut self.timers, (now, now_millis), frame_timeout);
         self.buffered_kib += layer.charge_kib();
         let passed = self
             .limits
@@ -554,6 +547,23 @@ pub(crate) fn recount(conn: &mut Connection, total: &mut u64, budget_kib: Option
     let now = now.kib();
     *total = *total - before + now;
     now > before && budget_kib.is_some_and(|budget| *total > budget)
+}
+
+/// Starts `conn`'s frame clock at `now` (a frame, or a TLS handshake, began to
+/// arrive), with a frame-deadline timer unless one is armed already (it finds the
+/// clock when it fires).
+pub(crate) fn start_frame_clock<T>(
+    conn: &mut Connection,
+    id: ConnId,
+    timers: &mut TimerQueue<TimerEvent<T>>,
+    (now, now_millis): (Instant, Millis),
+    frame_timeout: Option<Duration>,
+) {
+    conn.frame_started = now_millis;
+    if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
+        conn.flags.set(Flag::FrameTimerArmed, true);
+        timers.insert(deadline_after(now, timeout), TimerEvent::FrameDeadline(id));
+    }
 }
 
 /// A connection named for a log line: `conn 3.7 from 127.0.0.1:50312`.

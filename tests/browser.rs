@@ -25,13 +25,7 @@ use serde_json::{json, Value};
 
 #[test]
 fn two_browser_pages_and_a_tcp_member_chat_and_join_and_leave_rooms() {
-    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        driver.join("node_modules/playwright-core").exists()
-            && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: .ci/run installs them \
-         (apt-get install -y chromium chromium-driver; npm install --prefix tests/browser)"
-    );
+    let driver = browser_driver();
     let (tcp, ws) = (free_port(), free_port());
     let (tcp_flag, ws_flag) = (tcp.to_string(), ws.to_string());
     let args = ["chat", "--tcp", &tcp_flag, "--udp", "off", "--ws", &ws_flag];
@@ -74,14 +68,7 @@ fn two_browser_pages_and_a_tcp_member_chat_and_join_and_leave_rooms() {
 
     // The page's run ends with its own verdict, which says which step failed; what
     // tcpbob was sent meanwhile waits in its socket.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = browser.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the browser run did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut browser, Duration::from_secs(60));
     assert!(status.success(), "the pages did not see every step");
 
     // The commands typed in alice's page and carol's Leave button, as tcpbob saw them:
@@ -123,12 +110,7 @@ fn is_command(event: &Value) -> bool {
 
 #[test]
 fn the_page_over_https_chats_over_wss_with_a_tcp_member() {
-    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        driver.join("node_modules/playwright-core").exists()
-            && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Chromium and playwright-core: .ci/run installs them"
-    );
+    let driver = browser_driver();
     let certs = tls_support::Certs::make("browser");
     let (tcp, ws) = (free_port(), free_port());
     let (tcp_flag, ws_flag) = (tcp.to_string(), format!("tls://127.0.0.1:{ws}"));
@@ -178,14 +160,7 @@ fn the_page_over_https_chats_over_wss_with_a_tcp_member() {
         }
     }
     bob.say("lobby", "hello over tcp");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = browser.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the browser run did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut browser, Duration::from_secs(30));
     assert!(status.success(), "the page over TLS did not see every step");
 }
 
@@ -207,4 +182,29 @@ fn spki_hash(cert: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The directory of the browser scripts, once Chromium and playwright-core are there.
+fn browser_driver() -> std::path::PathBuf {
+    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        driver.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Chromium and playwright-core: .ci/run installs them \
+         (apt-get install -y chromium chromium-driver; npm install --prefix tests/browser)"
+    );
+    driver
+}
+
+/// Waits (at most `limit`) for a browser script's verdict; what its member was sent
+/// meanwhile waits in the member's socket.
+fn wait_for_exit(browser: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = browser.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the browser run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -22,7 +22,7 @@ use crate::connection::{ConnId, ConnState, Flag, Slot, NO_FRAME};
 use crate::context::Context;
 use crate::endpoint::Endpoints;
 use crate::frame::{Codec, Decode, FrameError, Scan};
-use crate::hub::{connection_mut, Hub, TimerEvent};
+use crate::hub::{connection_mut, start_frame_clock, Hub};
 use crate::service::{Frames, HeldBack, Service};
 use crate::stats::CloseReason;
 use crate::tls;
@@ -811,14 +811,7 @@ pub(super) fn held_input_changed<S: Service>(hub: &mut Hub<S>, id: ConnId, frame
         return;
     }
     if conn.frame_started == NO_FRAME {
-        conn.frame_started = now_millis;
-        if let (Some(timeout), false) = (frame_timeout, conn.flags.get(Flag::FrameTimerArmed)) {
-            conn.flags.set(Flag::FrameTimerArmed, true);
-            hub.timers.insert(
-                crate::timer::deadline_after(now, timeout),
-                TimerEvent::FrameDeadline(id),
-            );
-        }
+        start_frame_clock(conn, id, &mut hub.timers, (now, now_millis), frame_timeout);
     }
     hub.account(id);
 }
