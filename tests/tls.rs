@@ -101,6 +101,53 @@ fn frames_in_every_shape_echo_over_tls_and_the_close_says_close_notify() {
     assert_eq!(stats.accepted, 1);
 }
 
+#[test]
+fn a_tls_peer_that_stops_reading_is_reset_by_the_send_timeout() {
+    let certs = Certs::make("stalled");
+    let mut config = tls_config(&certs, false);
+    config.write_limit = 64 * 1024;
+    config.send_timeout = Some(Duration::from_secs(1));
+    let server = echo_server(config);
+    let mut client = tls_connect(server.tcp(), certs.client_config(false), "localhost");
+    handshake(&mut client).unwrap();
+    // Frames to echo, encrypted up front, sent by another thread; nobody reads the
+    // echoes, so the server's output (and the ciphertext it owes) stops moving.
+    client.conn.set_buffer_limit(None);
+    let payload = vec![7u8; 64 * 1024];
+    for _ in 0..128 {
+        client.conn.writer().write_all(&frame(&payload)).unwrap();
+    }
+    let mut ciphertext = Vec::new();
+    while client.conn.wants_write() {
+        client.conn.write_tls(&mut ciphertext).unwrap();
+    }
+    let mut writer = client.sock.try_clone().unwrap();
+    // (Longer than the wait below: only the reset may end the write.)
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    // The server stops reading once its output is over the limit, so this write blocks
+    // until the reset cuts it off.
+    let sender = std::thread::spawn(move || (writer.write_all(&ciphertext), started.elapsed()));
+    assert!(
+        wait_until(Duration::from_secs(10), || sender.is_finished()),
+        "a TLS peer that stopped reading was never reset"
+    );
+    let (written, after) = sender.join().unwrap();
+    assert!(
+        written.is_err(),
+        "the server read everything: nothing stalled"
+    );
+    assert!(
+        after >= Duration::from_secs(1),
+        "reset after {after:?}, before the send timeout"
+    );
+    drop(client);
+    let stats = server.stop();
+    assert_eq!(stats.closed[CloseReason::WriteStalled.index()], 1);
+}
+
 /// Answers every frame with what [`Context::tls`] says of its connection, and counts
 /// the handshakes it heard of.
 #[derive(Default)]
