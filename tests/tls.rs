@@ -113,8 +113,9 @@ fn a_tls_peer_that_stops_reading_is_reset_by_the_send_timeout() {
     // Frames to echo, encrypted up front, sent by another thread; nobody reads the
     // echoes, so the server's output (and the ciphertext it owes) stops moving.
     client.conn.set_buffer_limit(None);
+    // 32 MiB: more than the kernel's socket buffers on both sides can take.
     let payload = vec![7u8; 64 * 1024];
-    for _ in 0..128 {
+    for _ in 0..512 {
         client.conn.writer().write_all(&frame(&payload)).unwrap();
     }
     let mut ciphertext = Vec::new();
