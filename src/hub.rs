@@ -448,6 +448,7 @@ impl<S: Service> Hub<S> {
     /// stops, the budget's charge shrinks), and ciphertext the socket did not take
     /// (WRITABLE armed, and the send timeout watching it).
     /// True when the handshake has just completed.
+    #[inline(never)]
     pub(crate) fn after_tls_io(&mut self, id: ConnId) -> bool {
         let now_millis = self.now_millis();
         let Some(layer) = self.tls.get_mut(id) else {

@@ -905,6 +905,7 @@ impl<S: Service> Reactor<S> {
     }
 
     /// Tells the service that `id`'s TLS handshake is done.
+    #[inline(never)]
     pub(super) fn tls_ready(&mut self, id: ConnId) {
         let Some(slot) = self.hub.slot_mut(id) else {
             return;

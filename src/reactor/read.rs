@@ -48,6 +48,7 @@ impl<S: Service> TakenStates<S> {
 impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
     /// connection stops reading (closing, or paused).
+    #[inline(always)]
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
         self.read_until_done(id, read_to_eof);
         if self.hub.tls.get(id).is_some() && self.hub.after_tls_io(id) {
@@ -123,7 +124,9 @@ impl<S: Service> Reactor<S> {
         if S::Codec::PROTOCOL && self.endpoints.codec(conn.endpoint).is_protocol() {
             return self.read_protocol_once(id, read_to_eof);
         }
+        // (A TLS connection reads through its layer: the general path.)
         let plain = conn.state == ConnState::Open
+            && self.hub.tls.get(id).is_none()
             && !conn.flags.get(Flag::ReadPaused)
             && !conn.flags.get(Flag::PausedByService)
             && !conn.input.has_storage()
@@ -140,11 +143,7 @@ impl<S: Service> Reactor<S> {
         self.scratch.clear();
         let spare = self.scratch.spare_mut(MIN_READ);
         let requested = spare.len().min(self.config.read_buffer_size);
-        let result = tls::read(
-            &mut conn.stream,
-            self.hub.tls.get_mut(id),
-            &mut spare[..requested],
-        );
+        let result = conn.stream.read(&mut spare[..requested]);
         let n = match result {
             Ok(n) if n > 0 => n,
             unusual => {

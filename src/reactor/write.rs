@@ -41,7 +41,7 @@ impl<S: Service> Hub<S> {
     /// Sends `bytes` (already framed) on a connection: straight to the socket when
     /// nothing is queued ahead of them, else queued behind what is. Returns false if
     /// the connection is gone, closing, or its side is shut.
-    #[inline]
+    #[inline(never)]
     pub(crate) fn write_or_queue(&mut self, id: ConnId, bytes: &[u8], frames: u64) -> bool {
         let now = self.now_millis();
         // (The slab alone, not `conn_mut`: the pool and counters are used alongside.)
@@ -54,7 +54,11 @@ impl<S: Service> Hub<S> {
             conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
         let mut tls = self.tls.get_mut(id);
         if write_at_once {
-            match write_now(conn, tls.as_deref_mut(), bytes) {
+            let result = match tls.as_deref_mut() {
+                None => write_now(conn, bytes),
+                Some(layer) => write_now_tls(conn, layer, bytes),
+            };
+            match result {
                 Ok(n) => written = n,
                 Err(e) => {
                     log::debug!("{id}: write error: {e}");
@@ -323,19 +327,27 @@ pub(crate) const GATHER: usize = 64 * 1024;
 /// One `write` of `bytes`, retried if interrupted: how many bytes the socket took
 /// (0 when it is full).
 #[inline]
-fn write_now(
-    conn: &mut Connection,
-    mut tls: Option<&mut TlsLayer>,
-    bytes: &[u8],
-) -> io::Result<usize> {
+fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
     loop {
-        match tls::write(&mut conn.stream, tls.as_deref_mut(), bytes) {
+        match conn.stream.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// [`write_now`] through a connection's TLS layer (which retries an interrupted write
+/// itself). Out of line, so that the plain path stays as it was.
+#[inline(never)]
+fn write_now_tls(conn: &mut Connection, layer: &mut TlsLayer, bytes: &[u8]) -> io::Result<usize> {
+    match layer.write(&mut conn.stream, bytes) {
+        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

@@ -15,7 +15,10 @@
 //!
 //! The layers live in a table of their own, indexed like the connections' slab
 //! ([`TlsTable`]), so a plain connection carries nothing for TLS and stays as small
-//! as it was.
+//! as it was. The layer's reads and writes are out of line (`#[inline(never)]`), and
+//! the read and write paths call them from branches of their own, so the code of the
+//! plain paths stays what it was (`docs/benchmarks.md`: instructions per echo).
+
 
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
@@ -82,6 +85,7 @@ impl TlsLayer {
     /// then treated as the end). Handshake messages and alerts rustls owes the peer
     /// are written on the way; a TLS error is an `InvalidData` error, after the alert
     /// that tells the peer why.
+    #[inline(never)]
     pub(crate) fn read(&mut self, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
         loop {
@@ -128,6 +132,7 @@ impl TlsLayer {
     /// Encrypts as much of `buf` as the send limit allows and writes it: `Ok(n)` is
     /// the plaintext taken. Ciphertext owed from before is written first; if the
     /// socket does not take all of it, nothing new is taken (`WouldBlock`).
+    #[inline(never)]
     pub(crate) fn write(&mut self, stream: &mut Stream, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(stream, &[IoSlice::new(buf)])
     }
@@ -140,6 +145,7 @@ impl TlsLayer {
     /// that is what makes the kernel report WRITABLE again when it has room (the
     /// caller waits for that event, and would wait for ever after a short count that
     /// only meant "rustls's limit").
+    #[inline(never)]
     pub(crate) fn write_vectored(
         &mut self,
         stream: &mut Stream,
@@ -168,6 +174,7 @@ impl TlsLayer {
 
     /// Writes the ciphertext owed to the peer: `Ok(true)` once all of it is written,
     /// `Ok(false)` when the socket is full.
+    #[inline(never)]
     pub(crate) fn flush(&mut self, stream: &mut Stream) -> io::Result<bool> {
         while self.session.wants_write() {
             match self.session.write_tls(&mut SocketIo(stream)) {
@@ -189,6 +196,7 @@ impl TlsLayer {
 
     /// Queues the `close_notify` alert (once) and writes what is owed: `Ok(true)`
     /// when all of it went out, so the FIN may follow.
+    #[inline(never)]
     pub(crate) fn close_notify(&mut self, stream: &mut Stream) -> io::Result<bool> {
         if !self.notify_queued {
             self.notify_queued = true;
