@@ -4,7 +4,8 @@
 //! Two nodes trusting the CA (`--tls-ca`) share a room through Redis's TLS port, with
 //! and without a password (which no log line shows). Then what TLS refuses: a
 //! certificate the node does not trust, one for another name, a plain-text Redis
-//! behind `rediss://` (which answers nothing), a server that answers in plain text.
+//! behind `rediss://` (which answers nothing), a server that answers in plain text,
+//! a Redis that asks for a client certificate.
 //! Each is logged in TLS's words and in `/healthz` (503), the link
 //! redials on its backoff, not in a loop, and the node serves its own members all the
 //! while. Bad TLS flags end the process with an error naming the flag.
@@ -177,7 +178,10 @@ fn refused_over_tls(
     let said = next_such(&mut ben, |e| e["type"] == "msg");
     assert_eq!(said["text"], "still here");
     assert_eq!(node.get("/healthz").0, 503);
-    node.stop(&[])
+    let log = node.stop(&[]);
+    // Never said to be connected: over TLS, that waits for Redis's first answer.
+    assert!(!log.contains("connected to Redis"), "{log}");
+    log
 }
 
 #[test]
@@ -215,6 +219,19 @@ fn a_plain_text_redis_behind_rediss_is_a_tls_failure() {
     let flags = trusting(&certs);
     let words = "TLS: Redis did not answer within 2s of the connect";
     refused_over_tls(&url, &strs(&flags), words, (2, DIAL_TIMEOUT));
+}
+
+#[test]
+fn a_redis_asking_for_a_client_certificate_is_a_tls_failure() {
+    let certs = Certificates::issue(&NAMES);
+    // Redis's default: the node presents no certificate, and Redis ends the handshake
+    // with an alert.
+    let redis = TlsRedis::start(&certs, &["--tls-auth-clients", "yes"]);
+    let url = format!("rediss://{}", redis.tls_addr());
+    let flags = trusting(&certs);
+    let words = "TLS: the handshake or a record failed (a port that does not speak TLS, \
+                 or a Redis that asks for a client certificate";
+    refused_over_tls(&url, &strs(&flags), words, (3, Duration::ZERO));
 }
 
 #[test]

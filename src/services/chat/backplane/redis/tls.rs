@@ -11,8 +11,9 @@
 //! can say at its default level why Redis is unreachable, each node checks Redis's
 //! certificate with webpki behind a [`Witness`] that keeps the last refusal: a CA not
 //! trusted, a certificate for another name, one expired come back in rustls's words.
-//! Any other TLS failure (a plain-text Redis behind `rediss://`, an alert from the
-//! server) is named as TLS's, with the close's reason.
+//! Any other TLS failure (a server answering in plain text, an alert from Redis, which
+//! by default asks for a client certificate) is named as TLS's, with its likely
+//! causes.
 
 use std::fmt;
 use std::io;
@@ -161,7 +162,8 @@ impl NodeTls {
         // The TLS layer's errors, and only they, close a Redis connection with
         // InvalidData: RESP the node cannot read is closed by the node itself.
         (*reason == CloseReason::Error(io::ErrorKind::InvalidData)).then(|| {
-            "TLS: the handshake or a record failed (is the port Redis's TLS port? the \
+            "TLS: the handshake or a record failed (a port that does not speak TLS, \
+             or a Redis that asks for a client certificate: tls-auth-clients; the \
              debug log has rustls's words)"
                 .to_owned()
         })
