@@ -32,7 +32,7 @@ use crate::{CloseReason, Dial};
 
 /// What a node checks Redis's certificate against: the CAs it trusts and the name the
 /// certificate must carry. Made once, from the settings; each node makes its own
-/// [`NodeTls`] of it.
+/// `NodeTls` of it.
 #[derive(Clone)]
 pub struct RedisTls {
     /// The URL's host: a DNS name or an IP address.
