@@ -63,8 +63,13 @@ pub struct ChatArgs {
     /// `redis://:PASSWORD@HOST`; port 6379, the default user and database 0 unless
     /// given; percent-encode @ : / % in USER and PASSWORD). Rooms,
     /// names, direct messages and `list` then span every server (each loop is a node).
+    /// `rediss://...` speaks TLS to Redis: its certificate must name HOST and chain to
+    /// the system's root certificates or to --tls-ca.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Trust the CA certificates (PEM) in this file too, for a rediss:// --redis URL.
+    #[arg(long, value_name = "PATH", requires = "redis")]
+    pub tls_ca: Option<PathBuf>,
     /// Read the Redis password from this file (its content, less one trailing
     /// newline), not from the command line. Which password wins: this file, then the
     /// environment variable SWITCHBOARD_REDIS_PASSWORD, then the --redis URL's.
@@ -194,7 +199,8 @@ const MAX_PASSWORD_FILE: u64 = 64 * 1024;
 /// then the environment, then the URL. An error names the flag at fault.
 fn redis_settings(args: &ChatArgs, url: &str) -> Result<RedisSettings, String> {
     let ttl = Duration::from_secs(args.redis_ttl);
-    let redis = RedisSettings::parse(url, ttl).map_err(|e| format!("--redis: {e}"))?;
+    let mut redis = RedisSettings::parse(url, ttl).map_err(|e| format!("--redis: {e}"))?;
+    trust_tls_ca(&mut redis, args.tls_ca.as_deref())?;
     let (password, source) = match &args.redis_password_file {
         Some(path) => (Some(read_password_file(path)?), "--redis-password-file"),
         None => match std::env::var_os(PASSWORD_ENV).filter(|value| !value.is_empty()) {
@@ -221,6 +227,33 @@ fn redis_settings(args: &ChatArgs, url: &str) -> Result<RedisSettings, String> {
             Ok(redis)
         }
         (None, None) => Ok(redis),
+    }
+}
+
+/// What a rediss:// link trusts: the system's root certificates, and `--tls-ca`'s.
+/// An error when `--tls-ca` cannot be read or is given with a redis:// URL, or when
+/// nothing at all is trusted.
+fn trust_tls_ca(redis: &mut RedisSettings, ca: Option<&Path>) -> Result<(), String> {
+    match (redis.tls.as_mut(), ca) {
+        (_, None) => {}
+        (None, Some(path)) => {
+            return Err(format!(
+                "--tls-ca {}: only a rediss:// --redis URL speaks TLS (this one is \
+                 redis://)",
+                path.display()
+            ))
+        }
+        (Some(tls), Some(path)) => tls
+            .trust(path)
+            .map_err(|e| format!("--tls-ca {}: {e}", path.display()))?,
+    }
+    match &redis.tls {
+        Some(tls) if tls.trusts_nothing() => Err(
+            "--redis rediss://: no CA to check Redis's certificate against (the system \
+             has none): give one with --tls-ca"
+                .into(),
+        ),
+        _ => Ok(()),
     }
 }
 

@@ -4,7 +4,10 @@
 //! freeze it (SIGSTOP, SIGCONT) with its connections open, and `not_started` gives a
 //! port where Redis will be. `start_with` gives it flags of its own (a password, users).
 //! `cli` runs `redis-cli` against it, `commands_processed` reads its command count.
+//! `tls` makes certificates and starts a Redis that serves TLS.
 #![allow(dead_code)]
+
+pub mod tls;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -26,6 +26,8 @@
 //!   subscriptions kept across reconnects, and which reply answers which command. Pure:
 //!   time comes in as an `Instant`, bytes go out as `Vec<u8>`.
 //! - [`url`]: `--redis`'s URL: host, port, user, password (never shown) and database.
+//! - `tls`: `rediss://`, Redis over TLS: what a node trusts ([`RedisTls`]), and why a
+//!   handshake failed, in words (without the `tls` feature, `tls_off.rs`: refused).
 
 mod limits;
 pub mod link;
@@ -34,4 +36,11 @@ mod liveness;
 mod names;
 pub mod node;
 pub mod resp;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
+mod tls;
 pub mod url;
+
+pub use tls::RedisTls;

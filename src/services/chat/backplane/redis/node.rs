@@ -37,6 +37,12 @@
 //! [USER] PASSWORD`, then `SELECT DB`, each reply checked; refused, the link is down as
 //! when Redis is unreachable, and redials with the same backoff.
 //!
+//! With a `rediss://` URL the connection speaks TLS (`tls`): the node writes and reads
+//! plaintext as on any connection, and the reactor holds what it writes until the
+//! handshake is done. A handshake that fails (a certificate not trusted or for another
+//! name, a plain-text Redis) is a failure of the link like any other, logged and in
+//! `/healthz` in TLS's words, and the link redials on the same backoff.
+//!
 //! The node does no I/O: it queues what it would write to Redis, asks for a dial or a
 //! close, and turns what Redis says into the engine's `Remote` events; the chat service carries
 //! those out on the connection it dialled (see `service.rs`).
@@ -51,6 +57,7 @@ use super::limits::{Backlog, DEFAULT_MAX_QUEUED};
 use super::link::{Link, LinkEvent, LinkState, DEFAULT_REPLY_TIMEOUT};
 use super::names::Take;
 use super::resp::{Reply, RespError};
+use super::tls::{NodeTls, RedisTls};
 use super::url::{Password, RedisUrl};
 use crate::services::chat::engine::{
     Backplane, Claim, EventBytes, Listing, MemberId, Remote, RoomChange, Route, Serialized,
@@ -65,7 +72,8 @@ const MAX_REPLY: usize = 16 << 20;
 /// How often the node looks at its link: to redial when the backoff says, to set its
 /// heartbeat again when a third of its TTL has passed.
 pub const TICK: Duration = Duration::from_millis(250);
-/// How long a dial to Redis may take.
+/// How long a dial to Redis may take; over TLS, also how long Redis may take to
+/// answer after the connect (the handshake is part of the dial).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the cluster is, how long a node's keys live, and how much a node lets wait
@@ -91,11 +99,16 @@ pub struct RedisSettings {
     /// The database the node's names go to (`SELECT`, sent when not 0). Pub/sub spans
     /// the server's databases: the nodes of one cluster use the same one.
     pub db: u32,
+    /// Speak TLS to Redis (`rediss://`), checking its certificate with this; `None`:
+    /// plain TCP (`redis://`).
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisSettings {
     /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (see [`RedisUrl`]),
     /// resolving HOST; the limits take their defaults. No error shows the password.
+    /// `rediss://` is the same over TLS, trusting the system's root certificates (and
+    /// more with [`RedisTls::trust`]).
     pub fn parse(url: &str, ttl: Duration) -> Result<RedisSettings, String> {
         use std::net::ToSocketAddrs;
         let url = RedisUrl::parse(url).map_err(|e| e.to_string())?;
@@ -104,6 +117,10 @@ impl RedisSettings {
             .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
             .next()
             .ok_or_else(|| format!("{} resolves to no address", url.host))?;
+        let tls = match url.tls {
+            true => Some(RedisTls::new(&url.host)?),
+            false => None,
+        };
         Ok(RedisSettings {
             addr,
             ttl,
@@ -112,13 +129,15 @@ impl RedisSettings {
             user: url.user,
             password: url.password,
             db: url.db,
+            tls,
         })
     }
 
     /// The server's URL as the node logs it, the password masked:
-    /// `redis://alice:***@127.0.0.1:6379/2`.
+    /// `redis://alice:***@127.0.0.1:6379/2` (`rediss://` over TLS).
     pub fn masked_url(&self) -> String {
         let url = RedisUrl {
+            tls: self.tls.is_some(),
             host: self.addr.ip().to_string(),
             port: self.addr.port(),
             user: self.user.clone(),
@@ -218,8 +237,20 @@ pub struct Node {
     stopped: bool,
     /// Failures to reach Redis, for the log.
     unreachable_log: Throttle,
-    /// Why Redis refused the login on this connection, for the close that follows.
-    refused: Option<String>,
+    /// Why the node closes this connection (Redis refused the login; over TLS, Redis
+    /// did not answer in time), for the close that follows.
+    close_cause: Option<String>,
+    /// The TLS of a `rediss://` link (or why it could not be made: every dial then
+    /// fails with it); `None` for `redis://`.
+    tls: Option<Result<NodeTls, String>>,
+    /// A TLS link logged in at the TCP connect: "connected" is said once Redis
+    /// answers, the handshake done.
+    connected_unsaid: bool,
+    /// Over TLS, when Redis must have answered (the handshake done) after the TCP
+    /// connect. A server that never answers a ClientHello (a plain-text Redis waits
+    /// for the end of a line that does not come) would otherwise hold the link for
+    /// good, never redialled.
+    answer_due: Option<Instant>,
     /// The names held here, kept from `connected` while the login goes on.
     held: Vec<(String, Vec<String>)>,
     /// The members each other node last said it has in each room this node listens
@@ -240,6 +271,7 @@ impl Node {
         // This node's DMs: its one channel, kept across reconnects by the link.
         let mut link = Link::new(now, MAX_REPLY).with_reply_timeout(settings.reply_timeout);
         let _ = link.subscribe(format!("sb:node:{id}").as_bytes());
+        let tls = settings.tls.as_ref().map(RedisTls::for_node);
         Node {
             id,
             endpoint: None,
@@ -262,7 +294,10 @@ impl Node {
             dialled: false,
             stopped: false,
             unreachable_log: Throttle::new(LOG_INTERVAL),
-            refused: None,
+            close_cause: None,
+            tls,
+            connected_unsaid: false,
+            answer_due: None,
             held: Vec::new(),
             sizes: HashMap::new(),
             overdue_log: Throttle::new(LOG_INTERVAL),
@@ -394,7 +429,7 @@ impl Node {
     fn login_reply(&mut self, now: Instant, tag: &Tag, reply: Reply) {
         if let Reply::Error(e) = &reply {
             let e = String::from_utf8_lossy(e);
-            self.refused = Some(match tag {
+            self.close_cause = Some(match tag {
                 Tag::Auth { user } => format!(
                     "Redis refused the password for user {}: {e}",
                     user.as_deref().unwrap_or("default")
@@ -420,13 +455,23 @@ impl Node {
         self.refreshed = now;
         self.down = false;
         self.backlog = Backlog::default();
-        log::info!(
-            "chat: node {}: connected to Redis at {}",
-            self.id,
-            self.settings.masked_url()
-        );
+        self.connected_unsaid = true;
+        if self.tls.is_none() {
+            self.say_connected();
+        }
         let held = std::mem::take(&mut self.held);
         self.join(now, held);
+    }
+
+    /// Logs that the link is connected, once per connection.
+    fn say_connected(&mut self) {
+        if std::mem::take(&mut self.connected_unsaid) {
+            log::info!(
+                "chat: node {}: connected to Redis at {}",
+                self.id,
+                self.settings.masked_url()
+            );
+        }
     }
 
     /// `SCRIPT LOAD` of every script, first on a new connection: Redis answers in
@@ -715,6 +760,14 @@ impl Backplane for Node {
             self.reconnects += 1;
         }
         let dial = Dial::tcp(self.settings.addr).timeout(DIAL_TIMEOUT);
+        let dial = match &self.tls {
+            None => dial,
+            Some(Ok(tls)) => match tls.dial(dial) {
+                Ok(dial) => dial,
+                Err(e) => return self.tls_unusable(now, e),
+            },
+            Some(Err(e)) => return self.tls_unusable(now, e.clone()),
+        };
         Some(match self.endpoint {
             Some(endpoint) => dial.endpoint(endpoint),
             None => dial,
@@ -745,6 +798,7 @@ impl Backplane for Node {
     /// backlog, and keep the node alive in the cluster (`liveness`; `held` gives the
     /// names held here, for a node that must join again).
     fn tick(&mut self, now: Instant, held: &dyn Fn() -> Vec<(String, Vec<String>)>) {
+        self.check_answer_due(now);
         self.expire_replies(now);
         self.watch_backlog();
         if self.is_up() {
@@ -755,6 +809,9 @@ impl Backplane for Node {
     /// The connection came up: say so, and take this node's names (`held`) again.
     fn connected(&mut self, now: Instant, held: Vec<(String, Vec<String>)>) {
         self.held = held;
+        if self.tls.is_some() {
+            self.answer_due = now.checked_add(DIAL_TIMEOUT);
+        }
         if !self.log_in(now) {
             self.logged_in(now);
         }
@@ -763,6 +820,9 @@ impl Backplane for Node {
     /// Bytes from Redis.
     fn input(&mut self, now: Instant, bytes: &[u8]) {
         self.take_input(now, bytes);
+        // Over TLS, the first bytes from Redis say the handshake is done.
+        self.answer_due = None;
+        self.say_connected();
         // Up once Redis has answered HELLO, not when the socket connects: a server
         // that refuses the node (a password it lacks) is never "up", only unreachable.
         if !self.was_up && self.link.is_answering() {
@@ -783,8 +843,15 @@ impl Backplane for Node {
         let wait = retry_at.saturating_duration_since(now);
         let was_up = std::mem::replace(&mut self.was_up, false);
         self.down = reason != CloseReason::Shutdown;
-        // A refused login closed the connection: its cause says more than the close.
-        let why = self.refused.take().unwrap_or_else(|| reason.to_string());
+        self.connected_unsaid = false;
+        self.answer_due = None;
+        // A refused login or TLS closed the connection: its cause says more than the
+        // close.
+        let tls_failure = match &self.tls {
+            Some(Ok(tls)) => tls.failure(&reason),
+            _ => None,
+        };
+        let why = (self.close_cause.take().or(tls_failure)).unwrap_or_else(|| reason.to_string());
         self.last_failure = Some(why.clone());
         self.held.clear();
         // The queue went with the connection; the notice below says more than a
@@ -825,6 +892,26 @@ impl Backplane for Node {
 }
 
 impl Node {
+    /// The link's TLS cannot be had (`why`): the dial fails as an unreachable Redis
+    /// does, and is tried again on the backoff.
+    fn tls_unusable(&mut self, now: Instant, why: String) -> Option<Dial> {
+        self.dial_failed(now, &format!("TLS: {why}"));
+        None
+    }
+
+    /// Over TLS, closes a connection Redis has not answered within [`DIAL_TIMEOUT`] of
+    /// the TCP connect: the dial has failed, as a connect that times out has.
+    fn check_answer_due(&mut self, now: Instant) {
+        if self.answer_due.is_some_and(|due| now >= due) {
+            self.answer_due = None;
+            self.close_cause = Some(format!(
+                "TLS: Redis did not answer within {DIAL_TIMEOUT:?} of the connect (no \
+                 handshake: is the port Redis's TLS port?)"
+            ));
+            self.transmit.close = true;
+        }
+    }
+
     /// What Redis sent: replies, late replies, and messages on the channels.
     fn take_input(&mut self, now: Instant, bytes: &[u8]) {
         match self.link.input(bytes) {
@@ -838,7 +925,7 @@ impl Node {
                 }
             }
             Err(RespError::Handshake(why)) if why.starts_with("NOAUTH") => {
-                self.refused = Some(format!(
+                self.close_cause = Some(format!(
                     "Redis asks for a password ({why}): give it in the --redis URL, \
                      --redis-password-file or SWITCHBOARD_REDIS_PASSWORD"
                 ));

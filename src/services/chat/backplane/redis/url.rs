@@ -6,6 +6,8 @@
 //!   redis://127.0.0.1                 default user, no password, port 6379, db 0
 //!   redis://:s3cret@redis.lan:6380    the default user with a password
 //!   redis://alice:s3cret@[::1]:6379/2 the ACL user alice, database 2
+//!   rediss://redis.lan:6380           the same over TLS: the certificate must name
+//!                                     redis.lan
 //! ```
 //!
 //! USER and PASSWORD are percent-decoded (`%40` is `@`, `%3A` is `:`, `%2F` is `/`,
@@ -41,9 +43,11 @@ impl fmt::Debug for Password {
     }
 }
 
-/// A `redis://` URL, parsed.
+/// A `redis://` or `rediss://` URL, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// `rediss://`: the connection speaks TLS, and Redis's certificate must name HOST.
+    pub tls: bool,
     /// The host name or address (an IPv6 address without its brackets).
     pub host: String,
     /// The port ([`DEFAULT_PORT`] when the URL names none).
@@ -59,7 +63,8 @@ pub struct RedisUrl {
 /// Why a URL is not a usable `redis://` URL. Never holds the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlError {
-    /// It does not begin with `redis://` (what it begins with instead, if a scheme).
+    /// It begins with neither `redis://` nor `rediss://` (what it begins with instead,
+    /// if a scheme).
     Scheme(String),
     /// No host after the scheme (and the user and password).
     NoHost,
@@ -81,11 +86,8 @@ pub enum UrlError {
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let form = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]";
+        let form = "redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]";
         match self {
-            UrlError::Scheme(scheme) if scheme == "rediss" => {
-                f.write_str("rediss:// (Redis over TLS) is not supported: use redis://")
-            }
             UrlError::Scheme(scheme) if !scheme.is_empty() => {
                 write!(f, "{scheme}:// is not a Redis URL: expected {form}")
             }
@@ -119,7 +121,7 @@ impl fmt::Display for UrlError {
 impl std::error::Error for UrlError {}
 
 impl RedisUrl {
-    /// Parses a `redis://` URL.
+    /// Parses a `redis://` URL, or a `rediss://` one (TLS).
     ///
     /// ```
     /// use switchboard::services::chat::redis::url::{Password, RedisUrl};
@@ -131,8 +133,9 @@ impl RedisUrl {
     /// assert_eq!(url.to_string(), "redis://alice:***@cache.lan:6379/2");
     /// ```
     pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
-        let rest = match url.split_once("://") {
-            Some(("redis", rest)) => rest,
+        let (tls, rest) = match url.split_once("://") {
+            Some(("redis", rest)) => (false, rest),
+            Some(("rediss", rest)) => (true, rest),
             Some((scheme, _)) => return Err(UrlError::Scheme(scheme.to_owned())),
             None => return Err(UrlError::Scheme(String::new())),
         };
@@ -155,6 +158,7 @@ impl RedisUrl {
         };
         let (host, port) = split_host_port(hostport)?;
         Ok(RedisUrl {
+            tls,
             host,
             port,
             user,
@@ -167,7 +171,7 @@ impl RedisUrl {
 /// Shows the URL with the password masked: `redis://alice:***@host:6379/2`.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("redis://")?;
+        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
         if let Some(user) = &self.user {
             f.write_str(&percent_encode(user))?;
         }
@@ -283,6 +287,7 @@ mod tests {
 
     fn url(host: &str, port: u16, user: Option<&str>, password: Option<&str>, db: u32) -> RedisUrl {
         RedisUrl {
+            tls: false,
             host: host.into(),
             port,
             user: user.map(Into::into),
@@ -336,6 +341,30 @@ mod tests {
     }
 
     #[test]
+    fn rediss_is_the_same_url_over_tls() {
+        let tls = |text: &str| {
+            let parsed = RedisUrl::parse(text).unwrap();
+            assert!(parsed.tls, "{text}");
+            RedisUrl {
+                tls: false,
+                ..parsed
+            }
+        };
+        assert_eq!(tls("rediss://h"), url("h", 6379, None, None, 0));
+        assert_eq!(
+            tls("rediss://alice:p%40ss@10.0.0.7:6380/2"),
+            url("10.0.0.7", 6380, Some("alice"), Some("p@ss"), 2)
+        );
+        assert_eq!(tls("rediss://[::1]:7"), url("::1", 7, None, None, 0));
+        assert!(!RedisUrl::parse("redis://h").unwrap().tls);
+        let shown = RedisUrl::parse("rediss://:SECRET@h:6380/1")
+            .unwrap()
+            .to_string();
+        assert_eq!(shown, "rediss://:***@h:6380/1");
+        assert_eq!(RedisUrl::parse("rediss://:pw@"), Err(UrlError::NoHost));
+    }
+
+    #[test]
     fn a_password_may_be_any_bytes() {
         let parsed = RedisUrl::parse("redis://:%00%FF%e9@h").unwrap();
         assert_eq!(parsed.password, Some(Password::new(vec![0, 0xff, 0xe9])));
@@ -346,7 +375,7 @@ mod tests {
         let cases = [
             ("127.0.0.1:6379", UrlError::Scheme(String::new())),
             ("http://h", UrlError::Scheme("http".into())),
-            ("rediss://h", UrlError::Scheme("rediss".into())),
+            ("redis+tls://h", UrlError::Scheme("redis+tls".into())),
             ("redis://", UrlError::NoHost),
             ("redis://:pw@", UrlError::NoHost),
             ("redis://:6379", UrlError::NoHost),
