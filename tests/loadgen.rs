@@ -1208,3 +1208,27 @@ fn handshakes_mode_counts_handshakes_per_second() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--mode handshakes needs --tls"), "{stderr}");
 }
+
+#[test]
+fn a_server_that_never_answers_the_handshake_fails_it_in_time() {
+    // A listener that never accepts: the kernel completes the TCP connects (the
+    // backlog has room), and nothing ever answers the ClientHello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cert = TestCert::new("silent", &["127.0.0.1"]);
+    let args = flags(&format!(
+        "--addr {addr} --tls --tls-ca {} --conns 2 --connect-timeout 0.5 --quiet",
+        cert.cert()
+    ));
+    let started = Instant::now();
+    let (code, _, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(10), "it waited");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "none of 2 connections could be opened: TLS handshake did not finish in time"
+        ),
+        "{stderr}"
+    );
+    drop(listener);
+}

@@ -891,9 +891,7 @@ impl Bench {
         );
         eprintln!("{line}");
     }
-}
 
-impl Bench {
     /// Connection `conn` is up: connected, and with TLS its handshake done.
     fn up(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, line: &mut Line) {
         self.dialer.pending -= 1;
