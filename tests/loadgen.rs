@@ -1123,6 +1123,20 @@ fn tls_runs_echo_over_tls_and_time_every_handshake() {
     assert!(p50 > 0.0 && p50 <= max, "{json}");
     assert!(tls["handshakes_per_sec"].is_null(), "{json}");
 
+    // Spread over two workers: each dials over TLS, and their handshakes add up.
+    let args = flags(&format!(
+        "--addr {addr} --tls --tls-ca {} --procs 2 --conns 4 --duration 0.3 --warmup 0 \
+         --json --quiet",
+        cert.cert()
+    ));
+    let json = json_of_success(bench_to_end(&args, Duration::from_secs(30)));
+    assert_eq!(json["tls"]["handshakes"], 4, "{json}");
+    assert!(
+        json["tls"]["handshake"]["p99_us"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+    assert!(json["tls"].get("handshake_buckets").is_none(), "{json}");
+
     // Without --tls, the summary has no TLS part.
     let plain = echo_server();
     let output = bench(&plain.tcp().to_string(), "--json");
