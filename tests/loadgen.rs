@@ -1033,3 +1033,216 @@ fn procs_spread_one_run_over_workers_and_merge_their_summaries() {
     assert_eq!(stats.accepted, 2 + 9, "{stats}");
     assert_eq!(closed_by_reset(&stats), 0, "{stats}");
 }
+
+/// A certificate and its key, made for the test and written as PEM files to a
+/// directory of its own (removed when dropped).
+struct TestCert {
+    dir: std::path::PathBuf,
+}
+
+impl TestCert {
+    /// A certificate for `names` (IP addresses or DNS names), self-signed, so that it
+    /// is its own CA: `--tls-ca` trusts it.
+    fn new(label: &str, names: &[&str]) -> TestCert {
+        let made = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("a certificate");
+        let dir = std::env::temp_dir().join(format!("sb-loadgen-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+        TestCert { dir }
+    }
+
+    fn cert(&self) -> String {
+        self.dir.join("cert.pem").display().to_string()
+    }
+
+    fn key(&self) -> String {
+        self.dir.join("key.pem").display().to_string()
+    }
+
+    /// `switchboard echo` serving TLS with this certificate on a free port of
+    /// 127.0.0.1 (and plain UDP on the same port, which the runs leave alone).
+    fn echo_server(&self) -> (ChildServer, SocketAddr) {
+        let port = free_port();
+        let tcp = format!("tls://127.0.0.1:{port}");
+        let udp = format!("127.0.0.1:{port}");
+        let (cert, key) = (self.cert(), self.key());
+        let args = [
+            "echo",
+            "--tcp",
+            &tcp,
+            "--udp",
+            &udp,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let server = ChildServer::start(&args, Some(port));
+        (server, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn tls_runs_echo_over_tls_and_time_every_handshake() {
+    let cert = TestCert::new("echo", &["127.0.0.1"]);
+    let (_server, addr) = cert.echo_server();
+    let args = flags(&format!(
+        "--addr {addr} --tls --tls-ca {} --conns 4 --idle 2 --depth 4 --duration 0.5 \
+         --warmup 0.1 --json --quiet",
+        cert.cert()
+    ));
+    let json = json_of_success(bench_to_end(&args, Duration::from_secs(30)));
+    assert_eq!(json["connected"], 4, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    assert!(json["messages"].as_u64().unwrap() > 0, "{json}");
+    assert_latency_measured(&json);
+    let tls = &json["tls"];
+    // One handshake per connection, the idle ones too; every echo rode on them (the
+    // server speaks nothing but TLS on that port).
+    assert_eq!(tls["handshakes"], 6, "{json}");
+    assert_eq!(tls["handshake_failures"], 0, "{json}");
+    assert_eq!(tls["protocol"], "TLSv1_3", "{json}");
+    assert!(
+        tls["cipher_suite"].as_str().unwrap().starts_with("TLS13_"),
+        "{json}"
+    );
+    let (p50, max) = (
+        tls["handshake"]["p50_us"].as_f64().unwrap(),
+        tls["handshake"]["max_us"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= max, "{json}");
+    assert!(tls["handshakes_per_sec"].is_null(), "{json}");
+
+    // Spread over two workers: each dials over TLS, and their handshakes add up.
+    let args = flags(&format!(
+        "--addr {addr} --tls --tls-ca {} --procs 2 --conns 4 --duration 0.3 --warmup 0 \
+         --json --quiet",
+        cert.cert()
+    ));
+    let json = json_of_success(bench_to_end(&args, Duration::from_secs(30)));
+    assert_eq!(json["tls"]["handshakes"], 4, "{json}");
+    assert!(
+        json["tls"]["handshake"]["p99_us"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+    assert!(json["tls"].get("handshake_buckets").is_none(), "{json}");
+
+    // Without --tls, the summary has no TLS part.
+    let plain = echo_server();
+    let output = bench(&plain.tcp().to_string(), "--json");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(json["tls"].is_null(), "{json}");
+}
+
+#[test]
+fn a_certificate_for_another_name_fails_its_handshakes_and_says_so() {
+    // Two servers: one with a certificate for 127.0.0.1, the other for another name.
+    // Both are trusted; the second's handshakes must fail on the name.
+    let right = TestCert::new("right", &["127.0.0.1"]);
+    let wrong = TestCert::new("wrong", &["other.example"]);
+    let (_good, good_addr) = right.echo_server();
+    let (_bad, bad_addr) = wrong.echo_server();
+    let both = right.dir.join("both.pem");
+    let pems = [right.cert(), wrong.cert()].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&both, pems.concat()).unwrap();
+    let args = flags(&format!(
+        "--addrs {good_addr},{bad_addr} --tls --tls-ca {} --conns 4 --duration 0.3 \
+         --warmup 0 --json --quiet",
+        both.display()
+    ));
+    let started = Instant::now();
+    let (code, stdout, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(15), "it waited");
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["connected"], 2, "{json}");
+    assert_eq!(json["tls"]["handshakes"], 2, "{json}");
+    assert_eq!(json["tls"]["handshake_failures"], 2, "{json}");
+    assert_eq!(json["connect_failures"], 2, "{json}");
+    let first = json["first_connect_error"].as_str().unwrap();
+    assert!(
+        first.starts_with(&format!("{bad_addr}: TLS handshake failed")),
+        "{json}"
+    );
+    // The echoes on the good server's connections went on.
+    assert!(json["messages"].as_u64().unwrap() > 0, "{json}");
+
+    // Every server naming the wrong name: no connection at all, one clear error.
+    let args = flags(&format!(
+        "--addr {good_addr} --tls --tls-ca {} --tls-name elsewhere.example --conns 3 \
+         --quiet",
+        right.cert()
+    ));
+    let (code, _, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("none of 3 connections could be opened: TLS handshake failed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn handshakes_mode_counts_handshakes_per_second() {
+    let cert = TestCert::new("handshakes", &["127.0.0.1"]);
+    let (_server, addr) = cert.echo_server();
+    let args = flags(&format!(
+        "--addr {addr} --mode handshakes --tls --tls-ca {} --conns 4 --src-ips 2 \
+         --duration 0.5 --warmup 0.1 --json --quiet",
+        cert.cert()
+    ));
+    let json = json_of_success(bench_to_end(&args, Duration::from_secs(30)));
+    assert_eq!(json["mode"], "handshakes", "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    assert_eq!(json["connect_failures"], 0, "{json}");
+    let in_window = json["messages"].as_u64().unwrap();
+    // Each connection one handshake: far more than the 4 at a time.
+    assert!(in_window > 4, "{json}");
+    let tls = &json["tls"];
+    assert!(tls["handshakes"].as_u64().unwrap() >= in_window, "{json}");
+    let per_sec = tls["handshakes_per_sec"].as_f64().unwrap();
+    assert!((per_sec - json["msgs_per_sec"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(per_sec > 0.0, "{json}");
+    assert_latency_measured(&json);
+
+    // It needs --tls.
+    let (code, _, stderr) = bench_to_end(
+        &flags(&format!("--addr {addr} --mode handshakes --quiet")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--mode handshakes needs --tls"), "{stderr}");
+}
+
+#[test]
+fn a_server_that_never_answers_the_handshake_fails_it_in_time() {
+    // A listener that never accepts: the kernel completes the TCP connects (the
+    // backlog has room), and nothing ever answers the ClientHello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cert = TestCert::new("silent", &["127.0.0.1"]);
+    let args = flags(&format!(
+        "--addr {addr} --tls --tls-ca {} --conns 2 --connect-timeout 0.5 --quiet",
+        cert.cert()
+    ));
+    let started = Instant::now();
+    let (code, _, stderr) = bench_to_end(&args, Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(10), "it waited");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "none of 2 connections could be opened: TLS handshake did not finish in time"
+        ),
+        "{stderr}"
+    );
+    drop(listener);
+}

@@ -6,12 +6,13 @@
 //! SIGTERM) cut the run short, after printing the summary of what was measured.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::loadgen::{self, Listeners, LoadError, Mode, Options};
+use crate::loadgen::{self, Listeners, LoadError, Mode, Options, TlsOptions};
 
 /// The exit code of a run cut short by a signal: 128 + SIGINT, as shells report it.
 const INTERRUPTED: u8 = 130;
@@ -95,6 +96,18 @@ pub struct BenchArgs {
     /// Seconds a connection may take to open before it counts as a connect failure.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub connect_timeout: f64,
+    /// Speak TLS on every connection (framed, raw, handshakes): each is dialled, its
+    /// handshake timed from the TCP connect to its end, and the summary says how long
+    /// handshakes took. Full handshakes only: no session resumption.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: trust the CA certificates in this PEM file, besides the system's.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must be for [default: the
+    /// server's IP address].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_name: Option<String>,
     /// The server's process id: report its CPU time and memory (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -123,6 +136,9 @@ pub enum BenchMode {
     Udp,
     /// Chat: members join one room, senders publish.
     Chat,
+    /// TLS handshakes (needs --tls): --conns connections at a time, each opened,
+    /// taken through its handshake and closed, then replaced; counts handshakes/s.
+    Handshakes,
 }
 
 /// `--listeners` values.
@@ -145,6 +161,7 @@ impl BenchArgs {
             BenchMode::Raw => Mode::Raw,
             BenchMode::Udp => Mode::Udp,
             BenchMode::Chat => Mode::Chat,
+            BenchMode::Handshakes => Mode::Handshakes,
         };
         let (addr, more_addrs) = match self.addrs.split_first() {
             Some((first, rest)) => (*first, rest.to_vec()),
@@ -175,6 +192,10 @@ impl BenchArgs {
             connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
             server_pid: self.server_pid,
             progress: !self.quiet,
+            tls: self.tls.then(|| TlsOptions {
+                ca: self.tls_ca.clone(),
+                name: self.tls_name.clone(),
+            }),
         })
     }
 }
@@ -232,6 +253,15 @@ impl BenchArgs {
             }
             if let (0, Some(pid)) = (k, self.server_pid) {
                 flag("server-pid", pid.to_string());
+            }
+            if let Some(ca) = &self.tls_ca {
+                flag("tls-ca", ca.display().to_string());
+            }
+            if let Some(name) = &self.tls_name {
+                flag("tls-name", name.clone());
+            }
+            if self.tls {
+                args.push("--tls".into());
             }
             args.extend(["--json".into(), "--histogram".into()]);
             // The first worker's progress lines stand for the run's.

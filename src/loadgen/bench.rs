@@ -30,9 +30,11 @@ use std::time::{Duration, Instant};
 
 use super::chat::{ChatWork, MemberLine};
 use super::check::{describe, Hearing, QUIET_LIMIT};
+use super::handshakes::HandshakeWork;
 use super::procstat::{CpuTime, ServerProcess};
-use super::report::{ConnectErrors, Recorder, ServerUsage, Summary};
+use super::report::{ConnectErrors, Recorder, ServerUsage, Summary, TlsSummary};
 use super::stream::{StreamLine, StreamWork};
+use super::tls::TlsDials;
 use super::udp::UdpWork;
 use super::wire::LoadCodec;
 use super::{LoadError, Mode, Options};
@@ -69,6 +71,8 @@ pub enum Line {
     Stream(StreamLine),
     /// A chat member.
     Member(MemberLine),
+    /// A connection of the handshakes workload: it closes once its handshake is done.
+    Handshake,
 }
 
 /// What the load generator's timers are for.
@@ -82,6 +86,8 @@ pub enum Tick {
     Pace,
     /// The first reply to an echo workload is overdue.
     FirstReply,
+    /// A connection's TLS handshake did not finish within the connect timeout.
+    HandshakeDue,
 }
 
 /// Where a run is.
@@ -127,6 +133,21 @@ pub enum Work {
     /// Boxed: a chat run's bookkeeping is the largest by far.
     Chat(Box<ChatWork>),
     Udp(UdpWork),
+    Handshakes(HandshakeWork),
+}
+
+/// A dial in flight: connecting, then (TLS) handshaking.
+#[derive(Debug)]
+struct Dialling {
+    /// The server it goes to, to name it if the dial fails.
+    server: SocketAddr,
+    /// When its TCP connect completed (and its handshake began).
+    tcp_up: Option<Instant>,
+    /// The timer that closes it if its handshake takes longer than the connect
+    /// timeout.
+    deadline: Option<TimerId>,
+    /// Its handshake did not finish in time, and it was closed for that.
+    overdue: bool,
 }
 
 /// Opening the connections, a bounded number at a time.
@@ -147,8 +168,10 @@ struct Dialer {
     first_failure: Option<io::Error>,
     /// Failures by kind: the first of each kind described, and how many.
     failure_kinds: Vec<(io::ErrorKind, ConnectErrors)>,
-    /// The server each dial in flight goes to, to name it if the dial fails.
-    dialling: HashMap<ConnId, SocketAddr>,
+    /// Of the failures, the TLS handshakes that failed or did not finish in time.
+    handshake_failures: u64,
+    /// The dials in flight (with TLS, until their handshake is done).
+    dialling: HashMap<ConnId, Dialling>,
     /// When the first connect began.
     first_dial: Option<Instant>,
 }
@@ -194,6 +217,13 @@ pub struct Bench {
     drained: bool,
     /// Why the run could not be carried out, if it could not.
     failure: Option<LoadError>,
+    /// With `--tls`: what the dials trust and check.
+    tls: Option<TlsDials>,
+    /// Every TLS handshake's time (its own recorder, always counting: one "reply" a
+    /// handshake).
+    handshakes: Recorder,
+    /// The protocol version and cipher suite the first handshake agreed on.
+    agreed: Option<(String, String)>,
 }
 
 /// The measured window as seen from outside.
@@ -207,18 +237,21 @@ struct Window {
 }
 
 impl Bench {
-    /// A run of `options` (validated, the server probed) with its workload.
-    pub fn new(options: Options) -> Self {
+    /// A run of `options` (validated, the server probed) with its workload, dialling
+    /// over TLS with `tls`.
+    pub fn new(options: Options, tls: Option<TlsDials>) -> Self {
         let work = match options.mode {
             Mode::Framed | Mode::Raw => Work::Stream(StreamWork::new(&options)),
             Mode::Chat => Work::Chat(Box::new(ChatWork::new(&options))),
             Mode::Udp => Work::Udp(UdpWork::new(&options)),
+            Mode::Handshakes => Work::Handshakes(HandshakeWork::new(options.conns)),
         };
         let server = options.server_pid.map(ServerProcess::new);
-        let tcp_conns = if options.uses_tcp() { options.conns } else { 0 };
+        let mut handshakes = Recorder::new();
+        handshakes.set_measuring(true);
         Bench {
             dialer: Dialer {
-                total: options.idle + tcp_conns,
+                total: options.idle + options.lasting_conns(),
                 idle: options.idle,
                 ..Dialer::default()
             },
@@ -244,6 +277,9 @@ impl Bench {
             interrupted: false,
             drained: false,
             failure: None,
+            tls,
+            handshakes,
+            agreed: None,
             options,
         }
     }
@@ -276,6 +312,7 @@ impl Bench {
         let mut summary = Summary::new(&self.options, &self.rec, self.window.length);
         summary.connected = match &self.work {
             Work::Udp(_) => self.options.conns,
+            Work::Handshakes(_) => self.handshakes.messages_total as usize,
             _ => self.dialer.connected,
         };
         summary.connect_failures = self.dialer.failures;
@@ -303,6 +340,10 @@ impl Bench {
         }
         summary.lost = self.rec.lost;
         summary.errors += summary.unanswered;
+        summary.tls = self
+            .tls
+            .as_ref()
+            .map(|_| self.tls_summary(summary.msgs_per_sec));
         let window = &self.window;
         summary.server = self.server.map(|s| {
             let cpu = window.server_cpu.user + window.server_cpu.system;
@@ -319,11 +360,23 @@ impl Bench {
         Ok(summary)
     }
 
+    /// The TLS part of the summary; `per_sec`: the window's rate (handshakes, in the
+    /// handshakes workload).
+    fn tls_summary(&self, per_sec: f64) -> TlsSummary {
+        let histogram = self.options.histogram;
+        let mut tls = TlsSummary::new(&self.handshakes, self.dialer.handshake_failures, histogram);
+        tls.handshakes_per_sec = matches!(self.work, Work::Handshakes(_)).then_some(per_sec);
+        (tls.protocol, tls.cipher_suite) = self.agreed.clone().unzip();
+        tls
+    }
+
     fn work_finish(&mut self) -> u64 {
         match &mut self.work {
             Work::Stream(w) => w.finish(),
             Work::Chat(w) => w.finish(),
             Work::Udp(w) => w.finish(&mut self.rec),
+            // A handshake cut short by the end of the run is not the server's fault.
+            Work::Handshakes(_) => 0,
         }
     }
 
@@ -332,6 +385,7 @@ impl Bench {
             Work::Stream(w) => w.outstanding(),
             Work::Chat(w) => w.outstanding(),
             Work::Udp(w) => w.outstanding(),
+            Work::Handshakes(w) => w.outstanding(),
         }
     }
 
@@ -340,6 +394,7 @@ impl Bench {
             Work::Stream(w) => w.open(),
             Work::Chat(w) => w.open(),
             Work::Udp(w) => w.open(),
+            Work::Handshakes(w) => w.open(),
         }
     }
 
@@ -356,6 +411,7 @@ impl Bench {
             Work::Stream(w) => w.spent(),
             Work::Chat(w) => w.spent(),
             Work::Udp(w) => w.spent(),
+            Work::Handshakes(_) => false,
         }
     }
 
@@ -369,24 +425,69 @@ impl Bench {
                 Some(index) => match &self.work {
                     Work::Stream(w) => Line::Stream(w.line(index)),
                     Work::Chat(w) => Line::Member(w.line(index)),
-                    Work::Udp(_) => Line::Idle,
+                    Work::Udp(_) | Work::Handshakes(_) => Line::Idle,
                 },
             };
-            let server = self.options.server_for(number);
-            let mut dial = Dial::tcp(server).timeout(self.options.connect_timeout);
-            if let Some(source) = self.options.source_ip(number) {
-                dial = dial.bind(source);
-            }
-            self.dialer.first_dial.get_or_insert_with(Instant::now);
-            match ctx.connect(dial, line) {
-                Ok(conn) => {
-                    self.dialer.pending += 1;
-                    self.dialer.dialling.insert(conn, server);
-                }
-                Err(e) => self.dial_failed(e.error, server),
-            }
+            self.dial(ctx, number, line);
         }
         self.connected_all(ctx);
+    }
+
+    /// Dials connection `number` (it picks the server and the source address) with
+    /// `line` as its state: true when the dial is under way.
+    fn dial(&mut self, ctx: &mut Context<'_, Self>, number: usize, line: Line) -> bool {
+        let server = self.options.server_for(number);
+        let mut dial = Dial::tcp(server).timeout(self.options.connect_timeout);
+        if let Some(source) = self.options.source_ip(number) {
+            dial = dial.bind(source);
+        }
+        if let Some(tls) = &self.tls {
+            dial = match tls.dial(dial, server) {
+                Ok(dial) => dial,
+                Err(e) => {
+                    self.dial_failed(e, server);
+                    return false;
+                }
+            };
+        }
+        self.dialer.first_dial.get_or_insert_with(Instant::now);
+        match ctx.connect(dial, line) {
+            Ok(conn) => {
+                self.dialer.pending += 1;
+                let dialling = Dialling {
+                    server,
+                    tcp_up: None,
+                    deadline: None,
+                    overdue: false,
+                };
+                self.dialer.dialling.insert(conn, dialling);
+                true
+            }
+            Err(e) => {
+                self.dial_failed(e.error, server);
+                false
+            }
+        }
+    }
+
+    /// The handshakes workload: dials until `conns` connections are under way.
+    fn dial_handshakes(&mut self, ctx: &mut Context<'_, Self>) {
+        loop {
+            let Work::Handshakes(w) = &mut self.work else {
+                return;
+            };
+            let Some(number) = w.want() else {
+                return;
+            };
+            if !self.dial(ctx, number, Line::Handshake) {
+                // Counted; the slot is tried again when another connection closes (a
+                // dial that fails at once, out of ports say, must not spin here).
+                return;
+            }
+            if let Work::Handshakes(w) = &mut self.work {
+                w.dialled();
+            }
+        }
     }
 
     /// A connection to `server` could not be opened: counted, and the first failure
@@ -523,7 +624,9 @@ impl Bench {
             Work::Stream(w) => w.begin(ctx, now, &mut self.rec),
             Work::Chat(w) => w.begin(ctx, now, &mut self.rec),
             Work::Udp(w) => w.begin(ctx, now, &mut self.rec),
+            Work::Handshakes(w) => w.begin(),
         }
+        self.dial_handshakes(ctx);
         self.schedule_pace(ctx, Some(now));
     }
 
@@ -614,6 +717,7 @@ impl Bench {
             Work::Stream(w) => w.stop(),
             Work::Chat(w) => w.stop(ctx),
             Work::Udp(w) => w.stop(),
+            Work::Handshakes(w) => w.stop(),
         }
     }
 
@@ -764,6 +868,7 @@ impl Bench {
             Work::Stream(w) => w.tick(ctx, now, &mut self.rec),
             Work::Chat(w) => w.tick(ctx, now, &mut self.rec),
             Work::Udp(w) => w.tick(ctx, now, &mut self.rec),
+            Work::Handshakes(_) => None,
         };
         self.schedule_pace(ctx, next);
         self.progressed(ctx);
@@ -786,6 +891,92 @@ impl Bench {
         );
         eprintln!("{line}");
     }
+
+    /// Connection `conn` is up: connected, and with TLS its handshake done.
+    fn up(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, line: &mut Line) {
+        self.dialer.pending -= 1;
+        self.dialer.dialling.remove(&conn);
+        self.open_conns += 1;
+        match line {
+            Line::Idle => self.idle_conns.push(conn),
+            // It closes by itself.
+            Line::Handshake => {}
+            _ => self.conns.push(conn),
+        }
+        match line {
+            Line::Idle => self.dialer.idle_open += 1,
+            Line::Stream(line) => {
+                self.dialer.connected += 1;
+                if let Work::Stream(w) = &mut self.work {
+                    w.connected(line, conn);
+                }
+            }
+            Line::Member(line) => {
+                self.dialer.connected += 1;
+                if let Work::Chat(w) = &mut self.work {
+                    w.connected(line, conn);
+                }
+            }
+            Line::Handshake => {}
+        }
+        self.dial_more(ctx);
+    }
+
+    /// A dial ended before its connection was up: the connect failed or timed out, or
+    /// (TLS) the handshake failed or did not finish in time. Counted as a connect
+    /// failure, unless the run itself is ending; then the next dial.
+    fn never_up(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        line: Line,
+        dialling: Dialling,
+        reason: CloseReason,
+    ) {
+        self.dialer.pending -= 1;
+        let ending = self.phase == Phase::Done || reason == CloseReason::Shutdown;
+        if !ending {
+            let error = match (reason, dialling.tcp_up) {
+                (CloseReason::ConnectFailed(kind), _) => io::Error::from(kind),
+                (CloseReason::ConnectTimeout, _) => {
+                    io::Error::new(io::ErrorKind::TimedOut, "connect did not finish in time")
+                }
+                (reason, _) => {
+                    self.dialer.handshake_failures += 1;
+                    handshake_failure(reason, dialling.overdue)
+                }
+            };
+            self.dial_failed(error, dialling.server);
+        }
+        if let (Line::Handshake, Work::Handshakes(w)) = (line, &mut self.work) {
+            w.closed(true);
+            self.dial_handshakes(ctx);
+            return self.progressed(ctx);
+        }
+        self.dial_more(ctx);
+    }
+}
+
+/// Why a TLS handshake failed, as a connect error: the rustls error itself is in the
+/// reactor's debug log (the connection's close says only its kind).
+fn handshake_failure(reason: CloseReason, overdue: bool) -> io::Error {
+    if overdue {
+        return io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake did not finish in time",
+        );
+    }
+    let kind = match reason {
+        CloseReason::Error(kind) => kind,
+        CloseReason::Reset => io::ErrorKind::ConnectionReset,
+        _ => io::ErrorKind::UnexpectedEof,
+    };
+    io::Error::new(
+        kind,
+        format!(
+            "TLS handshake failed: {reason} (does the server speak TLS, with a certificate \
+             for --tls-name that --tls-ca trusts? --log-level debug says why)"
+        ),
+    )
 }
 
 impl Service for Bench {
@@ -804,6 +995,8 @@ impl Service for Bench {
         self.dial_more(ctx);
     }
 
+    /// A dialled connection's TCP connect completed: it is up, or with TLS its
+    /// handshake begins, timed from now and given the connect timeout again.
     fn on_connect(
         &mut self,
         ctx: &mut Context<'_, Self>,
@@ -811,29 +1004,40 @@ impl Service for Bench {
         line: &mut Line,
         _: Origin,
     ) {
-        self.dialer.pending -= 1;
-        self.dialer.dialling.remove(&conn);
-        self.open_conns += 1;
-        match line {
-            Line::Idle => self.idle_conns.push(conn),
-            _ => self.conns.push(conn),
+        if self.tls.is_none() {
+            return self.up(ctx, conn, line);
         }
-        match line {
-            Line::Idle => self.dialer.idle_open += 1,
-            Line::Stream(line) => {
-                self.dialer.connected += 1;
-                if let Work::Stream(w) = &mut self.work {
-                    w.connected(line, conn);
-                }
-            }
-            Line::Member(line) => {
-                self.dialer.connected += 1;
-                if let Work::Chat(w) = &mut self.work {
-                    w.connected(line, conn);
-                }
-            }
+        let deadline = ctx.set_conn_timer(conn, self.options.connect_timeout, Tick::HandshakeDue);
+        if let Some(dialling) = self.dialer.dialling.get_mut(&conn) {
+            dialling.tcp_up = Some(Instant::now());
+            dialling.deadline = Some(deadline);
         }
-        self.dial_more(ctx);
+    }
+
+    /// A dialled connection's TLS handshake is done: timed, and the connection is up
+    /// (a handshakes workload's closes now).
+    fn on_tls_ready(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, line: &mut Line) {
+        let now = Instant::now();
+        let Some(dialling) = self.dialer.dialling.get(&conn) else {
+            return;
+        };
+        if let Some(timer) = dialling.deadline {
+            ctx.cancel_timer(timer);
+        }
+        let took = now.saturating_duration_since(dialling.tcp_up.unwrap_or(now));
+        self.handshakes.reply(0, took);
+        if self.agreed.is_none() {
+            self.agreed = TlsDials::agreed(ctx, conn);
+        }
+        self.up(ctx, conn, line);
+        if let (Line::Handshake, Work::Handshakes(w)) = (line, &mut self.work) {
+            w.shaken();
+            self.rec.reply(0, took);
+            self.hearing.heard(now);
+            // Its last word: close_notify and a FIN; the server's close comes back.
+            ctx.shutdown_write(conn);
+            self.progressed(ctx);
+        }
     }
 
     fn on_frames(
@@ -866,10 +1070,14 @@ impl Service for Bench {
                 w.frames(ctx, conn, line, &frames, now, &mut self.rec);
                 self.hearing.heard(now);
             }
-            (_, _) => {
+            (line, _) => {
                 let count = frames.len();
+                let which = match line {
+                    Line::Handshake => "handshake",
+                    _ => "idle",
+                };
                 self.rec
-                    .mismatch(|| format!("idle {conn}: {count} unexpected frames"));
+                    .mismatch(|| format!("{which} {conn}: {count} unexpected frames"));
             }
         }
         self.progressed(ctx);
@@ -895,20 +1103,13 @@ impl Service for Bench {
         line: Line,
         reason: CloseReason,
     ) {
-        if let CloseReason::ConnectFailed(_) | CloseReason::ConnectTimeout = reason {
-            self.dialer.pending -= 1;
-            let error = match reason {
-                CloseReason::ConnectFailed(kind) => io::Error::from(kind),
-                _ => io::Error::new(io::ErrorKind::TimedOut, "connect did not finish in time"),
-            };
-            let server = self.dialer.dialling.remove(&conn);
-            self.dial_failed(error, server.unwrap_or(self.options.addr));
-            return self.dial_more(ctx);
+        if let Some(dialling) = self.dialer.dialling.remove(&conn) {
+            return self.never_up(ctx, line, dialling, reason);
         }
         self.open_conns -= 1;
         let ending =
             matches!(self.phase, Phase::Closing | Phase::Done) || reason == CloseReason::Shutdown;
-        if !ending && !matches!(line, Line::Idle) {
+        if !ending && matches!(line, Line::Stream(_) | Line::Member(_)) {
             self.hearing.closed(reason);
         }
         match line {
@@ -929,6 +1130,16 @@ impl Service for Bench {
                     w.closed(&line, ending, reason, &mut self.rec);
                 }
             }
+            Line::Handshake => {
+                if !ending && reason != CloseReason::PeerClosed {
+                    self.rec
+                        .disconnect(|| format!("{conn}, after its handshake: {reason}"));
+                }
+                if let Work::Handshakes(w) = &mut self.work {
+                    w.closed(false);
+                }
+                self.dial_handshakes(ctx);
+            }
         }
         if !ending {
             self.progressed(ctx);
@@ -943,6 +1154,24 @@ impl Service for Bench {
             Tick::PhaseEnd => self.phase_over(ctx),
             Tick::Pace => self.pace(ctx),
             Tick::FirstReply => self.first_reply_due(ctx),
+            Tick::HandshakeDue => {}
+        }
+    }
+
+    fn on_conn_timer(
+        &mut self,
+        ctx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut Line,
+        _: TimerId,
+        tick: Tick,
+    ) {
+        if tick != Tick::HandshakeDue {
+            return;
+        }
+        if let Some(dialling) = self.dialer.dialling.get_mut(&conn) {
+            dialling.overdue = true;
+            ctx.close(conn, CloseMode::Abort);
         }
     }
 

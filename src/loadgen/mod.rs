@@ -43,12 +43,16 @@
 //! - `procstat`: the server's CPU time and memory, read from `/proc`.
 //! - `procs`: one run over several worker processes (`--procs`), one summary merged
 //!   from theirs (feature `signals`).
+//! - `tls`: `--tls`, the run's dials over TLS: what they trust, the name they check,
+//!   what was agreed (feature `tls`; `tls_off` stands in without it).
+//! - `handshakes`: the `handshakes` workload (connect, handshake, close, again).
 
 mod bench;
 mod chat;
 mod check;
 mod connect;
 mod glance;
+mod handshakes;
 #[cfg(feature = "signals")]
 mod interrupt;
 mod options;
@@ -59,6 +63,12 @@ mod procstat;
 mod report;
 mod sequence;
 mod stream;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+mod tls_off;
+#[cfg(not(feature = "tls"))]
+use tls_off as tls;
 mod udp;
 mod wire;
 
@@ -69,10 +79,10 @@ use std::time::Duration;
 
 use bench::Bench;
 pub use chat::new_run_id;
-pub use options::{Listeners, Mode, Options};
+pub use options::{Listeners, Mode, Options, TlsOptions};
 #[cfg(feature = "signals")]
 pub use procs::run_workers;
-pub use report::{ConnectErrors, Latency, ServerUsage, Summary};
+pub use report::{ConnectErrors, Latency, ServerUsage, Summary, TlsSummary};
 
 /// Why a run could not be carried out (as opposed to a run that found errors, which
 /// returns a [`Summary`] whose [`Summary::failed`] is true).
@@ -163,9 +173,10 @@ fn run_with(
         ..crate::Config::default()
     };
     let codec = Bench::codec(options);
+    let tls = tls::TlsDials::new(options)?;
     let reactor_error = |e: crate::Error| LoadError::Io(io::Error::other(e.to_string()));
-    let mut reactor =
-        crate::Reactor::bind(config, Bench::new(options.clone()), codec).map_err(reactor_error)?;
+    let bench = Bench::new(options.clone(), tls);
+    let mut reactor = crate::Reactor::bind(config, bench, codec).map_err(reactor_error)?;
     if options.mode == Mode::Udp {
         let mut sockets = Vec::with_capacity(options.conns);
         for i in 0..options.conns {
@@ -239,6 +250,10 @@ impl std::error::Error for LoadError {
     }
 }
 
+/// What a server must do for `--tls`.
+const TLS_HINT: &str =
+    "is it a TLS server? `switchboard echo --tcp tls://ADDR --tls-cert .. --tls-key ..`";
+
 /// The likely cause when a server answers nothing at all.
 fn silent_hint(mode: Mode) -> String {
     let usual = mode.default_addr();
@@ -252,6 +267,7 @@ fn silent_hint(mode: Mode) -> String {
         Mode::Framed | Mode::Udp => {
             format!("is it an echo server? `switchboard echo` listens on {usual} by default")
         }
+        Mode::Handshakes => TLS_HINT.into(),
     }
 }
 
@@ -264,6 +280,7 @@ fn wrong_protocol_hint(mode: Mode) -> String {
         Mode::Framed | Mode::Udp => {
             format!("is it `switchboard chat`? echo listens on {usual} by default")
         }
+        Mode::Handshakes => TLS_HINT.into(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::LoadError;
@@ -23,6 +24,9 @@ pub enum Mode {
     Udp,
     /// The chat protocol: members join one room, senders publish to it.
     Chat,
+    /// TLS handshakes (with `--tls`): each connection is opened, handshakes, and
+    /// closes, and another takes its place; a handshake is what a run counts.
+    Handshakes,
 }
 
 impl Mode {
@@ -33,6 +37,7 @@ impl Mode {
             Mode::Raw => "raw",
             Mode::Udp => "udp",
             Mode::Chat => "chat",
+            Mode::Handshakes => "handshakes",
         }
     }
 
@@ -47,7 +52,7 @@ impl Mode {
     pub fn default_addr(self) -> SocketAddr {
         let port = match self {
             Mode::Chat => 9001,
-            Mode::Framed | Mode::Raw | Mode::Udp => 9000,
+            Mode::Framed | Mode::Raw | Mode::Udp | Mode::Handshakes => 9000,
         };
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -56,6 +61,7 @@ impl Mode {
     pub fn unit(self) -> &'static str {
         match self {
             Mode::Chat => "deliveries",
+            Mode::Handshakes => "handshakes",
             Mode::Framed | Mode::Raw | Mode::Udp => "msgs",
         }
     }
@@ -67,6 +73,7 @@ impl Mode {
             Mode::Raw => "raw (unframed) echo protocol",
             Mode::Udp => "UDP echo protocol",
             Mode::Chat => "chat protocol",
+            Mode::Handshakes => "TLS protocol",
         }
     }
 }
@@ -123,6 +130,17 @@ impl fmt::Display for Listeners {
     }
 }
 
+/// Dialling over TLS (`--tls`): what the run trusts besides the system's roots, and
+/// the name each server's certificate must be for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) trusted besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name the server's certificate must be for; `None`: the server's IP address,
+    /// written out (`127.0.0.1`), which a certificate names in its subjectAltName.
+    pub name: Option<String>,
+}
+
 /// A run's parameters. [`Options::default`] is a short framed run against
 /// 127.0.0.1:9000 ([`Mode::default_addr`] gives each mode's usual server).
 ///
@@ -176,8 +194,12 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// Print a progress line to stderr once a second.
     pub progress: bool,
-    /// Most time allowed for opening every connection.
+    /// Most time allowed for opening every connection (with TLS: for its TCP connect,
+    /// and then again for its handshake).
     pub connect_timeout: Duration,
+    /// Speak TLS on every connection (feature `tls`): the echo modes, and
+    /// [`Mode::Handshakes`], which needs it.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for Options {
@@ -204,6 +226,7 @@ impl Default for Options {
             server_pid: None,
             progress: false,
             connect_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -268,7 +291,31 @@ impl Options {
         if self.duration.is_zero() && self.messages.is_none() {
             return fail("--duration must be positive".into());
         }
-        Ok(())
+        self.check_tls()
+    }
+
+    /// TLS is for the stream echo modes and the handshakes mode, which needs it.
+    fn check_tls(&self) -> Result<(), LoadError> {
+        let fail = |why: &str| Err(LoadError::Options(why.into()));
+        let Some(_) = &self.tls else {
+            return match self.mode {
+                Mode::Handshakes => fail("--mode handshakes needs --tls"),
+                _ => Ok(()),
+            };
+        };
+        if !cfg!(feature = "tls") {
+            return fail("--tls: built without the `tls` feature");
+        }
+        match self.mode {
+            Mode::Udp | Mode::Chat => {
+                fail("--tls is for the echo modes (framed, raw) and --mode handshakes")
+            }
+            Mode::Handshakes if self.rate.is_some() || self.messages.is_some() => fail(
+                "--mode handshakes runs as many handshakes as --conns at a time allow: \
+                 no --rate or --messages",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Counting listeners cannot tell this run's messages from another's (they do not
@@ -314,9 +361,13 @@ impl Options {
         ))
     }
 
-    /// True for the workloads that open TCP connections (every one but UDP).
-    pub(crate) fn uses_tcp(&self) -> bool {
-        self.mode != Mode::Udp
+    /// The workload connections dialled once, before the load: none for UDP, and
+    /// none for handshakes, whose connections come and go under the load.
+    pub(crate) fn lasting_conns(&self) -> usize {
+        match self.mode {
+            Mode::Udp | Mode::Handshakes => 0,
+            Mode::Framed | Mode::Raw | Mode::Chat => self.conns,
+        }
     }
 }
 

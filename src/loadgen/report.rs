@@ -287,6 +287,80 @@ pub struct ServerUsage {
     pub hwm_kib: u64,
 }
 
+/// The TLS side of a run (`--tls`): its handshakes, each timed from the TCP connect
+/// to the end of the handshake.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsSummary {
+    /// Handshakes done over the whole run (warm-up and drain included).
+    pub handshakes: u64,
+    /// Connections whose handshake failed or did not finish in time (also counted
+    /// among the connect failures).
+    pub handshake_failures: u64,
+    /// Handshake times over every handshake of the run, in microseconds; null when
+    /// none was done.
+    pub handshake: Option<Latency>,
+    /// `--mode handshakes`: handshakes done inside the measured window, per second.
+    pub handshakes_per_sec: Option<f64>,
+    /// The protocol version agreed (`TLSv1_3`), as the first handshake found it.
+    pub protocol: Option<String>,
+    /// The cipher suite agreed (`TLS13_AES_256_GCM_SHA384`), likewise.
+    pub cipher_suite: Option<String>,
+    /// The handshake-time histogram's buckets, `[ns, count]` (with `--histogram`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handshake_buckets: Vec<[u64; 2]>,
+}
+
+impl TlsSummary {
+    /// From the run's handshakes (a recorder of their own: one "reply" a handshake).
+    pub(crate) fn new(handshakes: &Recorder, failures: u64, histogram: bool) -> TlsSummary {
+        TlsSummary {
+            handshakes: handshakes.messages_total,
+            handshake_failures: failures,
+            handshake: handshakes.latency(),
+            handshake_buckets: match histogram {
+                true => buckets(handshakes),
+                false => Vec::new(),
+            },
+            ..TlsSummary::default()
+        }
+    }
+
+    /// Adds another worker's handshakes to these; the times are merged from both
+    /// histograms in [`Summary::merge`].
+    fn add(&mut self, other: &TlsSummary) {
+        self.handshakes += other.handshakes;
+        self.handshake_failures += other.handshake_failures;
+        self.handshakes_per_sec = match (self.handshakes_per_sec, other.handshakes_per_sec) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.protocol = self.protocol.take().or_else(|| other.protocol.clone());
+        self.cipher_suite = (self.cipher_suite.take()).or_else(|| other.cipher_suite.clone());
+        (self.handshake_buckets).extend_from_slice(&other.handshake_buckets);
+    }
+}
+
+impl fmt::Display for TlsSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  tls: {} {}, {} ({} failed)",
+            self.protocol.as_deref().unwrap_or("-"),
+            self.cipher_suite.as_deref().unwrap_or("-"),
+            count(self.handshakes, "handshake", "handshakes"),
+            self.handshake_failures
+        )?;
+        match &self.handshake {
+            Some(h) => write!(
+                f,
+                "; handshake us: p50 {:.1}  p99 {:.1}  max {:.1}",
+                h.p50_us, h.p99_us, h.max_us
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Connect failures of one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectErrors {
@@ -384,6 +458,9 @@ pub struct Summary {
     /// A signal ended the run early: the window (`seconds`) and every figure cover
     /// only what was measured until then (nothing, if it came before the load).
     pub interrupted: bool,
+    /// The handshakes, with `--tls`; null without.
+    #[serde(default)]
+    pub tls: Option<TlsSummary>,
 }
 
 impl Summary {
@@ -436,6 +513,7 @@ impl Summary {
             first_errors: rec.first_errors.clone(),
             server: None,
             interrupted: false,
+            tls: None,
         }
     }
 
@@ -461,6 +539,10 @@ impl Summary {
             usage.msgs_per_cpu_sec = all.messages as f64 / usage.cpu_secs.max(1e-9);
             usage
         });
+        if let Some(tls) = &mut all.tls {
+            tls.handshake = Latency::from_buckets(&tls.handshake_buckets);
+            tls.handshake_buckets = Vec::new();
+        }
         all
     }
 
@@ -500,6 +582,11 @@ impl Summary {
         let room = KEEP_ERRORS.saturating_sub(self.first_errors.len());
         (self.first_errors).extend(other.first_errors.iter().take(room).cloned());
         self.interrupted |= other.interrupted;
+        match (&mut self.tls, &other.tls) {
+            (Some(tls), Some(theirs)) => tls.add(theirs),
+            (None, Some(theirs)) => self.tls = Some(theirs.clone()),
+            _ => {}
+        }
     }
 
     /// True when the run found any fault or could not open every connection.
@@ -515,6 +602,9 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode == "handshakes" {
+            return self.fmt_handshakes(f);
+        }
         writeln!(
             f,
             "{} to {}: {} (+{} idle) x depth {}, {} B, {:.2} s measured{}",
@@ -595,17 +685,68 @@ impl fmt::Display for Summary {
         for kind in &self.connect_errors {
             write!(f, "\n  connect failed {} times: {}", kind.count, kind.error)?;
         }
+        if let Some(tls) = &self.tls {
+            write!(f, "\n{tls}")?;
+        }
+        self.fmt_server_and_errors(f)
+    }
+}
+
+impl Summary {
+    /// A handshakes run: how many at a time, handshakes per second, their times.
+    fn fmt_handshakes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "handshakes to {}: {} at a time, {:.2} s measured{}",
+            self.addr,
+            self.conns,
+            self.seconds,
+            if self.interrupted {
+                " (interrupted: cut short by a signal)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "  throughput: {:.0} handshakes/s ({} in the window)",
+            self.msgs_per_sec, self.messages
+        )?;
+        if let Some(tls) = &self.tls {
+            writeln!(f, "{tls}")?;
+        }
+        write!(
+            f,
+            "  errors: {} (disconnects {}); connect failures: {}",
+            self.errors, self.disconnects, self.connect_failures
+        )?;
+        for kind in &self.connect_errors {
+            write!(f, "\n  connect failed {} times: {}", kind.count, kind.error)?;
+        }
+        self.fmt_server_and_errors(f)
+    }
+
+    /// The server's usage (with its process id) and the first faults.
+    fn fmt_server_and_errors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(s) = &self.server {
             write!(
                 f,
-                "\n  server: {:.2} CPU s ({:.2} user), {:.0} msgs per CPU-second, RSS {} KiB (before {} KiB, connected {} KiB), HWM {} KiB",
-                s.cpu_secs, s.user_cpu_secs, s.msgs_per_cpu_sec, s.rss_end_kib, s.rss_before_kib, s.rss_connected_kib, s.hwm_kib
+                "\n  server: {:.2} CPU s ({:.2} user), {:.0} {} per CPU-second, RSS {} KiB (before {} KiB, connected {} KiB), HWM {} KiB",
+                s.cpu_secs, s.user_cpu_secs, s.msgs_per_cpu_sec, self.unit(), s.rss_end_kib, s.rss_before_kib, s.rss_connected_kib, s.hwm_kib
             )?;
         }
         for e in &self.first_errors {
             write!(f, "\n  error: {e}")?;
         }
         Ok(())
+    }
+
+    /// What the server's CPU time is divided among.
+    fn unit(&self) -> &'static str {
+        match self.mode.as_str() {
+            "handshakes" => "handshakes",
+            _ => "msgs",
+        }
     }
 }
 
