@@ -713,7 +713,7 @@ fn tls_flags_that_cannot_work_are_refused_with_a_clear_error() {
                 "--tls-key",
                 certs.key.to_str().unwrap(),
             ],
-            "no certificate",
+            "no PEM certificate in it",
         ),
     ];
     for (args, expected) in cases {

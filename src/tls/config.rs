@@ -175,19 +175,12 @@ impl TlsClient {
     /// Trusts the operating system's roots (when `system_roots`) plus the certificates
     /// in `extra_ca` (PEM), if given.
     pub fn new(system_roots: bool, extra_ca: Option<&Path>) -> Result<TlsClient, TlsError> {
-        let mut roots = RootCertStore::empty();
-        if system_roots {
-            let found = rustls_native_certs::load_native_certs();
-            for error in &found.errors {
-                log::debug!("system root certificates: {error}");
-            }
-            let (added, ignored) = roots.add_parsable_certificates(found.certs);
-            log::debug!("system root certificates: {added} trusted, {ignored} unparsable");
-        }
+        let mut roots = match system_roots {
+            true => system_roots_store(),
+            false => RootCertStore::empty(),
+        };
         if let Some(path) = extra_ca {
-            for cert in read_certificates(path)? {
-                roots.add(cert).map_err(TlsError::Rustls)?;
-            }
+            trust_pem_file(&mut roots, path)?;
         }
         let config = ClientConfig::builder()
             .with_root_certificates(roots)
@@ -243,17 +236,39 @@ impl PartialEq for DialTls {
 
 impl Eq for DialTls {}
 
+/// The operating system's root certificates (those it cannot parse are skipped, and
+/// said at debug level).
+pub(crate) fn system_roots_store() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        log::debug!("system root certificates: {error}");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    log::debug!("system root certificates: {added} trusted, {ignored} unparsable");
+    roots
+}
+
+/// Adds the CA certificates of a PEM file to `roots`: an error when the file cannot
+/// be read, holds no certificate, or holds one that cannot be a root.
+pub(crate) fn trust_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+    for cert in read_certificates(path)? {
+        roots.add(cert).map_err(TlsError::Rustls)?;
+    }
+    Ok(())
+}
+
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let problem = |problem: String| TlsError::Pem {
         path: path.to_path_buf(),
         problem,
     };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| problem(format!("cannot read certificates: {e}")))?
+        .map_err(|e| problem(format!("cannot read it: {e}")))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(format!("cannot read certificates: {e}")))?;
+        .map_err(|e| problem(format!("cannot read it: {e}")))?;
     if certs.is_empty() {
-        return Err(problem("no certificate in the file".into()));
+        return Err(problem("no PEM certificate in it".into()));
     }
     Ok(certs)
 }

@@ -19,7 +19,6 @@
 //! the read and write paths call them from branches of their own, so the code of the
 //! plain paths stays what it was (`docs/benchmarks.md`: instructions per echo).
 
-
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore};
 use rustls::{Error, SignatureScheme};
@@ -50,13 +49,7 @@ impl RedisTls {
                 "{host:?} is neither a DNS name nor an IP address a certificate can name"
             ));
         }
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            log::debug!("system root certificates: {error}");
-        }
-        let mut roots = RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        log::debug!("system root certificates: {added} trusted, {ignored} unparsable");
+        let roots = crate::tls::system_roots_store();
         Ok(RedisTls {
             server_name: host.to_owned(),
             roots: Arc::new(roots),
@@ -65,21 +58,12 @@ impl RedisTls {
 
     /// Trusts the CA certificates (PEM) in the file at `path` as well.
     pub fn trust(&mut self, path: &Path) -> Result<(), String> {
-        let unreadable = |e: rustls::pki_types::pem::Error| format!("cannot read it: {e}");
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(unreadable)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unreadable)?;
-        if certs.is_empty() {
-            return Err("no PEM certificate in it".into());
-        }
         let roots = Arc::make_mut(&mut self.roots);
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("a certificate in it cannot be trusted: {e}"))?;
-        }
-        Ok(())
+        crate::tls::trust_pem_file(roots, path).map_err(|e| match e {
+            // (The caller names the file.)
+            crate::tls::TlsError::Pem { problem, .. } => problem,
+            other => format!("a certificate in it cannot be trusted: {other}"),
+        })
     }
 
     /// No CA is trusted: no certificate of Redis's could be accepted.
