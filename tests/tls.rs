@@ -513,7 +513,19 @@ fn openssl_s_client_handshakes_and_echoes_lines() {
     let certs = Certs::make("s-client");
     let port = common::free_port();
     let tls = format!("tls://127.0.0.1:{port}");
-    let args = ["echo", "--framing", "lines", "--tcp", &tls, "--udp", "off"];
+    // Idle for a second, the connection is closed by the server: with a close_notify,
+    // which s_client takes as the end (without one it reports an unexpected EOF).
+    let args = [
+        "echo",
+        "--framing",
+        "lines",
+        "--tcp",
+        &tls,
+        "--udp",
+        "off",
+        "--idle-timeout",
+        "1",
+    ];
     let (_server, _log) = tls_child(&args, &certs, port);
     let connect = format!("127.0.0.1:{port}");
     let ca = certs.ca.to_str().unwrap();
@@ -528,18 +540,26 @@ fn openssl_s_client_handshakes_and_echoes_lines() {
         "-verify_return_error",
         "-brief",
     ];
-    // `-brief` leaves stdin's EOF to end the session; the echo comes first.
+    let started = Instant::now();
     let (out, err) = run_with_input(
         "openssl",
         &s_client,
         b"hello from s_client\nand a second line\n",
-        Duration::from_secs(5),
+        Duration::from_secs(8),
     );
     assert!(err.contains("Verification: OK"), "s_client: {err}");
     assert!(err.contains("TLSv1.3"), "s_client: {err}");
     assert_eq!(
         out, "hello from s_client\nand a second line\n",
         "s_client: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "s_client did not see the server's close: {err}"
+    );
+    assert!(
+        !err.contains("unexpected eof"),
+        "closed without close_notify: {err}"
     );
 }
 

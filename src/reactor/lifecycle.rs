@@ -387,13 +387,17 @@ impl<S: Service> Reactor<S> {
         let mut tls = self.hub.tls.remove(id);
         if closing.flags.get(Flag::ResetOnClose) {
             closing.stream.reset_on_close();
-        } else if matches!(closing.state, ConnState::Draining(_)) {
-            // Everything owed was written: say so (TLS's close_notify, best effort,
-            // then a FIN) before the close.
-            if let Some(layer) = tls.as_mut() {
+        } else {
+            // Not a reset: an established TLS connection says it ends (close_notify,
+            // best effort) before its FIN, whatever closes it (the idle timeout, the
+            // service, a shutdown), so the peer can tell the end from a cut.
+            if let Some(layer) = tls.as_mut().filter(|layer| layer.is_established()) {
                 let _ = layer.close_notify(&mut closing.stream);
             }
-            closing.stream.shutdown_write();
+            if matches!(closing.state, ConnState::Draining(_)) {
+                // Everything owed was written: say so with a FIN before the close.
+                closing.stream.shutdown_write();
+            }
         }
         if let Some(layer) = &tls {
             self.hub.buffered_kib -= layer.charge_kib();

@@ -213,6 +213,11 @@ impl TlsLayer {
         finished
     }
 
+    /// The handshake is done (as last looked at by the reactor): records may flow.
+    pub(crate) fn is_established(&self) -> bool {
+        !self.handshaking
+    }
+
     /// The memory budget's charge for this layer now, in KiB.
     pub(crate) fn charge_kib(&self) -> u64 {
         if self.handshaking {

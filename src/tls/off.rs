@@ -42,6 +42,10 @@ impl TlsLayer {
         match *self {}
     }
 
+    pub(crate) fn is_established(&self) -> bool {
+        match *self {}
+    }
+
     pub(crate) fn charge_kib(&self) -> u64 {
         match *self {}
     }
