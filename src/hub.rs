@@ -154,6 +154,9 @@ pub(crate) struct Hub<S: Service> {
     pub over_budget: bool,
     /// The TLS layers of the connections that have one (`crate::tls`).
     pub tls: TlsTable,
+    /// TLS failures (handshakes with a plain-text client, a scanner, an untrusted
+    /// certificate) are logged at most once per interval, with a count.
+    tls_failures: crate::throttle::Throttle,
 }
 
 impl<S: Service> std::fmt::Debug for Hub<S> {
@@ -194,6 +197,7 @@ impl<S: Service> Hub<S> {
             buffered_kib: 0,
             over_budget: false,
             tls: TlsTable::default(),
+            tls_failures: crate::throttle::Throttle::new(Duration::from_secs(10)),
         }
     }
 
@@ -477,6 +481,21 @@ impl<S: Service> Hub<S> {
             self.arm_send_deadline(id);
         }
         finished
+    }
+
+    /// A read of `id` failed with `error`: said, and the connection closes. A TLS
+    /// failure, which any client can cause at will, is said at info level at most once
+    /// per interval, with how many it stands for; the others at debug level.
+    pub(crate) fn read_failed(&mut self, id: ConnId, error: &std::io::Error) {
+        let tls = self.tls.get(id).is_some() && error.kind() == std::io::ErrorKind::InvalidData;
+        match tls.then(|| self.tls_failures.note(self.now)).flatten() {
+            Some(count) => log::info!(
+                "{}: {error}; closing ({count} TLS failure(s) since the last such line)",
+                self.who(id)
+            ),
+            None => log::debug!("{id}: read error: {error}"),
+        }
+        self.request_close(id, CloseReason::from_io(error.kind()));
     }
 
     /// After [`recount`]: the gauge follows the total, and a total that passed the

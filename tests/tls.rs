@@ -743,3 +743,33 @@ fn tls_flags_that_cannot_work_are_refused_with_a_clear_error() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_plain_client_and_a_stalled_handshake_are_logged_in_plain_words() {
+    let certs = Certs::make("logged");
+    let port = common::free_port();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let args = [
+        "echo",
+        "--tcp",
+        &tls,
+        "--udp",
+        "off",
+        "--frame-timeout",
+        "1",
+    ];
+    let (_server, log) = tls_child(&args, &certs, port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    log.wait_for("the plain client", IO_TIMEOUT, |text| {
+        text.contains("TLS: received corrupt message") && text.contains("closing (1 TLS failure")
+    });
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(&client_hello(&certs)[..10]).unwrap();
+    log.wait_for("the stalled handshake", IO_TIMEOUT, |text| {
+        text.contains("TLS handshake not completed within 1s; closing")
+    });
+}

@@ -115,8 +115,7 @@ impl<S: Service> Reactor<S> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::More,
             Err(e) => {
-                log::debug!("{id}: read error: {e}");
-                self.hub.request_close(id, CloseReason::from_io(e.kind()));
+                self.hub.read_failed(id, &e);
                 ReadOutcome::Stopped
             }
         }

@@ -493,8 +493,7 @@ impl<S: Service> Reader<'_, S> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::More,
             Err(e) => {
-                log::debug!("{id}: read error: {e}");
-                self.hub.request_close(id, CloseReason::from_io(e.kind()));
+                self.hub.read_failed(id, &e);
                 ReadOutcome::Stopped
             }
         }

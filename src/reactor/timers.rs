@@ -227,11 +227,23 @@ impl<S: Service> Reactor<S> {
                 .insert(deadline_after(now, timeout), TimerEvent::FrameDeadline(id));
         } else if deadline_after(started, timeout) <= now {
             let received = conn.input.len();
-            log::warn!(
-                "{}: frame not completed within {timeout:?} ({received} bytes received); \
-                 closing",
-                self.hub.who(id)
-            );
+            if self
+                .hub
+                .tls
+                .get(id)
+                .is_some_and(|layer| !layer.is_established())
+            {
+                log::warn!(
+                    "{}: TLS handshake not completed within {timeout:?}; closing",
+                    self.hub.who(id)
+                );
+            } else {
+                log::warn!(
+                    "{}: frame not completed within {timeout:?} ({received} bytes received); \
+                     closing",
+                    self.hub.who(id)
+                );
+            }
             self.hub.request_close(id, CloseReason::FrameTimeout);
         } else {
             conn.flags.set(Flag::FrameTimerArmed, true);
