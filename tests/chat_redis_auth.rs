@@ -76,20 +76,6 @@ impl Node {
     fn launch(url: &str, extra: &[&str], env: Option<&str>) -> Node {
         Node::spawn(url, extra, env)
     }
-
-    /// Stops the node with SIGTERM and returns its whole log, checking that no
-    /// password in `secrets` is in it.
-    #[track_caller]
-    fn finish(self, secrets: &[&str]) -> String {
-        self.server.signal("TERM");
-        let (code, _) = self.server.wait(IO_TIMEOUT);
-        let log = self.log.finish();
-        assert_eq!(code, Some(0), "{log}");
-        for secret in secrets {
-            assert!(!log.contains(secret), "the log shows a password:\n{log}");
-        }
-        log
-    }
 }
 
 /// `switchboard ARGS`, with `SWITCHBOARD_REDIS_PASSWORD` set to `env` or unset (never
@@ -185,7 +171,7 @@ fn nodes_log_in_with_the_password_in_the_url_as_the_default_user() {
     a_message_crosses(&a, &b);
     assert_eq!(a.get("/healthz"), (200, "ok\n".to_string()));
     for node in [a, b] {
-        let log = node.finish(&[PASSWORD]);
+        let log = node.stop(&[PASSWORD]);
         let shown = format!("connected to Redis at redis://:***@{}", redis.addr());
         assert!(log.contains(&shown), "{log}");
     }
@@ -210,8 +196,8 @@ fn nodes_log_in_as_acl_users_with_escaped_passwords() {
             .any(|c| c.contains(&format!(" user={user} ")));
         assert!(logged_in, "no connection of {user}:\n{clients}");
     }
-    a.finish(&[ALICE.1]);
-    b.finish(&[CAROL.1, CAROL.2]);
+    a.stop(&[ALICE.1]);
+    b.stop(&[CAROL.1, CAROL.2]);
 }
 
 #[test]
@@ -233,12 +219,12 @@ fn the_password_file_wins_over_the_environment_which_wins_over_the_url() {
         Some(PASSWORD),
     );
     a_message_crosses(&from_file, &from_env);
-    let log = from_file.finish(&[ALICE.1]);
+    let log = from_file.stop(&[ALICE.1]);
     assert!(
         log.contains("password comes from --redis-password-file"),
         "{log}"
     );
-    let log = from_env.finish(&[PASSWORD]);
+    let log = from_env.stop(&[PASSWORD]);
     assert!(
         log.contains(&format!("password comes from {PASSWORD_ENV}")),
         "{log}"
@@ -256,7 +242,7 @@ fn a_database_in_the_url_holds_the_nodes_names() {
     names.sort();
     assert_eq!(names, ["ann", "ben"]);
     assert_eq!(keys(&redis, 0, "*"), Vec::<String>::new());
-    let log = a.finish(&[PASSWORD]);
+    let log = a.stop(&[PASSWORD]);
     assert!(
         log.contains(&format!("redis://:***@{}/3", redis.addr())),
         "{log}"
@@ -375,7 +361,7 @@ fn a_refused_password_takes_the_link_down_and_the_node_redials_on_its_backoff() 
     assert!(up, "/healthz: {:?}", node.get("/healthz"));
     let notice = next_such(&mut member, |e| e["type"] == "notice");
     assert!(notice["text"].as_str().unwrap().contains("up"), "{notice}");
-    node.finish(&[wrong]);
+    node.stop(&[wrong]);
 }
 
 #[test]
@@ -392,7 +378,7 @@ fn a_refused_database_takes_the_link_down_with_its_cause() {
     let (status, body) = node.get("/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("refused to select database 99"), "{body}");
-    node.finish(&[PASSWORD]);
+    node.stop(&[PASSWORD]);
 }
 
 #[test]
@@ -408,7 +394,7 @@ fn no_password_where_redis_asks_for_one_is_named_in_the_log_and_healthz() {
         status == 503 && body.contains("asks for a password")
     });
     assert!(told, "/healthz: {:?}", node.get("/healthz"));
-    node.finish(&[]);
+    node.stop(&[]);
 }
 
 #[test]

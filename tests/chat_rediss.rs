@@ -37,22 +37,6 @@ const NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 /// The default user's password, in the test with one.
 const PASSWORD: &str = "SECRET";
 
-impl Node {
-    /// Stops the node with SIGTERM and returns its whole log, checking that it exited
-    /// cleanly and shows no password in `secrets`.
-    #[track_caller]
-    fn stop(self, secrets: &[&str]) -> String {
-        self.server.signal("TERM");
-        let (code, _) = self.server.wait(IO_TIMEOUT);
-        let log = self.log.finish();
-        assert_eq!(code, Some(0), "{log}");
-        for secret in secrets {
-            assert!(!log.contains(secret), "the log shows a password:\n{log}");
-        }
-        log
-    }
-}
-
 /// `--tls-ca` with the CA of `certs`.
 fn trusting(certs: &Certificates) -> [String; 2] {
     ["--tls-ca".into(), certs.ca().to_str().unwrap().into()]

@@ -71,6 +71,20 @@ impl ChatNode {
     }
 
     /// A member of this node, named.
+    /// Stops the node with SIGTERM and returns its whole log, checking that it exited
+    /// cleanly and that no password in `secrets` is in it.
+    #[track_caller]
+    pub fn stop(self, secrets: &[&str]) -> String {
+        self.server.signal("TERM");
+        let (code, _) = self.server.wait(IO_TIMEOUT);
+        let log = self.log.finish();
+        assert_eq!(code, Some(0), "{log}");
+        for secret in secrets {
+            assert!(!log.contains(secret), "the log shows a password:\n{log}");
+        }
+        log
+    }
+
     pub fn member(&self, name: &str) -> Member {
         Member::named(self.tcp, name)
     }
