@@ -335,10 +335,12 @@ fn idle_then_burst() {
 
 /// Clients queue megabytes of echo without reading, then reset: each is closed and
 /// its descriptor comes back at once. Memory is not leaked per reset: after the
-/// last round the server's RSS is within 4 MiB of the most it held after any reset of
+/// last round the server's RSS is within 8 MiB of the most it held after any reset of
 /// the first half (the allocator keeps what such connections needed, so the figure is
-/// growth across rounds, not a return to the empty baseline), and within 24 MiB of the
-/// baseline.
+/// growth across rounds, not a return to the empty baseline; what it keeps varies by a
+/// few MiB from run to run, 10-13.5 MiB after the first half in three quiet runs, while
+/// a connection's leaked buffers would be the 12 MiB or more each one queued), and
+/// within 24 MiB of the baseline.
 #[test]
 fn reset_with_megabytes_queued() {
     let _serial = one_at_a_time();
@@ -383,7 +385,7 @@ fn reset_with_megabytes_queued() {
         ),
     );
     assert!(
-        after <= after_first_half + 4 * 1024,
+        after <= after_first_half + 8 * 1024,
         "RSS grew from {after_first_half} KiB to {after} KiB over {rounds} resets"
     );
     assert!(
