@@ -293,7 +293,8 @@ fn bad_handshakes_get_http_errors_and_the_page_is_served() {
     let mut answer = String::new();
     page.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK"));
-    assert!(answer.contains("new WebSocket(`ws://${location.host}/ws`)"));
+    // (wss:// when the page was loaded over https://.)
+    assert!(answer.contains("new WebSocket(`${scheme}://${location.host}/ws`)"));
     // Unharmed.
     let mut after = named(server.ws, "after");
     send(&mut after, json!({"type": "ping"}));
