@@ -8,11 +8,12 @@
 //! its way to the socket. The codec and the service see plaintext only; a service
 //! that wants to know asks ([`crate::Context::tls`]).
 //!
-//! This file holds the configuration side: a listener's certificate and key
+//! `config.rs` holds the configuration side: a listener's certificate and key
 //! ([`TlsServer`], reloadable while connections stay up), and what a dial trusts
 //! ([`TlsClient`]). `layer.rs` holds one connection's TLS state and its reads and
-//! writes. Without the `tls` feature, `off.rs` stands in: the same names, and no
-//! connection ever has a layer.
+//! writes; this file, the functions the read and write paths call for a connection
+//! with or without one. Without the `tls` feature, `off.rs` stands in: the same names,
+//! and no connection ever has a layer.
 
 #[cfg(feature = "tls")]
 mod layer;
