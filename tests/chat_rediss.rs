@@ -219,6 +219,30 @@ fn a_redis_asking_for_a_client_certificate_is_a_tls_failure() {
 }
 
 #[test]
+fn nodes_with_a_client_certificate_share_a_room_through_a_redis_that_asks_for_one() {
+    let certs = Certificates::issue(&NAMES);
+    let redis = TlsRedis::start(&certs, &["--tls-auth-clients", "yes"]);
+    let url = format!("rediss://{}", redis.tls_addr());
+    // Redis checks a client's certificate against the same CA as its own: the test's
+    // server certificate serves as the nodes' too.
+    let (cert, key) = (certs.cert(), certs.key());
+    let mut flags = trusting(&certs).to_vec();
+    flags.extend([
+        "--redis-tls-cert".into(),
+        cert.to_str().unwrap().into(),
+        "--redis-tls-key".into(),
+        key.to_str().unwrap().into(),
+    ]);
+    let a = Node::spawn_linked(&url, &strs(&flags), None);
+    let b = Node::spawn_linked(&url, &strs(&flags), None);
+    a_message_crosses(&a, &b);
+    assert_eq!(a.get("/healthz"), (200, "ok\n".to_string()));
+    for node in [a, b] {
+        node.stop(&[]);
+    }
+}
+
+#[test]
 fn a_server_answering_a_client_hello_in_plain_text_is_a_tls_failure() {
     // Not Redis: a server that greets every connection with a RESP error, as a
     // plain-text service would answer a line it cannot read.
@@ -262,6 +286,26 @@ fn tls_flags_that_cannot_work_are_refused_naming_the_flag() {
         ),
         (
             vec!["redis://:SECRET@127.0.0.1", "--tls-ca", empty_path],
+            "only a rediss:// --redis URL speaks TLS",
+        ),
+        (
+            vec![
+                "rediss://:SECRET@127.0.0.1",
+                "--redis-tls-cert",
+                empty_path,
+                "--redis-tls-key",
+                empty_path,
+            ],
+            "no PEM certificate in it",
+        ),
+        (
+            vec![
+                "redis://:SECRET@127.0.0.1",
+                "--redis-tls-cert",
+                empty_path,
+                "--redis-tls-key",
+                empty_path,
+            ],
             "only a rediss:// --redis URL speaks TLS",
         ),
     ];

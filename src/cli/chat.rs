@@ -70,6 +70,13 @@ pub struct ChatArgs {
     /// Trust the CA certificates (PEM) in this file too, for a rediss:// --redis URL.
     #[arg(long, value_name = "PATH", requires = "redis")]
     pub tls_ca: Option<PathBuf>,
+    /// Present this certificate chain (PEM) to a rediss:// Redis that asks its clients
+    /// for one (tls-auth-clients yes, Redis's default).
+    #[arg(long, value_name = "PATH", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --redis-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Read the Redis password from this file (its content, less one trailing
     /// newline), not from the command line. Which password wins: this file, then the
     /// environment variable SWITCHBOARD_REDIS_PASSWORD, then the --redis URL's.
@@ -201,6 +208,7 @@ fn redis_settings(args: &ChatArgs, url: &str) -> Result<RedisSettings, String> {
     let ttl = Duration::from_secs(args.redis_ttl);
     let mut redis = RedisSettings::parse(url, ttl).map_err(|e| format!("--redis: {e}"))?;
     trust_tls_ca(&mut redis, args.tls_ca.as_deref())?;
+    present_client_certificate(&mut redis, args)?;
     let (password, source) = match &args.redis_password_file {
         Some(path) => (Some(read_password_file(path)?), "--redis-password-file"),
         None => match std::env::var_os(PASSWORD_ENV).filter(|value| !value.is_empty()) {
@@ -254,6 +262,26 @@ fn trust_tls_ca(redis: &mut RedisSettings, ca: Option<&Path>) -> Result<(), Stri
                 .into(),
         ),
         _ => Ok(()),
+    }
+}
+
+/// `--redis-tls-cert` and `--redis-tls-key`: what a rediss:// link presents to a Redis
+/// that asks for a client certificate. An error when they cannot be read or are given
+/// with a redis:// URL.
+fn present_client_certificate(redis: &mut RedisSettings, args: &ChatArgs) -> Result<(), String> {
+    let (Some(cert), Some(key)) = (&args.redis_tls_cert, &args.redis_tls_key) else {
+        return Ok(());
+    };
+    let flags = format!(
+        "--redis-tls-cert {} --redis-tls-key {}",
+        cert.display(),
+        key.display()
+    );
+    match redis.tls.as_mut() {
+        None => Err(format!(
+            "{flags}: only a rediss:// --redis URL speaks TLS (this one is redis://)"
+        )),
+        Some(tls) => tls.present(cert, key).map_err(|e| format!("{flags}: {e}")),
     }
 }
 

@@ -78,6 +78,8 @@ impl LogArgs {
 }
 
 /// The subcommands.
+// (Parsed once at start: the size of its largest variant costs nothing.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Framed TCP echo plus UDP echo (default 127.0.0.1:9000).

@@ -136,12 +136,22 @@ impl TlsServer {
     }
 }
 
-fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = read_certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Pem {
-        path: files.key.clone(),
+/// A certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or
+/// SEC1), as a server or a client presents them.
+pub(crate) fn read_key_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = read_certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        path: key.to_path_buf(),
         problem: format!("no private key read: {e}"),
     })?;
+    Ok((chain, key))
+}
+
+fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = read_key_pair(&files.cert, &files.key)?;
     let builder = ServerConfig::builder();
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),

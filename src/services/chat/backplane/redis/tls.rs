@@ -38,6 +38,17 @@ pub struct RedisTls {
     server_name: String,
     /// The system's root certificates, and those of `--tls-ca`.
     roots: Arc<RootCertStore>,
+    /// The certificate and key the node presents to a Redis that asks for one
+    /// (`--redis-tls-cert`, `--redis-tls-key`; Redis's `tls-auth-clients`).
+    client_auth: Option<Arc<ClientAuth>>,
+}
+
+/// A client certificate chain and its key.
+struct ClientAuth {
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// Where they came from, to tell two settings apart.
+    files: (std::path::PathBuf, std::path::PathBuf),
 }
 
 impl RedisTls {
@@ -53,6 +64,7 @@ impl RedisTls {
         Ok(RedisTls {
             server_name: host.to_owned(),
             roots: Arc::new(roots),
+            client_auth: None,
         })
     }
 
@@ -64,6 +76,18 @@ impl RedisTls {
             crate::tls::TlsError::Pem { problem, .. } => problem,
             other => format!("a certificate in it cannot be trusted: {other}"),
         })
+    }
+
+    /// Presents this certificate chain and key (PEM) to Redis, for a Redis that asks
+    /// its clients for a certificate (`tls-auth-clients yes`, its default).
+    pub fn present(&mut self, cert: &Path, key: &Path) -> Result<(), String> {
+        let (chain, key_der) = crate::tls::read_key_pair(cert, key).map_err(|e| e.to_string())?;
+        self.client_auth = Some(Arc::new(ClientAuth {
+            chain,
+            key: key_der,
+            files: (cert.to_path_buf(), key.to_path_buf()),
+        }));
+        Ok(())
     }
 
     /// No CA is trusted: no certificate of Redis's could be accepted.
@@ -89,10 +113,15 @@ impl RedisTls {
         };
         // "Dangerous" only in that rustls cannot see what the verifier does: it is
         // webpki's, and the witness changes none of its verdicts.
-        let config = ClientConfig::builder()
+        let builder = ClientConfig::builder()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(witness))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(witness));
+        let config = match &self.client_auth {
+            None => builder.with_no_client_auth(),
+            Some(auth) => builder
+                .with_client_auth_cert(auth.chain.clone(), auth.key.clone_key())
+                .map_err(|e| format!("the client certificate cannot be used: {e}"))?,
+        };
         Ok(NodeTls {
             client: TlsClient::from_config(Arc::new(config)),
             server_name: self.server_name.clone(),
@@ -113,7 +142,10 @@ impl fmt::Debug for RedisTls {
 /// Alike when they check the same name against the same CAs.
 impl PartialEq for RedisTls {
     fn eq(&self, other: &RedisTls) -> bool {
-        self.server_name == other.server_name && self.roots.roots == other.roots.roots
+        let files = |tls: &RedisTls| tls.client_auth.as_ref().map(|auth| auth.files.clone());
+        self.server_name == other.server_name
+            && self.roots.roots == other.roots.roots
+            && files(self) == files(other)
     }
 }
 
@@ -253,6 +285,7 @@ mod tests {
         let tls = RedisTls {
             server_name: "redis.lan".into(),
             roots: Arc::new(roots),
+            client_auth: None,
         };
         let node = tls.for_node().unwrap();
         let witness = Witness {
