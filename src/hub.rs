@@ -461,11 +461,8 @@ impl<S: Service> Hub<S> {
         let Some(conn) = connection_mut(&mut self.conns, id) else {
             return false;
         };
-        let charge_before = layer.charge_kib();
         let finished = layer.take_handshake_finished();
         if finished {
-            self.buffered_kib = self.buffered_kib + layer.charge_kib() - charge_before;
-            self.stats.buffered_bytes = self.buffered_kib * 1024;
             // The handshake's time is over; a partial frame already held starts its own.
             // (An admin connection's deadline covers its handshake and request alike.)
             if conn.state != crate::connection::ConnState::AdminRequest {
@@ -480,7 +477,27 @@ impl<S: Service> Hub<S> {
             crate::reactor::set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
         }
+        self.recount_tls(id);
         finished
+    }
+
+    /// Counts `id`'s TLS layer again for the memory budget (its handshake ended, or
+    /// ciphertext began or stopped waiting for the socket).
+    pub(crate) fn recount_tls(&mut self, id: ConnId) {
+        let Some(layer) = self.tls.get_mut(id) else {
+            return;
+        };
+        let (before, now) = layer.recount();
+        if before == now {
+            return;
+        }
+        self.buffered_kib = self.buffered_kib + now - before;
+        let passed = now > before
+            && self
+                .limits
+                .memory_budget_kib
+                .is_some_and(|budget| self.buffered_kib > budget);
+        self.counted(passed);
     }
 
     /// A read of `id` failed with `error`: said, and the connection closes. A TLS

@@ -53,6 +53,7 @@ impl<S: Service> Hub<S> {
         let write_at_once =
             conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
         let mut tls = self.tls.get_mut(id);
+        let layered = tls.is_some();
         if write_at_once {
             let result = match tls.as_deref_mut() {
                 None => write_now(conn, bytes),
@@ -73,6 +74,7 @@ impl<S: Service> Hub<S> {
             // All taken, not all written: TLS holds ciphertext for the socket.
             set_writable_interest(&self.registry, conn, id, true);
             self.arm_send_deadline(id);
+            self.recount_tls(id);
             return true;
         }
         if written < bytes.len() {
@@ -81,6 +83,9 @@ impl<S: Service> Hub<S> {
                 conn.write_progress = now as u32;
             }
             self.queue_rest(id, &bytes[written..], write_at_once);
+        }
+        if layered {
+            self.recount_tls(id);
         }
         true
     }
@@ -234,6 +239,7 @@ impl<S: Service> Hub<S> {
         let mut socket_full = false;
         let mut progressed = false;
         let mut tls = self.tls.get_mut(id);
+        let layered = tls.is_some();
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn, tls.as_deref_mut());
             self.stats.queued_writes += 1;
@@ -284,6 +290,9 @@ impl<S: Service> Hub<S> {
         let queued = conn.output.len();
         if progressed {
             self.account(id);
+        }
+        if layered {
+            self.recount_tls(id);
         }
         if socket_full {
             self.arm_send_deadline(id);

@@ -39,6 +39,9 @@ pub(crate) const ESTABLISHED_KIB: u64 = 8;
 /// Ciphertext rustls may hold for the socket before a write is refused (`WouldBlock`):
 /// one write's worth (the write path's gathering limit) plus its records' overhead.
 const SEND_LIMIT: usize = 80 * 1024;
+/// What the budget adds while ciphertext waits for the socket: rustls does not say how
+/// much it holds, so the most it may.
+const PENDING_KIB: u64 = (SEND_LIMIT / 1024) as u64;
 
 /// One connection's TLS state.
 pub(crate) struct TlsLayer {
@@ -49,6 +52,8 @@ pub(crate) struct TlsLayer {
     notify_queued: bool,
     /// The handshake was still under way at the last look (to tell its end once).
     handshaking: bool,
+    /// What the memory budget counts for this layer now, in KiB ([`TlsLayer::recount`]).
+    charged: u64,
 }
 
 impl TlsLayer {
@@ -75,6 +80,7 @@ impl TlsLayer {
             eof: false,
             notify_queued: false,
             handshaking: true,
+            charged: HANDSHAKE_KIB,
         }
     }
 
@@ -218,13 +224,24 @@ impl TlsLayer {
         !self.handshaking
     }
 
-    /// The memory budget's charge for this layer now, in KiB.
+    /// What the memory budget counts for this layer, in KiB, as last recounted.
     pub(crate) fn charge_kib(&self) -> u64 {
-        if self.handshaking {
-            HANDSHAKE_KIB
-        } else {
-            ESTABLISHED_KIB
-        }
+        self.charged
+    }
+
+    /// Counts the layer again (its state, and ciphertext waiting for the socket):
+    /// what was counted before and what is counted now, in KiB.
+    pub(crate) fn recount(&mut self) -> (u64, u64) {
+        let state = match self.handshaking {
+            true => HANDSHAKE_KIB,
+            false => ESTABLISHED_KIB,
+        };
+        let pending = match self.session.wants_write() {
+            true => PENDING_KIB,
+            false => 0,
+        };
+        let before = std::mem::replace(&mut self.charged, state + pending);
+        (before, self.charged)
     }
 
     /// What the service may learn of it.
