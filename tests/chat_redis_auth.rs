@@ -22,9 +22,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use chat_support::cluster::{next_such, ChatNode as Node, PASSWORD_ENV};
+use chat_support::cluster::{a_message_crosses, next_such, ChatNode as Node, PASSWORD_ENV};
 use chat_support::members::Member;
 use common::{wait_until, ChildServer, IO_TIMEOUT};
 use redis_support::RedisServer;
@@ -91,32 +89,6 @@ fn switchboard(args: &[&str], env: Option<&str>) -> Command {
         command.env(PASSWORD_ENV, password);
     }
     command
-}
-
-/// Joins `room`, then waits for a `list` round trip, which comes after the node's
-/// subscription to the room.
-#[track_caller]
-fn join_settled(member: &mut Member, room: &str) {
-    member.join(room);
-    member.send(json!({"type": "list"}));
-    next_such(member, |e| e["type"] == "rooms");
-}
-
-/// A member of `a` and one of `b` share a room, and a message crosses from one to the
-/// other through Redis. The members are given back: their names are held while they
-/// stay.
-#[track_caller]
-fn a_message_crosses(a: &Node, b: &Node) -> (Member, Member) {
-    let (mut ann, mut ben) = (a.member("ann"), b.member("ben"));
-    join_settled(&mut ann, "r");
-    join_settled(&mut ben, "r");
-    ann.say("r", "across");
-    let said = next_such(&mut ben, |e| e["type"] == "msg");
-    assert_eq!(
-        (&said["from"], &said["text"]),
-        (&json!("ann"), &json!("across"))
-    );
-    (ann, ben)
 }
 
 /// `redis-cli ARGS` on `redis`, logged in as the default user: its output.

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use chat_support::cluster::{next_such, ChatNode as Node};
-use chat_support::members::Member;
+use chat_support::cluster::{a_message_crosses, next_such, ChatNode as Node};
 use common::{wait_until, ChildServer, IO_TIMEOUT};
 use redis_support::tls::{Certificates, TlsRedis};
 use switchboard::services::chat::redis::link::MIN_BACKOFF;
@@ -44,30 +43,6 @@ fn trusting(certs: &Certificates) -> [String; 2] {
 
 fn strs(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
-}
-
-/// Joins `room`, then waits for a `list` round trip, which comes after the node's
-/// subscription to the room.
-#[track_caller]
-fn join_settled(member: &mut Member, room: &str) {
-    member.join(room);
-    member.send(json!({"type": "list"}));
-    next_such(member, |e| e["type"] == "rooms");
-}
-
-/// A member of `a` and one of `b` share a room, and a message crosses from one to the
-/// other through Redis.
-#[track_caller]
-fn a_message_crosses(a: &Node, b: &Node) {
-    let (mut ann, mut ben) = (a.member("ann"), b.member("ben"));
-    join_settled(&mut ann, "r");
-    join_settled(&mut ben, "r");
-    ann.say("r", "across TLS");
-    let said = next_such(&mut ben, |e| e["type"] == "msg");
-    assert_eq!(
-        (&said["from"], &said["text"]),
-        (&json!("ann"), &json!("across TLS"))
-    );
 }
 
 #[test]

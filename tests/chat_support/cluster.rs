@@ -129,3 +129,29 @@ pub fn next_such(member: &mut Member, wanted: impl Fn(&Value) -> bool) -> Value 
         );
     }
 }
+
+/// Joins `room`, then waits for a `list` round trip, which comes after the node's
+/// subscription to the room.
+#[track_caller]
+pub fn join_settled(member: &mut Member, room: &str) {
+    member.join(room);
+    member.send(serde_json::json!({"type": "list"}));
+    next_such(member, |e| e["type"] == "rooms");
+}
+
+/// A member of `a` and one of `b` share a room, and a message crosses from one to the
+/// other through Redis. The members are given back: their names are held while they
+/// stay.
+#[track_caller]
+pub fn a_message_crosses(a: &ChatNode, b: &ChatNode) -> (Member, Member) {
+    let (mut ann, mut ben) = (a.member("ann"), b.member("ben"));
+    join_settled(&mut ann, "r");
+    join_settled(&mut ben, "r");
+    ann.say("r", "across");
+    let said = next_such(&mut ben, |e| e["type"] == "msg");
+    assert_eq!(
+        (&said["from"], &said["text"]),
+        (&serde_json::json!("ann"), &serde_json::json!("across"))
+    );
+    (ann, ben)
+}
