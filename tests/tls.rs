@@ -5,6 +5,8 @@
 //! handshake trickled past the frame deadline, a thousand half-finished handshakes
 //! against the memory budget. The clients are rustls's own, blocking.
 
+#[allow(dead_code)]
+mod chat_support;
 mod common;
 mod tls_support;
 
@@ -772,4 +774,70 @@ fn a_plain_client_and_a_stalled_handshake_are_logged_in_plain_words() {
     log.wait_for("the stalled handshake", IO_TIMEOUT, |text| {
         text.contains("TLS handshake not completed within 1s; closing")
     });
+}
+
+/// The next chat event on a TLS member's connection whose `type` is `kind`.
+fn next_event(member: &mut tls_support::TlsStream, kind: &str) -> serde_json::Value {
+    loop {
+        let payload = read_frame(member).expect("an event within the timeout");
+        let event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if event["type"] == kind {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn chat_members_over_tls_and_over_plain_tcp_share_a_room() {
+    let certs = Certs::make("chat");
+    let (plain, secure) = (common::free_port(), common::free_port());
+    let (plain_flag, secure_flag) = (plain.to_string(), format!("tls://127.0.0.1:{secure}"));
+    let args = [
+        "chat",
+        "--tcp",
+        &plain_flag,
+        "--tcp",
+        &secure_flag,
+        "--udp",
+        "off",
+    ];
+    let (_server, _log) = tls_child(&args, &certs, plain);
+    let mut ann = tls_connect(
+        SocketAddr::from(([127, 0, 0, 1], secure)),
+        certs.client_config(false),
+        "localhost",
+    );
+    let say = |member: &mut tls_support::TlsStream, request: serde_json::Value| {
+        member
+            .write_all(&frame(request.to_string().as_bytes()))
+            .unwrap();
+        member.flush().unwrap();
+    };
+    say(
+        &mut ann,
+        serde_json::json!({"type": "hello", "name": "tlsann"}),
+    );
+    assert_eq!(next_event(&mut ann, "welcome")["name"], "tlsann");
+    say(&mut ann, serde_json::json!({"type": "join", "room": "r"}));
+    next_event(&mut ann, "joined");
+    let mut bob =
+        chat_support::members::Member::named(SocketAddr::from(([127, 0, 0, 1], plain)), "tcpbob");
+    bob.join("r");
+    bob.say("r", "to a member over TLS");
+    let heard = next_event(&mut ann, "msg");
+    assert_eq!(
+        (&heard["from"], &heard["text"]),
+        (&"tcpbob".into(), &"to a member over TLS".into())
+    );
+    say(
+        &mut ann,
+        serde_json::json!({"type": "say", "room": "r", "text": "and back"}),
+    );
+    loop {
+        let event = bob.next();
+        if event["type"] == "msg" && event["from"] == "tlsann" {
+            assert_eq!(event["text"], "and back");
+            break;
+        }
+    }
 }
