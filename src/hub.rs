@@ -462,6 +462,10 @@ impl<S: Service> Hub<S> {
             return false;
         };
         let finished = layer.take_handshake_finished();
+        // Output the service queued while rustls would take no more before the
+        // handshake: nothing else may wake it (WRITABLE is armed, but the socket never
+        // said it was full, so its event will not come), so it is written now.
+        let held_back = finished && !conn.output.is_empty();
         if finished {
             // The handshake's time is over; a partial frame already held starts its own.
             // (An admin connection's deadline covers its handshake and request alike.)
@@ -478,6 +482,9 @@ impl<S: Service> Hub<S> {
             self.arm_send_deadline(id);
         }
         self.recount_tls(id);
+        if held_back {
+            self.flush(id);
+        }
         finished
     }
 

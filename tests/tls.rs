@@ -841,3 +841,109 @@ fn chat_members_over_tls_and_over_plain_tcp_share_a_room() {
         }
     }
 }
+
+/// Dials over TLS and sends `frames` frames of `size` bytes at once, before the
+/// handshake is done; counts the answers.
+struct EagerDialler {
+    target: SocketAddr,
+    client: TlsClient,
+    frames: usize,
+    size: usize,
+    echoed: Arc<AtomicUsize>,
+}
+
+impl Service for EagerDialler {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_start(&mut self, ctx: &mut Context<'_, Self>) {
+        let dial = Dial::tcp(self.target)
+            .tls(&self.client, "localhost")
+            .unwrap();
+        ctx.connect(dial, ()).unwrap();
+    }
+
+    fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
+        let payload = vec![9u8; self.size];
+        for _ in 0..self.frames {
+            ctx.send(conn, &payload).unwrap();
+        }
+    }
+
+    fn on_frame(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: &mut (), payload: &[u8]) {
+        assert_eq!(payload.len(), self.size);
+        self.echoed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A server configuration for `certs` that sends no TLS 1.3 session tickets.
+fn without_tickets(certs: &Certs) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&certs.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&certs.key).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.send_tls13_tickets = 0;
+    config
+}
+
+/// Answers once, with the count, after `expected` frames: nothing comes back before,
+/// so nothing but the reactor's own bookkeeping moves a sender's queue.
+struct CountThenAnswer {
+    expected: usize,
+    seen: usize,
+}
+
+impl Service for CountThenAnswer {
+    type Conn = ();
+    type Timer = ();
+    type Codec = LengthCodec;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), payload: &[u8]) {
+        self.seen += 1;
+        if self.seen == self.expected {
+            let _ = ctx.send(conn, &vec![9u8; payload.len()]);
+        }
+    }
+}
+
+#[test]
+fn more_than_rustls_holds_sent_before_the_handshake_all_goes_out_after_it() {
+    let certs = Certs::make("eager");
+    let counter = CountThenAnswer {
+        expected: 16,
+        seen: 0,
+    };
+    // No session tickets after the handshake: the client then hears nothing at all
+    // until the server has every frame.
+    let mut config = Config::default();
+    config.tls_tcp.push("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(TlsServer::from_config(Arc::new(without_tickets(&certs))));
+    let server = TestServer::start(config, move || (counter, LengthCodec::new(1 << 20)));
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let dialler = EagerDialler {
+        target: server.tcp(),
+        client: TlsClient::new(false, Some(&certs.ca)).unwrap(),
+        // 1 MiB queued before the handshake: more than rustls takes before it (its
+        // send limit), so the rest waits in the connection's queue.
+        frames: 16,
+        size: 64 * 1024,
+        echoed: echoed.clone(),
+    };
+    let client = TestServer::start(Config::default(), move || {
+        (dialler, LengthCodec::new(1 << 20))
+    });
+    assert!(
+        wait_until(IO_TIMEOUT, || echoed.load(Ordering::SeqCst) == 1),
+        "the server never had all 16 frames"
+    );
+    client.stop();
+    server.stop();
+}
