@@ -19,12 +19,14 @@ mod redis_support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_support::cluster::{a_message_crosses, next_such, ChatNode as Node, PASSWORD_ENV};
+use chat_support::cluster::{
+    a_message_crosses, assert_refused_at_start, next_such, ChatNode as Node, PASSWORD_ENV,
+};
 use chat_support::members::Member;
-use common::{wait_until, ChildServer, IO_TIMEOUT};
+use common::{wait_until, IO_TIMEOUT};
 use redis_support::RedisServer;
 use switchboard::services::chat::redis::link::{MAX_BACKOFF, MIN_BACKOFF};
 
@@ -74,21 +76,6 @@ impl Node {
     fn launch(url: &str, extra: &[&str], env: Option<&str>) -> Node {
         Node::spawn(url, extra, env)
     }
-}
-
-/// `switchboard ARGS`, with `SWITCHBOARD_REDIS_PASSWORD` set to `env` or unset (never
-/// taken from the environment the tests run in).
-fn switchboard(args: &[&str], env: Option<&str>) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command
-        .args(args)
-        .env_remove(PASSWORD_ENV)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    if let Some(password) = env {
-        command.env(PASSWORD_ENV, password);
-    }
-    command
 }
 
 /// `redis-cli ARGS` on `redis`, logged in as the default user: its output.
@@ -403,15 +390,6 @@ fn bad_flags_are_refused_naming_the_flag_and_never_the_password() {
         (file(empty.path()), "the file is empty"),
     ];
     for (flags, words) in cases {
-        let mut args = vec!["chat", "--tcp", "127.0.0.1:0", "--udp", "off"];
-        args.extend_from_slice(&flags);
-        let child = switchboard(&args, None)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let (code, stderr) = ChildServer { child }.wait(IO_TIMEOUT);
-        assert_eq!(code, Some(2), "{flags:?}: {stderr}");
-        assert!(stderr.contains(words), "{flags:?}: {stderr}");
-        assert!(!stderr.contains("SECRET"), "{flags:?}: {stderr}");
+        assert_refused_at_start(&flags, words);
     }
 }

@@ -427,13 +427,6 @@ fn a_trickled_upgrade_and_a_partial_frame_meet_the_frame_deadline() {
     assert_eq!(next(&mut fine), json!({"type": "pong"}));
 }
 
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn messages_held_unfinished_stay_within_the_memory_budget() {
     // 200 members each send all but the last 16 bytes of a 1 MiB message: 200 MiB
@@ -441,7 +434,7 @@ fn messages_held_unfinished_stay_within_the_memory_budget() {
     const MESSAGE: usize = 1 << 20;
     let server = start_taking(MESSAGE, &["--memory-budget", "32MiB"]);
     let pid = server.server.child.id();
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
     let mut header = vec![0x81, 0x80 | 127];
     header.extend_from_slice(&(MESSAGE as u64).to_be_bytes());
     header.extend_from_slice(&[0; 4]); // mask: all zero, the payload as it is
@@ -463,7 +456,7 @@ fn messages_held_unfinished_stay_within_the_memory_budget() {
         members.push(member);
     }
     // The budget resets the biggest holders: memory stays near the budget, not 200 MiB.
-    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    let grown_mib = common::rss_kib(pid).saturating_sub(before) / 1024;
     assert!(grown_mib < 96, "the server grew by {grown_mib} MiB");
     // (The server may still be reading the last ones: look again until it is done.)
     // (A member whose write failed, `cut` of them, reads as closed too.)

@@ -257,14 +257,6 @@ fn a_slow_upstream_gets_everything_while_the_proxy_holds_the_client_back() {
     assert!(log.contains("paused") && log.contains("resumed"), "{log}");
 }
 
-/// A process's resident memory now, from /proc.
-#[cfg(target_os = "linux")]
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// The largest queue the proxy logged when it paused a side ("paused: N bytes queued").
 fn largest_queue_at_a_pause(log: &str) -> usize {
     log.lines()
@@ -288,7 +280,7 @@ fn a_client_that_never_reads_holds_about_a_write_limit_queued_per_side() {
     let warm_up = pseudo_random(1 << 20, 4);
     let back = round_trip(proxy.addr, &warm_up, 64 << 10, Duration::ZERO);
     assert_same_bytes(&back, &warm_up);
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
 
     // Push 64 MiB that the echo sends back, and never read: the proxy must stop
     // reading this client, and the writes stall once every buffer on the way is full
@@ -317,7 +309,7 @@ fn a_client_that_never_reads_holds_about_a_write_limit_queued_per_side() {
             Err(e) => panic!("write failed after {pushed} bytes: {e}"),
         }
     };
-    let grown = rss_kib(pid).saturating_sub(before) as usize;
+    let grown = common::rss_kib(pid).saturating_sub(before) as usize;
     let largest = largest_queue_at_a_pause(&proxy.scratch.read_log());
     eprintln!(
         "proxy memory: {before} KiB before, grew by {grown} KiB; largest queue {} KiB; \

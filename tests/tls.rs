@@ -305,16 +305,6 @@ fn a_finished_handshake_stops_the_deadline_for_an_idle_connection() {
     server.stop();
 }
 
-/// `/proc/self/status`'s resident set, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_thousand_half_finished_handshakes_stay_inside_the_memory_budget() {
     let certs = Certs::make("half");
@@ -338,7 +328,7 @@ fn a_thousand_half_finished_handshakes_stay_inside_the_memory_budget() {
     ];
     let server = common::ChildServer::start(&args, Some(port));
     let pid = server.child.id();
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let hello = client_hello(&certs);
     let half = &hello[..hello.len() / 2];
@@ -358,7 +348,7 @@ fn a_thousand_half_finished_handshakes_stay_inside_the_memory_budget() {
         "the budget never acted: {} connections",
         metric(admin, "switchboard_connections")
     );
-    let grown_kib = rss_kib(pid).saturating_sub(before);
+    let grown_kib = common::rss_kib(pid).saturating_sub(before);
     let open = metric(admin, "switchboard_connections");
     eprintln!("{open} half-finished handshakes kept, the server grew by {grown_kib} KiB");
     assert!(
@@ -711,34 +701,32 @@ fn tls_flags_that_cannot_work_are_refused_with_a_clear_error() {
     let port = common::free_port().to_string();
     let tls = format!("tls://127.0.0.1:{port}");
     let missing = certs.dir.join("missing.pem");
-    let cases: [(Vec<&str>, &str); 3] = [
-        (vec!["echo", "--tcp", &tls], "needs a certificate and key"),
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    // (--tls-cert, --tls-key) and what the refusal says.
+    let cases = [
+        (path(&missing), path(&certs.key), "missing.pem"),
         (
-            vec![
-                "echo",
-                "--tcp",
-                &tls,
-                "--tls-cert",
-                missing.to_str().unwrap(),
-                "--tls-key",
-                certs.key.to_str().unwrap(),
-            ],
-            "missing.pem",
-        ),
-        (
-            vec![
-                "echo",
-                "--tcp",
-                &tls,
-                "--tls-cert",
-                certs.key.to_str().unwrap(),
-                "--tls-key",
-                certs.key.to_str().unwrap(),
-            ],
+            path(&certs.key),
+            path(&certs.key),
             "no PEM certificate in it",
         ),
+        // A key that is not the certificate's.
+        (path(&certs.cert), path(&certs.client_key), "KeyMismatch"),
     ];
-    for (args, expected) in cases {
+    let unkeyed = common::ChildServer::start(&["echo", "--tcp", &tls], None);
+    let (code, stderr) = unkeyed.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("needs a certificate and key"), "{stderr}");
+    for (cert, key, expected) in cases {
+        let args = [
+            "echo",
+            "--tcp",
+            &tls,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
         let server = common::ChildServer::start(&args, None);
         let (code, stderr) = server.wait(IO_TIMEOUT);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");

@@ -155,3 +155,23 @@ pub fn a_message_crosses(a: &ChatNode, b: &ChatNode) -> (Member, Member) {
     );
     (ann, ben)
 }
+
+/// `switchboard chat --tcp 127.0.0.1:0 --udp off FLAGS`, which must be refused at start:
+/// exit code 2, `words` on stderr, and no password (`SECRET` in these tests) shown.
+#[track_caller]
+pub fn assert_refused_at_start(flags: &[&str], words: &str) {
+    let mut args = vec!["chat", "--tcp", "127.0.0.1:0", "--udp", "off"];
+    args.extend_from_slice(flags);
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(&args)
+        .env_remove(PASSWORD_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (code, stderr) = ChildServer { child }.wait(IO_TIMEOUT);
+    assert_eq!(code, Some(2), "{flags:?}: {stderr}");
+    assert!(stderr.contains(words), "{flags:?}: {stderr}");
+    assert!(!stderr.contains("SECRET"), "{flags:?}: {stderr}");
+}

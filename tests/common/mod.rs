@@ -677,3 +677,10 @@ pub fn example_path(name: &str) -> PathBuf {
     });
     profile_dir.join("examples").join(name)
 }
+
+/// Process `pid`'s resident memory now, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
