@@ -351,3 +351,73 @@ impl TlsTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::RootCertStore;
+
+    /// A server and a client layer over the two ends of a Unix socket pair, the
+    /// client trusting the server's self-signed certificate for `localhost`.
+    fn pair() -> ((TlsLayer, Stream), (TlsLayer, Stream)) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server_config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = mio::net::UnixStream::pair().unwrap();
+        let server = TlsLayer::server(Arc::new(server_config)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = TlsLayer::client(Arc::new(client_config), name).unwrap();
+        ((server, Stream::Unix(a)), (client, Stream::Unix(b)))
+    }
+
+    #[test]
+    fn the_budget_counts_the_handshake_the_established_state_and_ciphertext_waiting() {
+        let ((mut server, mut server_end), (mut client, mut client_end)) = pair();
+        // The ClientHello waits in the client's layer: the send limit is counted too.
+        assert_eq!(
+            client.recount(),
+            (HANDSHAKE_KIB, HANDSHAKE_KIB + PENDING_KIB)
+        );
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..10 {
+            client.flush(&mut client_end).unwrap();
+            let _ = server.read(&mut server_end, &mut buf);
+            let _ = client.read(&mut client_end, &mut buf);
+        }
+        assert!(server.take_handshake_finished() && client.take_handshake_finished());
+        assert_eq!(
+            client.recount(),
+            (HANDSHAKE_KIB + PENDING_KIB, ESTABLISHED_KIB)
+        );
+        assert_eq!(server.recount().1, ESTABLISHED_KIB);
+        // The client stops reading: once the socket is full, what rustls encrypted and
+        // the socket did not take is counted until it is written.
+        let chunk = vec![7u8; 64 * 1024];
+        while server.write(&mut server_end, &chunk).is_ok() {}
+        assert!(server.has_pending());
+        assert_eq!(
+            server.recount(),
+            (ESTABLISHED_KIB, ESTABLISHED_KIB + PENDING_KIB)
+        );
+        while client.read(&mut client_end, &mut buf).is_ok_and(|n| n > 0) {
+            if server.flush(&mut server_end).unwrap() {
+                break;
+            }
+        }
+        assert!(!server.has_pending());
+        assert_eq!(server.recount().1, ESTABLISHED_KIB);
+    }
+}
