@@ -581,12 +581,23 @@ with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
     print(tls.version(), tls.cipher()[0])
     tls.unwrap()
     print("clean close")
+# TLS 1.2 is served too, for clients that offer nothing newer.
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(struct.pack(">I", 3) + b"old")
+    echoed = b""
+    while len(echoed) < 7:
+        echoed += tls.recv(7 - len(echoed))
+    assert echoed[4:] == b"old", echoed
+    print(tls.version())
 "#;
     let port_arg = port.to_string();
     let args = ["-c", script, &port_arg, certs.ca.to_str().unwrap()];
     let (out, err) = run_with_input("python3", &args, b"", Duration::from_secs(10));
     assert!(out.starts_with("TLSv1.3 TLS_"), "python: {out}{err}");
-    assert!(out.ends_with("clean close\n"), "python: {out}{err}");
+    assert!(out.contains("clean close\n"), "python: {out}{err}");
+    assert!(out.ends_with("TLSv1.2\n"), "python: {out}{err}");
 }
 
 #[test]
