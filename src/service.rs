@@ -198,7 +198,8 @@ pub trait Service: Sized {
 
     /// `conn`'s TLS handshake is done (feature `tls`; only for connections of a TLS
     /// endpoint or dial): [`Context::tls`] tells what was agreed. Output sent before
-    /// now was held until this moment and is on its way.
+    /// now was held until this moment and is on its way. Called before the frames of
+    /// any record that arrived with the end of the handshake.
     fn on_tls_ready(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, state: &mut Self::Conn) {
         let _ = (ctx, conn, state);
     }

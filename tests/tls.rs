@@ -151,8 +151,9 @@ fn a_tls_peer_that_stops_reading_is_reset_by_the_send_timeout() {
     assert_eq!(stats.closed[CloseReason::WriteStalled.index()], 1);
 }
 
-/// Answers every frame with what [`Context::tls`] says of its connection, and counts
-/// the handshakes it heard of.
+/// Answers every frame with what [`Context::tls`] says of its connection and how many
+/// handshakes it had heard of by then (the first frame comes after `on_tls_ready`,
+/// even when the client's first record arrives with its last handshake message).
 #[derive(Default)]
 struct Asker {
     ready: Arc<AtomicUsize>,
@@ -171,11 +172,12 @@ impl Service for Asker {
         let answer = match ctx.tls(conn) {
             None => "plain".to_string(),
             Some(info) => format!(
-                "sni={} version={} peer_certs={} handshaking={}",
+                "sni={} version={} peer_certs={} handshaking={} told_ready={}",
                 info.server_name.unwrap_or_default(),
                 info.protocol.unwrap_or_default(),
                 info.peer_certificates.len(),
-                info.handshaking
+                info.handshaking,
+                self.ready.load(Ordering::SeqCst)
             ),
         };
         let _ = ctx.send(conn, answer.as_bytes());
@@ -202,7 +204,7 @@ fn a_service_can_ask_what_tls_was_agreed_and_plain_and_tls_endpoints_mix() {
     let mut client = tls_connect(secure, certs.client_config(true), "localhost");
     let answer = String::from_utf8(echo(&mut client, b"?")).unwrap();
     assert_eq!(
-        answer, "sni=localhost version=TLSv1_3 peer_certs=1 handshaking=false",
+        answer, "sni=localhost version=TLSv1_3 peer_certs=1 handshaking=false told_ready=1",
         "what the service learnt"
     );
     assert_eq!(ready.load(Ordering::SeqCst), 1, "on_tls_ready once");

@@ -303,11 +303,9 @@ impl<S: Service> Reactor<S> {
         };
         let spare = buf.spare_mut(read.min);
         let requested = spare.len().min(read.max);
-        let result = tls::read(
-            &mut conn.stream,
-            self.hub.tls.get_mut(id),
-            &mut spare[..requested],
-        );
+        let layer = self.hub.tls.get_mut(id);
+        let tls_layered = layer.is_some();
+        let result = tls::read(&mut conn.stream, layer, &mut spare[..requested]);
         if matches!(result, Ok(n) if n > 0) && conn.mark_active(now) {
             self.hub.idle.touch(&mut self.hub.conns, id.index());
         }
@@ -324,6 +322,11 @@ impl<S: Service> Reactor<S> {
             id,
             taken: &mut taken,
         };
+        if tls_layered {
+            // The handshake may have ended in this read, with the first records behind
+            // it: the service hears of it before their frames.
+            reader.tell_tls_ready();
+        }
         let mut outcome =
             reader.handle_read(buf, (result, requested, read_to_eof), &mut frames_completed);
         if own_input.is_none() && outcome == ReadOutcome::More {
@@ -443,6 +446,18 @@ struct Reader<'a, S: Service> {
 }
 
 impl<S: Service> Reader<'_, S> {
+    /// Tells the service that the connection's TLS handshake is done, if it ended in
+    /// the last read (see [`Hub::after_tls_io`]).
+    #[inline(never)]
+    fn tell_tls_ready(&mut self) {
+        if !self.hub.after_tls_io(self.id) {
+            return;
+        }
+        let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
+        self.service
+            .on_tls_ready(ctx, self.id, &mut self.taken.service);
+    }
+
     /// Takes in what one read brought: EOF, bytes (decoded and dispatched), or an
     /// error. `requested` is how much the read asked for: fewer bytes mean the socket
     /// is drained. Sets `frames_completed` when frames were dispatched.
