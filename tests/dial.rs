@@ -26,6 +26,8 @@ struct Client {
     /// Stops the loop once this many connections have closed.
     stop_after_closes: usize,
     closes: usize,
+    /// How long `on_start` holds the loop after dialling (before its first poll).
+    pause_after_dialling: Duration,
 }
 
 /// What the client keeps per connection: which target it is, and frames seen.
@@ -50,6 +52,7 @@ impl Service for Client {
                     .push(format!("dial {target} failed at once: {}", e.error)),
             }
         }
+        std::thread::sleep(self.pause_after_dialling);
     }
 
     fn on_connect(
@@ -238,4 +241,40 @@ fn a_client_can_dial_before_running_the_loop() {
         client.log,
         ["connected 7", "closed 7 after 1 frames: service"]
     );
+}
+
+/// A server that speaks first: its greeting is already waiting when the reactor first
+/// hears of the connect, so readiness for both comes in one event (edge-triggered: no
+/// second one comes for the greeting), while the client's own first frame waits to be
+/// written. The connect completes, the frame goes out, and the greeting is read.
+#[test]
+fn a_greeting_that_arrives_with_the_connect_is_read() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut accepted, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut accepted, &frame(b"greeting")).unwrap();
+        read_frame(&mut accepted).unwrap()
+    });
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let client = Client {
+            targets: vec![Dial::tcp(addr)],
+            stop_after_closes: 1,
+            // Long enough for the greeting to arrive before the loop first polls.
+            pause_after_dialling: Duration::from_millis(200),
+            ..Client::default()
+        };
+        let reactor = Reactor::bind(Config::default(), client, LengthCodec::new(1024)).unwrap();
+        let _ = done.send(reactor.run().unwrap().service);
+    });
+    let client = finished
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the greeting that came with the connect was never read");
+    assert_eq!(client.received, vec![b"greeting".to_vec()]);
+    assert_eq!(
+        client.log,
+        ["connected 0", "closed 0 after 1 frames: service"]
+    );
+    assert_eq!(server.join().unwrap(), b"hello", "the client's frame");
 }

@@ -392,6 +392,8 @@ struct Dialler {
     client: TlsClient,
     name: &'static str,
     answers: Arc<std::sync::Mutex<Vec<String>>>,
+    /// How long `on_start` holds the loop after dialling (before its first poll).
+    pause_after_dialling: Duration,
 }
 
 impl Service for Dialler {
@@ -402,6 +404,7 @@ impl Service for Dialler {
     fn on_start(&mut self, ctx: &mut Context<'_, Self>) {
         let dial = Dial::tcp(self.target).tls(&self.client, self.name).unwrap();
         ctx.connect(dial, ()).unwrap();
+        std::thread::sleep(self.pause_after_dialling);
     }
 
     fn on_connect(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), _: Origin) {
@@ -439,6 +442,7 @@ fn a_dial_speaks_tls_and_checks_the_server_name() {
             client: client.clone(),
             name,
             answers: answers.clone(),
+            pause_after_dialling: Duration::ZERO,
         };
         let config = Config {
             connect_timeout: Duration::from_secs(5),
@@ -458,6 +462,49 @@ fn a_dial_speaks_tls_and_checks_the_server_name() {
         client_loop.stop();
     }
     server.stop();
+}
+
+/// A TLS dial to a server that is not speaking TLS and answers first: its answer is
+/// there when the loop first hears of the connect (the same event says both, and
+/// edge-triggered readiness will not say the second again). The dial fails at once on
+/// it, not at the handshake's deadline.
+#[test]
+fn a_tls_dial_to_a_plain_text_server_that_speaks_first_fails_at_once() {
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = plain.accept().unwrap();
+        let _ = stream.write_all(b"-ERR unknown command\r\n");
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    let certs = Certs::make("dial-plain");
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dialler = Dialler {
+        target,
+        client: TlsClient::new(false, Some(&certs.ca)).unwrap(),
+        name: "localhost",
+        answers: answers.clone(),
+        // Long enough for the answer to arrive before the loop first polls.
+        pause_after_dialling: Duration::from_millis(200),
+    };
+    let config = Config {
+        frame_timeout: Some(Duration::from_secs(30)),
+        ..Config::default()
+    };
+    let started = Instant::now();
+    let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
+    assert!(
+        wait_until(Duration::from_secs(5), || !answers
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the TLS dial was not failed by the plain-text answer"
+    );
+    let answer = answers.lock().unwrap()[0].clone();
+    assert!(answer.starts_with("closed: "), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    println!("{answer}");
+    client_loop.stop();
 }
 
 // The binary's TLS, with clients nobody here wrote: openssl s_client, Python's ssl,

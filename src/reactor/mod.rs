@@ -766,7 +766,17 @@ impl<S: Service> Reactor<S> {
         // same slot apart.
         if writable {
             match self.hub.conn(id).map(|c| c.state) {
-                Some(ConnState::Connecting) => return self.complete_connect(id),
+                Some(ConnState::Connecting) => {
+                    self.complete_connect(id);
+                    // What the peer sent at once (a server that speaks first, or one
+                    // that is not speaking TLS to a TLS dial) came with this event, and
+                    // edge-triggered readiness will not report it again: read on,
+                    // unless the connect is still under way or failed.
+                    let open = self.hub.conn(id).map(|c| c.state);
+                    if !matches!(open, Some(state) if state != ConnState::Connecting) {
+                        return;
+                    }
+                }
                 Some(_) => {
                     self.hub.flush(id);
                     // A flush that drained a congested queue owes the service its
