@@ -6,7 +6,6 @@
 //! connections made with the old one carry on undisturbed.
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::layer::record_server_name;
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug)]
@@ -106,7 +107,7 @@ impl TlsServer {
         TlsServer {
             shared: Arc::new(ServerShared {
                 files: None,
-                current: RwLock::new(config),
+                current: RwLock::new(record_server_name(config)),
             }),
         }
     }
@@ -166,7 +167,7 @@ fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let config = builder
         .with_single_cert(chain, key)
         .map_err(TlsError::Rustls)?;
-    Ok(Arc::new(config))
+    Ok(record_server_name(Arc::new(config)))
 }
 
 /// What a dial over TLS trusts: the system's roots, and any CAs from PEM files.
@@ -304,9 +305,4 @@ pub struct TlsInfo {
     pub protocol: Option<String>,
     /// The cipher suite agreed, as `TLS13_AES_128_GCM_SHA256`.
     pub cipher_suite: Option<String>,
-}
-
-/// Makes an io error of a reading problem, for callers that speak io errors.
-pub(crate) fn invalid_data(e: impl fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
