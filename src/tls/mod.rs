@@ -1,12 +1,12 @@
 //! TLS as a layer between a connection's socket and its codec, with rustls.
 //!
-//! rustls is a state machine that does no I/O of its own: it is handed ciphertext
-//! (`read_tls`), asked to process it (`process_new_packets`), and hands back plaintext
-//! (`reader`) and the ciphertext it owes the peer (`write_tls`). That fits a readiness
-//! loop exactly: the reactor reads the socket when it is readable, and this layer turns
-//! what it read into plaintext for the codec; what the service sends is encrypted on
-//! its way to the socket. The codec and the service see plaintext only; a service
-//! that wants to know asks ([`crate::Context::tls`]).
+//! rustls is a state machine that does no I/O of its own: through its unbuffered API
+//! it is handed ciphertext and says, a step at a time, what it came to (plaintext
+//! records, a handshake message to send, more input needed, ready to encrypt). That
+//! fits a readiness loop exactly: the reactor reads the socket when it is readable,
+//! and this layer turns what it read into plaintext for the codec; what the service
+//! sends is encrypted on its way to the socket. The codec and the service see
+//! plaintext only; a service that wants to know asks ([`crate::Context::tls`]).
 //!
 //! `config.rs` holds the configuration side: a listener's certificate and key
 //! ([`TlsServer`], reloadable while connections stay up), and what a dial trusts
