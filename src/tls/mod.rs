@@ -28,7 +28,10 @@ pub(crate) use off::{TlsLayer, TlsTable};
 #[cfg(feature = "tls")]
 mod config;
 #[cfg(feature = "tls")]
-pub(crate) use config::{read_key_pair, system_roots_store, trust_pem_file, DialTls};
+pub(crate) use config::DialTls;
+// (For the chat's Redis link over TLS.)
+#[cfg(all(feature = "tls", feature = "redis"))]
+pub(crate) use config::{read_key_pair, system_roots_store, trust_pem_file};
 #[cfg(feature = "tls")]
 pub use config::{TlsClient, TlsError, TlsInfo, TlsServer};
 
