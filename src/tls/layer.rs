@@ -253,7 +253,14 @@ fn step<'c, C: Records>(
     sink: &mut Sink<'_>,
 ) -> io::Result<Step<'c, C::Data>> {
     let UnbufferedStatus { discard, state } = conn.process(incoming.readable_mut());
-    let step = match state.map_err(tls_error)? {
+    let state = match state {
+        Ok(state) => state,
+        Err(error) => {
+            incoming.consume(discard);
+            return Err(tls_error(error));
+        }
+    };
+    let step = match state {
         ConnectionState::ReadTraffic(mut traffic) => {
             while let Some(record) = traffic.next_record() {
                 sink.take(record.map_err(tls_error)?.payload);
