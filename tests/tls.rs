@@ -604,6 +604,68 @@ fn openssl_s_client_handshakes_and_echoes_lines() {
     );
 }
 
+/// TLS 1.3 key updates, asked for by `openssl s_client` (a line `K` on its own, typed
+/// between lines: the peer must answer with its own) and the echo going on under the
+/// new keys both ways.
+#[test]
+fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
+    use std::process::{Command, Stdio};
+    let certs = Certs::make("key-update");
+    let port = common::free_port();
+    let tls = format!("tls://127.0.0.1:{port}");
+    let args = [
+        "echo",
+        "--framing",
+        "lines",
+        "--tcp",
+        &tls,
+        "--udp",
+        "off",
+        "--idle-timeout",
+        "1",
+    ];
+    let (_server, _log) = tls_child(&args, &certs, port);
+    let connect = format!("127.0.0.1:{port}");
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+        .args(["-CAfile", certs.ca.to_str().unwrap(), "-brief", "-msg"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs (.ci/run installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    // s_client reads a command only from a line that arrives on its own.
+    for line in ["before\n", "K\n", "after\n"] {
+        std::thread::sleep(Duration::from_millis(300));
+        stdin.write_all(line.as_bytes()).unwrap();
+    }
+    // The server's idle close (close_notify) ends s_client.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let said: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            !l.starts_with("    ") && !l.contains("RecordHeader") && !l.contains("InnerContent")
+        })
+        .collect();
+    let at = |needle: &str| {
+        said.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {said:#?}"))
+    };
+    let asked = at(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
+    let answered = at("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
+    assert!(at("before") < asked && asked < answered && answered < at("after"));
+    assert!(at("after") < at("<<< TLS 1.3, Alert [length 0002], warning close_notify"));
+}
+
 #[test]
 fn python_ssl_echoes_frames_and_closes_with_close_notify_both_ways() {
     let certs = Certs::make("python");

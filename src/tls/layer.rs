@@ -857,9 +857,9 @@ mod tests {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::RootCertStore;
 
-    /// A server and a client layer over the two ends of a Unix socket pair, the
-    /// client trusting the server's self-signed certificate for `localhost`.
-    fn pair() -> ((TlsLayer, Stream), (TlsLayer, Stream)) {
+    /// A server and a client layer, the client trusting the server's self-signed
+    /// certificate for `localhost`.
+    fn layers() -> (TlsLayer, TlsLayer) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
@@ -875,11 +875,83 @@ mod tests {
         let client_config = ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let (a, b) = mio::net::UnixStream::pair().unwrap();
         let server = TlsLayer::server(record_server_name(Arc::new(server_config))).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let client = TlsLayer::client(Arc::new(client_config), name).unwrap();
+        (server, client)
+    }
+
+    /// A server and a client layer over the two ends of a Unix socket pair.
+    fn pair() -> ((TlsLayer, Stream), (TlsLayer, Stream)) {
+        let (server, client) = layers();
+        let (a, b) = mio::net::UnixStream::pair().unwrap();
         ((server, Stream::Unix(a)), (client, Stream::Unix(b)))
+    }
+
+    /// Moves what `from` holds to `to`, in pieces of the sizes `pieces` gives, calling
+    /// `after` after each piece: a network that cuts records anywhere.
+    fn relay(
+        from: &mut Stream,
+        to: &mut Stream,
+        pieces: &mut impl FnMut() -> usize,
+        mut after: impl FnMut(),
+    ) {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let piece = pieces().min(bytes.len() - at);
+            let mut written = 0;
+            while written < piece {
+                written += to.write(&bytes[at + written..at + piece]).unwrap();
+            }
+            at += piece;
+            after();
+        }
+    }
+
+    #[test]
+    fn records_cut_anywhere_on_the_way_come_out_whole() {
+        let (server, client) = layers();
+        let (c, relay_c) = mio::net::UnixStream::pair().unwrap();
+        let (relay_s, s) = mio::net::UnixStream::pair().unwrap();
+        let (mut client, mut server) = ((client, Stream::Unix(c)), (server, Stream::Unix(s)));
+        let (mut relay_c, mut relay_s) = (Stream::Unix(relay_c), Stream::Unix(relay_s));
+        // Pieces of 1 to 700 bytes, from a fixed sequence.
+        let mut seed = 12345u32;
+        let mut pieces = move || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            1 + (seed >> 16) as usize % 700
+        };
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..10 {
+            client.0.flush(&mut client.1).unwrap();
+            relay(&mut relay_c, &mut relay_s, &mut pieces, || {
+                let _ = server.0.read(&mut server.1, &mut buf);
+            });
+            relay(&mut relay_s, &mut relay_c, &mut pieces, || {
+                let _ = client.0.read(&mut client.1, &mut buf);
+            });
+        }
+        assert!(server.0.take_handshake_finished() && client.0.take_handshake_finished());
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let (mut taken, mut got) = (0, Vec::new());
+        while got.len() < sent.len() {
+            if taken < sent.len() {
+                if let Ok(n) = client.0.write(&mut client.1, &sent[taken..]) {
+                    taken += n;
+                }
+            }
+            client.0.flush(&mut client.1).unwrap();
+            relay(&mut relay_c, &mut relay_s, &mut pieces, || {
+                got.extend(read_all(&mut server, 4096));
+            });
+        }
+        assert!(got == sent, "the plaintext came out changed");
+        assert!(holds_no_buffer(&server.0) && holds_no_buffer(&client.0));
     }
 
     /// Steps both layers until their handshakes are done.
