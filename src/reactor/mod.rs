@@ -767,13 +767,7 @@ impl<S: Service> Reactor<S> {
         if writable {
             match self.hub.conn(id).map(|c| c.state) {
                 Some(ConnState::Connecting) => {
-                    self.complete_connect(id);
-                    // What the peer sent at once (a server that speaks first, or one
-                    // that is not speaking TLS to a TLS dial) came with this event, and
-                    // edge-triggered readiness will not report it again: read on,
-                    // unless the connect is still under way or failed.
-                    let open = self.hub.conn(id).map(|c| c.state);
-                    if !matches!(open, Some(state) if state != ConnState::Connecting) {
+                    if !self.connect_event(id) {
                         return;
                     }
                 }
@@ -799,6 +793,18 @@ impl<S: Service> Reactor<S> {
             }
             self.read_connection(id, read_closed);
         }
+    }
+
+    /// A dial's socket said it is writable: the connect's outcome. True when the
+    /// connection is now open, so a readable event that came with it is read on: what
+    /// the peer sent at once (a server that speaks first, or one that is not speaking
+    /// TLS to a TLS dial) came with this event, and edge-triggered readiness will not
+    /// report it again.
+    #[cold]
+    fn connect_event(&mut self, id: ConnId) -> bool {
+        self.complete_connect(id);
+        let state = self.hub.conn(id).map(|c| c.state);
+        matches!(state, Some(state) if state != ConnState::Connecting)
     }
 
     fn udp_event(&mut self, index: usize, readable: bool, writable: bool) {
