@@ -604,11 +604,12 @@ fn openssl_s_client_handshakes_and_echoes_lines() {
     );
 }
 
-/// TLS 1.3 key updates, asked for by `openssl s_client` (a line `K` on its own, typed
-/// between lines: the peer must answer with its own) and the echo going on under the
-/// new keys both ways.
+/// TLS 1.3 key updates, asked for by `openssl s_client` (a line `K` on its own: the
+/// peer must answer with a key update of its own before its next application data),
+/// and the echo going on under the new keys both ways.
 #[test]
 fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
+    use std::io::BufRead;
     use std::process::{Command, Stdio};
     let certs = Certs::make("key-update");
     let port = common::free_port();
@@ -631,39 +632,46 @@ fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
         .args(["-CAfile", certs.ca.to_str().unwrap(), "-brief", "-msg"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("openssl runs (.ci/run installs it)");
     let mut stdin = child.stdin.take().unwrap();
-    // s_client reads a command only from a line that arrives on its own.
-    for line in ["before\n", "K\n", "after\n"] {
-        std::thread::sleep(Duration::from_millis(300));
-        stdin.write_all(line.as_bytes()).unwrap();
-    }
-    // The server's idle close (close_notify) ends s_client.
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(8) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
-    let said: Vec<&str> = out
-        .lines()
-        .filter(|l| {
-            !l.starts_with("    ") && !l.contains("RecordHeader") && !l.contains("InnerContent")
-        })
-        .collect();
-    let at = |needle: &str| {
-        said.iter()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no {needle:?} in {said:#?}"))
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // What s_client says, up to the first line that holds `needle`.
+    let mut said = Vec::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return said.push(line),
+                Ok(line) => said.push(line),
+                Err(_) => panic!("s_client never said {needle:?}; it said {said:#?}"),
+            }
+        }
     };
-    let asked = at(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
-    let answered = at("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
-    assert!(at("before") < asked && asked < answered && answered < at("after"));
-    assert!(at("after") < at("<<< TLS 1.3, Alert [length 0002], warning close_notify"));
+    // s_client takes a command only from a line that arrives on its own, so each line
+    // goes once the answer to the one before has come.
+    wait_for("NewSessionTicket");
+    stdin.write_all(b"before\n").unwrap();
+    wait_for("before");
+    stdin.write_all(b"K\n").unwrap();
+    wait_for(">>> TLS 1.3, Handshake [length 0005], KeyUpdate");
+    stdin.write_all(b"after\n").unwrap();
+    // The server's key update answers the request before its next application data
+    // (RFC 8446, 4.6.3: rustls sends it with that data), so before the echo.
+    wait_for("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
+    wait_for("after");
+    // The server's idle close, a second later.
+    wait_for("<<< TLS 1.3, Alert [length 0002], warning close_notify");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
