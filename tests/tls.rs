@@ -549,13 +549,13 @@ fn run_with_input(program: &str, args: &[&str], input: &[u8], limit: Duration) -
     )
 }
 
-#[test]
-fn openssl_s_client_handshakes_and_echoes_lines() {
-    let certs = Certs::make("s-client");
+/// `switchboard echo --framing lines` over TLS, for s_client: the server and its
+/// address. Idle for a second, a connection is closed by the server: with a
+/// close_notify, which s_client takes as the end (without one it reports an unexpected
+/// EOF).
+fn line_echo_for_s_client(certs: &Certs) -> (common::ChildServer, String) {
     let port = common::free_port();
     let tls = format!("tls://127.0.0.1:{port}");
-    // Idle for a second, the connection is closed by the server: with a close_notify,
-    // which s_client takes as the end (without one it reports an unexpected EOF).
     let args = [
         "echo",
         "--framing",
@@ -567,8 +567,14 @@ fn openssl_s_client_handshakes_and_echoes_lines() {
         "--idle-timeout",
         "1",
     ];
-    let (_server, _log) = tls_child(&args, &certs, port);
-    let connect = format!("127.0.0.1:{port}");
+    let (server, _log) = tls_child(&args, certs, port);
+    (server, format!("127.0.0.1:{port}"))
+}
+
+#[test]
+fn openssl_s_client_handshakes_and_echoes_lines() {
+    let certs = Certs::make("s-client");
+    let (_server, connect) = line_echo_for_s_client(&certs);
     let ca = certs.ca.to_str().unwrap();
     let s_client = [
         "s_client",
@@ -612,21 +618,7 @@ fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let certs = Certs::make("key-update");
-    let port = common::free_port();
-    let tls = format!("tls://127.0.0.1:{port}");
-    let args = [
-        "echo",
-        "--framing",
-        "lines",
-        "--tcp",
-        &tls,
-        "--udp",
-        "off",
-        "--idle-timeout",
-        "1",
-    ];
-    let (_server, _log) = tls_child(&args, &certs, port);
-    let connect = format!("127.0.0.1:{port}");
+    let (_server, connect) = line_echo_for_s_client(&certs);
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect", &connect, "-servername", "localhost"])
         .args(["-CAfile", certs.ca.to_str().unwrap(), "-brief", "-msg"])

@@ -289,45 +289,53 @@ fn step<'c, C: Records>(
     Ok(step)
 }
 
-/// Encodes a handshake message into `outgoing`, growing it to what rustls asks.
+/// Encodes a handshake message into `outgoing`.
 fn encode_into(
     outgoing: &mut Buffer,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> io::Result<()> {
-    let mut room = 1024;
-    loop {
-        match encode(outgoing.spare_mut(room)) {
-            Ok(n) => {
-                outgoing.commit(n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                room = required_size;
-            }
-            Err(e) => return Err(tls_error(e)),
+    write_growing(outgoing, 1024, encode, |e| match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
-    }
+        _ => None,
+    })
 }
 
-/// Encrypts into `outgoing` (application data, or the `close_notify` alert), growing
-/// it to what rustls asks.
+/// Encrypts into `outgoing` (application data, or the `close_notify` alert).
 fn encrypt_into(
     outgoing: &mut Buffer,
     plaintext_len: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
     // Each record adds a header, the content type and the tag: 22 bytes with AES-GCM.
-    let mut room = plaintext_len + (plaintext_len / (16 * 1024) + 1) * 64;
+    let room = plaintext_len + (plaintext_len / (16 * 1024) + 1) * 64;
+    write_growing(outgoing, room, encrypt, |e| match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    })
+}
+
+/// Has rustls write into `outgoing`'s spare room, `room` bytes of it at first, and more
+/// when it says how much it needs (`needs`).
+fn write_growing<E: std::fmt::Display>(
+    outgoing: &mut Buffer,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needs: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()> {
     loop {
-        match encrypt(outgoing.spare_mut(room)) {
+        match write(outgoing.spare_mut(room)) {
             Ok(n) => {
                 outgoing.commit(n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                room = required_size;
-            }
-            Err(e) => return Err(tls_error(e)),
+            Err(e) => match needs(&e) {
+                Some(required) if required > room => room = required,
+                _ => return Err(tls_error(e)),
+            },
         }
     }
 }
