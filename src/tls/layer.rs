@@ -70,6 +70,10 @@ const MAX_RECORD: usize = 16 * 1024 + 256;
 /// What a read asks for beyond the plaintext room it fills: the overhead of the
 /// records that fill it.
 const READ_SLACK: usize = 512;
+/// The most one read asks for (a caller completing a large frame may offer megabytes
+/// of room): the shared ciphertext buffer stays this size, as the plain read path's
+/// shared buffer does.
+const MAX_READ: usize = 256 * 1024;
 
 /// Buffers a loop's TLS connections share: one call's ciphertext in and out, and a
 /// write's plaintext gathered from several slices.
@@ -492,7 +496,8 @@ impl TlsLayer {
                 log::debug!("TLS: the peer closed without close_notify");
                 return Ok(());
             }
-            let want = (sink.buf.len() - sink.filled + READ_SLACK).max(MAX_RECORD);
+            let room = sink.buf.len() - sink.filled;
+            let want = (room + READ_SLACK).clamp(MAX_RECORD, MAX_READ);
             let spare = &mut incoming.spare_mut(want)[..want];
             match stream.read(spare) {
                 Ok(0) => self.eof = true,
@@ -1043,6 +1048,45 @@ mod tests {
         assert!(client.0.close_notify(&mut client.1).unwrap());
         let mut buf = [0u8; 16];
         assert_eq!(server.0.read(&mut server.1, &mut buf).unwrap(), 0);
+    }
+
+    /// The client asks for a TLS 1.3 key update (its own keys change, and the server
+    /// must change its own before its next application data) and sends it.
+    fn request_key_update(client: &mut (TlsLayer, Stream)) {
+        let Session::Client(conn) = &mut client.0.session else {
+            panic!("not a client")
+        };
+        match conn.process_tls_records(&mut []).state {
+            Ok(ConnectionState::WriteTraffic(traffic)) => traffic.refresh_traffic_keys().unwrap(),
+            other => panic!("not ready to write: {other:?}"),
+        }
+        // The next step encodes the request; a read takes it and writes it.
+        let mut buf = [0u8; 64];
+        assert!(client
+            .0
+            .read(&mut client.1, &mut buf)
+            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock));
+    }
+
+    #[test]
+    fn after_a_key_update_both_sides_go_on_pushing_and_answering() {
+        let (mut server, mut client) = pair();
+        handshake(&mut server, &mut client);
+        // A key update with nothing after it; then the server pushes (no read of its
+        // own in between): its key update must go out before the pushed records.
+        request_key_update(&mut client);
+        let mut buf = [0u8; 64];
+        assert!(server.0.read(&mut server.1, &mut buf).is_err());
+        server.0.write(&mut server.1, b"pushed").unwrap();
+        assert_eq!(read_all(&mut client, 64), b"pushed");
+        // And with data behind the request, answered.
+        request_key_update(&mut client);
+        client.0.write(&mut client.1, b"ping").unwrap();
+        assert_eq!(read_all(&mut server, 64), b"ping");
+        server.0.write(&mut server.1, b"pong").unwrap();
+        assert_eq!(read_all(&mut client, 64), b"pong");
+        client.0.write(&mut client.1, b"again").unwrap();
+        assert_eq!(read_all(&mut server, 64), b"again");
     }
 
     #[test]
