@@ -201,13 +201,26 @@ fn a_service_can_ask_what_tls_was_agreed_and_plain_and_tls_endpoints_mix() {
     tcp.write_all(&frame(b"?")).unwrap();
     assert_eq!(read_frame(&mut tcp).unwrap(), b"plain");
 
-    let mut client = tls_connect(secure, certs.client_config(true), "localhost");
+    let config = certs.client_config(true);
+    let mut client = tls_connect(secure, config.clone(), "localhost");
     let answer = String::from_utf8(echo(&mut client, b"?")).unwrap();
     assert_eq!(
         answer, "sni=localhost version=TLSv1_3 peer_certs=1 handshaking=false told_ready=1",
         "what the service learnt"
     );
     assert_eq!(ready.load(Ordering::SeqCst), 1, "on_tls_ready once");
+    // A second connection resumes the first's session (its ticket): the name asked
+    // for is known all the same.
+    let mut again = tls_connect(secure, config, "localhost");
+    let answer = String::from_utf8(echo(&mut again, b"?")).unwrap();
+    assert_eq!(
+        again.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(
+        answer.starts_with("sni=localhost version=TLSv1_3 ") && answer.ends_with(" told_ready=2"),
+        "what the service learnt of a resumed session: {answer}"
+    );
     server.stop();
 }
 
