@@ -462,8 +462,8 @@ impl<S: Service> Hub<S> {
             return false;
         };
         let finished = layer.take_handshake_finished();
-        // Output the service queued while rustls would take no more before the
-        // handshake: nothing else may wake it (WRITABLE is armed, but the socket never
+        // Output the service queued before the handshake (the layer takes none until
+        // it is done): nothing else may wake it (WRITABLE is armed, but the socket never
         // said it was full, so its event will not come), so it is written now.
         let held_back = finished && !conn.output.is_empty();
         if finished {
