@@ -466,6 +466,10 @@ impl<S: Service> Hub<S> {
         // it is done): nothing else may wake it (WRITABLE is armed, but the socket never
         // said it was full, so its event will not come), so it is written now.
         let held_back = finished && !conn.output.is_empty();
+        if held_back {
+            // Its wait for the socket (which the send timeout measures) starts now.
+            conn.write_progress = now_millis as u32;
+        }
         if finished {
             // The handshake's time is over; a partial frame already held starts its own.
             // (An admin connection's deadline covers its handshake and request alike.)

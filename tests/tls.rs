@@ -520,6 +520,52 @@ fn a_tls_dial_to_a_plain_text_server_that_speaks_first_fails_at_once() {
     client_loop.stop();
 }
 
+/// What a dial sends before its handshake waits for the handshake, however slow: the
+/// send timeout is for a peer that stops reading, and the handshake has a deadline of
+/// its own. (Here a relay holds the connection for 1.5 s before it carries anything,
+/// against a send timeout of 1 s.)
+#[test]
+fn output_sent_before_a_slow_handshake_waits_for_it_past_the_send_timeout() {
+    let certs = Certs::make("slow-handshake");
+    let server = echo_server(tls_config(&certs, false));
+    let real = server.tcp();
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = relay.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (near, _) = relay.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let far = TcpStream::connect(real).unwrap();
+        let (mut near_in, mut far_out) = (near.try_clone().unwrap(), far.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut near_in, &mut far_out));
+        let (mut far_in, mut near_out) = (far, near);
+        let _ = std::io::copy(&mut far_in, &mut near_out);
+    });
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dialler = Dialler {
+        target,
+        client: TlsClient::new(false, Some(&certs.ca)).unwrap(),
+        name: "localhost",
+        answers: answers.clone(),
+        pause_after_dialling: Duration::ZERO,
+    };
+    let config = Config {
+        send_timeout: Some(Duration::from_secs(1)),
+        ..Config::default()
+    };
+    let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
+    assert!(
+        wait_until(Duration::from_secs(10), || !answers
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the dial never heard back"
+    );
+    let first = answers.lock().unwrap()[0].clone();
+    assert_eq!(first, "over a dialled tls connection");
+    client_loop.stop();
+    server.stop();
+}
+
 // The binary's TLS, with clients nobody here wrote: openssl s_client, Python's ssl,
 // curl; and the certificate reloaded on SIGHUP.
 
