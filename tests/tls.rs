@@ -609,12 +609,13 @@ fn run_with_input(program: &str, args: &[&str], input: &[u8], limit: Duration) -
 }
 
 /// `switchboard echo --framing lines` over TLS, for s_client: the server and its
-/// address. Idle for a second, a connection is closed by the server: with a
+/// address. Idle for `idle_secs`, a connection is closed by the server: with a
 /// close_notify, which s_client takes as the end (without one it reports an unexpected
 /// EOF).
-fn line_echo_for_s_client(certs: &Certs) -> (common::ChildServer, String) {
+fn line_echo_for_s_client(certs: &Certs, idle_secs: u32) -> (common::ChildServer, String) {
     let port = common::free_port();
     let tls = format!("tls://127.0.0.1:{port}");
+    let idle = idle_secs.to_string();
     let args = [
         "echo",
         "--framing",
@@ -624,7 +625,7 @@ fn line_echo_for_s_client(certs: &Certs) -> (common::ChildServer, String) {
         "--udp",
         "off",
         "--idle-timeout",
-        "1",
+        &idle,
     ];
     let (server, _log) = tls_child(&args, certs, port);
     (server, format!("127.0.0.1:{port}"))
@@ -633,7 +634,7 @@ fn line_echo_for_s_client(certs: &Certs) -> (common::ChildServer, String) {
 #[test]
 fn openssl_s_client_handshakes_and_echoes_lines() {
     let certs = Certs::make("s-client");
-    let (_server, connect) = line_echo_for_s_client(&certs);
+    let (_server, connect) = line_echo_for_s_client(&certs, 1);
     let ca = certs.ca.to_str().unwrap();
     let s_client = [
         "s_client",
@@ -677,7 +678,9 @@ fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let certs = Certs::make("key-update");
-    let (_server, connect) = line_echo_for_s_client(&certs);
+    // (Time enough for the exchange on a busy machine: a key update alone does not
+    // count as activity, and this test ends by itself.)
+    let (_server, connect) = line_echo_for_s_client(&certs, 10);
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect", &connect, "-servername", "localhost"])
         .args(["-CAfile", certs.ca.to_str().unwrap(), "-brief", "-msg"])
@@ -719,8 +722,6 @@ fn a_key_update_from_s_client_is_answered_and_the_echo_goes_on() {
     // (RFC 8446, 4.6.3: rustls sends it with that data), so before the echo.
     wait_for("<<< TLS 1.3, Handshake [length 0005], KeyUpdate");
     wait_for("after");
-    // The server's idle close, a second later.
-    wait_for("<<< TLS 1.3, Alert [length 0002], warning close_notify");
     let _ = child.kill();
     let _ = child.wait();
 }
