@@ -491,33 +491,49 @@ fn a_tls_dial_to_a_plain_text_server_that_speaks_first_fails_at_once() {
         let _ = stream.read_to_end(&mut Vec::new());
     });
     let certs = Certs::make("dial-plain");
+    let config = Config {
+        frame_timeout: Some(Duration::from_secs(30)),
+        ..Config::default()
+    };
+    let started = Instant::now();
+    // (The pause: long enough for the answer to arrive before the loop first polls.)
+    let answer = first_answer_of_a_tls_dial(target, &certs, config, Duration::from_millis(200));
+    assert!(answer.starts_with("closed: "), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed only after {:?}: {answer}",
+        started.elapsed()
+    );
+}
+
+/// Dials `target` over TLS (trusting `certs`' CA, for `localhost`) from a loop of its
+/// own with `config`, the loop held `pause` after dialling; the dial sends a frame once
+/// connected. What came back first: the echo, or `closed: REASON`.
+fn first_answer_of_a_tls_dial(
+    target: SocketAddr,
+    certs: &Certs,
+    config: Config,
+    pause: Duration,
+) -> String {
     let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let dialler = Dialler {
         target,
         client: TlsClient::new(false, Some(&certs.ca)).unwrap(),
         name: "localhost",
         answers: answers.clone(),
-        // Long enough for the answer to arrive before the loop first polls.
-        pause_after_dialling: Duration::from_millis(200),
+        pause_after_dialling: pause,
     };
-    let config = Config {
-        frame_timeout: Some(Duration::from_secs(30)),
-        ..Config::default()
-    };
-    let started = Instant::now();
     let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
     assert!(
-        wait_until(Duration::from_secs(5), || !answers
+        wait_until(Duration::from_secs(10), || !answers
             .lock()
             .unwrap()
             .is_empty()),
-        "the TLS dial was not failed by the plain-text answer"
+        "the dial never heard back"
     );
-    let answer = answers.lock().unwrap()[0].clone();
-    assert!(answer.starts_with("closed: "), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    println!("{answer}");
     client_loop.stop();
+    let first = answers.lock().unwrap()[0].clone();
+    first
 }
 
 /// What a dial sends before its handshake waits for the handshake, however slow: the
@@ -540,29 +556,12 @@ fn output_sent_before_a_slow_handshake_waits_for_it_past_the_send_timeout() {
         let (mut far_in, mut near_out) = (far, near);
         let _ = std::io::copy(&mut far_in, &mut near_out);
     });
-    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let dialler = Dialler {
-        target,
-        client: TlsClient::new(false, Some(&certs.ca)).unwrap(),
-        name: "localhost",
-        answers: answers.clone(),
-        pause_after_dialling: Duration::ZERO,
-    };
     let config = Config {
         send_timeout: Some(Duration::from_secs(1)),
         ..Config::default()
     };
-    let client_loop = TestServer::start(config, move || (dialler, LengthCodec::new(1 << 16)));
-    assert!(
-        wait_until(Duration::from_secs(10), || !answers
-            .lock()
-            .unwrap()
-            .is_empty()),
-        "the dial never heard back"
-    );
-    let first = answers.lock().unwrap()[0].clone();
-    assert_eq!(first, "over a dialled tls connection");
-    client_loop.stop();
+    let answer = first_answer_of_a_tls_dial(target, &certs, config, Duration::ZERO);
+    assert_eq!(answer, "over a dialled tls connection");
     server.stop();
 }
 
