@@ -547,12 +547,12 @@ impl<'a, S: Service> Context<'a, S> {
     }
 
     /// Whether `conn` speaks TLS, and if so what was agreed: the SNI name asked for,
-    /// the peer's certificates, the version and cipher suite (feature `tls`). `None`
-    /// for a plain connection (or a closed one).
+    /// the peer's certificates, the version and cipher suite (feature `tls`); and in
+    /// `on_close`, why TLS failed if it did (`failure`). `None` for a plain connection
+    /// (or one closed before).
     #[cfg(feature = "tls")]
     pub fn tls(&self, conn: ConnId) -> Option<crate::tls::TlsInfo> {
-        self.hub.conn(conn)?;
-        self.hub.tls.get(conn).map(|layer| layer.info())
+        self.hub.tls.get_or_closing(conn).map(|layer| layer.info())
     }
 
     /// The endpoint `conn` was accepted on or dialled through.

@@ -431,11 +431,16 @@ impl Service for Dialler {
         ctx.close(conn, CloseMode::Flush);
     }
 
-    fn on_close(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: (), reason: CloseReason) {
+    fn on_close(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: (), reason: CloseReason) {
+        // Why TLS failed, if it did: the reactor keeps rustls's words for `on_close`.
+        let failure = ctx.tls(conn).and_then(|info| info.failure);
+        let why = failure
+            .map(|words| format!(" ({words})"))
+            .unwrap_or_default();
         self.answers
             .lock()
             .unwrap()
-            .push(format!("closed: {reason}"));
+            .push(format!("closed: {reason}{why}"));
     }
 }
 
@@ -447,7 +452,11 @@ fn a_dial_speaks_tls_and_checks_the_server_name() {
     for (name, expected) in [
         ("localhost", "over a dialled tls connection"),
         ("127.0.0.1", "over a dialled tls connection"),
-        ("wrong.example", "closed: "),
+        (
+            "wrong.example",
+            "closed: error (invalid data) (invalid peer certificate: certificate not valid \
+             for name \"wrong.example\"",
+        ),
     ] {
         let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
         let dialler = Dialler {

@@ -415,8 +415,10 @@ impl<S: Service> Reactor<S> {
         self.hub.stats.active -= 1;
         self.hub.stats.closed[reason.index()] += 1;
         log::debug!("{id}: closed: {reason}");
+        self.hub.tls.keep_while_closing(id, tls);
         let ctx = &mut Context::new(&mut self.hub, &self.endpoints);
         self.service.on_close(ctx, id, state, reason);
+        self.hub.tls.keep_while_closing(id, None);
     }
 
     /// A dial's connect timeout passed: give up if it is still connecting.

@@ -305,4 +305,8 @@ pub struct TlsInfo {
     pub protocol: Option<String>,
     /// The cipher suite agreed, as `TLS13_AES_128_GCM_SHA256`.
     pub cipher_suite: Option<String>,
+    /// Why TLS ended the connection, in rustls's words (as `invalid peer certificate:
+    /// UnknownIssuer`, or `received fatal alert: CertificateRequired`): asked in
+    /// `on_close`.
+    pub failure: Option<String>,
 }

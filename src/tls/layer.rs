@@ -361,6 +361,8 @@ pub(crate) struct TlsLayer {
     pending: Buffer,
     /// The name the client asked for (SNI), on an accepted connection.
     server_name: Option<Box<str>>,
+    /// Why TLS failed, in rustls's words, once it has.
+    failure: Option<Box<str>>,
     /// The socket reached its end (the peer's FIN): nothing more will be read.
     eof: bool,
     /// The peer's `close_notify` arrived: nothing more will be read.
@@ -410,6 +412,7 @@ impl TlsLayer {
             leftover: Buffer::new(),
             pending: Buffer::new(),
             server_name: None,
+            failure: None,
             eof: false,
             peer_closed: false,
             notify_queued: false,
@@ -427,6 +430,26 @@ impl TlsLayer {
     /// why.
     #[inline(never)]
     pub(crate) fn read(&mut self, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.read_plaintext(stream, buf);
+        self.note_failure(&result);
+        result
+    }
+
+    /// Keeps the words of the first TLS failure (`InvalidData`: only rustls's errors
+    /// are of that kind here), for [`TlsLayer::info`].
+    fn note_failure<T>(&mut self, result: &io::Result<T>) {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && self.failure.is_none() => {
+                let words = e.to_string();
+                let words = words.strip_prefix("TLS: ").unwrap_or(&words);
+                self.failure = Some(words.into());
+            }
+            _ => {}
+        }
+    }
+
+    /// [`TlsLayer::read`], before a failure is noted.
+    fn read_plaintext(&mut self, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
         if !self.leftover.is_empty() {
             filled = self.leftover.len().min(buf.len());
@@ -593,7 +616,7 @@ impl TlsLayer {
         if !self.flush(stream)? || self.session.common().is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        with_scratch(|scratch| {
+        let result = with_scratch(|scratch| {
             let mut taken = 0;
             while taken < total {
                 let chunk = match bufs {
@@ -616,7 +639,9 @@ impl TlsLayer {
                 0 => Err(io::ErrorKind::WouldBlock.into()),
                 _ => Ok(taken),
             }
-        })
+        });
+        self.note_failure(&result);
+        result
     }
 
     /// Brings rustls to the state where it encrypts and runs `f` there: false (and
@@ -743,6 +768,7 @@ impl TlsLayer {
         TlsInfo {
             handshaking: common.is_handshaking(),
             server_name: self.server_name.as_deref().map(str::to_string),
+            failure: self.failure.as_deref().map(str::to_string),
             peer_certificates: common
                 .peer_certificates()
                 .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
@@ -824,6 +850,9 @@ fn gather<'g>(
 #[derive(Default)]
 pub(crate) struct TlsTable {
     slots: Vec<Option<(u32, Box<TlsLayer>)>>,
+    /// The layer of the connection whose close the service is hearing of, so that
+    /// `Context::tls` still answers in `on_close` (what was agreed, or why TLS failed).
+    closing: Option<(ConnId, Box<TlsLayer>)>,
 }
 
 impl TlsTable {
@@ -851,6 +880,20 @@ impl TlsTable {
             self.slots.resize_with(id.index() + 1, || None);
         }
         self.slots[id.index()] = Some((id.generation(), Box::new(layer)));
+    }
+
+    /// Keeps `layer`, taken from `id` as it closed, until the next call (`None` once
+    /// the service has heard of the close).
+    pub(crate) fn keep_while_closing(&mut self, id: ConnId, layer: Option<Box<TlsLayer>>) {
+        self.closing = layer.map(|layer| (id, layer));
+    }
+
+    /// The layer of `id`, open or closing (off the I/O paths: for what a service asks).
+    pub(crate) fn get_or_closing(&self, id: ConnId) -> Option<&TlsLayer> {
+        match &self.closing {
+            Some((closing, layer)) if *closing == id => Some(layer),
+            _ => self.get(id),
+        }
     }
 
     /// Takes `id`'s layer away (its connection closes).

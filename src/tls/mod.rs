@@ -37,7 +37,23 @@ pub use config::{TlsClient, TlsError, TlsInfo, TlsServer};
 
 use std::io::{self, IoSlice};
 
-use crate::connection::Stream;
+use crate::connection::{ConnId, Stream};
+
+/// Why TLS ended `conn`, in rustls's words, asked in `on_close` (see
+/// [`crate::Context::tls`]); always `None` without the `tls` feature, so callers need
+/// no feature gate of their own.
+pub(crate) fn failure<S: crate::Service>(
+    ctx: &crate::Context<'_, S>,
+    conn: ConnId,
+) -> Option<String> {
+    #[cfg(feature = "tls")]
+    return ctx.tls(conn).and_then(|info| info.failure);
+    #[cfg(not(feature = "tls"))]
+    return {
+        let _ = (ctx, conn);
+        None
+    };
+}
 
 /// Reads from a connection: plaintext through its TLS layer if it has one, else
 /// straight from its socket.

@@ -74,4 +74,7 @@ impl TlsTable {
     pub(crate) fn remove(&mut self, _: ConnId) -> Option<Box<TlsLayer>> {
         None
     }
+
+    #[inline(always)]
+    pub(crate) fn keep_while_closing(&mut self, _: ConnId, _: Option<Box<TlsLayer>>) {}
 }

@@ -321,7 +321,8 @@ impl Service for Chat {
     ) {
         let now = ctx.now();
         if role == Role::Backplane {
-            self.backplane.closed(now, reason);
+            let tls_failure = crate::tls::failure(ctx, conn);
+            self.backplane.closed(now, reason, tls_failure);
         } else {
             let (engine, backplane, mut wiring) = self.wired(ctx);
             let mut io = Io {

@@ -266,8 +266,9 @@ pub trait Backplane: Any {
     fn connected(&mut self, _now: Instant, _held: Vec<(String, Vec<String>)>) {}
     /// Bytes arrived on its connection.
     fn input(&mut self, _now: Instant, _bytes: &[u8]) {}
-    /// Its connection closed.
-    fn closed(&mut self, _now: Instant, _reason: CloseReason) {}
+    /// Its connection closed; `tls_failure` is why TLS ended it, in rustls's words,
+    /// if it did.
+    fn closed(&mut self, _now: Instant, _reason: CloseReason, _tls_failure: Option<String>) {}
     /// Its connection, if it has one, with what to write on it and whether to close
     /// it now (then [`Backplane::note_queued`]).
     fn transmit(&mut self) -> Option<(ConnId, Transmit)> {

@@ -835,7 +835,7 @@ impl Backplane for Node {
 
     /// The connection closed or never came up: say so once, and settle what waited
     /// for it as a node on its own would.
-    fn closed(&mut self, now: Instant, reason: CloseReason) {
+    fn closed(&mut self, now: Instant, reason: CloseReason, tls_failure: Option<String>) {
         self.conn = None;
         self.transmit = Transmit::default();
         self.queued_on_conn = 0;
@@ -847,10 +847,7 @@ impl Backplane for Node {
         self.answer_due = None;
         // A refused login or TLS closed the connection: its cause says more than the
         // close.
-        let tls_failure = match &self.tls {
-            Some(Ok(tls)) => tls.failure(&reason),
-            _ => None,
-        };
+        let tls_failure = tls_failure.map(|words| super::tls::failure_words(&words));
         let why = (self.close_cause.take().or(tls_failure)).unwrap_or_else(|| reason.to_string());
         self.last_failure = Some(why.clone());
         self.held.clear();

@@ -6,28 +6,21 @@
 //! certificate must chain to a trusted CA (the system's, and `--tls-ca`'s) and name
 //! the URL's host (a DNS name, or an IP address).
 //!
-//! A handshake that fails closes the connection with an I/O error of kind
-//! `InvalidData`; the reactor keeps rustls's words for its debug log. So that the node
-//! can say at its default level why Redis is unreachable, each node checks Redis's
-//! certificate with webpki behind a [`Witness`] that keeps the last refusal: a CA not
-//! trusted, a certificate for another name, one expired come back in rustls's words.
-//! Any other TLS failure (a server answering in plain text, an alert from Redis, which
-//! by default asks for a client certificate) is named as TLS's, with its likely
-//! causes.
+//! A handshake that fails closes the connection; the service asks the reactor why
+//! (`Context::tls` in `on_close`, rustls's words) and hands the words to the node,
+//! which says them as the link's failure ([`failure_words`]): a CA not trusted, a
+//! certificate for another name, an alert from Redis (which by default asks for a
+//! client certificate).
 
 use std::fmt;
-use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore};
-use rustls::{Error, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::tls::TlsClient;
-use crate::{CloseReason, Dial};
+use crate::Dial;
 
 /// What a node checks Redis's certificate against: the CAs it trusts and the name the
 /// certificate must carry. Made once, from the settings; each node makes its own
@@ -100,22 +93,9 @@ impl RedisTls {
         &self.server_name
     }
 
-    /// One node's TLS: a client configuration of its own, whose certificate check
-    /// keeps its refusals for this node. An error when nothing is trusted.
+    /// What a node dials with: the client configuration these settings make.
     pub(super) fn for_node(&self) -> Result<NodeTls, String> {
-        let verifier = WebPkiServerVerifier::builder(self.roots.clone())
-            .build()
-            .map_err(|e| format!("no CA to check Redis's certificate against: {e}"))?;
-        let refusal = Arc::new(Mutex::new(None));
-        let witness = Witness {
-            verifier,
-            refusal: refusal.clone(),
-        };
-        // "Dangerous" only in that rustls cannot see what the verifier does: it is
-        // webpki's, and the witness changes none of its verdicts.
-        let builder = ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(witness));
+        let builder = ClientConfig::builder().with_root_certificates(self.roots.clone());
         let config = match &self.client_auth {
             None => builder.with_no_client_auth(),
             Some(auth) => builder
@@ -125,7 +105,6 @@ impl RedisTls {
         Ok(NodeTls {
             client: TlsClient::from_config(Arc::new(config)),
             server_name: self.server_name.clone(),
-            refusal,
         })
     }
 }
@@ -156,40 +135,13 @@ impl Eq for RedisTls {}
 pub(super) struct NodeTls {
     client: TlsClient,
     server_name: String,
-    /// Set by the [`Witness`] when it refuses a certificate; taken when the connection
-    /// closes, and forgotten at each dial.
-    refusal: Arc<Mutex<Option<Error>>>,
 }
 
 impl NodeTls {
-    /// `dial` over TLS. What an earlier connection was refused is forgotten.
+    /// `dial` over TLS, checking Redis's certificate against the URL's host.
     pub(super) fn dial(&self, dial: Dial) -> Result<Dial, String> {
-        self.take_refusal();
         dial.tls(&self.client, &self.server_name)
             .map_err(|e| e.to_string())
-    }
-
-    /// Why the connection closed with `reason`, in words that say it was TLS, when TLS
-    /// ended it; `None` when it did not.
-    pub(super) fn failure(&self, reason: &CloseReason) -> Option<String> {
-        if let Some(refused) = self.take_refusal() {
-            return Some(format!("TLS: Redis's certificate was refused: {refused}"));
-        }
-        // The TLS layer's errors, and only they, close a Redis connection with
-        // InvalidData: RESP the node cannot read is closed by the node itself.
-        (*reason == CloseReason::Error(io::ErrorKind::InvalidData)).then(|| {
-            "TLS: the handshake or a record failed (a port that does not speak TLS, \
-             or a Redis that asks for a client certificate: tls-auth-clients; the \
-             debug log has rustls's words)"
-                .to_owned()
-        })
-    }
-
-    fn take_refusal(&self) -> Option<Error> {
-        self.refusal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
     }
 }
 
@@ -199,147 +151,35 @@ impl fmt::Debug for NodeTls {
     }
 }
 
-/// webpki's check of Redis's certificate, and a note of why it refused one. Every
-/// verdict is webpki's.
-#[derive(Debug)]
-struct Witness {
-    verifier: Arc<WebPkiServerVerifier>,
-    refusal: Arc<Mutex<Option<Error>>>,
-}
-
-impl ServerCertVerifier for Witness {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let verdict = self.verifier.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        if let Err(refused) = &verdict {
-            *self
-                .refusal
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(refused.clone());
-        }
-        verdict
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.verifier.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.verifier.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.verifier.supported_verify_schemes()
-    }
-
-    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
-        self.verifier.root_hint_subjects()
+/// The link's failure, from why TLS ended its connection (rustls's `words`): a
+/// certificate refused, or any other failure with its likely causes.
+pub(super) fn failure_words(words: &str) -> String {
+    match words.starts_with("invalid peer certificate") {
+        true => format!("TLS: Redis's certificate was refused: {words}"),
+        false => format!(
+            "TLS: the handshake or a record failed: {words} (a port that does not speak \
+             TLS, or a Redis that asks for a client certificate: tls-auth-clients)"
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-
-    /// A CA called `ca_name`, and a certificate it signed for `name`.
-    fn issued(ca_name: &str, name: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, ca_name);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (ca.der().clone(), leaf.der().clone())
-    }
-
-    /// A node's TLS trusting `ca` alone, and the witness of its certificate checks.
-    fn trusting(ca: &CertificateDer<'static>) -> (NodeTls, Witness) {
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone()).unwrap();
-        let tls = RedisTls {
-            server_name: "redis.lan".into(),
-            roots: Arc::new(roots),
-            client_auth: None,
-        };
-        let node = tls.for_node().unwrap();
-        let witness = Witness {
-            verifier: WebPkiServerVerifier::builder(tls.roots.clone())
-                .build()
-                .unwrap(),
-            refusal: node.refusal.clone(),
-        };
-        (node, witness)
-    }
-
-    /// What the witness says of `leaf` for `name`, as a handshake would ask it.
-    fn check(witness: &Witness, leaf: &CertificateDer<'_>, name: &str) -> bool {
-        let name = ServerName::try_from(name.to_string()).unwrap();
-        witness
-            .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
-            .is_ok()
-    }
 
     #[test]
-    fn a_refused_certificate_is_named_at_the_close_in_rustls_words() {
-        let (ca, leaf) = issued("our CA", "redis.lan");
-        let (node, witness) = trusting(&ca);
-        let invalid = CloseReason::Error(io::ErrorKind::InvalidData);
-
-        assert!(check(&witness, &leaf, "redis.lan"));
-        assert_eq!(node.failure(&CloseReason::PeerClosed), None);
-
-        assert!(!check(&witness, &leaf, "10.0.0.7"));
-        let why = node.failure(&invalid).unwrap();
+    fn a_refused_certificate_and_other_failures_are_told_apart() {
+        let why = failure_words("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            why,
+            "TLS: Redis's certificate was refused: invalid peer certificate: UnknownIssuer"
+        );
+        let why = failure_words("received fatal alert: CertificateRequired");
         assert!(
-            why.starts_with("TLS: Redis's certificate was refused: invalid peer certificate: ")
-                && why.contains("not valid for name \"10.0.0.7\""),
+            why.starts_with("TLS: the handshake or a record failed: received fatal alert")
+                && why.contains("tls-auth-clients"),
             "{why}"
         );
-
-        let (_, stranger) = issued("another CA", "redis.lan");
-        assert!(!check(&witness, &stranger, "redis.lan"));
-        let why = node.failure(&CloseReason::Reset).unwrap();
-        assert!(why.ends_with("UnknownIssuer"), "{why}");
-
-        // Said once: the next close is judged on its own.
-        assert_eq!(node.failure(&CloseReason::PeerClosed), None);
-        let why = node.failure(&invalid).unwrap();
-        assert!(
-            why.starts_with("TLS: the handshake or a record failed"),
-            "{why}"
-        );
-        // A dial forgets what was refused before it.
-        assert!(!check(&witness, &stranger, "redis.lan"));
-        let _ = node
-            .dial(Dial::tcp("127.0.0.1:6379".parse().unwrap()))
-            .unwrap();
-        assert_eq!(node.failure(&CloseReason::PeerClosed), None);
     }
 
     #[test]

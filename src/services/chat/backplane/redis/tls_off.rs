@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{CloseReason, Dial};
+use crate::Dial;
 
 /// TLS to Redis cannot be had without the `tls` feature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,9 @@ impl NodeTls {
     pub(super) fn dial(&self, _dial: Dial) -> Result<Dial, String> {
         match *self {}
     }
+}
 
-    pub(super) fn failure(&self, _reason: &CloseReason) -> Option<String> {
-        match *self {}
-    }
+/// (Never called: no connection has TLS.)
+pub(super) fn failure_words(words: &str) -> String {
+    words.to_owned()
 }
