@@ -40,19 +40,13 @@ fn two_browser_pages_and_a_tcp_member_chat_and_join_and_leave_rooms() {
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../browser");
     std::fs::create_dir_all(&shots).unwrap();
     let screenshot = shots.join("chat.png");
-    let mut browser = Command::new("node")
-        .arg(driver.join("chat_page.mjs"))
-        .arg(format!("http://127.0.0.1:{ws}/"))
-        .arg(&screenshot)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let ready = lines.next().and_then(Result::ok);
-    assert_eq!(
-        ready.as_deref(),
-        Some("ready"),
-        "both pages joined the lobby"
+    let page = format!("http://127.0.0.1:{ws}/");
+    let screenshot_arg = screenshot.to_string_lossy();
+    let mut browser = start_browser(
+        &driver,
+        "chat_page.mjs",
+        &[&page, &screenshot_arg],
+        "both pages joined the lobby",
     );
     bob.say("lobby", "hello from tcpbob");
     // The TCP member sees both pages' messages (and its own), whatever the order.
@@ -134,19 +128,12 @@ fn the_page_over_https_chats_over_wss_with_a_tcp_member() {
     let mut bob = Member::named(SocketAddr::from(([127, 0, 0, 1], tcp)), "tcpbob");
     bob.join("lobby");
 
-    let mut browser = Command::new("node")
-        .arg(driver.join("chat_page_tls.mjs"))
-        .arg(format!("https://127.0.0.1:{ws}/"))
-        .arg(spki_hash(&certs.cert))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let ready = lines.next().and_then(Result::ok);
-    assert_eq!(
-        ready.as_deref(),
-        Some("ready"),
-        "the page joined the lobby over wss"
+    let page = format!("https://127.0.0.1:{ws}/");
+    let mut browser = start_browser(
+        &driver,
+        "chat_page_tls.mjs",
+        &[&page, &spki_hash(&certs.cert)],
+        "the page joined the lobby over wss",
     );
     // The page's message reaches the TCP member; the member's reaches the page.
     loop {
@@ -194,6 +181,24 @@ fn browser_driver() -> std::path::PathBuf {
          (apt-get install -y chromium chromium-driver; npm install --prefix tests/browser)"
     );
     driver
+}
+
+/// Runs the browser script `script` of `driver` with `args`, and waits until it says
+/// `ready` (`what`: what that means, for the failure).
+fn start_browser(driver: &Path, script: &str, args: &[&str], what: &str) -> std::process::Child {
+    let mut browser = Command::new("node")
+        .arg(driver.join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut stdout = BufReader::new(browser.stdout.take().unwrap());
+    let mut ready = String::new();
+    let _ = stdout.read_line(&mut ready);
+    assert_eq!(ready.trim_end(), "ready", "{what}");
+    // (Its stdout stays open, for whatever the script says after.)
+    browser.stdout = Some(stdout.into_inner());
+    browser
 }
 
 /// Waits (at most `limit`) for a browser script's verdict; what its member was sent
