@@ -920,18 +920,6 @@ impl<S: Service> Reactor<S> {
         self.give_back_state(id, state);
     }
 
-    /// Tells the service that `id`'s TLS handshake is done.
-    #[inline(never)]
-    pub(super) fn tls_ready(&mut self, id: ConnId) {
-        let Some(slot) = self.hub.slot_mut(id) else {
-            return;
-        };
-        let mut state = std::mem::take(&mut slot.state);
-        let ctx = &mut Context::new(&mut self.hub, &self.endpoints).lending(id);
-        self.service.on_tls_ready(ctx, id, &mut state);
-        self.give_back_state(id, state);
-    }
-
     /// Serves sockets whose readiness a budget left unused in the last turn.
     fn serve_ready_again(&mut self, tokens: Vec<Token>) {
         for token in tokens {

@@ -13,7 +13,8 @@ use std::io;
 
 use super::lifecycle::peer_closed;
 use super::read::{
-    give_back, held_input_changed, slot_mut, trace_read, ReadOutcome, TakenStates, MIN_READ,
+    after_tls_read, give_back, held_input_changed, slot_mut, trace_read, ReadOutcome, TakenStates,
+    MIN_READ,
 };
 use super::Reactor;
 use crate::buffer::Buffer;
@@ -42,7 +43,17 @@ impl<S: Service> Reactor<S> {
         let spare = input.spare_mut(MIN_READ);
         let requested = spare.len().min(self.config.read_buffer_size);
         let tls = self.hub.tls.get_mut(id);
-        let n = match crate::tls::read(&mut conn.stream, tls, &mut spare[..requested]) {
+        let tls_layered = tls.is_some();
+        let result = crate::tls::read(&mut conn.stream, tls, &mut spare[..requested]);
+        if tls_layered {
+            after_tls_read((&mut self.hub, &self.endpoints, &mut self.service), id);
+        }
+        let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
+            self.hub.pool.give_back(input);
+            return ReadOutcome::Stopped;
+        };
+        let conn = &mut slot.conn;
+        let n = match result {
             Ok(n) if n > 0 => n,
             other => {
                 conn.input.put(input);

@@ -48,16 +48,7 @@ impl<S: Service> TakenStates<S> {
 impl<S: Service> Reactor<S> {
     /// Reads and decodes until the socket is drained, the read budget is spent, or the
     /// connection stops reading (closing, or paused).
-    #[inline(always)]
     pub(super) fn read_connection(&mut self, id: ConnId, read_to_eof: bool) {
-        self.read_until_done(id, read_to_eof);
-        if self.hub.tls.get(id).is_some() && self.hub.after_tls_io(id) {
-            self.tls_ready(id);
-        }
-    }
-
-    /// [`Reactor::read_connection`]'s reads.
-    fn read_until_done(&mut self, id: ConnId, read_to_eof: bool) {
         for _ in 0..self.config.read_budget {
             match self.read_once(id, read_to_eof) {
                 ReadOutcome::Drained | ReadOutcome::Stopped | ReadOutcome::Held => return,
@@ -309,6 +300,9 @@ impl<S: Service> Reactor<S> {
         if matches!(result, Ok(n) if n > 0) && conn.mark_active(now) {
             self.hub.idle.touch(&mut self.hub.conns, id.index());
         }
+        if tls_layered {
+            after_tls_read((&mut self.hub, &self.endpoints, &mut self.service), id);
+        }
         let Some(slot) = slot_mut(&mut self.hub.conns, id) else {
             return ReadOutcome::Stopped;
         };
@@ -322,11 +316,6 @@ impl<S: Service> Reactor<S> {
             id,
             taken: &mut taken,
         };
-        if tls_layered {
-            // The handshake may have ended in this read, with the first records behind
-            // it: the service hears of it before their frames.
-            reader.tell_tls_ready();
-        }
         let mut outcome =
             reader.handle_read(buf, (result, requested, read_to_eof), &mut frames_completed);
         if own_input.is_none() && outcome == ReadOutcome::More {
@@ -414,6 +403,29 @@ impl<S: Service> Reactor<S> {
     }
 }
 
+/// After a read of a TLS connection, before its bytes are decoded: what the read left
+/// owed to the peer is watched ([`Hub::after_tls_io`]), and if the handshake ended in
+/// it, the service hears so (`on_tls_ready`) before the frames of the records that
+/// came with it. Out of line: plain connections never come here.
+#[inline(never)]
+pub(super) fn after_tls_read<S: Service>(
+    (hub, endpoints, service): (&mut Hub<S>, &Endpoints<S::Codec>, &mut S),
+    id: ConnId,
+) {
+    if !hub.after_tls_io(id) {
+        return;
+    }
+    let Some(slot) = slot_mut(&mut hub.conns, id) else {
+        return;
+    };
+    let mut state = std::mem::take(&mut slot.state);
+    let ctx = &mut Context::new(hub, endpoints).lending(id);
+    service.on_tls_ready(ctx, id, &mut state);
+    if let Some(slot) = slot_mut(&mut hub.conns, id) {
+        slot.state = state;
+    }
+}
+
 /// Puts the states a read borrowed back into `id`'s slot (for `()` states, nothing).
 #[inline(always)]
 pub(super) fn give_back<S: Service>(hub: &mut Hub<S>, id: ConnId, taken: TakenStates<S>) {
@@ -446,18 +458,6 @@ struct Reader<'a, S: Service> {
 }
 
 impl<S: Service> Reader<'_, S> {
-    /// Tells the service that the connection's TLS handshake is done, if it ended in
-    /// the last read (see [`Hub::after_tls_io`]).
-    #[inline(never)]
-    fn tell_tls_ready(&mut self) {
-        if !self.hub.after_tls_io(self.id) {
-            return;
-        }
-        let ctx = &mut Context::new(self.hub, self.endpoints).lending(self.id);
-        self.service
-            .on_tls_ready(ctx, self.id, &mut self.taken.service);
-    }
-
     /// Takes in what one read brought: EOF, bytes (decoded and dispatched), or an
     /// error. `requested` is how much the read asked for: fewer bytes mean the socket
     /// is drained. Sets `frames_completed` when frames were dispatched.
@@ -534,7 +534,13 @@ impl<S: Service> Reader<'_, S> {
         };
         // Fits, so this neither moves nor grows the buffer.
         let spare = &mut scratch.spare_mut(missing)[..missing];
-        let result = tls::read(&mut conn.stream, self.hub.tls.get_mut(id), spare);
+        let layer = self.hub.tls.get_mut(id);
+        let tls_layered = layer.is_some();
+        let result = tls::read(&mut conn.stream, layer, spare);
+        if tls_layered {
+            // (Inside a frame, so past the handshake: only what the read left owed.)
+            self.hub.after_tls_io(id);
+        }
         log::trace!("{id}: finishing a {missing}-byte remainder in place");
         self.handle_read(scratch, (result, missing, read_to_eof), frames_completed)
     }
