@@ -174,36 +174,21 @@ impl FromStr for AddrOrOff {
     }
 }
 
-/// The addresses one transport's flags ask for: `default` when none is given, none
-/// when any of them is `off`.
-fn addresses(flags: &[AddrOrOff], default: SocketAddr) -> Vec<SocketAddr> {
+/// The plain and the `tls://` addresses one transport's flags ask for: `default`
+/// (plain) when none is given, none at all when any of them is `off`.
+fn addresses(flags: &[AddrOrOff], default: SocketAddr) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
     if flags.is_empty() {
-        return vec![default];
+        return (vec![default], Vec::new());
     }
-    if flags.contains(&AddrOrOff::Off) {
-        return Vec::new();
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for flag in flags {
+        match flag {
+            AddrOrOff::Addr(addr) => plain.push(*addr),
+            AddrOrOff::Tls(addr) => tls.push(*addr),
+            AddrOrOff::Off => return (Vec::new(), Vec::new()),
+        }
     }
-    flags
-        .iter()
-        .filter_map(|flag| match flag {
-            AddrOrOff::Addr(addr) => Some(*addr),
-            AddrOrOff::Tls(_) | AddrOrOff::Off => None,
-        })
-        .collect()
-}
-
-/// The `tls://` addresses among a transport's flags (none when any is `off`).
-fn tls_addresses(flags: &[AddrOrOff]) -> Vec<SocketAddr> {
-    if flags.contains(&AddrOrOff::Off) {
-        return Vec::new();
-    }
-    flags
-        .iter()
-        .filter_map(|flag| match flag {
-            AddrOrOff::Tls(addr) => Some(*addr),
-            AddrOrOff::Addr(_) | AddrOrOff::Off => None,
-        })
-        .collect()
+    (plain, tls)
 }
 
 /// An address flag: `IP:PORT`, `[IPv6]:PORT`, or a bare port on 127.0.0.1.
@@ -266,27 +251,16 @@ impl ServerArgs {
     /// cannot be read, or a `tls://` endpoint has no certificate.
     pub fn config_with(&self, default_port: u16, inherited: &Inherited) -> Result<Config, String> {
         let default = SocketAddr::from(([127, 0, 0, 1], default_port));
-        let only_tls = !self.tcp.is_empty()
-            && self
-                .tcp
-                .iter()
-                .all(|flag| matches!(flag, AddrOrOff::Tls(_)));
-        let tcp = if (self.tcp.is_empty() && !inherited.is_empty()) || only_tls {
-            Vec::new()
-        } else {
-            addresses(&self.tcp, default)
-        };
-        if self
-            .udp
-            .iter()
-            .any(|flag| matches!(flag, AddrOrOff::Tls(_)))
-        {
+        let (mut tcp, tls_tcp) = addresses(&self.tcp, default);
+        if self.tcp.is_empty() && !inherited.is_empty() {
+            tcp.clear(); // the inherited sockets are the listeners
+        }
+        let (udp, udp_tls) = addresses(&self.udp, default);
+        if !udp_tls.is_empty() {
             return Err("--udp tls://: TLS is for stream endpoints (DTLS is not served)".into());
         }
         let tls = self.tls_server()?;
-        let tls_asked = tls_addresses(&self.tcp)
-            .first()
-            .map(|addr| format!("--tcp tls://{addr}"));
+        let tls_asked = tls_tcp.first().map(|addr| format!("--tcp tls://{addr}"));
         let tls_asked = tls_asked.or_else(|| {
             let admin = self.admin.filter(|admin| admin.tls)?;
             Some(format!("--admin {admin}"))
@@ -298,14 +272,14 @@ impl ServerArgs {
         }
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Ok(Config {
-            tls_tcp: tls_addresses(&self.tcp),
+            tls_tcp,
             admin_tls: self.admin.is_some_and(|admin| admin.tls),
             tls,
             send_timeout: seconds(self.send_timeout),
             memory_budget: (self.memory_budget > 0)
                 .then(|| usize::try_from(self.memory_budget).unwrap_or(usize::MAX)),
             tcp,
-            udp: addresses(&self.udp, default),
+            udp,
             unix: self.unix.clone(),
             backlog: self.backlog,
             reuse_port: self.reuse_port,
