@@ -928,6 +928,7 @@ impl Bench {
     fn never_up(
         &mut self,
         ctx: &mut Context<'_, Self>,
+        conn: ConnId,
         line: Line,
         dialling: Dialling,
         reason: CloseReason,
@@ -942,7 +943,8 @@ impl Bench {
                 }
                 (reason, _) => {
                     self.dialer.handshake_failures += 1;
-                    handshake_failure(reason, dialling.overdue)
+                    let words = crate::tls::failure(ctx, conn);
+                    handshake_failure(reason, dialling.overdue, words)
                 }
             };
             self.dial_failed(error, dialling.server);
@@ -956,9 +958,9 @@ impl Bench {
     }
 }
 
-/// Why a TLS handshake failed, as a connect error: the rustls error itself is in the
-/// reactor's debug log (the connection's close says only its kind).
-fn handshake_failure(reason: CloseReason, overdue: bool) -> io::Error {
+/// Why a TLS handshake failed, as a connect error: in rustls's words when TLS ended
+/// it (`words`, which the reactor keeps for `on_close`), else the close's reason.
+fn handshake_failure(reason: CloseReason, overdue: bool, words: Option<String>) -> io::Error {
     if overdue {
         return io::Error::new(
             io::ErrorKind::TimedOut,
@@ -970,13 +972,10 @@ fn handshake_failure(reason: CloseReason, overdue: bool) -> io::Error {
         CloseReason::Reset => io::ErrorKind::ConnectionReset,
         _ => io::ErrorKind::UnexpectedEof,
     };
-    io::Error::new(
-        kind,
-        format!(
-            "TLS handshake failed: {reason} (does the server speak TLS, with a certificate \
-             for --tls-name that --tls-ca trusts? --log-level debug says why)"
-        ),
-    )
+    let why = words.unwrap_or_else(|| {
+        format!("{reason} (does the server speak TLS, with a certificate for --tls-name that --tls-ca trusts?)")
+    });
+    io::Error::new(kind, format!("TLS handshake failed: {why}"))
 }
 
 impl Service for Bench {
@@ -1104,7 +1103,7 @@ impl Service for Bench {
         reason: CloseReason,
     ) {
         if let Some(dialling) = self.dialer.dialling.remove(&conn) {
-            return self.never_up(ctx, line, dialling, reason);
+            return self.never_up(ctx, conn, line, dialling, reason);
         }
         self.open_conns -= 1;
         let ending =
