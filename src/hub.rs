@@ -428,11 +428,22 @@ impl<S: Service> Hub<S> {
         self.counted(passed);
     }
 
-    /// Gives a connection its TLS layer: counted for the memory budget, and the
-    /// handshake timed by the frame deadline (it must be done within it, as a frame
-    /// must be completed).
+    /// Gives a connection its TLS layer (or closes it, should the layer not be made):
+    /// counted for the memory budget, and the handshake timed by the frame deadline (it
+    /// must be done within it, as a frame must be completed).
     #[cfg(feature = "tls")]
-    pub(crate) fn add_tls_layer(&mut self, id: ConnId, layer: crate::tls::TlsLayer) {
+    pub(crate) fn add_tls_layer(
+        &mut self,
+        id: ConnId,
+        made: std::io::Result<crate::tls::TlsLayer>,
+    ) {
+        let layer = match made {
+            Ok(layer) => layer,
+            Err(e) => {
+                log::warn!("{}: TLS: {e}", self.who(id));
+                return self.request_close(id, CloseReason::from_io(e.kind()));
+            }
+        };
         let (now, now_millis) = (self.now, self.now_millis());
         let frame_timeout = self.limits.frame_timeout;
         let Some(conn) = connection_mut(&mut self.conns, id) else {

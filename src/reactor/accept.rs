@@ -86,14 +86,8 @@ impl<S: Service> Reactor<S> {
                 self.hub.stats.accepted += 1;
                 #[cfg(feature = "tls")]
                 if let Some(server) = &self.endpoints.list[endpoint.index()].tls {
-                    match crate::tls::TlsLayer::server(server.config()) {
-                        Ok(layer) => self.hub.add_tls_layer(id, layer),
-                        Err(e) => {
-                            log::warn!("{id}: TLS: {e}");
-                            self.hub
-                                .request_close(id, crate::stats::CloseReason::from_io(e.kind()));
-                        }
-                    }
+                    let made = crate::tls::TlsLayer::server(server.config());
+                    self.hub.add_tls_layer(id, made);
                 }
                 self.connection_opened(id, Origin::Accepted(endpoint));
             }

@@ -145,13 +145,8 @@ impl<S: Service> Reactor<S> {
         let Some(server) = self.config.tls.as_ref().filter(|_| self.config.admin_tls) else {
             return;
         };
-        match crate::tls::TlsLayer::server(server.config()) {
-            Ok(layer) => self.hub.add_tls_layer(id, layer),
-            Err(e) => {
-                log::warn!("admin {id}: TLS: {e}");
-                self.hub.request_close(id, CloseReason::from_io(e.kind()));
-            }
-        }
+        let made = crate::tls::TlsLayer::server(server.config());
+        self.hub.add_tls_layer(id, made);
     }
 
     /// An event of the admin listener (its connections' events are connection events).

@@ -134,13 +134,7 @@ impl<S: Service> Hub<S> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &dial.tls {
             let made = crate::tls::TlsLayer::client(tls.client.config(), tls.server_name.clone());
-            match made {
-                Ok(layer) => self.add_tls_layer(id, layer),
-                Err(e) => {
-                    log::warn!("{id}: TLS to {}: {e}", dial.target);
-                    self.request_close(id, CloseReason::from_io(e.kind()));
-                }
-            }
+            self.add_tls_layer(id, made);
         }
         let timeout = dial.timeout.unwrap_or(self.limits.connect_timeout);
         self.timers.insert(
