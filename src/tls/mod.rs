@@ -42,6 +42,7 @@ use crate::connection::{ConnId, Stream};
 /// Why TLS ended `conn`, in rustls's words, asked in `on_close` (see
 /// [`crate::Context::tls`]); always `None` without the `tls` feature, so callers need
 /// no feature gate of their own.
+#[cfg_attr(not(any(feature = "chat", feature = "loadgen")), allow(dead_code))]
 pub(crate) fn failure<S: crate::Service>(
     ctx: &crate::Context<'_, S>,
     conn: ConnId,
