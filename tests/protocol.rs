@@ -13,6 +13,7 @@
 //! are at most 64 bytes, all fragments together.
 
 mod common;
+mod tls_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -168,7 +169,8 @@ fn handshake(
     })
 }
 
-/// Answers every unit with a line saying what it got.
+/// Answers every unit with a line saying what it got (and, over TLS, says when the
+/// handshake is done).
 #[derive(Default)]
 struct Describe {
     units: u64,
@@ -178,6 +180,10 @@ impl Service for Describe {
     type Conn = ();
     type Timer = ();
     type Codec = Toy;
+
+    fn on_tls_ready(&mut self, ctx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
+        ctx.send(conn, b"TLS ready").unwrap();
+    }
 
     fn on_frames(
         &mut self,
@@ -335,4 +341,39 @@ fn a_partial_unit_is_held_in_counted_buffers_and_meets_the_frame_deadline() {
         ended.is_ok() || ended.is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
         "closed"
     );
+}
+
+/// Over TLS, the protocol path tells the service the handshake is done before the
+/// units of the records that came with its end: the client's `HELLO`, written before
+/// its handshake completed, leaves in the same flight as its Finished.
+#[test]
+fn over_tls_the_handshake_is_told_before_the_first_units() {
+    let certs = tls_support::Certs::make("protocol");
+    let mut config = Config {
+        udp: Vec::new(),
+        ..local_config()
+    };
+    config.tcp.clear();
+    config.tls_tcp.push("127.0.0.1:0".parse().unwrap());
+    let tls = switchboard::tls::TlsServer::from_pem_files(&certs.cert, &certs.key, None);
+    config.tls = Some(tls.unwrap());
+    let server = TestServer::start(config, || (Describe::default(), Toy));
+    let mut client =
+        tls_support::tls_connect(server.tcp(), certs.client_config(false), "localhost");
+    // Into rustls before the handshake: sent right behind the client's Finished.
+    let mut first = b"HELLO\n".to_vec();
+    first.extend(frame(b'T', b"hi"));
+    client.conn.writer().write_all(&first).unwrap();
+    client.flush().unwrap();
+    let mut lines = Vec::new();
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while lines.len() < 4 && client.read(&mut byte).unwrap() == 1 {
+        match byte[0] {
+            b'\n' => lines.push(String::from_utf8(std::mem::take(&mut line)).unwrap()),
+            b => line.push(b),
+        }
+    }
+    assert_eq!(lines, ["TLS ready", "WELCOME", "1  []", "2 hi []"]);
+    server.stop();
 }
