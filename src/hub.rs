@@ -474,8 +474,7 @@ impl<S: Service> Hub<S> {
         };
         let finished = layer.take_handshake_finished();
         // Output the service queued before the handshake (the layer takes none until
-        // it is done): nothing else may wake it (WRITABLE is armed, but the socket never
-        // said it was full, so its event will not come), so it is written now.
+        // it is done, and the write path waits for no WRITABLE then): written now.
         let held_back = finished && !conn.output.is_empty();
         if held_back {
             // Its wait for the socket (which the send timeout measures) starts now.

@@ -140,16 +140,12 @@ impl<S: Service> Reactor<S> {
             return;
         };
         let (now, now_millis) = (self.hub.now, self.hub.now_millis());
-        // Output that waits for a TLS handshake waits on a deadline of its own (the
-        // frame deadline); its wait for the socket starts when the handshake ends.
-        let handshaking = self.hub.tls.get(id).is_some_and(|l| !l.is_established());
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
         };
         conn.flags.set(Flag::SendTimerArmed, false);
-        let connecting = conn.state == crate::connection::ConnState::Connecting;
-        if conn.output.is_empty() || connecting || handshaking {
-            return; // nothing waits for the socket; the next wait arms a new deadline
+        if conn.output.is_empty() || conn.state == crate::connection::ConnState::Connecting {
+            return; // nothing waits; the next wait arms a new deadline
         }
         let stalled = Duration::from_millis(u64::from(
             (now_millis as u32).wrapping_sub(conn.write_progress),

@@ -54,6 +54,7 @@ impl<S: Service> Hub<S> {
             conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
         let mut tls = self.tls.get_mut(id);
         let layered = tls.is_some();
+        let handshaking = waits_for_handshake(tls.as_deref());
         if write_at_once {
             let result = match tls.as_deref_mut() {
                 None => write_now(conn, bytes),
@@ -82,7 +83,9 @@ impl<S: Service> Hub<S> {
                 // Output begins to wait: the send timeout counts from here.
                 conn.write_progress = now as u32;
             }
-            self.queue_rest(id, &bytes[written..], write_at_once);
+            // (Refused for a handshake under way, not for a full socket: the end of
+            // the handshake writes it.)
+            self.queue_rest(id, &bytes[written..], write_at_once && !handshaking);
         }
         if layered {
             self.recount_tls(id);
@@ -240,6 +243,7 @@ impl<S: Service> Hub<S> {
         let mut progressed = false;
         let mut tls = self.tls.get_mut(id);
         let layered = tls.is_some();
+        let handshaking = waits_for_handshake(tls.as_deref());
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn, tls.as_deref_mut());
             self.stats.queued_writes += 1;
@@ -265,7 +269,10 @@ impl<S: Service> Hub<S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     log::trace!("{id}: write WouldBlock");
-                    socket_full = true;
+                    // A TLS layer takes nothing before its handshake is done, and the
+                    // end of the handshake writes what waits (`Hub::after_tls_io`): no
+                    // WRITABLE to wait for then, and no send timeout to run.
+                    socket_full = !handshaking;
                     break;
                 }
                 Err(e) => {
@@ -346,6 +353,13 @@ fn write_now(conn: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// True when `layer` (a connection's TLS, if it has one) takes no output yet: its
+/// handshake is under way.
+#[inline]
+fn waits_for_handshake(layer: Option<&TlsLayer>) -> bool {
+    layer.is_some_and(|layer| !layer.is_established())
 }
 
 /// [`write_now`] through a connection's TLS layer (which retries an interrupted write
