@@ -54,7 +54,6 @@ impl<S: Service> Hub<S> {
             conn.output.is_empty() && !bytes.is_empty() && conn.state.may_write_now();
         let mut tls = self.tls.get_mut(id);
         let layered = tls.is_some();
-        let handshaking = waits_for_handshake(tls.as_deref());
         if write_at_once {
             let result = match tls.as_deref_mut() {
                 None => write_now(conn, bytes),
@@ -85,7 +84,8 @@ impl<S: Service> Hub<S> {
             }
             // (Refused for a handshake under way, not for a full socket: the end of
             // the handshake writes it.)
-            self.queue_rest(id, &bytes[written..], write_at_once && !handshaking);
+            let socket_full = write_at_once && !waits_for_handshake(self.tls.get(id));
+            self.queue_rest(id, &bytes[written..], socket_full);
         }
         if layered {
             self.recount_tls(id);
@@ -243,7 +243,6 @@ impl<S: Service> Hub<S> {
         let mut progressed = false;
         let mut tls = self.tls.get_mut(id);
         let layered = tls.is_some();
-        let handshaking = waits_for_handshake(tls.as_deref());
         while !conn.output.is_empty() {
             let (result, attempted) = write_some(conn, tls.as_deref_mut());
             self.stats.queued_writes += 1;
@@ -272,7 +271,7 @@ impl<S: Service> Hub<S> {
                     // A TLS layer takes nothing before its handshake is done, and the
                     // end of the handshake writes what waits (`Hub::after_tls_io`): no
                     // WRITABLE to wait for then, and no send timeout to run.
-                    socket_full = !handshaking;
+                    socket_full = !waits_for_handshake(tls.as_deref());
                     break;
                 }
                 Err(e) => {
